@@ -1,0 +1,21 @@
+# ProfileMate: one entry point for set-up, build, tests and the demo.
+export CGO_CFLAGS := -Wno-deprecated-declarations
+LDFLAGS := -ldflags=-extldflags=-Wl,-z,lazy
+
+.PHONY: setup build test demo bench proto
+
+setup:
+	./scripts/setup.sh
+
+build:
+	mkdir -p bin
+	go build $(LDFLAGS) -o bin/ ./cmd/...
+
+test:
+	go test -p 1 -timeout 40m $(LDFLAGS) ./...
+
+demo: build
+	./bin/pmhub demo
+
+proto:
+	./proto/generate.sh
