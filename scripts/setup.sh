@@ -8,7 +8,7 @@ SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
 if ! command -v protoc >/dev/null || ! /usr/bin/python3 -c 'import torch' 2>/dev/null; then
   $SUDO apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q protobuf-compiler python3-torch
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends protobuf-compiler python3-torch
 fi
 go mod download
 go install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
