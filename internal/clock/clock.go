@@ -1,0 +1,194 @@
+// Package clock measures how far a host's wall clock is from the hub's, so events from many hosts
+// can be put on one timeline. The hub answers requests on the clock subject with its own time
+// (Serve); the agent asks a few times, keeps the sample with the shortest round trip and reports
+// offset = server_ts - (t0+t1)/2 with uncertainty = round trip / 2 (Measure, Tracker).
+package clock
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// Subject is the core-NATS request/reply subject the hub answers on. It mirrors the name fixed in
+// docs/ARCHITECTURE.md (pm.v1.clock).
+var Subject = "pm.v1.clock"
+
+// Reply is the hub's answer: its wall clock in Unix nanoseconds when it handled the request.
+type Reply struct {
+	ServerNS int64 `json:"server_ns"`
+}
+
+// Serve answers clock requests on Subject with now() until ctx is cancelled. now is the hub's
+// clock (time.Now when nil); tests inject a skewed one. The subscription is drained when ctx ends.
+func Serve(ctx context.Context, nc *nats.Conn, now func() time.Time) (*nats.Subscription, error) {
+	if now == nil {
+		now = time.Now
+	}
+	log := slog.With("component", "clock")
+	sub, err := nc.Subscribe(Subject, func(m *nats.Msg) {
+		if m.Reply == "" {
+			return
+		}
+		b, _ := json.Marshal(Reply{ServerNS: now().UnixNano()})
+		if err := m.Respond(b); err != nil {
+			log.Warn("clock reply failed", "err", err)
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("subscribe %s: %w", Subject, err)
+	}
+	go func() {
+		<-ctx.Done()
+		_ = sub.Unsubscribe()
+	}()
+	return sub, nil
+}
+
+// Offset is one measurement of the hub's clock relative to this host's: hub time ≈ local time +
+// Offset, give or take Uncertainty.
+type Offset struct {
+	Offset      time.Duration `json:"offset_ns"`
+	Uncertainty time.Duration `json:"uncertainty_ns"`
+	RTT         time.Duration `json:"rtt_ns"`
+	At          time.Time     `json:"at"`      // local time of the kept sample
+	Samples     int           `json:"samples"` // answered requests it was chosen from
+}
+
+// ErrNoReply means no request of a measurement was answered (no hub serving the clock subject).
+var ErrNoReply = errors.New("no clock reply")
+
+// Measure asks the hub samples times (at least 1) and keeps the sample with the shortest round
+// trip, the one whose midpoint is least distorted by queueing. now is the local clock (time.Now when
+// nil); timeout bounds each request.
+func Measure(ctx context.Context, nc *nats.Conn, samples int, timeout time.Duration, now func() time.Time) (Offset, error) {
+	if now == nil {
+		now = time.Now
+	}
+	if samples < 1 {
+		samples = 1
+	}
+	var best Offset
+	var lastErr error
+	for i := 0; i < samples; i++ {
+		if err := ctx.Err(); err != nil {
+			return Offset{}, err
+		}
+		rctx, cancel := context.WithTimeout(ctx, timeout)
+		t0 := now()
+		m, err := nc.RequestWithContext(rctx, Subject, nil)
+		t1 := now()
+		cancel()
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		var r Reply
+		if err := json.Unmarshal(m.Data, &r); err != nil || r.ServerNS == 0 {
+			lastErr = fmt.Errorf("bad clock reply %q: %w", m.Data, err)
+			continue
+		}
+		rtt := t1.Sub(t0)
+		if rtt < 0 { // local wall clock stepped backwards mid-request: the sample means nothing
+			continue
+		}
+		mid := t0.UnixNano() + int64(rtt)/2
+		o := Offset{
+			Offset:      time.Duration(r.ServerNS - mid),
+			Uncertainty: rtt/2 + rtt%2,
+			RTT:         rtt,
+			At:          t0.Add(rtt / 2),
+		}
+		if best.Samples == 0 || o.RTT < best.RTT {
+			o.Samples = best.Samples
+			best = o
+		}
+		best.Samples++
+	}
+	if best.Samples == 0 {
+		if lastErr == nil {
+			lastErr = ErrNoReply
+		}
+		return Offset{}, fmt.Errorf("measure clock offset on %s: %w", Subject, lastErr)
+	}
+	return best, nil
+}
+
+// Tracker re-measures the offset every Interval and keeps the latest good one for heartbeats.
+type Tracker struct {
+	NC       *nats.Conn
+	Interval time.Duration    // default 30 s
+	Samples  int              // default 5
+	Timeout  time.Duration    // per request, default 2 s
+	Now      func() time.Time // local clock, default time.Now
+
+	mu     sync.Mutex
+	latest Offset
+	ok     bool
+}
+
+// Run measures at once and then every Interval until ctx ends. Failures are logged once per
+// change of state and keep the previous value (a hub restart must not blank the offset).
+func (t *Tracker) Run(ctx context.Context) {
+	iv := t.Interval
+	if iv <= 0 {
+		iv = 30 * time.Second
+	}
+	log := slog.With("component", "clock")
+	failing := false
+	tick := time.NewTicker(iv)
+	defer tick.Stop()
+	for {
+		o, err := t.MeasureNow(ctx)
+		switch {
+		case err != nil && ctx.Err() != nil:
+			return
+		case err != nil && !failing:
+			log.Warn("clock offset not measured", "err", err)
+			failing = true
+		case err == nil:
+			if failing {
+				log.Info("clock offset measured again")
+			}
+			failing = false
+			log.Debug("clock offset", "offset", o.Offset, "uncertainty", o.Uncertainty)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// MeasureNow takes one measurement with the tracker's settings and stores it if it succeeded.
+func (t *Tracker) MeasureNow(ctx context.Context) (Offset, error) {
+	n, to := t.Samples, t.Timeout
+	if n <= 0 {
+		n = 5
+	}
+	if to <= 0 {
+		to = 2 * time.Second
+	}
+	o, err := Measure(ctx, t.NC, n, to, t.Now)
+	if err != nil {
+		return Offset{}, err
+	}
+	t.mu.Lock()
+	t.latest, t.ok = o, true
+	t.mu.Unlock()
+	return o, nil
+}
+
+// Latest returns the last good measurement; ok is false until one succeeded.
+func (t *Tracker) Latest() (o Offset, ok bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.latest, t.ok
+}

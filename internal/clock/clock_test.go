@@ -1,0 +1,115 @@
+package clock
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+)
+
+func startNATS(t *testing.T) *nats.Conn {
+	t.Helper()
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	t.Cleanup(ns.Shutdown)
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server not ready")
+	}
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+func TestMeasureSkewedHub(t *testing.T) {
+	for _, skew := range []time.Duration{0, 3*time.Second + 700*time.Millisecond, -42 * time.Minute} {
+		t.Run(skew.String(), func(t *testing.T) {
+			hub := startNATS(t)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			if _, err := Serve(ctx, hub, func() time.Time { return time.Now().Add(skew) }); err != nil {
+				t.Fatal(err)
+			}
+			if err := hub.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			agent, err := nats.Connect(hub.ConnectedUrl())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer agent.Close()
+			o, err := Measure(ctx, agent, 5, 5*time.Second, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if o.Samples != 5 {
+				t.Errorf("samples: got %d, want 5", o.Samples)
+			}
+			if o.Uncertainty <= 0 || o.Uncertainty < o.RTT/2 {
+				t.Errorf("uncertainty %v must cover half the round trip %v", o.Uncertainty, o.RTT)
+			}
+			diff := o.Offset - skew
+			if diff < 0 {
+				diff = -diff
+			}
+			if diff > o.Uncertainty {
+				t.Errorf("offset: got %v ± %v, want %v", o.Offset, o.Uncertainty, skew)
+			}
+		})
+	}
+}
+
+func TestTrackerKeepsValueAndReportsNoHub(t *testing.T) {
+	nc := startNATS(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	tr := &Tracker{NC: nc, Samples: 2, Timeout: 200 * time.Millisecond}
+	if _, ok := tr.Latest(); ok {
+		t.Fatal("latest must be unset before a measurement")
+	}
+	// Nobody serves the subject yet: a clear error, nothing stored.
+	if _, err := tr.MeasureNow(ctx); !errors.Is(err, nats.ErrNoResponders) && !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("without hub: got %v, want no responders", err)
+	}
+	if _, ok := tr.Latest(); ok {
+		t.Fatal("a failed measurement must not be stored")
+	}
+	sctx, stop := context.WithCancel(ctx)
+	skew := -5 * time.Second
+	sub, err := Serve(sctx, nc, func() time.Time { return time.Now().Add(skew) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	go tr.Run(ctx)
+	// Poll until the tracker's first successful round lands.
+	deadline := time.Now().Add(10 * time.Second)
+	var o Offset
+	for ok := false; !ok; o, ok = tr.Latest() {
+		if time.Now().After(deadline) {
+			t.Fatal("tracker never measured")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if d := (o.Offset - skew).Abs(); d > o.Uncertainty {
+		t.Errorf("tracker offset: got %v ± %v, want %v", o.Offset, o.Uncertainty, skew)
+	}
+	// Hub gone: the last good value stays.
+	stop()
+	for sub.IsValid() {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if _, err := tr.MeasureNow(ctx); err == nil {
+		t.Fatal("measurement without a hub must fail")
+	}
+	if got, ok := tr.Latest(); !ok || got != o {
+		t.Errorf("latest after failure: got %v %v, want %v", got, ok, o)
+	}
+}
