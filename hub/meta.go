@@ -1,0 +1,126 @@
+package hub
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+)
+
+// MetadataFile is the name of a session's summary inside its folder.
+const MetadataFile = "metadata.json"
+
+// Session statuses and end reasons written to metadata.json.
+const (
+	StatusActive = "active"
+	StatusEnded  = "ended"
+
+	EndAllProcessesEnded = "all-processes-ended"
+	EndIdle              = "idle"
+)
+
+// Metadata is a session's metadata.json: what the session is, who took part and how complete it
+// is. pmhub sessions/show read it with ReadMetadata.
+type Metadata struct {
+	SchemaVersion string `json:"schema_version"`
+	Session       string `json:"session"`
+	Status        string `json:"status"`
+	EndReason     string `json:"end_reason,omitempty"`
+	StartNS       int64  `json:"start_ns"`
+	EndNS         int64  `json:"end_ns,omitempty"`
+	// TimeAlignment says how ts_aligned_ns was derived from ts_ns.
+	TimeAlignment string               `json:"time_alignment"`
+	Hosts         map[string]*HostMeta `json:"hosts"`
+	Processes     []*ProcMeta          `json:"processes"`
+	Rows          map[string]int64     `json:"rows"`
+	Bytes         int64                `json:"bytes"`
+	// MaxBytes is the per-session size cap in force; rows beyond it are counted in DroppedByCap.
+	MaxBytes     int64 `json:"max_bytes"`
+	DroppedByCap int64 `json:"dropped_by_cap"`
+	// Duplicates counts rows that arrived again (redelivery, republish) and were written once.
+	Duplicates int64 `json:"duplicates"`
+}
+
+// HostMeta is one host of a session with its clock offset to the hub (hub ≈ host + offset).
+type HostMeta struct {
+	OffsetNS      int64 `json:"offset_ns"`
+	UncertaintyNS int64 `json:"uncertainty_ns"`
+	// Measured is false while no heartbeat with a measured offset arrived: ts_aligned_ns = ts_ns.
+	Measured    bool  `json:"measured"`
+	LastSeenNS  int64 `json:"last_seen_ns"`
+	Heartbeats  int64 `json:"heartbeats"`
+}
+
+// ProcMeta is one process of a session.
+type ProcMeta struct {
+	Host    string   `json:"host"`
+	PID     int64    `json:"pid"`
+	Proc    string   `json:"proc"`
+	Ident            // role and ranks
+	PPID    int64    `json:"ppid,omitempty"`
+	GPUUUID string   `json:"gpu_uuid,omitempty"`
+	Python  string   `json:"python,omitempty"`
+	VLLM    string   `json:"vllm,omitempty"`
+	Title   string   `json:"title,omitempty"`
+	Argv    []string `json:"argv,omitempty"`
+	StartNS int64    `json:"start_ns,omitempty"`
+	Ended   bool     `json:"ended"`
+	EndNS   int64    `json:"end_ns,omitempty"`
+	Targets []Target `json:"targets,omitempty"`
+	// Dropped is the number of events the process itself dropped (full buffer), as it reported.
+	Dropped uint64 `json:"dropped"`
+	// LastSeq is the last sequence number the process reported at exit (0 while running).
+	LastSeq uint64 `json:"last_seq,omitempty"`
+	// Gaps are sequence ranges never received: dropped in the process or lost on the way.
+	Gaps [][2]uint64 `json:"gaps"`
+	// Rows per table written for this process.
+	Rows map[string]int64 `json:"rows"`
+}
+
+// ReadMetadata reads <dir>/metadata.json.
+func ReadMetadata(dir string) (*Metadata, error) {
+	b, err := os.ReadFile(filepath.Join(dir, MetadataFile))
+	if err != nil {
+		return nil, fmt.Errorf("read session metadata: %w", err)
+	}
+	var m Metadata
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("parse %s: %w", filepath.Join(dir, MetadataFile), err)
+	}
+	return &m, nil
+}
+
+// writeFileAtomic writes b to path through a synced temporary file and a rename, so a crash leaves
+// either the old or the new content.
+func writeFileAtomic(path string, b []byte) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("sync %s: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("close %s: %w", path, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("rename %s: %w", path, err)
+	}
+	return nil
+}
+
+func sortProcs(p []*ProcMeta) {
+	sort.Slice(p, func(i, j int) bool {
+		if p[i].Host != p[j].Host {
+			return p[i].Host < p[j].Host
+		}
+		return p[i].PID < p[j].PID
+	})
+}

@@ -1,0 +1,81 @@
+package hub
+
+// The hub's own view of what arrives on the stream, independent of the wire encoding: decode.go
+// turns protobuf messages into these, the session writer consumes only these.
+
+// Ident is who a process is inside the deployment. Unknown ranks are -1.
+type Ident struct {
+	Role string `json:"role"`
+	DP   int64  `json:"dp"`
+	PP   int64  `json:"pp"`
+	TP   int64  `json:"tp"`
+	EP   int64  `json:"ep"`
+	Rank int64  `json:"rank"`
+}
+
+// Event is one row: its table, its place in the process's sequence and its own columns already
+// formatted as CSV field text in the table's column order.
+type Event struct {
+	Table string
+	Seq   uint64
+	Step  int64
+	TsNS  int64
+	Cols  []string
+}
+
+// Batch is one published EventBatch: events of one process and one kind.
+type Batch struct {
+	Session string
+	Host    string
+	Proc    string
+	PID     int64
+	Kind    string
+	Ident   Ident
+	Events  []Event
+	Dropped uint64 // events the process dropped so far (cumulative)
+}
+
+// Target is the patch status of one vLLM target inside a process.
+type Target struct {
+	Target string `json:"target"`
+	Status string `json:"status"`
+	Reason string `json:"reason,omitempty"`
+}
+
+// Life is a process lifecycle record: hello (start), status (patch results), bye/end (exit).
+type Life struct {
+	Session string
+	Host    string
+	Proc    string
+	PID     int64
+	Type    string // LifeHello, LifeStatus, LifeBye
+	Ident   Ident
+	PPID    int64
+	Python  string
+	VLLM    string
+	GPUUUID string
+	Title   string
+	Argv    []string
+	StartNS int64
+	Targets []Target
+	Dropped uint64
+	LastSeq uint64
+	EndNS   int64
+}
+
+// Lifecycle record types.
+const (
+	LifeHello  = "hello"
+	LifeStatus = "status"
+	LifeBye    = "bye"
+)
+
+// Heartbeat is an agent's periodic sign of life with its host's measured clock offset to the hub
+// (hub time ≈ host time + OffsetNS).
+type Heartbeat struct {
+	Host          string
+	TsNS          int64
+	OffsetNS      int64
+	UncertaintyNS int64
+	Measured      bool
+}

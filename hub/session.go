@@ -1,0 +1,438 @@
+package hub
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/csv"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// AlignedColumn is the column the hub appends to every table: ts_ns moved onto the hub's clock
+// with the host's measured offset. ts_ns itself stays the value the process recorded.
+const AlignedColumn = "ts_aligned_ns"
+
+// timeAlignment is the sentence metadata.json carries about AlignedColumn.
+const timeAlignment = "ts_ns is the process's own wall clock; ts_aligned_ns = ts_ns + hosts[host].offset_ns (the host's latest measured offset when the row was written; 0 until one was measured)"
+
+// Schema tells the writer each table's CSV header (common columns + the table's own, without
+// AlignedColumn) and the schema version to record.
+type Schema interface {
+	Header(table string) ([]string, bool)
+	Tables() []string
+	Version() string
+}
+
+type procKey struct {
+	host string
+	pid  int64
+}
+
+type proc struct {
+	meta *ProcMeta
+	seen seqSet
+}
+
+type tableFile struct {
+	f     *os.File
+	w     *bufio.Writer
+	dirty bool
+}
+
+// session is one cluster-wide session folder being written. Not safe for concurrent use: the
+// consumer loop owns it.
+type session struct {
+	id      string
+	dir     string
+	schema  Schema
+	meta    Metadata
+	procs   map[procKey]*proc
+	files   map[string]*tableFile
+	line    []byte
+	last    time.Time // hub time of the last message for this session (idle detection)
+	metaDirty bool
+}
+
+func newSession(dir, id string, schema Schema, maxBytes int64, now time.Time) *session {
+	return &session{
+		id: id, dir: dir, schema: schema,
+		meta: Metadata{
+			SchemaVersion: schema.Version(), Session: id, Status: StatusActive,
+			StartNS: now.UnixNano(), TimeAlignment: timeAlignment,
+			Hosts: map[string]*HostMeta{}, Rows: map[string]int64{}, MaxBytes: maxBytes,
+		},
+		procs: map[procKey]*proc{}, files: map[string]*tableFile{}, last: now, metaDirty: true,
+	}
+}
+
+func (s *session) proc(host string, pid int64) *proc {
+	k := procKey{host, pid}
+	p := s.procs[k]
+	if p == nil {
+		p = &proc{meta: &ProcMeta{Host: host, PID: pid, Ident: Ident{DP: -1, PP: -1, TP: -1, EP: -1, Rank: -1}, Rows: map[string]int64{}}}
+		s.procs[k] = p
+		s.meta.Processes = append(s.meta.Processes, p.meta)
+		sortProcs(s.meta.Processes)
+		s.metaDirty = true
+	}
+	return p
+}
+
+func (s *session) host(name string) *HostMeta {
+	h := s.meta.Hosts[name]
+	if h == nil {
+		h = &HostMeta{}
+		s.meta.Hosts[name] = h
+		s.metaDirty = true
+	}
+	return h
+}
+
+// file opens (creating with its header) the table's CSV. Files are created when a table's first
+// row arrives, so a session folder holds only the tables that have data.
+func (s *session) file(table string) (*tableFile, error) {
+	if tf := s.files[table]; tf != nil {
+		return tf, nil
+	}
+	hdr, ok := s.schema.Header(table)
+	if !ok {
+		return nil, fmt.Errorf("unknown table %q", table)
+	}
+	if err := os.MkdirAll(s.dir, 0o755); err != nil {
+		return nil, fmt.Errorf("create session folder: %w", err)
+	}
+	path := filepath.Join(s.dir, table+".csv")
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("stat %s: %w", path, err)
+	}
+	tf := &tableFile{f: f, w: bufio.NewWriterSize(f, 256<<10)}
+	if st.Size() == 0 {
+		line := appendRecord(nil, append(append([]string{}, hdr...), AlignedColumn))
+		tf.w.Write(line)
+		s.meta.Bytes += int64(len(line))
+		tf.dirty = true
+	}
+	s.files[table] = tf
+	return tf, nil
+}
+
+// writeBatch appends the batch's new events; it returns how many rows were written. Events seen
+// before (same host, pid, seq) are skipped; events beyond the size cap are counted as dropped.
+func (s *session) writeBatch(b *Batch, now time.Time) (int, error) {
+	s.last = now
+	p := s.proc(b.Host, b.PID)
+	if p.meta.Proc == "" && b.Proc != "" {
+		p.meta.Proc = b.Proc
+	}
+	if p.meta.Role == "" && b.Ident.Role != "" {
+		p.meta.Ident = b.Ident
+		s.metaDirty = true
+	}
+	if b.Dropped > p.meta.Dropped {
+		p.meta.Dropped = b.Dropped
+		s.metaDirty = true
+	}
+	h := s.host(b.Host)
+	off := int64(0)
+	if h.Measured {
+		off = h.OffsetNS
+	}
+	pidText := strconv.FormatInt(b.PID, 10)
+	ranks := [4]string{strconv.FormatInt(b.Ident.DP, 10), strconv.FormatInt(b.Ident.PP, 10), strconv.FormatInt(b.Ident.TP, 10), strconv.FormatInt(b.Ident.EP, 10)}
+	written := 0
+	for i := range b.Events {
+		e := &b.Events[i]
+		if p.seen.has(e.Seq) {
+			s.meta.Duplicates++
+			s.metaDirty = true
+			continue
+		}
+		tf, err := s.file(e.Table)
+		if err != nil {
+			return written, err
+		}
+		l := s.line[:0]
+		l = appendField(l, s.id, false)
+		l = appendField(l, b.Host, true)
+		l = append(append(l, pidText...), ',')
+		l = appendField(l, b.Ident.Role, true)
+		for _, r := range ranks {
+			l = append(append(l, r...), ',')
+		}
+		l = strconv.AppendUint(l, e.Seq, 10)
+		l = append(l, ',')
+		l = strconv.AppendInt(l, e.Step, 10)
+		l = append(l, ',')
+		l = strconv.AppendInt(l, e.TsNS, 10)
+		for _, c := range e.Cols {
+			l = append(l, ',')
+			l = appendField(l, c, false)
+			l = l[:len(l)-1]
+		}
+		l = append(l, ',')
+		l = strconv.AppendInt(l, e.TsNS+off, 10)
+		l = append(l, '\n')
+		s.line = l
+		p.seen.add(e.Seq)
+		if s.meta.MaxBytes > 0 && s.meta.Bytes+int64(len(l)) > s.meta.MaxBytes {
+			s.meta.DroppedByCap++
+			s.metaDirty = true
+			continue
+		}
+		if _, err := tf.w.Write(l); err != nil {
+			return written, fmt.Errorf("write %s: %w", e.Table, err)
+		}
+		tf.dirty = true
+		s.meta.Bytes += int64(len(l))
+		s.meta.Rows[e.Table]++
+		p.meta.Rows[e.Table]++
+		written++
+	}
+	if written > 0 {
+		s.metaDirty = true
+	}
+	return written, nil
+}
+
+// applyLife records a lifecycle message; it reports whether every known process has now ended.
+func (s *session) applyLife(l *Life, now time.Time) bool {
+	s.last = now
+	p := s.proc(l.Host, l.PID)
+	m := p.meta
+	if l.Proc != "" {
+		m.Proc = l.Proc
+	}
+	switch l.Type {
+	case LifeHello:
+		m.Ident = l.Ident
+		m.PPID, m.Python, m.VLLM, m.GPUUUID, m.Title, m.Argv, m.StartNS = l.PPID, l.Python, l.VLLM, l.GPUUUID, l.Title, l.Argv, l.StartNS
+		if l.StartNS != 0 && (s.meta.StartNS == 0 || l.StartNS < s.meta.StartNS) {
+			s.meta.StartNS = l.StartNS
+		}
+	case LifeStatus:
+		m.Targets = l.Targets
+	case LifeBye:
+		m.Ended = true
+		m.EndNS = l.EndNS
+		if l.Dropped > m.Dropped {
+			m.Dropped = l.Dropped
+		}
+		m.LastSeq = l.LastSeq
+	}
+	if l.Ident.Role != "" && m.Role == "" {
+		m.Ident = l.Ident
+	}
+	s.host(l.Host)
+	s.metaDirty = true
+	for _, q := range s.procs {
+		if !q.meta.Ended {
+			return false
+		}
+	}
+	return len(s.procs) > 0
+}
+
+func (s *session) applyHeartbeat(hb *Heartbeat, now time.Time) {
+	h := s.host(hb.Host)
+	h.Heartbeats++
+	h.LastSeenNS = now.UnixNano()
+	if hb.Measured {
+		h.OffsetNS, h.UncertaintyNS, h.Measured = hb.OffsetNS, hb.UncertaintyNS, true
+	}
+	s.metaDirty = true
+}
+
+// commit makes everything written so far durable: CSVs flushed and fsynced, then metadata.json.
+// The consumer acknowledges messages only after commit returned nil.
+func (s *session) commit() error {
+	var errs []error
+	for t, tf := range s.files {
+		if !tf.dirty {
+			continue
+		}
+		if err := tf.w.Flush(); err != nil {
+			errs = append(errs, fmt.Errorf("flush %s: %w", t, err))
+			continue
+		}
+		if err := tf.f.Sync(); err != nil {
+			errs = append(errs, fmt.Errorf("sync %s: %w", t, err))
+			continue
+		}
+		tf.dirty = false
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	if !s.metaDirty {
+		return nil
+	}
+	for _, p := range s.procs {
+		p.meta.Gaps = p.seen.gaps(p.meta.LastSeq)
+		if p.meta.Gaps == nil {
+			p.meta.Gaps = [][2]uint64{}
+		}
+	}
+	b, err := json.MarshalIndent(&s.meta, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode metadata: %w", err)
+	}
+	if err := os.MkdirAll(s.dir, 0o755); err != nil {
+		return fmt.Errorf("create session folder: %w", err)
+	}
+	if err := writeFileAtomic(filepath.Join(s.dir, MetadataFile), append(b, '\n')); err != nil {
+		return err
+	}
+	s.metaDirty = false
+	return nil
+}
+
+// end marks the session ended for reason and closes its files.
+func (s *session) end(reason string, now time.Time) error {
+	if s.meta.Status != StatusEnded {
+		s.meta.Status, s.meta.EndReason, s.meta.EndNS = StatusEnded, reason, now.UnixNano()
+		s.metaDirty = true
+	}
+	err := s.commit()
+	s.closeFiles()
+	return err
+}
+
+func (s *session) closeFiles() {
+	for t, tf := range s.files {
+		tf.w.Flush()
+		tf.f.Close()
+		delete(s.files, t)
+	}
+}
+
+// loadSession rebuilds a session from its folder after a restart: metadata.json for what only it
+// knows (hosts, process details), the CSV files for what was really written (which sequence
+// numbers, how many rows, how many bytes). A torn last line (crash mid-write) is cut off; its
+// event is not in the seen-state, so its redelivery writes it again, once.
+func loadSession(dir, id string, schema Schema, maxBytes int64, now time.Time) (*session, error) {
+	s := newSession(dir, id, schema, maxBytes, now)
+	if m, err := ReadMetadata(dir); err == nil {
+		s.meta = *m
+		s.meta.MaxBytes = maxBytes
+		if s.meta.Hosts == nil {
+			s.meta.Hosts = map[string]*HostMeta{}
+		}
+		s.meta.Processes = nil
+		for _, pm := range m.Processes {
+			s.procs[procKey{pm.Host, pm.PID}] = &proc{meta: pm}
+			s.meta.Processes = append(s.meta.Processes, pm)
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	// The CSVs are the truth for counts; metadata may lag them by one commit.
+	s.meta.Rows = map[string]int64{}
+	s.meta.Bytes = 0
+	for _, p := range s.procs {
+		p.meta.Rows = map[string]int64{}
+	}
+	for _, t := range schema.Tables() {
+		if err := s.scanTable(t); err != nil {
+			return nil, err
+		}
+	}
+	s.last = now
+	s.metaDirty = true
+	return s, nil
+}
+
+func (s *session) scanTable(table string) error {
+	path := filepath.Join(s.dir, table+".csv")
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("open %s: %w", path, err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(f)
+	if err != nil {
+		return fmt.Errorf("read %s: %w", path, err)
+	}
+	good := int64(bytes.LastIndexByte(data, '\n') + 1)
+	r := csv.NewReader(bytes.NewReader(data[:good]))
+	r.FieldsPerRecord = -1
+	r.ReuseRecord = true
+	hdr, err := r.Read()
+	if err != nil {
+		// Not even a complete header: start the file over.
+		good = 0
+	} else {
+		idx := map[string]int{}
+		for i, c := range hdr {
+			idx[c] = i
+		}
+		hi, pi, si := idx["host"], idx["pid"], idx["seq"]
+		for {
+			off := r.InputOffset()
+			rec, err := r.Read()
+			if err == io.EOF {
+				break
+			}
+			if err != nil || len(rec) != len(hdr) {
+				good = off // a broken record: keep only what came before it
+				break
+			}
+			pid, err1 := strconv.ParseInt(rec[pi], 10, 64)
+			seq, err2 := strconv.ParseUint(rec[si], 10, 64)
+			if err1 != nil || err2 != nil {
+				good = off
+				break
+			}
+			p := s.proc(strings.Clone(rec[hi]), pid)
+			p.seen.add(seq)
+			p.meta.Rows[table]++
+			s.meta.Rows[table]++
+		}
+	}
+	if good < int64(len(data)) {
+		if err := f.Truncate(good); err != nil {
+			return fmt.Errorf("truncate torn tail of %s: %w", path, err)
+		}
+		if err := f.Sync(); err != nil {
+			return fmt.Errorf("sync %s: %w", path, err)
+		}
+	}
+	s.meta.Bytes += good
+	return nil
+}
+
+// appendField appends v as one CSV field followed by a comma, quoting only when needed.
+// numeric marks fields that never need quoting checks (kept for symmetry with callers).
+func appendField(l []byte, v string, check bool) []byte {
+	if strings.ContainsAny(v, ",\"\r\n") {
+		l = append(l, '"')
+		l = append(l, strings.ReplaceAll(v, `"`, `""`)...)
+		l = append(l, '"', ',')
+		return l
+	}
+	l = append(l, v...)
+	return append(l, ',')
+}
+
+func appendRecord(l []byte, fields []string) []byte {
+	for _, f := range fields {
+		l = appendField(l, f, true)
+	}
+	l[len(l)-1] = '\n'
+	return l
+}
