@@ -326,6 +326,7 @@ func (s *Server) loadSessions() error {
 			s.log.Error("session not reloaded", "session", e.Name(), "err", err)
 			continue
 		}
+		ss.known = s.hosts
 		s.sessions[e.Name()] = ss
 		s.log.Info("session reloaded", "session", e.Name(), "rows", ss.meta.Rows)
 	}
@@ -351,11 +352,7 @@ func (s *Server) openSession(id string) (*session, error) {
 	} else {
 		ss = newSession(dir, id, s.cfg.Schema, s.cfg.SessionMaxBytes, now)
 	}
-	for h, hm := range s.hosts {
-		if cur := ss.meta.Hosts[h]; cur != nil && !cur.Measured {
-			*cur = hm
-		}
-	}
+	ss.known = s.hosts
 	s.sessions[id] = ss
 	return ss, nil
 }
@@ -510,6 +507,12 @@ func (s *Server) handle(m jetstream.Msg, now time.Time) (*session, int, error) {
 	}
 	switch v := v.(type) {
 	case *Batch:
+		for i := range v.Events {
+			if _, ok := s.cfg.Schema.Header(v.Events[i].Table); !ok {
+				s.cnt.bad(s.log, ReasonUnknownTable, subj, fmt.Errorf("table %q", v.Events[i].Table))
+				return nil, 0, nil
+			}
+		}
 		ss, err := s.openSession(v.Session)
 		if err != nil {
 			s.cnt.bad(s.log, reasonOf(err), subj, err)
@@ -537,14 +540,12 @@ func (s *Server) handle(m jetstream.Msg, now time.Time) (*session, int, error) {
 			s.hosts[v.Host] = HostMeta{OffsetNS: v.OffsetNS, UncertaintyNS: v.UncertaintyNS, Measured: true, LastSeenNS: now.UnixNano()}
 		}
 		// A heartbeat belongs to a host, not a session: every open session with that host gets it.
-		var last *session
+		// Their metadata is committed with the next round that touches them.
 		for _, ss := range s.sessions {
 			if _, ok := ss.meta.Hosts[v.Host]; ok && ss.meta.Status == StatusActive {
 				ss.applyHeartbeat(v, now)
-				last = ss
 			}
 		}
-		_ = last
 		return nil, 0, nil
 	}
 	s.cnt.bad(s.log, ReasonDecode, subj, fmt.Errorf("decoder returned %T", v))

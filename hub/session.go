@@ -58,6 +58,8 @@ type session struct {
 	line    []byte
 	last    time.Time // hub time of the last message for this session (idle detection)
 	metaDirty bool
+	// known holds the latest measured offset per host, hub-wide, for hosts new to this session.
+	known map[string]HostMeta
 }
 
 func newSession(dir, id string, schema Schema, maxBytes int64, now time.Time) *session {
@@ -89,6 +91,9 @@ func (s *session) host(name string) *HostMeta {
 	h := s.meta.Hosts[name]
 	if h == nil {
 		h = &HostMeta{}
+		if k, ok := s.known[name]; ok && k.Measured {
+			h.OffsetNS, h.UncertaintyNS, h.Measured = k.OffsetNS, k.UncertaintyNS, true
+		}
 		s.meta.Hosts[name] = h
 		s.metaDirty = true
 	}
