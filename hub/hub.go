@@ -365,7 +365,12 @@ func (s *Server) Run(ctx context.Context) error {
 	defer hk.Stop()
 	lastRetention := time.Time{}
 	for ctx.Err() == nil {
-		b, err := s.cons.Fetch(s.cfg.Fetch, jetstream.FetchMaxWait(500*time.Millisecond))
+		// Take what is there at once; when nothing is, wait for one message so an idle hub
+		// neither spins nor delays the first message of a burst.
+		msgs, err := s.fetch(s.cfg.Fetch, true)
+		if err == nil && len(msgs) == 0 {
+			msgs, err = s.fetch(1, false)
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				break
@@ -376,13 +381,6 @@ func (s *Server) Run(ctx context.Context) error {
 			case <-time.After(time.Second):
 			}
 			continue
-		}
-		var msgs []jetstream.Msg
-		for m := range b.Messages() {
-			msgs = append(msgs, m)
-		}
-		if err := b.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && ctx.Err() == nil {
-			s.log.Debug("fetch ended", "err", err)
 		}
 		if len(msgs) > 0 {
 			s.process(msgs)
@@ -401,6 +399,27 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	s.mu.Unlock()
 	return nil
+}
+
+func (s *Server) fetch(n int, noWait bool) ([]jetstream.Msg, error) {
+	var b jetstream.MessageBatch
+	var err error
+	if noWait {
+		b, err = s.cons.FetchNoWait(n)
+	} else {
+		b, err = s.cons.Fetch(n, jetstream.FetchMaxWait(500*time.Millisecond))
+	}
+	if err != nil {
+		return nil, err
+	}
+	var msgs []jetstream.Msg
+	for m := range b.Messages() {
+		msgs = append(msgs, m)
+	}
+	if err := b.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, jetstream.ErrNoMessages) {
+		s.log.Debug("fetch ended", "err", err)
+	}
+	return msgs, nil
 }
 
 type outcome struct {

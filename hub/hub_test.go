@@ -280,3 +280,47 @@ func TestSessionCapCountsDropped(t *testing.T) {
 		t.Errorf("rows %v dropped %d bytes %d, want rows+dropped = 10 within 300 bytes", m.Rows, m.DroppedByCap, m.Bytes)
 	}
 }
+
+func TestIdleEndAndRetention(t *testing.T) {
+	data := t.TempDir()
+	// An old ended session that retention must remove, and one it must keep.
+	for id, age := range map[string]time.Duration{"OLD": 48 * time.Hour, "NEW": time.Minute} {
+		dir := SessionDir(data, id)
+		os.MkdirAll(dir, 0o755)
+		b, _ := json.Marshal(Metadata{Session: id, Status: StatusEnded, EndNS: time.Now().Add(-age).UnixNano()})
+		os.WriteFile(filepath.Join(dir, MetadataFile), b, 0o644)
+	}
+	s, err := New(Config{DataDir: data, Listen: "127.0.0.1:-1", Schema: testSchema{}, Decoder: jsonDecoder{},
+		SessionIdle: 200 * time.Millisecond, Retention: 24 * time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := s.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	defer func() { cancel(); <-done; s.Close() }()
+	nc, err := nats.Connect(s.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	publish(t, nc, "pm.v1.ev.S1.h.w0.kv_cache", jsonMsg{Batch: kvBatch("h", 1, 1)})
+	waitFor(t, "idle end", func() bool {
+		m, err := ReadMetadata(SessionDir(data, "S1"))
+		return err == nil && m.Status == StatusEnded && m.EndReason == EndIdle
+	})
+	waitFor(t, "retention", func() bool {
+		_, err := os.Stat(SessionDir(data, "OLD"))
+		return os.IsNotExist(err)
+	})
+	if _, err := os.Stat(SessionDir(data, "NEW")); err != nil {
+		t.Errorf("recent session removed: %v", err)
+	}
+	if got := len(s.Sessions()); got != 2 {
+		t.Errorf("Sessions() lists %d, want 2 (S1, NEW)", got)
+	}
+}
