@@ -192,3 +192,14 @@ func (t *Tracker) Latest() (o Offset, ok bool) {
 	defer t.mu.Unlock()
 	return t.latest, t.ok
 }
+
+// HeartbeatFields returns what the agent's heartbeat on pm.v1.hb.<host> carries about the clock:
+// the latest offset and its uncertainty in nanoseconds, and whether one was measured at all (an
+// unmeasured host must not be mistaken for a host with a perfect clock).
+func (t *Tracker) HeartbeatFields() (offsetNS, uncertaintyNS int64, measured bool) {
+	o, ok := t.Latest()
+	if !ok {
+		return 0, 0, false
+	}
+	return int64(o.Offset), int64(o.Uncertainty), true
+}

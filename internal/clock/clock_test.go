@@ -75,6 +75,9 @@ func TestTrackerKeepsValueAndReportsNoHub(t *testing.T) {
 	if _, ok := tr.Latest(); ok {
 		t.Fatal("latest must be unset before a measurement")
 	}
+	if _, _, measured := tr.HeartbeatFields(); measured {
+		t.Fatal("heartbeat must say unmeasured before a measurement")
+	}
 	// Nobody serves the subject yet: a clear error, nothing stored.
 	if _, err := tr.MeasureNow(ctx); !errors.Is(err, nats.ErrNoResponders) && !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("without hub: got %v, want no responders", err)
@@ -100,6 +103,9 @@ func TestTrackerKeepsValueAndReportsNoHub(t *testing.T) {
 	}
 	if d := (o.Offset - skew).Abs(); d > o.Uncertainty {
 		t.Errorf("tracker offset: got %v ± %v, want %v", o.Offset, o.Uncertainty, skew)
+	}
+	if off, unc, measured := tr.HeartbeatFields(); !measured || off != int64(o.Offset) || unc != int64(o.Uncertainty) {
+		t.Errorf("heartbeat fields: got %d %d %v, want %d %d true", off, unc, measured, o.Offset, o.Uncertainty)
 	}
 	// Hub gone: the last good value stays.
 	stop()
