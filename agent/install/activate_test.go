@@ -1,0 +1,76 @@
+package install
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/profilemate/profilemate/internal/pyenv"
+)
+
+// TestInstallActivatesShim installs the real shim into a scratch venv and runs the venv's python,
+// with no PYTHONPATH of ours, against the vLLM-shaped test tree.
+func TestInstallActivatesShim(t *testing.T) {
+	repo := pyenv.RepoRoot(t)
+	era := filepath.Join(repo, "testbed", "eras", "v0_16_0")
+	if _, err := os.Stat(filepath.Join(era, "vllm")); err != nil {
+		t.Skipf("test tree not present: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(repo, "shim", "profilemate", "bootstrap.py")); err != nil {
+		t.Skipf("shim not present: %v", err)
+	}
+	// The shim's Python files as pmagent embeds them (shim.FS holds the same tree).
+	src := Source{FS: os.DirFS(filepath.Join(repo, "shim")), Version: "0.0.0.dev0"}
+	for _, py := range pyenv.ForTest(t) {
+		t.Run(py.String(), func(t *testing.T) {
+			python := venv(t, py)
+			root := filepath.Dir(filepath.Dir(python))
+			before := snapshot(t, root)
+			m, err := InstallFrom(python, src)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := run(t, python, nil, "-c", entryPointsProg); !strings.Contains(got, "profilemate=profilemate.bootstrap:vllm_plugin") {
+				t.Errorf("entry points: got %s", got)
+			}
+			// Nothing of the venv may point back into the repository or pmagent's cache.
+			for _, f := range m.Files {
+				b, _ := os.ReadFile(filepath.Join(m.SitePackages, f))
+				if strings.Contains(string(b), repo) {
+					t.Errorf("%s refers to %s", f, repo)
+				}
+			}
+			out := t.TempDir()
+			env := []string{"PROFILEMATE_OUTPUT_DIR=" + out, "PROFILEMATE_SOCKET=" + filepath.Join(out, "none.sock")}
+
+			// A plain script: no output, no folder.
+			if got := run(t, python, env, "-c", "print('plain')"); got != "plain\n" {
+				t.Errorf("plain script output: got %q, want %q", got, "plain\n")
+			}
+			if ents, _ := os.ReadDir(out); len(ents) != 0 {
+				t.Errorf("plain script created %v", ents)
+			}
+
+			// Importing the test tree's vLLM activates ProfileMate.
+			got := run(t, python, append(env, "PYTHONPATH="+era), "-c", "import vllm.v1.core.sched.scheduler")
+			ents, _ := os.ReadDir(out)
+			var sessions []string
+			for _, e := range ents {
+				if strings.HasPrefix(e.Name(), "session_") {
+					sessions = append(sessions, e.Name())
+				}
+			}
+			if !strings.Contains(got, "[sitecustomize]") && len(sessions) == 0 {
+				t.Errorf("vllm import did not activate ProfileMate: output %q, folder %v", got, ents)
+			}
+
+			if _, err := Uninstall(python); err != nil {
+				t.Fatal(err)
+			}
+			if d := diff(before, snapshot(t, root)); len(d) > 0 {
+				t.Errorf("venv differs after uninstall: %v", d)
+			}
+		})
+	}
+}
