@@ -40,7 +40,7 @@ const EntryPoints = "[vllm.general_plugins]\nprofilemate = profilemate.bootstrap
 
 // ErrForeign means the target holds a profilemate that pmagent did not install (or that was changed
 // since); nothing is touched.
-var ErrForeign = errors.New("not installed by pmagent")
+var ErrForeign = errors.New("refusing to touch files pmagent did not install")
 
 // ErrNotInstalled means no pmagent-installed profilemate was found.
 var ErrNotInstalled = errors.New("profilemate not installed")
@@ -78,7 +78,10 @@ func Query(python string) (Env, error) {
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
-		return Env{}, fmt.Errorf("ask %s for its site-packages: %w: %s", python, err, strings.TrimSpace(stderr.String()))
+		if msg := strings.TrimSpace(stderr.String()); msg != "" {
+			err = fmt.Errorf("%w: %s", err, msg)
+		}
+		return Env{}, fmt.Errorf("ask %s for its site-packages: %w", python, err)
 	}
 	var e Env
 	// The answer is the last line: a .pth in that environment may print before it.
@@ -124,6 +127,9 @@ func InstallFrom(python string, src Source) (Manifest, error) {
 	site := env.Purelib
 	if err := os.MkdirAll(site, 0o755); err != nil {
 		return Manifest{}, fmt.Errorf("install: %w", err)
+	}
+	if abs, err := filepath.Abs(python); err == nil {
+		python = abs
 	}
 	m := Manifest{Python: python, PyVersion: env.Version, SitePackages: site, Version: src.Version, DistInfo: distName(src.Version)}
 
