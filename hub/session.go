@@ -170,10 +170,10 @@ func (s *session) writeBatch(b *Batch, now time.Time) (int, error) {
 			return written, err
 		}
 		l := s.line[:0]
-		l = appendField(l, s.id, false)
-		l = appendField(l, b.Host, true)
+		l = appendField(l, s.id)
+		l = appendField(l, b.Host)
 		l = append(append(l, pidText...), ',')
-		l = appendField(l, b.Ident.Role, true)
+		l = appendField(l, b.Ident.Role)
 		for _, r := range ranks {
 			l = append(append(l, r...), ',')
 		}
@@ -184,7 +184,7 @@ func (s *session) writeBatch(b *Batch, now time.Time) (int, error) {
 		l = strconv.AppendInt(l, e.TsNS, 10)
 		for _, c := range e.Cols {
 			l = append(l, ',')
-			l = appendField(l, c, false)
+			l = appendField(l, c)
 			l = l[:len(l)-1]
 		}
 		l = append(l, ',')
@@ -422,8 +422,7 @@ func (s *session) scanTable(table string) error {
 }
 
 // appendField appends v as one CSV field followed by a comma, quoting only when needed.
-// numeric marks fields that never need quoting checks (kept for symmetry with callers).
-func appendField(l []byte, v string, check bool) []byte {
+func appendField(l []byte, v string) []byte {
 	if strings.ContainsAny(v, ",\"\r\n") {
 		l = append(l, '"')
 		l = append(l, strings.ReplaceAll(v, `"`, `""`)...)
@@ -436,7 +435,7 @@ func appendField(l []byte, v string, check bool) []byte {
 
 func appendRecord(l []byte, fields []string) []byte {
 	for _, f := range fields {
-		l = appendField(l, f, true)
+		l = appendField(l, f)
 	}
 	l[len(l)-1] = '\n'
 	return l
