@@ -1,0 +1,524 @@
+package agent
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Config is everything an agent needs; the zero value of each field has a usable default.
+type Config struct {
+	Host        string // host name in subjects; default os.Hostname()
+	Session     string // fixed session for every process; empty: the shim's, else one per process tree
+	Socket      string // Unix socket path; empty: no socket (tests drive Ingest directly)
+	SocketGroup string // group owning the socket when it exists; default "profilemate"
+	NATS        NATSConfig
+	SpoolDir    string // empty: no disk spool (memory only, then drops)
+	SpoolMax    int64  // default 1 GiB
+	MemMax      int64  // memory queue bytes before spooling; default 32 MiB
+	MaxLine     int    // default DefaultMaxLine
+	// SessionLinger ends a session this long after its last process left; 0 keeps sessions open
+	// until EndSession (what `pmagent run` does: it ends the session when its command exits).
+	SessionLinger time.Duration
+	Version       string
+	Encoder       Encoder // default: the stream's protobuf encoding
+	Logger        *slog.Logger
+}
+
+// Agent ingests shim connections and publishes what they send.
+type Agent struct {
+	cfg     Config
+	log     *slog.Logger
+	enc     Encoder
+	q       *queue
+	pub     *publisher
+	started time.Time
+	ln      net.Listener
+
+	mu       sync.Mutex
+	sessions map[string]*session // by id
+	renamed  map[string]string   // ended name → the id that replaced it
+	procs    map[int]*proc
+	conns    map[*conn]struct{}
+	connWG   sync.WaitGroup
+
+	events    atomic.Int64 // events accepted
+	dupes     atomic.Int64 // events received again after a shim reconnect, not re-published
+	badLines  atomic.Int64
+	badLog    rateLog
+	encErrors atomic.Int64
+}
+
+type session struct {
+	id    string
+	live  int
+	ended bool
+	timer *time.Timer
+	// dropped sums the cumulative drop counters of the session's processes.
+	procs map[int]*proc
+}
+
+type proc struct {
+	pid     int
+	sess    *session
+	ident   Ident
+	token   string
+	hello   *Hello
+	conn    *conn
+	events  int64
+	dropped uint64
+	maxSeq  uint64
+	seen    bool // maxSeq is valid
+	bye     bool
+}
+
+// New prepares an agent: it opens the spool and connects to NATS (in the background when the
+// server is not up yet). Start serves the socket.
+func New(cfg Config) (*Agent, error) {
+	if cfg.Host == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return nil, fmt.Errorf("agent: host name: %w", err)
+		}
+		cfg.Host = h
+	}
+	if cfg.SocketGroup == "" {
+		cfg.SocketGroup = "profilemate"
+	}
+	if cfg.SpoolMax == 0 {
+		cfg.SpoolMax = 1 << 30
+	}
+	if cfg.MemMax == 0 {
+		cfg.MemMax = 32 << 20
+	}
+	if cfg.MaxLine == 0 {
+		cfg.MaxLine = DefaultMaxLine
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.NATS.Name == "" {
+		cfg.NATS.Name = "pmagent@" + cfg.Host
+	}
+	a := &Agent{
+		cfg: cfg, log: cfg.Logger.With("component", "agent"), enc: cfg.Encoder,
+		started: time.Now(), sessions: map[string]*session{}, renamed: map[string]string{},
+		procs: map[int]*proc{}, conns: map[*conn]struct{}{},
+	}
+	if a.enc == nil {
+		a.enc = defaultEncoder()
+	}
+	var sp *spool
+	if cfg.SpoolDir != "" {
+		var err error
+		if sp, err = openSpool(cfg.SpoolDir, cfg.SpoolMax); err != nil {
+			return nil, fmt.Errorf("agent: %w", err)
+		}
+		if sp.count > 0 {
+			a.log.Info("replaying spool from an earlier run", "dir", cfg.SpoolDir, "messages", sp.count, "bytes", sp.bytes)
+		}
+	}
+	a.q = newQueue(cfg.MemMax, sp)
+	a.pub = newPublisher(cfg.NATS, a.q, a.log)
+	if cfg.NATS.URL == "" {
+		a.log.Info("no NATS configured: events are kept in the spool for a later run with --nats", "spool", cfg.SpoolDir)
+	}
+	if err := a.pub.connect(); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	return a, nil
+}
+
+// Start listens on the socket (when configured) and starts publishing.
+func (a *Agent) Start(ctx context.Context) error {
+	if a.cfg.Socket != "" {
+		ln, err := listenSocket(a.cfg.Socket, a.cfg.SocketGroup, a.log)
+		if err != nil {
+			return fmt.Errorf("agent: %w", err)
+		}
+		a.ln = ln
+		go a.accept()
+	}
+	go a.pub.run()
+	go func() {
+		<-ctx.Done()
+		a.stopListening()
+	}()
+	return nil
+}
+
+// Socket is the path the agent listens on.
+func (a *Agent) Socket() string { return a.cfg.Socket }
+
+// Host is the host name the agent publishes under.
+func (a *Agent) Host() string { return a.cfg.Host }
+
+func (a *Agent) stopListening() {
+	a.mu.Lock()
+	ln := a.ln
+	a.ln = nil
+	a.mu.Unlock()
+	if ln != nil {
+		ln.Close()
+		_ = os.Remove(a.cfg.Socket)
+	}
+}
+
+// WaitIdle waits until no shim is connected or ctx is done; `pmagent run` calls it after its
+// command exited so the last lines of every process are read.
+func (a *Agent) WaitIdle(ctx context.Context) bool {
+	for {
+		a.mu.Lock()
+		n := len(a.conns)
+		a.mu.Unlock()
+		if n == 0 {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// Report is what Shutdown could not deliver.
+type Report struct {
+	Published int64 // messages acknowledged by the stream during this run
+	Spooled   int64 // messages left in the spool for a later run
+	Dropped   int64 // messages lost (queue and spool full)
+	ShimDrops uint64
+}
+
+// Shutdown stops the socket, closes the remaining connections, ends every open session, sends
+// what it can until ctx is done and leaves the rest in the spool.
+func (a *Agent) Shutdown(ctx context.Context) (Report, error) {
+	a.stopListening()
+	a.mu.Lock()
+	for c := range a.conns {
+		c.nc.Close()
+	}
+	a.mu.Unlock()
+	a.connWG.Wait()
+	a.mu.Lock()
+	var ids []string
+	for id, s := range a.sessions {
+		if !s.ended {
+			ids = append(ids, id)
+		}
+	}
+	a.mu.Unlock()
+	for _, id := range ids {
+		a.EndSession(id)
+	}
+	a.pub.drain(ctx)
+	kept, _, err := a.q.close()
+	a.pub.close()
+	st := a.q.stats()
+	var shim uint64
+	a.mu.Lock()
+	for _, p := range a.procs {
+		shim += p.dropped
+	}
+	a.mu.Unlock()
+	return Report{Published: a.pub.published.Load(), Spooled: kept, Dropped: st.Dropped, ShimDrops: shim}, err
+}
+
+// NewSessionID returns a fresh session id: YYYYMMDD_HHMMSS_<6 hex>.
+func NewSessionID(now time.Time) string {
+	var b [3]byte
+	_, _ = rand.Read(b[:])
+	return now.UTC().Format("20060102_150405") + "_" + hex.EncodeToString(b[:])
+}
+
+// resolveSession picks the session of a process that says hello (a.mu held).
+func (a *Agent) resolveSession(h *Hello) *session {
+	name := a.cfg.Session
+	if name == "" {
+		name = h.Session
+	}
+	if name == "" {
+		if parent, ok := a.procs[h.PPID]; ok && !parent.sess.ended {
+			return parent.sess
+		}
+	}
+	if name == "" {
+		name = NewSessionID(time.Now())
+	}
+	if id, ok := a.renamed[name]; ok {
+		name = id
+	}
+	s, ok := a.sessions[name]
+	if ok && s.ended {
+		id := NewSessionID(time.Now())
+		a.renamed[name] = id
+		a.log.Info("session already ended; continuing under a new id", "session", name, "new", id)
+		name = id
+		s, ok = nil, false
+	}
+	if !ok {
+		s = &session{id: name, procs: map[int]*proc{}}
+		a.sessions[name] = s
+		a.log.Info("session started", "session", name)
+	}
+	return s
+}
+
+// EndSession closes a session: it publishes its end record and later hellos naming it get a new id.
+func (a *Agent) EndSession(id string) {
+	a.mu.Lock()
+	s, ok := a.sessions[id]
+	if !ok || s.ended {
+		a.mu.Unlock()
+		return
+	}
+	s.ended = true
+	if s.timer != nil {
+		s.timer.Stop()
+	}
+	var dropped, last uint64
+	for _, p := range s.procs {
+		dropped += p.dropped
+	}
+	a.mu.Unlock()
+	a.publishLife(&Life{Type: "end", Session: id, Host: a.cfg.Host, Proc: "agent", Dropped: dropped,
+		LastSeq: last, EndNS: time.Now().UnixNano(), AgentDropped: a.q.stats().Dropped})
+	a.log.Info("session ended", "session", id)
+}
+
+// Sessions lists the ids of the sessions the agent has seen.
+func (a *Agent) Sessions() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	ids := make([]string, 0, len(a.sessions))
+	for id := range a.sessions {
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+func (a *Agent) publishLife(l *Life) {
+	data, err := a.enc.EncodeLife(l)
+	if err != nil {
+		a.encErrors.Add(1)
+		a.log.Error("encode lifecycle record", "err", err)
+		return
+	}
+	id := l.Session + "/" + l.Host + "/" + fmt.Sprint(l.PID) + "/life/" + l.Type
+	switch l.Type {
+	case "status":
+		id += "-" + fmt.Sprint(time.Now().UnixNano())
+	case "hello":
+		id += "-" + fmt.Sprint(l.Hello.StartNS)
+	}
+	a.q.push(Msg{Subject: lifeSubject(l.Session, l.Host, l.Proc), ID: id, Data: data})
+}
+
+// hello registers a process (again, after a reconnect) and returns the session it belongs to.
+func (a *Agent) hello(c *conn, h *Hello) {
+	a.mu.Lock()
+	p, ok := a.procs[h.PID]
+	if ok && (p.sess.ended || p.bye) {
+		// A new process reusing the pid, or one that outlived its session.
+		ok = false
+	}
+	if !ok {
+		s := a.resolveSession(h)
+		p = &proc{pid: h.PID, sess: s}
+		a.procs[h.PID] = p
+		s.procs[h.PID] = p
+		s.live++
+		if s.timer != nil {
+			s.timer.Stop()
+			s.timer = nil
+		}
+	}
+	p.ident, p.hello, p.conn = h.Ident(), h, c
+	p.token = a.uniqueToken(p)
+	c.pids[h.PID] = p
+	sess := p.sess.id
+	a.mu.Unlock()
+
+	if h.Session != sess {
+		c.send(Ctl{T: "ctl", V: WireVersion, Op: "session", Session: sess})
+	}
+	a.publishLife(&Life{Type: "hello", Session: sess, Host: a.cfg.Host, Proc: p.token, PID: h.PID, Ident: p.ident, Hello: h})
+}
+
+// uniqueToken keeps proc tokens unique inside a session (two processes claiming the same rank).
+func (a *Agent) uniqueToken(p *proc) string {
+	t := procToken(p.ident, p.pid)
+	for _, o := range p.sess.procs {
+		if o != p && o.token == t && !o.bye {
+			return "p" + fmt.Sprint(p.pid)
+		}
+	}
+	return t
+}
+
+// batch publishes a shim batch as one message per kind.
+func (a *Agent) batch(c *conn, b *Batch) {
+	a.mu.Lock()
+	p, ok := a.procs[b.PID]
+	if !ok || p.bye || p.sess.ended {
+		// Events before (or without) a hello: a shim that reconnected to a restarted agent.
+		h := &Hello{PID: b.PID, PPID: -1, Role: "", DP: -1, PP: -1, TP: -1, EP: -1, Rank: -1}
+		if b.Ident != nil {
+			h.Role, h.DP, h.PP, h.TP, h.EP, h.Rank = b.Ident.Role, b.Ident.DP, b.Ident.PP, b.Ident.TP, b.Ident.EP, b.Ident.Rank
+		}
+		a.mu.Unlock()
+		a.hello(c, h)
+		a.mu.Lock()
+		p = a.procs[b.PID]
+	}
+	if b.Ident != nil && *b.Ident != p.ident {
+		p.ident = *b.Ident
+	}
+	// Drop what this process already sent (it resends its buffer after a reconnect).
+	evs := b.Events
+	kept := evs[:0:0]
+	for i := range evs {
+		if p.seen && evs[i].Seq <= p.maxSeq {
+			a.dupes.Add(1)
+			continue
+		}
+		p.seen, p.maxSeq = true, evs[i].Seq
+		kept = append(kept, evs[i])
+	}
+	if b.Dropped > p.dropped {
+		p.dropped = b.Dropped
+	}
+	p.events += int64(len(kept))
+	head := BatchHead{Session: p.sess.id, Host: a.cfg.Host, Proc: p.token, PID: p.pid, Ident: p.ident, Dropped: p.dropped}
+	a.mu.Unlock()
+	a.events.Add(int64(len(kept)))
+	a.publishEvents(&head, kept)
+}
+
+// publishEvents groups events by kind (keeping their order) and queues one message per kind.
+func (a *Agent) publishEvents(head *BatchHead, evs []Event) {
+	for len(evs) > 0 {
+		kind := evs[0].Kind
+		same := evs[:0:0]
+		rest := evs[:0:0]
+		for i := range evs {
+			if evs[i].Kind == kind {
+				same = append(same, evs[i])
+			} else {
+				rest = append(rest, evs[i])
+			}
+		}
+		h := *head
+		h.Kind = kind
+		data, err := a.enc.EncodeBatch(&h, same)
+		if err != nil {
+			a.encErrors.Add(1)
+			a.badLog.log(a.log, "batch rejected by the encoder", "pid", h.PID, "kind", kind, "err", err)
+		} else {
+			a.q.push(Msg{
+				Subject: eventSubject(h.Session, h.Host, h.Proc, kind),
+				ID:      eventMsgID(h.Session, h.Host, h.PID, kind, same[0].Seq, same[len(same)-1].Seq),
+				Data:    data,
+			})
+		}
+		evs = rest
+	}
+}
+
+func (a *Agent) status(s *StatusMsg) {
+	a.mu.Lock()
+	p, ok := a.procs[s.PID]
+	if !ok {
+		a.mu.Unlock()
+		return
+	}
+	l := &Life{Type: "status", Session: p.sess.id, Host: a.cfg.Host, Proc: p.token, PID: p.pid, Ident: p.ident, Targets: s.Targets}
+	a.mu.Unlock()
+	a.publishLife(l)
+}
+
+func (a *Agent) bye(b *Bye) {
+	a.mu.Lock()
+	p, ok := a.procs[b.PID]
+	if !ok || p.bye {
+		a.mu.Unlock()
+		return
+	}
+	if b.Dropped > p.dropped {
+		p.dropped = b.Dropped
+	}
+	l := &Life{Type: "bye", Session: p.sess.id, Host: a.cfg.Host, Proc: p.token, PID: p.pid, Ident: p.ident,
+		Dropped: p.dropped, LastSeq: b.LastSeq, EndNS: b.EndNS}
+	a.leave(p)
+	a.mu.Unlock()
+	a.publishLife(l)
+}
+
+// leave marks a process gone (a.mu held) and schedules its session's end when it was the last.
+func (a *Agent) leave(p *proc) {
+	if p.bye {
+		return
+	}
+	p.bye = true
+	s := p.sess
+	s.live--
+	if s.live == 0 && a.cfg.SessionLinger > 0 && !s.ended {
+		id := s.id
+		s.timer = time.AfterFunc(a.cfg.SessionLinger, func() {
+			a.mu.Lock()
+			idle := s.live == 0
+			a.mu.Unlock()
+			if idle {
+				a.EndSession(id)
+			}
+		})
+	}
+}
+
+// connGone handles a connection that closed: processes that are no longer alive have left.
+func (a *Agent) connGone(c *conn) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	delete(a.conns, c)
+	for pid, p := range c.pids {
+		if p.conn == c {
+			p.conn = nil
+			if !pidAlive(pid) {
+				a.leave(p)
+			}
+		}
+	}
+}
+
+// Control sends a control line to every connected shim (of one session when session is set).
+func (a *Agent) Control(ctl Ctl, session string) int {
+	ctl.T, ctl.V = "ctl", WireVersion
+	a.mu.Lock()
+	var cs []*conn
+	for c := range a.conns {
+		for _, p := range c.pids {
+			if session == "" || p.sess.id == session {
+				cs = append(cs, c)
+				break
+			}
+		}
+	}
+	a.mu.Unlock()
+	n := 0
+	for _, c := range cs {
+		if c.send(ctl) == nil {
+			n++
+		}
+	}
+	return n
+}
+
+var errNoSocket = errors.New("no socket configured")

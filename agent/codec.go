@@ -1,0 +1,3 @@
+package agent
+
+func defaultEncoder() Encoder { return JSONEncoder{} }

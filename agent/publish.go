@@ -1,0 +1,272 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// StreamName is the JetStream stream the hub creates and the agent publishes to.
+const StreamName = "PROFILEMATE"
+
+// NATSConfig says how to reach NATS. An empty URL means no NATS: everything stays in the spool.
+type NATSConfig struct {
+	URL          string
+	CoreNATS     bool // plain publish without JetStream acknowledgements (no delivery guarantee)
+	CreateStream bool // create the stream when missing (normally the hub's job)
+	TLSCA        string
+	TLSCert      string
+	TLSKey       string
+	User         string
+	Password     string
+	Creds        string
+	Name         string
+	AckTimeout   time.Duration
+}
+
+// window is how many messages are in flight to JetStream at once.
+const window = 256
+
+// publisher moves messages from the queue to NATS, in order, retrying until each is acknowledged.
+type publisher struct {
+	cfg NATSConfig
+	q   *queue
+	log *slog.Logger
+
+	nc *nats.Conn
+	js jetstream.JetStream
+
+	connected atomic.Bool
+	streamOK  atomic.Bool
+	published atomic.Int64
+	lastErr   atomic.Pointer[string]
+	errLogged atomic.Bool
+
+	stop chan struct{}
+	done chan struct{}
+	once sync.Once
+}
+
+func newPublisher(cfg NATSConfig, q *queue, log *slog.Logger) *publisher {
+	if cfg.AckTimeout == 0 {
+		cfg.AckTimeout = 3 * time.Second
+	}
+	return &publisher{cfg: cfg, q: q, log: log, stop: make(chan struct{}), done: make(chan struct{})}
+}
+
+// connect dials NATS; a server that is down is retried in the background forever.
+func (p *publisher) connect() error {
+	if p.cfg.URL == "" {
+		return nil
+	}
+	opts := []nats.Option{
+		nats.Name(p.cfg.Name),
+		nats.RetryOnFailedConnect(true),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250 * time.Millisecond),
+		// Our own queue and spool hold what waits; the client's reconnect buffer would hide
+		// failures and hold unacknowledged data in a second place.
+		nats.ReconnectBufSize(-1),
+		nats.ConnectHandler(func(*nats.Conn) { p.setConnected(true) }),
+		nats.ReconnectHandler(func(*nats.Conn) { p.setConnected(true) }),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { p.setConnected(false) }),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { p.setErr(err) }),
+	}
+	if p.cfg.TLSCA != "" {
+		opts = append(opts, nats.RootCAs(p.cfg.TLSCA))
+	}
+	if p.cfg.TLSCert != "" || p.cfg.TLSKey != "" {
+		opts = append(opts, nats.ClientCert(p.cfg.TLSCert, p.cfg.TLSKey))
+	}
+	if p.cfg.User != "" {
+		opts = append(opts, nats.UserInfo(p.cfg.User, p.cfg.Password))
+	}
+	if p.cfg.Creds != "" {
+		opts = append(opts, nats.UserCredentials(p.cfg.Creds))
+	}
+	nc, err := nats.Connect(p.cfg.URL, opts...)
+	if err != nil {
+		return fmt.Errorf("nats %s: %w", p.cfg.URL, err)
+	}
+	p.nc = nc
+	p.setConnected(nc.IsConnected())
+	if !p.cfg.CoreNATS {
+		js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(window*2))
+		if err != nil {
+			nc.Close()
+			return fmt.Errorf("jetstream: %w", err)
+		}
+		p.js = js
+	}
+	return nil
+}
+
+func (p *publisher) setConnected(v bool) {
+	if p.connected.Swap(v) != v {
+		if v {
+			p.log.Info("nats connected", "url", p.nc.ConnectedUrlRedacted())
+		} else {
+			p.log.Warn("nats disconnected; queueing")
+			p.streamOK.Store(false)
+		}
+	}
+}
+
+func (p *publisher) setErr(err error) {
+	s := err.Error()
+	p.lastErr.Store(&s)
+}
+
+func (p *publisher) lastError() string {
+	if s := p.lastErr.Load(); s != nil {
+		return *s
+	}
+	return ""
+}
+
+// run sends until stopped. Without NATS it only leaves the queue to fill the spool.
+func (p *publisher) run() {
+	defer close(p.done)
+	if p.nc == nil {
+		<-p.stop
+		return
+	}
+	backoff := 100 * time.Millisecond
+	for {
+		msgs := p.q.peek(window)
+		if len(msgs) == 0 {
+			select {
+			case <-p.stop:
+				return
+			case <-p.q.wake:
+			}
+			continue
+		}
+		n, err := p.send(msgs)
+		p.q.pop(n)
+		p.published.Add(int64(n))
+		if err == nil {
+			backoff = 100 * time.Millisecond
+			p.errLogged.Store(false)
+			continue
+		}
+		p.setErr(err)
+		if !p.errLogged.Swap(true) {
+			p.log.Warn("publish failed; keeping messages and retrying", "err", err, "queued", p.q.pending())
+		}
+		select {
+		case <-p.stop:
+			return
+		case <-time.After(backoff):
+		}
+		if backoff < 2*time.Second {
+			backoff *= 2
+		}
+	}
+}
+
+// send publishes msgs in order and returns how many of the first ones were acknowledged.
+func (p *publisher) send(msgs []Msg) (int, error) {
+	if !p.nc.IsConnected() {
+		return 0, nats.ErrConnectionClosed
+	}
+	if p.cfg.CreateStream && !p.streamOK.Load() && p.js != nil {
+		if err := p.ensureStream(); err != nil {
+			return 0, err
+		}
+	}
+	if p.cfg.CoreNATS {
+		for i := range msgs {
+			m := nats.NewMsg(msgs[i].Subject)
+			m.Header.Set(nats.MsgIdHdr, msgs[i].ID)
+			m.Data = msgs[i].Data
+			if err := p.nc.PublishMsg(m); err != nil {
+				return 0, err
+			}
+		}
+		if err := p.nc.FlushTimeout(p.cfg.AckTimeout); err != nil {
+			return 0, err
+		}
+		return len(msgs), nil
+	}
+	futs := make([]jetstream.PubAckFuture, 0, len(msgs))
+	var sendErr error
+	for i := range msgs {
+		m := &nats.Msg{Subject: msgs[i].Subject, Data: msgs[i].Data, Header: nats.Header{}}
+		f, err := p.js.PublishMsgAsync(m, jetstream.WithMsgID(msgs[i].ID))
+		if err != nil {
+			sendErr = err
+			break
+		}
+		futs = append(futs, f)
+	}
+	timer := time.NewTimer(p.cfg.AckTimeout)
+	defer timer.Stop()
+	for i, f := range futs {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			return i, p.classify(err)
+		case <-timer.C:
+			return i, errors.New("no acknowledgement from the stream in time")
+		}
+	}
+	if sendErr != nil {
+		return len(futs), sendErr
+	}
+	p.streamOK.Store(true)
+	return len(futs), nil
+}
+
+func (p *publisher) classify(err error) error {
+	if errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse) {
+		p.streamOK.Store(false)
+		return fmt.Errorf("stream %s not reachable (not created yet?): %w", StreamName, err)
+	}
+	return err
+}
+
+func (p *publisher) ensureStream() error {
+	ctx, cancel := context.WithTimeout(context.Background(), p.cfg.AckTimeout)
+	defer cancel()
+	_, err := p.js.CreateOrUpdateStream(ctx, streamConfig())
+	if err != nil {
+		return fmt.Errorf("create stream %s: %w", StreamName, err)
+	}
+	p.streamOK.Store(true)
+	return nil
+}
+
+// drain keeps sending until the queue is empty or the deadline passes, then stops the sender.
+func (p *publisher) drain(ctx context.Context) {
+	if p.nc != nil {
+		for p.q.pending() > 0 {
+			if p.q.stats().SpoolErr != "" {
+				break
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(20 * time.Millisecond):
+				continue
+			}
+			break
+		}
+	}
+	p.once.Do(func() { close(p.stop) })
+	<-p.done
+}
+
+func (p *publisher) close() {
+	p.once.Do(func() { close(p.stop) })
+	<-p.done
+	if p.nc != nil {
+		p.nc.Close()
+	}
+}

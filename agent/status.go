@@ -1,0 +1,147 @@
+package agent
+
+import (
+	"encoding/json"
+	"sort"
+	"sync"
+	"time"
+)
+
+// Status is the agent's answer to an admin status request.
+type Status struct {
+	Host      string          `json:"host"`
+	Version   string          `json:"version"`
+	UptimeS   float64         `json:"uptime_s"`
+	Processes []ProcStatus    `json:"processes"`
+	Sessions  []SessionStatus `json:"sessions"`
+	NATS      NATSStatus      `json:"nats"`
+	Spool     SpoolStatus     `json:"spool"`
+	Events    int64           `json:"events"`
+	Dupes     int64           `json:"duplicates"`
+	BadLines  int64           `json:"bad_lines"`
+	// Dropped counts messages the agent lost (memory queue and spool full).
+	Dropped int64 `json:"dropped"`
+	// Extra holds what status providers add (GPUs, clock offset); its keys appear at the top level.
+	Extra map[string]any `json:"-"`
+}
+
+// ProcStatus is one shim process as the agent sees it.
+type ProcStatus struct {
+	Pid       int    `json:"pid"`
+	Role      string `json:"role"`
+	Session   string `json:"session"`
+	Proc      string `json:"proc"`
+	DP        int    `json:"dp"`
+	PP        int    `json:"pp"`
+	TP        int    `json:"tp"`
+	EP        int    `json:"ep"`
+	Rank      int    `json:"rank"`
+	Events    int64  `json:"events"`
+	Dropped   uint64 `json:"dropped"`
+	VLLM      string `json:"vllm"`
+	GPUUUID   string `json:"gpu_uuid"`
+	Connected bool   `json:"connected"`
+	Gone      bool   `json:"gone"`
+}
+
+// SessionStatus is one session the agent assigned.
+type SessionStatus struct {
+	ID    string `json:"id"`
+	Live  int    `json:"live"`
+	Ended bool   `json:"ended"`
+}
+
+// NATSStatus is the agent's link to the stream.
+type NATSStatus struct {
+	URL       string `json:"url"`
+	Connected bool   `json:"connected"`
+	Stream    string `json:"stream"`
+	StreamOK  bool   `json:"stream_ok"`
+	Published int64  `json:"published"`
+	Error     string `json:"error"`
+}
+
+// SpoolStatus is what waits for the stream.
+type SpoolStatus struct {
+	Dir          string `json:"dir"`
+	Bytes        int64  `json:"bytes"`
+	LimitBytes   int64  `json:"limit_bytes"`
+	Batches      int64  `json:"batches"`
+	MemBatches   int64  `json:"mem_batches"`
+	MemBytes     int64  `json:"mem_bytes"`
+	DroppedBytes int64  `json:"dropped_bytes"`
+	Error        string `json:"error,omitempty"`
+}
+
+// MarshalJSON writes the fields and then every Extra key at the top level.
+func (s Status) MarshalJSON() ([]byte, error) {
+	type plain Status
+	b, err := json.Marshal(plain(s))
+	if err != nil || len(s.Extra) == 0 {
+		return b, err
+	}
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, err
+	}
+	for k, v := range s.Extra {
+		raw, err := json.Marshal(v)
+		if err != nil {
+			return nil, err
+		}
+		m[k] = raw
+	}
+	return json.Marshal(m)
+}
+
+// StatusProvider adds to a status answer (GPU list, clock offset, …).
+type StatusProvider func(*Status)
+
+var (
+	providersMu sync.Mutex
+	providers   []StatusProvider
+)
+
+// RegisterStatus adds a provider consulted for every status answer.
+func RegisterStatus(p StatusProvider) {
+	providersMu.Lock()
+	providers = append(providers, p)
+	providersMu.Unlock()
+}
+
+// Status returns what the agent sees now.
+func (a *Agent) Status() Status {
+	qs := a.q.stats()
+	st := Status{
+		Host: a.cfg.Host, Version: a.cfg.Version, UptimeS: time.Since(a.started).Seconds(),
+		Events: a.events.Load(), Dupes: a.dupes.Load(), BadLines: a.badLines.Load(), Dropped: qs.Dropped,
+		NATS: NATSStatus{URL: a.cfg.NATS.URL, Connected: a.pub.connected.Load(), Stream: StreamName,
+			StreamOK: a.pub.streamOK.Load(), Published: a.pub.published.Load(), Error: a.pub.lastError()},
+		Spool: SpoolStatus{Dir: a.cfg.SpoolDir, Bytes: qs.SpoolBytes, LimitBytes: qs.SpoolLimit, Batches: qs.SpoolMsgs,
+			MemBatches: qs.MemMsgs, MemBytes: qs.MemBytes, DroppedBytes: qs.DroppedBytes, Error: qs.SpoolErr},
+		Processes: []ProcStatus{}, Sessions: []SessionStatus{},
+	}
+	a.mu.Lock()
+	for _, p := range a.procs {
+		ps := ProcStatus{Pid: p.pid, Role: p.ident.Role, Session: p.sess.id, Proc: p.token, DP: p.ident.DP, PP: p.ident.PP,
+			TP: p.ident.TP, EP: p.ident.EP, Rank: p.ident.Rank, Events: p.events, Dropped: p.dropped,
+			Connected: p.conn != nil, Gone: p.bye}
+		if p.hello != nil {
+			ps.VLLM, ps.GPUUUID = p.hello.VLLM, p.hello.GPUUUID
+		}
+		st.Processes = append(st.Processes, ps)
+	}
+	for _, s := range a.sessions {
+		st.Sessions = append(st.Sessions, SessionStatus{ID: s.id, Live: s.live, Ended: s.ended})
+	}
+	a.mu.Unlock()
+	sort.Slice(st.Processes, func(i, j int) bool { return st.Processes[i].Pid < st.Processes[j].Pid })
+	sort.Slice(st.Sessions, func(i, j int) bool { return st.Sessions[i].ID < st.Sessions[j].ID })
+	providersMu.Lock()
+	ps := append([]StatusProvider(nil), providers...)
+	providersMu.Unlock()
+	for _, p := range ps {
+		p(&st)
+	}
+	return st
+}
