@@ -1,0 +1,144 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/profilemate/profilemate/agent"
+)
+
+// pipelineFlags are the flags `run` and `serve` share: where to publish and where to spool.
+func pipelineFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "nats", Usage: "NATS URL(s), comma separated; empty: spool only", EnvVars: []string{"PROFILEMATE_NATS"}},
+		&cli.StringFlag{Name: "host", Usage: "host name in subjects (default: the machine's)", EnvVars: []string{"PROFILEMATE_HOST"}},
+		&cli.StringFlag{Name: "spool-dir", Usage: "where undelivered batches wait on disk", EnvVars: []string{"PROFILEMATE_SPOOL_DIR"}, Value: defaultSpoolDir()},
+		&cli.Int64Flag{Name: "spool-max-bytes", Usage: "disk spool limit; beyond it batches are dropped and counted", EnvVars: []string{"PROFILEMATE_SPOOL_MAX_BYTES"}, Value: 1 << 30},
+		&cli.Int64Flag{Name: "queue-max-bytes", Usage: "memory queue limit before the disk spool is used", EnvVars: []string{"PROFILEMATE_QUEUE_MAX_BYTES"}, Value: 32 << 20},
+		&cli.BoolFlag{Name: "core-nats", Usage: "publish with core NATS, without JetStream acknowledgements (events can be lost)", EnvVars: []string{"PROFILEMATE_CORE_NATS"}},
+		&cli.BoolFlag{Name: "create-stream", Usage: "create the PROFILEMATE stream when missing (normally the hub does)", EnvVars: []string{"PROFILEMATE_CREATE_STREAM"}},
+		&cli.StringFlag{Name: "tls-ca", Usage: "CA certificate for the NATS server", EnvVars: []string{"PROFILEMATE_TLS_CA"}},
+		&cli.StringFlag{Name: "tls-cert", Usage: "client certificate", EnvVars: []string{"PROFILEMATE_TLS_CERT"}},
+		&cli.StringFlag{Name: "tls-key", Usage: "client key", EnvVars: []string{"PROFILEMATE_TLS_KEY"}},
+		&cli.StringFlag{Name: "user", Usage: "NATS user", EnvVars: []string{"PROFILEMATE_NATS_USER"}},
+		&cli.StringFlag{Name: "password", Usage: "NATS password", EnvVars: []string{"PROFILEMATE_NATS_PASSWORD"}},
+		&cli.StringFlag{Name: "creds", Usage: "NATS .creds file", EnvVars: []string{"PROFILEMATE_NATS_CREDS"}},
+		&cli.DurationFlag{Name: "flush-timeout", Usage: "how long to keep sending at exit before leaving the rest in the spool", EnvVars: []string{"PROFILEMATE_FLUSH_TIMEOUT"}, Value: 15 * time.Second},
+		&cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error", EnvVars: []string{"PROFILEMATE_LOG_LEVEL"}, Value: "info"},
+	}
+}
+
+var serveCommand = &cli.Command{
+	Name:  "serve",
+	Usage: "the host daemon: ingest every shim on this host and publish to NATS",
+	Flags: append(pipelineFlags(),
+		&cli.StringFlag{Name: "socket", Usage: "Unix socket the shims connect to", EnvVars: []string{"PROFILEMATE_SOCKET"}, Value: agent.DefaultSocket()},
+		&cli.StringFlag{Name: "socket-group", Usage: "group owning the socket (when it exists)", EnvVars: []string{"PROFILEMATE_SOCKET_GROUP"}, Value: "profilemate"},
+		&cli.StringFlag{Name: "session", Usage: "fixed session for every process (default: one per vLLM process tree)", EnvVars: []string{"PROFILEMATE_SESSION"}},
+		&cli.DurationFlag{Name: "session-linger", Usage: "end a session this long after its last process left", EnvVars: []string{"PROFILEMATE_SESSION_LINGER"}, Value: 30 * time.Second},
+	),
+	Action: func(c *cli.Context) error {
+		cfg, err := agentConfig(c)
+		if err != nil {
+			return err
+		}
+		cfg.Socket = c.String("socket")
+		cfg.SocketGroup = c.String("socket-group")
+		cfg.Session = c.String("session")
+		cfg.SessionLinger = c.Duration("session-linger")
+		a, err := agent.New(cfg)
+		if err != nil {
+			return cli.Exit("pmagent: "+err.Error(), 1)
+		}
+		if err := a.Start(c.Context); err != nil {
+			return cli.Exit("pmagent: "+err.Error(), 1)
+		}
+		cfg.Logger.Info("serving", "socket", cfg.Socket, "host", a.Host(), "nats", redact(cfg.NATS.URL))
+		<-c.Context.Done()
+		return shutdown(a, cfg.Logger, c.Duration("flush-timeout"))
+	},
+}
+
+// agentConfig builds the agent configuration shared by run and serve.
+func agentConfig(c *cli.Context) (agent.Config, error) {
+	log, err := newLogger(c.String("log-level"))
+	if err != nil {
+		return agent.Config{}, err
+	}
+	cfg := agent.Config{
+		Host:     c.String("host"),
+		SpoolDir: c.String("spool-dir"),
+		SpoolMax: c.Int64("spool-max-bytes"),
+		MemMax:   c.Int64("queue-max-bytes"),
+		Version:  c.App.Version,
+		Logger:   log,
+		NATS: agent.NATSConfig{
+			URL: c.String("nats"), CoreNATS: c.Bool("core-nats"), CreateStream: c.Bool("create-stream"),
+			TLSCA: c.String("tls-ca"), TLSCert: c.String("tls-cert"), TLSKey: c.String("tls-key"),
+			User: c.String("user"), Password: c.String("password"), Creds: c.String("creds"),
+		},
+	}
+	if cfg.SpoolMax <= 0 || cfg.MemMax <= 0 {
+		return cfg, cli.Exit("pmagent: --spool-max-bytes and --queue-max-bytes must be positive", 2)
+	}
+	if (cfg.NATS.TLSCert == "") != (cfg.NATS.TLSKey == "") {
+		return cfg, cli.Exit("pmagent: --tls-cert and --tls-key go together", 2)
+	}
+	return cfg, nil
+}
+
+func newLogger(level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, cli.Exit(fmt.Sprintf("pmagent: --log-level %q: want debug, info, warn or error", level), 2)
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})).With("component", "pmagent"), nil
+}
+
+// shutdown flushes what it can within timeout and reports what stays behind.
+func shutdown(a *agent.Agent, log *slog.Logger, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	rep, err := a.Shutdown(ctx)
+	args := []any{"published", rep.Published, "left_in_spool", rep.Spooled, "dropped", rep.Dropped, "shim_dropped", rep.ShimDrops}
+	switch {
+	case err != nil:
+		log.Error("shutdown", append(args, "err", err)...)
+	case rep.Spooled > 0 || rep.Dropped > 0:
+		log.Warn("not everything reached the stream", args...)
+	default:
+		log.Info("all events delivered", args...)
+	}
+	return nil
+}
+
+// defaultSpoolDir: /var/lib/profilemate/spool for root, else under the user's state folder.
+func defaultSpoolDir() string {
+	if os.Geteuid() == 0 {
+		return "/var/lib/profilemate/spool"
+	}
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+		return filepath.Join(d, "profilemate", "spool")
+	}
+	if h, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(h, ".local", "state", "profilemate", "spool")
+	}
+	return filepath.Join(os.TempDir(), fmt.Sprintf("profilemate-%d", os.Getuid()), "spool")
+}
+
+// redact hides passwords in URLs for logs.
+func redact(url string) string {
+	if at := strings.LastIndex(url, "@"); at > 0 {
+		if i := strings.Index(url, "://"); i >= 0 && i < at {
+			return url[:i+3] + "***" + url[at:]
+		}
+	}
+	return url
+}
