@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -119,9 +121,19 @@ func New(cfg Config) (*Agent, error) {
 	var sp *spool
 	if cfg.SpoolDir != "" {
 		var err error
-		if sp, err = openSpool(cfg.SpoolDir, cfg.SpoolMax); err != nil {
+		// Concurrent `pmagent run`s on one host share the default folder: each takes a free slot.
+		dir := cfg.SpoolDir
+		for i := 1; ; i++ {
+			sp, err = openSpool(dir, cfg.SpoolMax)
+			if !errors.Is(err, errSpoolBusy) || i > 16 {
+				break
+			}
+			dir = filepath.Join(cfg.SpoolDir, "slot-"+strconv.Itoa(i))
+		}
+		if err != nil {
 			return nil, fmt.Errorf("agent: %w", err)
 		}
+		a.cfg.SpoolDir = dir
 		if sp.count > 0 {
 			a.log.Info("replaying spool from an earlier run", "dir", cfg.SpoolDir, "messages", sp.count, "bytes", sp.bytes)
 		}
@@ -520,5 +532,3 @@ func (a *Agent) Control(ctl Ctl, session string) int {
 	}
 	return n
 }
-
-var errNoSocket = errors.New("no socket configured")

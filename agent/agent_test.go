@@ -128,9 +128,9 @@ func shortTemp(t *testing.T) string {
 
 // fakeShim is a Go client speaking the shim's side of the socket protocol.
 type fakeShim struct {
-	t   *testing.T
-	c   net.Conn
-	r   *bufio.Reader
+	t    *testing.T
+	c    net.Conn
+	r    *bufio.Reader
 	pid  int
 	rank int
 	seq  uint64

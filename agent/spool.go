@@ -10,7 +10,11 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 )
+
+// errSpoolBusy: another agent owns the spool folder.
+var errSpoolBusy = errors.New("spool folder in use by another agent")
 
 // Msg is one stream message: its subject, its Nats-Msg-Id and its encoded body.
 type Msg struct {
@@ -35,6 +39,7 @@ type spool struct {
 	bytes int64
 	count int64
 
+	lock *os.File // flock held while this process owns the folder
 	w    *os.File // appends to segs[len(segs)-1] when not nil
 	wbuf *bufio.Writer
 	rseg int64 // segment loaded into r, -1 when none
@@ -49,6 +54,15 @@ func openSpool(dir string, max int64) (*spool, error) {
 		return nil, fmt.Errorf("spool: %w", err)
 	}
 	s := &spool{dir: dir, max: max, segMax: 4 << 20, sizes: map[int64]int64{}, rseg: -1}
+	lock, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o640)
+	if err != nil {
+		return nil, fmt.Errorf("spool: %w", err)
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("%w: %s", errSpoolBusy, dir)
+	}
+	s.lock = lock
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, fmt.Errorf("spool: %w", err)
@@ -64,6 +78,7 @@ func openSpool(dir string, max int64) (*spool, error) {
 		}
 		msgs, size, err := s.readSeg(n)
 		if err != nil {
+			lock.Close()
 			return nil, err
 		}
 		if len(msgs) == 0 {
@@ -236,6 +251,12 @@ func (s *spool) dropSeg() {
 // close persists the spool. Messages still in memory (older than anything spooled) are written
 // as a new segment in front, and a partly delivered segment is rewritten without its delivered part.
 func (s *spool) close(front []Msg) (written int, err error) {
+	defer func() {
+		if s.lock != nil {
+			s.lock.Close() // releases the flock
+			s.lock = nil
+		}
+	}()
 	if err := s.closeWriter(); err != nil {
 		return 0, err
 	}
