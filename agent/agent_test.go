@@ -33,6 +33,29 @@ func startNATS(t *testing.T, storeDir string, port int) *server.Server {
 	return ns
 }
 
+func newBenchServer(dir string) (*server.Server, error) {
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true, JetStream: true, StoreDir: dir})
+	if err != nil {
+		return nil, err
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		return nil, fmt.Errorf("nats-server not ready")
+	}
+	return ns, nil
+}
+
+func createStreamURL(url string) error {
+	nc, err := nats.Connect(url)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	_, err = js.CreateStream(context.Background(), streamConfig())
+	return err
+}
+
 func createStream(t *testing.T, url string) jetstream.Stream {
 	t.Helper()
 	nc, err := nats.Connect(url)

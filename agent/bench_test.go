@@ -1,0 +1,122 @@
+package agent
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// benchBatchLine is one shim batch line of n kv_cache/forward_pass events starting at seq.
+func benchBatchLine(pid int, rank int, seq uint64, n int) []byte {
+	var b strings.Builder
+	fmt.Fprintf(&b, `{"t":"batch","v":1,"pid":%d,"ident":{"role":"worker","dp":0,"pp":0,"tp":%d,"ep":-1,"rank":%d},"events":[`, pid, rank, rank)
+	for i := 0; i < n; i++ {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		s := seq + uint64(i)
+		if s%2 == 0 {
+			fmt.Fprintf(&b, `{"kind":"kv_cache","table":"kv_cache_usage","seq":%d,"step":%d,"ts_ns":1700000000000000000,"cols":{"usage":0.5,"free_blocks":12,"total_blocks":1024}}`, s, s)
+		} else {
+			fmt.Fprintf(&b, `{"kind":"forward_pass","table":"forward_pass_timing","seq":%d,"step":%d,"ts_ns":1700000000000000000,"cols":{"duration_ms":1.25,"num_tokens":512,"phase":"decode"}}`, s, s)
+		}
+	}
+	b.WriteString(`],"dropped":0}` + "\n")
+	return []byte(b.String())
+}
+
+// BenchmarkIngestPublish measures socket ingest through JetStream acknowledgements with 8
+// simulated ranks writing 64-event batches; events/s is per process (GOMAXPROCS cores).
+func BenchmarkIngestPublish(b *testing.B) {
+	for _, ranks := range []int{1, 8} {
+		b.Run(fmt.Sprintf("ranks=%d", ranks), func(b *testing.B) {
+			ns := startNATSB(b)
+			createStreamB(b, ns)
+			dir, _ := os.MkdirTemp("", "pmab")
+			defer os.RemoveAll(dir)
+			a, err := New(Config{Host: "h1", Socket: dir + "/a.sock", NATS: NATSConfig{URL: ns}, Logger: testLogger(nil)})
+			if err != nil {
+				b.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			if err := a.Start(ctx); err != nil {
+				b.Fatal(err)
+			}
+			const per = 64
+			batches := b.N/per + 1
+			conns := make([]net.Conn, ranks)
+			for r := range conns {
+				c, err := net.Dial("unix", a.Socket())
+				if err != nil {
+					b.Fatal(err)
+				}
+				fmt.Fprintf(c, `{"t":"hello","v":1,"session":"bench","pid":%d,"role":"worker","dp":0,"pp":0,"tp":%d,"ep":-1,"rank":%d}`+"\n", 1000+r, r, r)
+				conns[r] = c
+			}
+			lines := make([][][]byte, ranks)
+			for r := range lines {
+				for i := 0; i < batches/ranks+1; i++ {
+					lines[r] = append(lines[r], benchBatchLine(1000+r, r, uint64(i*per+1), per))
+				}
+			}
+			var before runtime.MemStats
+			runtime.ReadMemStats(&before)
+			b.ReportAllocs()
+			b.ResetTimer()
+			start := time.Now()
+			var wg sync.WaitGroup
+			for r, c := range conns {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					w := bufio.NewWriter(c)
+					for _, l := range lines[r] {
+						w.Write(l)
+					}
+					w.Flush()
+				}()
+			}
+			wg.Wait()
+			total := int64(len(lines[0]) * per * ranks)
+			for a.Status().NATS.Published == 0 || a.q.pending() > 0 || a.Status().Events < total {
+				time.Sleep(time.Millisecond)
+			}
+			el := time.Since(start)
+			b.StopTimer()
+			b.ReportMetric(float64(total)/el.Seconds(), "events/s")
+			b.ReportMetric(float64(total)/el.Seconds()/float64(runtime.GOMAXPROCS(0)), "events/s/core")
+			var after runtime.MemStats
+			runtime.ReadMemStats(&after)
+			b.ReportMetric(float64(after.HeapInuse)/(1<<20), "heap-MiB")
+			for _, c := range conns {
+				c.Close()
+			}
+			_, _ = a.Shutdown(context.Background())
+		})
+	}
+}
+
+func startNATSB(b *testing.B) string {
+	dir, _ := os.MkdirTemp("", "pmns")
+	b.Cleanup(func() { os.RemoveAll(dir) })
+	ns, err := newBenchServer(dir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(ns.Shutdown)
+	return ns.ClientURL()
+}
+
+func createStreamB(b *testing.B, url string) {
+	if err := createStreamURL(url); err != nil {
+		b.Fatal(err)
+	}
+}
