@@ -140,49 +140,38 @@ func (a *Agent) reject(c *conn, err error) {
 }
 
 // handle processes one line; an error rejects only that line.
-func (a *Agent) handle(c *conn, line []byte) error {
-	env, err := decodeEnvelope(line)
+func (a *Agent) handle(c *conn, raw []byte) error {
+	l, err := decodeLine(raw)
 	if err != nil {
 		return err
 	}
-	switch env.T {
+	switch l.T {
 	case "batch":
-		b, err := decodeBatch(line)
+		b, err := l.batch()
 		if err != nil {
 			return err
 		}
 		a.batch(c, b)
 	case "hello":
-		var h Hello
-		if err := json.Unmarshal(line, &h); err != nil {
-			return fmt.Errorf("%w: hello: %v", ErrBadLine, err)
-		}
-		if h.PID <= 0 {
+		if l.PID <= 0 {
 			return fmt.Errorf("%w: hello without pid", ErrBadLine)
 		}
+		h := l.Hello
 		a.hello(c, &h)
 	case "status":
-		var s StatusMsg
-		if err := json.Unmarshal(line, &s); err != nil {
-			return fmt.Errorf("%w: status: %v", ErrBadLine, err)
-		}
-		a.status(&s)
+		a.status(&StatusMsg{PID: l.PID, Targets: l.Targets})
 	case "bye":
-		var b Bye
-		if err := json.Unmarshal(line, &b); err != nil {
-			return fmt.Errorf("%w: bye: %v", ErrBadLine, err)
-		}
-		a.bye(&b)
+		a.bye(&Bye{PID: l.PID, Dropped: l.Dropped, LastSeq: l.LastSeq, EndNS: l.EndNS})
 	case "admin":
-		switch env.Op {
+		switch l.Op {
 		case "status":
 			return c.send(a.Status())
 		default:
-			_ = c.send(map[string]any{"t": "error", "v": WireVersion, "error": "unknown admin op " + strconv.Quote(env.Op)})
-			return fmt.Errorf("%w: unknown admin op %q", ErrBadLine, env.Op)
+			_ = c.send(map[string]any{"t": "error", "v": WireVersion, "error": "unknown admin op " + strconv.Quote(l.Op)})
+			return fmt.Errorf("%w: unknown admin op %q", ErrBadLine, l.Op)
 		}
 	default:
-		return fmt.Errorf("%w: unknown type %q", ErrBadLine, env.T)
+		return fmt.Errorf("%w: unknown type %q", ErrBadLine, l.T)
 	}
 	return nil
 }

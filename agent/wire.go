@@ -99,17 +99,25 @@ type Ctl struct {
 // ErrBadLine marks a line the agent rejected; the connection stays open.
 var ErrBadLine = errors.New("bad line")
 
-type envelope struct {
+// line is the union of every message type, so a line is parsed once whatever its type.
+type line struct {
 	T  string `json:"t"`
 	V  *int   `json:"v"`
 	Op string `json:"op"`
+	Hello
+	Ident   *Ident   `json:"ident"`
+	Events  []Event  `json:"events"`
+	Dropped uint64   `json:"dropped"`
+	Targets []Target `json:"targets"`
+	LastSeq uint64   `json:"last_seq"`
+	EndNS   int64    `json:"end_ns"`
 }
 
-// decodeEnvelope reads the type and version of a line and checks them.
-func decodeEnvelope(line []byte) (envelope, error) {
-	var e envelope
-	if err := json.Unmarshal(line, &e); err != nil {
-		return e, fmt.Errorf("%w: not a JSON object: %v", ErrBadLine, err)
+// decodeLine parses a line and checks its type and version.
+func decodeLine(b []byte) (*line, error) {
+	e := &line{}
+	if err := json.Unmarshal(b, e); err != nil {
+		return e, fmt.Errorf("%w: not a valid object: %v", ErrBadLine, err)
 	}
 	if e.T == "" {
 		return e, fmt.Errorf("%w: no \"t\"", ErrBadLine)
@@ -124,11 +132,8 @@ func decodeEnvelope(line []byte) (envelope, error) {
 	return e, nil
 }
 
-func decodeBatch(line []byte) (*Batch, error) {
-	var b Batch
-	if err := json.Unmarshal(line, &b); err != nil {
-		return nil, fmt.Errorf("%w: batch: %v", ErrBadLine, err)
-	}
+func (l *line) batch() (*Batch, error) {
+	b := Batch{PID: l.PID, Ident: l.Ident, Events: l.Events, Dropped: l.Dropped}
 	if b.PID <= 0 {
 		return nil, fmt.Errorf("%w: batch without pid", ErrBadLine)
 	}
