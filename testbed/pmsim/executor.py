@@ -1,0 +1,6 @@
+class Executor:
+    pass
+
+
+class UniProcExecutor(Executor):
+    pass

@@ -1,0 +1,44 @@
+package testbed
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/profilemate/profilemate/internal/pyenv"
+)
+
+// TestPythonSuites runs testbed/tests (conformance, ground truth, discrimination) under every Python.
+func TestPythonSuites(t *testing.T) {
+	root := pyenv.RepoRoot(t)
+	dir := filepath.Join(root, "testbed", "tests")
+	for _, py := range pyenv.ForTest(t) {
+		py := py
+		t.Run(py.String(), func(t *testing.T) {
+			pyenv.RunUnittest(t, py, dir, filepath.Join(root, "testbed"), "test_*.py")
+		})
+	}
+}
+
+// TestUnpack writes the embedded tree and checks that every era's vllm package and the script arrive.
+func TestUnpack(t *testing.T) {
+	dst := t.TempDir()
+	if err := Unpack(dst); err != nil {
+		t.Fatal(err)
+	}
+	for _, folder := range Eras {
+		if _, err := os.Stat(filepath.Join(dst, "eras", folder, "vllm", "__init__.py")); err != nil {
+			t.Errorf("era %s: %v", folder, err)
+		}
+	}
+	st, err := os.Stat(filepath.Join(dst, "bin", "vllm"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode()&0o111 == 0 {
+		t.Errorf("bin/vllm is not executable: %v", st.Mode())
+	}
+	if _, err := os.Stat(filepath.Join(dst, "pmsim", "__init__.py")); err != nil {
+		t.Error(err)
+	}
+}
