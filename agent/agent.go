@@ -510,17 +510,26 @@ func (a *Agent) connGone(c *conn) {
 	}
 }
 
-// Control sends a control line to every connected shim (of one session when session is set).
+// Control sends a control line to every connected shim (of one session when session is set) and
+// returns how many got it. A session change also moves those processes to the new session here, so
+// their next events are published under it.
 func (a *Agent) Control(ctl Ctl, session string) int {
 	ctl.T, ctl.V = "ctl", WireVersion
 	a.mu.Lock()
 	var cs []*conn
 	for c := range a.conns {
+		matched := false
 		for _, p := range c.pids {
-			if session == "" || p.sess.id == session {
-				cs = append(cs, c)
-				break
+			if p.bye || (session != "" && p.sess.id != session) {
+				continue
 			}
+			matched = true
+			if ctl.Op == "session" && ctl.Session != "" && p.sess.id != ctl.Session {
+				a.moveProc(p, ctl.Session)
+			}
+		}
+		if matched {
+			cs = append(cs, c)
 		}
 	}
 	a.mu.Unlock()
@@ -531,4 +540,21 @@ func (a *Agent) Control(ctl Ctl, session string) int {
 		}
 	}
 	return n
+}
+
+// moveProc puts a live process into session id (a.mu held).
+func (a *Agent) moveProc(p *proc, id string) {
+	old := p.sess
+	delete(old.procs, p.pid)
+	old.live--
+	s, ok := a.sessions[id]
+	if !ok || s.ended {
+		s = &session{id: id, procs: map[int]*proc{}}
+		a.sessions[id] = s
+		delete(a.renamed, id)
+	}
+	s.procs[p.pid] = p
+	s.live++
+	p.sess = s
+	p.token = a.uniqueToken(p)
 }

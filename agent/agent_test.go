@@ -333,3 +333,33 @@ func TestEndedSessionNameGetsNewID(t *testing.T) {
 		t.Errorf("new id %q is not YYYYMMDD_HHMMSS_<6hex>", ctl.Session)
 	}
 }
+
+func TestControlSessionChangeMovesProcesses(t *testing.T) {
+	a := newTestAgent(t, Config{})
+	s := dialShim(t, a.Socket(), 901, 2, "old")
+	waitFor(t, "hello", func() bool { return len(a.Status().Processes) == 1 })
+	if n := a.Control(Ctl{Op: "session", Session: "new"}, "old"); n != 1 {
+		t.Fatalf("control reached %d shims, want 1", n)
+	}
+	line, err := s.r.ReadBytes('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ctl Ctl
+	if err := json.Unmarshal(line, &ctl); err != nil || ctl.Op != "session" || ctl.Session != "new" {
+		t.Fatalf("shim got %q, want a session change to new", line)
+	}
+	s.batch(2)
+	waitFor(t, "events", func() bool { return a.Status().Events == 2 })
+	if got := a.Status().Processes[0].Session; got != "new" {
+		t.Errorf("process session %q, want new", got)
+	}
+	off := false
+	if n := a.Control(Ctl{Op: "profiler", Name: "moe_expert", Enabled: &off}, ""); n != 1 {
+		t.Fatalf("profiler control reached %d shims, want 1", n)
+	}
+	line, _ = s.r.ReadBytes('\n')
+	if string(line) != `{"t":"ctl","v":1,"op":"profiler","name":"moe_expert","enabled":false}`+"\n" {
+		t.Errorf("shim got %q", line)
+	}
+}
