@@ -277,15 +277,24 @@ func (a *Agent) resolveSession(h *Hello) *session {
 		s, ok = nil, false
 	}
 	if !ok {
-		s = &session{id: name, procs: map[int]*proc{}}
-		a.sessions[name] = s
-		a.log.Info("session started", "session", name)
+		s = a.newSession(name)
 	}
 	return s
 }
 
+// newSession registers a session and publishes its start record (a.mu held).
+func (a *Agent) newSession(id string) *session {
+	s := &session{id: id, procs: map[int]*proc{}}
+	a.sessions[id] = s
+	a.log.Info("session started", "session", id)
+	a.publishLife(&Life{Type: "start", Session: id, Host: a.cfg.Host, Proc: "agent", AgentVersion: a.cfg.Version, EndNS: time.Now().UnixNano()})
+	return s
+}
+
 // EndSession closes a session: it publishes its end record and later hellos naming it get a new id.
-func (a *Agent) EndSession(id string) {
+func (a *Agent) EndSession(id string) { a.endSession(id, "closed") }
+
+func (a *Agent) endSession(id, reason string) {
 	a.mu.Lock()
 	s, ok := a.sessions[id]
 	if !ok || s.ended {
@@ -302,7 +311,7 @@ func (a *Agent) EndSession(id string) {
 	}
 	a.mu.Unlock()
 	a.publishLife(&Life{Type: "end", Session: id, Host: a.cfg.Host, Proc: "agent", Dropped: dropped,
-		LastSeq: last, EndNS: time.Now().UnixNano(), AgentDropped: a.q.stats().Dropped})
+		LastSeq: last, EndNS: time.Now().UnixNano(), AgentDropped: a.q.stats().Dropped, Reason: reason})
 	a.log.Info("session ended", "session", id)
 }
 
@@ -468,7 +477,7 @@ func (a *Agent) bye(b *Bye) {
 		p.dropped = b.Dropped
 	}
 	l := &Life{Type: "bye", Session: p.sess.id, Host: a.cfg.Host, Proc: p.token, PID: p.pid, Ident: p.ident,
-		Dropped: p.dropped, LastSeq: b.LastSeq, EndNS: b.EndNS}
+		Dropped: p.dropped, LastSeq: b.LastSeq, EndNS: b.EndNS, Clean: true}
 	a.leave(p)
 	a.mu.Unlock()
 	a.publishLife(l)
@@ -489,24 +498,31 @@ func (a *Agent) leave(p *proc) {
 			idle := s.live == 0
 			a.mu.Unlock()
 			if idle {
-				a.EndSession(id)
+				a.endSession(id, "idle")
 			}
 		})
 	}
 }
 
-// connGone handles a connection that closed: processes that are no longer alive have left.
+// connGone handles a connection that closed: processes that are no longer alive have left
+// (without a bye); live ones may reconnect.
 func (a *Agent) connGone(c *conn) {
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	delete(a.conns, c)
+	var byes []*Life
 	for pid, p := range c.pids {
 		if p.conn == c {
 			p.conn = nil
-			if !pidAlive(pid) {
+			if !p.bye && !pidAlive(pid) {
+				byes = append(byes, &Life{Type: "bye", Session: p.sess.id, Host: a.cfg.Host, Proc: p.token, PID: p.pid,
+					Ident: p.ident, Dropped: p.dropped, LastSeq: p.maxSeq, EndNS: time.Now().UnixNano()})
 				a.leave(p)
 			}
 		}
+	}
+	a.mu.Unlock()
+	for _, l := range byes {
+		a.publishLife(l)
 	}
 }
 
@@ -549,8 +565,7 @@ func (a *Agent) moveProc(p *proc, id string) {
 	old.live--
 	s, ok := a.sessions[id]
 	if !ok || s.ended {
-		s = &session{id: id, procs: map[int]*proc{}}
-		a.sessions[id] = s
+		s = a.newSession(id)
 		delete(a.renamed, id)
 	}
 	s.procs[p.pid] = p

@@ -17,6 +17,9 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/profilemate/profilemate/proto/pmpb"
 )
 
 func startNATS(t *testing.T, storeDir string, port int) *server.Server {
@@ -120,7 +123,6 @@ func newTestAgent(t *testing.T, cfg Config) *Agent {
 		cfg.Socket = filepath.Join(shortTemp(t), "a.sock")
 	}
 	cfg.Host = "h1"
-	cfg.Encoder = JSONEncoder{}
 	cfg.Logger = testLogger(t)
 	a, err := New(cfg)
 	if err != nil {
@@ -198,9 +200,16 @@ func (s *fakeShim) bye() {
 	s.line(map[string]any{"t": "bye", "v": 1, "pid": s.pid, "last_seq": s.seq})
 }
 
-type gotBatch struct {
-	Head   BatchHead
-	Events []Event
+func decodePB(t *testing.T, m *nats.Msg) *pmpb.EventBatch {
+	t.Helper()
+	var b pmpb.EventBatch
+	if err := proto.Unmarshal(m.Data, &b); err != nil {
+		t.Fatalf("%s: %v", m.Subject, err)
+	}
+	if len(b.Events) == 0 {
+		t.Fatalf("%s: empty batch", m.Subject)
+	}
+	return &b
 }
 
 // seqsByPID decodes the JSON-encoded event batches of the stream into per-pid sequences.
@@ -211,15 +220,13 @@ func seqsByPID(t *testing.T, msgs []*nats.Msg) map[int][]uint64 {
 		if !strings.HasPrefix(m.Subject, "pm.v1.ev.") {
 			continue
 		}
-		var b gotBatch
-		if err := json.Unmarshal(m.Data, &b); err != nil {
-			t.Fatal(err)
-		}
-		if want := eventMsgID(b.Head.Session, b.Head.Host, b.Head.PID, b.Head.Kind, b.Events[0].Seq, b.Events[len(b.Events)-1].Seq); m.Header.Get(nats.MsgIdHdr) != want {
-			t.Errorf("msg id %q, want %q", m.Header.Get(nats.MsgIdHdr), want)
+		b := decodePB(t, m)
+		pr := b.GetProcess()
+		if want := eventMsgID(pr.GetSession(), pr.GetHost(), int(pr.GetPid()), b.Events[0].Kind, b.Events[0].Seq, b.Events[len(b.Events)-1].Seq); m.Header.Get(nats.MsgIdHdr) != want || b.BatchId != want {
+			t.Errorf("msg id %q, batch id %q, want %q", m.Header.Get(nats.MsgIdHdr), b.BatchId, want)
 		}
 		for _, e := range b.Events {
-			out[b.Head.PID] = append(out[b.Head.PID], e.Seq)
+			out[int(pr.GetPid())] = append(out[int(pr.GetPid())], e.Seq)
 		}
 	}
 	return out

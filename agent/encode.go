@@ -19,17 +19,20 @@ type BatchHead struct {
 
 // Life is one lifecycle record of a process or a session.
 type Life struct {
-	Type    string // hello, status, bye, end
-	Session string
-	Host    string
-	Proc    string
-	PID     int
-	Ident   Ident
-	Hello   *Hello
-	Targets []Target
-	Dropped uint64 // shim drops (cumulative); for end: all drops of the session
-	LastSeq uint64
-	EndNS   int64
+	Type         string // hello, status, bye, end
+	Session      string
+	Host         string
+	Proc         string
+	PID          int
+	Ident        Ident
+	Hello        *Hello
+	Targets      []Target
+	Dropped      uint64 // shim drops (cumulative); for end: all drops of the session
+	LastSeq      uint64
+	EndNS        int64
+	Clean        bool   // bye: the shim said bye (false: its connection just ended)
+	Reason       string // end: why the session ended
+	AgentVersion string // start
 	// AgentDropped counts messages of this session the agent could not keep (queue and spool full).
 	AgentDropped int64
 }

@@ -1,8 +1,6 @@
 package agent
 
 import (
-	"encoding/json"
-
 	"bytes"
 	"fmt"
 	"github.com/nats-io/nats.go"
@@ -19,12 +17,9 @@ func checkOrdered(t *testing.T, msgs []*nats.Msg) {
 		if !strings.HasPrefix(m.Subject, "pm.v1.ev.") {
 			continue
 		}
-		var b gotBatch
-		if err := json.Unmarshal(m.Data, &b); err != nil {
-			t.Fatal(err)
-		}
+		b := decodePB(t, m)
 		for _, e := range b.Events {
-			k := fmt.Sprint(b.Head.PID, "/", b.Head.Kind)
+			k := fmt.Sprint(b.Process.GetPid(), "/", e.Kind)
 			got[k] = append(got[k], e.Seq)
 		}
 	}
