@@ -385,8 +385,9 @@ func (a *Agent) uniqueToken(p *proc) string {
 	return t
 }
 
-// batch publishes a shim batch as one message per kind.
-func (a *Agent) batch(c *conn, b *Batch) {
+// batch publishes a shim batch as one message per kind. A batch that cannot be encoded is
+// rejected whole and changes nothing.
+func (a *Agent) batch(c *conn, b *Batch) error {
 	a.mu.Lock()
 	p, ok := a.procs[b.PID]
 	if !ok || p.bye || p.sess.ended {
@@ -403,29 +404,43 @@ func (a *Agent) batch(c *conn, b *Batch) {
 	if b.Ident != nil && *b.Ident != p.ident {
 		p.ident = *b.Ident
 	}
-	// Drop what this process already sent (it resends its buffer after a reconnect).
-	evs := b.Events
-	kept := evs[:0:0]
-	for i := range evs {
-		if p.seen && evs[i].Seq <= p.maxSeq {
-			a.dupes.Add(1)
+	// Leave out what this process already sent (it resends its buffer after a reconnect).
+	seen, maxSeq := p.seen, p.maxSeq
+	kept := make([]Event, 0, len(b.Events))
+	for i := range b.Events {
+		if seen && b.Events[i].Seq <= maxSeq {
 			continue
 		}
-		p.seen, p.maxSeq = true, evs[i].Seq
-		kept = append(kept, evs[i])
+		seen, maxSeq = true, b.Events[i].Seq
+		kept = append(kept, b.Events[i])
 	}
-	if b.Dropped > p.dropped {
-		p.dropped = b.Dropped
+	dropped := p.dropped
+	if b.Dropped > dropped {
+		dropped = b.Dropped
 	}
-	p.events += int64(len(kept))
-	head := BatchHead{Session: p.sess.id, Host: a.cfg.Host, Proc: p.token, PID: p.pid, Ident: p.ident, Dropped: p.dropped}
+	head := BatchHead{Session: p.sess.id, Host: a.cfg.Host, Proc: p.token, PID: p.pid, Ident: p.ident, Dropped: dropped}
 	a.mu.Unlock()
+
+	msgs, err := a.encodeEvents(&head, kept)
+	if err != nil {
+		a.encErrors.Add(1)
+		return fmt.Errorf("%w: %v", ErrBadLine, err)
+	}
+	a.mu.Lock()
+	p.seen, p.maxSeq, p.dropped = seen, maxSeq, dropped
+	p.events += int64(len(kept))
+	a.mu.Unlock()
+	a.dupes.Add(int64(len(b.Events) - len(kept)))
 	a.events.Add(int64(len(kept)))
-	a.publishEvents(&head, kept)
+	for _, m := range msgs {
+		a.q.push(m)
+	}
+	return nil
 }
 
-// publishEvents groups events by kind (keeping their order) and queues one message per kind.
-func (a *Agent) publishEvents(head *BatchHead, evs []Event) {
+// encodeEvents groups events by kind (keeping their order) into one message per kind.
+func (a *Agent) encodeEvents(head *BatchHead, evs []Event) ([]Msg, error) {
+	var msgs []Msg
 	for len(evs) > 0 {
 		kind := evs[0].Kind
 		same := evs[:0:0]
@@ -441,17 +456,16 @@ func (a *Agent) publishEvents(head *BatchHead, evs []Event) {
 		h.Kind = kind
 		data, err := a.enc.EncodeBatch(&h, same)
 		if err != nil {
-			a.encErrors.Add(1)
-			a.badLog.log(a.log, "batch rejected by the encoder", "pid", h.PID, "kind", kind, "err", err)
-		} else {
-			a.q.push(Msg{
-				Subject: eventSubject(h.Session, h.Host, h.Proc, kind),
-				ID:      eventMsgID(h.Session, h.Host, h.PID, kind, same[0].Seq, same[len(same)-1].Seq),
-				Data:    data,
-			})
+			return nil, fmt.Errorf("kind %s: %w", kind, err)
 		}
+		msgs = append(msgs, Msg{
+			Subject: eventSubject(h.Session, h.Host, h.Proc, kind),
+			ID:      eventMsgID(h.Session, h.Host, h.PID, kind, same[0].Seq, same[len(same)-1].Seq),
+			Data:    data,
+		})
 		evs = rest
 	}
+	return msgs, nil
 }
 
 func (a *Agent) status(s *StatusMsg) {

@@ -132,6 +132,7 @@ func TestBadInputKeepsOtherConnections(t *testing.T) {
 		`{"t":"batch","v":2,"pid":5,"events":[]}` + "\n",                 // wrong version
 		`{"t":"batch","v":1,"pid":5,"events":[{"kind":"kv_cache","table":"kv_cache_usage","seq":1,"cols":3}]}` + "\n",
 		`{"t":"nope","v":1}` + "\n",
+		`{"t":"batch","v":1,"pid":5,"events":[{"kind":"kv_cache","table":"kv_cache_usage","seq":1,"cols":{"a":[1]}}]}` + "\n",
 		`{"t":"batch","v":1,"pid":5,"events":[{"kind":"x","table":"y","seq":1,"cols":{"a":"` + strings.Repeat("x", 10<<20) + "\"}}]}\n",
 	}
 	// One bad connection sends everything, including a 10 MB line, then a good line after it.

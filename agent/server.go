@@ -151,7 +151,7 @@ func (a *Agent) handle(c *conn, raw []byte) error {
 		if err != nil {
 			return err
 		}
-		a.batch(c, b)
+		return a.batch(c, b)
 	case "hello":
 		if l.PID <= 0 {
 			return fmt.Errorf("%w: hello without pid", ErrBadLine)
