@@ -1,0 +1,242 @@
+package proto
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// Every NATS subject of ProfileMate is built here (docs/ARCHITECTURE.md "NATS").
+const (
+	SubjectRoot     = "pm.v1"
+	EventPrefix     = SubjectRoot + ".ev"    // pm.v1.ev.<session>.<host>.<proc>.<kind>: EventBatch
+	LifePrefix      = SubjectRoot + ".life"  // pm.v1.life.<session>.<host>.<proc>: Lifecycle
+	HeartbeatPrefix = SubjectRoot + ".hb"    // pm.v1.hb.<host>: Heartbeat
+	ControlPrefix   = SubjectRoot + ".ctl"   // pm.v1.ctl.<host>: Control (core NATS)
+	ClockSubject    = SubjectRoot + ".clock" // request/reply ClockRequest → ClockReply (core NATS)
+	StreamName      = "PROFILEMATE"
+)
+
+// StreamSubjects are the subjects the PROFILEMATE stream keeps.
+func StreamSubjects() []string {
+	return []string{EventPrefix + ".>", LifePrefix + ".>", HeartbeatPrefix + ".>"}
+}
+
+// Roles and the process token of agent-made records.
+const (
+	RoleAPIServer  = "api_server"
+	RoleEngineCore = "engine_core"
+	RoleWorker     = "worker"
+	RoleAgent      = "agent"
+	ProcAgent      = "agent"
+)
+
+// ErrSubject marks a subject or token that does not parse.
+var ErrSubject = errors.New("bad subject")
+
+// Escape makes s one subject token, injectively: every byte outside [A-Za-z0-9-], '_' included,
+// becomes _xx (two lowercase hex digits). "a.b" → "a_2eb", "a_2eb" → "a_5f2eb". The empty string
+// becomes "_" so a token is never empty.
+func Escape(s string) string {
+	if s == "" {
+		return "_"
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if plain(c) {
+			b.WriteByte(c)
+			continue
+		}
+		const hex = "0123456789abcdef"
+		b.WriteByte('_')
+		b.WriteByte(hex[c>>4])
+		b.WriteByte(hex[c&15])
+	}
+	return b.String()
+}
+
+func plain(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-'
+}
+
+// Unescape reverses Escape; it rejects anything Escape cannot have produced.
+func Unescape(tok string) (string, error) {
+	if tok == "_" {
+		return "", nil
+	}
+	if tok == "" {
+		return "", fmt.Errorf("%w: empty token", ErrSubject)
+	}
+	var b strings.Builder
+	for i := 0; i < len(tok); i++ {
+		c := tok[i]
+		if plain(c) {
+			b.WriteByte(c)
+			continue
+		}
+		if c != '_' || i+3 > len(tok) {
+			return "", fmt.Errorf("%w: token %q: byte %q at %d", ErrSubject, tok, c, i)
+		}
+		v, err := strconv.ParseUint(tok[i+1:i+3], 16, 8)
+		hx := tok[i+1 : i+3]
+		if err != nil || strings.ToLower(hx) != hx || plain(byte(v)) {
+			// Upper-case hex or an escaped plain byte would give a second spelling of one value.
+			return "", fmt.Errorf("%w: token %q: bad escape %q", ErrSubject, tok, tok[i:i+3])
+		}
+		b.WriteByte(byte(v))
+		i += 2
+	}
+	return b.String(), nil
+}
+
+// ProcToken names a process in subjects and folder names from its role and ranks: api<rank> for
+// api_server (rank = api index), eng<dp> for engine_core, w<rank> for worker (global rank), agent
+// for the agent; p<pid> when the role or the rank it needs is unknown.
+func ProcToken(role string, dp, rank, pid int) string {
+	switch {
+	case role == RoleAPIServer && rank >= 0:
+		return "api" + strconv.Itoa(rank)
+	case role == RoleEngineCore && dp >= 0:
+		return "eng" + strconv.Itoa(dp)
+	case role == RoleWorker && rank >= 0:
+		return "w" + strconv.Itoa(rank)
+	case role == RoleAgent:
+		return ProcAgent
+	}
+	return "p" + strconv.Itoa(pid)
+}
+
+// ParseProcToken splits a process token into the role it implies and its number (dp, rank or pid;
+// -1 for agent). A p<pid> token gives role "".
+func ParseProcToken(tok string) (role string, n int, err error) {
+	if tok == ProcAgent {
+		return RoleAgent, -1, nil
+	}
+	for _, p := range []struct{ prefix, role string }{{"api", RoleAPIServer}, {"eng", RoleEngineCore}, {"w", RoleWorker}, {"p", ""}} {
+		if rest, ok := strings.CutPrefix(tok, p.prefix); ok {
+			v, err := strconv.Atoi(rest)
+			if err != nil || v < 0 || strconv.Itoa(v) != rest {
+				return "", 0, fmt.Errorf("%w: process token %q", ErrSubject, tok)
+			}
+			return p.role, v, nil
+		}
+	}
+	return "", 0, fmt.Errorf("%w: process token %q", ErrSubject, tok)
+}
+
+// EventSubject is pm.v1.ev.<session>.<host>.<proc>.<kind>, every token escaped.
+func EventSubject(session, host, proc, kind string) string {
+	return EventPrefix + "." + Escape(session) + "." + Escape(host) + "." + Escape(proc) + "." + Escape(kind)
+}
+
+// LifeSubject is pm.v1.life.<session>.<host>.<proc>.
+func LifeSubject(session, host, proc string) string {
+	return LifePrefix + "." + Escape(session) + "." + Escape(host) + "." + Escape(proc)
+}
+
+// HeartbeatSubject is pm.v1.hb.<host>.
+func HeartbeatSubject(host string) string { return HeartbeatPrefix + "." + Escape(host) }
+
+// ControlSubject is pm.v1.ctl.<host>.
+func ControlSubject(host string) string { return ControlPrefix + "." + Escape(host) }
+
+// wild escapes a filter field; "" matches any token.
+func wild(s string) string {
+	if s == "" {
+		return "*"
+	}
+	return Escape(s)
+}
+
+// EventFilter is a subject filter over event subjects: an empty field matches any token.
+func EventFilter(session, host, proc, kind string) string {
+	return EventPrefix + "." + wild(session) + "." + wild(host) + "." + wild(proc) + "." + wild(kind)
+}
+
+// LifeFilter is a subject filter over lifecycle subjects: an empty field matches any token.
+func LifeFilter(session, host, proc string) string {
+	return LifePrefix + "." + wild(session) + "." + wild(host) + "." + wild(proc)
+}
+
+// HeartbeatFilter matches one host's heartbeats, or every host's when host is "".
+func HeartbeatFilter(host string) string { return HeartbeatPrefix + "." + wild(host) }
+
+// ControlFilter matches one host's control messages, or every host's when host is "".
+func ControlFilter(host string) string { return ControlPrefix + "." + wild(host) }
+
+// SubjectFields are the fields of an event or lifecycle subject (Kind empty for lifecycle).
+type SubjectFields struct {
+	Session, Host, Proc, Kind string
+}
+
+// ParseEventSubject splits an event subject back into its unescaped fields.
+func ParseEventSubject(subj string) (SubjectFields, error) {
+	t, err := parseTokens(subj, EventPrefix, 4)
+	if err != nil {
+		return SubjectFields{}, err
+	}
+	return SubjectFields{Session: t[0], Host: t[1], Proc: t[2], Kind: t[3]}, nil
+}
+
+// ParseLifeSubject splits a lifecycle subject back into its unescaped fields.
+func ParseLifeSubject(subj string) (SubjectFields, error) {
+	t, err := parseTokens(subj, LifePrefix, 3)
+	if err != nil {
+		return SubjectFields{}, err
+	}
+	return SubjectFields{Session: t[0], Host: t[1], Proc: t[2]}, nil
+}
+
+// ParseHeartbeatSubject returns the host of a heartbeat subject.
+func ParseHeartbeatSubject(subj string) (string, error) {
+	t, err := parseTokens(subj, HeartbeatPrefix, 1)
+	if err != nil {
+		return "", err
+	}
+	return t[0], nil
+}
+
+// ParseControlSubject returns the host of a control subject.
+func ParseControlSubject(subj string) (string, error) {
+	t, err := parseTokens(subj, ControlPrefix, 1)
+	if err != nil {
+		return "", err
+	}
+	return t[0], nil
+}
+
+func parseTokens(subj, prefix string, n int) ([]string, error) {
+	rest, ok := strings.CutPrefix(subj, prefix+".")
+	if !ok {
+		return nil, fmt.Errorf("%w: %q does not start with %s.", ErrSubject, subj, prefix)
+	}
+	toks := strings.Split(rest, ".")
+	if len(toks) != n {
+		return nil, fmt.Errorf("%w: %q has %d tokens after %s, want %d", ErrSubject, subj, len(toks), prefix, n)
+	}
+	out := make([]string, n)
+	for i, tk := range toks {
+		v, err := Unescape(tk)
+		if err != nil {
+			return nil, fmt.Errorf("%w (in %q)", err, subj)
+		}
+		out[i] = v
+	}
+	return out, nil
+}
+
+// MsgID is the Nats-Msg-Id of an event batch: <session>/<host>/<pid>/<kind>/<first seq>-<last seq>.
+// JetStream drops a second message with the same id inside the duplicate window, so a batch the
+// agent re-sends after a lost ack is stored once.
+func MsgID(session, host string, pid int64, kind string, first, last uint64) string {
+	return session + "/" + host + "/" + strconv.FormatInt(pid, 10) + "/" + kind + "/" +
+		strconv.FormatUint(first, 10) + "-" + strconv.FormatUint(last, 10)
+}
+
+// LifeMsgID is the Nats-Msg-Id of a lifecycle record: <session>/<host>/<pid>/life/<record>/<n>,
+// with n distinguishing repeated records of one process (e.g. successive status lines).
+func LifeMsgID(session, host string, pid int64, record string, n uint64) string {
+	return session + "/" + host + "/" + strconv.FormatInt(pid, 10) + "/life/" + record + "/" + strconv.FormatUint(n, 10)
+}
