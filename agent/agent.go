@@ -14,6 +14,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	pmproto "github.com/profilemate/profilemate/proto"
 )
 
 // Config is everything an agent needs; the zero value of each field has a usable default.
@@ -57,6 +59,20 @@ type Agent struct {
 	badLines  atomic.Int64
 	badLog    rateLog
 	encErrors atomic.Int64
+	lifeN     atomic.Uint64
+}
+
+func (a *Agent) nextLifeN() uint64 {
+	for {
+		last := a.lifeN.Load()
+		n := uint64(time.Now().UnixNano())
+		if n <= last {
+			n = last + 1
+		}
+		if a.lifeN.CompareAndSwap(last, n) {
+			return n
+		}
+	}
 }
 
 type session struct {
@@ -333,13 +349,10 @@ func (a *Agent) publishLife(l *Life) {
 		a.log.Error("encode lifecycle record", "err", err)
 		return
 	}
-	id := l.Session + "/" + l.Host + "/" + fmt.Sprint(l.PID) + "/life/" + l.Type
-	switch l.Type {
-	case "status":
-		id += "-" + fmt.Sprint(time.Now().UnixNano())
-	case "hello":
-		id += "-" + fmt.Sprint(l.Hello.StartNS)
-	}
+	// n tells repeated records of one process apart (a hello after each reconnect, every status);
+	// it is time-based so that records of an agent restarted within the dedupe window differ too.
+	n := a.nextLifeN()
+	id := pmproto.LifeMsgID(l.Session, l.Host, int64(l.PID), l.Type, n)
 	a.q.push(Msg{Subject: lifeSubject(l.Session, l.Host, l.Proc), ID: id, Data: data})
 }
 

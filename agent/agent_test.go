@@ -189,7 +189,7 @@ func (s *fakeShim) batch(n int) {
 		s.seq++
 		kind, table, cols := "kv_cache", "kv_cache_usage", map[string]any{"usage": 0.5}
 		if s.seq%2 == 0 {
-			kind, table, cols = "forward_pass", "forward_pass_timing", map[string]any{"ms": 1.5}
+			kind, table, cols = "forward_pass", "forward_pass_timing", map[string]any{"cpu_ms": 1.5, "tokens": 8, "runtime_mode": "NONE"}
 		}
 		evs = append(evs, map[string]any{"kind": kind, "table": table, "seq": s.seq, "step": s.seq, "ts_ns": 1, "cols": cols})
 	}

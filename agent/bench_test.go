@@ -25,7 +25,7 @@ func benchBatchLine(pid int, rank int, seq uint64, n int) []byte {
 		if s%2 == 0 {
 			fmt.Fprintf(&b, `{"kind":"kv_cache","table":"kv_cache_usage","seq":%d,"step":%d,"ts_ns":1700000000000000000,"cols":{"usage":0.5,"free_blocks":12,"total_blocks":1024}}`, s, s)
 		} else {
-			fmt.Fprintf(&b, `{"kind":"forward_pass","table":"forward_pass_timing","seq":%d,"step":%d,"ts_ns":1700000000000000000,"cols":{"duration_ms":1.25,"num_tokens":512,"phase":"decode"}}`, s, s)
+			fmt.Fprintf(&b, `{"kind":"forward_pass","table":"forward_pass_timing","seq":%d,"step":%d,"ts_ns":1700000000000000000,"cols":{"cpu_ms":1.25,"tokens":512,"runtime_mode":"FULL","gpu_status":"pending"}}`, s, s)
 		}
 	}
 	b.WriteString(`],"dropped":0}` + "\n")

@@ -4,18 +4,20 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"time"
 
 	"google.golang.org/protobuf/proto"
 
+	pmproto "github.com/profilemate/profilemate/proto"
 	"github.com/profilemate/profilemate/proto/pmpb"
 )
 
 // Schema version written into every message (profilemate.proto's header).
 const (
-	schemaMajor = 1
-	schemaMinor = 0
+	schemaMajor = pmproto.SchemaMajor
+	schemaMinor = pmproto.SchemaMinor
 )
 
 func defaultEncoder() Encoder { return PBEncoder{} }
@@ -47,7 +49,7 @@ func (PBEncoder) EncodeBatch(h *BatchHead, events []Event) ([]byte, error) {
 	}
 	for i := range events {
 		e := &events[i]
-		cols, err := parseCols(e.Cols)
+		cols, err := eventCols(e)
 		if err != nil {
 			return nil, fmt.Errorf("event seq %d (%s): %w", e.Seq, e.Table, err)
 		}
@@ -84,85 +86,144 @@ func (PBEncoder) EncodeLife(l *Life) ([]byte, error) {
 
 var errCols = errors.New("cols must be a flat JSON object")
 
-// parseCols reads a flat JSON object of scalars without building a map[string]any first.
-// null values are left out (an empty cell).
-func parseCols(b []byte) (map[string]*pmpb.Value, error) {
-	out := map[string]*pmpb.Value{}
-	i := skipWS(b, 0)
-	if i >= len(b) || b[i] != '{' {
-		return nil, errCols
+// eventCols converts an event's cols to Values of its table's column types (proto/tables): an
+// unknown kind, table or column, or a value of the wrong type, rejects the event.
+func eventCols(e *Event) (map[string]*pmpb.Value, error) {
+	if !pmproto.IsKind(e.Kind) {
+		return nil, fmt.Errorf("unknown kind %q", e.Kind)
 	}
-	i = skipWS(b, i+1)
-	if i < len(b) && b[i] == '}' {
-		return out, nil
+	sch, ok := pmproto.Table(e.Table)
+	if !ok {
+		return nil, fmt.Errorf("unknown table %q", e.Table)
 	}
-	for {
-		if i >= len(b) || b[i] != '"' {
-			return nil, errCols
+	if sch.Kind != e.Kind {
+		return nil, fmt.Errorf("table %s belongs to kind %s, not %s", e.Table, sch.Kind, e.Kind)
+	}
+	out := make(map[string]*pmpb.Value, len(sch.Columns))
+	err := scanCols(e.Cols, func(key string, raw []byte) error {
+		c, ok := sch.Col(key)
+		if !ok {
+			return fmt.Errorf("table %s has no column %q", e.Table, key)
 		}
-		key, n, err := parseString(b, i)
+		v, err := typedValue(c.Type, raw)
 		if err != nil {
-			return nil, err
-		}
-		i = skipWS(b, n)
-		if i >= len(b) || b[i] != ':' {
-			return nil, errCols
-		}
-		i = skipWS(b, i+1)
-		if i >= len(b) {
-			return nil, errCols
-		}
-		var v *pmpb.Value
-		switch c := b[i]; {
-		case c == '"':
-			s, n, err := parseString(b, i)
-			if err != nil {
-				return nil, err
-			}
-			v, i = &pmpb.Value{V: &pmpb.Value_S{S: s}}, n
-		case c == 't' && hasPrefix(b[i:], "true"):
-			v, i = &pmpb.Value{V: &pmpb.Value_B{B: true}}, i+4
-		case c == 'f' && hasPrefix(b[i:], "false"):
-			v, i = &pmpb.Value{V: &pmpb.Value_B{B: false}}, i+5
-		case c == 'n' && hasPrefix(b[i:], "null"):
-			i += 4
-		case c == '-' || c >= '0' && c <= '9':
-			j, float := i, false
-			for j < len(b) && (b[j] == '-' || b[j] == '+' || b[j] == '.' || b[j] == 'e' || b[j] == 'E' || b[j] >= '0' && b[j] <= '9') {
-				float = float || b[j] == '.' || b[j] == 'e' || b[j] == 'E'
-				j++
-			}
-			num := string(b[i:j])
-			if !float {
-				if n, err := strconv.ParseInt(num, 10, 64); err == nil {
-					v = &pmpb.Value{V: &pmpb.Value_I{I: n}}
-				} else {
-					float = true
-				}
-			}
-			if float {
-				f, err := strconv.ParseFloat(num, 64)
-				if err != nil {
-					return nil, fmt.Errorf("column %q: %w", key, err)
-				}
-				v = &pmpb.Value{V: &pmpb.Value_D{D: f}}
-			}
-			i = j
-		default:
-			return nil, fmt.Errorf("column %q: %w", key, errCols)
+			return fmt.Errorf("table %s column %s: %w", e.Table, key, err)
 		}
 		if v != nil {
 			out[key] = v
 		}
+		return nil
+	})
+	return out, err
+}
+
+// typedValue converts one JSON scalar to the column type, as proto's shim JSON conversion does:
+// an int column takes an integral float (3.0), a float column takes integers; null is an empty cell.
+func typedValue(typ string, raw []byte) (*pmpb.Value, error) {
+	if string(raw) == "null" {
+		return nil, nil
+	}
+	switch typ {
+	case pmproto.TypeInt:
+		n, err := strconv.ParseInt(string(raw), 10, 64)
+		if err != nil {
+			f, ferr := strconv.ParseFloat(string(raw), 64)
+			if ferr != nil || raw[0] == '"' || f != math.Trunc(f) || math.Abs(f) > 1<<53 {
+				return nil, fmt.Errorf("want int, got %.40s", raw)
+			}
+			n = int64(f)
+		}
+		return &pmpb.Value{V: &pmpb.Value_I{I: n}}, nil
+	case pmproto.TypeFloat:
+		if raw[0] == '"' || raw[0] == 't' || raw[0] == 'f' {
+			return nil, fmt.Errorf("want float, got %.40s", raw)
+		}
+		f, err := strconv.ParseFloat(string(raw), 64)
+		if err != nil {
+			return nil, fmt.Errorf("want float, got %.40s", raw)
+		}
+		return &pmpb.Value{V: &pmpb.Value_D{D: f}}, nil
+	case pmproto.TypeString:
+		if raw[0] != '"' {
+			return nil, fmt.Errorf("want string, got %.40s", raw)
+		}
+		s, _, err := parseString(raw, 0)
+		if err != nil {
+			return nil, fmt.Errorf("want string, got %.40s", raw)
+		}
+		return &pmpb.Value{V: &pmpb.Value_S{S: s}}, nil
+	case pmproto.TypeBool:
+		switch string(raw) {
+		case "true":
+			return &pmpb.Value{V: &pmpb.Value_B{B: true}}, nil
+		case "false":
+			return &pmpb.Value{V: &pmpb.Value_B{B: false}}, nil
+		}
+		return nil, fmt.Errorf("want bool, got %.40s", raw)
+	}
+	return nil, fmt.Errorf("unknown column type %q", typ)
+}
+
+// scanCols walks a flat JSON object of scalars and calls f with each key and raw value, without
+// building a map[string]any first.
+func scanCols(b []byte, f func(key string, raw []byte) error) error {
+	i := skipWS(b, 0)
+	if i >= len(b) || b[i] != '{' {
+		return errCols
+	}
+	i = skipWS(b, i+1)
+	if i < len(b) && b[i] == '}' {
+		return nil
+	}
+	for {
+		if i >= len(b) || b[i] != '"' {
+			return errCols
+		}
+		key, n, err := parseString(b, i)
+		if err != nil {
+			return err
+		}
+		i = skipWS(b, n)
+		if i >= len(b) || b[i] != ':' {
+			return errCols
+		}
+		i = skipWS(b, i+1)
+		if i >= len(b) {
+			return errCols
+		}
+		start := i
+		switch c := b[i]; {
+		case c == '"':
+			_, n, err := parseString(b, i)
+			if err != nil {
+				return err
+			}
+			i = n
+		case c == 't' && hasPrefix(b[i:], "true"):
+			i += 4
+		case c == 'f' && hasPrefix(b[i:], "false"):
+			i += 5
+		case c == 'n' && hasPrefix(b[i:], "null"):
+			i += 4
+		case c == '-' || c >= '0' && c <= '9':
+			for i < len(b) && (b[i] == '-' || b[i] == '+' || b[i] == '.' || b[i] == 'e' || b[i] == 'E' || b[i] >= '0' && b[i] <= '9') {
+				i++
+			}
+		default:
+			return fmt.Errorf("column %q: %w", key, errCols)
+		}
+		if err := f(key, b[start:i]); err != nil {
+			return err
+		}
 		i = skipWS(b, i)
 		if i >= len(b) {
-			return nil, errCols
+			return errCols
 		}
 		if b[i] == '}' {
-			return out, nil
+			return nil
 		}
 		if b[i] != ',' {
-			return nil, errCols
+			return errCols
 		}
 		i = skipWS(b, i+1)
 	}

@@ -8,26 +8,32 @@ import (
 	"github.com/profilemate/profilemate/proto/pmpb"
 )
 
-func TestParseCols(t *testing.T) {
+func TestEventCols(t *testing.T) {
 	tests := []struct {
-		name, in string
-		want     map[string]*pmpb.Value
-		bad      bool
+		name, kind, table, in string
+		want                  map[string]*pmpb.Value
+		bad                   bool
 	}{
-		{name: "types", in: ` { "a" : 1, "b":-2.5e3,"c":"x\"y\u00e9","d":true,"e":false,"f":null, "g": 9223372036854775808 }`,
+		{name: "types", kind: "forward_pass", table: "forward_pass_timing",
+			in: ` { "cpu_ms" : 1, "tokens":3.0,"runtime_mode":"F\"U\u00e9","gpu_ms":null, "gpu_status": "pending" }`,
 			want: map[string]*pmpb.Value{
-				"a": {V: &pmpb.Value_I{I: 1}}, "b": {V: &pmpb.Value_D{D: -2500}}, "c": {V: &pmpb.Value_S{S: "x\"yé"}},
-				"d": {V: &pmpb.Value_B{B: true}}, "e": {V: &pmpb.Value_B{B: false}}, "g": {V: &pmpb.Value_D{D: 9223372036854775808}},
+				"cpu_ms": {V: &pmpb.Value_D{D: 1}}, "tokens": {V: &pmpb.Value_I{I: 3}},
+				"runtime_mode": {V: &pmpb.Value_S{S: "F\"Ué"}}, "gpu_status": {V: &pmpb.Value_S{S: "pending"}},
 			}},
-		{name: "empty", in: `{}`, want: map[string]*pmpb.Value{}},
-		{name: "nested", in: `{"a":{"b":1}}`, bad: true},
-		{name: "array", in: `[1]`, bad: true},
-		{name: "unterminated", in: `{"a":1`, bad: true},
-		{name: "bad number", in: `{"a":1-2}`, bad: true},
+		{name: "empty", kind: "kv_cache", table: "kv_cache_usage", in: `{}`, want: map[string]*pmpb.Value{}},
+		{name: "nested", kind: "kv_cache", table: "kv_cache_usage", in: `{"usage":{"b":1}}`, bad: true},
+		{name: "array", kind: "kv_cache", table: "kv_cache_usage", in: `[1]`, bad: true},
+		{name: "unterminated", kind: "kv_cache", table: "kv_cache_usage", in: `{"usage":1`, bad: true},
+		{name: "bad number", kind: "kv_cache", table: "kv_cache_usage", in: `{"usage":1-2}`, bad: true},
+		{name: "fractional int", kind: "kv_cache", table: "kv_cache_usage", in: `{"free_blocks":1.5}`, bad: true},
+		{name: "string for float", kind: "kv_cache", table: "kv_cache_usage", in: `{"usage":"1"}`, bad: true},
+		{name: "unknown column", kind: "kv_cache", table: "kv_cache_usage", in: `{"nope":1}`, bad: true},
+		{name: "unknown table", kind: "kv_cache", table: "nope", in: `{}`, bad: true},
+		{name: "table of another kind", kind: "kv_cache", table: "forward_pass_timing", in: `{}`, bad: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := parseCols([]byte(tt.in))
+			got, err := eventCols(&Event{Kind: tt.kind, Table: tt.table, Cols: []byte(tt.in)})
 			if tt.bad {
 				if err == nil {
 					t.Fatalf("got %v, want an error", got)
@@ -52,7 +58,7 @@ func TestParseCols(t *testing.T) {
 func TestEncodeBatchRoundTrip(t *testing.T) {
 	h := &BatchHead{Session: "s", Host: "h", Proc: "w1", PID: 7, Kind: "kv_cache", Ident: Ident{Role: "worker", DP: 0, PP: 0, TP: 1, EP: -1, Rank: 1}, Dropped: 3}
 	evs := []Event{{Kind: "kv_cache", Table: "kv_cache_usage", Seq: 4, Step: 2, TsNS: 9, Cols: []byte(`{"usage":0.25}`)},
-		{Kind: "kv_cache", Table: "kv_cache_usage", Seq: 6, Step: 3, TsNS: 10, Cols: []byte(`{"usage":1}`)}}
+		{Kind: "kv_cache", Table: "kv_cache_usage", Seq: 6, Step: 3, TsNS: 10, Cols: []byte(`{"usage":1,"free_blocks":3}`)}}
 	data, err := PBEncoder{}.EncodeBatch(h, evs)
 	if err != nil {
 		t.Fatal(err)
@@ -64,10 +70,10 @@ func TestEncodeBatchRoundTrip(t *testing.T) {
 	if b.BatchId != "s/h/7/kv_cache/4-6" || b.Dropped != 3 || b.Process.GetRank() != 1 || b.Process.GetEp() != -1 || b.SchemaMajor != 1 {
 		t.Errorf("batch %v", &b)
 	}
-	if len(b.Events) != 2 || b.Events[0].Cols["usage"].GetD() != 0.25 || b.Events[1].Seq != 6 {
+	if len(b.Events) != 2 || b.Events[0].Cols["usage"].GetD() != 0.25 || b.Events[1].Seq != 6 || b.Events[1].Cols["free_blocks"].GetI() != 3 {
 		t.Errorf("events %v", b.Events)
 	}
-	if _, err := (PBEncoder{}).EncodeBatch(h, []Event{{Kind: "k", Table: "t", Cols: []byte(`{"a":[1]}`)}}); err == nil {
+	if _, err := (PBEncoder{}).EncodeBatch(h, []Event{{Kind: "kv_cache", Table: "kv_cache_usage", Cols: []byte(`{"usage":[1]}`)}}); err == nil {
 		t.Error("nested cols encoded, want an error")
 	}
 }

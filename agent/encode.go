@@ -2,8 +2,6 @@ package agent
 
 import (
 	"encoding/json"
-
-	"github.com/nats-io/nats.go/jetstream"
 )
 
 // BatchHead is what an encoded event batch says about its process and kind.
@@ -58,11 +56,3 @@ func (JSONEncoder) EncodeBatch(h *BatchHead, events []Event) ([]byte, error) {
 
 // EncodeLife encodes a lifecycle record as JSON.
 func (JSONEncoder) EncodeLife(l *Life) ([]byte, error) { return json.Marshal(l) }
-
-func streamConfig() jetstream.StreamConfig {
-	return jetstream.StreamConfig{
-		Name:     StreamName,
-		Subjects: []string{"pm.v1.ev.>", "pm.v1.life.>", "pm.v1.hb.>"},
-		Storage:  jetstream.FileStorage,
-	}
-}
