@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/profilemate/profilemate/internal/clock"
 	pmproto "github.com/profilemate/profilemate/proto"
 )
 
@@ -33,7 +34,8 @@ type Config struct {
 	// until EndSession (what `pmagent run` does: it ends the session when its command exits).
 	SessionLinger time.Duration
 	Version       string
-	Encoder       Encoder // default: the stream's protobuf encoding
+	Heartbeat     time.Duration // default DefaultHeartbeat
+	Encoder       Encoder       // default: the stream's protobuf encoding
 	Logger        *slog.Logger
 }
 
@@ -60,6 +62,7 @@ type Agent struct {
 	badLog    rateLog
 	encErrors atomic.Int64
 	lifeN     atomic.Uint64
+	clock     *clock.Tracker // nil without NATS
 }
 
 func (a *Agent) nextLifeN() uint64 {
@@ -176,6 +179,7 @@ func (a *Agent) Start(ctx context.Context) error {
 		go a.accept()
 	}
 	go a.pub.run()
+	a.startNATSSide(ctx)
 	go func() {
 		<-ctx.Done()
 		a.stopListening()

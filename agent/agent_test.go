@@ -370,3 +370,47 @@ func TestControlSessionChangeMovesProcesses(t *testing.T) {
 		t.Errorf("shim got %q", line)
 	}
 }
+
+func TestNATSControlAndHeartbeat(t *testing.T) {
+	ns := startNATS(t, t.TempDir(), -1)
+	createStream(t, ns.ClientURL())
+	a := newTestAgent(t, Config{NATS: NATSConfig{URL: ns.ClientURL()}, Heartbeat: 20 * time.Millisecond})
+	s := dialShim(t, a.Socket(), 1001, 0, "c1")
+	s.batch(3)
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	hbs := make(chan *nats.Msg, 64)
+	if _, err := nc.ChanSubscribe("pm.v1.hb.h1", hbs); err != nil {
+		t.Fatal(err)
+	}
+	var hb *pmpb.Heartbeat
+	waitFor(t, "a heartbeat naming session c1", func() bool {
+		select {
+		case m := <-hbs:
+			hb = &pmpb.Heartbeat{}
+			if err := proto.Unmarshal(m.Data, hb); err != nil {
+				t.Fatal(err)
+			}
+			return hb.Processes == 1 && len(hb.Sessions) == 1 && hb.Sessions[0] == "c1"
+		default:
+			return false
+		}
+	})
+	ctl, _ := proto.Marshal(&pmpb.Control{SchemaMajor: 1, Host: "h1",
+		Op: &pmpb.Control_Profiler_{Profiler: &pmpb.Control_Profiler{Name: "kv_cache", Enabled: false}}})
+	waitFor(t, "control subscription", func() bool {
+		_ = nc.Publish("pm.v1.ctl.h1", ctl)
+		_ = s.c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		line, err := s.r.ReadBytes('\n')
+		if err != nil {
+			return false
+		}
+		if string(line) != `{"t":"ctl","v":1,"op":"profiler","name":"kv_cache","enabled":false}`+"\n" {
+			t.Fatalf("shim got %q", line)
+		}
+		return true
+	})
+}

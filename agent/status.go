@@ -21,8 +21,16 @@ type Status struct {
 	BadLines  int64           `json:"bad_lines"`
 	// Dropped counts messages the agent lost (memory queue and spool full).
 	Dropped int64 `json:"dropped"`
+	// Clock is the measured offset to the hub's clock (nil until measured).
+	Clock *ClockStatus `json:"clock,omitempty"`
 	// Extra holds what status providers add (GPUs, clock offset); its keys appear at the top level.
 	Extra map[string]any `json:"-"`
+}
+
+// ClockStatus is hub clock − agent clock.
+type ClockStatus struct {
+	OffsetNS      int64 `json:"offset_ns"`
+	UncertaintyNS int64 `json:"uncertainty_ns"`
 }
 
 // ProcStatus is one shim process as the agent sees it.
@@ -120,6 +128,11 @@ func (a *Agent) Status() Status {
 		Spool: SpoolStatus{Dir: a.cfg.SpoolDir, Bytes: qs.SpoolBytes, LimitBytes: qs.SpoolLimit, Batches: qs.SpoolMsgs,
 			MemBatches: qs.MemMsgs, MemBytes: qs.MemBytes, DroppedBytes: qs.DroppedBytes, Error: qs.SpoolErr},
 		Processes: []ProcStatus{}, Sessions: []SessionStatus{},
+	}
+	if a.clock != nil {
+		if off, unc, ok := a.clock.HeartbeatFields(); ok {
+			st.Clock = &ClockStatus{OffsetNS: off, UncertaintyNS: unc}
+		}
 	}
 	a.mu.Lock()
 	for _, p := range a.procs {
