@@ -62,7 +62,8 @@ func FormatFloat(f float64) string {
 	return s
 }
 
-// ParseValue reads one cell of the given column type; "" gives nil (absent).
+// ParseValue reads one cell of the given column type; "" gives nil (absent) except for a string
+// column, where it gives "".
 func ParseValue(typ, cell string) (*pmpb.Value, error) {
 	if cell == "" && typ != TypeString {
 		return nil, nil
@@ -81,9 +82,7 @@ func ParseValue(typ, cell string) (*pmpb.Value, error) {
 		}
 		return &pmpb.Value{V: &pmpb.Value_D{D: f}}, nil
 	case TypeString:
-		if cell == "" {
-			return nil, nil
-		}
+		// CSV cannot tell an empty string from an absent one; it reads back as "".
 		return &pmpb.Value{V: &pmpb.Value_S{S: cell}}, nil
 	case TypeBool:
 		switch cell {

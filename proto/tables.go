@@ -4,6 +4,8 @@
 // names from here, so a fleet's data keeps lining up.
 package proto
 
+//go:generate go test -run TestShimTablesFresh -update .
+
 import (
 	"embed"
 	"encoding/json"
@@ -301,4 +303,30 @@ func TableNames() []string {
 		n = append(n, s.Table)
 	}
 	return n
+}
+
+// ShimTablesJSON is the shim's copy of the tables (shim/profilemate/_tables.json), which
+// profilemate.schema reads: {"schema_major", "schema_minor", "common": [columns], "kinds":
+// {kind: [tables]}, "tables": {table: schema}}. Regenerate it with `go generate ./proto`.
+func (r *Registry) ShimTablesJSON() ([]byte, error) {
+	type out struct {
+		SchemaMajor int                 `json:"schema_major"`
+		SchemaMinor int                 `json:"schema_minor"`
+		Common      []Column            `json:"common"`
+		Kinds       map[string][]string `json:"kinds"`
+		Tables      map[string]*Schema  `json:"tables"`
+	}
+	o := out{SchemaMajor: SchemaMajor, SchemaMinor: SchemaMinor, Common: r.Common,
+		Kinds: map[string][]string{}, Tables: map[string]*Schema{}}
+	for _, k := range kindOrder {
+		o.Kinds[k] = r.KindTables(k)
+	}
+	for _, s := range r.tables {
+		o.Tables[s.Table] = s
+	}
+	b, err := json.MarshalIndent(o, "", " ")
+	if err != nil {
+		return nil, fmt.Errorf("proto: shim tables: %w", err)
+	}
+	return append(b, '\n'), nil
 }
