@@ -42,12 +42,12 @@ func reasonOf(err error) string {
 
 // Counters is a snapshot of what the hub has done since it started.
 type Counters struct {
-	Messages     int64            `json:"messages"`      // stream messages handled
-	Rows         int64            `json:"rows"`          // CSV rows written
-	Duplicates   int64            `json:"duplicates"`    // events already written, skipped
+	Messages     int64            `json:"messages"`       // stream messages handled
+	Rows         int64            `json:"rows"`           // CSV rows written
+	Duplicates   int64            `json:"duplicates"`     // events already written, skipped
 	DroppedByCap int64            `json:"dropped_by_cap"` // rows beyond a session's size cap
 	DeadLettered int64            `json:"dead_lettered"`
-	Bad          map[string]int64 `json:"bad"` // skipped messages by reason
+	Bad          map[string]int64 `json:"bad"`      // skipped messages by reason
 	Sessions     int              `json:"sessions"` // sessions open in memory
 }
 

@@ -20,17 +20,18 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/profilemate/profilemate/internal/clock"
+	"github.com/profilemate/profilemate/proto"
 )
 
 // Defaults for the limits; every one can be changed on the command line.
 const (
 	DefaultListen          = "127.0.0.1:4222"
 	DefaultSessionIdle     = 60 * time.Second
-	DefaultStreamMaxBytes  = 8 << 30 // 8 GiB of not yet expired messages
-	DefaultStreamMaxAge    = 24 * time.Hour
-	DefaultSessionMaxBytes = 4 << 30  // 4 GiB of CSV per session
+	DefaultStreamMaxBytes  = proto.DefaultMaxBytes
+	DefaultStreamMaxAge    = proto.DefaultMaxAge
+	DefaultSessionMaxBytes = 4 << 30 // 4 GiB of CSV per session
 	DefaultRetention       = 30 * 24 * time.Hour
-	DefaultMaxMsgBytes     = 8 << 20
+	DefaultMaxMsgBytes     = proto.DefaultMaxMsgSize
 	DefaultConsumer        = "pmhub"
 	DefaultFetch           = 512
 )
@@ -48,7 +49,7 @@ type Config struct {
 	SessionIdle     time.Duration
 	StreamMaxBytes  int64
 	StreamMaxAge    time.Duration
-	SessionMaxBytes int64 // negative: no cap
+	SessionMaxBytes int64         // negative: no cap
 	Retention       time.Duration // negative: keep ended sessions forever
 	MaxMsgBytes     int
 	Consumer        string

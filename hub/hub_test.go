@@ -131,8 +131,8 @@ func TestMergeExactlyOnceAlignedAndEnded(t *testing.T) {
 	publish(t, nc, "pm.v1.life.S1.hostA.w0", jsonMsg{Life: &Life{Session: "S1", Host: "hostA", PID: 10, Type: LifeHello, Ident: Ident{Role: "worker", Rank: 0}, Python: "3.12.1", VLLM: "0.16.0"}})
 	publish(t, nc, "pm.v1.ev.S1.hostA.w0.kv_cache", jsonMsg{Batch: kvBatch("hostA", 10, 1, 2, 3)})
 	publish(t, nc, "pm.v1.ev.S1.hostA.w0.kv_cache", jsonMsg{Batch: kvBatch("hostA", 10, 2, 3, 4)}) // overlaps: 2,3 again
-	publish(t, nc, "pm.v1.ev.S1.hostB.w0.kv_cache", jsonMsg{Batch: kvBatch("hostB", 10, 1, 2)})   // same pid, other host
-	publish(t, nc, "pm.v1.ev.S1.hostB.w0.kv_cache", jsonMsg{Batch: kvBatch("hostB", 10, 6)})      // 3..5 never arrive
+	publish(t, nc, "pm.v1.ev.S1.hostB.w0.kv_cache", jsonMsg{Batch: kvBatch("hostB", 10, 1, 2)})    // same pid, other host
+	publish(t, nc, "pm.v1.ev.S1.hostB.w0.kv_cache", jsonMsg{Batch: kvBatch("hostB", 10, 6)})       // 3..5 never arrive
 	publish(t, nc, "pm.v1.life.S1.hostA.w0", jsonMsg{Life: &Life{Session: "S1", Host: "hostA", PID: 10, Type: LifeBye, LastSeq: 4}})
 	publish(t, nc, "pm.v1.life.S1.hostB.w0", jsonMsg{Life: &Life{Session: "S1", Host: "hostB", PID: 10, Type: LifeBye, LastSeq: 6}})
 

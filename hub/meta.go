@@ -47,9 +47,17 @@ type HostMeta struct {
 	OffsetNS      int64 `json:"offset_ns"`
 	UncertaintyNS int64 `json:"uncertainty_ns"`
 	// Measured is false while no heartbeat with a measured offset arrived: ts_aligned_ns = ts_ns.
-	Measured    bool  `json:"measured"`
-	LastSeenNS  int64 `json:"last_seen_ns"`
-	Heartbeats  int64 `json:"heartbeats"`
+	Measured     bool   `json:"measured"`
+	LastSeenNS   int64  `json:"last_seen_ns"`
+	Heartbeats   int64  `json:"heartbeats"`
+	AgentVersion string `json:"agent_version,omitempty"`
+	// AgentDropped: messages the host's agent could not keep; ShimDropped: events all its
+	// processes dropped (both as the agent last reported them).
+	AgentDropped uint64 `json:"agent_dropped"`
+	ShimDropped  uint64 `json:"shim_dropped"`
+	// Ended is set when the host's agent closed the session.
+	Ended     bool   `json:"ended"`
+	EndReason string `json:"end_reason,omitempty"`
 }
 
 // ProcMeta is one process of a session.

@@ -58,16 +58,23 @@ type Life struct {
 	Argv    []string
 	StartNS int64
 	Targets []Target
-	Dropped uint64
+	Dropped uint64 // bye: the process's drops; end: all shims' drops on the host
 	LastSeq uint64
 	EndNS   int64
+	Clean   bool // bye: the shim said goodbye (false: its connection just ended)
+
+	AgentVersion string // start
+	AgentDropped uint64 // end: messages the agent could not keep
+	Reason       string // end
 }
 
 // Lifecycle record types.
 const (
+	LifeStart  = "start" // a host's agent opened the session
 	LifeHello  = "hello"
 	LifeStatus = "status"
 	LifeBye    = "bye"
+	LifeEnd    = "end" // a host's agent closed the session
 )
 
 // Heartbeat is an agent's periodic sign of life with its host's measured clock offset to the hub
@@ -78,4 +85,7 @@ type Heartbeat struct {
 	OffsetNS      int64
 	UncertaintyNS int64
 	Measured      bool
+	AgentVersion  string
+	AgentDropped  uint64
+	ShimDropped   uint64
 }

@@ -49,14 +49,14 @@ type tableFile struct {
 // session is one cluster-wide session folder being written. Not safe for concurrent use: the
 // consumer loop owns it.
 type session struct {
-	id      string
-	dir     string
-	schema  Schema
-	meta    Metadata
-	procs   map[procKey]*proc
-	files   map[string]*tableFile
-	line    []byte
-	last    time.Time // hub time of the last message for this session (idle detection)
+	id        string
+	dir       string
+	schema    Schema
+	meta      Metadata
+	procs     map[procKey]*proc
+	files     map[string]*tableFile
+	line      []byte
+	last      time.Time // hub time of the last message for this session (idle detection)
 	metaDirty bool
 	// known holds the latest measured offset per host, hub-wide, for hosts new to this session.
 	known map[string]HostMeta
@@ -215,6 +215,27 @@ func (s *session) writeBatch(b *Batch, now time.Time) (int, error) {
 // applyLife records a lifecycle message; it reports whether every known process has now ended.
 func (s *session) applyLife(l *Life, now time.Time) bool {
 	s.last = now
+	s.metaDirty = true
+	h := s.host(l.Host)
+	switch l.Type {
+	case LifeStart:
+		h.AgentVersion = l.AgentVersion
+		if l.StartNS != 0 && l.StartNS < s.meta.StartNS {
+			s.meta.StartNS = l.StartNS
+		}
+		return false
+	case LifeEnd:
+		h.Ended, h.EndReason = true, l.Reason
+		h.AgentDropped = max(h.AgentDropped, l.AgentDropped)
+		h.ShimDropped = max(h.ShimDropped, l.Dropped)
+		// The agent closed the session on this host: its processes are done, said bye or not.
+		for _, q := range s.procs {
+			if q.meta.Host == l.Host && !q.meta.Ended {
+				q.meta.Ended, q.meta.EndNS = true, l.EndNS
+			}
+		}
+		return s.allEnded()
+	}
 	p := s.proc(l.Host, l.PID)
 	m := p.meta
 	if l.Proc != "" {
@@ -224,7 +245,7 @@ func (s *session) applyLife(l *Life, now time.Time) bool {
 	case LifeHello:
 		m.Ident = l.Ident
 		m.PPID, m.Python, m.VLLM, m.GPUUUID, m.Title, m.Argv, m.StartNS = l.PPID, l.Python, l.VLLM, l.GPUUUID, l.Title, l.Argv, l.StartNS
-		if l.StartNS != 0 && (s.meta.StartNS == 0 || l.StartNS < s.meta.StartNS) {
+		if l.StartNS != 0 && l.StartNS < s.meta.StartNS {
 			s.meta.StartNS = l.StartNS
 		}
 	case LifeStatus:
@@ -232,16 +253,18 @@ func (s *session) applyLife(l *Life, now time.Time) bool {
 	case LifeBye:
 		m.Ended = true
 		m.EndNS = l.EndNS
-		if l.Dropped > m.Dropped {
-			m.Dropped = l.Dropped
-		}
+		m.Dropped = max(m.Dropped, l.Dropped)
 		m.LastSeq = l.LastSeq
 	}
 	if l.Ident.Role != "" && m.Role == "" {
 		m.Ident = l.Ident
 	}
-	s.host(l.Host)
-	s.metaDirty = true
+	return s.allEnded()
+}
+
+// allEnded reports whether every process that took part has ended (bye, or its host's agent
+// closed the session).
+func (s *session) allEnded() bool {
 	for _, q := range s.procs {
 		if !q.meta.Ended {
 			return false
@@ -257,6 +280,11 @@ func (s *session) applyHeartbeat(hb *Heartbeat, now time.Time) {
 	if hb.Measured {
 		h.OffsetNS, h.UncertaintyNS, h.Measured = hb.OffsetNS, hb.UncertaintyNS, true
 	}
+	if hb.AgentVersion != "" {
+		h.AgentVersion = hb.AgentVersion
+	}
+	h.AgentDropped = max(h.AgentDropped, hb.AgentDropped)
+	h.ShimDropped = max(h.ShimDropped, hb.ShimDropped)
 	s.metaDirty = true
 }
 

@@ -5,28 +5,197 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/profilemate/profilemate/proto"
+	"github.com/profilemate/profilemate/proto/pmpb"
 )
 
+// commonColumns is how many common columns start every table's header.
+var commonColumns = proto.CommonColumns()
+
 // wireSchema is the contract of proto/: table headers and the protobuf decoder.
-type wireSchema struct{}
+type wireSchema struct {
+	reg     *proto.Registry
+	headers map[string][]string
+	own     map[string][]string // table → its own column names in schema order
+	tables  []string
+}
+
+var _ Schema = (*wireSchema)(nil)
+var _ Decoder = (*wireSchema)(nil)
 
 func newWireSchema() (*wireSchema, error) {
-	return nil, errors.New("hub: wire contract not available")
-}
-
-func (*wireSchema) Header(string) ([]string, bool)           { return nil, false }
-func (*wireSchema) Tables() []string                          { return nil }
-func (*wireSchema) Version() string                           { return "" }
-func (*wireSchema) Decode(string, []byte) (any, error)        { return nil, errors.New("no decoder") }
-
-func streamConfig() jetstream.StreamConfig {
-	return jetstream.StreamConfig{
-		Name:     "PROFILEMATE",
-		Subjects: []string{"pm.v1.ev.>", "pm.v1.life.>", "pm.v1.hb.>"},
+	reg := proto.Default()
+	ws := &wireSchema{reg: reg, headers: map[string][]string{}, own: map[string][]string{}}
+	for _, t := range reg.Tables() {
+		ws.headers[t.Table] = t.Header()
+		for _, c := range t.Columns {
+			ws.own[t.Table] = append(ws.own[t.Table], c.Name)
+		}
+		ws.tables = append(ws.tables, t.Table)
 	}
+	if len(ws.tables) == 0 {
+		return nil, errors.New("hub: no tables in the wire contract")
+	}
+	return ws, nil
 }
+
+func (w *wireSchema) Header(t string) ([]string, bool) { h, ok := w.headers[t]; return h, ok }
+func (w *wireSchema) Tables() []string                 { return w.tables }
+func (w *wireSchema) Version() string                  { return proto.SchemaVersion }
+
+// Decode reads one stream message by its subject: event batch, lifecycle record or heartbeat.
+func (w *wireSchema) Decode(subject string, data []byte) (any, error) {
+	switch {
+	case strings.HasPrefix(subject, proto.EventPrefix+"."):
+		return w.decodeBatch(subject, data)
+	case strings.HasPrefix(subject, proto.LifePrefix+"."):
+		return decodeLife(subject, data)
+	case strings.HasPrefix(subject, proto.HeartbeatPrefix+"."):
+		return decodeHeartbeat(subject, data)
+	}
+	return nil, bad(ReasonSubject, fmt.Errorf("subject %q is not one the hub reads", subject))
+}
+
+// versionErr sorts a decode error: another major is dead-lettered, anything else is bad input.
+func versionErr(err error) error {
+	var ve *proto.VersionError
+	if errors.As(err, &ve) {
+		return fmt.Errorf("%w: %w", ErrNewerMajor, err)
+	}
+	return bad(ReasonDecode, err)
+}
+
+func (w *wireSchema) decodeBatch(subject string, data []byte) (any, error) {
+	f, err := proto.ParseEventSubject(subject)
+	if err != nil {
+		return nil, bad(ReasonSubject, err)
+	}
+	eb, err := proto.DecodeEventBatch(data)
+	if err != nil {
+		return nil, versionErr(err)
+	}
+	if !proto.IsKind(f.Kind) {
+		return nil, bad(ReasonUnknownKind, fmt.Errorf("kind %q", f.Kind))
+	}
+	p := eb.GetProcess()
+	b := &Batch{
+		Session: p.GetSession(), Host: p.GetHost(), Proc: f.Proc, PID: p.GetPid(), Kind: f.Kind,
+		Ident: identOf(p), Dropped: eb.GetDropped(),
+		Events: make([]Event, 0, len(eb.GetEvents())),
+	}
+	// The subject is what the stream routed on; the body must agree with it.
+	if b.Session == "" {
+		b.Session = f.Session
+	}
+	if b.Host == "" {
+		b.Host = f.Host
+	}
+	if b.Session != f.Session || b.Host != f.Host {
+		return nil, bad(ReasonDecode, fmt.Errorf("body names %s/%s, subject %s/%s", b.Session, b.Host, f.Session, f.Host))
+	}
+	tables := proto.KindTables(f.Kind)
+	for _, ev := range eb.GetEvents() {
+		if ev.GetKind() != "" && ev.GetKind() != f.Kind {
+			return nil, bad(ReasonUnknownKind, fmt.Errorf("event of kind %q in a %q batch", ev.GetKind(), f.Kind))
+		}
+		own, ok := w.own[ev.GetTable()]
+		if !ok || !contains(tables, ev.GetTable()) {
+			return nil, bad(ReasonUnknownTable, fmt.Errorf("table %q for kind %q", ev.GetTable(), f.Kind))
+		}
+		cols := make([]string, len(own))
+		for i, c := range own {
+			// A column the sender does not have (older minor) stays empty; columns this hub does
+			// not know (newer minor) are ignored.
+			if v, ok := ev.GetCols()[c]; ok {
+				cols[i] = proto.FormatValue(v)
+			}
+		}
+		b.Events = append(b.Events, Event{Table: ev.GetTable(), Seq: ev.GetSeq(), Step: ev.GetStep(), TsNS: ev.GetTsNs(), Cols: cols})
+	}
+	return b, nil
+}
+
+func identOf(p *pmpb.Process) Ident {
+	return Ident{Role: p.GetRole(), DP: int64(p.GetDp()), PP: int64(p.GetPp()), TP: int64(p.GetTp()), EP: int64(p.GetEp()), Rank: int64(p.GetRank())}
+}
+
+func decodeLife(subject string, data []byte) (any, error) {
+	f, err := proto.ParseLifeSubject(subject)
+	if err != nil {
+		return nil, bad(ReasonSubject, err)
+	}
+	lc, err := proto.DecodeLifecycle(data)
+	if err != nil {
+		return nil, versionErr(err)
+	}
+	p := lc.GetProcess()
+	l := &Life{
+		Session: p.GetSession(), Host: p.GetHost(), Proc: f.Proc, PID: p.GetPid(), Ident: identOf(p),
+		PPID: p.GetPpid(), Python: p.GetPython(), VLLM: p.GetVllm(), GPUUUID: p.GetGpuUuid(),
+		Title: p.GetTitle(), Argv: p.GetArgv(), StartNS: p.GetStartNs(),
+	}
+	if l.Session == "" {
+		l.Session = f.Session
+	}
+	if l.Host == "" {
+		l.Host = f.Host
+	}
+	if l.Session != f.Session || l.Host != f.Host {
+		return nil, bad(ReasonDecode, fmt.Errorf("body names %s/%s, subject %s/%s", l.Session, l.Host, f.Session, f.Host))
+	}
+	switch r := lc.GetRecord().(type) {
+	case *pmpb.Lifecycle_Start:
+		l.Type, l.AgentVersion, l.StartNS = LifeStart, r.Start.GetAgentVersion(), r.Start.GetStartNs()
+	case *pmpb.Lifecycle_Hello_:
+		l.Type = LifeHello
+	case *pmpb.Lifecycle_Status_:
+		l.Type = LifeStatus
+		for _, t := range r.Status.GetTargets() {
+			l.Targets = append(l.Targets, Target{Target: t.GetTarget(), Status: t.GetStatus(), Reason: t.GetReason()})
+		}
+	case *pmpb.Lifecycle_Bye_:
+		l.Type, l.Dropped, l.LastSeq, l.EndNS, l.Clean = LifeBye, r.Bye.GetDropped(), r.Bye.GetLastSeq(), r.Bye.GetEndNs(), r.Bye.GetClean()
+	case *pmpb.Lifecycle_End:
+		l.Type, l.EndNS, l.Dropped, l.AgentDropped, l.Reason = LifeEnd, r.End.GetEndNs(), r.End.GetShimDropped(), r.End.GetAgentDropped(), r.End.GetReason()
+	default:
+		return nil, bad(ReasonUnknownKind, fmt.Errorf("lifecycle record %T", r))
+	}
+	return l, nil
+}
+
+func decodeHeartbeat(subject string, data []byte) (any, error) {
+	host, err := proto.ParseHeartbeatSubject(subject)
+	if err != nil {
+		return nil, bad(ReasonSubject, err)
+	}
+	hb, err := proto.DecodeHeartbeat(data)
+	if err != nil {
+		return nil, versionErr(err)
+	}
+	if hb.GetHost() != "" && hb.GetHost() != host {
+		return nil, bad(ReasonDecode, fmt.Errorf("heartbeat body names host %q, subject %q", hb.GetHost(), host))
+	}
+	return &Heartbeat{
+		Host: host, TsNS: hb.GetTsNs(), OffsetNS: hb.GetClockOffsetNs(), UncertaintyNS: hb.GetClockUncertaintyNs(),
+		Measured:     hb.GetClockUncertaintyNs() != 0,
+		AgentVersion: hb.GetAgentVersion(), AgentDropped: hb.GetAgentDropped(), ShimDropped: hb.GetShimDropped(),
+	}, nil
+}
+
+func contains(l []string, s string) bool {
+	for _, x := range l {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func streamConfig() jetstream.StreamConfig { return proto.StreamConfig() }
 
 func splitHostPort(hp string) (string, int, error) {
 	h, p, err := net.SplitHostPort(hp)
