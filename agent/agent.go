@@ -408,6 +408,16 @@ func (a *Agent) batch(c *conn, b *Batch) error {
 	a.mu.Lock()
 	p, ok := a.procs[b.PID]
 	if !ok || p.bye || p.sess.ended {
+		a.mu.Unlock()
+		// Check the events before a batch of an unknown process registers it.
+		if _, err := a.encodeEvents(&BatchHead{PID: b.PID}, b.Events); err != nil {
+			a.encErrors.Add(1)
+			return fmt.Errorf("%w: %v", ErrBadLine, err)
+		}
+		a.mu.Lock()
+		p, ok = a.procs[b.PID]
+	}
+	if !ok || p.bye || p.sess.ended {
 		// Events before (or without) a hello: a shim that reconnected to a restarted agent.
 		h := &Hello{PID: b.PID, PPID: -1, Role: "", DP: -1, PP: -1, TP: -1, EP: -1, Rank: -1}
 		if b.Ident != nil {

@@ -166,6 +166,11 @@ func TestBadInputKeepsOtherConnections(t *testing.T) {
 	if n := a.Status().BadLines; n != int64(len(bad)) {
 		t.Errorf("bad lines %d, want %d", n, len(bad))
 	}
+	for _, p := range a.Status().Processes {
+		if p.Pid == 5 {
+			t.Errorf("a rejected batch registered process %+v", p)
+		}
+	}
 	// A final line without a newline is a truncated line.
 	bc.Write([]byte(`{"t":"batch","v":1`))
 	bc.(*net.UnixConn).CloseWrite()
