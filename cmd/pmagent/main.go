@@ -12,9 +12,13 @@ import (
 	"github.com/urfave/cli/v2"
 )
 
+// version is set at build time (-ldflags "-X main.version=…").
+var version = "dev"
+
 func main() {
 	app := &cli.App{
-		Name:  "pmagent",
+		Name:    "pmagent",
+		Version: version,
 		Usage: "profile every vLLM process on this host and ship the events to the hub",
 		Commands: []*cli.Command{
 			runCommand,

@@ -47,8 +47,12 @@ func runAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	log := cfg.Logger
-	shimDir, err := install.ShimCache(c.String("cache"), shim.Version, shim.Unpack)
+	log := cmdLog(cfg)
+	cache := c.String("cache")
+	if cache == "" {
+		cache = shimCacheRoot()
+	}
+	shimDir, err := install.ShimCache(cache, shim.Version, shim.Unpack)
 	if err != nil {
 		return cli.Exit("pmagent run: "+err.Error(), 1)
 	}

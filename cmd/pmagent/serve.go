@@ -60,9 +60,9 @@ var serveCommand = &cli.Command{
 		if err := a.Start(c.Context); err != nil {
 			return cli.Exit("pmagent: "+err.Error(), 1)
 		}
-		cfg.Logger.Info("serving", "socket", cfg.Socket, "host", a.Host(), "nats", redact(cfg.NATS.URL))
+		cmdLog(cfg).Info("serving", "socket", cfg.Socket, "host", a.Host(), "nats", redact(cfg.NATS.URL))
 		<-c.Context.Done()
-		return shutdown(a, cfg.Logger, c.Duration("flush-timeout"))
+		return shutdown(a, cmdLog(cfg), c.Duration("flush-timeout"))
 	},
 }
 
@@ -99,8 +99,11 @@ func newLogger(level string) (*slog.Logger, error) {
 	if err := l.UnmarshalText([]byte(level)); err != nil {
 		return nil, cli.Exit(fmt.Sprintf("pmagent: --log-level %q: want debug, info, warn or error", level), 2)
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})).With("component", "pmagent"), nil
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
 }
+
+// cmdLog is the logger of the command's own lines (the agent adds its component itself).
+func cmdLog(cfg agent.Config) *slog.Logger { return cfg.Logger.With("component", "pmagent") }
 
 // shutdown flushes what it can within timeout and reports what stays behind.
 func shutdown(a *agent.Agent, log *slog.Logger, timeout time.Duration) error {
