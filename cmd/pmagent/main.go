@@ -19,7 +19,7 @@ func main() {
 	app := &cli.App{
 		Name:    "pmagent",
 		Version: version,
-		Usage: "profile every vLLM process on this host and ship the events to the hub",
+		Usage:   "profile every vLLM process on this host and ship the events to the hub",
 		Commands: []*cli.Command{
 			runCommand,
 			serveCommand,
