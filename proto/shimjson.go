@@ -201,6 +201,12 @@ func (r *Registry) DecodeLine(b []byte) (*Line, error) {
 		l.Admin != nil && l.Admin.Op == "":
 		return nil, fmt.Errorf("%w: %s line with unknown op %q", ErrBadLine, l.T, opOf(l))
 	}
+	if l.Hello != nil && !knownRole(l.Hello.Role) {
+		return nil, fmt.Errorf("%w: hello with unknown role %q", ErrBadLine, l.Hello.Role)
+	}
+	if l.Batch != nil && l.Batch.Ident != nil && !knownRole(l.Batch.Ident.Role) {
+		return nil, fmt.Errorf("%w: batch ident with unknown role %q", ErrBadLine, l.Batch.Ident.Role)
+	}
 	if l.Batch != nil {
 		for i := range l.Batch.Events {
 			if _, err := r.EventProto(&l.Batch.Events[i]); err != nil {
@@ -209,6 +215,11 @@ func (r *Registry) DecodeLine(b []byte) (*Line, error) {
 		}
 	}
 	return l, nil
+}
+
+// knownRole accepts the three process roles, and "" for a process that does not know its role yet.
+func knownRole(r string) bool {
+	return r == "" || r == RoleAPIServer || r == RoleEngineCore || r == RoleWorker
 }
 
 func opOf(l *Line) string {
@@ -328,8 +339,11 @@ func ToEventBatch(p *pmpb.Process, b *Batch) (*pmpb.EventBatch, error) {
 func (r *Registry) ToEventBatch(p *pmpb.Process, b *Batch) (*pmpb.EventBatch, error) {
 	out := &pmpb.EventBatch{SchemaMajor: SchemaMajor, SchemaMinor: SchemaMinor,
 		Process: applyIdent(cloneProcess(p), b.Ident), Dropped: b.Dropped}
-	if p == nil || p.Pid == 0 {
+	switch {
+	case p == nil || p.Pid == 0:
 		out.Process.Pid = int64(b.PID)
+	case b.PID != 0 && p.Pid != int64(b.PID):
+		return nil, fmt.Errorf("%w: batch of pid %d for process %d", ErrBadLine, b.PID, p.Pid)
 	}
 	for i := range b.Events {
 		e, err := r.EventProto(&b.Events[i])

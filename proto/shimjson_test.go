@@ -232,6 +232,9 @@ func TestBatchesByKindAndSubjects(t *testing.T) {
 	if x := eb.Events[0].Cols["cpu_ms"].GetV().(*pmpb.Value_D); x.D != 1 {
 		t.Errorf("int literal in a float column: %v", x)
 	}
+	if _, err := ToEventBatch((&Hello{PID: 10}).Process(), l.Batch); err == nil || !errors.Is(err, ErrBadLine) {
+		t.Errorf("batch of another pid converted: %v", err)
+	}
 	parts := BatchesByKind(eb)
 	if len(parts) != 2 || parts[0].Events[0].Kind != "forward_pass" || len(parts[0].Events) != 2 {
 		t.Fatalf("split: %v", parts)
@@ -272,12 +275,14 @@ func TestDecodeLineRejects(t *testing.T) {
 		`{"t":"batch","v":1,"pid":3,"events":[{"kind":"kv_cache","table":"nope","cols":{}}]}`:            `unknown table "nope"`,
 		`{"t":"batch","v":1,"pid":3,"events":[{"kind":"gpu","table":"kv_cache_usage","cols":{}}]}`:       "belongs to kind kv_cache",
 		`{"t":"batch","v":1,"pid":3,"events":[{"kind":"kv_cache","table":"kv_cache_usage","cols":[1]}]}`: "batch",
-		ok(`{"usage":"0.5"}`):       "usage: want float",
-		ok(`{"usage":true}`):        "usage: want float",
-		ok(`{"free_blocks":1.5}`):   "free_blocks: want int",
-		ok(`{"free_blocks":"12"}`):  "free_blocks: want int",
-		ok(`{"free_blocks":1e300}`): "free_blocks: want int",
-		ok(`{"nope":1}`):            `no column "nope"`,
+		ok(`{"usage":"0.5"}`):                                            "usage: want float",
+		ok(`{"usage":true}`):                                             "usage: want float",
+		ok(`{"free_blocks":1.5}`):                                        "free_blocks: want int",
+		ok(`{"free_blocks":"12"}`):                                       "free_blocks: want int",
+		ok(`{"free_blocks":1e300}`):                                      "free_blocks: want int",
+		`{"t":"hello","v":1,"pid":3,"role":"boss"}`:                      `unknown role "boss"`,
+		`{"t":"batch","v":1,"pid":3,"ident":{"role":"wrk"},"events":[]}`: `unknown role "wrk"`,
+		ok(`{"nope":1}`):                                                 `no column "nope"`,
 		`{"t":"batch","v":1,"pid":3,"events":[{"kind":"preemption","table":"preemption_events","cols":{"request_id":5}}]}`:    "request_id: want string",
 		`{"t":"batch","v":1,"pid":3,"events":[{"kind":"cuda_graph","table":"cuda_graph_usage","cols":{"eager_fallback":1}}]}`: "eager_fallback: want bool",
 	}

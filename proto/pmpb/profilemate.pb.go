@@ -1105,7 +1105,7 @@ func (x *ClockReply) GetT3Ns() int64 {
 	return 0
 }
 
-// SessionStart opens a session on a host (sent with an empty process token "agent").
+// SessionStart opens a session on a host; its process is the agent (role agent, token agent).
 type Lifecycle_SessionStart struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	AgentVersion  string                 `protobuf:"bytes,1,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
