@@ -1,4 +1,11 @@
-"""Entry points: placeholder until the engine lands."""
+"""Entry points: the API server process, `vllm serve`, and offline LLM; they start EngineCore by spawn."""
+import argparse
+import os
+import random
+import sys
+
+from pmsim import config, truth
+from pmsim.util import mod
 
 
 class SamplingParams:
@@ -7,13 +14,109 @@ class SamplingParams:
         self.temperature = temperature
 
 
-class LLM:
-    pass
+class VllmConfig:
+    """Picklable stand-in for vllm.config.VllmConfig (the simulator reads PMSIM_* instead)."""
+
+    def __init__(self, model):
+        self.model = model
+
+
+def workload(cfg):
+    from pmsim.engine import SimRequest
+    rng = random.Random(cfg.seed)
+    shared = [rng.randrange(1, 30000) for _ in range(48)]
+    reqs = []
+    for i in range(cfg.requests):
+        n = rng.choice([24, 40, 72, 120, 180])
+        prompt = (shared if i % 2 == 0 else []) + [rng.randrange(1, 30000) for _ in range(n)]
+        mm = 1 + rng.randrange(2) if rng.random() < cfg.mm_share else 0
+        reqs.append(SimRequest("req-%d" % i, prompt, rng.randrange(cfg.max_tokens // 2, cfg.max_tokens + 1), mm))
+    return reqs
+
+
+def run_engine(model, requests=None):
+    """Starts EngineCore (spawn), feeds it the workload, waits for the results, merges ground truth."""
+    import multiprocessing
+    cfg = config.get()
+    rec = truth.start("api_server", 0, model=model, requests=0, completed=0)
+    ctx = multiprocessing.get_context("spawn")
+    inq, outq = ctx.Queue(), ctx.Queue()
+    core = mod("vllm.v1.engine.core").EngineCoreProc
+    p = ctx.Process(target=core.run_engine_core, name="EngineCore_DP0",
+                    kwargs=dict(vllm_config=VllmConfig(model), input_queue=inq, output_queue=outq))
+    p.start()
+    kind, _ = _get(outq, p)
+    reqs = requests if requests is not None else workload(cfg)
+    for r in reqs:
+        inq.put(("add", r))
+    inq.put(("expect", len(reqs)))
+    rec["requests"] = len(reqs)
+    results = {}
+    while True:
+        kind, value = _get(outq, p)
+        if kind == "finished":
+            results[value[0]] = value[1]
+        elif kind == "done":
+            break
+    p.join(120)
+    rec["completed"] = len(results)
+    truth.write()
+    if cfg.ground_truth:
+        truth.merge(cfg.ground_truth)
+    return results
+
+
+def _get(q, proc):
+    import queue
+    while True:
+        try:
+            return q.get(timeout=0.5)
+        except queue.Empty:
+            if not proc.is_alive():
+                raise RuntimeError("EngineCore exited with code %s" % proc.exitcode)
+
+
+def _env_setup():
+    os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+
+
+def api_server_main(argv=None):
+    _env_setup()
+    parser = argparse.ArgumentParser(prog="vllm.entrypoints.openai.api_server")
+    parser.add_argument("--model", default="sim/moe-tiny")
+    parser.add_argument("--enforce-eager", action="store_true")
+    args, _ = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    mod("vllm.plugins").load_general_plugins()
+    if args.enforce_eager:
+        os.environ["PMSIM_ENFORCE_EAGER"] = "1"
+    results = run_engine(args.model)
+    print("pmsim: %d requests completed" % len(results), flush=True)
+    return 0
 
 
 def cli_main():
-    pass
+    _env_setup()
+    argv = sys.argv[1:]
+    if not argv or argv[0] != "serve":
+        print("usage: vllm serve MODEL [--enforce-eager]", file=sys.stderr)
+        return 2
+    rest = argv[1:]
+    model = rest[0] if rest and not rest[0].startswith("-") else "sim/moe-tiny"
+    return api_server_main(["--model", model] + [a for a in rest[1:] if a.startswith("--")])
 
 
-def api_server_main():
-    pass
+class LLM:
+    def __init__(self, model="sim/moe-tiny", **kwargs):
+        self.model = model
+        if kwargs.get("enforce_eager"):
+            os.environ["PMSIM_ENFORCE_EAGER"] = "1"
+
+    def generate(self, prompts=None, sampling_params=None):
+        from pmsim.engine import SimRequest
+        cfg = config.get()
+        reqs = None
+        if prompts:
+            mt = getattr(sampling_params, "max_tokens", cfg.max_tokens)
+            reqs = [SimRequest("req-%d" % i, [ord(c) for c in p] or [1], mt, 0) for i, p in enumerate(prompts)]
+        results = run_engine(self.model, reqs)
+        return [results[k] for k in sorted(results, key=lambda s: int(s.split("-")[1]))]

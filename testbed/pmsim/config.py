@@ -1,0 +1,48 @@
+"""Simulator settings, read only from PMSIM_* environment variables (spawned children inherit them)."""
+import os
+
+
+def _int(name, default):
+    v = os.environ.get(name, "")
+    return int(v) if v.strip() else default
+
+
+def _float(name, default):
+    v = os.environ.get(name, "")
+    return float(v) if v.strip() else default
+
+
+def _bool(name, default=False):
+    v = os.environ.get(name, "")
+    return default if not v.strip() else v.strip().lower() in ("1", "true", "yes", "on")
+
+
+class Config:
+    def __init__(self):
+        self.tp = _int("PMSIM_TP", 4)
+        self.requests = _int("PMSIM_REQUESTS", 24)
+        self.max_steps = _int("PMSIM_MAX_STEPS", 100000)
+        self.seed = _int("PMSIM_SEED", 0)
+        self.ground_truth = os.environ.get("PMSIM_GROUND_TRUTH", "")
+        self.step_work_ms = _float("PMSIM_STEP_WORK_MS", 10.0)
+        self.pieces = _int("PMSIM_PIECES", 33)
+        self.moe_layers = _int("PMSIM_MOE_LAYERS", 4)
+        self.experts = _int("PMSIM_EXPERTS", 16)
+        self.top_k = _int("PMSIM_TOP_K", 2)
+        self.num_blocks = _int("PMSIM_NUM_BLOCKS", 48)
+        self.block_size = _int("PMSIM_BLOCK_SIZE", 16)
+        self.token_budget = _int("PMSIM_TOKEN_BUDGET", 256)
+        self.max_num_seqs = _int("PMSIM_MAX_NUM_SEQS", 16)
+        sizes = os.environ.get("PMSIM_CAPTURE_SIZES", "1,2,4,8,16,32,64")
+        self.capture_sizes = sorted(int(x) for x in sizes.split(",") if x.strip())
+        self.slow_rank = _int("PMSIM_SLOW_RANK", -1)
+        self.slow_ms = _float("PMSIM_SLOW_MS", 20.0)
+        self.enforce_eager = _bool("PMSIM_ENFORCE_EAGER")
+        self.pause_file = os.environ.get("PMSIM_PAUSE_FILE", "")
+        self.v2_runner = os.environ.get("PMSIM_V2_RUNNER", "")
+        self.mm_share = _float("PMSIM_MM_SHARE", 0.25)
+        self.max_tokens = _int("PMSIM_MAX_TOKENS", 24)
+
+
+def get():
+    return Config()
