@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"runtime"
 	"strings"
 	"sync"
@@ -119,4 +120,83 @@ func createStreamB(b *testing.B, url string) {
 	if err := createStreamURL(url); err != nil {
 		b.Fatal(err)
 	}
+}
+
+// BenchmarkRSS8Ranks streams 8 simulated ranks through an agent publishing to a JetStream server
+// in another process and reports this process's resident memory (agent, clients, test harness).
+func BenchmarkRSS8Ranks(b *testing.B) {
+	store, _ := os.MkdirTemp("", "pmns")
+	defer os.RemoveAll(store)
+	srv := exec.Command(os.Args[0])
+	srv.Env = append(os.Environ(), benchNATSEnv+"="+store)
+	out, _ := srv.StdoutPipe()
+	if err := srv.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = srv.Process.Signal(os.Interrupt); _ = srv.Wait() }()
+	url, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		b.Fatal(err)
+	}
+	url = strings.TrimSpace(url)
+	createStreamB(b, url)
+	dir, _ := os.MkdirTemp("", "pmab")
+	defer os.RemoveAll(dir)
+	a, err := New(Config{Host: "h1", Socket: dir + "/a.sock", NATS: NATSConfig{URL: url}, SpoolDir: dir + "/spool", Logger: testLogger(nil)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := a.Start(ctx); err != nil {
+		b.Fatal(err)
+	}
+	const ranks, per = 8, 64
+	perRank := b.N/(ranks*per) + 1
+	b.ResetTimer()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for r := 0; r < ranks; r++ {
+		c, err := net.Dial("unix", a.Socket())
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer c.Close()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w := bufio.NewWriter(c)
+			fmt.Fprintf(w, `{"t":"hello","v":1,"session":"rss","pid":%d,"role":"worker","dp":0,"pp":0,"tp":%d,"ep":-1,"rank":%d}`+"\n", 2000+r, r, r)
+			for i := 0; i < perRank; i++ {
+				w.Write(benchBatchLine(2000+r, r, uint64(i*per+1), per))
+			}
+			w.Flush()
+		}()
+	}
+	wg.Wait()
+	total := int64(perRank * per * ranks)
+	for a.Status().Events < total || a.q.pending() > 0 {
+		time.Sleep(time.Millisecond)
+	}
+	el := time.Since(start)
+	b.StopTimer()
+	b.ReportMetric(float64(total)/el.Seconds(), "events/s")
+	b.ReportMetric(vmRSSMiB(), "RSS-MiB")
+	_, _ = a.Shutdown(context.Background())
+}
+
+// vmRSSMiB reads this process's resident set size.
+func vmRSSMiB() float64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "VmRSS:") {
+			var kb float64
+			fmt.Sscan(strings.TrimSpace(strings.TrimSuffix(strings.TrimPrefix(l, "VmRSS:"), "kB")), &kb)
+			return kb / 1024
+		}
+	}
+	return 0
 }

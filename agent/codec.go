@@ -20,7 +20,7 @@ const (
 	schemaMinor = pmproto.SchemaMinor
 )
 
-func defaultEncoder() Encoder { return PBEncoder{} }
+func defaultEncoder() Encoder { return WireEncoder{} }
 
 // PBEncoder writes the stream's protobuf messages (proto/profilemate/v1).
 type PBEncoder struct{}

@@ -77,3 +77,39 @@ func TestEncodeBatchRoundTrip(t *testing.T) {
 		t.Error("nested cols encoded, want an error")
 	}
 }
+
+func TestWireEncoderMatchesPBEncoder(t *testing.T) {
+	heads := []*BatchHead{
+		{Session: "20261126_120000_abcdef", Host: "gpu-7", Proc: "w3", PID: 4242, Kind: "forward_pass", Ident: Ident{Role: "worker", DP: 0, PP: 1, TP: 3, EP: -1, Rank: 3}, Dropped: 12},
+		{Session: "s", Host: "h", PID: 1, Kind: "forward_pass", Ident: Ident{Role: "", DP: -1, PP: -1, TP: -1, EP: -1, Rank: -1}},
+	}
+	evs := []Event{
+		{Kind: "forward_pass", Table: "forward_pass_timing", Seq: 1, Step: -1, TsNS: 1700000000000000000, Cols: []byte(`{"cpu_ms":1.5,"tokens":3.0,"runtime_mode":"FULL","gpu_ms":null,"gpu_status":"p\u00e9nding"}`)},
+		{Kind: "forward_pass", Table: "forward_pass_timing", Seq: 9, Step: 4, TsNS: 2, Cols: []byte(`{}`)},
+		{Kind: "forward_pass", Table: "forward_pass_timing", Seq: 10, Step: 0, TsNS: -5, Cols: []byte(`{"cpu_ms":-0.0,"tokens":-7}`)},
+	}
+	for _, h := range heads {
+		want, err := PBEncoder{}.EncodeBatch(h, evs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := WireEncoder{}.EncodeBatch(h, evs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var w, g pmpb.EventBatch
+		if err := proto.Unmarshal(want, &w); err != nil {
+			t.Fatal(err)
+		}
+		if err := proto.Unmarshal(got, &g); err != nil {
+			t.Fatalf("wire encoding does not decode: %v", err)
+		}
+		if !proto.Equal(&w, &g) {
+			t.Errorf("wire encoding decodes to\n%v\nwant\n%v", &g, &w)
+		}
+	}
+	bad := []Event{{Kind: "forward_pass", Table: "forward_pass_timing", Seq: 1, Cols: []byte(`{"tokens":1.5}`)}}
+	if _, err := (WireEncoder{}).EncodeBatch(heads[0], bad); err == nil {
+		t.Error("fractional int encoded, want an error")
+	}
+}
