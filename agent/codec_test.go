@@ -1,10 +1,15 @@
 package agent
 
 import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
 
+	pmproto "github.com/profilemate/profilemate/proto"
 	"github.com/profilemate/profilemate/proto/pmpb"
 )
 
@@ -111,5 +116,64 @@ func TestWireEncoderMatchesPBEncoder(t *testing.T) {
 	bad := []Event{{Kind: "forward_pass", Table: "forward_pass_timing", Seq: 1, Cols: []byte(`{"tokens":1.5}`)}}
 	if _, err := (WireEncoder{}).EncodeBatch(heads[0], bad); err == nil {
 		t.Error("fractional int encoded, want an error")
+	}
+}
+
+// TestGoldenBatches encodes every golden fixture of proto/testdata/batches and checks the result
+// against proto's own conversion of the same JSON.
+func TestGoldenBatches(t *testing.T) {
+	files, err := filepath.Glob("../proto/testdata/batches/*.json")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no golden batches (%v)", err)
+	}
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			raw, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var compact bytes.Buffer
+			if err := json.Compact(&compact, raw); err != nil {
+				t.Fatal(err)
+			}
+			l, err := decodeLine(compact.Bytes())
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := l.batch()
+			if err != nil {
+				t.Fatal(err)
+			}
+			h := &BatchHead{Session: "s", Host: "h", PID: b.PID, Ident: *b.Ident, Dropped: b.Dropped}
+			var want pmproto.Batch
+			if err := json.Unmarshal(raw, &want); err != nil {
+				t.Fatal(err)
+			}
+			ref, err := pmproto.ToEventBatch(&pmpb.Process{Session: "s", Host: "h", Pid: int64(b.PID)}, &want)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, part := range pmproto.BatchesByKind(ref) {
+				var evs []Event
+				for _, e := range b.Events {
+					if e.Kind == part.Events[0].Kind {
+						evs = append(evs, e)
+					}
+				}
+				hk := *h
+				hk.Kind = part.Events[0].Kind
+				data, err := WireEncoder{}.EncodeBatch(&hk, evs)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var got pmpb.EventBatch
+				if err := proto.Unmarshal(data, &got); err != nil {
+					t.Fatal(err)
+				}
+				if !proto.Equal(&got, part) {
+					t.Errorf("kind %s:\n got %v\nwant %v", hk.Kind, &got, part)
+				}
+			}
+		})
 	}
 }
