@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/urfave/cli/v2"
 
@@ -104,6 +105,11 @@ func runAction(c *cli.Context) error {
 			for {
 				select {
 				case s := <-sigs:
+					// Ctrl-C on a terminal already reached the command (same foreground process
+					// group); a second SIGINT would make vLLM skip its orderly shutdown.
+					if s == syscall.SIGINT && ttyForeground() {
+						continue
+					}
 					_ = cmd.Process.Signal(s)
 				case <-done:
 					return
@@ -205,4 +211,19 @@ func childEnv(env []string, shimDir, session, socket, host, outputDir string) []
 		}
 	}
 	return out
+}
+
+// ttyForeground reports whether this process runs in the foreground of its terminal, where the
+// terminal sends SIGINT to the whole process group, the command included.
+func ttyForeground() bool {
+	f, err := os.Open("/dev/tty")
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	var pgrp int32
+	if _, _, e := syscall.Syscall(syscall.SYS_IOCTL, f.Fd(), syscall.TIOCGPGRP, uintptr(unsafe.Pointer(&pgrp))); e != 0 {
+		return false
+	}
+	return int(pgrp) == syscall.Getpgrp()
 }
