@@ -3,12 +3,16 @@ package hub
 import (
 	"context"
 	"fmt"
+	"io"
+	"log/slog"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/profilemate/profilemate/proto"
 )
 
 const (
@@ -31,7 +35,7 @@ func benchPayloads(b *testing.B, enc func(*Batch) []byte) ([]string, [][]byte) {
 			s := next[p]
 			bt.Events = append(bt.Events, Event{Table: "kv_cache_usage", Seq: s, Step: int64(s), TsNS: 1_700_000_000_000_000_000 + int64(s)*1000, Cols: []string{"0.4375", "1234"}})
 		}
-		subs = append(subs, fmt.Sprintf("pm.v1.ev.BENCH.%s.w%d.kv_cache", host, p))
+		subs = append(subs, proto.EventSubject("BENCH", host, fmt.Sprintf("w%d", p), "kv_cache"))
 		pays = append(pays, enc(bt))
 	}
 	return subs, pays
@@ -121,6 +125,9 @@ func BenchmarkPlainJetStream(b *testing.B) {
 
 // BenchmarkConsumeWrite measures the hub: from a pre-filled stream to rows written and synced.
 func BenchmarkConsumeWrite(b *testing.B) {
+	prev := slog.Default()
+	slog.SetDefault(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	defer slog.SetDefault(prev)
 	enc, dec := benchCodec()
 	subs, pays := benchPayloads(b, enc)
 	total := int64(benchBatches * benchEvents)

@@ -2,7 +2,10 @@ package hub
 
 import (
 	"errors"
+	"reflect"
 	"testing"
+
+	"github.com/profilemate/profilemate/proto"
 )
 
 // FuzzDecode feeds arbitrary subjects and payloads to the wire decoder: it must never panic, and
@@ -17,6 +20,18 @@ func FuzzDecode(f *testing.F) {
 		f.Add(s.subject, s.data)
 	}
 	f.Fuzz(func(t *testing.T, subject string, data []byte) {
+		// Differential: whatever the fast event-batch reader accepts, the generic one reads alike.
+		if sf, err := proto.ParseEventSubject(subject); err == nil && proto.IsKind(sf.Kind) {
+			if fb, major, ok := ws.fastBatch(data, sf); ok && major == proto.SchemaMajor {
+				gb, err := ws.genericBatch(data, sf)
+				if err != nil {
+					t.Fatalf("fast path accepted what the generic one rejects: %v", err)
+				}
+				if !reflect.DeepEqual(fb, gb) {
+					t.Fatalf("fast %+v\ngeneric %+v", fb, gb)
+				}
+			}
+		}
 		v, err := ws.Decode(subject, data)
 		if err != nil {
 			var b *BadInput

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"sync"
 	"time"
 
@@ -423,6 +424,36 @@ func (s *Server) fetch(n int, noWait bool) ([]jetstream.Msg, error) {
 	return msgs, nil
 }
 
+type decoded struct {
+	v         any
+	err       error
+	oversized bool
+}
+
+// decodeAll decodes a fetch round's messages on every core: decoding is the costly, independent
+// part; applying them stays sequential, in stream order.
+func (s *Server) decodeAll(msgs []jetstream.Msg) []decoded {
+	out := make([]decoded, len(msgs))
+	workers := min(runtime.GOMAXPROCS(0), (len(msgs)+15)/16)
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := w; i < len(msgs); i += workers {
+				data := msgs[i].Data()
+				if len(data) > s.cfg.MaxMsgBytes {
+					out[i].oversized = true
+					continue
+				}
+				out[i].v, out[i].err = s.cfg.Decoder.Decode(msgs[i].Subject(), data)
+			}
+		}(w)
+	}
+	wg.Wait()
+	return out
+}
+
 type outcome struct {
 	msg     jetstream.Msg
 	session *session // commit of this session decides the ack; nil: ack at once
@@ -438,9 +469,10 @@ func (s *Server) process(msgs []jetstream.Msg) {
 	touched := map[*session]bool{}
 	broken := map[*session]error{}
 	var rows int64
+	decoded := s.decodeAll(msgs)
 	for i, m := range msgs {
 		outs[i].msg = m
-		ss, n, err := s.handle(m, now)
+		ss, n, err := s.handle(m, decoded[i], now)
 		rows += int64(n)
 		if ss != nil {
 			outs[i].session = ss
@@ -505,14 +537,13 @@ func (s *Server) retryOrTerm(m jetstream.Msg) {
 
 // handle decodes and applies one message. It returns the session it wrote to (whose commit
 // decides the ack) and the rows written.
-func (s *Server) handle(m jetstream.Msg, now time.Time) (*session, int, error) {
+func (s *Server) handle(m jetstream.Msg, d decoded, now time.Time) (*session, int, error) {
 	subj := m.Subject()
-	data := m.Data()
-	if len(data) > s.cfg.MaxMsgBytes {
-		s.cnt.bad(s.log, ReasonOversized, subj, fmt.Errorf("%d bytes", len(data)))
+	if d.oversized {
+		s.cnt.bad(s.log, ReasonOversized, subj, fmt.Errorf("%d bytes", len(m.Data())))
 		return nil, 0, nil
 	}
-	v, err := s.cfg.Decoder.Decode(subj, data)
+	v, err := d.v, d.err
 	if err != nil {
 		if errors.Is(err, ErrNewerMajor) {
 			if derr := s.deadLetter(m, err); derr != nil {

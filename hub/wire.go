@@ -74,18 +74,17 @@ func (w *wireSchema) decodeBatch(subject string, data []byte) (any, error) {
 	if err != nil {
 		return nil, bad(ReasonSubject, err)
 	}
-	eb, err := proto.DecodeEventBatch(data)
-	if err != nil {
-		return nil, versionErr(err)
-	}
 	if !proto.IsKind(f.Kind) {
 		return nil, bad(ReasonUnknownKind, fmt.Errorf("kind %q", f.Kind))
 	}
-	p := eb.GetProcess()
-	b := &Batch{
-		Session: p.GetSession(), Host: p.GetHost(), Proc: f.Proc, PID: p.GetPid(), Kind: f.Kind,
-		Ident: identOf(p), Dropped: eb.GetDropped(),
-		Events: make([]Event, 0, len(eb.GetEvents())),
+	b, major, ok := w.fastBatch(data, f)
+	if ok && major != proto.SchemaMajor {
+		ok = false // the generic path builds the version error
+	}
+	if !ok {
+		if b, err = w.genericBatch(data, f); err != nil {
+			return nil, err
+		}
 	}
 	// The subject is what the stream routed on; the body must agree with it.
 	if b.Session == "" {
@@ -96,6 +95,21 @@ func (w *wireSchema) decodeBatch(subject string, data []byte) (any, error) {
 	}
 	if b.Session != f.Session || b.Host != f.Host {
 		return nil, bad(ReasonDecode, fmt.Errorf("body names %s/%s, subject %s/%s", b.Session, b.Host, f.Session, f.Host))
+	}
+	return b, nil
+}
+
+// genericBatch decodes with the protobuf library: every input the fast path declines.
+func (w *wireSchema) genericBatch(data []byte, f proto.SubjectFields) (*Batch, error) {
+	eb, err := proto.DecodeEventBatch(data)
+	if err != nil {
+		return nil, versionErr(err)
+	}
+	p := eb.GetProcess()
+	b := &Batch{
+		Session: p.GetSession(), Host: p.GetHost(), Proc: f.Proc, PID: p.GetPid(), Kind: f.Kind,
+		Ident: identOf(p), Dropped: eb.GetDropped(),
+		Events: make([]Event, 0, len(eb.GetEvents())),
 	}
 	tables := proto.KindTables(f.Kind)
 	for _, ev := range eb.GetEvents() {

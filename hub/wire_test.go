@@ -73,6 +73,10 @@ func TestWireDecode(t *testing.T) {
 		{"heartbeat", proto.HeartbeatSubject("host.a"), mustMarshal(t, proto.Stamp(&pmpb.Heartbeat{Host: "host.a", ClockOffsetNs: 5, ClockUncertaintyNs: 1})), ""},
 		{"bye", proto.LifeSubject("S1", "host.a", "w0"), mustMarshal(t, proto.Stamp(&pmpb.Lifecycle{Process: wireProcess("S1", "host.a", 7, 0), Record: &pmpb.Lifecycle_Bye_{Bye: &pmpb.Lifecycle_Bye{LastSeq: 2}}})), ""},
 	}
+	sf, _ := proto.ParseEventSubject(subj)
+	if _, _, ok := ws.fastBatch(mustMarshal(t, good), sf); !ok {
+		t.Error("fast reader declined the agent's canonical encoding")
+	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			v, err := ws.Decode(tt.subject, tt.data)

@@ -1,0 +1,279 @@
+package hub
+
+import (
+	"math"
+	"strconv"
+	"unicode/utf8"
+
+	"google.golang.org/protobuf/encoding/protowire"
+
+	"github.com/profilemate/profilemate/proto"
+)
+
+// The generic protobuf decoder spends most of the hub's time building each event's
+// map<string, Value>. fastBatch reads the EventBatch wire format directly into the hub's Batch for
+// the canonical encoding the agent produces; anything unusual (unexpected wire types, repeated
+// sub-messages, invalid UTF-8) makes it give up, and the generic decoder decides. FuzzDecode
+// checks that both agree on every input the fast path accepts.
+
+type rawEvent struct {
+	kind, table string
+	seq         uint64
+	step, ts    int64
+	keys        []string
+	vals        []string
+	nk          int
+}
+
+// fastBatch decodes eb's body; ok is false when the generic decoder must take over.
+func (w *wireSchema) fastBatch(data []byte, f proto.SubjectFields) (b *Batch, major uint32, ok bool) {
+	b = &Batch{Proc: f.Proc, Kind: f.Kind, Events: make([]Event, 0, 16)}
+	sawProcess := false
+	for len(data) > 0 {
+		num, typ, n := protowire.ConsumeTag(data)
+		if n < 0 {
+			return nil, 0, false
+		}
+		data = data[n:]
+		switch {
+		case num == 1 && typ == protowire.VarintType:
+			v, n := protowire.ConsumeVarint(data)
+			if n < 0 {
+				return nil, 0, false
+			}
+			major, data = uint32(v), data[n:]
+		case num == 2 && typ == protowire.VarintType, num == 5 && typ == protowire.VarintType:
+			v, n := protowire.ConsumeVarint(data)
+			if n < 0 {
+				return nil, 0, false
+			}
+			if num == 5 {
+				b.Dropped = v
+			}
+			data = data[n:]
+		case num == 3 && typ == protowire.BytesType && !sawProcess:
+			v, n := protowire.ConsumeBytes(data)
+			if n < 0 || !fastProcess(v, b) {
+				return nil, 0, false
+			}
+			sawProcess, data = true, data[n:]
+		case num == 4 && typ == protowire.BytesType:
+			v, n := protowire.ConsumeBytes(data)
+			if n < 0 {
+				return nil, 0, false
+			}
+			var ev rawEvent
+			if !fastEvent(v, &ev) {
+				return nil, 0, false
+			}
+			// Anything the generic path would reject is left to it, so errors are decided in one place.
+			own, known := w.own[ev.table]
+			if !known || (ev.kind != "" && ev.kind != f.Kind) || !contains(proto.KindTables(f.Kind), ev.table) {
+				return nil, 0, false
+			}
+			e := Event{Table: ev.table, Seq: ev.seq, Step: ev.step, TsNS: ev.ts, Cols: make([]string, len(own))}
+			for i, c := range own {
+				for k := ev.nk - 1; k >= 0; k-- { // the last entry of a key wins, as in protobuf maps
+					if ev.keys[k] == c {
+						e.Cols[i] = ev.vals[k]
+						break
+					}
+				}
+			}
+			b.Events = append(b.Events, e)
+			data = data[n:]
+		case num == 6 && typ == protowire.BytesType:
+			v, n := protowire.ConsumeBytes(data)
+			if n < 0 || !utf8.Valid(v) {
+				return nil, 0, false
+			}
+			data = data[n:]
+		default:
+			return nil, 0, false
+		}
+	}
+	return b, major, true
+}
+
+func fastString(data []byte) (string, int, bool) {
+	v, n := protowire.ConsumeBytes(data)
+	if n < 0 || !utf8.Valid(v) {
+		return "", 0, false
+	}
+	return string(v), n, true
+}
+
+func fastProcess(data []byte, b *Batch) bool {
+	for len(data) > 0 {
+		num, typ, n := protowire.ConsumeTag(data)
+		if n < 0 {
+			return false
+		}
+		data = data[n:]
+		switch {
+		case typ == protowire.BytesType && (num == 1 || num == 2 || num == 5 || (num >= 11 && num <= 14) || num == 16):
+			s, n, ok := fastString(data)
+			if !ok {
+				return false
+			}
+			switch num {
+			case 1:
+				b.Session = s
+			case 2:
+				b.Host = s
+			case 5:
+				b.Ident.Role = s
+			}
+			data = data[n:]
+		case typ == protowire.VarintType && (num == 3 || num == 4 || (num >= 6 && num <= 10) || num == 15):
+			v, n := protowire.ConsumeVarint(data)
+			if n < 0 {
+				return false
+			}
+			switch num {
+			case 3:
+				b.PID = int64(v)
+			case 6:
+				b.Ident.DP = int64(int32(v))
+			case 7:
+				b.Ident.PP = int64(int32(v))
+			case 8:
+				b.Ident.TP = int64(int32(v))
+			case 9:
+				b.Ident.EP = int64(int32(v))
+			case 10:
+				b.Ident.Rank = int64(int32(v))
+			}
+			data = data[n:]
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+func fastEvent(data []byte, ev *rawEvent) bool {
+	for len(data) > 0 {
+		num, typ, n := protowire.ConsumeTag(data)
+		if n < 0 {
+			return false
+		}
+		data = data[n:]
+		switch {
+		case (num == 1 || num == 2) && typ == protowire.BytesType:
+			s, n, ok := fastString(data)
+			if !ok {
+				return false
+			}
+			if num == 1 {
+				ev.kind = s
+			} else {
+				ev.table = s
+			}
+			data = data[n:]
+		case num >= 3 && num <= 5 && typ == protowire.VarintType:
+			v, n := protowire.ConsumeVarint(data)
+			if n < 0 {
+				return false
+			}
+			switch num {
+			case 3:
+				ev.seq = v
+			case 4:
+				ev.step = int64(v)
+			case 5:
+				ev.ts = int64(v)
+			}
+			data = data[n:]
+		case num == 6 && typ == protowire.BytesType:
+			v, n := protowire.ConsumeBytes(data)
+			if n < 0 {
+				return false
+			}
+			k, val, ok := fastEntry(v)
+			if !ok {
+				return false
+			}
+			ev.keys = append(ev.keys[:ev.nk], k)
+			ev.vals = append(ev.vals[:ev.nk], val)
+			ev.nk++
+			data = data[n:]
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// fastEntry reads one map entry: key (1) and Value (2), formatted as proto.FormatValue does.
+func fastEntry(data []byte) (key, val string, ok bool) {
+	sawVal := false
+	for len(data) > 0 {
+		num, typ, n := protowire.ConsumeTag(data)
+		if n < 0 {
+			return "", "", false
+		}
+		data = data[n:]
+		switch {
+		case num == 1 && typ == protowire.BytesType:
+			s, n, ok := fastString(data)
+			if !ok {
+				return "", "", false
+			}
+			key, data = s, data[n:]
+		case num == 2 && typ == protowire.BytesType && !sawVal:
+			v, n := protowire.ConsumeBytes(data)
+			if n < 0 {
+				return "", "", false
+			}
+			val, ok = fastValue(v)
+			if !ok {
+				return "", "", false
+			}
+			sawVal, data = true, data[n:]
+		default:
+			return "", "", false
+		}
+	}
+	return key, val, true
+}
+
+func fastValue(data []byte) (string, bool) {
+	out := ""
+	for len(data) > 0 {
+		num, typ, n := protowire.ConsumeTag(data)
+		if n < 0 {
+			return "", false
+		}
+		data = data[n:]
+		switch {
+		case num == 1 && typ == protowire.VarintType:
+			v, n := protowire.ConsumeVarint(data)
+			if n < 0 {
+				return "", false
+			}
+			out, data = strconv.FormatInt(int64(v), 10), data[n:]
+		case num == 2 && typ == protowire.Fixed64Type:
+			v, n := protowire.ConsumeFixed64(data)
+			if n < 0 {
+				return "", false
+			}
+			out, data = proto.FormatFloat(math.Float64frombits(v)), data[n:]
+		case num == 3 && typ == protowire.BytesType:
+			s, n, ok := fastString(data)
+			if !ok {
+				return "", false
+			}
+			out, data = s, data[n:]
+		case num == 4 && typ == protowire.VarintType:
+			v, n := protowire.ConsumeVarint(data)
+			if n < 0 {
+				return "", false
+			}
+			out, data = strconv.FormatBool(v != 0), data[n:]
+		default:
+			return "", false
+		}
+	}
+	return out, true
+}
