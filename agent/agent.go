@@ -180,6 +180,7 @@ func (a *Agent) Start(ctx context.Context) error {
 	}
 	go a.pub.run()
 	a.startNATSSide(ctx)
+	go a.reap(ctx)
 	go func() {
 		<-ctx.Done()
 		a.stopListening()
@@ -564,6 +565,33 @@ func (a *Agent) connGone(c *conn) {
 	a.mu.Unlock()
 	for _, l := range byes {
 		a.publishLife(l)
+	}
+}
+
+// reap marks processes gone that disconnected while alive and have exited since, so their
+// sessions can end.
+func (a *Agent) reap(ctx context.Context) {
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		a.mu.Lock()
+		var byes []*Life
+		for pid, p := range a.procs {
+			if p.conn == nil && !p.bye && !pidAlive(pid) {
+				byes = append(byes, &Life{Type: "bye", Session: p.sess.id, Host: a.cfg.Host, Proc: p.token, PID: p.pid,
+					Ident: p.ident, Dropped: p.dropped, LastSeq: p.maxSeq, EndNS: time.Now().UnixNano()})
+				a.leave(p)
+			}
+		}
+		a.mu.Unlock()
+		for _, l := range byes {
+			a.publishLife(l)
+		}
 	}
 }
 

@@ -414,3 +414,20 @@ func TestNATSControlAndHeartbeat(t *testing.T) {
 		return true
 	})
 }
+
+func TestSessionEndsAfterLinger(t *testing.T) {
+	a := newTestAgent(t, Config{SessionLinger: 50 * time.Millisecond})
+	s := dialShim(t, a.Socket(), 1101, 0, "linger")
+	s.batch(1)
+	s.bye()
+	waitFor(t, "session end", func() bool {
+		st := a.Status()
+		return len(st.Sessions) == 1 && st.Sessions[0].Ended
+	})
+	// The name ended: a new process naming it gets a fresh id.
+	s2 := dialShim(t, a.Socket(), 1102, 0, "linger")
+	line, err := s2.r.ReadBytes('\n')
+	if err != nil || !strings.Contains(string(line), `"op":"session"`) || strings.Contains(string(line), `"linger"`) {
+		t.Fatalf("got %q (%v), want a session change to a new id", line, err)
+	}
+}
