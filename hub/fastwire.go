@@ -17,18 +17,17 @@ import (
 // checks that both agree on every input the fast path accepts.
 
 type rawEvent struct {
-	kind, table string
+	kind, table []byte
 	seq         uint64
 	step, ts    int64
-	keys        []string
-	vals        []string
-	nk          int
+	keys, vals  [][]byte // map entries as they came: raw key, raw Value message
 }
 
 // fastBatch decodes eb's body; ok is false when the generic decoder must take over.
 func (w *wireSchema) fastBatch(data []byte, f proto.SubjectFields) (b *Batch, major uint32, ok bool) {
 	b = &Batch{Proc: f.Proc, Kind: f.Kind, Events: make([]Event, 0, 16)}
 	sawProcess := false
+	var ev rawEvent // reused for every event of the batch
 	for len(data) > 0 {
 		num, typ, n := protowire.ConsumeTag(data)
 		if n < 0 {
@@ -62,22 +61,34 @@ func (w *wireSchema) fastBatch(data []byte, f proto.SubjectFields) (b *Batch, ma
 			if n < 0 {
 				return nil, 0, false
 			}
-			var ev rawEvent
+			ev.keys, ev.vals, ev.kind, ev.table = ev.keys[:0], ev.vals[:0], nil, nil
 			if !fastEvent(v, &ev) {
 				return nil, 0, false
 			}
 			// Anything the generic path would reject is left to it, so errors are decided in one place.
-			own, known := w.own[ev.table]
-			if !known || (ev.kind != "" && ev.kind != f.Kind) || !contains(proto.KindTables(f.Kind), ev.table) {
+			table, known := w.names[string(ev.table)]
+			if !known || (len(ev.kind) > 0 && string(ev.kind) != f.Kind) || !contains(proto.KindTables(f.Kind), table) {
 				return nil, 0, false
 			}
-			e := Event{Table: ev.table, Seq: ev.seq, Step: ev.step, TsNS: ev.ts, Cols: make([]string, len(own))}
+			own := w.own[table]
+			e := Event{Table: table, Seq: ev.seq, Step: ev.step, TsNS: ev.ts, Cols: make([]string, len(own))}
 			for i, c := range own {
-				for k := ev.nk - 1; k >= 0; k-- { // the last entry of a key wins, as in protobuf maps
-					if ev.keys[k] == c {
-						e.Cols[i] = ev.vals[k]
+				for k := len(ev.keys) - 1; k >= 0; k-- { // the last entry of a key wins, as in protobuf maps
+					if string(ev.keys[k]) == c {
+						val, ok := fastValue(ev.vals[k])
+						if !ok {
+							return nil, 0, false
+						}
+						e.Cols[i] = val
 						break
 					}
+				}
+			}
+			// Values of columns this hub does not know must still be well-formed for the
+			// generic path to accept the message.
+			for k := range ev.keys {
+				if _, ok := fastValue(ev.vals[k]); !ok {
+					return nil, 0, false
 				}
 			}
 			b.Events = append(b.Events, e)
@@ -161,14 +172,14 @@ func fastEvent(data []byte, ev *rawEvent) bool {
 		data = data[n:]
 		switch {
 		case (num == 1 || num == 2) && typ == protowire.BytesType:
-			s, n, ok := fastString(data)
-			if !ok {
+			v, n := protowire.ConsumeBytes(data)
+			if n < 0 || !utf8.Valid(v) {
 				return false
 			}
 			if num == 1 {
-				ev.kind = s
+				ev.kind = v
 			} else {
-				ev.table = s
+				ev.table = v
 			}
 			data = data[n:]
 		case num >= 3 && num <= 5 && typ == protowire.VarintType:
@@ -194,9 +205,8 @@ func fastEvent(data []byte, ev *rawEvent) bool {
 			if !ok {
 				return false
 			}
-			ev.keys = append(ev.keys[:ev.nk], k)
-			ev.vals = append(ev.vals[:ev.nk], val)
-			ev.nk++
+			ev.keys = append(ev.keys, k)
+			ev.vals = append(ev.vals, val)
 			data = data[n:]
 		default:
 			return false
@@ -205,34 +215,31 @@ func fastEvent(data []byte, ev *rawEvent) bool {
 	return true
 }
 
-// fastEntry reads one map entry: key (1) and Value (2), formatted as proto.FormatValue does.
-func fastEntry(data []byte) (key, val string, ok bool) {
+// fastEntry splits one map entry into its key (1) and its Value message (2).
+func fastEntry(data []byte) (key, val []byte, ok bool) {
+	key, val = []byte{}, []byte{}
 	sawVal := false
 	for len(data) > 0 {
 		num, typ, n := protowire.ConsumeTag(data)
 		if n < 0 {
-			return "", "", false
+			return nil, nil, false
 		}
 		data = data[n:]
 		switch {
 		case num == 1 && typ == protowire.BytesType:
-			s, n, ok := fastString(data)
-			if !ok {
-				return "", "", false
+			v, n := protowire.ConsumeBytes(data)
+			if n < 0 || !utf8.Valid(v) {
+				return nil, nil, false
 			}
-			key, data = s, data[n:]
+			key, data = v, data[n:]
 		case num == 2 && typ == protowire.BytesType && !sawVal:
 			v, n := protowire.ConsumeBytes(data)
 			if n < 0 {
-				return "", "", false
+				return nil, nil, false
 			}
-			val, ok = fastValue(v)
-			if !ok {
-				return "", "", false
-			}
-			sawVal, data = true, data[n:]
+			sawVal, val, data = true, v, data[n:]
 		default:
-			return "", "", false
+			return nil, nil, false
 		}
 	}
 	return key, val, true

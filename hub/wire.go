@@ -22,6 +22,7 @@ type wireSchema struct {
 	headers map[string][]string
 	own     map[string][]string // table → its own column names in schema order
 	tables  []string
+	names   map[string]string // table name → the same name, to avoid a copy per event
 }
 
 var _ Schema = (*wireSchema)(nil)
@@ -29,13 +30,14 @@ var _ Decoder = (*wireSchema)(nil)
 
 func newWireSchema() (*wireSchema, error) {
 	reg := proto.Default()
-	ws := &wireSchema{reg: reg, headers: map[string][]string{}, own: map[string][]string{}}
+	ws := &wireSchema{reg: reg, headers: map[string][]string{}, own: map[string][]string{}, names: map[string]string{}}
 	for _, t := range reg.Tables() {
 		ws.headers[t.Table] = t.Header()
 		for _, c := range t.Columns {
 			ws.own[t.Table] = append(ws.own[t.Table], c.Name)
 		}
 		ws.tables = append(ws.tables, t.Table)
+		ws.names[t.Table] = t.Table
 	}
 	if len(ws.tables) == 0 {
 		return nil, errors.New("hub: no tables in the wire contract")
