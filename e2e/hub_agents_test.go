@@ -40,7 +40,8 @@ func TestHubTwoAgentsOneSession(t *testing.T) {
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
 		mm, err := hub.ReadMetadata(dir)
-		if err == nil && mm.Status == hub.StatusEnded {
+		if err == nil && mm.Status == hub.StatusEnded && mm.Hosts[hosts[0]] != nil && mm.Hosts[hosts[0]].Ended &&
+			mm.Hosts[hosts[1]] != nil && mm.Hosts[hosts[1]].Ended {
 			m = mm
 			break
 		}

@@ -570,6 +570,9 @@ func (s *Server) handle(m jetstream.Msg, d decoded, now time.Time) (*session, in
 			return nil, 0, err
 		}
 		dupBefore, capBefore := ss.meta.Duplicates, ss.meta.DroppedByCap
+		if ss.meta.Status == StatusEnded && hasNew(ss, v) {
+			ss.reopen()
+		}
 		n, err := ss.writeBatch(v, now)
 		s.cnt.add(func(c *Counters) {
 			c.Duplicates += ss.meta.Duplicates - dupBefore
@@ -581,6 +584,11 @@ func (s *Server) handle(m jetstream.Msg, d decoded, now time.Time) (*session, in
 		if err != nil {
 			s.cnt.bad(s.log, reasonOf(err), subj, err)
 			return nil, 0, err
+		}
+		if v.Type == LifeStart || v.Type == LifeHello {
+			if _, known := ss.procs[procKey{v.Host, v.PID}]; v.Type == LifeStart || !known {
+				ss.reopen()
+			}
 		}
 		if ss.applyLife(v, now) && ss.meta.Status == StatusActive {
 			ss.meta.Status, ss.meta.EndReason, ss.meta.EndNS = StatusEnded, EndAllProcessesEnded, now.UnixNano()
@@ -601,6 +609,21 @@ func (s *Server) handle(m jetstream.Msg, d decoded, now time.Time) (*session, in
 	}
 	s.cnt.bad(s.log, ReasonDecode, subj, fmt.Errorf("decoder returned %T", v))
 	return nil, 0, nil
+}
+
+// hasNew reports whether b holds an event not yet written: only new data reopens an ended session
+// (a redelivered duplicate must not).
+func hasNew(ss *session, b *Batch) bool {
+	p := ss.procs[procKey{b.Host, b.PID}]
+	if p == nil {
+		return len(b.Events) > 0
+	}
+	for i := range b.Events {
+		if !p.seen.has(b.Events[i].Seq) {
+			return true
+		}
+	}
+	return false
 }
 
 // housekeep ends idle sessions, evicts ended ones and removes sessions past retention.

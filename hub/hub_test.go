@@ -324,3 +324,41 @@ func TestIdleEndAndRetention(t *testing.T) {
 		t.Errorf("Sessions() lists %d, want 2 (S1, NEW)", got)
 	}
 }
+
+func TestSessionEndsWhenEveryAgentClosedIt(t *testing.T) {
+	data := t.TempDir()
+	s, _, _ := startHub(t, data)
+	nc, err := nats.Connect(s.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	life := func(host string, pid int64, typ string) {
+		publish(t, nc, "pm.v1.life.S1."+host+".w0", jsonMsg{Life: &Life{Session: "S1", Host: host, PID: pid, Type: typ}})
+	}
+	status := func() string {
+		m, err := ReadMetadata(SessionDir(data, "S1"))
+		if err != nil {
+			return ""
+		}
+		return m.Status + "/" + m.EndReason
+	}
+	life("hostA", 0, LifeStart)
+	life("hostB", 0, LifeStart)
+	life("hostA", 1, LifeHello)
+	publish(t, nc, "pm.v1.ev.S1.hostA.w0.kv_cache", jsonMsg{Batch: kvBatch("hostA", 1, 1, 2)})
+	life("hostA", 0, LifeEnd) // hostA done, hostB still open: the session goes on
+	publish(t, nc, "pm.v1.ev.S1.hostB.w0.kv_cache", jsonMsg{Batch: kvBatch("hostB", 2, 1)})
+	waitFor(t, "hostB's row", func() bool {
+		m, err := ReadMetadata(SessionDir(data, "S1"))
+		return err == nil && m.Rows["kv_cache_usage"] == 3
+	})
+	if got := status(); got != StatusActive+"/" {
+		t.Fatalf("status %q while hostB is open, want active", got)
+	}
+	life("hostB", 0, LifeEnd)
+	waitFor(t, "end", func() bool { return status() == StatusEnded+"/"+EndAllProcessesEnded })
+	// A late host reopens it.
+	life("hostC", 0, LifeStart)
+	waitFor(t, "reopened", func() bool { return status() == StatusActive+"/" })
+}

@@ -55,7 +55,8 @@ type HostMeta struct {
 	// processes dropped (both as the agent last reported them).
 	AgentDropped uint64 `json:"agent_dropped"`
 	ShimDropped  uint64 `json:"shim_dropped"`
-	// Ended is set when the host's agent closed the session.
+	// Started and Ended are set when the host's agent opened and closed the session.
+	Started   bool   `json:"started"`
 	Ended     bool   `json:"ended"`
 	EndReason string `json:"end_reason,omitempty"`
 }

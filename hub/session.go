@@ -219,7 +219,7 @@ func (s *session) applyLife(l *Life, now time.Time) bool {
 	h := s.host(l.Host)
 	switch l.Type {
 	case LifeStart:
-		h.AgentVersion = l.AgentVersion
+		h.AgentVersion, h.Started = l.AgentVersion, true
 		if l.StartNS != 0 && l.StartNS < s.meta.StartNS {
 			s.meta.StartNS = l.StartNS
 		}
@@ -263,8 +263,13 @@ func (s *session) applyLife(l *Life, now time.Time) bool {
 }
 
 // allEnded reports whether every process that took part has ended (bye, or its host's agent
-// closed the session).
+// closed the session) and every agent that opened the session on its host has closed it.
 func (s *session) allEnded() bool {
+	for _, h := range s.meta.Hosts {
+		if h.Started && !h.Ended {
+			return false
+		}
+	}
 	for _, q := range s.procs {
 		if !q.meta.Ended {
 			return false
@@ -330,6 +335,15 @@ func (s *session) commit() error {
 	}
 	s.metaDirty = false
 	return nil
+}
+
+// reopen makes an ended session active again: something new arrived for it (a late host, a
+// process started after the others ended).
+func (s *session) reopen() {
+	if s.meta.Status == StatusEnded {
+		s.meta.Status, s.meta.EndReason, s.meta.EndNS = StatusActive, "", 0
+		s.metaDirty = true
+	}
 }
 
 // end marks the session ended for reason and closes its files.
