@@ -362,3 +362,25 @@ func TestSessionEndsWhenEveryAgentClosedIt(t *testing.T) {
 	life("hostC", 0, LifeStart)
 	waitFor(t, "reopened", func() bool { return status() == StatusActive+"/" })
 }
+
+func TestUnwritableSessionFolderDoesNotStopOthers(t *testing.T) {
+	data := t.TempDir()
+	s, _, _ := startHub(t, data)
+	// A plain file where the session's folder should be: every write to it fails, even as root.
+	if err := os.WriteFile(SessionDir(data, "BROKEN"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(s.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	b := kvBatch("h", 1, 1)
+	b.Session = "BROKEN"
+	publish(t, nc, "pm.v1.ev.BROKEN.h.w0.kv_cache", jsonMsg{Batch: b})
+	publish(t, nc, "pm.v1.ev.S1.h.w0.kv_cache", jsonMsg{Batch: kvBatch("h", 1, 1)})
+	waitFor(t, "the good session written and the bad one counted", func() bool {
+		m, err := ReadMetadata(SessionDir(data, "S1"))
+		return err == nil && m.Rows["kv_cache_usage"] == 1 && s.Counters().Bad[ReasonWrite] >= 1
+	})
+}
