@@ -610,7 +610,11 @@ def _run_engine_core(owner, a):
         while expected is None or not inq.empty():
             msg = inq.get()
             if msg[0] == "add":
-                core.add_request(msg[1])
+                sched = core.scheduler
+                if hasattr(sched, "add_request"):
+                    sched.add_request(msg[1])
+                else:
+                    _sched_add(sched, {"request": msg[1]})
             elif msg[0] == "expect":
                 expected = msg[1]
         finished = core.step()

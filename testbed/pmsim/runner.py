@@ -66,7 +66,7 @@ def _rec():
                    piecewise_replays=0, full_replays=0, routed_tokens=0, real_tokens=0,
                    expert_counts=[[0] * cfg.experts for _ in range(cfg.moe_layers)],
                    expert_counts_real=[[0] * cfg.experts for _ in range(cfg.moe_layers)],
-                   encoder_calls=0, encoder_items=0, step_ms=[], top_k=cfg.top_k, moe_layers=cfg.moe_layers,
+                   encoder_calls=0, encoder_items=0, runner_step_ms=[], top_k=cfg.top_k, moe_layers=cfg.moe_layers,
                    pieces=cfg.pieces, v2_runner=False, tokens_by_step=[])
     return rec
 
@@ -650,7 +650,7 @@ def _execute_model(self, a):
     end = t0 + work / 1000.0
     while time.perf_counter() < end:
         pass
-    rec["step_ms"].append(round((time.perf_counter() - t0) * 1000.0, 3))
+    rec["runner_step_ms"].append(round((time.perf_counter() - t0) * 1000.0, 3))
     return {rid: (hidden_value(r["tokens"][-1], len(r["tokens"])) % 50000) for rid, r in reqs.items()}
 
 
