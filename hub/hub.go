@@ -274,7 +274,7 @@ func (s *Server) Sessions() []SessionInfo {
 	ents, _ := os.ReadDir(sessionsDir(s.cfg.DataDir))
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var out []SessionInfo
+	out := []SessionInfo{}
 	for _, e := range ents {
 		if !e.IsDir() {
 			continue
