@@ -27,7 +27,8 @@ type rawEvent struct {
 func (w *wireSchema) fastBatch(data []byte, f proto.SubjectFields) (b *Batch, major uint32, ok bool) {
 	b = &Batch{Proc: f.Proc, Kind: f.Kind, Events: make([]Event, 0, 16)}
 	sawProcess := false
-	var ev rawEvent // reused for every event of the batch
+	var ev rawEvent   // reused for every event of the batch
+	var pool []string // the batch's column cells, allocated in chunks rather than per event
 	for len(data) > 0 {
 		num, typ, n := protowire.ConsumeTag(data)
 		if n < 0 {
@@ -71,7 +72,11 @@ func (w *wireSchema) fastBatch(data []byte, f proto.SubjectFields) (b *Batch, ma
 				return nil, 0, false
 			}
 			own := w.own[table]
-			e := Event{Table: table, Seq: ev.seq, Step: ev.step, TsNS: ev.ts, Cols: make([]string, len(own))}
+			if len(pool) < len(own) {
+				pool = make([]string, 64*len(own))
+			}
+			e := Event{Table: table, Seq: ev.seq, Step: ev.step, TsNS: ev.ts, Cols: pool[:len(own):len(own)]}
+			pool = pool[len(own):]
 			for i, c := range own {
 				for k := len(ev.keys) - 1; k >= 0; k-- { // the last entry of a key wins, as in protobuf maps
 					if string(ev.keys[k]) == c {
