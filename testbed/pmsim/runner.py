@@ -457,7 +457,9 @@ def _capture_model(self, a):
 def _desc(n, uniform):
     if era() > (0, 16) and _has_mod("vllm.v1.worker.gpu.cudagraph_utils"):
         pass
-    bd = mod("vllm.forward_context").BatchDescriptor
+    bd = getattr(mod("vllm.forward_context"), "BatchDescriptor", None)
+    if bd is None:
+        return (n, uniform)
     fields = getattr(bd, "_fields", None) or list(getattr(bd, "__dataclass_fields__", {}))
     kw = {"num_tokens": n}
     for name in ("uniform_decode", "uniform"):
