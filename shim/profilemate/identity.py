@@ -1,0 +1,114 @@
+"""Who this process is: role and ranks, from vLLM's own sources.
+
+Most reliable first: Worker.__init__ arguments and EngineCore's parallel_config (set by the
+targets), parallel_state groups after distributed init, then the multiprocessing process
+name vLLM gives its children, then the launching process is the API server.
+"""
+import os
+import sys
+
+ROLES = ("api_server", "engine_core", "worker")
+_PRIORITY = {"": 0, "api_server": 1, "worker": 2, "engine_core": 3}
+
+
+class Identity:
+    def __init__(self):
+        self.role = ""
+        self.dp = self.pp = self.tp = self.ep = self.rank = -1
+        self.version = 0  # bumped on every change, so sinks resend ident
+
+    def as_dict(self):
+        return {"role": self.role or self.guess_role(), "dp": self.dp, "pp": self.pp,
+                "tp": self.tp, "ep": self.ep, "rank": self.rank}
+
+    def set_role(self, role, force=False):
+        """engine_core wins over worker (UniProcExecutor runs the worker inside EngineCore)."""
+        if role not in ROLES:
+            return
+        if force or _PRIORITY[role] > _PRIORITY.get(self.role, 0):
+            if role != self.role:
+                self.role = role
+                self.version += 1
+
+    def set_ranks(self, **ranks):
+        for k, v in ranks.items():
+            if v is None or k not in ("dp", "pp", "tp", "ep", "rank"):
+                continue
+            try:
+                v = int(v)
+            except (TypeError, ValueError):
+                continue
+            if getattr(self, k) != v:
+                setattr(self, k, v)
+                self.version += 1
+
+    def guess_role(self):
+        name = _mp_name()
+        if name.startswith("EngineCore") or "EngineCore" in _title():
+            return "engine_core"
+        if "Worker" in name or "Worker" in _title():
+            return "worker"
+        return "api_server"
+
+    def folder_rank(self):
+        role = self.role or self.guess_role()
+        if role == "worker":
+            return self.rank
+        if role == "engine_core":
+            dp = self.dp if self.dp >= 0 else _dp_from_name()
+            return dp if dp >= 0 else 0
+        return 0
+
+    def refresh_from_parallel_state(self):
+        """Reads tp/pp/dp/ep group ranks once vLLM's distributed state is initialised."""
+        ps = sys.modules.get("vllm.distributed.parallel_state")
+        if ps is None:
+            return
+        try:
+            ready = getattr(ps, "model_parallel_is_initialized", None)
+            if ready is None or not ready():
+                return
+        except Exception:
+            return
+        for attr, getter in (("tp", "get_tp_group"), ("pp", "get_pp_group"),
+                             ("dp", "get_dp_group"), ("ep", "get_ep_group")):
+            fn = getattr(ps, getter, None)
+            if fn is None:
+                continue
+            try:
+                self.set_ranks(**{attr: fn().rank_in_group})
+            except Exception:
+                pass
+
+
+def _mp_name():
+    proc = sys.modules.get("multiprocessing.process")
+    if proc is None:
+        return ""
+    try:
+        return proc.current_process().name or ""
+    except Exception:
+        return ""
+
+
+def _dp_from_name():
+    name = _mp_name()
+    if name.startswith("EngineCore_DP"):
+        try:
+            return int(name[len("EngineCore_DP"):])
+        except ValueError:
+            return -1
+    return -1
+
+
+def _title():
+    """The process title vLLM sets via setproctitle (VLLM::Worker_TP1), when readable."""
+    try:
+        with open("/proc/%d/cmdline" % os.getpid(), "rb") as f:
+            first = f.read(200).split(b"\0", 1)[0]
+        return first.decode("utf-8", "replace")
+    except Exception:
+        return ""
+
+
+IDENT = Identity()

@@ -1,0 +1,159 @@
+"""The sys.meta_path finder that runs a patch right after a watched vLLM module executes.
+
+Design points (each one a defect of the original guide's find_module/load_module hook):
+- implements find_spec (the only protocol Python 3.12+ consults) and walks the other
+  finders itself, with a per-name, per-thread re-entry guard; it never calls
+  importlib.util.find_spec or import_module from inside, so it cannot recurse;
+- wraps only the loader: exec_module runs vLLM's module first, then the patch; every other
+  loader attribute passes through unchanged (`python -m` needs get_code, resources need
+  get_resource_reader);
+- non-vLLM names exit after one set lookup; the full watch list is loaded only when the
+  top-level `vllm` package is first imported;
+- modules already imported when the hook is installed are patched at once;
+- no lock is held while a patch runs, and a patch that raises is reported, never raised
+  into the import.
+"""
+import sys
+
+try:
+    from _thread import get_ident as _get_ident
+except ImportError:  # pragma: no cover
+    from threading import get_ident as _get_ident
+
+
+class _LoaderProxy:
+    """Delegates to vLLM's real loader; exec_module also runs the patch afterwards."""
+
+    def __init__(self, loader, name, finder):
+        self.__dict__["_pm_loader"] = loader
+        self.__dict__["_pm_name"] = name
+        self.__dict__["_pm_finder"] = finder
+
+    def create_module(self, spec):
+        create = getattr(self._pm_loader, "create_module", None)
+        return create(spec) if create is not None else None
+
+    def exec_module(self, module):
+        self._pm_loader.exec_module(module)
+        # The real loader ran; record it as module.__loader__ consumers expect.
+        self._pm_finder._loaded(self._pm_name, module)
+
+    def __getattr__(self, attr):
+        return getattr(self._pm_loader, attr)
+
+    def __setattr__(self, attr, value):
+        setattr(self._pm_loader, attr, value)
+
+    def __repr__(self):
+        return "<profilemate loader for %r: %r>" % (self._pm_name, self._pm_loader)
+
+
+class VllmFinder:
+    """Meta-path finder; `on_vllm()` runs when `vllm` is imported, `on_module(name, module)`
+    after a watched module executed."""
+
+    def __init__(self, on_vllm, on_module, names_loader):
+        self._on_vllm = on_vllm
+        self._on_module = on_module
+        self._names_loader = names_loader
+        self._names = frozenset(("vllm",))  # grows to the full watch list on first vLLM import
+        self._busy = set()  # (name, thread id) currently being resolved by this finder
+        self._vllm_seen = False
+
+    # -- finder protocol -------------------------------------------------------------
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname not in self._names:
+            return None
+        if fullname == "vllm":
+            self._see_vllm()
+            return None
+        key = (fullname, _get_ident())
+        if key in self._busy:
+            return None
+        self._busy.add(key)
+        try:
+            spec = None
+            for finder in list(sys.meta_path):
+                if finder is self:
+                    continue
+                find = getattr(finder, "find_spec", None)
+                if find is None:
+                    continue
+                try:
+                    spec = find(fullname, path, target)
+                except TypeError:
+                    spec = find(fullname, path)
+                if spec is not None:
+                    break
+        finally:
+            self._busy.discard(key)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        if isinstance(spec.loader, _LoaderProxy):
+            return spec
+        spec.loader = _LoaderProxy(spec.loader, fullname, self)
+        return spec
+
+    def invalidate_caches(self):
+        return None
+
+    # -- internals -------------------------------------------------------------------
+    def _see_vllm(self):
+        if self._vllm_seen:
+            return
+        self._vllm_seen = True
+        try:
+            self._names = frozenset(self._names_loader()) | frozenset(("vllm",))
+        except Exception as e:
+            _report("loading the target list failed: %r" % (e,))
+        try:
+            self._on_vllm()
+        except Exception as e:
+            _report("arming failed: %r" % (e,))
+        self._catch_up()
+
+    def _catch_up(self):
+        """Patches watched modules that were imported before the hook saw them."""
+        for name in sorted(self._names):
+            if name == "vllm":
+                continue
+            mod = sys.modules.get(name)
+            if mod is not None:
+                self._loaded(name, mod)
+
+    def _loaded(self, name, module):
+        try:
+            self._on_module(name, module)
+        except Exception as e:  # a failing patch never fails vLLM's import
+            _report("patch for %s raised %r; the module imported unpatched" % (name, e))
+
+
+_finder = None
+
+
+def _target_names():
+    from profilemate import targets
+    return targets.watched_modules()
+
+
+def install(on_vllm, on_module, names_loader=None):
+    """Puts the finder first on sys.meta_path (once) and handles an already-imported vLLM."""
+    global _finder
+    if _finder is not None:
+        return _finder
+    _finder = VllmFinder(on_vllm, on_module, names_loader or _target_names)
+    sys.meta_path.insert(0, _finder)
+    if "vllm" in sys.modules:
+        _finder._see_vllm()
+    return _finder
+
+
+def finder():
+    return _finder
+
+
+def _report(msg):
+    try:
+        sys.stderr.write("[profilemate] %s\n" % msg)
+    except Exception:
+        pass

@@ -1,0 +1,446 @@
+"""The active shim in one process: statuses, patches, flushing, exit and signal handling.
+
+Imported only once the process starts (a vLLM target module was imported, or
+VLLM_ENABLE_PROFILING=1). Nothing here may raise into vLLM.
+"""
+import atexit
+import os
+import signal
+import sys
+import threading
+import time
+
+from profilemate import patching, schema
+from profilemate.identity import IDENT
+from profilemate.recorder import RECORDER
+
+ENV_OUTPUT = "PROFILEMATE_OUTPUT_DIR"
+ENV_SOCKET = "PROFILEMATE_SOCKET"
+ENV_PROFILERS = "PROFILEMATE_PROFILERS"
+ENV_FLUSH = "PROFILEMATE_FLUSH_MS"
+ENV_HOST = "PROFILEMATE_HOST"
+DEFAULT_OUTPUT = "/tmp/vllm_profiling"
+
+STATUSES = ("patched", "absent", "not_loaded", "failed", "disabled")
+
+
+class _State:
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.started = False
+        self.pid = os.getpid()
+        self.start_ns = 0
+        self.end_ns = 0
+        self.session = ""
+        self.why = ""
+        self.sink = None
+        self.thread = None
+        self.stop = threading.Event()
+        self.lock = threading.Lock()  # serialises flushes (thread, exit, signal)
+        self.finished = False
+        self.inherited = False  # forked from a started parent: stay silent until an event
+        # target name -> {"status", "reason", "handles": [(hook, cls, handle)], "paths": {module: status}}
+        self.targets = {}
+        self.dirty = True
+        self.sched_steps = False
+
+
+S = _State()
+_enabled = None  # set of enabled kinds
+
+
+def enabled(kind):
+    return _enabled is None or kind in _enabled
+
+
+def record(kind, table, cols, step=None):
+    RECORDER.record(kind, table, cols, step)
+
+
+def next_step(source="scheduler"):
+    """Advances the process's step. In EngineCore the scheduler's steps count; the model
+    runner's only where no scheduler runs (worker processes)."""
+    if source == "scheduler":
+        S.sched_steps = True
+    elif S.sched_steps:
+        return RECORDER.step
+    RECORDER.step = RECORDER.step + 1 if RECORDER.step >= 0 else 1
+    return RECORDER.step
+
+
+def parse_profilers(value):
+    """'all,-moe_expert' -> set of enabled kinds; '' -> all."""
+    kinds = set(schema.KINDS)
+    items = [x.strip() for x in (value or "").split(",") if x.strip()]
+    if not items:
+        return kinds
+    out = set()
+    for item in items:
+        if item == "all":
+            out |= kinds
+        elif item == "none":
+            out = set()
+        elif item.startswith("-"):
+            out.discard(item[1:])
+        else:
+            out.add(item)
+    return out
+
+
+# --------------------------------------------------------------------------- start-up
+
+def start(why):
+    """Starts this process's shim once: session, sink, flush thread, exit and signal hooks."""
+    global _enabled
+    if S.started and S.pid == os.getpid():
+        return
+    S.started = True
+    S.pid = os.getpid()
+    S.why = why
+    S.start_ns = time.time_ns()
+    S.session = os.environ.get("PROFILEMATE_SESSION") or _new_session()
+    _enabled = parse_profilers(os.environ.get(ENV_PROFILERS, ""))
+    RECORDER.enabled_kinds = set(_enabled)
+    for t in _all_targets():
+        S.targets.setdefault(t.name, {"status": "not_loaded", "reason": "", "handles": [], "paths": {}})
+    _open_sink()
+    _announce()
+    atexit.register(final_flush)
+    _install_signals()
+    _register_mp_exit()
+    _start_thread()
+
+
+def _new_session():
+    from profilemate.bootstrap import new_session_id
+    sid = new_session_id()
+    os.environ["PROFILEMATE_SESSION"] = sid
+    return sid
+
+
+def _all_targets():
+    from profilemate import targets
+    return targets.all_targets()
+
+
+def output_root():
+    return os.environ.get(ENV_OUTPUT) or DEFAULT_OUTPUT
+
+
+def _open_sink():
+    from profilemate import sinks
+    S.sink = sinks.open_sink(S, os.environ.get(ENV_SOCKET, ""), output_root())
+
+
+def _announce():
+    """The session's three start-up lines, once per session (first process that records)."""
+    if not S.sink.claim_announcement(S.session):
+        return
+    log("[sitecustomize] vLLM Comprehensive Instrumentation Loaded", prefix=False)
+    log("Session ID: %s" % S.session, prefix=False)
+    log("Output directory: %s" % S.sink.describe(), prefix=False)
+
+
+def log(msg, prefix=True):
+    try:
+        if prefix:
+            ident = IDENT.as_dict()
+            rank = IDENT.folder_rank()
+            msg = "[%s %s] %s" % (ident["role"], rank, msg)
+        sys.stderr.write(msg + "\n")
+        sys.stderr.flush()
+    except Exception:
+        pass
+
+
+# --------------------------------------------------------------------------- patching
+
+def module_loaded(name, module):
+    """Applies every target path watching `name`; reports one line per target changed."""
+    from profilemate import targets
+    for target, path in targets.by_module(name):
+        entry = S.targets.setdefault(target.name, {"status": "not_loaded", "reason": "", "handles": [], "paths": {}})
+        if path.module in entry["paths"]:
+            continue  # this path was handled already in this process
+        status, reason = _apply_path(target, path, module, entry)
+        entry["paths"][path.module] = (status, reason)
+        before = entry["status"]
+        entry["status"], entry["reason"] = _combine(entry["paths"])
+        S.dirty = True
+        if entry["status"] != before:
+            if entry["status"] == "patched":
+                log("[Instrumentation] \u2705 Successfully patched %s" % target.component)
+            elif entry["status"] == "failed":
+                log("[Instrumentation] \u274c Failed to patch %s: %s" % (target.component, entry["reason"]))
+
+
+_RANK = {"failed": 5, "patched": 4, "disabled": 3, "absent": 2, "not_loaded": 1}
+
+
+def _combine(paths):
+    best, reason = "not_loaded", ""
+    for status, why in paths.values():
+        if _RANK[status] > _RANK[best]:
+            best, reason = status, why
+    return best, reason
+
+
+def _hook_on(hook):
+    return not hook.kinds or any(enabled(k) for k in hook.kinds)
+
+
+def _apply_path(target, path, module, entry):
+    wrapped, failures, missing, off = 0, [], [], 0
+    for hook in path.hooks:
+        cls = getattr(module, hook.cls, None) if hook.cls else module
+        if cls is None or (hook.cls and not isinstance(cls, type)):
+            if not hook.optional:
+                missing.append(hook.cls)
+            continue
+        if patching.defining_class(cls, hook.method) is None:
+            if not hook.optional:
+                missing.append("%s.%s" % (hook.cls, hook.method))
+            continue
+        rec = {"hook": hook, "cls": cls, "handle": None}
+        entry["handles"].append(rec)
+        if not _hook_on(hook):
+            off += 1
+            continue
+        try:
+            rec["handle"] = patching.wrap(cls, hook.method, _factory(hook), hook.required)
+            wrapped += 1
+        except patching.PatchError as e:
+            failures.append(str(e))
+        except Exception as e:
+            failures.append("%s.%s: %r" % (hook.cls, hook.method, e))
+    if failures:
+        return "failed", "; ".join(failures)
+    if missing and not wrapped:
+        return "absent", "%s has no %s" % (path.module, ", ".join(missing))
+    if missing:
+        return "failed", "%s lacks %s" % (path.module, ", ".join(missing))
+    if wrapped:
+        return "patched", ""
+    if off:
+        return "disabled", "profiler switched off: %s" % ",".join(target.kinds)
+    return "absent", "nothing to patch in %s" % path.module
+
+
+def _factory(hook):
+    me = sys.modules[__name__]
+    return lambda original: hook.factory(original, me)
+
+
+def set_profiler(kind, on):
+    """Switches a profiler kind; hooks feeding only switched-off kinds are unwrapped exactly."""
+    global _enabled
+    if _enabled is None:
+        _enabled = set(schema.KINDS)
+    (_enabled.add if on else _enabled.discard)(kind)
+    RECORDER.enabled_kinds = set(_enabled)
+    for name, entry in S.targets.items():
+        for rec in entry["handles"]:
+            hook = rec["hook"]
+            want = _hook_on(hook)
+            if want and rec["handle"] is None:
+                try:
+                    rec["handle"] = patching.wrap(rec["cls"], hook.method, _factory(hook), hook.required)
+                except Exception as e:
+                    log("re-wrapping %s.%s failed: %s" % (hook.cls, hook.method, e))
+            elif not want and rec["handle"] is not None:
+                patching.unwrap(rec["handle"])
+                rec["handle"] = None
+        handles = [r for r in entry["handles"]]
+        if handles and entry["status"] in ("patched", "disabled"):
+            live = any(r["handle"] is not None for r in handles)
+            entry["status"] = "patched" if live else "disabled"
+    S.dirty = True
+
+
+def statuses():
+    """[{target, status, reason}] for every target, in list order."""
+    out = []
+    for t in _all_targets():
+        e = S.targets.get(t.name) or {"status": "not_loaded", "reason": ""}
+        out.append({"target": t.name, "status": e["status"], "reason": e["reason"]})
+    return out
+
+
+# --------------------------------------------------------------------------- flushing
+
+def flush_interval():
+    try:
+        return max(1, int(os.environ.get(ENV_FLUSH, "100"))) / 1000.0
+    except ValueError:
+        return 0.1
+
+
+def _start_thread():
+    S.stop = threading.Event()
+    t = threading.Thread(target=_loop, name="profilemate-flush", daemon=True)
+    S.thread = t
+    t.start()
+
+
+def _loop():
+    interval = flush_interval()
+    while not S.stop.wait(interval):
+        flush()
+
+
+def flush(final=False, timeout=None):
+    """Moves buffered events to the sink; only this path touches files and the socket."""
+    if S.sink is None:
+        return
+    got = S.lock.acquire(timeout=timeout) if timeout is not None else S.lock.acquire()
+    if not got:
+        return
+    try:
+        IDENT.refresh_from_parallel_state()
+        events = RECORDER.drain()
+        if S.inherited and not events and not final:
+            return
+        if events:
+            S.inherited = False
+        S.sink.write(events, final=final)
+    except Exception as e:
+        log("flush failed: %r" % (e,))
+    finally:
+        S.lock.release()
+
+
+def final_flush(timeout=None):
+    """Last flush, metadata end time, session summary; idempotent."""
+    if not S.started or S.finished or S.pid != os.getpid():
+        return
+    S.stop.set()
+    S.end_ns = time.time_ns()
+    flush(final=True, timeout=timeout)
+    S.finished = True
+    try:
+        S.sink.close()
+    except Exception as e:
+        log("closing the sink failed: %r" % (e,))
+
+
+def metadata():
+    vllm = sys.modules.get("vllm")
+    return {
+        "session": S.session,
+        "host": os.environ.get(ENV_HOST, "") or _hostname(),
+        "pid": os.getpid(),
+        "ppid": os.getppid(),
+        "ident": IDENT.as_dict(),
+        "python": "%d.%d.%d" % sys.version_info[:3],
+        "vllm": getattr(vllm, "__version__", "") if vllm else "",
+        "argv": list(getattr(sys, "orig_argv", sys.argv)),
+        "activation": S.why,
+        "profilers": sorted(_enabled) if _enabled is not None else sorted(schema.KINDS),
+        "targets": statuses(),
+        "recorded": RECORDER.recorded,
+        "dropped": RECORDER.dropped,
+        "last_seq": RECORDER.last_seq,
+        "start_ns": S.start_ns,
+        "end_ns": S.end_ns,
+    }
+
+
+_host = []
+
+
+def _hostname():
+    if not _host:
+        import socket
+        _host.append(socket.gethostname())
+    return _host[0]
+
+
+# --------------------------------------------------------------------------- signals, fork
+
+_chained = {}
+_real_signal = signal.signal
+_real_getsignal = signal.getsignal
+_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _on_signal(signum, frame):
+    final_flush(timeout=2.0)
+    prev = _chained.get(signum, signal.SIG_DFL)
+    if callable(prev):
+        return prev(signum, frame)
+    if prev == signal.SIG_IGN:
+        return None
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    _real_signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+def _signal_wrapper(signum, handler):
+    """signal.signal replacement: handlers installed later still run after our flush."""
+    if signum in _SIGNALS and _chained.get("installed"):
+        prev = _chained.get(signum, signal.SIG_DFL)
+        _real_signal(signum, _on_signal)  # validates main thread like the real call
+        _chained[signum] = handler
+        return prev
+    return _real_signal(signum, handler)
+
+
+def _getsignal_wrapper(signum):
+    if signum in _SIGNALS and _chained.get("installed"):
+        return _chained.get(signum, signal.SIG_DFL)
+    return _real_getsignal(signum)
+
+
+def _install_signals():
+    if _chained.get("installed") or threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        for sig in _SIGNALS:
+            prev = _real_getsignal(sig)
+            _real_signal(sig, _on_signal)
+            _chained[sig] = prev if prev is not None else signal.SIG_DFL
+        _chained["installed"] = True
+        signal.signal = _signal_wrapper
+        signal.getsignal = _getsignal_wrapper
+    except Exception as e:
+        log("signal handlers not installed: %r" % (e,))
+
+
+def _register_mp_exit():
+    """multiprocessing fork children leave through os._exit (no atexit): use its finalizers."""
+    util = sys.modules.get("multiprocessing.util")
+    if util is None:
+        return
+    try:
+        util.Finalize(None, final_flush, exitpriority=0)
+        util.register_after_fork(RECORDER, lambda _obj: util.Finalize(None, final_flush, exitpriority=0))
+    except Exception:
+        pass
+
+
+def _after_fork_child():
+    """Threads do not survive fork: new buffer, new thread, new folder on the first event."""
+    if not S.started:
+        return
+    RECORDER.reset()
+    RECORDER.enabled_kinds = set(_enabled) if _enabled is not None else None
+    S.pid = os.getpid()
+    S.lock = threading.Lock()
+    S.finished = False
+    S.inherited = True
+    S.start_ns = time.time_ns()
+    S.end_ns = 0
+    S.dirty = True
+    try:
+        S.sink = S.sink.forked()
+    except Exception:
+        S.sink = None
+    if S.sink is not None:
+        _start_thread()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_child)

@@ -1,0 +1,83 @@
+"""vLLM targets: one module per target; TARGETS below is the one list.
+
+Structure of a target module (see scheduler.py for the model):
+
+    TARGET = Target(
+        name="scheduler", component="Scheduler",
+        kinds=("batch_util", "preemption", "cpu_timing"),
+        paths=[Path("vllm.v1.core.sched.scheduler", eras="v0.8.2+", hooks=[
+                   Hook("Scheduler", "schedule", _schedule, kinds=("batch_util", ...)), ...]),
+               Path("vllm.v1.core.scheduler", eras="v0.6.6-v0.8.1", hooks=[...])])
+
+- `Path`: one vLLM module (and the eras that have it) with the hooks applied when it loads.
+  A path whose class is missing from the module is `absent`; a target is `patched` when the
+  hooks of at least one of its paths are in place.
+- `Hook(cls, method, factory, required=(), kinds=(), optional=False)`: `factory(original, rt)`
+  returns the wrapper; `rt` is `profilemate.runtime`. `required` names parameters the wrapper
+  relies on (checked with inspect.signature; a mismatch leaves vLLM's method untouched and
+  marks the target `failed`). `kinds` are the profiler kinds the hook feeds: when all of them
+  are switched off (PROFILEMATE_PROFILERS=all,-moe_expert or a ctl message) the hook is not
+  installed, or is unwrapped exactly. An empty `kinds` means always on (identity, step
+  counters). `optional=True`: the method exists only in some eras; missing is not an error.
+
+Recording API for the profilers (all O(1), never raise, never block):
+- `rt.record(kind, table, cols, step=None)`: one event; `cols` holds only the table's own
+  columns (proto/tables/<table>.json); `step` defaults to the process's current step.
+- `rt.enabled(kind)`: whether a profiler kind is on (check before costly work).
+- `rt.RECORDER.step`: the current step (EngineCore: real scheduler steps; worker: real
+  model-runner steps, capture/profile/dummy runs excluded); `rt.next_step()` advances it.
+- `rt.IDENT.set_role(...)`, `rt.IDENT.set_ranks(dp=, pp=, tp=, ep=, rank=)`: identity.
+- `time.perf_counter_ns()` twice and one `rt.record` is the budget of a hot-path wrapper.
+"""
+import importlib
+
+# The one list: module names under profilemate.targets, in reporting order.
+TARGET_MODULES = (
+    "worker", "engine_core", "scheduler", "kv_cache_manager", "block_pool",
+    "gpu_model_runner", "cuda_graph", "fused_moe",
+)
+
+
+class Hook:
+    __slots__ = ("cls", "method", "factory", "required", "kinds", "optional")
+
+    def __init__(self, cls, method, factory, required=(), kinds=(), optional=False):
+        self.cls, self.method, self.factory = cls, method, factory
+        self.required, self.kinds, self.optional = tuple(required), tuple(kinds), optional
+
+
+class Path:
+    __slots__ = ("module", "eras", "hooks")
+
+    def __init__(self, module, hooks, eras=""):
+        self.module, self.hooks, self.eras = module, list(hooks), eras
+
+
+class Target:
+    def __init__(self, name, component, kinds, paths, doc=""):
+        self.name, self.component, self.kinds = name, component, tuple(kinds)
+        self.paths, self.doc = list(paths), doc
+
+    def modules(self):
+        return [p.module for p in self.paths]
+
+
+_loaded = []
+
+
+def all_targets():
+    if not _loaded:
+        for name in TARGET_MODULES:
+            _loaded.append(importlib.import_module("profilemate.targets." + name).TARGET)
+    return list(_loaded)
+
+
+def watched_modules():
+    names = set()
+    for t in all_targets():
+        names.update(t.modules())
+    return names
+
+
+def by_module(module_name):
+    return [(t, p) for t in all_targets() for p in t.paths if p.module == module_name]
