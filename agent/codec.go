@@ -120,7 +120,8 @@ func eventCols(e *Event) (map[string]*pmpb.Value, error) {
 // typedValue converts one JSON scalar to the column type, as proto's shim JSON conversion does:
 // an int column takes an integral float (3.0), a float column takes integers; null is an empty cell.
 func typedValue(typ string, raw []byte) (*pmpb.Value, error) {
-	if string(raw) == "null" {
+	// "" in a non-string column is an empty CSV cell, as null is: keep the row.
+	if string(raw) == "null" || (typ != pmproto.TypeString && string(raw) == `""`) {
 		return nil, nil
 	}
 	switch typ {

@@ -20,7 +20,7 @@ func TestEventCols(t *testing.T) {
 		bad                   bool
 	}{
 		{name: "types", kind: "forward_pass", table: "forward_pass_timing",
-			in: ` { "cpu_ms" : 1, "tokens":3.0,"runtime_mode":"F\"U\u00e9","gpu_ms":null, "gpu_status": "pending" }`,
+			in: ` { "cpu_ms" : 1, "tokens":3.0,"runtime_mode":"F\"U\u00e9","gpu_ms":"", "gpu_status": "pending" }`,
 			want: map[string]*pmpb.Value{
 				"cpu_ms": {V: &pmpb.Value_D{D: 1}}, "tokens": {V: &pmpb.Value_I{I: 3}},
 				"runtime_mode": {V: &pmpb.Value_S{S: "F\"Ué"}}, "gpu_status": {V: &pmpb.Value_S{S: "pending"}},

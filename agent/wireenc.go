@@ -129,7 +129,7 @@ func appendEvent(b []byte, e *Event) ([]byte, error) {
 
 // appendTypedValue appends a Value message converting raw as typedValue does.
 func appendTypedValue(b []byte, typ string, raw []byte) ([]byte, bool, error) {
-	if string(raw) == "null" {
+	if string(raw) == "null" || (typ != pmproto.TypeString && string(raw) == `""`) {
 		return b, true, nil
 	}
 	switch typ {
