@@ -67,7 +67,7 @@ func agSim(t *testing.T, extra ...string) (py string, env []string, truth string
 	truth = filepath.Join(dir, "truth.json")
 	env = append([]string{
 		"PYTHONPATH=" + filepath.Join(tb, "eras", "v0_16_0") + string(os.PathListSeparator) + tb,
-		"PMSIM_TP=4", "PMSIM_GROUND_TRUTH=" + truth, "PMSIM_STEP_WORK_MS=1",
+		"PMSIM_TP=" + fmt.Sprint(agWorkers()), "PMSIM_GROUND_TRUTH=" + truth, "PMSIM_STEP_WORK_MS=1",
 		"PROFILEMATE_CACHE=" + filepath.Join(dir, "cache"),
 		"PROFILEMATE_OUTPUT_DIR=" + filepath.Join(dir, "standalone"),
 	}, extra...)
@@ -84,6 +84,15 @@ func agNeedSocketSink(t *testing.T) {
 		}
 	}
 	t.Skip("the shim has no agent socket sink yet")
+}
+
+// agWorkers is the simulated tensor-parallel size: 4, or PM_E2E_WORKERS to narrow down a failure.
+func agWorkers() int {
+	var n int
+	if _, err := fmt.Sscan(os.Getenv("PM_E2E_WORKERS"), &n); err == nil && n > 0 {
+		return n
+	}
+	return 4
 }
 
 type agTruth struct {
@@ -121,8 +130,9 @@ func checkComplete(t *testing.T, s *agStream, truthPath string) {
 			workers[p.Rank] = true
 		}
 	}
-	if len(workers) != 4 {
-		t.Errorf("ground truth has workers %v, want ranks 0-3", workers)
+	// With one GPU vLLM runs the model inside EngineCore: there is no worker process.
+	if agWorkers() > 1 && len(workers) != agWorkers() {
+		t.Errorf("ground truth has workers %v, want %d", workers, agWorkers())
 	}
 	procs := map[int64]bool{}
 	for _, b := range s.batches {
@@ -188,7 +198,7 @@ func TestAgentRunSimulator(t *testing.T) {
 func TestAgentNATSOutage(t *testing.T) {
 	ns := agStartNATS(t)
 	ns.createStream()
-	py, env, truth := agSim(t, "PMSIM_REQUESTS=48", "PMSIM_STEP_WORK_MS=5")
+	py, env, truth := agSim(t, "PMSIM_REQUESTS=64", "PMSIM_STEP_WORK_MS=20")
 	sock := filepath.Join(agShortDir(t), "a.sock")
 	args := append([]string{"run", "--nats", ns.url(), "--host", "e2e-host", "--socket", sock, "--spool-dir", t.TempDir(),
 		"--queue-max-bytes", "65536", "--flush-timeout", "2m"}, agSimArgs(py)...)
