@@ -264,4 +264,3 @@ func (p *agProc) wait(t *testing.T, timeout time.Duration) error {
 		return nil
 	}
 }
-

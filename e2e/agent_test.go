@@ -277,7 +277,7 @@ func TestAgentBadInputOnSocket(t *testing.T) {
 	bad := []string{
 		"garbage that is not JSON\n",
 		`{"t":"batch","v":1,"pid":77,"events":[{"kind":"kv_cache","table":"kv_cache_usage","seq":1,"cols":{"usage":` + "\n", // truncated
-		`{"t":"batch","v":9,"pid":77,"events":[]}` + "\n", // wrong version
+		`{"t":"batch","v":9,"pid":77,"events":[]}` + "\n",                                                                   // wrong version
 		`{"t":"batch","v":1,"pid":77,"events":[{"kind":"kv_cache","table":"kv_cache_usage","seq":1,"cols":{"usage":"high"}}]}` + "\n",
 		`{"t":"batch","v":1,"pid":77,"events":[{"kind":"kv_cache","table":"kv_cache_usage","seq":1,"cols":{"usage":"` + strings.Repeat("z", 10<<20) + `"}}]}` + "\n",
 	}
