@@ -199,17 +199,19 @@ def _apply_path(target, path, module, entry):
             if not hook.optional:
                 missing.append(hook.cls)
             continue
-        if patching.defining_class(cls, hook.method) is None:
+        method = _pick_method(cls, hook.method)
+        if method is None:
             if not hook.optional:
-                missing.append("%s.%s" % (hook.cls, hook.method))
+                missing.append("%s.%s" % (hook.cls, "|".join(_names(hook.method))))
             continue
-        rec = {"hook": hook, "cls": cls, "handle": None}
+        rec = {"hook": hook, "cls": cls, "handle": None, "method": method}
         entry["handles"].append(rec)
         if not _hook_on(hook):
             off += 1
             continue
         try:
-            rec["handle"] = patching.wrap(cls, hook.method, _factory(hook), hook.required)
+            rec["method"] = method
+            rec["handle"] = patching.wrap(cls, method, _factory(hook), hook.required)
             wrapped += 1
         except patching.PatchError as e:
             failures.append(str(e))
@@ -226,6 +228,18 @@ def _apply_path(target, path, module, entry):
     if off:
         return "disabled", "profiler switched off: %s" % ",".join(target.kinds)
     return "absent", "nothing to patch in %s" % path.module
+
+
+def _names(method):
+    return method if isinstance(method, tuple) else (method,)
+
+
+def _pick_method(cls, method):
+    """A hook may name alternatives (newest first): the first the class has is wrapped."""
+    for name in _names(method):
+        if patching.defining_class(cls, name) is not None:
+            return name
+    return None
 
 
 def _factory(hook):
@@ -246,7 +260,7 @@ def set_profiler(kind, on):
             want = _hook_on(hook)
             if want and rec["handle"] is None:
                 try:
-                    rec["handle"] = patching.wrap(rec["cls"], hook.method, _factory(hook), hook.required)
+                    rec["handle"] = patching.wrap(rec["cls"], rec["method"], _factory(hook), hook.required)
                 except Exception as e:
                     log("re-wrapping %s.%s failed: %s" % (hook.cls, hook.method, e))
             elif not want and rec["handle"] is not None:

@@ -18,7 +18,8 @@ Structure of a target module (see scheduler.py for the model):
   marks the target `failed`). `kinds` are the profiler kinds the hook feeds: when all of them
   are switched off (PROFILEMATE_PROFILERS=all,-moe_expert or a ctl message) the hook is not
   installed, or is unwrapped exactly. An empty `kinds` means always on (identity, step
-  counters). `optional=True`: the method exists only in some eras; missing is not an error.
+  counters). `method` may be a tuple of alternatives, newest first: the first name the class
+  has (itself or inherited) is wrapped. `optional=True`: the method exists only in some eras; missing is not an error.
 
 Recording API for the profilers (all O(1), never raise, never block):
 - `rt.record(kind, table, cols, step=None)`: one event; `cols` holds only the table's own

@@ -1,8 +1,8 @@
 """MoE expert selection (worker process).
 
 Paths by era: router era (2026-01-18+, incl. the FusedMoEFactory era where `FusedMoE` is a
-function): `BaseRouter.select_experts` in `...fused_moe.router.base_router` (resolved on the
-class that defines it, FusedMoERouter on newer mains); before: `FusedMoE.select_experts` in
+function): `BaseRouter._select_experts` (newer mains, called by FusedMoERouter.select_experts)
+or `BaseRouter.select_experts` (v0.16) in `...fused_moe.router.base_router`; before: `FusedMoE.select_experts` in
 `...fused_moe.layer` (a staticmethod until 2025-11-24, then an instance method; the wrapper
 keeps the descriptor kind). Counts calls in STATS for the MoE profiler.
 """
@@ -22,7 +22,7 @@ TARGET = Target(
     name="fused_moe", component="FusedMoE", kinds=("moe_expert",),
     paths=[
         Path("vllm.model_executor.layers.fused_moe.router.base_router", eras="2026-01-18+ (router)",
-             hooks=[Hook("BaseRouter", "select_experts", _select, required=("hidden_states", "router_logits"),
+             hooks=[Hook("BaseRouter", ("_select_experts", "select_experts"), _select, required=("hidden_states", "router_logits"),
                          kinds=("moe_expert",))]),
         Path("vllm.model_executor.layers.fused_moe.layer", eras="v0.6.6 to 2026-01-18 (FusedMoE class)",
              hooks=[Hook("FusedMoE", "select_experts", _select, required=("hidden_states", "router_logits"),
