@@ -423,16 +423,28 @@ def _install_signals():
         log("signal handlers not installed: %r" % (e,))
 
 
+_mp_registered = []
+
+
 def _register_mp_exit():
-    """multiprocessing fork children leave through os._exit (no atexit): use its finalizers."""
+    """multiprocessing fork children leave through os._exit (no atexit): use its finalizers.
+
+    Called at start and again before each fork, since multiprocessing may be imported later.
+    """
     util = sys.modules.get("multiprocessing.util")
-    if util is None:
+    if util is None or _mp_registered:
         return
     try:
         util.Finalize(None, final_flush, exitpriority=0)
         util.register_after_fork(RECORDER, lambda _obj: util.Finalize(None, final_flush, exitpriority=0))
+        _mp_registered.append(True)
     except Exception:
         pass
+
+
+def _before_fork():
+    if S.started:
+        _register_mp_exit()
 
 
 def _after_fork_child():
@@ -457,4 +469,4 @@ def _after_fork_child():
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_child)
+    os.register_at_fork(before=_before_fork, after_in_child=_after_fork_child)
