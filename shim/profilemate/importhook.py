@@ -157,3 +157,14 @@ def _report(msg):
         sys.stderr.write("[profilemate] %s\n" % msg)
     except Exception:
         pass
+
+
+def uninstall():
+    """Removes the finder (doctor tries the patches itself and must not race the hook)."""
+    global _finder
+    if _finder is not None:
+        try:
+            sys.meta_path.remove(_finder)
+        except ValueError:
+            pass
+    _finder = None

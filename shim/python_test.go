@@ -1,0 +1,39 @@
+package shim
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/profilemate/profilemate/internal/pyenv"
+)
+
+// TestPythonSuites runs shim/tests (import-order matrix, activation, signals, fork, spawn tree,
+// doctor) under every Python 3.9–3.13 found; on CI a missing interpreter fails.
+func TestPythonSuites(t *testing.T) {
+	root := pyenv.RepoRoot(t)
+	dir := filepath.Join(root, "shim", "tests")
+	for _, py := range pyenv.ForTest(t) {
+		py := py
+		t.Run(py.String(), func(t *testing.T) {
+			pyenv.RunUnittest(t, py, dir, filepath.Join(root, "shim"), "test_*.py")
+		})
+	}
+}
+
+// TestUnpack writes the embedded shim and checks the files arrive and the version is stable.
+func TestUnpack(t *testing.T) {
+	dst := t.TempDir()
+	if err := Unpack(dst); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"sitecustomize.py", "profilemate/__init__.py", "profilemate/bootstrap.py",
+		"profilemate/targets/__init__.py"} {
+		if _, err := os.Stat(filepath.Join(dst, p)); err != nil {
+			t.Errorf("%s: %v", p, err)
+		}
+	}
+	if len(Version) != 16 || Version != computeVersion() {
+		t.Errorf("version %q not a stable 16-hex hash", Version)
+	}
+}
