@@ -53,7 +53,7 @@ func TestInstallActivatesShim(t *testing.T) {
 			}
 
 			// Importing the test tree's vLLM activates ProfileMate.
-			got := run(t, python, append(env, "PYTHONPATH="+era), "-c", "import vllm.v1.core.sched.scheduler")
+			got := run(t, python, append(env, "PYTHONPATH="+era+string(os.PathListSeparator)+filepath.Join(repo, "testbed")), "-c", "import vllm.v1.core.sched.scheduler")
 			ents, _ := os.ReadDir(out)
 			var sessions []string
 			for _, e := range ents {
