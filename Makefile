@@ -2,7 +2,7 @@
 export CGO_CFLAGS := -Wno-deprecated-declarations
 LDFLAGS := -ldflags=-extldflags=-Wl,-z,lazy
 
-.PHONY: setup build test demo bench proto
+.PHONY: setup build test demo bench proto fuzz
 
 setup:
 	./scripts/setup.sh
@@ -19,3 +19,6 @@ demo: build
 
 proto:
 	./proto/generate.sh
+
+fuzz:
+	go test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime 20s ./hub/
