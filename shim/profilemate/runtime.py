@@ -49,6 +49,10 @@ class _State:
 
 S = _State()
 _enabled = None  # set of enabled kinds
+# Profilers with state to hand over before the last flush (e.g. device counters) append a
+# no-argument callable here; NOTES entries appear in metadata.json under "notes".
+FINAL_HOOKS = []
+NOTES = {}
 
 
 def enabled(kind):
@@ -330,6 +334,11 @@ def final_flush(timeout=None):
     if not S.started or S.finished or S.pid != os.getpid():
         return
     S.stop.set()
+    for hook in list(FINAL_HOOKS):
+        try:
+            hook()
+        except Exception as e:
+            log("final hook failed: %r" % (e,))
     S.end_ns = time.time_ns()
     flush(final=True, timeout=timeout)
     S.finished = True
@@ -353,6 +362,7 @@ def metadata():
         "activation": S.why,
         "profilers": sorted(_enabled) if _enabled is not None else sorted(schema.KINDS),
         "targets": statuses(),
+        "notes": dict(NOTES),
         "recorded": RECORDER.recorded,
         "dropped": RECORDER.dropped,
         "last_seq": RECORDER.last_seq,

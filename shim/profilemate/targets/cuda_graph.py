@@ -1,30 +1,172 @@
-"""CUDA graphs (worker process): the graph wrapper's __call__, one per captured piece.
+"""CUDA graphs (worker process): the per-step dispatch decision and the captures.
 
-Paths: `vllm.compilation.cuda_graph.CUDAGraphWrapper` (v0.10+), `CUDAPiecewiseBackend` in
-`vllm.compilation.cuda_piecewise_backend` (v0.9.x), `PiecewiseBackend` in
-`vllm.compilation.backends` (v0.6.6-v0.8.x). __call__ is looked up on the type, so the class
-attribute is patched. Hot path: the wrapper only counts calls (STATS) for the profiler.
+Per step (one CPU call per step, never the per-piece wrapper): the decision is noted in
+gpu_model_runner.STEP and written as cuda_graph_usage when the step ends.
+- v0.10-v0.12 and the dispatcher on later mains: `CudagraphDispatcher.dispatch` ->
+  (mode, BatchDescriptor|None);
+- V1 since 2025-11-26: `GPUModelRunner._determine_batch_execution_and_padding` (it calls the
+  dispatcher; being the outer call, its answer is the one kept; CUDAGraphStat when present);
+- V2 runner: `CudaGraphManager.dispatch` -> BatchExecutionDescriptor (mains), or
+  `get_cudagraph_size` -> size|None (v0.16, FULL or eager);
+- <= v0.9: no dispatcher; gpu_model_runner derives it from use_cuda_graph/cudagraph_batch_sizes.
+
+Captures: the graph wrapper's __call__ (`CUDAGraphWrapper` v0.10+, `CUDAPiecewiseBackend` v0.9,
+`PiecewiseBackend` <= v0.8) only while GPUModelRunner.capture_model runs; outside it the wrapper
+is one attribute test. A call captured when an entry's graph went from None to set (README §1.3:
+first sight or cudagraph None under a matching, non-NONE mode). Pieces of one (mode, size) add up
+to one cuda_graph_captures row, written when capture_model returns. FULL graphs that vLLM
+captures without a wrapper (V2 CudaGraphManager) are not seen here.
 """
+import sys
+import time
+
 from profilemate.targets import Hook, Path, Target
+from profilemate.targets.gpu_model_runner import CAPTURES, STEP
 
-STATS = {"calls": 0}
+_pc = time.perf_counter_ns
+_pending = {}  # (mode, tokens) -> [descriptor, cpu_ns, bytes or -1]
 
 
-def _call(original, rt):
-    def __call__(self, *args, **kwargs):
-        STATS["calls"] += 1
-        return original(self, *args, **kwargs)
-    return __call__
+def _mode_name(mode):
+    name = getattr(mode, "name", None)
+    return name if isinstance(name, str) else str(mode)
 
+
+def _captured(entries):
+    return {k for k, e in entries.items() if getattr(e, "cudagraph", None) is not None}
+
+
+def _mem():
+    torch = sys.modules.get("torch")
+    try:
+        if torch is not None and torch.cuda.is_available():
+            return torch.cuda.memory_allocated()
+    except Exception:
+        pass
+    return None
+
+
+def _tokens(key):
+    n = getattr(key, "num_tokens", None)
+    if n is None and isinstance(key, tuple) and key:
+        n = key[0]
+    return n if isinstance(n, int) else key if isinstance(key, int) else -1
+
+
+def _capture_call(entries_attr, piecewise_only):
+    def factory(original, rt):
+        def __call__(self, *args, **kwargs):
+            if not STEP.capturing:
+                return original(self, *args, **kwargs)
+            entries = getattr(self, entries_attr, None)
+            if not isinstance(entries, dict):
+                return original(self, *args, **kwargs)
+            before, m0 = _captured(entries), _mem()
+            t0 = _pc()
+            out = original(self, *args, **kwargs)
+            dt = _pc() - t0
+            try:
+                new = _captured(entries) - before
+                if new:
+                    m1 = _mem()
+                    key = next(iter(new))
+                    mode = "PIECEWISE" if piecewise_only else _mode_name(getattr(self, "runtime_mode", ""))
+                    slot = _pending.setdefault((mode, _tokens(key)), ["" if piecewise_only else str(key), 0, -1])
+                    slot[1] += dt
+                    if m0 is not None and m1 is not None:
+                        slot[2] = max(slot[2], 0) + (m1 - m0)
+            except Exception:
+                pass
+            return out
+        return __call__
+    return factory
+
+
+def flush_captures(rt):
+    """Writes one row per (mode, size) captured during capture_model, in capture order."""
+    for (mode, tokens), (desc, ns, nbytes) in list(_pending.items()):
+        ms = ns / 1e6
+        CAPTURES["total_ms"] += ms
+        rt.record("cuda_graph", "cuda_graph_captures", {
+            "mode": mode, "num_tokens": tokens, "descriptor": desc, "cpu_ms": ms, "graph_bytes": nbytes,
+            "total_capture_cpu_ms": CAPTURES["total_ms"]}, -1)
+    _pending.clear()
+
+
+def _note(mode, padded, source):
+    STEP.mode, STEP.padded, STEP.source = mode, padded, source
+
+
+def _dispatch(original, rt):
+    def dispatch(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        if STEP.active:
+            try:
+                mode, bd = _mode_name(out[0]), out[1]
+                _note(mode, getattr(bd, "num_tokens", None) if mode != "NONE" else None, "dispatcher")
+            except Exception:
+                pass
+        return out
+    return dispatch
+
+
+def _determine(original, rt):
+    def determine(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        if STEP.active:
+            try:
+                mode = _mode_name(out[0])
+                stat = out[4] if len(out) > 4 else None
+                padded = getattr(stat, "num_padded_tokens", None)
+                if padded is None and mode != "NONE":
+                    padded = getattr(out[1], "num_tokens", None)
+                _note(mode, padded, "runner")
+            except Exception:
+                pass
+        return out
+    return determine
+
+
+def _v2_dispatch(original, rt):
+    def dispatch(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        if STEP.active:
+            try:
+                mode = _mode_name(out.cg_mode)
+                _note(mode, out.num_tokens if mode != "NONE" else None, "cudagraph_manager")
+            except Exception:
+                pass
+        return out
+    return dispatch
+
+
+def _v2_size(original, rt):
+    def get_cudagraph_size(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        if STEP.active:
+            _note("FULL" if out else "NONE", out or None, "cudagraph_manager")
+        return out
+    return get_cudagraph_size
+
+
+_K = ("cuda_graph",)
 
 TARGET = Target(
-    name="cuda_graph", component="CUDAGraphWrapper", kinds=("cuda_graph",),
+    name="cuda_graph", component="CUDAGraphWrapper", kinds=_K,
     paths=[
-        Path("vllm.compilation.cuda_graph", eras="v0.10.0+",
-             hooks=[Hook("CUDAGraphWrapper", "__call__", _call, kinds=("cuda_graph",))]),
-        Path("vllm.compilation.cuda_piecewise_backend", eras="v0.9.x",
-             hooks=[Hook("CUDAPiecewiseBackend", "__call__", _call, kinds=("cuda_graph",))]),
-        Path("vllm.compilation.backends", eras="v0.6.6-v0.8.x",
-             hooks=[Hook("PiecewiseBackend", "__call__", _call, kinds=("cuda_graph",))]),
+        Path("vllm.compilation.cuda_graph", eras="v0.10.0+", hooks=[
+            Hook("CUDAGraphWrapper", "__call__", _capture_call("concrete_cudagraph_entries", False), kinds=_K)]),
+        Path("vllm.compilation.cuda_piecewise_backend", eras="v0.9.x", hooks=[
+            Hook("CUDAPiecewiseBackend", "__call__", _capture_call("concrete_size_entries", True), kinds=_K)]),
+        Path("vllm.compilation.backends", eras="v0.6.6-v0.8.x", hooks=[
+            Hook("PiecewiseBackend", "__call__", _capture_call("concrete_size_entries", True), kinds=_K)]),
+        Path("vllm.v1.cudagraph_dispatcher", eras="v0.10.0+", hooks=[
+            Hook("CudagraphDispatcher", "dispatch", _dispatch, kinds=_K)]),
+        Path("vllm.v1.worker.gpu_model_runner", eras="2025-11-26+ (V1 runner)", hooks=[
+            Hook("GPUModelRunner", "_determine_batch_execution_and_padding", _determine, kinds=_K,
+                 optional=True)]),
+        Path("vllm.v1.worker.gpu.cudagraph_utils", eras="2025-11-21+ (V2 runner)", hooks=[
+            Hook("CudaGraphManager", "dispatch", _v2_dispatch, kinds=_K, optional=True),
+            Hook("CudaGraphManager", "get_cudagraph_size", _v2_size, kinds=_K, optional=True)]),
     ],
 )
