@@ -1,0 +1,175 @@
+"""Worker profilers against the simulator's ground truth, per era of the test tree.
+
+The simulator (PMSIM_TP=1: the runner inside EngineCore) runs with the real shim and the
+folder sink; its own bookkeeping (PMSIM_GROUND_TRUTH) must equal what the shim wrote: steps per
+CUDA graph mode and tokens per step, PIECEWISE captures, expert counts per layer (device-side,
+graph replays included) or `unobservable` where the era makes them so, encoder calls and items,
+one forward-pass row per runner step. compare() is also fed the same rows with one event
+dropped, and must then report a difference.
+"""
+import collections
+import glob
+import os
+import shutil
+import subprocess
+import tempfile
+import unittest
+
+from tests import helpers as h
+
+ERAS = ("v0_7_3", "v0_10_2", "v0_16_0", "main_2026_08_20")
+UNOBSERVABLE_MOE = ("v0_7_3",)
+
+
+def run_sim(testcase, era, extra=None):
+    out = tempfile.mkdtemp(prefix="pm-worker-")
+    testcase.addCleanup(shutil.rmtree, out, True)
+    gt = os.path.join(out, "truth.json")
+    env = {"PMSIM_TP": "1", "PMSIM_REQUESTS": "6", "PMSIM_STEP_WORK_MS": "0", "PMSIM_GROUND_TRUTH": gt,
+           "PROFILEMATE_MOE_INTERVAL_STEPS": "7"}
+    env.update(extra or {})
+    try:
+        r = h.run([os.path.join(h.TESTBED, "bin", "vllm"), "serve", "sim/moe"],
+                  [os.path.join(h.TESTBED, "eras", era), h.TESTBED], env=env, out_dir=os.path.join(out, "pm"),
+                  timeout=120)
+    except subprocess.TimeoutExpired:
+        testcase.fail("era %s: the simulator did not finish within 120 s" % era)
+    testcase.assertEqual(r.returncode, 0, r.stderr[-3000:])
+    truth = h.read_json(gt)
+    proc = [p for p in truth["processes"] if "runner_steps" in p]
+    testcase.assertEqual(len(proc), 1, truth["processes"])
+    folders = glob.glob(os.path.join(out, "pm", "session_*", "engine_core-*"))
+    testcase.assertEqual(len(folders), 1, folders)
+    tables = {}
+    for name in ("cuda_graph_usage", "cuda_graph_captures", "moe_expert_selection", "encoder_decoder_timing",
+                 "forward_pass_timing", "moe_expert_timing"):
+        path = os.path.join(folders[0], name + ".csv")
+        tables[name] = h.csv_rows(path) if os.path.exists(path) else []
+    meta = h.read_json(os.path.join(folders[0], "metadata.json"))
+    return proc[0], tables, meta
+
+
+def compare(era, truth, tables, per_layer=True):
+    """Differences between ground truth and the shim's rows, as a list of strings (empty: equal)."""
+    diffs = []
+    usage = tables["cuda_graph_usage"]
+    got = [[int(r["unpadded_tokens"]), int(r["padded_tokens"]), r["runtime_mode"]] for r in usage]
+    if got != truth["tokens_by_step"]:
+        diffs.append("tokens per step: %s != %s" % (got, truth["tokens_by_step"]))
+    modes = collections.Counter(r["runtime_mode"] for r in usage)
+    want = {m: n for m, n in truth["steps_by_mode"].items() if n}
+    if dict(modes) != want:
+        diffs.append("steps per mode: %s != %s" % (dict(modes), want))
+    steps = [int(r["step"]) for r in usage]
+    if steps != list(range(1, truth["runner_steps"] + 1)):
+        diffs.append("usage steps %s" % steps)
+    # The simulator captures FULL graphs without a wrapper (like MRv2's CudaGraphManager): only
+    # the PIECEWISE captures are observable there.
+    caps = sorted((r["mode"], int(r["num_tokens"])) for r in tables["cuda_graph_captures"])
+    want_caps = sorted((c["mode"], c["size"]) for c in truth["captures"] if c["mode"] == "PIECEWISE")
+    if caps != want_caps:
+        diffs.append("captures %s != %s" % (caps, want_caps))
+    fp = [int(r["step"]) for r in tables["forward_pass_timing"]]
+    if sorted(fp) != list(range(1, truth["runner_steps"] + 1)):
+        diffs.append("forward pass steps %s" % fp)
+    enc = tables["encoder_decoder_timing"]
+    if (len(enc), sum(int(r["mm_items"]) for r in enc)) != (truth["encoder_calls"], truth["encoder_items"]):
+        diffs.append("encoder %d calls / %d items" % (len(enc), sum(int(r["mm_items"]) for r in enc)))
+    moe = tables["moe_expert_selection"]
+    statuses = {r["status"] for r in moe}
+    if era in UNOBSERVABLE_MOE:
+        if statuses != {"unobservable"} or any(r["count"] for r in moe):
+            diffs.append("moe rows must all be unobservable with no count: %s" % statuses)
+        covered = sum(int(r["interval_steps"]) for r in moe)
+        if covered != truth["runner_steps"]:
+            diffs.append("unobservable intervals cover %d steps, not %d" % (covered, truth["runner_steps"]))
+        return diffs
+    if statuses != {"counted"}:
+        diffs.append("moe statuses %s" % statuses)
+    counts = collections.defaultdict(lambda: [0] * len(truth["expert_counts"][0]))
+    for r in moe:
+        counts[int(r["layer_index"])][int(r["expert"])] += int(r["count"])
+    got = [counts[j] for j in range(truth["moe_layers"])]
+    if not per_layer:  # totals only (see test_enforce_eager)
+        got = [sum(c) for c in got]
+        truth = dict(truth, expert_counts=[truth["routed_tokens"] * truth["top_k"]] * truth["moe_layers"])
+    if got != truth["expert_counts"] or len(counts) != truth["moe_layers"]:
+        diffs.append("expert counts %s != %s" % (got, truth["expert_counts"]))
+    covered = sum(int(r["interval_steps"]) for r in moe if r["expert"] == "0" and r["layer_index"] == "0")
+    if covered != truth["runner_steps"]:
+        diffs.append("intervals cover %d steps, not %d" % (covered, truth["runner_steps"]))
+    return diffs
+
+
+def drop_one(tables, name, pick):
+    out = dict(tables)
+    rows = list(tables[name])
+    idx = [i for i, r in enumerate(rows) if pick(r)]
+    del rows[idx[len(idx) // 2]]
+    out[name] = rows
+    return out
+
+
+@unittest.skipUnless(os.path.isdir(os.path.join(h.TESTBED, "pmsim")), "testbed not present")
+class WorkerProfilers(unittest.TestCase):
+    def check(self, era):
+        truth, tables, meta = run_sim(self, era)
+        self.assertGreater(truth["steps_by_mode"]["PIECEWISE"] + truth["steps_by_mode"]["FULL"], 0)
+        self.assertEqual(compare(era, truth, tables), [])
+        # One dropped event of each kind makes the comparison fail.
+        for name, pick in (("cuda_graph_usage", lambda r: r["runtime_mode"] != "NONE"),
+                           ("cuda_graph_captures", lambda r: True),
+                           ("encoder_decoder_timing", lambda r: True),
+                           ("forward_pass_timing", lambda r: True),
+                           ("moe_expert_selection", lambda r: r["status"] != "counted" or int(r["count"]) > 0)):
+            self.assertNotEqual(compare(era, truth, drop_one(tables, name, pick)), [], name)
+        notes = meta.get("notes", {})
+        if era in UNOBSERVABLE_MOE:
+            self.assertIn("unobservable", notes.get("moe_expert_selection", ""))
+        else:
+            self.assertNotIn("moe_expert_selection", notes)
+        # No CUDA here: GPU columns say so instead of holding a number.
+        self.assertEqual({r["gpu_status"] for r in tables["forward_pass_timing"]}, {"unavailable"})
+        self.assertEqual(tables["moe_expert_timing"], [])
+
+    def test_v0_7_3(self):
+        self.check("v0_7_3")
+
+    def test_v0_10_2(self):
+        self.check("v0_10_2")
+
+    def test_v0_16_0(self):
+        self.check("v0_16_0")
+
+    def test_main_2026_08_20(self):
+        self.check("main_2026_08_20")
+
+    def test_main_v1_runner(self):
+        # main with the V1 runner: the decision comes from _determine_batch_execution_and_padding.
+        truth, tables, _ = run_sim(self, "main_2026_08_20", {"PMSIM_V2_RUNNER": "0"})
+        self.assertEqual(compare("main_2026_08_20", truth, tables), [])
+        self.assertEqual({r["source"] for r in tables["cuda_graph_usage"]}, {"runner"})
+
+    def test_enforce_eager(self):
+        # In eager mode the simulator routes every MoE layer with layer 0's table while its ground
+        # truth uses each layer's own table (no piece wrapper sets its current layer), so only the
+        # per-layer totals are compared here.
+        truth, tables, _ = run_sim(self, "v0_16_0", {"PMSIM_ENFORCE_EAGER": "1"})
+        self.assertEqual(compare("v0_16_0", truth, tables, per_layer=False), [])
+        usage = tables["cuda_graph_usage"]
+        self.assertTrue(usage)
+        self.assertEqual({(r["runtime_mode"], r["eager_fallback"]) for r in usage}, {("NONE", "false")})
+
+    def test_profilers_off(self):
+        off = "all,-moe_expert,-cuda_graph,-encoder_decoder"
+        truth, tables, meta = run_sim(self, "v0_16_0", {"PROFILEMATE_PROFILERS": off})
+        status = {t["target"]: t["status"] for t in meta["targets"]}
+        self.assertEqual(status["fused_moe"], "disabled")
+        self.assertEqual(status["cuda_graph"], "disabled")
+        for name in ("moe_expert_selection", "cuda_graph_usage", "cuda_graph_captures", "encoder_decoder_timing"):
+            self.assertEqual(tables[name], [], name)
+        self.assertEqual(len(tables["forward_pass_timing"]), truth["runner_steps"])
+
+
+if __name__ == "__main__":
+    unittest.main()
