@@ -2,6 +2,7 @@ package shim
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 
@@ -19,6 +20,18 @@ func TestPythonSuites(t *testing.T) {
 			pyenv.RunUnittest(t, py, dir, filepath.Join(root, "shim"), "test_*.py")
 		})
 	}
+}
+
+// TestMoETorch runs the MoE counter's tensor path on CPU tensors with the system interpreter,
+// which has Debian's python3-torch; skipped where that interpreter cannot import torch.
+func TestMoETorch(t *testing.T) {
+	const sys = "/usr/bin/python3"
+	if err := exec.Command(sys, "-c", "import torch").Run(); err != nil {
+		t.Skipf("%s cannot import torch: %v", sys, err)
+	}
+	root := pyenv.RepoRoot(t)
+	pyenv.RunUnittest(t, pyenv.Interpreter{Version: "system", Path: sys}, filepath.Join(root, "shim", "tests"),
+		filepath.Join(root, "shim"), "test_moe_torch.py")
 }
 
 // TestUnpack writes the embedded shim and checks the files arrive and the version is stable.
