@@ -42,6 +42,8 @@ class Config:
         self.v2_runner = os.environ.get("PMSIM_V2_RUNNER", "")
         self.mm_share = _float("PMSIM_MM_SHARE", 0.25)
         self.max_tokens = _int("PMSIM_MAX_TOKENS", 24)
+        # Longest wait for any answer between processes before the tree gives up and exits non-zero.
+        self.rpc_timeout_s = _float("PMSIM_RPC_TIMEOUT_S", 60.0)
 
 
 def get():

@@ -9,7 +9,7 @@ import multiprocessing
 import os
 import time
 
-from pmsim import config, impl, truth
+from pmsim import config, impl, procs, truth
 from pmsim.util import call_filtered, construct, era, make_record, mod
 
 
@@ -456,10 +456,12 @@ def _mp_init_executor(self, a):
     self._pm_results = ctx.Queue()
     self._pm_inputs = []
     self._pm_procs = []
+    truth.on_terminate(lambda: shutdown_workers(self, 2.0))
     wp = mod("vllm.v1.executor.multiproc_executor").WorkerProc
     for rank in range(cfg.tp):
         q = ctx.Queue()
-        p = ctx.Process(target=wp.worker_main, name="VllmWorker-%d" % rank,
+        # daemon, as in vLLM: if EngineCore ends without shutting them down, its exit terminates them.
+        p = ctx.Process(target=wp.worker_main, name="VllmWorker-%d" % rank, daemon=True,
                         kwargs=dict(vllm_config=self.vllm_config, local_rank=rank, rank=rank,
                                     distributed_init_method="tcp://127.0.0.1:29500", input_queue=q,
                                     result_queue=self._pm_results))
@@ -468,33 +470,48 @@ def _mp_init_executor(self, a):
         self._pm_procs.append(p)
     ready = 0
     while ready < cfg.tp:
-        kind, rank, _ = self._pm_results.get()
+        kind, rank, value = procs.get(self._pm_results, "worker start-up", self._pm_procs, cfg.rpc_timeout_s,
+                                      self._pm_watch)
         if kind != "ready":
-            raise RuntimeError("worker %s failed to start: %s" % (rank, kind))
+            raise RuntimeError("worker %s failed to start: %s %s" % (rank, kind, value or ""))
         ready += 1
 
 
 @impl("MultiprocExecutor.collective_rpc")
 def _mp_rpc(self, a):
     method, args = a["method"], a.get("args") or ()
+    timeout = a.get("timeout") or config.get().rpc_timeout_s
     for q in self._pm_inputs:
         q.put((method, args))
     out = {}
     while len(out) < len(self._pm_inputs):
-        kind, rank, value = self._pm_results.get()
-        if kind == "error":
-            raise RuntimeError("worker %d: %s" % (rank, value))
+        kind, rank, value = procs.get(self._pm_results, "reply to %s" % method, self._pm_procs, timeout,
+                                      self._pm_watch)
+        if kind != "ok":
+            raise RuntimeError("worker %d failed in %s:\n%s" % (rank, method, value))
         out[rank] = value
     return [out[r] for r in sorted(out)]
 
 
+def shutdown_workers(ex, timeout):
+    """Stops the workers whatever the era's executor offers (v0.7-v0.16 have no shutdown in targets.json)."""
+    inputs, workers = getattr(ex, "_pm_inputs", []), getattr(ex, "_pm_procs", [])
+    ex._pm_inputs, ex._pm_procs = [], []
+    for q, p in zip(inputs, workers):
+        if p.is_alive():
+            try:
+                q.put(("__stop__", ()))
+            except Exception:
+                pass
+    procs.stop(workers, timeout)
+    # Nothing more will be read from these: do not let their feeder threads hold up this process's exit.
+    for q in inputs + ([ex._pm_results] if hasattr(ex, "_pm_results") else []):
+        q.cancel_join_thread()
+
+
 @impl("MultiprocExecutor.shutdown")
 def _mp_shutdown(self, a):
-    for q in getattr(self, "_pm_inputs", []):
-        q.put(("__stop__", ()))
-    for p in getattr(self, "_pm_procs", []):
-        p.join(60)
-    self._pm_inputs, self._pm_procs = [], []
+    shutdown_workers(self, 30.0)
 
 
 @impl("WorkerProc.worker_main")
@@ -506,10 +523,12 @@ def _worker_main(owner, a):
     try:
         proc = construct(wp_cls, vllm_config=kw["vllm_config"], local_rank=kw["local_rank"], rank=rank,
                          distributed_init_method=kw["distributed_init_method"], is_driver_worker=rank == 0)
-    except Exception as e:  # report, so the executor does not wait forever
-        results.put(("error: %r" % (e,), rank, None))
+    except Exception:  # report, so the executor does not wait forever
+        import traceback
+        results.put(("error", rank, traceback.format_exc()))
         raise
     proc._pm_input, proc._pm_results = kw["input_queue"], results
+    proc._pm_watch = procs.ParentWatch()
     results.put(("ready", rank, None))
     proc.worker_busy_loop()
 
@@ -527,12 +546,19 @@ def _wp_init(self, a):
 @impl("WorkerProc.worker_busy_loop")
 def _wp_loop(self, a):
     while True:
-        method, args = self._pm_input.get()
+        try:
+            method, args = procs.get(self._pm_input, "work from EngineCore", watch=self._pm_watch)
+        except procs.ParentGone as e:
+            # EngineCore is gone: nobody reads our results any more, so leave without flushing them.
+            procs.warn("worker %d: %s" % (self.rank, e))
+            self._pm_results.cancel_join_thread()
+            truth.write()
+            os._exit(1)
         if method == "__stop__":
             break
         try:
             value = getattr(self.worker, method)(*args)
-        except Exception as e:
+        except Exception:
             import traceback
             self._pm_results.put(("error", self.rank, traceback.format_exc()))
             raise
@@ -561,6 +587,8 @@ def _ec_init(self, a):
         me = mod("vllm.v1.executor.multiproc_executor").MultiprocExecutor
         ex = me.__new__(me)
         ex.vllm_config = self.vllm_config
+        ex._pm_watch = getattr(self, "_pm_watch", None)
+        self.model_executor = ex  # before start-up, so a failed start still stops the workers begun
         ex._init_executor()
     else:
         ex = _UniProc(self.vllm_config)
@@ -582,8 +610,7 @@ def _ec_step(self, a):
     so = self.scheduler.schedule()
     if cfg.pause_file and not self._pm_paused and rec["preemptions"]:
         self._pm_paused = True
-        while not os.path.exists(cfg.pause_file):
-            time.sleep(0.01)
+        _pause(self, cfg.pause_file)
     if not so.total_num_scheduled_tokens:
         return []
     t0 = time.perf_counter()
@@ -592,23 +619,69 @@ def _ec_step(self, a):
     return self.scheduler.update_from_output(so, outs[0])
 
 
+def _pause(core, path):
+    """Waits until path exists, telling the API server it is alive, and leaving if it goes away."""
+    outq, watch = getattr(core, "_pm_outq", None), getattr(core, "_pm_watch", None)
+    last = time.monotonic()
+    while not os.path.exists(path):
+        time.sleep(0.01)
+        if time.monotonic() - last >= 1.0:
+            last = time.monotonic()
+            if outq is not None:
+                outq.put(("heartbeat", None))
+            if watch is not None and watch.gone():
+                raise procs.ParentGone("parent process exited while paused on %s" % path)
+
+
 @impl("EngineCoreProc.run_engine_core")
 def _run_engine_core(owner, a):
     kw = a["kwargs"]
-    mod("vllm.plugins").load_general_plugins()
+    inq, outq = kw["input_queue"], kw["output_queue"]
+    watch = procs.ParentWatch()
     rec = truth.start("engine_core", 0, scheduler_steps=0, preemptions=[], evictions=0, alloc_failures=0,
                       prefix_hit_tokens=0, kv_usage=[], scheduled_tokens=0, step_ms=[], finished=0)
     ec = mod("vllm.v1.engine.core").EngineCore
     core = ec.__new__(ec)
-    call_filtered(core.__init__, vllm_config=kw["vllm_config"], executor_class=None, log_stats=False)
-    inq, outq = kw["input_queue"], kw["output_queue"]
-    outq.put(("ready", None))
+    core._pm_watch, core._pm_outq = watch, outq
+    try:
+        mod("vllm.plugins").load_general_plugins()
+        call_filtered(core.__init__, vllm_config=kw["vllm_config"], executor_class=None, log_stats=False)
+        outq.put(("ready", None))
+        _engine_loop(core, inq, outq, rec, watch)
+    except BaseException as e:
+        import traceback
+        tb = traceback.format_exc()
+        procs.warn("EngineCore failed: %s" % tb)
+        if isinstance(e, procs.ParentGone):
+            outq.cancel_join_thread()
+        else:
+            try:
+                outq.put(("error", tb))
+            except Exception:
+                pass
+        _stop_executor(core)
+        truth.write()
+        if isinstance(e, procs.ParentGone):
+            os._exit(1)
+        raise
+    _stop_executor(core)
+    truth.write()
+    outq.put(("done", rec["finished"]))
+
+
+def _stop_executor(core):
+    ex = getattr(core, "model_executor", None)
+    if ex is not None and hasattr(ex, "_pm_procs"):
+        shutdown_workers(ex, 30.0)
+
+
+def _engine_loop(core, inq, outq, rec, watch):
     cfg = config.get()
     done = 0
     expected = None
     while True:
         while expected is None or not inq.empty():
-            msg = inq.get()
+            msg = procs.get(inq, "requests from the API server", watch=watch)
             if msg[0] == "add":
                 sched = core.scheduler
                 if hasattr(sched, "add_request"):
@@ -617,15 +690,16 @@ def _run_engine_core(owner, a):
                     _sched_add(sched, {"request": msg[1]})
             elif msg[0] == "expect":
                 expected = msg[1]
+        steps_before = rec["scheduler_steps"]
         finished = core.step()
+        if rec["scheduler_steps"] == steps_before and not finished:
+            # Nothing scheduled and nothing changes between steps: it would spin forever.
+            raise RuntimeError("scheduler made no progress with %d of %d requests finished" % (done, expected))
         for req in finished:
             outq.put(("finished", (req.request_id, list(req.output_token_ids))))
             done += 1
+        rec["finished"] = done
         if done >= expected or rec["scheduler_steps"] >= cfg.max_steps:
             break
-    rec["finished"] = done
-    ex = core.model_executor
-    if hasattr(ex, "_pm_procs"):
-        ex.shutdown()
-    truth.write()
-    outq.put(("done", done))
+        if watch.gone():
+            raise procs.ParentGone("parent process exited")

@@ -4,7 +4,7 @@ import os
 import random
 import sys
 
-from pmsim import config, truth
+from pmsim import config, procs, truth
 from pmsim.util import mod
 
 
@@ -35,7 +35,11 @@ def workload(cfg):
 
 
 def run_engine(model, requests=None):
-    """Starts EngineCore (spawn), feeds it the workload, waits for the results, merges ground truth."""
+    """Starts EngineCore (spawn), feeds it the workload, waits for the results, merges ground truth.
+
+    Raises if EngineCore fails, dies or stays silent for PMSIM_RPC_TIMEOUT_S; EngineCore and its
+    workers are stopped before this returns or raises.
+    """
     import multiprocessing
     cfg = config.get()
     rec = truth.start("api_server", 0, model=model, requests=0, completed=0)
@@ -45,35 +49,47 @@ def run_engine(model, requests=None):
     p = ctx.Process(target=core.run_engine_core, name="EngineCore_DP0",
                     kwargs=dict(vllm_config=VllmConfig(model), input_queue=inq, output_queue=outq))
     p.start()
-    kind, _ = _get(outq, p)
-    reqs = requests if requests is not None else workload(cfg)
-    for r in reqs:
-        inq.put(("add", r))
-    inq.put(("expect", len(reqs)))
-    rec["requests"] = len(reqs)
+    truth.on_terminate(lambda: procs.stop([p], 5.0))
     results = {}
-    while True:
-        kind, value = _get(outq, p)
-        if kind == "finished":
-            results[value[0]] = value[1]
-        elif kind == "done":
-            break
-    p.join(120)
-    rec["completed"] = len(results)
-    truth.write()
-    if cfg.ground_truth:
-        truth.merge(cfg.ground_truth)
+    try:
+        _expect(outq, p, cfg, "ready")
+        reqs = requests if requests is not None else workload(cfg)
+        for r in reqs:
+            inq.put(("add", r))
+        inq.put(("expect", len(reqs)))
+        rec["requests"] = len(reqs)
+        while True:
+            kind, value = _expect(outq, p, cfg, "finished", "done")
+            if kind == "finished":
+                results[value[0]] = value[1]
+            elif kind == "done":
+                break
+        procs.stop([p], cfg.rpc_timeout_s)
+        if p.exitcode != 0:
+            raise RuntimeError("EngineCore exited with code %s" % p.exitcode)
+    except BaseException:
+        # EngineCore may not read what is still queued for it: do not wait on that at exit.
+        inq.cancel_join_thread()
+        procs.stop([p], 5.0)
+        raise
+    finally:
+        rec["completed"] = len(results)
+        truth.write()
+        if cfg.ground_truth:
+            truth.merge(cfg.ground_truth)
     return results
 
 
-def _get(q, proc):
-    import queue
+def _expect(q, proc, cfg, *kinds):
+    """The next message from EngineCore among kinds (heartbeats while paused restart the deadline)."""
     while True:
-        try:
-            return q.get(timeout=0.5)
-        except queue.Empty:
-            if not proc.is_alive():
-                raise RuntimeError("EngineCore exited with code %s" % proc.exitcode)
+        kind, value = procs.get(q, "message from EngineCore", [proc], cfg.rpc_timeout_s)
+        if kind == "error":
+            raise RuntimeError("EngineCore failed:\n%s" % value)
+        if kind in kinds:
+            return kind, value
+        if kind != "heartbeat":
+            raise RuntimeError("unexpected message %r from EngineCore (waiting for %s)" % (kind, "/".join(kinds)))
 
 
 def _env_setup():

@@ -13,18 +13,31 @@ import threading
 
 _lock = threading.Lock()
 _state = {"record": None, "written": False}
+_cleanups = []
+
+
+def on_terminate(fn):
+    """Runs fn (e.g. stopping this process's children) when SIGTERM ends this process."""
+    _cleanups.append(fn)
 
 
 def start(role, rank, **extra):
     rec = {"role": role, "rank": rank, "pid": os.getpid(), "argv_at_start": list(sys.argv)}
     rec.update(extra)
     _state["record"] = rec
+    from pmsim import procs
+    procs.install_stack_dumps()
     atexit.register(write)
     try:
         prev = signal.getsignal(signal.SIGTERM)
 
         def on_term(signum, frame):
             write()
+            for fn in list(_cleanups):
+                try:
+                    fn()
+                except Exception:
+                    pass
             if callable(prev) and prev not in (signal.SIG_DFL, signal.SIG_IGN):
                 prev(signum, frame)
             os._exit(143)
