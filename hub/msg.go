@@ -89,3 +89,22 @@ type Heartbeat struct {
 	AgentDropped  uint64
 	ShimDropped   uint64
 }
+
+// learn takes every field src knows (a role, a rank >= 0) into id, so ranks a process learns after
+// its hello (vLLM sets them in Worker.__init__) reach the metadata, and an unknown value never
+// overwrites a known one. It reports whether id changed.
+func (id *Ident) learn(src Ident) bool {
+	before := *id
+	if src.Role != "" {
+		id.Role = src.Role
+	}
+	for _, f := range []struct {
+		dst *int64
+		v   int64
+	}{{&id.DP, src.DP}, {&id.PP, src.PP}, {&id.TP, src.TP}, {&id.EP, src.EP}, {&id.Rank, src.Rank}} {
+		if f.v >= 0 {
+			*f.dst = f.v
+		}
+	}
+	return *id != before
+}

@@ -142,8 +142,7 @@ func (s *session) writeBatch(b *Batch, now time.Time) (int, error) {
 	if p.meta.Proc == "" && b.Proc != "" {
 		p.meta.Proc = b.Proc
 	}
-	if p.meta.Role == "" && b.Ident.Role != "" {
-		p.meta.Ident = b.Ident
+	if p.meta.Ident.learn(b.Ident) {
 		s.metaDirty = true
 	}
 	if b.Dropped > p.meta.Dropped {
@@ -243,7 +242,6 @@ func (s *session) applyLife(l *Life, now time.Time) bool {
 	}
 	switch l.Type {
 	case LifeHello:
-		m.Ident = l.Ident
 		m.PPID, m.Python, m.VLLM, m.GPUUUID, m.Title, m.Argv, m.StartNS = l.PPID, l.Python, l.VLLM, l.GPUUUID, l.Title, l.Argv, l.StartNS
 		if l.StartNS != 0 && l.StartNS < s.meta.StartNS {
 			s.meta.StartNS = l.StartNS
@@ -256,9 +254,7 @@ func (s *session) applyLife(l *Life, now time.Time) bool {
 		m.Dropped = max(m.Dropped, l.Dropped)
 		m.LastSeq = l.LastSeq
 	}
-	if l.Ident.Role != "" && m.Role == "" {
-		m.Ident = l.Ident
-	}
+	m.Ident.learn(l.Ident)
 	return s.allEnded()
 }
 
