@@ -44,6 +44,31 @@ class Config:
         self.max_tokens = _int("PMSIM_MAX_TOKENS", 24)
         # Longest wait for any answer between processes before the tree gives up and exits non-zero.
         self.rpc_timeout_s = _float("PMSIM_RPC_TIMEOUT_S", 60.0)
+        # Fault injection for tests: "<how>:<rank>:<step>", how = raise | exit | hang (rank -1: EngineCore).
+        self.fail = os.environ.get("PMSIM_FAIL", "")
+
+
+def fault(rank, step):
+    """The fault PMSIM_FAIL asks for at this rank and step, or None."""
+    spec = os.environ.get("PMSIM_FAIL", "").strip()
+    if not spec:
+        return None
+    how, r, s = (spec.split(":") + ["", ""])[:3]
+    if int(r or 0) == rank and int(s or 0) == step:
+        return how
+    return None
+
+
+def inject(rank, step):
+    how = fault(rank, step)
+    if how == "raise":
+        raise RuntimeError("PMSIM_FAIL: injected failure at rank %d step %d" % (rank, step))
+    if how == "exit":
+        os._exit(3)
+    if how == "hang":
+        import time
+        while True:
+            time.sleep(1)
 
 
 def get():

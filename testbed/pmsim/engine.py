@@ -495,8 +495,8 @@ def _mp_rpc(self, a):
 
 def shutdown_workers(ex, timeout):
     """Stops the workers whatever the era's executor offers (v0.7-v0.16 have no shutdown in targets.json)."""
-    inputs, workers = getattr(ex, "_pm_inputs", []), getattr(ex, "_pm_procs", [])
-    ex._pm_inputs, ex._pm_procs = [], []
+    # Lists stay in place until every worker is gone: a SIGTERM arriving meanwhile stops them again.
+    inputs, workers = list(getattr(ex, "_pm_inputs", [])), list(getattr(ex, "_pm_procs", []))
     for q, p in zip(inputs, workers):
         if p.is_alive():
             try:
@@ -504,6 +504,7 @@ def shutdown_workers(ex, timeout):
             except Exception:
                 pass
     procs.stop(workers, timeout)
+    ex._pm_inputs, ex._pm_procs = [], []
     # Nothing more will be read from these: do not let their feeder threads hold up this process's exit.
     for q in inputs + ([ex._pm_results] if hasattr(ex, "_pm_results") else []):
         q.cancel_join_thread()
@@ -613,6 +614,7 @@ def _ec_step(self, a):
         _pause(self, cfg.pause_file)
     if not so.total_num_scheduled_tokens:
         return []
+    config.inject(-1, rec["scheduler_steps"] - 1)
     t0 = time.perf_counter()
     outs = self.model_executor.collective_rpc("execute_model", args=(so,))
     rec["step_ms"].append(round((time.perf_counter() - t0) * 1000.0, 3))
@@ -659,7 +661,8 @@ def _run_engine_core(owner, a):
                 outq.put(("error", tb))
             except Exception:
                 pass
-        _stop_executor(core)
+        # Healthy workers stop at once; a stuck one is not worth waiting for.
+        _stop_executor(core, 2.0)
         truth.write()
         if isinstance(e, procs.ParentGone):
             os._exit(1)
@@ -669,10 +672,10 @@ def _run_engine_core(owner, a):
     outq.put(("done", rec["finished"]))
 
 
-def _stop_executor(core):
+def _stop_executor(core, timeout=30.0):
     ex = getattr(core, "model_executor", None)
     if ex is not None and hasattr(ex, "_pm_procs"):
-        shutdown_workers(ex, 30.0)
+        shutdown_workers(ex, timeout)
 
 
 def _engine_loop(core, inq, outq, rec, watch):

@@ -83,7 +83,8 @@ def run_engine(model, requests=None):
 def _expect(q, proc, cfg, *kinds):
     """The next message from EngineCore among kinds (heartbeats while paused restart the deadline)."""
     while True:
-        kind, value = procs.get(q, "message from EngineCore", [proc], cfg.rpc_timeout_s)
+        # Longer than EngineCore's own rpc deadline, so that it can report which worker failed.
+        kind, value = procs.get(q, "message from EngineCore", [proc], cfg.rpc_timeout_s * 1.5 + 5.0)
         if kind == "error":
             raise RuntimeError("EngineCore failed:\n%s" % value)
         if kind in kinds:

@@ -22,10 +22,15 @@ class ParentGone(RuntimeError):
 
 
 class ParentWatch:
-    """Notices that the process which started this one has exited (we were re-parented)."""
+    """Notices that the process which started this one has exited (we were re-parented).
+
+    On Linux the kernel also sends SIGTERM when the parent dies (PR_SET_PDEATHSIG), which reaches a
+    process even while it is busy or stuck outside the queue waits that poll gone().
+    """
 
     def __init__(self):
         self.ppid = os.getppid()
+        _die_with_parent()
 
     def gone(self):
         return os.getppid() != self.ppid
@@ -50,6 +55,18 @@ def get(q, what, procs=(), timeout=None, watch=None):
             raise ParentGone("parent process %d exited while waiting for %s" % (watch.ppid, what))
         if deadline is not None and time.monotonic() > deadline:
             raise TimeoutError("no %s within %.0f s (PMSIM_RPC_TIMEOUT_S)" % (what, timeout))
+
+
+def _die_with_parent():
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        import signal
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
 
 
 def stop(procs, timeout):

@@ -588,6 +588,7 @@ def _execute_model(self, a):
     reqs = so.pm_reqs
     if not n:
         return {}
+    config.inject(self._pm_rank, rec["runner_steps"])
     # encoder inputs
     enc = so.scheduled_encoder_inputs or {}
     if enc:
