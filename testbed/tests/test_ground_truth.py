@@ -1,0 +1,131 @@
+"""Every entry point runs the spawn tree to the end and writes consistent ground truth; failures exit non-zero.
+
+Runs the serve entry point on every era and all three entry points on one era, with 4 workers and
+PMSIM_STEP_WORK_MS=0 (the fast workload).
+"""
+import os
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import simrun  # noqa: E402
+
+SPAWN_ARGV = ["-c", "--multiprocessing-fork"]
+TP = 4
+
+
+class GroundTruthTest(unittest.TestCase):
+    def check_run(self, r, tp=TP):
+        self.assertEqual(r.rc, 0, r.output)
+        self.assertIsNotNone(r.truth, "no ground truth written:\n" + r.output)
+        engines, workers = r.processes("engine_core"), r.processes("worker")
+        self.assertEqual(len(engines), 1)
+        self.assertEqual(sorted(w["rank"] for w in workers), list(range(tp)))
+        eng, tot = engines[0], r.truth["totals"]
+        api = r.processes("api_server")[0]
+        self.assertGreater(api["requests"], 0)
+        self.assertEqual(api["completed"], api["requests"])
+        self.assertEqual(eng["finished"], api["requests"])
+
+        # Every rank ran every step the scheduler produced.
+        self.assertGreater(eng["scheduler_steps"], 0)
+        self.assertEqual(tot["scheduler_steps"], eng["scheduler_steps"])
+        self.assertEqual(set(tot["runner_steps_by_rank"].values()), {eng["scheduler_steps"]})
+        self.assertEqual(len(eng["step_ms"]), eng["scheduler_steps"])
+
+        # The default workload exercises the KV pool's hard paths.
+        self.assertGreater(tot["preemptions"], 0)
+        self.assertGreater(tot["evictions"], 0)
+        self.assertGreater(tot["alloc_failures"], 0)
+        for p in eng["preemptions"]:
+            self.assertGreaterEqual(p["tokens_lost"], 0)
+            self.assertLess(p["step"], eng["scheduler_steps"] + 1)
+
+        first = workers[0]
+        for w in workers:
+            with self.subTest(rank=w["rank"]):
+                steps = w["runner_steps"]
+                self.assertEqual(sum(w["steps_by_mode"].values()), steps)
+                self.assertEqual(len(w["tokens_by_step"]), steps)
+                self.assertEqual(len(w["runner_step_ms"]), steps)
+                self.assertGreater(len(w["captures"]), 0)
+                self.assertGreater(w["encoder_calls"], 0)
+                self.assertGreater(w["encoder_items"], 0)
+                # Real tokens: what the scheduler scheduled; routed tokens: the padded batch a graph runs on.
+                real = sum(t[0] for t in w["tokens_by_step"])
+                padded = sum(t[1] for t in w["tokens_by_step"])
+                self.assertEqual(w["real_tokens"], real)
+                self.assertEqual(w["routed_tokens"], padded)
+                self.assertEqual(real, eng["scheduled_tokens"])
+                self.assertGreaterEqual(padded, real)
+                for n, pad, mode in w["tokens_by_step"]:
+                    if mode == "NONE":
+                        self.assertEqual(pad, n)
+                k, layers = w["top_k"], w["moe_layers"]
+                self.assertEqual(len(w["expert_counts"]), layers)
+                # Each routed row picks top_k experts in every MoE layer, padding rows included.
+                for j in range(layers):
+                    self.assertEqual(sum(w["expert_counts"][j]), padded * k)
+                    self.assertEqual(sum(w["expert_counts_real"][j]), real * k)
+                self.assertEqual(sum(map(sum, w["expert_counts"])), padded * k * layers)
+                self.assertEqual(sum(map(sum, w["expert_counts_real"])), real * k * layers)
+                # Tensor parallel ranks route the same tokens.
+                self.assertEqual(w["expert_counts"], first["expert_counts"])
+                self.assertEqual(w["steps_by_mode"], first["steps_by_mode"])
+
+        # Children of the spawn tree saw spawn's argv when sitecustomize ran.
+        by_pid = {rec["pid"]: rec for rec in r.argv_records}
+        for p in engines + workers:
+            self.assertIn(p["pid"], by_pid, "no sitecustomize record for %s %s" % (p["role"], p["rank"]))
+            self.assertEqual(by_pid[p["pid"]]["argv"], SPAWN_ARGV)
+        self.assertEqual(by_pid[eng["pid"]]["ppid"], api["pid"])
+        for w in workers:
+            self.assertEqual(by_pid[w["pid"]]["ppid"], eng["pid"])
+        self.assertNotEqual(by_pid[api["pid"]]["argv"], SPAWN_ARGV)
+        self.assert_no_children_left(r)
+
+    def assert_no_children_left(self, r):
+        left = [rec for rec in r.argv_records if rec["argv"][-1:] == ["--multiprocessing-fork"]
+                and simrun.alive(rec["pid"])]
+        self.assertEqual(left, [], "processes outlived the run")
+
+    def test_serve_every_era(self):
+        for era in simrun.ERAS:
+            with self.subTest(era=era), simrun.tempdir() as tmp:
+                r = simrun.run(era, "serve", tmp)
+                self.check_run(r)
+                v2 = {w["v2_runner"] for w in r.processes("worker")}
+                self.assertEqual(v2, {era == "main_2026_08_20"})
+
+    def test_api_server_and_offline(self):
+        for entry in ("api_server", "offline"):
+            with self.subTest(entry=entry), simrun.tempdir() as tmp:
+                r = simrun.run("v0_16_0", entry, tmp)
+                self.check_run(r)
+
+    def test_one_worker_runs_inside_engine_core(self):
+        with simrun.tempdir() as tmp:
+            r = simrun.run("v0_10_2", "serve", tmp, PMSIM_TP=1)
+            self.assertEqual(r.rc, 0, r.output)
+            self.assertEqual([p["role"] for p in r.truth["processes"] if p["role"] == "worker"], [])
+            eng = r.processes("engine_core")[0]
+            self.assertEqual(eng["runner_steps"], eng["scheduler_steps"])
+            self.assertEqual(sum(map(sum, eng["expert_counts"])),
+                             eng["routed_tokens"] * eng["top_k"] * eng["moe_layers"])
+
+    def test_failures_end_the_tree_non_zero(self):
+        cases = [("raise:2:3", "worker 2 failed in execute_model"),
+                 ("exit:1:2", "VllmWorker-1 exited with code 3"),
+                 ("hang:3:1", "no reply to execute_model"),
+                 ("raise:-1:2", "EngineCore failed")]
+        for spec, message in cases:
+            with self.subTest(fail=spec), simrun.tempdir() as tmp:
+                r = simrun.run("v0_16_0", "serve", tmp, PMSIM_FAIL=spec, PMSIM_RPC_TIMEOUT_S=2)
+                self.assertNotEqual(r.rc, 0, r.output)
+                self.assertIn(message, r.output)
+                self.assert_no_children_left(r)
+                self.assertIsNotNone(r.truth, "ground truth is merged even when the run fails")
+
+
+if __name__ == "__main__":
+    unittest.main()
