@@ -640,8 +640,7 @@ def _run_engine_core(owner, a):
     kw = a["kwargs"]
     inq, outq = kw["input_queue"], kw["output_queue"]
     watch = procs.ParentWatch()
-    rec = truth.start("engine_core", 0, scheduler_steps=0, preemptions=[], evictions=0, alloc_failures=0,
-                      prefix_hit_tokens=0, kv_usage=[], scheduled_tokens=0, step_ms=[], finished=0)
+    rec = _start_record()
     ec = mod("vllm.v1.engine.core").EngineCore
     core = ec.__new__(ec)
     core._pm_watch, core._pm_outq = watch, outq
@@ -670,6 +669,33 @@ def _run_engine_core(owner, a):
     _stop_executor(core)
     truth.write()
     outq.put(("done", rec["finished"]))
+
+
+def _start_record():
+    return truth.start("engine_core", 0, scheduler_steps=0, preemptions=[], evictions=0, alloc_failures=0,
+                       prefix_hit_tokens=0, kv_usage=[], scheduled_tokens=0, step_ms=[], finished=0)
+
+
+def run_in_process(vllm_config, requests):
+    """EngineCore's loop in the calling process, for tests that hook it directly (PMSIM_TP=1 keeps the
+    runner here too). Returns this process's ground-truth record."""
+    rec = _start_record()
+    ec = mod("vllm.v1.engine.core").EngineCore
+    core = ec.__new__(ec)
+    try:
+        call_filtered(core.__init__, vllm_config=vllm_config, executor_class=None, log_stats=False)
+        for r in requests:
+            core.scheduler.add_request(r)
+        cfg = config.get()
+        while rec["finished"] < len(requests) and rec["scheduler_steps"] < cfg.max_steps:
+            before = rec["scheduler_steps"]
+            finished = core.step()
+            if rec["scheduler_steps"] == before and not finished:
+                raise RuntimeError("scheduler made no progress")
+            rec["finished"] += len(finished)
+    finally:
+        _stop_executor(core, 5.0)
+    return rec
 
 
 def _stop_executor(core, timeout=30.0):

@@ -80,6 +80,13 @@ def run_engine(model, requests=None):
     return results
 
 
+def run_in_process(model="sim/moe-tiny", requests=None):
+    """The whole engine in this process, no spawn (set PMSIM_TP=1): returns the ground-truth record."""
+    from pmsim import engine
+    reqs = requests if requests is not None else workload(config.get())
+    return engine.run_in_process(VllmConfig(model), reqs)
+
+
 def _expect(q, proc, cfg, *kinds):
     """The next message from EngineCore among kinds (heartbeats while paused restart the deadline)."""
     while True:

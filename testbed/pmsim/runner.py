@@ -123,6 +123,8 @@ class SimModel:
         layer = i - 1
 
         def piece(x):
+            # The routing table follows the layer that runs, wrapped in a graph piece or not (eager).
+            _current_layer["layer"] = layer
             if 0 <= layer < len(self.moe):
                 logits = router_logits(x)
                 moe_forward_layer(self.moe[layer], x, logits)
