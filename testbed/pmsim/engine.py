@@ -624,6 +624,11 @@ def _ec_step(self, a):
 def _pause(core, path):
     """Waits until path exists, telling the API server it is alive, and leaving if it goes away."""
     outq, watch = getattr(core, "_pm_outq", None), getattr(core, "_pm_watch", None)
+    # <path>.waiting tells a test that EngineCore is now paused, and at which step.
+    rec = truth.record()
+    with open(path + ".waiting.tmp", "w") as f:
+        f.write("%d %d\n" % (os.getpid(), rec["scheduler_steps"]))
+    os.replace(path + ".waiting.tmp", path + ".waiting")
     last = time.monotonic()
     while not os.path.exists(path):
         time.sleep(0.01)
@@ -652,7 +657,6 @@ def _run_engine_core(owner, a):
     except BaseException as e:
         import traceback
         tb = traceback.format_exc()
-        procs.warn("EngineCore failed: %s" % tb)
         if isinstance(e, procs.ParentGone):
             outq.cancel_join_thread()
         else:

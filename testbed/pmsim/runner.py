@@ -599,7 +599,10 @@ def _execute_model(self, a):
             if er is None:
                 er_cls = mod("vllm.v1.worker.gpu.mm.encoder_runner").EncoderRunner
                 er = self.encoder_runner = er_cls.__new__(er_cls)
-            er.execute_mm_encoder(so) if hasattr(er, "execute_mm_encoder") else None
+            items = [(rid, i) for rid in sorted(enc) for i in enc[rid]]
+            call_filtered(er.execute_mm_encoder, scheduler_output=so, model=self._pm_model,
+                          mm_hashes=["%s:%d" % it for it in items],
+                          mm_kwargs=[{"request_id": rid, "item": i} for rid, i in items])
         elif era() < (0, 8):
             self._execute_encoder(so)
         else:

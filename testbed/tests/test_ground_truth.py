@@ -127,5 +127,60 @@ class GroundTruthTest(unittest.TestCase):
                 self.assertIsNotNone(r.truth, "ground truth is merged even when the run fails")
 
 
+class KnobsTest(unittest.TestCase):
+    def test_slow_rank(self):
+        with simrun.tempdir() as tmp:
+            r = simrun.run("v0_10_2", "serve", tmp, PMSIM_SLOW_RANK=2, PMSIM_SLOW_MS=5)
+            self.assertEqual(r.rc, 0, r.output)
+            slow = [w for w in r.processes("worker") if w["rank"] == 2][0]
+            # The slow rank spins at least PMSIM_SLOW_MS per step, and EngineCore waits for it every step.
+            self.assertGreaterEqual(min(slow["runner_step_ms"]), 5.0)
+            self.assertGreaterEqual(min(r.processes("engine_core")[0]["step_ms"]), 5.0)
+
+    def test_v2_runner_on_v0_16(self):
+        with simrun.tempdir() as tmp:
+            r = simrun.run("v0_16_0", "serve", tmp, PMSIM_V2_RUNNER=1)
+            self.assertEqual(r.rc, 0, r.output)
+            for w in r.processes("worker"):
+                self.assertTrue(w["v2_runner"])
+                # v0.16's V2 runner captures full graphs only.
+                self.assertEqual(w["steps_by_mode"]["PIECEWISE"], 0)
+                self.assertGreater(w["steps_by_mode"]["FULL"], 0)
+                self.assertEqual({c["mode"] for c in w["captures"]}, {"FULL"})
+                self.assertGreater(w["encoder_calls"], 0)
+                self.assertEqual(sum(map(sum, w["expert_counts"])),
+                                 w["routed_tokens"] * w["top_k"] * w["moe_layers"])
+
+    def test_pause_file_holds_engine_after_first_preemption(self):
+        import threading
+        with simrun.tempdir() as tmp:
+            pause = os.path.join(tmp, "go")
+            result = {}
+            t = threading.Thread(target=lambda: result.update(run=simrun.run(
+                "v0_16_0", "serve", tmp, PMSIM_PAUSE_FILE=pause)))
+            t.start()
+            try:
+                # Poll for the marker EngineCore writes once it is paused.
+                marker = pause + ".waiting"
+                while not os.path.exists(marker) and t.is_alive():
+                    t.join(0.05)
+                self.assertTrue(os.path.exists(marker), "EngineCore never paused")
+                self.assertTrue(t.is_alive(), "the run ended while EngineCore should wait")
+                self.assertFalse(os.path.exists(os.path.join(tmp, "truth.json")))
+                with open(marker) as f:
+                    _, paused_at = map(int, f.read().split())
+            finally:
+                open(pause, "w").close()
+                t.join()
+            r = result["run"]
+            self.assertEqual(r.rc, 0, r.output)
+            eng = r.processes("engine_core")[0]
+            first = eng["preemptions"][0]
+            # The pause came in the step that made the first preemption, before any later step.
+            # EngineCore paused in the step that made the first preemption (counted once it scheduled).
+            self.assertEqual(paused_at, first["step"] + 1)
+            self.assertEqual(eng["finished"], r.processes("api_server")[0]["requests"])
+
+
 if __name__ == "__main__":
     unittest.main()
