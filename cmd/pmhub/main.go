@@ -19,6 +19,7 @@ func main() {
 		Usage: "merge ProfileMate events from every host into cluster-wide sessions",
 		Commands: []*cli.Command{
 			serveCommand(),
+			demoCommand(),
 		},
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)

@@ -1,0 +1,203 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/profilemate/profilemate/hub"
+	"github.com/profilemate/profilemate/testbed"
+)
+
+// demoEra is the vLLM-shaped tree the demo drives: the newest era, V2 model runner by default.
+const demoEra = "main_2026_08_20"
+
+func demoCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "demo",
+		Usage: "run the whole pipeline on this machine: embedded hub, two agents, a simulated vLLM with 4 workers each",
+		Description: "Needs no GPU and no vLLM: the simulated engine and its vLLM-shaped module tree ship inside the binary.\n" +
+			"Each agent runs `vllm serve` of the simulator under the shim, on its own --host name; the hub merges both\n" +
+			"into one session and the demo prints its summary and where its files are.",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "data", EnvVars: []string{"PROFILEMATE_DEMO_DATA"}, Usage: "hub data folder (default: a new temporary folder, kept after the demo)"},
+			&cli.IntFlag{Name: "workers", Value: 4, EnvVars: []string{"PROFILEMATE_DEMO_WORKERS"}, Usage: "simulated tensor-parallel workers per host"},
+			&cli.StringFlag{Name: "python", EnvVars: []string{"PROFILEMATE_DEMO_PYTHON"}, Usage: "Python 3.9+ interpreter for the simulated vLLM (default: python3 on PATH)"},
+			&cli.StringFlag{Name: "pmagent", EnvVars: []string{"PROFILEMATE_PMAGENT"}, Usage: "pmagent binary (default: beside pmhub, then PATH)"},
+			&cli.DurationFlag{Name: "timeout", Value: 3 * time.Minute, Usage: "give up after this long"},
+		},
+		Action: demo,
+	}
+}
+
+func demo(c *cli.Context) error {
+	ctx, cancel := context.WithTimeout(c.Context, c.Duration("timeout"))
+	defer cancel()
+	out := c.App.Writer
+
+	agentBin, err := findPMAgent(c.String("pmagent"))
+	if err != nil {
+		return cli.Exit(err.Error(), 2)
+	}
+	python := c.String("python")
+	if python == "" {
+		if python, err = exec.LookPath("python3"); err != nil {
+			return cli.Exit("pmhub demo: no python3 on PATH (the simulated vLLM needs Python 3.9+); pass --python", 2)
+		}
+	}
+	data := c.String("data")
+	if data == "" {
+		if data, err = os.MkdirTemp("", "profilemate-demo-"); err != nil {
+			return err
+		}
+	}
+	tree := filepath.Join(data, "simulated-vllm")
+	if err := testbed.Unpack(tree); err != nil {
+		return fmt.Errorf("pmhub demo: unpack the simulated vLLM: %w", err)
+	}
+
+	// A short session end so the demo finishes as soon as both hosts are done.
+	h, err := hub.New(hub.Config{DataDir: filepath.Join(data, "hub"), Listen: "127.0.0.1:-1", SessionIdle: 30 * time.Second})
+	if err != nil {
+		return cli.Exit(err.Error(), 2)
+	}
+	if err := h.Start(ctx); err != nil {
+		return fmt.Errorf("pmhub demo: start hub: %w", err)
+	}
+	defer h.Close()
+	runDone := make(chan error, 1)
+	go func() { runDone <- h.Run(ctx) }()
+	fmt.Fprintf(out, "hub: embedded NATS at %s, data in %s\n", h.ClientURL(), filepath.Join(data, "hub"))
+
+	session := time.Now().UTC().Format("20060102_150405") + "_demo00"
+	hosts := []string{"hostA", "hostB"}
+	var wg sync.WaitGroup
+	errs := make([]error, len(hosts))
+	for i, host := range hosts {
+		wg.Add(1)
+		go func(i int, host string) {
+			defer wg.Done()
+			errs[i] = runDemoAgent(ctx, agentBin, python, tree, h.ClientURL(), host, session, c.Int("workers"), filepath.Join(data, host+".log"))
+		}(i, host)
+	}
+	fmt.Fprintf(out, "agents: %s running `vllm serve demo-model` (simulated, %d workers each), session %s\n",
+		strings.Join(hosts, ", "), c.Int("workers"), session)
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return cli.Exit(fmt.Sprintf("pmhub demo: %v (agent logs in %s)", err, data), 1)
+	}
+
+	info, err := waitSessionEnded(ctx, h, session, runDone)
+	if err != nil {
+		return cli.Exit(fmt.Sprintf("pmhub demo: %v", err), 1)
+	}
+	fmt.Fprintln(out)
+	if err := printSessionSummary(out, info.Dir); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "\nsession files: %s\n", info.Dir)
+	fmt.Fprintf(out, "look again with: pmhub show --data %s %s\n", filepath.Join(data, "hub"), session)
+	return nil
+}
+
+// findPMAgent looks for pmagent next to this executable (make build puts both in bin/), then on PATH.
+func findPMAgent(flag string) (string, error) {
+	if flag != "" {
+		return flag, nil
+	}
+	if self, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(self), "pmagent")
+		if st, err := os.Stat(p); err == nil && !st.IsDir() {
+			return p, nil
+		}
+	}
+	if p, err := exec.LookPath("pmagent"); err == nil {
+		return p, nil
+	}
+	return "", errors.New("pmhub demo: pmagent not found beside pmhub or on PATH; run `make build` and use bin/pmhub")
+}
+
+func runDemoAgent(ctx context.Context, agentBin, python, tree, natsURL, host, session string, workers int, logPath string) error {
+	log, err := os.Create(logPath)
+	if err != nil {
+		return err
+	}
+	defer log.Close()
+	cmd := exec.CommandContext(ctx, agentBin, "run", "--nats", natsURL, "--host", host, "--session", session,
+		"--spool-dir", filepath.Join(filepath.Dir(logPath), host+"-spool"),
+		"--", python, filepath.Join(tree, "bin", "vllm"), "serve", "demo-model")
+	cmd.Env = append(os.Environ(),
+		"PYTHONPATH="+filepath.Join(tree, "eras", demoEra)+string(os.PathListSeparator)+tree,
+		fmt.Sprintf("PMSIM_TP=%d", workers),
+		"PMSIM_STEP_WORK_MS=2",
+		"PMSIM_GROUND_TRUTH="+filepath.Join(filepath.Dir(logPath), host+"-ground-truth.json"),
+	)
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("%s: %w", host, err)
+	}
+	return nil
+}
+
+// waitSessionEnded polls the hub until the session's processes all ended (every agent closed it).
+func waitSessionEnded(ctx context.Context, h *hub.Server, session string, runDone <-chan error) (hub.SessionInfo, error) {
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		for _, s := range h.Sessions() {
+			if s.Session == session && s.Status != hub.StatusActive {
+				return s, nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return hub.SessionInfo{}, fmt.Errorf("session %s did not end in time", session)
+		case err := <-runDone:
+			return hub.SessionInfo{}, fmt.Errorf("hub stopped: %v", err)
+		case <-tick.C:
+		}
+	}
+}
+
+// printSessionSummary is the demo's closing report; `pmhub show` prints the fuller one.
+func printSessionSummary(w io.Writer, dir string) error {
+	m, err := hub.ReadMetadata(dir)
+	if err != nil {
+		return fmt.Errorf("read session metadata: %w", err)
+	}
+	fmt.Fprintf(w, "session %s: %s (%s)\n", m.Session, m.Status, m.EndReason)
+	byHost := map[string][]string{}
+	for _, p := range m.Processes {
+		byHost[p.Host] = append(byHost[p.Host], p.Proc)
+	}
+	for host, procs := range byHost {
+		fmt.Fprintf(w, "  host %-6s processes: %s\n", host, strings.Join(procs, " "))
+	}
+	fmt.Fprintln(w, "  rows per table:")
+	for _, t := range sortedKeys(m.Rows) {
+		fmt.Fprintf(w, "    %-24s %d\n", t, m.Rows[t])
+	}
+	if m.Duplicates > 0 || m.DroppedByCap > 0 {
+		fmt.Fprintf(w, "  duplicates written once: %d, dropped by size cap: %d\n", m.Duplicates, m.DroppedByCap)
+	}
+	return nil
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
