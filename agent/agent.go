@@ -431,6 +431,11 @@ func (a *Agent) batch(c *conn, b *Batch) error {
 	}
 	if b.Ident != nil && *b.Ident != p.ident {
 		p.ident = *b.Ident
+		// vLLM sets a worker's ranks in Worker.__init__, after the shim's hello: a process still
+		// named by its pid takes its rank token (w<rank>, eng<dp>) as soon as it is known.
+		if p.token == "p"+strconv.Itoa(p.pid) {
+			p.token = a.uniqueToken(p)
+		}
 	}
 	// Leave out what this process already sent (it resends its buffer after a reconnect).
 	seen, maxSeq := p.seen, p.maxSeq
