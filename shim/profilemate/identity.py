@@ -18,8 +18,15 @@ class Identity:
         self.version = 0  # bumped on every change, so sinks resend ident
 
     def as_dict(self):
-        return {"role": self.role or self.guess_role(), "dp": self.dp, "pp": self.pp,
-                "tp": self.tp, "ep": self.ep, "rank": self.rank}
+        role = self.role or self.guess_role()
+        d = {"role": role, "dp": self.dp, "pp": self.pp, "tp": self.tp, "ep": self.ep, "rank": self.rank}
+        # vLLM numbers API servers and engines from 0 and names only the later ones (APIServer_1,
+        # EngineCore_DP1): a lone one is index 0, so its process token is api0 / eng0.
+        if role == "api_server" and self.rank < 0:
+            d["rank"] = 0
+        elif role == "engine_core" and self.dp < 0:
+            d["dp"] = self.folder_rank()
+        return d
 
     def set_role(self, role, force=False):
         """engine_core wins over worker (UniProcExecutor runs the worker inside EngineCore)."""
