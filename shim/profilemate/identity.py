@@ -60,7 +60,8 @@ class Identity:
     def folder_rank(self):
         role = self.role or self.guess_role()
         if role == "worker":
-            return self.rank
+            # Before Worker.__init__ reports the rank, vLLM's process name (VllmWorker-<rank>) has it.
+            return self.rank if self.rank >= 0 else _rank_from_name()
         if role == "engine_core":
             dp = self.dp if self.dp >= 0 else _dp_from_name()
             return dp if dp >= 0 else 0
@@ -119,3 +120,13 @@ def _title():
 
 
 IDENT = Identity()
+
+
+def _rank_from_name():
+    name = _mp_name()
+    if name.startswith("VllmWorker-"):
+        try:
+            return int(name[len("VllmWorker-"):])
+        except ValueError:
+            pass
+    return -1
