@@ -1,32 +1,129 @@
-"""Scheduler (EngineCore process): the real scheduler step counter, schedule() CPU time and
-batch utilisation.
+"""Scheduler (EngineCore process): the real scheduler step counter, schedule() and
+update_from_output() CPU time, batch utilisation, preemptions, and the per-step KV cache rows
+built from the counters the KV hooks keep (kv_cache_manager.STEP).
 
 Paths: `vllm.v1.core.sched.scheduler` (v0.8.2+, AsyncScheduler inherits schedule) and
 `vllm.v1.core.scheduler` (v0.6.6-v0.8.1, e.g. v0.7.3).
+
+Steps: a schedule() that schedules tokens is a step (numbered from 1). Rows made inside
+schedule() (preemptions) carry the number of the step being scheduled.
+
+Preemptions: where `_preempt_request` exists (2025-12-01+) it is wrapped and records each victim
+as it happens; elsewhere schedule() snapshots the running queue and reports the requests that
+end it PREEMPTED. `SchedulerOutput.preempted_req_ids` is never read, so a victim it also lists
+is not counted twice.
 """
 import time
 
 from profilemate.targets import Hook, Path, Target
+from profilemate.targets import kv_cache_manager as kvm_target
 
 _pc = time.perf_counter_ns
+_STEP = kvm_target.STEP
+# Set while a _preempt_request wrapper is installed: victims are then recorded there.
+_PREEMPT_HOOKED = [False]
+# Prefill/decode split computed by _update_after_schedule before vLLM advances the computed tokens.
+_SPLIT = [None]
+# Preemptions seen per request id, for eras whose requests have no num_preemptions.
+_COUNTS = {}
+
+
+def _name(status):
+    return getattr(status, "name", status)
+
+
+def _upcoming(rt):
+    s = rt.RECORDER.step
+    return (s if s > 0 else 0) + 1
+
+
+def _kv_usage(sched):
+    try:
+        u = sched.kv_cache_manager.usage
+        return float(u() if callable(u) else u)
+    except Exception:
+        return -1.0
+
+
+def _record_victim(rt, sched, req, lost, source):
+    rid = getattr(req, "request_id", "")
+    n = getattr(req, "num_preemptions", None)
+    own = _COUNTS.get(rid, 0) + 1
+    _COUNTS[rid] = own
+    if not isinstance(n, int) or n <= 0:
+        n = own
+    rt.record("preemption", "preemption_events", {
+        "request_id": rid, "tokens_lost": lost, "preemption_count": n, "kv_usage": _kv_usage(sched),
+        "waiting": len(getattr(sched, "waiting", ()) or ()), "running": len(getattr(sched, "running", ()) or ()),
+        "source": source}, step=_upcoming(rt))
+
+
+def _split(sched, out, advanced):
+    """(prefill, decode) scheduled tokens; advanced: num_computed_tokens already includes this step."""
+    prefill = decode = 0
+    reqs = getattr(sched, "requests", None) or {}
+    for rid, n in (getattr(out, "num_scheduled_tokens", None) or {}).items():
+        req = reqs.get(rid)
+        if req is None:
+            continue
+        before = req.num_computed_tokens - (n if advanced else 0)
+        if before < req.num_prompt_tokens:
+            prefill += n
+        else:
+            decode += n
+    return prefill, decode
+
+
+def _kv_rows(rt, sched):
+    kvm = getattr(sched, "kv_cache_manager", None)
+    total = kvm_target.total_blocks_of(kvm) if kvm is not None else None
+    free = kvm_target.free_blocks_of(kvm) if kvm is not None else None
+    s = _STEP
+    rt.record("kv_cache", "kv_cache_usage", {
+        "usage": _kv_usage(sched), "free_blocks": -1 if free is None else free,
+        "total_blocks": -1 if total is None else total,
+        "blocks_allocated": s[kvm_target.ALLOC], "blocks_freed": s[kvm_target.FREED],
+        "alloc_failures": s[kvm_target.FAIL], "prefix_hit_tokens": s[kvm_target.HIT],
+        "prefix_query_tokens": s[kvm_target.QUERY]})
+    if s[kvm_target.EVICTED]:
+        rt.record("kv_cache", "kv_cache_evictions", {
+            "evictions": s[kvm_target.EVICT_OPS], "blocks_evicted": s[kvm_target.EVICTED]})
+    for i in range(len(s)):
+        s[i] = 0
 
 
 def _schedule(original, rt):
     record = rt.record
+    enabled = rt.enabled
 
     def schedule(self, *args, **kwargs):
+        snap = None
+        if not _PREEMPT_HOOKED[0] and enabled("preemption"):
+            try:
+                snap = [(r, r.num_computed_tokens) for r in self.running]
+            except Exception:
+                snap = None
+        _SPLIT[0] = None
         t0 = _pc()
         out = original(self, *args, **kwargs)
         t1 = _pc()
         try:
+            if snap:
+                for r, lost in snap:
+                    if _name(getattr(r, "status", None)) == "PREEMPTED":
+                        _record_victim(rt, self, r, lost, "scheduler: running-queue diff")
             tokens = getattr(out, "total_num_scheduled_tokens", 0) or 0
             if tokens > 0:  # a step that runs the model; empty schedules are not steps
                 rt.next_step("scheduler")
-            record("cpu_timing", "cpu_operations_timing", {"operation": "schedule", "cpu_ms": (t1 - t0) / 1e6})
-            if tokens > 0 and rt.enabled("batch_util"):
+                if enabled("kv_cache"):
+                    _kv_rows(rt, self)
+            if enabled("cpu_timing"):
+                record("cpu_timing", "cpu_operations_timing", {"operation": "schedule", "cpu_ms": (t1 - t0) / 1e6})
+            if tokens > 0 and enabled("batch_util"):
                 budget = getattr(self, "max_num_scheduled_tokens", 0) or 0
                 reqs = len(getattr(out, "num_scheduled_tokens", ()) or ())
                 max_reqs = getattr(self, "max_num_running_reqs", 0) or 0
+                split = _SPLIT[0] or _split(self, out, False)
                 record("batch_util", "batch_utilization", {
                     "scheduled_tokens": tokens, "token_budget": budget,
                     "token_util": tokens / budget if budget else 0.0,
@@ -34,11 +131,40 @@ def _schedule(original, rt):
                     "req_util": reqs / max_reqs if max_reqs else 0.0,
                     "waiting": len(getattr(self, "waiting", ()) or ()),
                     "running": len(getattr(self, "running", ()) or ()),
+                    "prefill_tokens": split[0], "decode_tokens": split[1],
                 })
         except Exception:
             pass
         return out
     return schedule
+
+
+def _after_schedule(original, rt):
+    """Runs inside schedule() before vLLM advances num_computed_tokens: the split is taken here."""
+    def _update_after_schedule(self, scheduler_output, *args, **kwargs):
+        try:
+            _SPLIT[0] = _split(self, scheduler_output, False)
+        except Exception:
+            _SPLIT[0] = None
+        return original(self, scheduler_output, *args, **kwargs)
+    return _update_after_schedule
+
+
+def _preempt(original, rt):
+    _PREEMPT_HOOKED[0] = True
+
+    def _preempt_request(self, request, *args, **kwargs):
+        try:
+            lost = request.num_computed_tokens  # zeroed by the call
+        except Exception:
+            lost = -1
+        out = original(self, request, *args, **kwargs)
+        try:
+            _record_victim(rt, self, request, lost, "scheduler: _preempt_request")
+        except Exception:
+            pass
+        return out
+    return _preempt_request
 
 
 def _timed(operation):
@@ -56,14 +182,19 @@ def _timed(operation):
 
 def _hooks():
     return [
+        # Always on: it counts the steps, and emits the per-step rows of every EngineCore kind.
         Hook("Scheduler", "schedule", _schedule),
+        Hook("Scheduler", "_preempt_request", _preempt, required=("request",), kinds=("preemption",),
+             optional=True),
+        Hook("Scheduler", "_update_after_schedule", _after_schedule, required=("scheduler_output",),
+             kinds=("batch_util",), optional=True),
         Hook("Scheduler", "update_from_output", _timed("update_from_output"),
              required=("scheduler_output", "model_runner_output"), kinds=("cpu_timing",)),
     ]
 
 
 TARGET = Target(
-    name="scheduler", component="Scheduler", kinds=("batch_util", "preemption", "cpu_timing"),
+    name="scheduler", component="Scheduler", kinds=("batch_util", "preemption", "cpu_timing", "kv_cache"),
     paths=[
         Path("vllm.v1.core.sched.scheduler", eras="v0.8.2+", hooks=_hooks()),
         Path("vllm.v1.core.scheduler", eras="v0.6.6-v0.8.1", hooks=_hooks()),

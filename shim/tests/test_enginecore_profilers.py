@@ -1,0 +1,169 @@
+"""EngineCore profilers against the simulator's ground truth, per era of the test tree.
+
+The simulator (PMSIM_TP=1: one spawned EngineCore with the runner inside) runs under the real
+shim with the folder sink. Its own bookkeeping (PMSIM_GROUND_TRUTH, counted inside the simulated
+scheduler and block pool, never by wrapping) must equal the shim's tables: one kv_cache_usage and
+one batch_utilization row per scheduler step with the step's KV usage, allocation failures,
+prefix-hit tokens and scheduled tokens; evicted blocks; every preemption with its step, victim and
+tokens lost. compare() is also fed the same rows with one event dropped and must then report a
+difference.
+"""
+import collections
+import glob
+import os
+import shutil
+import subprocess
+import tempfile
+import unittest
+
+from tests import helpers as h
+
+ERAS = ("v0_7_3", "v0_10_2", "v0_16_0", "main_2026_08_20")
+TABLES = ("kv_cache_usage", "kv_cache_evictions", "batch_utilization", "preemption_events", "cpu_operations_timing")
+
+
+def run_sim(testcase, era, extra=None):
+    out = tempfile.mkdtemp(prefix="pm-engine-")
+    testcase.addCleanup(shutil.rmtree, out, True)
+    gt = os.path.join(out, "truth.json")
+    env = {"PMSIM_TP": "1", "PMSIM_STEP_WORK_MS": "0", "PMSIM_GROUND_TRUTH": gt}
+    env.update(extra or {})
+    try:
+        r = h.run([os.path.join(h.TESTBED, "bin", "vllm"), "serve", "sim/m"],
+                  [os.path.join(h.TESTBED, "eras", era), h.TESTBED], env=env, out_dir=os.path.join(out, "pm"),
+                  timeout=120)
+    except subprocess.TimeoutExpired:
+        testcase.fail("era %s: the simulator did not finish within 120 s" % era)
+    testcase.assertEqual(r.returncode, 0, r.stderr[-3000:])
+    truth = h.read_json(gt)
+    proc = [p for p in truth["processes"] if "scheduler_steps" in p]
+    testcase.assertEqual(len(proc), 1, truth["processes"])
+    folders = glob.glob(os.path.join(out, "pm", "session_*", "engine_core-*"))
+    testcase.assertEqual(len(folders), 1, folders)
+    tables = {}
+    for name in TABLES:
+        path = os.path.join(folders[0], name + ".csv")
+        tables[name] = h.csv_rows(path) if os.path.exists(path) else []
+    meta = h.read_json(os.path.join(folders[0], "metadata.json"))
+    return proc[0], tables, meta
+
+
+def compare(truth, tables):
+    """Differences between ground truth and the shim's rows, as a list of strings (empty: equal)."""
+    diffs = []
+    steps = truth["scheduler_steps"]
+    usage = tables["kv_cache_usage"]
+    got = [int(r["step"]) for r in usage]
+    if got != list(range(1, steps + 1)):
+        diffs.append("kv_cache_usage steps %s, want 1..%d" % (got, steps))
+    got = [round(float(r["usage"]), 6) for r in usage]
+    if got != truth["kv_usage"]:
+        diffs.append("usage per step %s != %s" % (got, truth["kv_usage"]))
+    for col, key in (("alloc_failures", "alloc_failures"), ("prefix_hit_tokens", "prefix_hit_tokens")):
+        got = sum(int(r[col]) for r in usage)
+        if got != truth[key]:
+            diffs.append("%s %d != %d" % (col, got, truth[key]))
+    for r in usage:
+        if int(r["free_blocks"]) + round(float(r["usage"]) * int(r["total_blocks"])) != int(r["total_blocks"]):
+            diffs.append("step %s: free blocks %s disagree with usage %s" % (r["step"], r["free_blocks"], r["usage"]))
+            break
+    ev = tables["kv_cache_evictions"]
+    got = sum(int(r["blocks_evicted"]) for r in ev)
+    if got != truth["evictions"]:
+        diffs.append("blocks evicted %d != %d" % (got, truth["evictions"]))
+    if any(not 0 < int(r["evictions"]) <= int(r["blocks_evicted"]) for r in ev):
+        diffs.append("eviction operations out of range: %s" % [(r["evictions"], r["blocks_evicted"]) for r in ev])
+    batch = tables["batch_utilization"]
+    got = [int(r["step"]) for r in batch]
+    if got != list(range(1, steps + 1)):
+        diffs.append("batch_utilization steps %s, want 1..%d" % (got, steps))
+    got = sum(int(r["scheduled_tokens"]) for r in batch)
+    if got != truth["scheduled_tokens"]:
+        diffs.append("scheduled tokens %d != %d" % (got, truth["scheduled_tokens"]))
+    if any(int(r["prefill_tokens"]) + int(r["decode_tokens"]) != int(r["scheduled_tokens"]) for r in batch):
+        diffs.append("prefill + decode != scheduled tokens")
+    pre = tables["preemption_events"]
+    # The simulator numbers steps from 0 (the step being scheduled), the shim from 1.
+    got = [(int(r["step"]) - 1, r["request_id"], int(r["tokens_lost"])) for r in pre]
+    want = [(p["step"], p["request"], p["tokens_lost"]) for p in truth["preemptions"]]
+    if got != want:
+        diffs.append("preemptions %s != %s" % (got, want))
+    seen = collections.Counter()
+    for r in pre:
+        seen[r["request_id"]] += 1
+        if int(r["preemption_count"]) != seen[r["request_id"]]:
+            diffs.append("preemption count of %s: %s, want %d" % (r["request_id"], r["preemption_count"],
+                                                                  seen[r["request_id"]]))
+    cpu = collections.Counter(r["operation"] for r in tables["cpu_operations_timing"])
+    if cpu["update_from_output"] != steps or cpu["schedule"] < steps:
+        diffs.append("cpu timing rows %s for %d steps" % (dict(cpu), steps))
+    return diffs
+
+
+def drop_one(tables, name, pick=lambda r: True):
+    out = dict(tables)
+    rows = list(tables[name])
+    idx = [i for i, r in enumerate(rows) if pick(r)]
+    del rows[idx[len(idx) // 2]]
+    out[name] = rows
+    return out
+
+
+@unittest.skipUnless(os.path.isdir(os.path.join(h.TESTBED, "pmsim")), "testbed not present")
+class EngineCoreProfilers(unittest.TestCase):
+    def check(self, era, extra=None):
+        truth, tables, meta = run_sim(self, era, extra)
+        # The workload must exercise every path, or equality would prove little.
+        for key in ("alloc_failures", "evictions", "prefix_hit_tokens", "preemptions"):
+            self.assertTrue(truth[key], "%s: the workload has no %s" % (era, key))
+        self.assertEqual(compare(truth, tables), [], era)
+        status = {t["target"]: t["status"] for t in meta["targets"]}
+        self.assertEqual(status["scheduler"], "patched")
+        self.assertEqual(status["kv_cache_manager"], "patched")
+        self.assertEqual(status["block_pool"], "not_loaded" if era == "v0_7_3" else "patched")
+        # One event fewer, of each kind that has ground truth, must be noticed.
+        for name, pick in (("preemption_events", lambda r: True),
+                           ("kv_cache_evictions", lambda r: True),
+                           ("kv_cache_usage", lambda r: int(r["alloc_failures"]) > 0),
+                           ("kv_cache_usage", lambda r: int(r["prefix_hit_tokens"]) > 0),
+                           ("batch_utilization", lambda r: True)):
+            self.assertNotEqual(compare(truth, drop_one(tables, name, pick)), [], "%s: dropped %s row" % (era, name))
+        return truth, tables
+
+    def test_v0_7_3(self):
+        _, tables = self.check("v0_7_3")
+        self.assertEqual({r["source"] for r in tables["preemption_events"]}, {"scheduler: running-queue diff"})
+
+    def test_v0_10_2(self):
+        self.check("v0_10_2")
+
+    def test_v0_16_0(self):
+        _, tables = self.check("v0_16_0")
+        # This era lists victims in preempted_req_ids too: they are counted once, where they happen.
+        self.assertEqual({r["source"] for r in tables["preemption_events"]}, {"scheduler: _preempt_request"})
+
+    def test_main_2026_08_20(self):
+        self.check("main_2026_08_20")
+
+    def test_repeated_preemptions(self):
+        # A small cache preempts some requests more than once: counts per victim must follow.
+        for era in ("v0_7_3", "main_2026_08_20"):
+            truth, tables = self.check(era, {"PMSIM_NUM_BLOCKS": "24", "PMSIM_REQUESTS": "16"})
+            counts = collections.Counter(p["request"] for p in truth["preemptions"])
+            self.assertGreater(max(counts.values()), 1, "%s: no request preempted twice" % era)
+            self.assertEqual(max(int(r["preemption_count"]) for r in tables["preemption_events"]),
+                             max(counts.values()))
+
+    def test_profilers_off(self):
+        off = "all,-kv_cache,-preemption,-cpu_timing"
+        truth, tables, meta = run_sim(self, "v0_16_0", {"PROFILEMATE_PROFILERS": off})
+        status = {t["target"]: t["status"] for t in meta["targets"]}
+        self.assertEqual(status["kv_cache_manager"], "disabled")
+        self.assertEqual(status["block_pool"], "disabled")
+        for name in ("kv_cache_usage", "kv_cache_evictions", "preemption_events", "cpu_operations_timing"):
+            self.assertEqual(tables[name], [], name)
+        self.assertEqual(len(tables["batch_utilization"]), truth["scheduler_steps"])
+
+
+if __name__ == "__main__":
+    unittest.main()
