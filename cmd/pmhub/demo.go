@@ -169,27 +169,13 @@ func waitSessionEnded(ctx context.Context, h *hub.Server, session string, runDon
 	}
 }
 
-// printSessionSummary is the demo's closing report; `pmhub show` prints the fuller one.
+// printSessionSummary prints what `pmhub show` prints for the session.
 func printSessionSummary(w io.Writer, dir string) error {
-	m, err := hub.ReadMetadata(dir)
+	sum, err := summarize(dir)
 	if err != nil {
-		return fmt.Errorf("read session metadata: %w", err)
+		return fmt.Errorf("summarise session: %w", err)
 	}
-	fmt.Fprintf(w, "session %s: %s (%s)\n", m.Session, m.Status, m.EndReason)
-	byHost := map[string][]string{}
-	for _, p := range m.Processes {
-		byHost[p.Host] = append(byHost[p.Host], p.Proc)
-	}
-	for host, procs := range byHost {
-		fmt.Fprintf(w, "  host %-6s processes: %s\n", host, strings.Join(procs, " "))
-	}
-	fmt.Fprintln(w, "  rows per table:")
-	for _, t := range sortedKeys(m.Rows) {
-		fmt.Fprintf(w, "    %-24s %d\n", t, m.Rows[t])
-	}
-	if m.Duplicates > 0 || m.DroppedByCap > 0 {
-		fmt.Fprintf(w, "  duplicates written once: %d, dropped by size cap: %d\n", m.Duplicates, m.DroppedByCap)
-	}
+	sum.print(w)
 	return nil
 }
 

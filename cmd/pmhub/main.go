@@ -20,6 +20,9 @@ func main() {
 		Commands: []*cli.Command{
 			serveCommand(),
 			demoCommand(),
+			tailCommand(),
+			sessionsCommand(),
+			showCommand(),
 		},
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)

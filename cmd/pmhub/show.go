@@ -1,0 +1,287 @@
+package main
+
+import (
+	"encoding/csv"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/profilemate/profilemate/hub"
+)
+
+func dataFlag() cli.Flag {
+	return &cli.StringFlag{Name: "data", Value: "profilemate-data", EnvVars: []string{"PROFILEMATE_DATA"}, Usage: "the hub's data folder"}
+}
+
+func sessionsCommand() *cli.Command {
+	return &cli.Command{
+		Name:   "sessions",
+		Usage:  "list the sessions in the hub's data folder",
+		Flags:  []cli.Flag{dataFlag(), &cli.BoolFlag{Name: "json"}},
+		Action: listSessions,
+	}
+}
+
+func showCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "show",
+		Usage:     "summarise one session: hosts, ranks, steps, graph modes, KV peak, preemptions, experts, step times",
+		ArgsUsage: "SESSION",
+		Flags:     []cli.Flag{dataFlag(), &cli.BoolFlag{Name: "json"}},
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return cli.Exit("pmhub show: give one SESSION id (see pmhub sessions)", 2)
+			}
+			sum, err := summarize(hub.SessionDir(filepath.Join(c.String("data")), c.Args().First()))
+			if err != nil {
+				return cli.Exit("pmhub show: "+err.Error(), 1)
+			}
+			if c.Bool("json") {
+				return json.NewEncoder(c.App.Writer).Encode(sum)
+			}
+			sum.print(c.App.Writer)
+			return nil
+		},
+	}
+}
+
+func listSessions(c *cli.Context) error {
+	root := filepath.Dir(hub.SessionDir(c.String("data"), "x"))
+	entries, err := os.ReadDir(root)
+	if err != nil {
+		return cli.Exit(fmt.Sprintf("pmhub sessions: %v", err), 1)
+	}
+	var metas []*hub.Metadata
+	for _, e := range entries {
+		if m, err := hub.ReadMetadata(filepath.Join(root, e.Name())); err == nil {
+			metas = append(metas, m)
+		}
+	}
+	sort.Slice(metas, func(i, j int) bool { return metas[i].StartNS < metas[j].StartNS })
+	if c.Bool("json") {
+		return json.NewEncoder(c.App.Writer).Encode(metas)
+	}
+	tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SESSION\tSTATUS\tHOSTS\tPROCESSES\tROWS")
+	for _, m := range metas {
+		var rows int64
+		for _, n := range m.Rows {
+			rows += n
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\n", m.Session, m.Status, strings.Join(sortedKeys(m.Hosts), ","), len(m.Processes), rows)
+	}
+	return tw.Flush()
+}
+
+// Summary is what `pmhub show` prints, computed from the session's CSV files and metadata.json.
+type Summary struct {
+	Session     string              `json:"session"`
+	Status      string              `json:"status"`
+	EndReason   string              `json:"end_reason,omitempty"`
+	Hosts       map[string][]string `json:"hosts"` // host -> process tokens
+	Steps       map[string]int      `json:"steps"` // host/proc -> steps recorded in forward_pass_timing (workers) or batch_utilization (engines)
+	GraphModes  map[string]float64  `json:"graph_mode_shares"`
+	KVPeak      float64             `json:"kv_usage_peak"`
+	Preemptions int                 `json:"preemptions"`
+	TopExperts  []ExpertLoad        `json:"top_experts"`
+	StepTimes   []RankStepTime      `json:"step_times"`
+	// StepSkew is the slowest rank's median CPU step time over the fastest's (1 = balanced).
+	StepSkew float64          `json:"step_time_skew"`
+	Rows     map[string]int64 `json:"rows"`
+	Dir      string           `json:"dir"`
+}
+
+// ExpertLoad is one expert's selections summed over layers and ranks.
+type ExpertLoad struct {
+	Expert int64   `json:"expert"`
+	Count  int64   `json:"count"`
+	Share  float64 `json:"share"`
+}
+
+// RankStepTime is one worker's median CPU step time.
+type RankStepTime struct {
+	Host        string  `json:"host"`
+	Proc        string  `json:"proc"`
+	Steps       int     `json:"steps"`
+	MedianCPUMs float64 `json:"median_cpu_ms"`
+}
+
+func summarize(dir string) (*Summary, error) {
+	m, err := hub.ReadMetadata(dir)
+	if err != nil {
+		return nil, err
+	}
+	s := &Summary{Session: m.Session, Status: m.Status, EndReason: m.EndReason, Hosts: map[string][]string{},
+		Steps: map[string]int{}, GraphModes: map[string]float64{}, Rows: m.Rows, Dir: dir}
+	procOf := map[string]string{} // host/pid -> token
+	for _, p := range m.Processes {
+		s.Hosts[p.Host] = append(s.Hosts[p.Host], p.Proc)
+		procOf[p.Host+"/"+strconv.FormatInt(p.PID, 10)] = p.Proc
+	}
+	key := func(r map[string]string) string { return r["host"] + "/" + procOf[r["host"]+"/"+r["pid"]] }
+
+	modes := map[string]int{}
+	total := 0
+	if err := eachRow(dir, "cuda_graph_usage", func(r map[string]string) {
+		modes[r["runtime_mode"]]++
+		total++
+	}); err != nil {
+		return nil, err
+	}
+	for mode, n := range modes {
+		s.GraphModes[mode] = float64(n) / float64(total)
+	}
+	if err := eachRow(dir, "kv_cache_usage", func(r map[string]string) {
+		if u, err := strconv.ParseFloat(r["usage"], 64); err == nil && u > s.KVPeak {
+			s.KVPeak = u
+		}
+	}); err != nil {
+		return nil, err
+	}
+	if err := eachRow(dir, "batch_utilization", func(r map[string]string) { s.Steps[key(r)]++ }); err != nil {
+		return nil, err
+	}
+	if err := eachRow(dir, "preemption_events", func(map[string]string) { s.Preemptions++ }); err != nil {
+		return nil, err
+	}
+	experts := map[int64]int64{}
+	var expertTotal int64
+	if err := eachRow(dir, "moe_expert_selection", func(r map[string]string) {
+		e, err1 := strconv.ParseInt(r["expert"], 10, 64)
+		n, err2 := strconv.ParseInt(r["count"], 10, 64)
+		if err1 == nil && err2 == nil && r["status"] == "counted" {
+			experts[e] += n
+			expertTotal += n
+		}
+	}); err != nil {
+		return nil, err
+	}
+	for e, n := range experts {
+		s.TopExperts = append(s.TopExperts, ExpertLoad{Expert: e, Count: n, Share: float64(n) / float64(expertTotal)})
+	}
+	sort.Slice(s.TopExperts, func(i, j int) bool {
+		a, b := s.TopExperts[i], s.TopExperts[j]
+		return a.Count > b.Count || (a.Count == b.Count && a.Expert < b.Expert)
+	})
+	if len(s.TopExperts) > 5 {
+		s.TopExperts = s.TopExperts[:5]
+	}
+	times := map[string][]float64{}
+	if err := eachRow(dir, "forward_pass_timing", func(r map[string]string) {
+		if v, err := strconv.ParseFloat(r["cpu_ms"], 64); err == nil {
+			times[key(r)] = append(times[key(r)], v)
+		}
+		s.Steps[key(r)]++
+	}); err != nil {
+		return nil, err
+	}
+	lo, hi := 0.0, 0.0
+	for _, k := range sortedKeys(times) {
+		host, proc, _ := strings.Cut(k, "/")
+		med := median(times[k])
+		s.StepTimes = append(s.StepTimes, RankStepTime{Host: host, Proc: proc, Steps: len(times[k]), MedianCPUMs: med})
+		if lo == 0 || med < lo {
+			lo = med
+		}
+		hi = max(hi, med)
+	}
+	if lo > 0 {
+		s.StepSkew = hi / lo
+	}
+	return s, nil
+}
+
+// eachRow calls fn for every row of the session's table, keyed by header name; a table the session
+// has no file for has no rows.
+func eachRow(dir, table string, fn func(map[string]string)) error {
+	f, err := os.Open(filepath.Join(dir, table+".csv"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	r := csv.NewReader(f)
+	r.FieldsPerRecord = -1
+	header, err := r.Read()
+	if err == io.EOF {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", table, err)
+	}
+	row := make(map[string]string, len(header))
+	for {
+		rec, err := r.Read()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", table, err)
+		}
+		for i, h := range header {
+			if i < len(rec) {
+				row[h] = rec[i]
+			}
+		}
+		fn(row)
+	}
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func (s *Summary) print(w io.Writer) {
+	fmt.Fprintf(w, "session %s: %s", s.Session, s.Status)
+	if s.EndReason != "" {
+		fmt.Fprintf(w, " (%s)", s.EndReason)
+	}
+	fmt.Fprintln(w)
+	for _, h := range sortedKeys(s.Hosts) {
+		fmt.Fprintf(w, "  host %s: %s\n", h, strings.Join(s.Hosts[h], " "))
+	}
+	var modes []string
+	for _, m := range sortedKeys(s.GraphModes) {
+		modes = append(modes, fmt.Sprintf("%s %.0f%%", m, 100*s.GraphModes[m]))
+	}
+	fmt.Fprintf(w, "  CUDA graph modes (share of worker steps): %s\n", strings.Join(modes, ", "))
+	fmt.Fprintf(w, "  KV cache usage peak: %.1f%%   preemptions: %d\n", 100*s.KVPeak, s.Preemptions)
+	if len(s.TopExperts) > 0 {
+		var ex []string
+		for _, e := range s.TopExperts {
+			ex = append(ex, fmt.Sprintf("#%d %.1f%%", e.Expert, 100*e.Share))
+		}
+		fmt.Fprintf(w, "  top-loaded experts (all layers): %s\n", strings.Join(ex, ", "))
+	}
+	if len(s.StepTimes) > 0 {
+		fmt.Fprintf(w, "  per-rank step time (median CPU ms; skew slowest/fastest %.2f):\n", s.StepSkew)
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		for _, r := range s.StepTimes {
+			fmt.Fprintf(tw, "    %s\t%s\t%d steps\t%.3f ms\n", r.Host, r.Proc, r.Steps, r.MedianCPUMs)
+		}
+		tw.Flush()
+	}
+	fmt.Fprintln(w, "  rows per table:")
+	for _, t := range sortedKeys(s.Rows) {
+		fmt.Fprintf(w, "    %-24s %d\n", t, s.Rows[t])
+	}
+}
