@@ -20,7 +20,9 @@ func (p wireProc) process(session string) *pmpb.Process {
 	return &pmpb.Process{Session: session, Host: p.Host, Pid: p.PID, Role: proto.RoleWorker, Dp: 0, Pp: 0, Tp: p.TP, Ep: -1, Rank: p.Rank, Python: "3.12.1", Vllm: "0.16.0"}
 }
 
-func (p wireProc) token() string { return proto.ProcToken(proto.RoleWorker, 0, int(p.Rank), int(p.PID)) }
+func (p wireProc) token() string {
+	return proto.ProcToken(proto.RoleWorker, 0, int(p.Rank), int(p.PID))
+}
 
 // kvTables are the two tables of kind kv_cache, which encodeKVBatch alternates between.
 var kvTables = proto.KindTables(proto.KindKVCache)

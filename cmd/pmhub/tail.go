@@ -77,6 +77,8 @@ func tail(c *cli.Context) error {
 	if err := nc.Flush(); err != nil {
 		return fmt.Errorf("pmhub tail: %w", err)
 	}
+	// On stderr, so --json output stays pure; scripts wait for this line before starting a run.
+	fmt.Fprintf(c.App.ErrWriter, "pmhub tail: subscribed to %s on %s\n", sub.Subject, nc.ConnectedUrl())
 	for {
 		select {
 		case <-c.Context.Done():

@@ -1,0 +1,141 @@
+package e2e
+
+import (
+	"bufio"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	gproto "google.golang.org/protobuf/proto"
+
+	"github.com/profilemate/profilemate/proto/pmpb"
+)
+
+// TestTailReadsPreemptionWhileSimulatorPaused: the simulator stops right after its first
+// preemption and waits for a file; the test creates that file only once `pmhub tail --kind
+// preemption --json` has shown the preemption, so the event must have travelled shim → agent →
+// NATS → tail live. A plain nats.go subscriber decodes the same events with only the generated
+// .proto types.
+func TestTailReadsPreemptionWhileSimulatorPaused(t *testing.T) {
+	data := t.TempDir()
+	h := startHub(t, data, freeAddr(t))
+
+	// Plain NATS client: subscribe to the documented subject, decode with the .proto alone.
+	nc, err := nats.Connect(h.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	plain := make(chan *nats.Msg, 1<<16)
+	if _, err := nc.ChanSubscribe("pm.v1.ev.>", plain); err != nil {
+		t.Fatal(err)
+	}
+
+	tail := exec.Command(bin(t, "pmhub"), "tail", "--nats", h.url, "--kind", "preemption", "--json")
+	stdout, err := tail.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stderr, err := tail.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tail.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tail.Process.Kill(); tail.Wait() })
+	ready := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			if strings.Contains(sc.Text(), "subscribed to") {
+				close(ready)
+			}
+		}
+	}()
+	lines := make(chan string, 1024)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	select {
+	case <-ready:
+	case <-time.After(30 * time.Second):
+		t.Fatal("pmhub tail did not subscribe")
+	}
+
+	pause := filepath.Join(t.TempDir(), "continue")
+	py, env, _ := agSim(t, "PMSIM_PAUSE_FILE="+pause)
+	args := append([]string{"run", "--nats", h.url, "--host", "tail-host", "--session", "tail-s", "--spool-dir", t.TempDir()}, agSimArgs(py)...)
+	p := agStart(t, env, args...)
+
+	var ev struct {
+		Session, Host, Role, Kind, Table string
+		Cols                             map[string]any
+	}
+	select {
+	case line, ok := <-lines:
+		if !ok {
+			t.Fatal("pmhub tail ended before any event")
+		}
+		if err := json.Unmarshal([]byte(line), &ev); err != nil {
+			t.Fatalf("tail --json line %q: %v", line, err)
+		}
+	case err := <-p.done:
+		p.done <- err
+		t.Fatalf("the simulator ended before tail showed a preemption: %v\n%s", err, p.output())
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("no preemption from tail within 2 minutes\n%s", p.output())
+	}
+	if ev.Kind != "preemption" || ev.Table != "preemption_events" || ev.Session != "tail-s" || ev.Host != "tail-host" || ev.Role != "engine_core" {
+		t.Fatalf("tail event %+v, want a preemption_events row of engine_core in tail-s on tail-host", ev)
+	}
+	if _, ok := ev.Cols["request_id"]; !ok {
+		t.Fatalf("preemption without request_id: %v", ev.Cols)
+	}
+	// The simulator must still be waiting: it wrote its marker and has not finished.
+	if _, err := os.Stat(pause + ".waiting"); err != nil {
+		t.Fatalf("simulator is not paused at its first preemption: %v", err)
+	}
+	select {
+	case err := <-p.done:
+		p.done <- err
+		t.Fatalf("simulator finished before the pause file existed: %v", err)
+	default:
+	}
+	if err := os.WriteFile(pause, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.wait(t, 4*time.Minute); err != nil {
+		t.Fatalf("pmagent run: %v\n%s", err, p.output())
+	}
+
+	kinds := map[string]int{}
+	for n := len(plain); n > 0; n-- {
+		m := <-plain
+		var b pmpb.EventBatch
+		if err := gproto.Unmarshal(m.Data, &b); err != nil {
+			t.Fatalf("plain decode of %s: %v", m.Subject, err)
+		}
+		for _, e := range b.Events {
+			// The documented escaping: every byte outside [A-Za-z0-9-], '_' included, is _xx.
+			if !strings.HasSuffix(m.Subject, "."+strings.ReplaceAll(e.Kind, "_", "_5f")) {
+				t.Fatalf("event of kind %s on subject %s", e.Kind, m.Subject)
+			}
+			kinds[e.Kind]++
+		}
+	}
+	for _, k := range []string{"preemption", "kv_cache", "cuda_graph", "forward_pass"} {
+		if kinds[k] == 0 {
+			t.Errorf("plain subscriber saw no %s events (saw %v)", k, kinds)
+		}
+	}
+}
