@@ -74,6 +74,17 @@ def _split(sched, out, advanced):
     return prefill, decode
 
 
+def _limits(sched):
+    """(token budget, request limit): vLLM's attributes, else its scheduler_config; 0 when unknown."""
+    budget = getattr(sched, "max_num_scheduled_tokens", 0) or 0
+    max_reqs = getattr(sched, "max_num_running_reqs", 0) or 0
+    if not (budget and max_reqs):
+        sc = getattr(sched, "scheduler_config", None)
+        budget = budget or getattr(sc, "max_num_batched_tokens", 0) or 0
+        max_reqs = max_reqs or getattr(sc, "max_num_seqs", 0) or 0
+    return budget, max_reqs
+
+
 def _kv_rows(rt, sched):
     kvm = getattr(sched, "kv_cache_manager", None)
     total = kvm_target.total_blocks_of(kvm) if kvm is not None else None
@@ -120,9 +131,8 @@ def _schedule(original, rt):
             if enabled("cpu_timing"):
                 record("cpu_timing", "cpu_operations_timing", {"operation": "schedule", "cpu_ms": (t1 - t0) / 1e6})
             if tokens > 0 and enabled("batch_util"):
-                budget = getattr(self, "max_num_scheduled_tokens", 0) or 0
+                budget, max_reqs = _limits(self)
                 reqs = len(getattr(out, "num_scheduled_tokens", ()) or ())
-                max_reqs = getattr(self, "max_num_running_reqs", 0) or 0
                 split = _SPLIT[0] or _split(self, out, False)
                 record("batch_util", "batch_utilization", {
                     "scheduled_tokens": tokens, "token_budget": budget,

@@ -1,0 +1,180 @@
+"""EngineCore profiler costs, side by side in one run (never asserted in tests).
+
+1. ns added per call on the eviction path (BlockPool._maybe_evict_cached_block returning True
+   and False), wrapped vs the same class unwrapped;
+2. ns added per schedule() call (step counter, per-step kv_cache_usage / batch_utilization /
+   cpu_operations_timing rows, running-queue snapshot) on a scheduler shaped like the simulator's
+   with 8 running requests;
+3. EngineCore step time (EngineCore.step wall time, schedule + model + update_from_output) on
+   the simulator's default workload (PMSIM_TP=1, runner in EngineCore, in-process engine), with
+   and without the shim, runs alternated.
+
+Run: python3 shim/bench/enginecore.py [--step-work-ms N] [--rounds N]
+"""
+import argparse
+import collections
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SHIM = os.path.dirname(HERE)
+ROOT = os.path.dirname(SHIM)
+sys.path.insert(0, SHIM)
+
+
+def per_call_ns(fn, n=200000, reps=7):
+    out = []
+    for _ in range(reps):
+        t0 = time.perf_counter_ns()
+        for _ in range(n):
+            fn()
+        out.append((time.perf_counter_ns() - t0) / n)
+    return statistics.median(out)
+
+
+def bench_evict():
+    from profilemate import runtime
+    from profilemate.targets import block_pool, kv_cache_manager
+
+    class Pool:
+        def _maybe_evict_cached_block(self, block):
+            return block is not None
+
+    hook = [hk for hk in block_pool.TARGET.paths[0].hooks if hk.method == "_maybe_evict_cached_block"][0]
+    wrapped = hook.factory(Pool._maybe_evict_cached_block, runtime)
+    p, rows = Pool(), {}
+    for label, blk in (("evict_true", 1), ("evict_false", None)):
+        m_raw, m_wr = Pool._maybe_evict_cached_block, wrapped
+        base = per_call_ns(lambda: m_raw(p, blk))
+        wr = per_call_ns(lambda: m_wr(p, blk))
+        rows[label] = (base, wr)
+    kv_cache_manager.reset()
+    return rows
+
+
+def bench_schedule():
+    from profilemate import recorder, runtime
+    from profilemate.targets import scheduler
+
+    class Req:
+        def __init__(self, i):
+            self.request_id, self.num_computed_tokens, self.num_prompt_tokens = "req-%d" % i, 100 + i, 64
+            self.status = "RUNNING"
+
+    class Out:
+        def __init__(self, reqs):
+            self.num_scheduled_tokens = {r.request_id: 1 for r in reqs}
+            self.total_num_scheduled_tokens = len(reqs)
+
+    class Pool:
+        num_gpu_blocks = 48
+
+        def get_num_free_blocks(self):
+            return 12
+
+    class KVM:
+        block_pool = Pool()
+        usage = 0.75
+
+    class Sched:
+        max_num_scheduled_tokens, max_num_running_reqs = 256, 16
+
+        def __init__(self):
+            self.running = [Req(i) for i in range(8)]
+            self.waiting = collections.deque(Req(i) for i in range(8, 12))
+            self.requests = {r.request_id: r for r in self.running + list(self.waiting)}
+            self.kv_cache_manager = KVM()
+            self._out = Out(self.running)
+
+        def schedule(self):
+            return self._out
+
+    s = Sched()
+    raw = Sched.schedule
+    wrapped = scheduler._schedule(raw, runtime)
+    base = per_call_ns(lambda: raw(s), n=100000)
+    recorder.RECORDER.reset()
+    wr = per_call_ns(lambda: (wrapped(s), recorder.RECORDER._buf.clear()), n=20000)
+    clear_only = per_call_ns(lambda: (raw(s), recorder.RECORDER._buf.clear()), n=20000)
+    recorder.RECORDER.reset()
+    return base, wr - clear_only + base
+
+
+DRIVER = r'''
+import json, sys, time
+from pmsim import entry
+from pmsim.util import mod
+ec = mod("vllm.v1.engine.core").EngineCore
+orig, times = ec.step, []
+def step(self, *a, **k):
+    t0 = time.perf_counter_ns()
+    out = orig(self, *a, **k)
+    times.append(time.perf_counter_ns() - t0)
+    return out
+ec.step = step
+rec = entry.run_in_process("sim/moe")
+print(json.dumps({"steps": rec["scheduler_steps"], "times": times,
+                  "shim": "profilemate" in sys.modules}))
+'''
+
+
+def engine_run(shim, work_ms, era="v0_16_0"):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PROFILEMATE_", "VLLM_", "PMSIM_"))}
+    env.update(PYTHONPATH=os.pathsep.join(([SHIM] if shim else []) + [os.path.join(ROOT, "testbed", "eras", era),
+                                                                     os.path.join(ROOT, "testbed")]),
+               PMSIM_TP="1", PMSIM_STEP_WORK_MS=str(work_ms), PYTHONDONTWRITEBYTECODE="1")
+    with tempfile.TemporaryDirectory() as out:
+        env["PROFILEMATE_OUTPUT_DIR"] = out
+        env["PMSIM_GROUND_TRUTH"] = os.path.join(out, "truth.json")
+        r = subprocess.run([sys.executable, "-c", DRIVER], env=env, capture_output=True, text=True, timeout=300)
+        if r.returncode:
+            raise SystemExit(r.stderr[-3000:])
+        res = json.loads(r.stdout.strip().splitlines()[-1])
+        if res["shim"] != shim:
+            raise SystemExit("shim active=%s, wanted %s" % (res["shim"], shim))
+        if shim and not any(d.startswith("session_") for d in os.listdir(out)):
+            raise SystemExit("the shim wrote nothing: not active in the engine")
+    return res
+
+
+def machine():
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+            if line.startswith("Model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--step-work-ms", type=float, default=10.0, help="PMSIM_STEP_WORK_MS (simulator default 10)")
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    print("machine: %s, %d CPUs; Python %s" % (machine(), os.cpu_count(), platform.python_version()))
+    print("\n| path | unwrapped ns | wrapped ns | added ns | ratio |\n|---|---|---|---|---|")
+    for label, (b, w) in bench_evict().items():
+        print("| %s | %.0f | %.0f | %.0f | %.2fx |" % (label, b, w, w - b, w / b))
+    b, w = bench_schedule()
+    print("| schedule() | %.0f | %.0f | %.0f | %.2fx |" % (b, w, w - b, w / b))
+    for work in sorted({args.step_work_ms, 0.0}, reverse=True):
+        off, on = [], []
+        for _ in range(args.rounds):  # alternated, so drift hits both sides
+            off += engine_run(False, work)["times"]
+            res = engine_run(True, work)
+            on += res["times"]
+        mo, mn = statistics.median(off) / 1e6, statistics.median(on) / 1e6
+        print("\nEngineCore.step, PMSIM_STEP_WORK_MS=%g, %d steps x %d rounds per side: median %.3f ms without, "
+              "%.3f ms with the shim (%+.2f%%, %+.1f us)" % (work, res["steps"], args.rounds, mo, mn,
+                                                            (mn / mo - 1) * 100, (mn - mo) * 1e3))
+
+
+if __name__ == "__main__":
+    main()
