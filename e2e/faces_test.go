@@ -3,6 +3,9 @@ package e2e
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -138,4 +141,64 @@ func TestTailReadsPreemptionWhileSimulatorPaused(t *testing.T) {
 			t.Errorf("plain subscriber saw no %s events (saw %v)", k, kinds)
 		}
 	}
+}
+
+// TestMetricsPerRankDuringRun scrapes the hub's /metrics while a run is held at its first
+// preemption and finds per-rank series for every worker and the engine.
+func TestMetricsPerRankDuringRun(t *testing.T) {
+	httpAddr := freeAddr(t)
+	h := startHub(t, t.TempDir(), freeAddr(t), "--http", httpAddr)
+	pause := filepath.Join(t.TempDir(), "continue")
+	py, env, _ := agSim(t, "PMSIM_PAUSE_FILE="+pause)
+	args := append([]string{"run", "--nats", h.url, "--host", "metrics-host", "--session", "metrics-s", "--spool-dir", t.TempDir()}, agSimArgs(py)...)
+	p := agStart(t, env, args...)
+	defer os.WriteFile(pause, nil, 0o644)
+
+	want := []string{`profilemate_kv_cache_usage_ratio{host="metrics-host",proc="eng0",session="metrics-s"}`,
+		`profilemate_preemptions_total{host="metrics-host",proc="eng0",session="metrics-s"}`}
+	for w := 0; w < agWorkers(); w++ {
+		want = append(want, fmt.Sprintf(`profilemate_step_cpu_seconds_count{host="metrics-host",proc="w%d",session="metrics-s"}`, w))
+	}
+	var body string
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		body = scrape(t, "http://"+httpAddr+"/metrics")
+		missing := ""
+		for _, s := range want {
+			if !strings.Contains(body, s) {
+				missing = s
+				break
+			}
+		}
+		if missing == "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no series %s in /metrics:\n%s\nagent:\n%s", missing, body, p.output())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if !strings.Contains(body, "profilemate_hub_rows_total") {
+		t.Fatalf("hub health series missing:\n%s", body)
+	}
+	if err := os.WriteFile(pause, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.wait(t, 4*time.Minute); err != nil {
+		t.Fatalf("pmagent run: %v", err)
+	}
+}
+
+func scrape(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatalf("scrape %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }

@@ -61,6 +61,9 @@ type Config struct {
 	Schema  Schema
 	// Now is the hub's clock (time.Now when nil).
 	Now func() time.Time
+	// Observe, when set, sees every event batch after it was written (a redelivered batch may be
+	// seen again); /metrics uses it. It runs on the consume path: keep it cheap.
+	Observe func(*Batch)
 }
 
 // Decoder turns one stream message into *Batch, *Life or *Heartbeat. Errors are *BadInput
@@ -574,6 +577,9 @@ func (s *Server) handle(m jetstream.Msg, d decoded, now time.Time) (*session, in
 			ss.reopen()
 		}
 		n, err := ss.writeBatch(v, now)
+		if err == nil && s.cfg.Observe != nil {
+			s.cfg.Observe(v)
+		}
 		s.cnt.add(func(c *Counters) {
 			c.Duplicates += ss.meta.Duplicates - dupBefore
 			c.DroppedByCap += ss.meta.DroppedByCap - capBefore

@@ -66,10 +66,13 @@ func serve(c *cli.Context) error {
 	} else if c.IsSet("tls-cert") || c.IsSet("creds") || c.IsSet("user") {
 		return cli.Exit("pmhub serve: --tls-*, --creds and --user apply to --nats only", 2)
 	}
+	metrics := hub.NewMetrics()
+	cfg.Observe = metrics.Observe
 	h, err := hub.New(cfg)
 	if err != nil {
 		return cli.Exit(err.Error(), 2)
 	}
+	metrics.Attach(h)
 	ctx := c.Context
 	if err := h.Start(ctx); err != nil {
 		return err
@@ -83,6 +86,7 @@ func serve(c *cli.Context) error {
 			return fmt.Errorf("pmhub serve: http: %w", err)
 		}
 		mux := http.NewServeMux()
+		mux.Handle("/metrics", metrics.Handler())
 		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 		mux.HandleFunc("/api/sessions", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, h.Sessions()) })
 		mux.HandleFunc("/api/counters", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, h.Counters()) })

@@ -1,0 +1,191 @@
+package hub
+
+import (
+	"net/http"
+	"strconv"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/profilemate/profilemate/proto"
+)
+
+// Metrics is the hub's Prometheus view: its own health and the latest per-rank series users chart,
+// labelled by session, host and process token, for active sessions only (series of a session that
+// ended are deleted at the next scrape, which bounds cardinality).
+type Metrics struct {
+	reg *prometheus.Registry
+	srv *Server
+
+	kvUsage    *prometheus.GaugeVec
+	tokenUtil  *prometheus.GaugeVec
+	graphSteps *prometheus.CounterVec
+	preempts   *prometheus.CounterVec
+	stepCPU    *prometheus.HistogramVec
+	gpuUtil    *prometheus.GaugeVec
+	gpuMem     *prometheus.GaugeVec
+
+	mu   sync.Mutex
+	cols map[string]map[string]int // table -> column -> index in Event.Cols
+	live map[string]bool           // sessions with series
+}
+
+var rankLabels = []string{"session", "host", "proc"}
+
+// NewMetrics makes the registry; pass m.Observe as Config.Observe and call Attach once the server
+// exists.
+func NewMetrics() *Metrics {
+	m := &Metrics{
+		reg: prometheus.NewRegistry(),
+		kvUsage: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "profilemate_kv_cache_usage_ratio",
+			Help: "KV cache usage at the engine's latest scheduler step (0..1)"}, rankLabels),
+		tokenUtil: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "profilemate_batch_token_utilization_ratio",
+			Help: "scheduled tokens / token budget at the engine's latest step"}, rankLabels),
+		graphSteps: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "profilemate_steps_total",
+			Help: "model-runner steps per CUDA graph runtime mode (NONE, PIECEWISE, FULL)"}, append(rankLabels, "mode")),
+		preempts: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "profilemate_preemptions_total",
+			Help: "requests preempted by the scheduler"}, rankLabels),
+		stepCPU: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "profilemate_step_cpu_seconds",
+			Help: "CPU wall time of a model-runner step", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}, rankLabels),
+		gpuUtil: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "profilemate_gpu_utilization_percent",
+			Help: "GPU utilisation from NVML"}, []string{"session", "host", "gpu"}),
+		gpuMem: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "profilemate_gpu_memory_used_bytes",
+			Help: "GPU memory used from NVML"}, []string{"session", "host", "gpu"}),
+		cols: map[string]map[string]int{},
+		live: map[string]bool{},
+	}
+	m.reg.MustRegister(m.kvUsage, m.tokenUtil, m.graphSteps, m.preempts, m.stepCPU, m.gpuUtil, m.gpuMem)
+	for _, t := range proto.Tables() {
+		idx := map[string]int{}
+		for i, c := range t.Columns {
+			idx[c.Name] = i
+		}
+		m.cols[t.Table] = idx
+	}
+	return m
+}
+
+// Attach adds the hub's health series, read from s at each scrape.
+func (m *Metrics) Attach(s *Server) {
+	m.srv = s
+	counter := func(name, help string, f func(Counters) int64) {
+		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help},
+			func() float64 { return float64(f(s.Counters())) }))
+	}
+	counter("profilemate_hub_messages_total", "stream messages handled", func(c Counters) int64 { return c.Messages })
+	counter("profilemate_hub_rows_total", "CSV rows written", func(c Counters) int64 { return c.Rows })
+	counter("profilemate_hub_duplicates_total", "events that arrived again and were written once", func(c Counters) int64 { return c.Duplicates })
+	counter("profilemate_hub_dropped_by_cap_total", "rows beyond a session's size cap", func(c Counters) int64 { return c.DroppedByCap })
+	counter("profilemate_hub_dead_lettered_total", "messages of a newer major version set aside", func(c Counters) int64 { return c.DeadLettered })
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "profilemate_hub_sessions",
+		Help: "sessions open in memory"}, func() float64 { return float64(s.Counters().Sessions) }))
+	m.reg.MustRegister(&badCollector{s: s, desc: prometheus.NewDesc("profilemate_hub_bad_messages_total",
+		"messages skipped, by reason", []string{"reason"}, nil)})
+}
+
+// Observe feeds one written batch into the per-rank series.
+func (m *Metrics) Observe(b *Batch) {
+	m.mu.Lock()
+	m.live[b.Session] = true
+	m.mu.Unlock()
+	for i := range b.Events {
+		ev := &b.Events[i]
+		col := func(name string) (string, bool) {
+			j, ok := m.cols[ev.Table][name]
+			if !ok || j >= len(ev.Cols) {
+				return "", false
+			}
+			return ev.Cols[j], true
+		}
+		num := func(name string) (float64, bool) {
+			v, ok := col(name)
+			if !ok {
+				return 0, false
+			}
+			f, err := strconv.ParseFloat(v, 64)
+			return f, err == nil
+		}
+		l := prometheus.Labels{"session": b.Session, "host": b.Host, "proc": b.Proc}
+		switch ev.Table {
+		case "kv_cache_usage":
+			if v, ok := num("usage"); ok {
+				m.kvUsage.With(l).Set(v)
+			}
+		case "batch_utilization":
+			if v, ok := num("token_util"); ok {
+				m.tokenUtil.With(l).Set(v)
+			}
+		case "cuda_graph_usage":
+			if mode, ok := col("runtime_mode"); ok {
+				m.graphSteps.WithLabelValues(b.Session, b.Host, b.Proc, mode).Inc()
+			}
+		case "preemption_events":
+			m.preempts.With(l).Inc()
+		case "forward_pass_timing":
+			if v, ok := num("cpu_ms"); ok {
+				m.stepCPU.With(l).Observe(v / 1000)
+			}
+		case "gpu_metrics":
+			gpu, _ := col("gpu_index")
+			gl := prometheus.Labels{"session": b.Session, "host": b.Host, "gpu": gpu}
+			if v, ok := num("util_gpu"); ok {
+				m.gpuUtil.With(gl).Set(v)
+			}
+			if v, ok := num("mem_used_bytes"); ok {
+				m.gpuMem.With(gl).Set(v)
+			}
+		}
+	}
+}
+
+// Handler serves /metrics; before each scrape it drops the series of sessions that ended.
+func (m *Metrics) Handler() http.Handler {
+	inner := promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		m.prune()
+		inner.ServeHTTP(w, r)
+	})
+}
+
+func (m *Metrics) prune() {
+	if m.srv == nil {
+		return
+	}
+	active := map[string]bool{}
+	for _, s := range m.srv.Sessions() {
+		if s.Status == StatusActive {
+			active[s.Session] = true
+		}
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for id := range m.live {
+		if active[id] {
+			continue
+		}
+		l := prometheus.Labels{"session": id}
+		m.kvUsage.DeletePartialMatch(l)
+		m.tokenUtil.DeletePartialMatch(l)
+		m.graphSteps.DeletePartialMatch(l)
+		m.preempts.DeletePartialMatch(l)
+		m.stepCPU.DeletePartialMatch(l)
+		m.gpuUtil.DeletePartialMatch(l)
+		m.gpuMem.DeletePartialMatch(l)
+		delete(m.live, id)
+	}
+}
+
+// badCollector exports the hub's bad-input counters, one series per reason.
+type badCollector struct {
+	s    *Server
+	desc *prometheus.Desc
+}
+
+func (c *badCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *badCollector) Collect(ch chan<- prometheus.Metric) {
+	for reason, n := range c.s.Counters().Bad {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(n), reason)
+	}
+}
