@@ -83,6 +83,7 @@ func runAction(c *cli.Context) error {
 		if err := a.Start(context.Background()); err != nil {
 			return cli.Exit("pmagent run: "+err.Error(), 1)
 		}
+		startGPU(c, a)
 	}
 	host := cfg.Host
 	if a != nil {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"github.com/profilemate/profilemate/agent/gpu"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -31,6 +32,7 @@ func pipelineFlags() []cli.Flag {
 		&cli.StringFlag{Name: "password", Usage: "NATS password", EnvVars: []string{"PROFILEMATE_NATS_PASSWORD"}},
 		&cli.StringFlag{Name: "creds", Usage: "NATS .creds file", EnvVars: []string{"PROFILEMATE_NATS_CREDS"}},
 		&cli.DurationFlag{Name: "flush-timeout", Usage: "how long to keep sending at exit before leaving the rest in the spool", EnvVars: []string{"PROFILEMATE_FLUSH_TIMEOUT"}, Value: 15 * time.Second},
+		&cli.DurationFlag{Name: "gpu-interval", Usage: "NVML GPU sampling interval (0: off)", EnvVars: []string{"PROFILEMATE_GPU_INTERVAL"}, Value: time.Second},
 		&cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error", EnvVars: []string{"PROFILEMATE_LOG_LEVEL"}, Value: "info"},
 	}
 }
@@ -60,6 +62,7 @@ var serveCommand = &cli.Command{
 		if err := a.Start(c.Context); err != nil {
 			return cli.Exit("pmagent: "+err.Error(), 1)
 		}
+		startGPU(c, a)
 		cmdLog(cfg).Info("serving", "socket", cfg.Socket, "host", a.Host(), "nats", redact(cfg.NATS.URL))
 		<-c.Context.Done()
 		return shutdown(a, cmdLog(cfg), c.Duration("flush-timeout"))
@@ -144,4 +147,11 @@ func redact(url string) string {
 		}
 	}
 	return url
+}
+
+// startGPU starts NVML sampling unless --gpu-interval is 0; it stops with the command's context.
+func startGPU(c *cli.Context, a *agent.Agent) {
+	if iv := c.Duration("gpu-interval"); iv > 0 {
+		a.StartGPU(c.Context, gpu.Config{Interval: iv})
+	}
 }
