@@ -212,7 +212,7 @@ type agProc struct {
 	log  strings.Builder
 }
 
-func agStart(t *testing.T, env []string, args ...string) *agProc {
+func agStart(t testing.TB, env []string, args ...string) *agProc {
 	t.Helper()
 	p := &agProc{cmd: exec.Command(bin(t, "pmagent"), args...), done: make(chan error, 1)}
 	p.cmd.Env = append(os.Environ(), env...)
@@ -253,7 +253,7 @@ func (p *agProc) output() string {
 }
 
 // wait waits for the process to exit and returns its error.
-func (p *agProc) wait(t *testing.T, timeout time.Duration) error {
+func (p *agProc) wait(t testing.TB, timeout time.Duration) error {
 	t.Helper()
 	select {
 	case err := <-p.done:

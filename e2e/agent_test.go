@@ -51,7 +51,7 @@ func agNum(st map[string]any, path ...string) float64 {
 
 // agSim prepares the vLLM-shaped tree and returns the interpreter, the environment that puts
 // the simulator (4 workers) on PYTHONPATH, and the ground truth path.
-func agSim(t *testing.T, extra ...string) (py string, env []string, truth string) {
+func agSim(t testing.TB, extra ...string) (py string, env []string, truth string) {
 	t.Helper()
 	agNeedSocketSink(t)
 	pys := pyenv.ForTest(t)
@@ -75,7 +75,7 @@ func agSim(t *testing.T, extra ...string) (py string, env []string, truth string
 }
 
 // agNeedSocketSink skips until the shim has its agent socket sink.
-func agNeedSocketSink(t *testing.T) {
+func agNeedSocketSink(t testing.TB) {
 	t.Helper()
 	files, _ := filepath.Glob(filepath.Join(pyenv.RepoRoot(t), "shim", "profilemate", "*.py"))
 	for _, f := range files {

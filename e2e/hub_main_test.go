@@ -42,7 +42,7 @@ func run(m *testing.M) int {
 }
 
 // bin returns a built binary's path, skipping the test when it could not be built.
-func bin(t *testing.T, name string) string {
+func bin(t testing.TB, name string) string {
 	t.Helper()
 	p := filepath.Join(binDir, name)
 	if _, err := os.Stat(p); err != nil {

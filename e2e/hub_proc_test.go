@@ -19,7 +19,7 @@ type hubProc struct {
 }
 
 // freeAddr returns a loopback address nobody listens on right now.
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -30,7 +30,7 @@ func freeAddr(t *testing.T) string {
 }
 
 // startHub runs pmhub serve on data and waits for the line with the agents' URL.
-func startHub(t *testing.T, data, listen string, extra ...string) *hubProc {
+func startHub(t testing.TB, data, listen string, extra ...string) *hubProc {
 	t.Helper()
 	args := append([]string{"serve", "--data", data, "--listen", listen, "--http", ""}, extra...)
 	cmd := exec.Command(bin(t, "pmhub"), args...)
@@ -84,7 +84,7 @@ func (h *hubProc) stop(sig syscall.Signal) error {
 
 // testLog forwards a child's stderr to the test log.
 type testLog struct {
-	t      *testing.T
+	t      testing.TB
 	prefix string
 }
 
