@@ -154,10 +154,10 @@ func TestMetricsPerRankDuringRun(t *testing.T) {
 	p := agStart(t, env, args...)
 	defer os.WriteFile(pause, nil, 0o644)
 
-	want := []string{`profilemate_kv_cache_usage_ratio{host="metrics-host",proc="eng0",session="metrics-s"}`,
-		`profilemate_preemptions_total{host="metrics-host",proc="eng0",session="metrics-s"}`}
+	want := []string{`profilemate_kv_cache_usage_ratio{host="metrics-host",proc="eng0",rank="",session="metrics-s"}`,
+		`profilemate_preemptions_total{host="metrics-host",proc="eng0",rank="",session="metrics-s"}`}
 	for w := 0; w < agWorkers(); w++ {
-		want = append(want, fmt.Sprintf(`profilemate_step_cpu_seconds_count{host="metrics-host",proc="w%d",session="metrics-s"}`, w))
+		want = append(want, fmt.Sprintf(`profilemate_step_cpu_seconds_count{host="metrics-host",proc="w%d",rank="%d",session="metrics-s"}`, w, w))
 	}
 	var body string
 	deadline := time.Now().Add(2 * time.Minute)
@@ -178,7 +178,7 @@ func TestMetricsPerRankDuringRun(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	if !strings.Contains(body, "profilemate_hub_rows_total") {
+	if !strings.Contains(body, "profilemate_hub_rows_total") || !strings.Contains(body, "profilemate_hub_consumer_pending_messages") {
 		t.Fatalf("hub health series missing:\n%s", body)
 	}
 	if err := os.WriteFile(pause, nil, 0o644); err != nil {
@@ -201,4 +201,43 @@ func scrape(t *testing.T, url string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// TestDemo runs `pmhub demo` as the README does (pmagent beside pmhub, python3 on PATH) and checks
+// that its summary names both hosts with every worker and that the session's files are where it
+// says.
+func TestDemo(t *testing.T) {
+	bin(t, "pmagent")
+	if _, err := exec.LookPath("python3"); err != nil {
+		t.Skip("no python3 on PATH")
+	}
+	data := t.TempDir()
+	out, err := exec.Command(bin(t, "pmhub"), "demo", "--data", data).CombinedOutput()
+	if err != nil {
+		t.Fatalf("pmhub demo: %v\n%s", err, out)
+	}
+	text := string(out)
+	for _, host := range []string{"hostA", "hostB"} {
+		if !strings.Contains(text, "host "+host+": api0 eng0 w0 w1 w2 w3") {
+			t.Errorf("summary lacks %s with its 4 workers", host)
+		}
+		for w := 0; w < 4; w++ {
+			if !strings.Contains(text, fmt.Sprintf("%s  w%d ", host, w)) {
+				t.Errorf("no step time of %s w%d", host, w)
+			}
+		}
+	}
+	_, dir, ok := strings.Cut(text, "session files: ")
+	if !ok {
+		t.Fatalf("demo did not say where the session's files are:\n%s", text)
+	}
+	dir, _, _ = strings.Cut(dir, "\n")
+	for _, f := range []string{"metadata.json", "forward_pass_timing.csv", "kv_cache_usage.csv", "cuda_graph_usage.csv"} {
+		if st, err := os.Stat(filepath.Join(dir, f)); err != nil || st.Size() == 0 {
+			t.Errorf("session file %s: %v", f, err)
+		}
+	}
+	if t.Failed() {
+		t.Logf("demo output:\n%s", text)
+	}
 }

@@ -1,9 +1,11 @@
 package hub
 
 import (
+	"context"
 	"net/http"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -12,8 +14,9 @@ import (
 )
 
 // Metrics is the hub's Prometheus view: its own health and the latest per-rank series users chart,
-// labelled by session, host and process token, for active sessions only (series of a session that
-// ended are deleted at the next scrape, which bounds cardinality).
+// labelled by session, host, process token (proc: w3, eng0, api0) and global worker rank (rank,
+// empty for engine and API-server processes), for active sessions only: series of a session that
+// ended are deleted at the next scrape, which bounds cardinality.
 type Metrics struct {
 	reg *prometheus.Registry
 	srv *Server
@@ -31,7 +34,7 @@ type Metrics struct {
 	live map[string]bool           // sessions with series
 }
 
-var rankLabels = []string{"session", "host", "proc"}
+var rankLabels = []string{"session", "host", "proc", "rank"}
 
 // NewMetrics makes the registry; pass m.Observe as Config.Observe and call Attach once the server
 // exists.
@@ -80,6 +83,11 @@ func (m *Metrics) Attach(s *Server) {
 	counter("profilemate_hub_dead_lettered_total", "messages of a newer major version set aside", func(c Counters) int64 { return c.DeadLettered })
 	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "profilemate_hub_sessions",
 		Help: "sessions open in memory"}, func() float64 { return float64(s.Counters().Sessions) }))
+	m.reg.MustRegister(&lagCollector{s: s,
+		pending: prometheus.NewDesc("profilemate_hub_consumer_pending_messages",
+			"stream messages the hub's durable consumer has not been delivered yet (consumer lag)", nil, nil),
+		ackPending: prometheus.NewDesc("profilemate_hub_consumer_ack_pending_messages",
+			"messages delivered to the hub and not yet acknowledged", nil, nil)})
 	m.reg.MustRegister(&badCollector{s: s, desc: prometheus.NewDesc("profilemate_hub_bad_messages_total",
 		"messages skipped, by reason", []string{"reason"}, nil)})
 }
@@ -89,6 +97,7 @@ func (m *Metrics) Observe(b *Batch) {
 	m.mu.Lock()
 	m.live[b.Session] = true
 	m.mu.Unlock()
+	rank := rankOf(b.Proc)
 	for i := range b.Events {
 		ev := &b.Events[i]
 		col := func(name string) (string, bool) {
@@ -106,7 +115,7 @@ func (m *Metrics) Observe(b *Batch) {
 			f, err := strconv.ParseFloat(v, 64)
 			return f, err == nil
 		}
-		l := prometheus.Labels{"session": b.Session, "host": b.Host, "proc": b.Proc}
+		l := prometheus.Labels{"session": b.Session, "host": b.Host, "proc": b.Proc, "rank": rank}
 		switch ev.Table {
 		case "kv_cache_usage":
 			if v, ok := num("usage"); ok {
@@ -118,7 +127,7 @@ func (m *Metrics) Observe(b *Batch) {
 			}
 		case "cuda_graph_usage":
 			if mode, ok := col("runtime_mode"); ok {
-				m.graphSteps.WithLabelValues(b.Session, b.Host, b.Proc, mode).Inc()
+				m.graphSteps.WithLabelValues(b.Session, b.Host, b.Proc, rank, mode).Inc()
 			}
 		case "preemption_events":
 			m.preempts.With(l).Inc()
@@ -174,6 +183,38 @@ func (m *Metrics) prune() {
 		m.gpuMem.DeletePartialMatch(l)
 		delete(m.live, id)
 	}
+}
+
+// rankOf is the global worker rank a process token names ("w3" -> "3"); other roles have none, so
+// the label stays empty and the series is told apart by proc.
+func rankOf(proc string) string {
+	if role, n, err := proto.ParseProcToken(proc); err == nil && role == proto.RoleWorker {
+		return strconv.Itoa(n)
+	}
+	return ""
+}
+
+// lagCollector asks the stream for the hub consumer's backlog at each scrape; without an answer
+// (consumer not yet created, NATS unreachable) the series is left out rather than reported as 0.
+type lagCollector struct {
+	s                   *Server
+	pending, ackPending *prometheus.Desc
+}
+
+func (c *lagCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.pending; ch <- c.ackPending }
+
+func (c *lagCollector) Collect(ch chan<- prometheus.Metric) {
+	if c.s.cons == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	info, err := c.s.cons.Info(ctx)
+	if err != nil {
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(c.pending, prometheus.GaugeValue, float64(info.NumPending))
+	ch <- prometheus.MustNewConstMetric(c.ackPending, prometheus.GaugeValue, float64(info.NumAckPending))
 }
 
 // badCollector exports the hub's bad-input counters, one series per reason.

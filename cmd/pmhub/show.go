@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -41,7 +42,12 @@ func showCommand() *cli.Command {
 			if c.NArg() != 1 {
 				return cli.Exit("pmhub show: give one SESSION id (see pmhub sessions)", 2)
 			}
-			sum, err := summarize(hub.SessionDir(filepath.Join(c.String("data")), c.Args().First()))
+			dir := hub.SessionDir(c.String("data"), c.Args().First())
+			if _, err := os.Stat(dir); err != nil {
+				return cli.Exit(fmt.Sprintf("pmhub show: no session %q in %s (see pmhub sessions --data %s)",
+					c.Args().First(), c.String("data"), c.String("data")), 1)
+			}
+			sum, err := summarize(dir)
 			if err != nil {
 				return cli.Exit("pmhub show: "+err.Error(), 1)
 			}
@@ -71,15 +77,24 @@ func listSessions(c *cli.Context) error {
 		return json.NewEncoder(c.App.Writer).Encode(metas)
 	}
 	tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SESSION\tSTATUS\tHOSTS\tPROCESSES\tROWS")
+	fmt.Fprintln(tw, "SESSION\tSTATUS\tHOSTS\tPROCESSES\tSTART\tEND\tROWS")
 	for _, m := range metas {
 		var rows int64
 		for _, n := range m.Rows {
 			rows += n
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\n", m.Session, m.Status, strings.Join(sortedKeys(m.Hosts), ","), len(m.Processes), rows)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%d\n", m.Session, m.Status, strings.Join(sortedKeys(m.Hosts), ","),
+			len(m.Processes), stamp(m.StartNS), stamp(m.EndNS), rows)
 	}
 	return tw.Flush()
+}
+
+// stamp formats a metadata time (ns since the epoch, 0 when unknown) for the session list.
+func stamp(ns int64) string {
+	if ns <= 0 {
+		return "-"
+	}
+	return time.Unix(0, ns).UTC().Format("2006-01-02 15:04:05")
 }
 
 // Summary is what `pmhub show` prints, computed from the session's CSV files and metadata.json.

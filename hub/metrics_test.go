@@ -1,0 +1,113 @@
+package hub
+
+import (
+	"context"
+	"io"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	gproto "google.golang.org/protobuf/proto"
+
+	"github.com/profilemate/profilemate/proto"
+	"github.com/profilemate/profilemate/proto/pmpb"
+)
+
+// TestMetricsPerRankSeriesLiveThenDropped runs a real hub on the wire contract with the metrics
+// hook, publishes a worker's step times and the engine's KV usage, and checks the per-rank series
+// and the health series on /metrics; once the session ends (idle, by the hub's clock) its series
+// are gone.
+func TestMetricsPerRankSeriesLiveThenDropped(t *testing.T) {
+	var skew atomic.Int64 // the hub's clock runs ahead by this much
+	m := NewMetrics()
+	s, err := New(Config{DataDir: t.TempDir(), Listen: "127.0.0.1:-1", SessionIdle: time.Minute, Observe: m.Observe,
+		Now: func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Attach(s)
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := s.Start(ctx); err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done; s.Close() })
+
+	nc, err := nats.Connect(s.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	pub := func(proc, kind string, p *pmpb.Process, evs ...*pmpb.Event) {
+		b, err := gproto.Marshal(proto.Stamp(&pmpb.EventBatch{Process: p, Events: evs}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := nc.Publish(proto.EventSubject("S1", "host-a", proc, kind), b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	now := time.Now().UnixNano()
+	worker := &pmpb.Process{Session: "S1", Host: "host-a", Pid: 11, Role: proto.RoleWorker, Tp: 2, Ep: -1, Rank: 2}
+	engine := &pmpb.Process{Session: "S1", Host: "host-a", Pid: 10, Role: proto.RoleEngineCore, Dp: 0, Pp: -1, Tp: -1, Ep: -1, Rank: -1}
+	pub("w2", proto.KindForwardPass, worker,
+		&pmpb.Event{Kind: proto.KindForwardPass, Table: "forward_pass_timing", Seq: 1, Step: 1, TsNs: now, Cols: map[string]*pmpb.Value{"cpu_ms": {V: &pmpb.Value_D{D: 3}}}},
+		&pmpb.Event{Kind: proto.KindForwardPass, Table: "forward_pass_timing", Seq: 2, Step: 2, TsNs: now + 1, Cols: map[string]*pmpb.Value{"cpu_ms": {V: &pmpb.Value_D{D: 5}}}})
+	pub("eng0", proto.KindKVCache, engine,
+		&pmpb.Event{Kind: proto.KindKVCache, Table: "kv_cache_usage", Seq: 1, Step: 1, TsNs: now, Cols: map[string]*pmpb.Value{"usage": {V: &pmpb.Value_D{D: 0.75}}}})
+
+	h := m.Handler()
+	scrape := func() string {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+		b, _ := io.ReadAll(rec.Body)
+		return string(b)
+	}
+	want := []string{
+		`profilemate_step_cpu_seconds_count{host="host-a",proc="w2",rank="2",session="S1"} 2`,
+		`profilemate_step_cpu_seconds_sum{host="host-a",proc="w2",rank="2",session="S1"} 0.008`,
+		`profilemate_kv_cache_usage_ratio{host="host-a",proc="eng0",rank="",session="S1"} 0.75`,
+	}
+	var body string
+	waitFor(t, "per-rank series", func() bool {
+		body = scrape()
+		for _, w := range want {
+			if !strings.Contains(body, w) {
+				return false
+			}
+		}
+		return true
+	})
+	for _, w := range []string{"profilemate_hub_rows_total 3", "profilemate_hub_sessions 1", "profilemate_hub_consumer_pending_messages 0"} {
+		if !strings.Contains(body, w) {
+			t.Fatalf("no %q in /metrics:\n%s", w, body)
+		}
+	}
+
+	skew.Store(int64(time.Hour)) // idle for an hour by the hub's clock: the session ends
+	waitFor(t, "session end", func() bool {
+		for _, si := range s.Sessions() {
+			if si.Session == "S1" && si.Status != StatusActive {
+				return true
+			}
+		}
+		return false
+	})
+	body = scrape()
+	if strings.Contains(body, `session="S1"`) {
+		t.Fatalf("series of the ended session still exported:\n%s", body)
+	}
+}
+
+func TestRankOf(t *testing.T) {
+	for tok, want := range map[string]string{"w0": "0", "w13": "13", "eng0": "", "api1": "", "p4242": "", "agent": ""} {
+		if got := rankOf(tok); got != want {
+			t.Errorf("rankOf(%q) = %q, want %q", tok, got, want)
+		}
+	}
+}
