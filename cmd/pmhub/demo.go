@@ -55,6 +55,10 @@ func demo(c *cli.Context) error {
 			return cli.Exit("pmhub demo: no python3 on PATH (the simulated vLLM needs Python 3.9+); pass --python", 2)
 		}
 	}
+	if out, err := exec.CommandContext(ctx, python, "-c",
+		"import sys; print('%d.%d' % sys.version_info[:2]); sys.exit(sys.version_info < (3, 9))").CombinedOutput(); err != nil {
+		return cli.Exit(fmt.Sprintf("pmhub demo: %s is not a usable Python 3.9+ (%s: %v); pass --python", python, strings.TrimSpace(string(out)), err), 2)
+	}
 	data := c.String("data")
 	if data == "" {
 		if data, err = os.MkdirTemp("", "profilemate-demo-"); err != nil {
@@ -113,6 +117,9 @@ func demo(c *cli.Context) error {
 // findPMAgent looks for pmagent next to this executable (make build puts both in bin/), then on PATH.
 func findPMAgent(flag string) (string, error) {
 	if flag != "" {
+		if _, err := exec.LookPath(flag); err != nil {
+			return "", fmt.Errorf("pmhub demo: --pmagent %s: %w", flag, err)
+		}
 		return flag, nil
 	}
 	if self, err := os.Executable(); err == nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/profilemate/profilemate/hub"
+	"github.com/profilemate/profilemate/proto"
 )
 
 func dataFlag() cli.Flag {
@@ -103,6 +104,11 @@ type Summary struct {
 	Status      string              `json:"status"`
 	EndReason   string              `json:"end_reason,omitempty"`
 	Hosts       map[string][]string `json:"hosts"` // host -> process tokens
+	// Layout is each host's worker count and, when the reported ranks cover them all, its parallel
+	// sizes ("4 workers: TP 4, PP 1, DP 1").
+	Layout map[string]string `json:"layout,omitempty"`
+	// Ranks is every worker's place in the deployment, host then proc order.
+	Ranks []RankInfo `json:"ranks"`
 	Steps       map[string]int      `json:"steps"` // host/proc -> steps recorded in forward_pass_timing (workers) or batch_utilization (engines)
 	GraphModes  map[string]float64  `json:"graph_mode_shares"`
 	KVPeak      float64             `json:"kv_usage_peak"`
@@ -113,6 +119,14 @@ type Summary struct {
 	StepSkew float64          `json:"step_time_skew"`
 	Rows     map[string]int64 `json:"rows"`
 	Dir      string           `json:"dir"`
+}
+
+// RankInfo is one worker process and its ranks.
+type RankInfo struct {
+	Host string `json:"host"`
+	Proc string `json:"proc"`
+	PID  int64  `json:"pid"`
+	hub.Ident
 }
 
 // ExpertLoad is one expert's selections summed over layers and ranks.
@@ -136,12 +150,39 @@ func summarize(dir string) (*Summary, error) {
 		return nil, err
 	}
 	s := &Summary{Session: m.Session, Status: m.Status, EndReason: m.EndReason, Hosts: map[string][]string{},
-		Steps: map[string]int{}, GraphModes: map[string]float64{}, Rows: m.Rows, Dir: dir}
+		Layout: map[string]string{}, Steps: map[string]int{}, GraphModes: map[string]float64{}, Rows: m.Rows, Dir: dir}
 	procOf := map[string]string{} // host/pid -> token
+	size := map[string]*[3]int64{} // host -> max tp, pp, dp + 1
 	for _, p := range m.Processes {
 		s.Hosts[p.Host] = append(s.Hosts[p.Host], p.Proc)
 		procOf[p.Host+"/"+strconv.FormatInt(p.PID, 10)] = p.Proc
+		if p.Role != proto.RoleWorker {
+			continue
+		}
+		s.Ranks = append(s.Ranks, RankInfo{Host: p.Host, Proc: p.Proc, PID: p.PID, Ident: p.Ident})
+		if size[p.Host] == nil {
+			size[p.Host] = &[3]int64{}
+		}
+		z := size[p.Host]
+		z[0], z[1], z[2] = max(z[0], p.TP+1), max(z[1], p.PP+1), max(z[2], p.DP+1)
 	}
+	workers := map[string]int64{}
+	for _, r := range s.Ranks {
+		workers[r.Host]++
+	}
+	for h, z := range size {
+		tp, pp, dp := max(z[0], 1), max(z[1], 1), max(z[2], 1)
+		// The layout is only claimed when the reported ranks account for every worker.
+		if tp*pp*dp == workers[h] {
+			s.Layout[h] = fmt.Sprintf("%d workers: TP %d, PP %d, DP %d", workers[h], tp, pp, dp)
+		} else {
+			s.Layout[h] = fmt.Sprintf("%d workers", workers[h])
+		}
+	}
+	sort.Slice(s.Ranks, func(i, j int) bool {
+		a, b := s.Ranks[i], s.Ranks[j]
+		return a.Host < b.Host || (a.Host == b.Host && a.Rank < b.Rank)
+	})
 	key := func(r map[string]string) string { return r["host"] + "/" + procOf[r["host"]+"/"+r["pid"]] }
 
 	modes := map[string]int{}
@@ -272,7 +313,20 @@ func (s *Summary) print(w io.Writer) {
 	}
 	fmt.Fprintln(w)
 	for _, h := range sortedKeys(s.Hosts) {
-		fmt.Fprintf(w, "  host %s: %s\n", h, strings.Join(s.Hosts[h], " "))
+		fmt.Fprintf(w, "  host %s: %s", h, strings.Join(s.Hosts[h], " "))
+		if l := s.Layout[h]; l != "" {
+			fmt.Fprintf(w, " (%s)", l)
+		}
+		fmt.Fprintln(w)
+	}
+	var steps []string
+	for _, k := range sortedKeys(s.Steps) {
+		if _, proc, _ := strings.Cut(k, "/"); !strings.HasPrefix(proc, "w") {
+			steps = append(steps, fmt.Sprintf("%s %d", k, s.Steps[k]))
+		}
+	}
+	if len(steps) > 0 {
+		fmt.Fprintf(w, "  engine steps: %s\n", strings.Join(steps, ", "))
 	}
 	var modes []string
 	for _, m := range sortedKeys(s.GraphModes) {

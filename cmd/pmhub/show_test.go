@@ -115,6 +115,12 @@ func TestSummaryFromHubSession(t *testing.T) {
 	if got := strings.Join(s.Hosts["h1"], " "); len(s.Hosts) != 1 || !strings.Contains(got, "w0") || !strings.Contains(got, "w1") || !strings.Contains(got, "eng0") {
 		t.Fatalf("hosts %v", s.Hosts)
 	}
+	if s.Layout["h1"] != "2 workers: TP 2, PP 1, DP 1" || len(s.Ranks) != 2 || s.Ranks[1].Proc != "w1" || s.Ranks[1].TP != 1 {
+		t.Fatalf("layout %v ranks %+v", s.Layout, s.Ranks)
+	}
+	if s.Steps["h1/w0"] != 3 {
+		t.Fatalf("steps %v", s.Steps)
+	}
 	if len(s.StepTimes) != 2 || s.StepTimes[0].Proc != "w0" || s.StepTimes[0].MedianCPUMs != 2 || s.StepTimes[0].Steps != 3 ||
 		s.StepTimes[1].Proc != "w1" || s.StepTimes[1].MedianCPUMs != 5 {
 		t.Fatalf("step times %+v, want w0 median 2 over 3 steps, w1 median 5", s.StepTimes)
