@@ -100,21 +100,21 @@ func stamp(ns int64) string {
 
 // Summary is what `pmhub show` prints, computed from the session's CSV files and metadata.json.
 type Summary struct {
-	Session     string              `json:"session"`
-	Status      string              `json:"status"`
-	EndReason   string              `json:"end_reason,omitempty"`
-	Hosts       map[string][]string `json:"hosts"` // host -> process tokens
+	Session   string              `json:"session"`
+	Status    string              `json:"status"`
+	EndReason string              `json:"end_reason,omitempty"`
+	Hosts     map[string][]string `json:"hosts"` // host -> process tokens
 	// Layout is each host's worker count and, when the reported ranks cover them all, its parallel
 	// sizes ("4 workers: TP 4, PP 1, DP 1").
 	Layout map[string]string `json:"layout,omitempty"`
 	// Ranks is every worker's place in the deployment, host then proc order.
-	Ranks []RankInfo `json:"ranks"`
-	Steps       map[string]int      `json:"steps"` // host/proc -> steps recorded in forward_pass_timing (workers) or batch_utilization (engines)
-	GraphModes  map[string]float64  `json:"graph_mode_shares"`
-	KVPeak      float64             `json:"kv_usage_peak"`
-	Preemptions int                 `json:"preemptions"`
-	TopExperts  []ExpertLoad        `json:"top_experts"`
-	StepTimes   []RankStepTime      `json:"step_times"`
+	Ranks       []RankInfo         `json:"ranks"`
+	Steps       map[string]int     `json:"steps"` // host/proc -> steps recorded in forward_pass_timing (workers) or batch_utilization (engines)
+	GraphModes  map[string]float64 `json:"graph_mode_shares"`
+	KVPeak      float64            `json:"kv_usage_peak"`
+	Preemptions int                `json:"preemptions"`
+	TopExperts  []ExpertLoad       `json:"top_experts"`
+	StepTimes   []RankStepTime     `json:"step_times"`
 	// StepSkew is the slowest rank's median CPU step time over the fastest's (1 = balanced).
 	StepSkew float64          `json:"step_time_skew"`
 	Rows     map[string]int64 `json:"rows"`
@@ -151,7 +151,7 @@ func summarize(dir string) (*Summary, error) {
 	}
 	s := &Summary{Session: m.Session, Status: m.Status, EndReason: m.EndReason, Hosts: map[string][]string{},
 		Layout: map[string]string{}, Steps: map[string]int{}, GraphModes: map[string]float64{}, Rows: m.Rows, Dir: dir}
-	procOf := map[string]string{} // host/pid -> token
+	procOf := map[string]string{}  // host/pid -> token
 	size := map[string]*[3]int64{} // host -> max tp, pp, dp + 1
 	for _, p := range m.Processes {
 		s.Hosts[p.Host] = append(s.Hosts[p.Host], p.Proc)
