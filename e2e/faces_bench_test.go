@@ -12,7 +12,7 @@ import (
 
 // BenchmarkEmitToTail measures how long an event takes from the moment the shim records it
 // (its ts_ns) to the moment `pmhub tail` prints it, under the demo's load (simulated vLLM, 4
-// workers, shim → agent → NATS → tail), and the events/s tail sees. Run:
+// workers on each of two hosts, shim → agent → NATS → tail), and the events/s tail sees. Run:
 // go test -run '^$' -bench EmitToTail -benchtime 1x ./e2e/
 func BenchmarkEmitToTail(b *testing.B) {
 	for i := 0; i < b.N; i++ {
@@ -60,11 +60,17 @@ func runEmitToTail(b *testing.B) {
 			}
 		}
 	}()
-	py, env, _ := agSim(b, "PMSIM_STEP_WORK_MS=2")
-	args := append([]string{"run", "--nats", h.url, "--host", "bench", "--session", "bench-s", "--spool-dir", b.TempDir()}, agSimArgs(py)...)
-	p := agStart(b, env, args...)
-	if err := p.wait(b, 4*time.Minute); err != nil {
-		b.Fatalf("pmagent run: %v", err)
+	// Two agents on two host names into one session, as `pmhub demo` runs them.
+	var procs []*agProc
+	for _, host := range []string{"hostA", "hostB"} {
+		py, env, _ := agSim(b, "PMSIM_STEP_WORK_MS=2")
+		args := append([]string{"run", "--nats", h.url, "--host", host, "--session", "bench-s", "--spool-dir", b.TempDir()}, agSimArgs(py)...)
+		procs = append(procs, agStart(b, env, args...))
+	}
+	for _, p := range procs {
+		if err := p.wait(b, 4*time.Minute); err != nil {
+			b.Fatalf("pmagent run: %v", err)
+		}
 	}
 	time.Sleep(500 * time.Millisecond) // let tail print the last batches before it is stopped
 	tail.Process.Kill()
