@@ -51,7 +51,12 @@ func TestTailReadsPreemptionWhileSimulatorPaused(t *testing.T) {
 	if err := tail.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { tail.Process.Kill(); tail.Wait() })
+	t.Cleanup(func() {
+		if tail.ProcessState == nil {
+			tail.Process.Kill()
+			tail.Wait()
+		}
+	})
 	ready := make(chan struct{})
 	go func() {
 		sc := bufio.NewScanner(stderr)
@@ -140,6 +145,16 @@ func TestTailReadsPreemptionWhileSimulatorPaused(t *testing.T) {
 		if kinds[k] == 0 {
 			t.Errorf("plain subscriber saw no %s events (saw %v)", k, kinds)
 		}
+	}
+
+	// Ctrl-C ends tail cleanly: exit status 0.
+	if err := tail.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	for range lines { // drain what it still printed until its stdout closes
+	}
+	if err := tail.Wait(); err != nil {
+		t.Fatalf("pmhub tail after Ctrl-C: %v", err)
 	}
 }
 
