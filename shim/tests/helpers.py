@@ -91,3 +91,31 @@ def csv_rows(path):
     import csv
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def run_engine_sim(testcase, era, env, truth_key, tables, model="sim/m", prefix="pm-sim-"):
+    """Runs `vllm serve` of the simulator (one EngineCore, runner inside) under the shim with its
+    folder sink; returns (the ground truth of the process that has `truth_key`, {table: rows} of the
+    EngineCore folder, its metadata.json)."""
+    import shutil
+    out = tempfile.mkdtemp(prefix=prefix)
+    testcase.addCleanup(shutil.rmtree, out, True)
+    gt = os.path.join(out, "truth.json")
+    env = dict(env, PMSIM_GROUND_TRUTH=gt)
+    try:
+        r = run([os.path.join(TESTBED, "bin", "vllm"), "serve", model],
+                [os.path.join(TESTBED, "eras", era), TESTBED], env=env, out_dir=os.path.join(out, "pm"),
+                timeout=120)
+    except subprocess.TimeoutExpired:
+        testcase.fail("era %s: the simulator did not finish within 120 s" % era)
+    testcase.assertEqual(r.returncode, 0, r.stderr[-3000:])
+    truth = read_json(gt)
+    proc = [p for p in truth["processes"] if truth_key in p]
+    testcase.assertEqual(len(proc), 1, truth["processes"])
+    folders = glob.glob(os.path.join(out, "pm", "session_*", "engine_core-*"))
+    testcase.assertEqual(len(folders), 1, folders)
+    rows = {}
+    for name in tables:
+        path = os.path.join(folders[0], name + ".csv")
+        rows[name] = csv_rows(path) if os.path.exists(path) else []
+    return proc[0], rows, read_json(os.path.join(folders[0], "metadata.json"))

@@ -9,11 +9,7 @@ tokens lost. compare() is also fed the same rows with one event dropped and must
 difference.
 """
 import collections
-import glob
 import os
-import shutil
-import subprocess
-import tempfile
 import unittest
 
 from tests import helpers as h
@@ -23,29 +19,9 @@ TABLES = ("kv_cache_usage", "kv_cache_evictions", "batch_utilization", "preempti
 
 
 def run_sim(testcase, era, extra=None):
-    out = tempfile.mkdtemp(prefix="pm-engine-")
-    testcase.addCleanup(shutil.rmtree, out, True)
-    gt = os.path.join(out, "truth.json")
-    env = {"PMSIM_TP": "1", "PMSIM_STEP_WORK_MS": "0", "PMSIM_GROUND_TRUTH": gt}
+    env = {"PMSIM_TP": "1", "PMSIM_STEP_WORK_MS": "0"}
     env.update(extra or {})
-    try:
-        r = h.run([os.path.join(h.TESTBED, "bin", "vllm"), "serve", "sim/m"],
-                  [os.path.join(h.TESTBED, "eras", era), h.TESTBED], env=env, out_dir=os.path.join(out, "pm"),
-                  timeout=120)
-    except subprocess.TimeoutExpired:
-        testcase.fail("era %s: the simulator did not finish within 120 s" % era)
-    testcase.assertEqual(r.returncode, 0, r.stderr[-3000:])
-    truth = h.read_json(gt)
-    proc = [p for p in truth["processes"] if "scheduler_steps" in p]
-    testcase.assertEqual(len(proc), 1, truth["processes"])
-    folders = glob.glob(os.path.join(out, "pm", "session_*", "engine_core-*"))
-    testcase.assertEqual(len(folders), 1, folders)
-    tables = {}
-    for name in TABLES:
-        path = os.path.join(folders[0], name + ".csv")
-        tables[name] = h.csv_rows(path) if os.path.exists(path) else []
-    meta = h.read_json(os.path.join(folders[0], "metadata.json"))
-    return proc[0], tables, meta
+    return h.run_engine_sim(testcase, era, env, "scheduler_steps", TABLES, model="sim/m", prefix="pm-engine-")
 
 
 def compare(truth, tables):

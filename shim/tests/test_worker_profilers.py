@@ -8,11 +8,7 @@ one forward-pass row per runner step. compare() is also fed the same rows with o
 dropped, and must then report a difference.
 """
 import collections
-import glob
 import os
-import shutil
-import subprocess
-import tempfile
 import unittest
 
 from tests import helpers as h
@@ -22,31 +18,11 @@ UNOBSERVABLE_MOE = ("v0_7_3",)
 
 
 def run_sim(testcase, era, extra=None):
-    out = tempfile.mkdtemp(prefix="pm-worker-")
-    testcase.addCleanup(shutil.rmtree, out, True)
-    gt = os.path.join(out, "truth.json")
-    env = {"PMSIM_TP": "1", "PMSIM_REQUESTS": "6", "PMSIM_STEP_WORK_MS": "0", "PMSIM_GROUND_TRUTH": gt,
-           "PROFILEMATE_MOE_INTERVAL_STEPS": "7"}
+    env = {"PMSIM_TP": "1", "PMSIM_REQUESTS": "6", "PMSIM_STEP_WORK_MS": "0", "PROFILEMATE_MOE_INTERVAL_STEPS": "7"}
     env.update(extra or {})
-    try:
-        r = h.run([os.path.join(h.TESTBED, "bin", "vllm"), "serve", "sim/moe"],
-                  [os.path.join(h.TESTBED, "eras", era), h.TESTBED], env=env, out_dir=os.path.join(out, "pm"),
-                  timeout=120)
-    except subprocess.TimeoutExpired:
-        testcase.fail("era %s: the simulator did not finish within 120 s" % era)
-    testcase.assertEqual(r.returncode, 0, r.stderr[-3000:])
-    truth = h.read_json(gt)
-    proc = [p for p in truth["processes"] if "runner_steps" in p]
-    testcase.assertEqual(len(proc), 1, truth["processes"])
-    folders = glob.glob(os.path.join(out, "pm", "session_*", "engine_core-*"))
-    testcase.assertEqual(len(folders), 1, folders)
-    tables = {}
-    for name in ("cuda_graph_usage", "cuda_graph_captures", "moe_expert_selection", "encoder_decoder_timing",
-                 "forward_pass_timing", "moe_expert_timing"):
-        path = os.path.join(folders[0], name + ".csv")
-        tables[name] = h.csv_rows(path) if os.path.exists(path) else []
-    meta = h.read_json(os.path.join(folders[0], "metadata.json"))
-    return proc[0], tables, meta
+    tables = ("cuda_graph_usage", "cuda_graph_captures", "moe_expert_selection", "encoder_decoder_timing",
+              "forward_pass_timing", "moe_expert_timing")
+    return h.run_engine_sim(testcase, era, env, "runner_steps", tables, model="sim/moe", prefix="pm-worker-")
 
 
 def compare(era, truth, tables, per_layer=True):
