@@ -14,19 +14,14 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/profilemate/profilemate/internal/dirs"
 )
 
-// DefaultSocket picks the socket path: /run/profilemate/agent.sock for root, else under
-// $XDG_RUNTIME_DIR, else under the temp folder.
-func DefaultSocket() string {
-	if os.Geteuid() == 0 {
-		return "/run/profilemate/agent.sock"
-	}
-	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
-		return filepath.Join(d, "profilemate", "agent.sock")
-	}
-	return filepath.Join(os.TempDir(), "profilemate-"+strconv.Itoa(os.Getuid()), "agent.sock")
-}
+// DefaultSocket picks the socket path: agent.sock in the runtime folder internal/dirs names
+// ($RUNTIME_DIRECTORY, /run/profilemate for root, else $XDG_RUNTIME_DIR/profilemate, else the
+// temp folder).
+func DefaultSocket() string { return dirs.Runtime("agent.sock") }
 
 // listenSocket creates the Unix socket with mode 0660, owned by group when that group exists.
 // A stale socket file left by a crashed agent is replaced; a live one is an error.
