@@ -49,6 +49,8 @@ type Config struct {
 	// its TLS, credentials or user/password.
 	NATSURL     string
 	NATSOptions []nats.Option
+	// Server is the embedded server's authentication and TLS; ignored with NATSURL.
+	Server ServerSecurity
 
 	SessionIdle     time.Duration
 	StreamMaxBytes  int64
@@ -99,6 +101,17 @@ type Server struct {
 func New(cfg Config) (*Server, error) {
 	if cfg.DataDir == "" {
 		return nil, errors.New("hub: data folder not set")
+	}
+	for _, c := range []struct {
+		name string
+		neg  bool
+	}{
+		{"session idle", cfg.SessionIdle < 0}, {"stream max bytes", cfg.StreamMaxBytes < 0},
+		{"stream max age", cfg.StreamMaxAge < 0}, {"max message bytes", cfg.MaxMsgBytes < 0}, {"fetch", cfg.Fetch < 0},
+	} {
+		if c.neg {
+			return nil, fmt.Errorf("hub: %s must not be negative", c.name)
+		}
 	}
 	if cfg.Listen == "" {
 		cfg.Listen = DefaultListen
@@ -167,15 +180,24 @@ func (s *Server) Conn() *nats.Conn { return s.nc }
 // Start runs the embedded NATS server (or connects to NATSURL), creates or adopts the stream and
 // the durable consumer, answers clock requests and reloads unfinished sessions from disk.
 func (s *Server) Start(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("hub: start: %w", err)
+	}
+	opts := []nats.Option{nats.Name("pmhub"), nats.MaxReconnects(-1)}
+	connURL := s.cfg.NATSURL
 	if s.cfg.NATSURL == "" {
-		if err := s.startEmbedded(); err != nil {
+		own, err := s.startEmbedded(ctx)
+		if err != nil {
 			return err
 		}
+		opts = append(opts, own...)
+		// In-process: a nats:// URL, or nats.go would insist on a TLS handshake the pipe skips.
+		connURL = "nats://" + s.ns.Addr().String()
 	} else {
 		s.url = s.cfg.NATSURL
+		opts = append(opts, s.cfg.NATSOptions...)
 	}
-	opts := append([]nats.Option{nats.Name("pmhub"), nats.MaxReconnects(-1)}, s.cfg.NATSOptions...)
-	nc, err := nats.Connect(s.url, opts...)
+	nc, err := nats.Connect(connURL, opts...)
 	if err != nil {
 		s.Close()
 		return fmt.Errorf("hub: connect %s: %w", s.url, err)
