@@ -19,7 +19,7 @@ import (
 // and localhost, and a client certificate, both signed by the CA; OtherCA signed neither.
 type TLSFiles struct {
 	CA, ServerCert, ServerKey, ClientCert, ClientKey string
-	OtherCA, OtherClientCert, OtherClientKey        string // a second CA and a client it signed
+	OtherCA, OtherClientCert, OtherClientKey         string // a second CA and a client it signed
 }
 
 // WriteTLS generates the certificates (ECDSA P-256, valid for one hour) into a temporary folder.
