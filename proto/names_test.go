@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/profilemate/profilemate/internal/pyenv"
+	"github.com/profilemate/profilemate/internal/testkit"
 )
 
 // nameCases are names from the field: every one the boundary issue saw dropped later, and the
@@ -70,13 +70,13 @@ func TestNameGrammar(t *testing.T) {
 // TestPythonNameGrammarAgrees runs profilemate.schema.name_error on the same names under every
 // supported Python and compares its verdicts with Go's.
 func TestPythonNameGrammarAgrees(t *testing.T) {
-	root := pyenv.RepoRoot(t)
+	root := testkit.RepoRoot(t)
 	in, _ := json.Marshal(nameCases2())
 	script := `import json, sys
 from profilemate import schema
 cases = json.loads(sys.argv[1])
 print(json.dumps([schema.name_error(c[0], c[1]) is None for c in cases]))`
-	for _, py := range pyenv.ForTest(t) {
+	for _, py := range testkit.Interpreters(t) {
 		t.Run(py.String(), func(t *testing.T) {
 			cmd := exec.Command(py.Path, "-c", script, string(in))
 			cmd.Dir = filepath.Join(root, "shim")
