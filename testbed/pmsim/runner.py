@@ -111,27 +111,28 @@ def _worker_exec(self, a):
 
 
 class SimModel:
-    """33 pieces (split at attention); MoE layers sit inside pieces 1..moe_layers."""
+    """33 pieces (split at attention); MoE layers sit inside evenly spread pieces (piece_layer)."""
 
     def __init__(self, runner):
         cfg = config.get()
         self.runner = runner
         self.cfg = cfg
-        self.moe = [make_moe_layer(j) for j in range(cfg.moe_layers)]
-        # Pipeline parallel: stage p holds a contiguous share of the pieces (and of their MoE layers).
+        # Pipeline parallel: stage p holds a contiguous share of the pieces, and builds only the MoE
+        # layers inside them (vLLM puts PPMissingLayer in place of the others).
         pp, stage = _pp()
         own = [i for i in range(cfg.pieces) if i * pp // cfg.pieces == stage]
-        self.own_layers = [i - 1 for i in own if 0 <= i - 1 < cfg.moe_layers]
+        self.own_layers = [piece_layer(i) for i in own if piece_layer(i) >= 0]
+        self.moe = {j: make_moe_layer(j) for j in self.own_layers}
         self.pieces = [self._piece_fn(i) for i in own]
         self.wrapped = list(self.pieces)
 
     def _piece_fn(self, i):
-        layer = i - 1
+        layer = piece_layer(i)
 
         def piece(x):
             # The routing table follows the layer that runs, wrapped in a graph piece or not (eager).
             _current_layer["layer"] = layer
-            if 0 <= layer < len(self.moe):
+            if layer in self.moe:
                 logits = router_logits(x)
                 moe_forward_layer(self.moe[layer], x, logits)
             return x
@@ -142,6 +143,16 @@ class SimModel:
         for fn in self.wrapped:
             x = fn(x)
         return x
+
+
+def piece_layer(i):
+    """The MoE layer inside piece i, or -1: MoE layers sit at evenly spread pieces (1, 1 + n/L, ...),
+    so every pipeline stage holds some."""
+    cfg = config.get()
+    step = max(1, (cfg.pieces - 1) // max(cfg.moe_layers, 1))
+    if i >= 1 and (i - 1) % step == 0 and (i - 1) // step < cfg.moe_layers:
+        return (i - 1) // step
+    return -1
 
 
 def _pp():
@@ -352,14 +363,14 @@ class _LayerTracker:
         self.fn, self.i = fn, i
 
     def __call__(self, x):
-        _current_layer["layer"] = self.i - 1
+        _current_layer["layer"] = piece_layer(self.i)
         return self.fn(x)
 
 
 @impl("PiecewiseBackend.__call__")
 def _pb_call(self, a):
     x = a["args"][0]
-    _current_layer["layer"] = self.piecewise_compile_index - 1
+    _current_layer["layer"] = piece_layer(self.piecewise_compile_index)
     entry = self.concrete_size_entries.get(x.shape[0])
     if entry is None or _ctx.mode == NONE:
         return self.compiled_graph_for_general_shape(x)
