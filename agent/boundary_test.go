@@ -2,8 +2,11 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -208,4 +211,99 @@ func TestSpoolReadsOlderFormat(t *testing.T) {
 func appendUvarintField(b []byte, s string) []byte {
 	b = append(b, byte(len(s))) // short fields: one uvarint byte
 	return append(b, s...)
+}
+
+// pySend runs a separate Python process that connects to sock and sends lines: another process
+// than the test's own, as an attacker on the host would be.
+func pySend(t *testing.T, sock string, lines ...string) {
+	t.Helper()
+	py, err := exec.LookPath("python3")
+	if err != nil {
+		t.Skip("no python3")
+	}
+	script := "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\ns.sendall(sys.argv[2].encode())\ns.close()\n"
+	out, err := exec.Command(py, "-c", script, sock, strings.Join(lines, "\n")+"\n").CombinedOutput()
+	if err != nil {
+		t.Fatalf("python client: %v\n%s", err, out)
+	}
+}
+
+// TestSocketIdentityBoundToConnection: a pid label belongs to the connection (the process) that
+// said hello with it. Another process cannot send events under it (a seq of 2^64-1 would make
+// every later event of the victim look like a duplicate), say hello or bye for it; the victim's
+// own reconnect can; a reported pid that is not the peer's (a container) is accepted.
+func TestSocketIdentityBoundToConnection(t *testing.T) {
+	ns := startNATS(t, t.TempDir(), -1)
+	createStream(t, ns.ClientURL())
+	a := newTestAgent(t, Config{NATS: NATSConfig{URL: ns.ClientURL()}})
+	victim := dialShim(t, a.Socket(), 901, 0, "ident")
+	victim.batch(10)
+	waitFor(t, "victim's first events", func() bool { return a.Status().Events == 10 })
+	pySend(t, a.Socket(),
+		`{"t":"batch","v":1,"pid":901,"events":[{"kind":"kv_cache","table":"kv_cache_usage","seq":18446744073709551615,"step":1,"ts_ns":1,"cols":{"usage":1}}]}`,
+		`{"t":"hello","v":1,"session":"other","pid":901,"ppid":1,"role":"worker","dp":0,"pp":0,"tp":0,"ep":-1,"rank":0}`,
+		`{"t":"status","v":1,"pid":901,"targets":[]}`,
+		`{"t":"bye","v":1,"pid":901,"last_seq":1}`)
+	waitFor(t, "the other process's lines refused", func() bool { return a.Status().BadLines == 4 })
+	victim.batch(10)
+	waitFor(t, "victim's later events", func() bool { return a.Status().Events == 20 })
+	// The victim's own new connection (same process) takes its label over.
+	again := dialShim(t, a.Socket(), 901, 0, "ident")
+	again.seq = victim.seq
+	again.batch(10)
+	again.bye()
+	waitFor(t, "every victim event", func() bool { return countEvents(t, ns.ClientURL()) >= 30 })
+	checkExactlyOnce(t, seqsByPID(t, streamMsgs(t, ns.ClientURL())), map[int]uint64{901: 30})
+	st := a.Status()
+	if st.Dupes != 0 || len(st.Processes) != 1 || st.Processes[0].PeerPID != os.Getpid() || !st.Processes[0].Gone {
+		t.Errorf("status %+v, %d duplicates, %d events: want one process bound to pid %d, ended by its own bye, no duplicates", st.Processes, st.Dupes, st.Events, os.Getpid())
+	}
+}
+
+// TestConnectionLimit: connections beyond --max-connections are closed at once and counted.
+func TestConnectionLimit(t *testing.T) {
+	a := newTestAgent(t, Config{MaxConns: 2})
+	dialShim(t, a.Socket(), 11, 0, "lim")
+	dialShim(t, a.Socket(), 12, 1, "lim")
+	waitFor(t, "two connections", func() bool { return a.Status().Socket.Connections == 2 })
+	c, err := net.Dial("unix", a.Socket())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if n, err := c.Read(make([]byte, 1)); n != 0 || err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("third connection read %d, %v: want it closed", n, err)
+	}
+	if st := a.Status().Socket; st.RefusedConnections != 1 || st.Connections != 2 {
+		t.Errorf("socket %+v, want 1 refused and 2 open", st)
+	}
+}
+
+// TestLineBudget: incomplete long lines of all connections together hold at most the budget; a
+// line beyond it is discarded, the others still arrive, and the budget is back to 0 afterwards.
+func TestLineBudget(t *testing.T) {
+	in := strings.Repeat("x", 300<<10) + "\nok\n"
+	b := &byteBudget{max: 200 << 10}
+	lr := newLineReader(strings.NewReader(in), 1<<20)
+	lr.budget = b
+	if _, err := lr.next(); !errors.Is(err, errLineOverBudget) {
+		t.Fatalf("long line: %v, want errLineOverBudget", err)
+	}
+	if l, err := lr.next(); err != nil || string(l) != "ok" {
+		t.Fatalf("next line %q %v, want ok", l, err)
+	}
+	if b.used.Load() != 0 {
+		t.Errorf("budget in use %d after the line, want 0", b.used.Load())
+	}
+	b.max = 1 << 20
+	lr = newLineReader(strings.NewReader(in), 1<<20)
+	lr.budget = b
+	if l, err := lr.next(); err != nil || len(l) != 300<<10 {
+		t.Fatalf("long line within the budget: %d bytes, %v", len(l), err)
+	}
+	lr.close()
+	if b.used.Load() != 0 {
+		t.Errorf("budget in use %d after close, want 0", b.used.Load())
+	}
 }

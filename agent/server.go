@@ -10,8 +10,10 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -76,8 +78,16 @@ func (a *Agent) accept() {
 			time.Sleep(50 * time.Millisecond)
 			continue
 		}
-		c := &conn{nc: nc, pids: map[int]*proc{}}
+		c := &conn{nc: nc, pids: map[int]*proc{}, peer: peerOf(nc)}
 		a.mu.Lock()
+		if len(a.conns) >= a.cfg.MaxConns {
+			a.mu.Unlock()
+			nc.Close()
+			a.refusedConns.Add(1)
+			a.connLog.log(a.log, "connection refused: too many connections", "limit", a.cfg.MaxConns,
+				"refused_total", a.refusedConns.Load())
+			continue
+		}
 		a.conns[c] = struct{}{}
 		a.connWG.Add(1)
 		a.mu.Unlock()
@@ -90,6 +100,77 @@ type conn struct {
 	nc   net.Conn
 	wmu  sync.Mutex
 	pids map[int]*proc // guarded by Agent.mu
+	peer peerCred
+}
+
+// peerCred is the process at the other end of a connection as the kernel reports it
+// (SO_PEERCRED, in the agent's pid namespace): the identity a connection's processes are bound
+// to. The pid a shim reports stays a label; in a container it differs from Pid.
+type peerCred struct {
+	Pid, UID, GID int32
+	OK            bool
+}
+
+func peerOf(nc net.Conn) peerCred {
+	uc, ok := nc.(*net.UnixConn)
+	if !ok {
+		return peerCred{}
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return peerCred{}
+	}
+	var cred *syscall.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, cerr = syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED)
+	}); err != nil || cerr != nil || cred == nil {
+		return peerCred{}
+	}
+	return peerCred{Pid: cred.Pid, UID: int32(cred.Uid), GID: int32(cred.Gid), OK: true}
+}
+
+// sameProcess reports whether two peers are known to be one process.
+func (p peerCred) sameProcess(o peerCred) bool { return p.OK && o.OK && p.Pid == o.Pid }
+
+// byteBudget bounds the bytes every connection's incomplete lines hold together; a nil budget
+// allows everything.
+type byteBudget struct {
+	used atomic.Int64
+	max  int64
+	full func() // called when a take fails (the agent returns the garbage of long lines)
+}
+
+func (b *byteBudget) take(n int64) bool {
+	if b == nil {
+		return true
+	}
+	if b.used.Add(n) > b.max {
+		b.used.Add(-n)
+		if b.full != nil {
+			b.full()
+		}
+		return false
+	}
+	return true
+}
+
+func (b *byteBudget) give(n int64) {
+	if b != nil && n != 0 {
+		b.used.Add(-n)
+	}
+}
+
+// countingReader counts the bytes read from the socket.
+type countingReader struct {
+	r net.Conn
+	n *atomic.Int64
+}
+
+func (c countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n.Add(int64(n))
+	return n, err
 }
 
 // send writes one JSON line back to the shim; a slow shim gets a short deadline, never the agent.
@@ -110,13 +191,25 @@ func (a *Agent) serve(c *conn) {
 	defer a.connWG.Done()
 	defer a.connGone(c)
 	defer c.nc.Close()
-	lr := newLineReader(c.nc, a.cfg.MaxLine)
+	lr := newLineReader(countingReader{c.nc, &a.readBytes}, a.cfg.MaxLine)
+	lr.budget = a.budget
+	defer func() {
+		big := lr.held > 0 || cap(lr.buf) > 0
+		lr.close()
+		if big {
+			a.returnMemory()
+		}
+	}()
 	for {
 		line, err := lr.next()
 		if err != nil {
-			if errors.Is(err, errLineTooLong) || errors.Is(err, ErrBadLine) {
+			if errors.Is(err, errLineTooLong) || errors.Is(err, errLineOverBudget) || errors.Is(err, ErrBadLine) {
 				a.reject(c, err)
-				if errors.Is(err, errLineTooLong) {
+				if errors.Is(err, errLineTooLong) || errors.Is(err, errLineOverBudget) {
+					if errors.Is(err, errLineOverBudget) {
+						a.overBudget.Add(1)
+					}
+					a.returnMemory()
 					continue
 				}
 			}
@@ -157,11 +250,11 @@ func (a *Agent) handle(c *conn, raw []byte) error {
 			return fmt.Errorf("%w: hello without pid", ErrBadLine)
 		}
 		h := l.Hello
-		a.hello(c, &h)
+		return a.hello(c, &h)
 	case "status":
-		a.status(&StatusMsg{PID: l.PID, Targets: l.Targets})
+		return a.status(c, &StatusMsg{PID: l.PID, Targets: l.Targets})
 	case "bye":
-		a.bye(&Bye{PID: l.PID, Dropped: l.Dropped, LastSeq: l.LastSeq, EndNS: l.EndNS})
+		return a.bye(c, &Bye{PID: l.PID, Dropped: l.Dropped, LastSeq: l.LastSeq, EndNS: l.EndNS})
 	case "admin":
 		switch l.Op {
 		case "status":
@@ -173,7 +266,6 @@ func (a *Agent) handle(c *conn, raw []byte) error {
 	default:
 		return fmt.Errorf("%w: unknown type %q", ErrBadLine, l.T)
 	}
-	return nil
 }
 
 // rateLog logs at most one line per second and says how many it held back.
@@ -198,6 +290,24 @@ func (r *rateLog) log(l *slog.Logger, msg string, args ...any) {
 		args = append(args, "suppressed", n)
 	}
 	l.Warn(msg, args...)
+}
+
+// returnMemory gives the memory of large lines back to the system soon after they are gone
+// (the runtime would keep it for minutes): at most once per second, the last call always honoured.
+func (a *Agent) returnMemory() {
+	if !a.memPending.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		a.memMu.Lock()
+		defer a.memMu.Unlock()
+		if d := time.Until(a.memLast.Add(time.Second)); d > 0 {
+			time.Sleep(d)
+		}
+		a.memPending.Store(false)
+		debug.FreeOSMemory()
+		a.memLast = time.Now()
+	}()
 }
 
 func pidAlive(pid int) bool {
