@@ -16,23 +16,14 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/profilemate/profilemate/internal/testkit"
 	pmproto "github.com/profilemate/profilemate/proto"
 )
 
-// startNATSPayload is startNATS with the server's max_payload set.
+// startNATSPayload starts a test server with its max_payload set.
 func startNATSPayload(t *testing.T, maxPayload int32) *server.Server {
 	t.Helper()
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true, JetStream: true,
-		StoreDir: t.TempDir(), MaxPayload: maxPayload})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server not ready")
-	}
-	t.Cleanup(ns.Shutdown)
-	return ns
+	return testkit.StartNATS(t, func(o *server.Options) { o.MaxPayload = maxPayload })
 }
 
 func createStreamOpts(t *testing.T, url string, opts ...pmproto.StreamOption) {
@@ -233,7 +224,7 @@ func pySend(t *testing.T, sock string, lines ...string) {
 // every later event of the victim look like a duplicate), say hello or bye for it; the victim's
 // own reconnect can; a reported pid that is not the peer's (a container) is accepted.
 func TestSocketIdentityBoundToConnection(t *testing.T) {
-	ns := startNATS(t, t.TempDir(), -1)
+	ns := testkit.StartNATS(t)
 	createStream(t, ns.ClientURL())
 	a := newTestAgent(t, Config{NATS: NATSConfig{URL: ns.ClientURL()}})
 	victim := dialShim(t, a.Socket(), 901, 0, "ident")
