@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -296,5 +297,116 @@ func TestLineBudget(t *testing.T) {
 	lr.close()
 	if b.used.Load() != 0 {
 		t.Errorf("budget in use %d after close, want 0", b.used.Load())
+	}
+}
+
+// TestSocketCandidates: the places a shim searches, in order, and the one serve listens on.
+func TestSocketCandidates(t *testing.T) {
+	tests := []struct {
+		name string
+		env  map[string]string
+		want []string
+	}{
+		{"bare", nil, []string{RootSocket, "/tmp/profilemate-1000/agent.sock"}},
+		{"tmpdir", map[string]string{"TMPDIR": "/scratch"}, []string{RootSocket, "/scratch/profilemate-1000/agent.sock"}},
+		{"xdg", map[string]string{"XDG_RUNTIME_DIR": "/run/user/1000"},
+			[]string{RootSocket, "/run/user/1000/profilemate/agent.sock", "/tmp/profilemate-1000/agent.sock"}},
+		{"systemd", map[string]string{"RUNTIME_DIRECTORY": "/run/pm:/run/other", "XDG_RUNTIME_DIR": "/run/user/1000"},
+			[]string{RootSocket, "/run/pm/agent.sock", "/run/user/1000/profilemate/agent.sock", "/tmp/profilemate-1000/agent.sock"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := SocketCandidates(func(k string) string { return tt.env[k] }, 1000)
+			if strings.Join(got, " ") != strings.Join(tt.want, " ") {
+				t.Errorf("got %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestSocketCandidatesMatchShim runs the shim's own discovery (profilemate.sinks.socket_candidates)
+// in a real interpreter under several environments and compares it with SocketCandidates.
+func TestSocketCandidatesMatchShim(t *testing.T) {
+	py, err := exec.LookPath("python3")
+	if err != nil {
+		t.Skip("no python3")
+	}
+	shimDir := filepath.Join(testkit.RepoRoot(t), "shim")
+	probe := exec.Command(py, "-c", "import profilemate.sinks as s; s.socket_candidates")
+	probe.Env = append(os.Environ(), "PYTHONPATH="+shimDir)
+	if out, err := probe.CombinedOutput(); err != nil {
+		t.Skipf("the shim has no profilemate.sinks.socket_candidates() yet: %s", strings.TrimSpace(string(out)))
+	}
+	envs := []map[string]string{
+		{},
+		{"TMPDIR": "/scratch"},
+		{"XDG_RUNTIME_DIR": "/run/user/77"},
+		{"RUNTIME_DIRECTORY": "/run/pm", "XDG_RUNTIME_DIR": "/run/user/77", "TMPDIR": "/scratch"},
+	}
+	for _, env := range envs {
+		cmd := exec.Command(py, "-c", "import json, profilemate.sinks as s; print(json.dumps(s.socket_candidates()))")
+		cmd.Env = []string{"PYTHONPATH=" + shimDir, "PATH=" + os.Getenv("PATH")}
+		for k, v := range env {
+			cmd.Env = append(cmd.Env, k+"="+v)
+		}
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("%v: %v", env, err)
+		}
+		var got []string
+		if err := json.Unmarshal(out, &got); err != nil {
+			t.Fatalf("%v: shim printed %q: %v", env, out, err)
+		}
+		want := SocketCandidates(func(k string) string { return env[k] }, os.Getuid())
+		if strings.Join(got, " ") != strings.Join(want, " ") {
+			t.Errorf("%v: shim searches %v, agent %v", env, got, want)
+		}
+	}
+}
+
+// TestSocketFolderRefused: a socket folder another user could use to swap the socket — made by
+// someone else, writable by others, or a symbolic link — is refused with the reason; a missing
+// one is created 0755.
+func TestSocketFolderRefused(t *testing.T) {
+	root := shortTemp(t)
+	loose := filepath.Join(root, "loose")
+	if err := os.Mkdir(loose, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(loose, 0o777)
+	other := filepath.Join(root, "other")
+	os.Mkdir(other, 0o755)
+	link := filepath.Join(root, "link")
+	os.Symlink(other, link)
+	cases := map[string]string{"mode 0777": loose, "a link": link}
+	if os.Geteuid() == 0 {
+		if err := os.Chown(other, 65534, 65534); err != nil {
+			t.Fatal(err)
+		}
+		cases["another owner"] = other
+	}
+	for name, dir := range cases {
+		t.Run(name, func(t *testing.T) {
+			a, err := New(Config{Host: "h1", Socket: filepath.Join(dir, "a.sock"), Logger: testLogger(t)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = a.Start(t.Context())
+			if !errors.Is(err, errSocketFolder) {
+				t.Fatalf("start: %v, want errSocketFolder", err)
+			}
+			if _, err := os.Stat(filepath.Join(dir, "a.sock")); err == nil {
+				t.Errorf("a socket was created in the refused folder")
+			}
+		})
+	}
+	fresh := filepath.Join(root, "fresh", "pm")
+	a := newTestAgent(t, Config{Socket: filepath.Join(fresh, "a.sock")})
+	info, err := os.Stat(fresh)
+	if err != nil || info.Mode().Perm() != 0o755 {
+		t.Fatalf("created folder %v %v, want mode 0755", info.Mode(), err)
+	}
+	if st, err := os.Stat(a.Socket()); err != nil || st.Mode().Perm() != 0o660 {
+		t.Errorf("socket %v %v, want mode 0660", st.Mode(), err)
 	}
 }

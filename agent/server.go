@@ -12,29 +12,108 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 )
 
-// DefaultSocket picks the socket path: /run/profilemate/agent.sock for root, else under
-// $XDG_RUNTIME_DIR, else under the temp folder.
-func DefaultSocket() string {
-	if os.Geteuid() == 0 {
-		return "/run/profilemate/agent.sock"
+// RootSocket is the socket of a host-wide `pmagent serve` (root, or a systemd unit with
+// RuntimeDirectory=profilemate).
+const RootSocket = "/run/profilemate/agent.sock"
+
+// SocketCandidates lists, in order, where a shim looks for the agent when PROFILEMATE_SOCKET names
+// none; getenv reads the environment (os.Getenv) and uid is the user's id:
+//
+//  1. /run/profilemate/agent.sock (RootSocket)
+//  2. $RUNTIME_DIRECTORY/agent.sock — systemd's RuntimeDirectory= (its first entry), when set
+//  3. $XDG_RUNTIME_DIR/profilemate/agent.sock, when set
+//  4. ${TMPDIR:-/tmp}/profilemate-<uid>/agent.sock
+//
+// The shim's own discovery (profilemate.sinks.socket_candidates) returns the same list; a test
+// runs both.
+func SocketCandidates(getenv func(string) string, uid int) []string {
+	out := []string{RootSocket}
+	if d := getenv("RUNTIME_DIRECTORY"); d != "" {
+		d, _, _ = strings.Cut(d, ":")
+		out = append(out, filepath.Join(d, "agent.sock"))
 	}
-	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
-		return filepath.Join(d, "profilemate", "agent.sock")
+	if d := getenv("XDG_RUNTIME_DIR"); d != "" {
+		out = append(out, filepath.Join(d, "profilemate", "agent.sock"))
 	}
-	return filepath.Join(os.TempDir(), "profilemate-"+strconv.Itoa(os.Getuid()), "agent.sock")
+	tmp := getenv("TMPDIR")
+	if tmp == "" {
+		tmp = "/tmp"
+	}
+	return append(out, filepath.Join(tmp, "profilemate-"+strconv.Itoa(uid), "agent.sock"))
 }
 
-// listenSocket creates the Unix socket with mode 0660, owned by group when that group exists.
-// A stale socket file left by a crashed agent is replaced; a live one is an error.
+// DefaultSocket is where `pmagent serve` listens unless told otherwise: RootSocket for root, else
+// the first of the other SocketCandidates that applies, so a shim that searches the candidates in
+// order finds it.
+func DefaultSocket() string {
+	c := SocketCandidates(os.Getenv, os.Getuid())
+	if os.Geteuid() == 0 {
+		return c[0]
+	}
+	return c[1]
+}
+
+// FindSocket returns the first of SocketCandidates where an agent accepts a connection, or ""
+// with the candidates it tried.
+func FindSocket() (string, []string) {
+	cands := SocketCandidates(os.Getenv, os.Getuid())
+	for _, c := range cands {
+		if conn, err := net.DialTimeout("unix", c, time.Second); err == nil {
+			conn.Close()
+			return c, cands
+		}
+	}
+	return "", cands
+}
+
+// errSocketFolder: the socket's folder could let another user replace the socket.
+var errSocketFolder = errors.New("unsafe socket folder")
+
+// checkSocketFolder refuses a socket folder that someone else could use to swap the socket and
+// receive the shims' lines: it must be a real directory (not a symbolic link), owned by this
+// process's user, and writable by nobody else (no group or other write bit).
+func checkSocketFolder(dir string) error {
+	info, err := os.Lstat(dir)
+	if err != nil {
+		return fmt.Errorf("socket folder: %w", err)
+	}
+	if info.Mode()&os.ModeSymlink != 0 || !info.IsDir() {
+		return fmt.Errorf("%w: %s is not a directory of its own (a link or a file)", errSocketFolder, dir)
+	}
+	st, ok := info.Sys().(*syscall.Stat_t)
+	if ok && int(st.Uid) != os.Geteuid() {
+		return fmt.Errorf("%w: %s belongs to uid %d, not to this agent's uid %d; remove it or choose another --socket",
+			errSocketFolder, dir, st.Uid, os.Geteuid())
+	}
+	if perm := info.Mode().Perm(); perm&0o022 != 0 {
+		return fmt.Errorf("%w: %s has mode %04o, writable by others; want 0755 or stricter (chmod go-w)", errSocketFolder, dir, perm)
+	}
+	return nil
+}
+
+// listenSocket creates the Unix socket with mode 0660, owned by group when that group exists,
+// in a folder checkSocketFolder accepts (created 0755 when missing). A stale socket file left by a
+// crashed agent is replaced; a live one is an error.
 func listenSocket(path, group string, log *slog.Logger) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, fmt.Errorf("socket folder: %w", err)
+	dir := filepath.Dir(path)
+	if _, err := os.Lstat(dir); errors.Is(err, os.ErrNotExist) {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, fmt.Errorf("socket folder: %w", err)
+		}
+		// MkdirAll's mode is filtered by the umask; make it exact.
+		if err := os.Chmod(dir, 0o755); err != nil {
+			return nil, fmt.Errorf("socket folder: %w", err)
+		}
+	}
+	if err := checkSocketFolder(dir); err != nil {
+		return nil, err
 	}
 	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
 		c.Close()
