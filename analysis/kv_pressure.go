@@ -16,7 +16,7 @@ const KVPressureName = "kv_pressure"
 const KVPressureTable = "kv_pressure"
 
 var kvColumns = []proto.Column{
-	{Name: "host", Type: proto.TypeString, Meaning: "host of the EngineCore"},
+	{Name: "engine_host", Type: proto.TypeString, Meaning: "host of the EngineCore"},
 	{Name: "dp", Type: proto.TypeInt, Unit: "rank", Meaning: "data-parallel rank of the EngineCore"},
 	{Name: "window", Type: proto.TypeInt, Unit: "count", Meaning: "window number (steps (window·W, (window+1)·W]); -1 for the whole session"},
 	{Name: "first_step", Type: proto.TypeInt, Unit: "count", Meaning: "first scheduler step of the window"},

@@ -2,6 +2,7 @@ package analysis
 
 import (
 	"encoding/csv"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -37,7 +38,7 @@ type Finding struct {
 	Title    string   // one line that states the numbers, e.g. "rank 2 is 2.00x the median rank"
 	Numbers  []Number // the figures behind the title, in a fixed order per finding
 	Ranks    []int64  // global worker ranks concerned (empty: none in particular)
-	Hosts    []string // hosts concerned (empty: none in particular)
+	Hosts    []string // hosts concerned (empty: none in particular); written into the detail cell
 	// FirstStep and LastStep bound the steps concerned (inclusive); -1 when not tied to steps.
 	FirstStep int64
 	LastStep  int64
@@ -56,39 +57,63 @@ func (f Finding) Number(name string) (float64, bool) {
 // FindingsTable is the name of the common findings table.
 const FindingsTable = "findings"
 
-// FindingsColumns are the columns of the findings table, in order.
+// FindingsColumns are the columns of the findings table as this package writes and reads it, in
+// the order of the plugin SDK's findings table (plugins/sdk FindingsSchema) with the plugin
+// column in front, so one reader serves files the hub's plugins wrote and files written here.
 var FindingsColumns = []proto.Column{
 	{Name: "plugin", Type: proto.TypeString, Meaning: "analysis (plugin) that made the finding"},
 	{Name: "severity", Type: proto.TypeString, Meaning: "info, warning or critical"},
 	{Name: "title", Type: proto.TypeString, Meaning: "one line stating the finding with its numbers"},
-	{Name: "numbers", Type: proto.TypeString, Meaning: "the numbers behind it: name=value unit, joined by ; "},
+	{Name: "numbers", Type: proto.TypeString, Meaning: "the figures behind the finding: a JSON object of name → number, keys sorted"},
 	{Name: "ranks", Type: proto.TypeString, Meaning: "global worker ranks concerned, joined by |"},
-	{Name: "hosts", Type: proto.TypeString, Meaning: "hosts concerned, joined by |"},
 	{Name: "first_step", Type: proto.TypeInt, Unit: "count", Meaning: "first step concerned; -1 when not tied to steps"},
 	{Name: "last_step", Type: proto.TypeInt, Unit: "count", Meaning: "last step concerned; -1 when not tied to steps"},
+	{Name: "detail", Type: proto.TypeString, Meaning: "hosts concerned and the unit of each number: hosts: a|b; units: name unit, ..."},
+}
+
+// NumbersJSON is the numbers as a JSON object of name → value, keys sorted.
+func (f Finding) NumbersJSON() string {
+	m := make(map[string]float64, len(f.Numbers))
+	for _, n := range f.Numbers {
+		if !math.IsNaN(n.Value) && !math.IsInf(n.Value, 0) {
+			m[n.Name] = n.Value
+		}
+	}
+	b, err := json.Marshal(m)
+	if err != nil {
+		return "{}"
+	}
+	return string(b)
+}
+
+// Detail is the detail cell: "hosts: a|b; units: name unit, name unit" (parts left out when
+// empty).
+func (f Finding) Detail() string {
+	var parts []string
+	if len(f.Hosts) > 0 {
+		parts = append(parts, "hosts: "+strings.Join(f.Hosts, "|"))
+	}
+	var units []string
+	for _, n := range f.Numbers {
+		if n.Unit != "" {
+			units = append(units, n.Name+" "+n.Unit)
+		}
+	}
+	if len(units) > 0 {
+		parts = append(parts, "units: "+strings.Join(units, ", "))
+	}
+	return strings.Join(parts, "; ")
 }
 
 // Cells formats the finding as a findings-table row in FindingsColumns order.
 func (f Finding) Cells() []string {
-	nums := make([]string, len(f.Numbers))
-	for i, n := range f.Numbers {
-		nums[i] = n.Name + "=" + FormatFloat(n.Value)
-		if n.Unit != "" {
-			nums[i] += " " + n.Unit
-		}
-	}
-	ranks := make([]string, len(f.Ranks))
-	for i, r := range f.Ranks {
-		ranks[i] = strconv.FormatInt(r, 10)
-	}
-	return []string{f.Plugin, f.Severity, f.Title, strings.Join(nums, "; "), strings.Join(ranks, "|"),
-		strings.Join(f.Hosts, "|"), strconv.FormatInt(f.FirstStep, 10), strconv.FormatInt(f.LastStep, 10)}
+	return []string{f.Plugin, f.Severity, f.Title, f.NumbersJSON(), joinInts(f.Ranks),
+		strconv.FormatInt(f.FirstStep, 10), strconv.FormatInt(f.LastStep, 10), f.Detail()}
 }
 
-// String is the finding as one line: "[severity] plugin: title (numbers)".
+// String is the finding as one line: "[severity] plugin: title".
 func (f Finding) String() string {
-	c := f.Cells()
-	return fmt.Sprintf("[%s] %s: %s (%s)", f.Severity, f.Plugin, f.Title, c[3])
+	return fmt.Sprintf("[%s] %s: %s", f.Severity, f.Plugin, f.Title)
 }
 
 // Table is a derived table: its name (snake_case, e.g. "straggler_ranks"), its columns and its
@@ -173,34 +198,53 @@ func writeCSV(path string, header []string, rows [][]string, appendTo bool) erro
 	return nil
 }
 
-// ReadFindings reads a findings.csv written by WriteCSV (or by the plugins); a missing file is
-// no findings. Errors: the file cannot be read or parsed.
+// ReadFindings reads a findings.csv: one written by Result.WriteCSV, or one the hub wrote for
+// its plugins (extra columns are ignored). Numbers keep their order of the JSON object's sorted
+// keys and their units from the detail cell. A missing file is no findings. Errors: the file
+// cannot be read or parsed, or a numbers cell is not a JSON object (named with its line).
 func ReadFindings(path string) ([]Finding, error) {
 	var out []Finding
+	line := 1
 	err := readCSV(path, func(r Row) error {
+		line++
 		f := Finding{Plugin: r["plugin"], Severity: r["severity"], Title: r["title"], FirstStep: -1, LastStep: -1}
-		f.FirstStep, _ = r.Int("first_step")
-		f.LastStep, _ = r.Int("last_step")
-		for _, part := range strings.Split(r["numbers"], ";") {
-			part = strings.TrimSpace(part)
-			name, rest, ok := strings.Cut(part, "=")
-			if !ok {
-				continue
+		if v, ok := r.Int("first_step"); ok {
+			f.FirstStep = v
+		}
+		if v, ok := r.Int("last_step"); ok {
+			f.LastStep = v
+		}
+		units := map[string]string{}
+		for _, part := range strings.Split(r["detail"], "; ") {
+			if h, ok := strings.CutPrefix(part, "hosts: "); ok {
+				f.Hosts = strings.Split(h, "|")
 			}
-			val, unit, _ := strings.Cut(rest, " ")
-			v, err := strconv.ParseFloat(val, 64)
-			if err != nil {
-				continue
+			if u, ok := strings.CutPrefix(part, "units: "); ok {
+				for _, nu := range strings.Split(u, ", ") {
+					if name, unit, ok := strings.Cut(nu, " "); ok {
+						units[name] = unit
+					}
+				}
 			}
-			f.Numbers = append(f.Numbers, Number{Name: name, Value: v, Unit: unit})
+		}
+		if c := r["numbers"]; c != "" {
+			var m map[string]float64
+			if err := json.Unmarshal([]byte(c), &m); err != nil {
+				return fmt.Errorf("%s line %d: numbers: %w", path, line, err)
+			}
+			names := make([]string, 0, len(m))
+			for k := range m {
+				names = append(names, k)
+			}
+			sort.Strings(names)
+			for _, k := range names {
+				f.Numbers = append(f.Numbers, Number{Name: k, Value: m[k], Unit: units[k]})
+			}
 		}
 		for _, s := range strings.Split(r["ranks"], "|") {
 			if v, err := strconv.ParseInt(s, 10, 64); err == nil {
 				f.Ranks = append(f.Ranks, v)
 			}
-		}
-		if h := r["hosts"]; h != "" {
-			f.Hosts = strings.Split(h, "|")
 		}
 		out = append(out, f)
 		return nil

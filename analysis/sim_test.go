@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/profilemate/profilemate/internal/pyenv"
+	"github.com/profilemate/profilemate/internal/testkit"
 )
 
 // simTruth is the part of pmsim's ground truth (docs/testbed.md "Ground truth") the tests use.
@@ -76,7 +77,7 @@ func python(t *testing.T) string {
 // settings on top of a fast workload (PMSIM_STEP_WORK_MS=0 unless given).
 func runSim(t *testing.T, env map[string]string) (string, *simTruth) {
 	t.Helper()
-	root := pyenv.RepoRoot(t)
+	root := testkit.RepoRoot(t)
 	tmp := t.TempDir()
 	gt := filepath.Join(tmp, "truth.json")
 	out := filepath.Join(tmp, "pm")

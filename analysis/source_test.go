@@ -91,8 +91,8 @@ func TestFindingsRoundTrip(t *testing.T) {
 	if len(got) != 2 || got[0].Title != f.Title || got[0].Ranks[1] != 3 || got[0].LastStep != 8 {
 		t.Fatalf("got %+v", got)
 	}
-	if v, _ := got[0].Number("ratio_to_median"); v != 1.3 {
-		t.Errorf("ratio %v", v)
+	if v, _ := got[0].Number("ratio_to_median"); v != 1.3 || got[0].Numbers[0].Unit != "ratio" || got[0].Hosts[0] != "a" {
+		t.Errorf("got %+v, want ratio_to_median 1.3 ratio on host a", got[0])
 	}
 	b, _ := os.ReadFile(filepath.Join(dir, "x.csv"))
 	if string(b) != "plugin\nv\n" {

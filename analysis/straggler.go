@@ -15,7 +15,7 @@ const StragglerName = "straggler"
 const StragglerRanksTable = "straggler_ranks"
 
 var stragglerColumns = []proto.Column{
-	{Name: "host", Type: proto.TypeString, Meaning: "host of the rank"},
+	{Name: "rank_host", Type: proto.TypeString, Meaning: "host of the rank"},
 	{Name: "rank", Type: proto.TypeInt, Unit: "rank", Meaning: "global worker rank"},
 	{Name: "steps", Type: proto.TypeInt, Unit: "count", Meaning: "steps with a time for this rank"},
 	{Name: "median_ms", Type: proto.TypeFloat, Unit: "ms", Meaning: "median step time of the rank (forward pass + worker CPU operations)"},
