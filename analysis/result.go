@@ -302,29 +302,35 @@ func meanStd(v []float64) (mean, std float64) {
 // Analysis describes one analysis: its name, the event kinds and tables it reads, the derived
 // tables it emits (besides findings) and the function that runs it.
 type Analysis struct {
-	Name    string
-	Kinds   []string // event kinds consumed (proto.Kind*)
-	Inputs  []string // tables read (proto/tables)
-	Outputs []*Table // derived tables emitted: name and columns, no rows
-	Run     func(Source) (*Result, error)
+	Name        string
+	Description string   // one line
+	Components  []string // vLLM components read: engine_core, worker
+	Kinds       []string // event kinds consumed (proto.Kind*)
+	Inputs      []string // tables read (proto/tables)
+	Outputs     []*Table // derived tables emitted: name and columns, no rows
+	Run         func(Source) (*Result, error)
 }
 
 // All lists the analyses: straggler, moe_balance, kv_pressure, cudagraph_coverage.
 func All() []Analysis {
 	return []Analysis{
-		{Name: StragglerName, Kinds: []string{proto.KindForwardPass, proto.KindCPUTiming},
+		{Name: StragglerName, Description: "slowest worker rank: ratio to the median rank, share of steps, one host or not",
+			Components: []string{"worker"}, Kinds: []string{proto.KindForwardPass, proto.KindCPUTiming},
 			Inputs:  []string{"forward_pass_timing", "cpu_operations_timing"},
 			Outputs: []*Table{{Name: StragglerRanksTable, Columns: stragglerColumns}},
 			Run:     func(s Source) (*Result, error) { return Straggler(s, StragglerOptions{}) }},
-		{Name: MoEBalanceName, Kinds: []string{proto.KindMoEExpert},
+		{Name: MoEBalanceName, Description: "MoE expert load per layer: max/mean, CV, hot and cold experts, EPLB-style rebalance gain",
+			Components: []string{"worker"}, Kinds: []string{proto.KindMoEExpert},
 			Inputs:  []string{"moe_expert_selection"},
 			Outputs: []*Table{{Name: MoEBalanceTable, Columns: moeColumns}},
 			Run:     func(s Source) (*Result, error) { return MoEBalance(s, MoEOptions{}) }},
-		{Name: KVPressureName, Kinds: []string{proto.KindKVCache, proto.KindPreemption, proto.KindBatchUtil},
+		{Name: KVPressureName, Description: "KV cache pressure: preemptions per 1,000 steps, recomputed tokens, evictions, the KV size that avoids the preemptions",
+			Components: []string{"engine_core"}, Kinds: []string{proto.KindKVCache, proto.KindPreemption, proto.KindBatchUtil},
 			Inputs:  []string{"kv_cache_usage", "kv_cache_evictions", "preemption_events", "batch_utilization"},
 			Outputs: []*Table{{Name: KVPressureTable, Columns: kvColumns}},
 			Run:     func(s Source) (*Result, error) { return KVPressure(s, KVOptions{}) }},
-		{Name: CUDAGraphCoverageName, Kinds: []string{proto.KindCudaGraph},
+		{Name: CUDAGraphCoverageName, Description: "CUDA graph coverage: eager and padded steps and tokens, padding waste, capture sizes to add",
+			Components: []string{"worker", "engine_core"}, Kinds: []string{proto.KindCudaGraph},
 			Inputs:  []string{"cuda_graph_usage", "cuda_graph_captures"},
 			Outputs: []*Table{{Name: CUDAGraphCoverageTable, Columns: cgColumns}},
 			Run:     func(s Source) (*Result, error) { return CUDAGraphCoverage(s, CUDAGraphOptions{}) }},
