@@ -20,7 +20,7 @@ var stragglerColumns = []proto.Column{
 	{Name: "steps", Type: proto.TypeInt, Unit: "count", Meaning: "steps with a time for this rank"},
 	{Name: "median_ms", Type: proto.TypeFloat, Unit: "ms", Meaning: "median step time of the rank (forward pass + worker CPU operations)"},
 	{Name: "p90_ms", Type: proto.TypeFloat, Unit: "ms", Meaning: "90th percentile step time of the rank"},
-	{Name: "ratio_to_median", Type: proto.TypeFloat, Unit: "ratio", Meaning: "median_ms / the median of all ranks' median_ms"},
+	{Name: "ratio_to_median", Type: proto.TypeFloat, Unit: "ratio", Meaning: "median_ms / the median rank's median_ms (the middle rank by median_ms, the lower middle for an even count)"},
 	{Name: "slowest_share", Type: proto.TypeFloat, Unit: "fraction", Meaning: "share of the steps every rank ran in which this rank was the slowest"},
 	{Name: "mean_late_ms", Type: proto.TypeFloat, Unit: "ms", Meaning: "mean time the rank's step ended after the median rank's on the aligned clock (ts_aligned_ns, else ts_ns)"},
 }
@@ -36,7 +36,9 @@ type StragglerOptions struct {
 
 // Straggler finds the slowest worker rank from forward_pass_timing (cpu_ms, per rank per step)
 // plus the worker's own cpu_operations_timing rows of the same step, on each rank's median step
-// time. Ranks come from the processes' metadata (global worker rank), else the tp column.
+// time, compared with the median rank's: the rank in the middle when ranks are sorted by median
+// step time (the lower middle for an even count, so with two ranks the faster one). Ranks come
+// from the processes' metadata (global worker rank), else the tp column.
 //
 // Result: the table straggler_ranks (stragglerColumns) and one finding: "rank R on host H is
 // X.XXx the median rank" (warning from Threshold, critical from Critical; info when no rank
@@ -138,7 +140,10 @@ func Straggler(src Source, opt StragglerOptions) (*Result, error) {
 		p90[rk] = v[int(math.Ceil(0.9*float64(len(v))))-1]
 		meds = append(meds, med[rk])
 	}
-	medRank := median(meds)
+	// The median rank is a real rank: the middle one by median step time, the lower middle for an
+	// even count (with two ranks, the faster), so the ratio compares with a rank that ran.
+	sort.Float64s(meds)
+	medRank := meds[(len(meds)-1)/2]
 
 	// Steps every rank ran: who was slowest, and how late each ended after the median end.
 	slowest := map[int64]int{}
