@@ -165,8 +165,13 @@ func TestCLIFoldersShared(t *testing.T) {
 		}
 	}
 	check(refEnv(), "/var/lib/profilemate/hub", "/var/lib/profilemate/spool", "/run/profilemate/agent.sock")
+	// A host-wide agent (root) keeps /run/profilemate/agent.sock, where every shim looks first.
+	sock := "/run/pm/agent.sock"
+	if os.Geteuid() == 0 {
+		sock = "/run/profilemate/agent.sock"
+	}
 	check([]string{"HOME=/home/you", "STATE_DIRECTORY=/srv/pm:/other", "RUNTIME_DIRECTORY=/run/pm", "PATH=" + os.Getenv("PATH")},
-		"/srv/pm/hub", "/srv/pm/spool", "/run/pm/agent.sock")
+		"/srv/pm/hub", "/srv/pm/spool", sock)
 	if os.Geteuid() != 0 {
 		check([]string{"HOME=/home/you", "XDG_RUNTIME_DIR=/run/user/1000", "PATH=" + os.Getenv("PATH")},
 			"/home/you/.local/state/profilemate/hub", "/home/you/.local/state/profilemate/spool", "/run/user/1000/profilemate/agent.sock")
