@@ -199,11 +199,19 @@ func (s *Server) handle(m jetstream.Msg, d decoded, now time.Time) (*session, in
 	v, err := d.v, d.err
 	if err != nil {
 		if errors.Is(err, ErrNewerMajor) {
-			if derr := s.deadLetter(m, err); derr != nil {
+			kept, derr := s.deadLetter(m, ReasonNewerMajor, err)
+			if derr != nil {
 				s.cnt.bad(s.log, ReasonWrite, subj, derr)
 				return nil, 0, bad(ReasonWrite, derr)
 			}
-			s.cnt.add(func(c *Counters) { c.DeadLettered++; c.Bad[ReasonNewerMajor]++ })
+			s.cnt.add(func(c *Counters) {
+				if kept {
+					c.DeadLettered++
+				} else {
+					c.DeadLetterSkipped++
+				}
+				c.Bad[ReasonNewerMajor]++
+			})
 			return nil, 0, nil
 		}
 		s.cnt.bad(s.log, reasonOf(err), subj, err)
@@ -222,7 +230,7 @@ func (s *Server) handle(m jetstream.Msg, d decoded, now time.Time) (*session, in
 			s.cnt.bad(s.log, reasonOf(err), subj, err)
 			return nil, 0, err
 		}
-		dupBefore, capBefore := ss.meta.Duplicates, ss.meta.DroppedByCap
+		dupBefore, capBefore, clampBefore := ss.meta.Duplicates, ss.meta.DroppedByCap, ss.meta.AlignedClamped
 		if ss.meta.Status == StatusEnded && hasNew(ss, v) {
 			ss.reopen()
 		}
@@ -233,6 +241,7 @@ func (s *Server) handle(m jetstream.Msg, d decoded, now time.Time) (*session, in
 		s.cnt.add(func(c *Counters) {
 			c.Duplicates += ss.meta.Duplicates - dupBefore
 			c.DroppedByCap += ss.meta.DroppedByCap - capBefore
+			c.AlignedClamped += ss.meta.AlignedClamped - clampBefore
 		})
 		return ss, n, err
 	case *Life:

@@ -60,6 +60,10 @@ type Config struct {
 	MaxMsgBytes     int
 	Consumer        string
 	Fetch           int
+	// DeadLetterMaxCount and DeadLetterMaxBytes cap <data>/deadletter/ (messages; bytes of
+	// their files); beyond them dead letters are only counted.
+	DeadLetterMaxCount int64
+	DeadLetterMaxBytes int64
 
 	// Decoder and Schema default to the wire contract in proto/.
 	Decoder Decoder
@@ -90,7 +94,8 @@ type Server struct {
 	cons jetstream.Consumer
 	url  string
 
-	cnt *counters
+	cnt  *counters
+	dead *deadLetters
 
 	mu       sync.Mutex // guards sessions and hosts (the consumer loop holds it per fetch round)
 	sessions map[string]*session
@@ -108,6 +113,7 @@ func New(cfg Config) (*Server, error) {
 	}{
 		{"session idle", cfg.SessionIdle < 0}, {"stream max bytes", cfg.StreamMaxBytes < 0},
 		{"stream max age", cfg.StreamMaxAge < 0}, {"max message bytes", cfg.MaxMsgBytes < 0}, {"fetch", cfg.Fetch < 0},
+		{"dead-letter max count", cfg.DeadLetterMaxCount < 0}, {"dead-letter max bytes", cfg.DeadLetterMaxBytes < 0},
 	} {
 		if c.neg {
 			return nil, fmt.Errorf("hub: %s must not be negative", c.name)
@@ -140,6 +146,12 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Fetch <= 0 {
 		cfg.Fetch = DefaultFetch
 	}
+	if cfg.DeadLetterMaxCount == 0 {
+		cfg.DeadLetterMaxCount = DefaultDeadLetterMaxCount
+	}
+	if cfg.DeadLetterMaxBytes == 0 {
+		cfg.DeadLetterMaxBytes = DefaultDeadLetterMaxBytes
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -160,8 +172,12 @@ func New(cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("hub: create data folder: %w", err)
 		}
 	}
+	dead, err := openDeadLetters(filepath.Join(cfg.DataDir, "deadletter"))
+	if err != nil {
+		return nil, fmt.Errorf("hub: %w", err)
+	}
 	return &Server{
-		cfg: cfg, log: slog.With("component", "hub"), cnt: newCounters(),
+		cfg: cfg, log: slog.With("component", "hub"), cnt: newCounters(), dead: dead,
 		sessions: map[string]*session{}, hosts: map[string]HostMeta{},
 	}, nil
 }

@@ -43,6 +43,8 @@ func serveCommand() *cli.Command {
 		&cli.Int64Flag{Name: "stream-max-bytes", Value: hub.DefaultStreamMaxBytes, EnvVars: []string{"PROFILEMATE_STREAM_MAX_BYTES"}, Usage: "JetStream stream size limit in bytes (> 0)"},
 		&cli.DurationFlag{Name: "stream-max-age", Value: hub.DefaultStreamMaxAge, EnvVars: []string{"PROFILEMATE_STREAM_MAX_AGE"}, Usage: "JetStream stream age limit (> 0)"},
 		&cli.Int64Flag{Name: "session-max-bytes", Value: hub.DefaultSessionMaxBytes, EnvVars: []string{"PROFILEMATE_SESSION_MAX_BYTES"}, Usage: "CSV bytes per session (> 0); rows beyond are counted as dropped (-1: no cap)"},
+		&cli.Int64Flag{Name: "dead-letter-max-count", Value: hub.DefaultDeadLetterMaxCount, EnvVars: []string{"PROFILEMATE_HUB_DEAD_LETTER_MAX_COUNT"}, Usage: "messages kept in <data>/deadletter/ (> 0); beyond, they are only counted"},
+		&cli.Int64Flag{Name: "dead-letter-max-bytes", Value: hub.DefaultDeadLetterMaxBytes, EnvVars: []string{"PROFILEMATE_HUB_DEAD_LETTER_MAX_BYTES"}, Usage: "bytes kept in <data>/deadletter/ (> 0); beyond, messages are only counted"},
 		&cli.DurationFlag{Name: "retention", Value: hub.DefaultRetention, EnvVars: []string{"PROFILEMATE_RETENTION"}, Usage: "remove ended sessions older than this (> 0; -1s: keep forever)"},
 	)
 	return &cli.Command{
@@ -68,12 +70,15 @@ func serveLimits(c *cli.Context) error {
 	}
 	idle, age, ret := c.Duration("session-idle"), c.Duration("stream-max-age"), c.Duration("retention")
 	sb, smb := c.Int64("stream-max-bytes"), c.Int64("session-max-bytes")
+	dlc, dlb := c.Int64("dead-letter-max-count"), c.Int64("dead-letter-max-bytes")
 	for _, err := range []error{
 		pos("session-idle", idle > 0, idle, false),
 		pos("stream-max-age", age > 0, age, false),
 		pos("stream-max-bytes", sb > 0, sb, false),
 		pos("session-max-bytes", smb > 0 || smb == -1, smb, true),
 		pos("retention", ret > 0 || ret == -time.Second, ret, true),
+		pos("dead-letter-max-count", dlc > 0, dlc, false),
+		pos("dead-letter-max-bytes", dlb > 0, dlb, false),
 	} {
 		if err != nil {
 			return err
@@ -91,7 +96,8 @@ func serve(c *cli.Context) error {
 		DataDir: c.String("data"), Listen: c.String("listen"),
 		SessionIdle: c.Duration("session-idle"), StreamMaxBytes: c.Int64("stream-max-bytes"),
 		StreamMaxAge: c.Duration("stream-max-age"), SessionMaxBytes: c.Int64("session-max-bytes"),
-		Retention: c.Duration("retention"),
+		Retention: c.Duration("retention"), DeadLetterMaxCount: c.Int64("dead-letter-max-count"),
+		DeadLetterMaxBytes: c.Int64("dead-letter-max-bytes"),
 		Server: hub.ServerSecurity{
 			Token: c.String("server-auth-token"), User: c.String("server-user"), Password: c.String("server-password"),
 			NKeys: c.StringSlice("server-nkey"), TLSCert: c.String("server-tls-cert"), TLSKey: c.String("server-tls-key"),
