@@ -86,16 +86,17 @@ var ErrNewerMajor = errors.New("newer wire major version")
 
 // Server is a running hub.
 type Server struct {
-	cfg  Config
-	log  *slog.Logger
-	ns   *server.Server
-	nc   *nats.Conn
-	js   jetstream.JetStream
-	cons jetstream.Consumer
-	url  string
+	cfg Config
+	log *slog.Logger
+	ns  *server.Server
+	nc  *nats.Conn
+	js  jetstream.JetStream
+	ing ingest // the consumer and the applied stream position
+	url string
 
-	cnt  *counters
-	dead *deadLetters
+	started time.Time
+	cnt     *counters
+	dead    *deadLetters
 
 	mu       sync.Mutex // guards sessions and hosts (the consumer loop holds it per fetch round)
 	sessions map[string]*session
@@ -231,6 +232,7 @@ func (s *Server) Start(ctx context.Context) error {
 		s.Close()
 		return err
 	}
+	s.started = time.Now()
 	s.log.Info("hub started", "url", s.url, "data", s.cfg.DataDir)
 	return nil
 }

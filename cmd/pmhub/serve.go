@@ -149,7 +149,14 @@ func serve(c *cli.Context) error {
 		}
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", metrics.Handler())
-		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+			hl := h.Health(r.Context())
+			w.Header().Set("Content-Type", "application/json")
+			if !hl.OK {
+				w.WriteHeader(http.StatusServiceUnavailable)
+			}
+			_ = json.NewEncoder(w).Encode(hl)
+		})
 		mux.HandleFunc("/api/sessions", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, h.Sessions()) })
 		mux.HandleFunc("/api/counters", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, h.Counters()) })
 		for _, add := range HTTPHandlers {
