@@ -150,6 +150,20 @@ func (s *Server) openConsumer(ctx context.Context, st jetstream.Stream) error {
 	var cons jetstream.Consumer
 	cur, err := st.Consumer(ctx, s.cfg.Consumer)
 	switch {
+	case err == nil && cur.CachedInfo().NumAckPending > 0:
+		// Delivered to a hub that is gone and never acknowledged: recreate the consumer at its ack
+		// floor so they come again now, not after the acknowledgement wait. Rows already written
+		// are recognised by (host, pid, seq).
+		info := cur.CachedInfo()
+		applied = max(applied, info.AckFloor.Stream)
+		if err := st.DeleteConsumer(ctx, s.cfg.Consumer); err != nil {
+			return fmt.Errorf("hub: durable consumer %s: %w", s.cfg.Consumer, err)
+		}
+		if cons, err = st.CreateOrUpdateConsumer(ctx, s.consumerConfig(applied+1)); err != nil {
+			return fmt.Errorf("hub: durable consumer %s: %w", s.cfg.Consumer, err)
+		}
+		s.log.Info("redelivering what the previous run had not acknowledged", "consumer", s.cfg.Consumer,
+			"from_seq", applied+1, "unacknowledged", info.NumAckPending)
 	case err == nil:
 		info := cur.CachedInfo()
 		applied = max(applied, info.AckFloor.Stream)
