@@ -4,9 +4,11 @@
 //
 // Files by job: hub.go (Config, New, Start, Close), embedded.go (the embedded nats-server),
 // stream.go (stream and durable consumer set-up), consume.go (the consume loop: fetch, decode,
-// apply, acknowledge), registry.go (open sessions: reload, open, list), housekeep.go (idle
-// sessions, retention), deadletter.go (messages kept for a newer hub), session.go (one session's
-// files), counters.go (what the hub counted).
+// apply, acknowledge), registry.go (open sessions: reload, open, list), ingest.go (the applied
+// stream position, a lost consumer, health), housekeep.go (idle sessions, retention),
+// deadletter.go (messages kept for a newer hub, capped), security.go (the embedded server's auth
+// and TLS, exposure warnings), http.go (the HTTP listener's TLS and auth), session.go (one
+// session's files), counters.go (what the hub counted).
 package hub
 
 import (
