@@ -478,6 +478,7 @@ def metadata():
         "notes": dict(NOTES),
         "recorded": RECORDER.recorded,
         "dropped": RECORDER.dropped,
+        "spilled": getattr(S.sink, "spilled", 0),  # sent to this folder while the agent was away
         "last_seq": RECORDER.last_seq,
         "start_ns": S.start_ns,
         "end_ns": S.end_ns,
