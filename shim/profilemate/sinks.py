@@ -55,6 +55,12 @@ def agent_candidates(environ=None):
     return out
 
 
+def socket_candidates(environ=None):
+    """The paths of agent_candidates(), in order (agent.SocketCandidates' counterpart; a Go test
+    in agent/ compares the two)."""
+    return [path for path, _ in agent_candidates(environ)]
+
+
 def check_socket(path):
     """'' when `path` is a socket we may send to: the socket and its folder belong to us, root
     or a PROFILEMATE_AGENT_UID, and the folder is not writable by others (issue 16: a folder
