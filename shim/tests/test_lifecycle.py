@@ -301,6 +301,9 @@ class UnwritableFolder(Base):
         self.assertEqual(r.returncode, 0, r.stderr)
         lines = [l for l in r.stderr.splitlines() if "cannot write" in l]
         self.assertEqual(len(lines), 3, r.stderr)
+        self.assertNotIn("flush failed", r.stderr)
+        _, procs = self.folders(os.path.join(self.tmp, "profilemate-%d" % os.getuid(), "output"))
+        self.assertEqual(sorted(len(self.rows(p)) for p in procs), [50, 50, 50])
 
     def test_no_folder_at_all_stops_quietly(self):
         bad = self.blocked_root()
