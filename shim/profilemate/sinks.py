@@ -62,9 +62,13 @@ def socket_candidates(environ=None):
 
 
 def check_socket(path):
-    """'' when `path` is a socket we may send to: the socket and its folder belong to us, root
-    or a PROFILEMATE_AGENT_UID, and the folder is not writable by others (issue 16: a folder
-    another user created first could hold a socket that receives our hello). Else the reason."""
+    """'' when `path` is a socket we may send to, else the reason (issue 16: a folder another user
+    created first could hold a socket that receives our hello).
+
+    The folder must not be writable by others, and belong to us, root, a PROFILEMATE_AGENT_UID, or
+    to whoever an administrator made it for: a folder whose parent only root can write (systemd's
+    /run/profilemate for a service user) is trusted with its owner. The socket must belong to one
+    of those uids. A folder in a shared parent (/tmp) is trusted only with a trusted owner."""
     try:
         st = os.stat(path)
     except OSError as e:
@@ -72,9 +76,28 @@ def check_socket(path):
     if not stat.S_ISSOCK(st.st_mode):
         return "%s is not a socket" % path
     uids = procinfo.trusted_uids()
+    folder = os.path.dirname(os.path.abspath(path)) or "/"
+    if _root_made(folder):
+        try:
+            uids = uids | {os.lstat(folder).st_uid}
+        except OSError:
+            pass
+    bad = procinfo.own_folder(folder, uids)
+    if bad:
+        return bad
     if st.st_uid not in uids:
         return "%s belongs to uid %d, not to uid %s" % (path, st.st_uid, "/".join(str(u) for u in sorted(uids)))
-    return procinfo.own_folder(os.path.dirname(os.path.abspath(path)) or "/", uids)
+    return ""
+
+
+def _root_made(folder):
+    """True when only root could have created `folder`: its parent belongs to root and no one
+    else may write to it (not even with the sticky bit, which /tmp has)."""
+    try:
+        st = os.lstat(os.path.dirname(folder) or "/")
+    except OSError:
+        return False
+    return st.st_uid == 0 and stat.S_ISDIR(st.st_mode) and not st.st_mode & 0o022
 
 
 def buffer_limit():

@@ -105,6 +105,7 @@ class Base(unittest.TestCase):
         # A private temp folder: fallbacks and per-user sockets stay inside the test.
         self.tmp = os.path.join(self.out, "tmp")
         os.mkdir(self.tmp)
+        os.chmod(self.tmp, 0o1777)  # like /tmp: anyone may create a folder in it
 
     def script(self, body, name="script.py"):
         path = os.path.join(self.out, name)
@@ -704,6 +705,28 @@ class AgentDiscovery(Base):
         self.assertEqual(len(self.rows(procs[0])), 2)
         r = h.run(["-m", "profilemate", "doctor"], [self.tree], env=self.env(TMPDIR=self.tmp))
         self.assertIn("belongs to uid 4242", r.stdout)
+
+    @unittest.skipUnless(os.getuid() == 0, "chown needs root")
+    def test_service_user_folder_made_by_root(self):
+        """systemd's RuntimeDirectory for an agent running as its own user: the folder belongs to
+        that user, but only root could have made it (its parent is root's, 0755): trusted."""
+        admin = os.path.join(self.out, "run")
+        os.mkdir(admin, 0o755)
+        folder = os.path.join(admin, "profilemate")
+        lst = self.listen(folder, 0o755)
+        os.chown(folder, 4242, 4242)
+        os.chown(lst.path, 4242, 4242)
+        r = self.run_py(self.CODE, env=self.env(RUNTIME_DIRECTORY=folder))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        wait_for(lambda: lst.of("bye"), 30, "the bye line")
+        # The same folder in a shared parent (sticky, writable by all) is refused.
+        shared = os.path.join(self.tmp, "shared")
+        lst2 = self.listen(shared, 0o755)
+        os.chown(shared, 4242, 4242)
+        os.chown(lst2.path, 4242, 4242)
+        r = self.run_py(self.CODE, env=self.env(PROFILEMATE_SOCKET=lst2.path))
+        self.assertIn("belongs to uid 4242", r.stderr)
+        self.assertEqual(lst2.lines, [])
 
 
 # ------------------------------------------------------------------ 9. the agent goes away
