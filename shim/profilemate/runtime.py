@@ -53,6 +53,7 @@ _enabled = None  # set of enabled kinds
 # no-argument callable here; NOTES entries appear in metadata.json under "notes".
 FINAL_HOOKS = []
 NOTES = {}
+TABLES_SEEN = set()  # tables this process recorded rows for (metadata.json "tables")
 
 
 def enabled(kind):
@@ -318,6 +319,7 @@ def flush(final=False, timeout=None):
     try:
         IDENT.refresh_from_parallel_state()
         events = RECORDER.drain()
+        TABLES_SEEN.update(e[4] for e in events)
         if S.inherited and not events and not final:
             return
         if events:
@@ -362,6 +364,7 @@ def metadata():
         "activation": S.why,
         "profilers": sorted(_enabled) if _enabled is not None else sorted(schema.KINDS),
         "targets": statuses(),
+        "tables": _table_statuses(),
         "notes": dict(NOTES),
         "recorded": RECORDER.recorded,
         "dropped": RECORDER.dropped,
@@ -369,6 +372,16 @@ def metadata():
         "start_ns": S.start_ns,
         "end_ns": S.end_ns,
     }
+
+
+def _table_statuses():
+    try:
+        from profilemate import targets
+        from profilemate.gpu_timing import POOL
+        # POOL.ok, not available(): probing caches the answer, and torch may not be imported yet.
+        return targets.table_statuses(statuses(), set(TABLES_SEEN), enabled, POOL.ok)
+    except Exception as e:
+        return [{"table": "", "status": "failed: %r" % (e,)}]
 
 
 _host = []

@@ -111,9 +111,15 @@ class WorkerProfilers(unittest.TestCase):
             self.assertIn("unobservable", notes.get("moe_expert_selection", ""))
         else:
             self.assertNotIn("moe_expert_selection", notes)
-        # No CUDA here: GPU columns say so instead of holding a number.
+        # No CUDA here: GPU columns say so instead of holding a number, and metadata.json says why
+        # moe_expert_timing is empty.
         self.assertEqual({r["gpu_status"] for r in tables["forward_pass_timing"]}, {"unavailable"})
         self.assertEqual(tables["moe_expert_timing"], [])
+        status = {t["table"]: t["status"] for t in meta["tables"]}
+        self.assertEqual(status["moe_expert_timing"], "unavailable: needs CUDA events")
+        for name in ("cuda_graph_usage", "cuda_graph_captures", "forward_pass_timing", "moe_expert_selection",
+                     "encoder_decoder_timing", "kv_cache_usage", "batch_utilization", "preemption_events"):
+            self.assertEqual(status[name], "recorded", name)
 
     def test_v0_7_3(self):
         self.check("v0_7_3")
@@ -160,6 +166,9 @@ class WorkerProfilers(unittest.TestCase):
         self.assertEqual(status["cuda_graph"], "disabled")
         for name in ("moe_expert_selection", "cuda_graph_usage", "cuda_graph_captures", "encoder_decoder_timing"):
             self.assertEqual(tables[name], [], name)
+        status = {t["table"]: t["status"] for t in meta["tables"]}
+        self.assertEqual(status["cuda_graph_usage"], "disabled")
+        self.assertEqual(status["forward_pass_timing"], "recorded")
         self.assertEqual(len(tables["forward_pass_timing"]), truth["runner_steps"])
 
 

@@ -90,6 +90,7 @@ def _free(original, rt):
 _K = ("kv_cache",)
 
 TARGET = Target(
+    tables=("kv_cache_usage", "kv_cache_evictions"),
     name="kv_cache_manager", component="KVCacheManager", kinds=_K,
     paths=[Path("vllm.v1.core.kv_cache_manager", eras="v0.6.6+", hooks=[
         Hook("KVCacheManager", "allocate_slots", _allocate, required=("request",), kinds=_K),

@@ -216,6 +216,7 @@ def _hooks():
 
 
 TARGET = Target(
+    tables=("batch_utilization", "preemption_events", "cpu_operations_timing", "kv_cache_usage", "kv_cache_evictions"),
     name="scheduler", component="Scheduler", kinds=("batch_util", "preemption", "cpu_timing", "kv_cache"),
     paths=[
         Path("vllm.v1.core.sched.scheduler", eras="v0.8.2+", hooks=_hooks()),
