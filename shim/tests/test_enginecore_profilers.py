@@ -59,8 +59,11 @@ def compare(truth, tables):
     got = sum(int(r["scheduled_tokens"]) for r in batch)
     if got != truth["scheduled_tokens"]:
         diffs.append("scheduled tokens %d != %d" % (got, truth["scheduled_tokens"]))
-    if any(int(r["prefill_tokens"]) + int(r["decode_tokens"]) != int(r["scheduled_tokens"]) for r in batch):
-        diffs.append("prefill + decode != scheduled tokens")
+    got = [[int(r[c]) for c in ("scheduled_tokens", "running_reqs", "prefill_tokens", "decode_tokens", "waiting",
+                                "running")] for r in batch]
+    if got != truth["batch_by_step"]:
+        diffs.append("batch rows (tokens, reqs, prefill, decode, waiting, running) %s != %s" % (
+            got, truth["batch_by_step"]))
     # Budgets: the scheduler's own limits, every row.
     limits = {(r["token_budget"], r["max_running_reqs"]) for r in batch}
     want = {(str(truth["token_budget"]), str(truth["max_num_seqs"]))}

@@ -384,6 +384,11 @@ def _schedule(self, a):
     object.__setattr__(out, "pm_reqs", reqs)
     object.__setattr__(out, "pm_step", self._pm_step)
     if total:
+        prefill = sum(n for rid, n in scheduled.items()
+                      if self.requests[rid].num_computed_tokens < self.requests[rid].num_prompt_tokens)
+        # [scheduled tokens, scheduled requests, prefill tokens, decode tokens, waiting, running]
+        rec["batch_by_step"].append([total, len(scheduled), prefill, total - prefill, len(self.waiting),
+                                     len(self.running)])
         self._pm_step += 1
         rec["scheduler_steps"] += 1
         rec["kv_usage"].append(round(kvm.usage if era() >= (0, 7) else 0.0, 6))
@@ -767,7 +772,7 @@ def _run_engine_core(owner, a):
 def _start_record(dp_rank=0):
     return truth.start("engine_core", dp_rank, scheduler_steps=0, preemptions=[], evictions=0, alloc_failures=0,
                        prefix_hit_tokens=0, prefix_query_tokens=0, prefix_admitted_query_tokens=0,
-                       explicit_evictions=0, kv_usage=[],
+                       explicit_evictions=0, kv_usage=[], batch_by_step=[],
                        scheduled_tokens=0, step_ms=[], finished=0, dp_rank=dp_rank)
 
 
