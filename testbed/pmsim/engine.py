@@ -560,7 +560,7 @@ def _mp_init_executor(self, a):
         self._pm_procs.append(p)
     ready = 0
     while ready < world:
-        kind, rank, value = procs.get(self._pm_results, "worker start-up", self._pm_procs, cfg.rpc_timeout_s,
+        kind, rank, value = procs.get(self._pm_results, "worker start-up", self._pm_procs, cfg.start_timeout_s,
                                       self._pm_watch)
         if kind != "ready":
             raise RuntimeError("worker %s failed to start: %s %s" % (rank, kind, value or ""))
