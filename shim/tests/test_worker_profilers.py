@@ -48,10 +48,13 @@ def compare(era, truth, tables, per_layer=True):
     want_caps = sorted((c["mode"], c["size"]) for c in truth["captures"])
     if caps != want_caps:
         diffs.append("captures %s != %s" % (caps, want_caps))
-    fp = [int(r["step"]) for r in tables["forward_pass_timing"]]
-    if sorted(fp) != list(range(1, truth["runner_steps"] + 1)):
-        diffs.append("forward pass steps %s" % fp)
+    fp = sorted((int(r["step"]), int(r["tokens"]), r["runtime_mode"]) for r in tables["forward_pass_timing"])
+    want_fp = [(i + 1, t[1], t[2]) for i, t in enumerate(truth["tokens_by_step"])]
+    if fp != want_fp:
+        diffs.append("forward pass (step, padded tokens, mode) %s != %s" % (fp, want_fp))
     enc = tables["encoder_decoder_timing"]
+    if sorted(int(r["step"]) for r in enc) != truth["encoder_steps"]:
+        diffs.append("encoder steps %s != %s" % (sorted(int(r["step"]) for r in enc), truth["encoder_steps"]))
     if (len(enc), sum(int(r["mm_items"]) for r in enc)) != (truth["encoder_calls"], truth["encoder_items"]):
         diffs.append("encoder %d calls / %d items" % (len(enc), sum(int(r["mm_items"]) for r in enc)))
     moe = tables["moe_expert_selection"]

@@ -216,6 +216,7 @@ def _allocate(self, a):
         b.ref_cnt += 1
     have.extend(hits)
     new = pool.get_new_blocks(need) if era() >= (0, 8) else self._get_new_blocks(need)
+    self._pm_counts[0] += need
     have.extend(new)
     # cache the full blocks of this request (prefix caching).
     for blk, h in zip(have, _hashes(req, self.block_size, min(total, req.num_tokens))):
@@ -234,6 +235,7 @@ def _kvm_free(self, a):
         blk.ref_cnt -= 1
         if blk.ref_cnt == 0:
             pool._pm_free[blk.block_id] = blk
+            self._pm_counts[1] += 1
 
 
 @impl("KVCacheManager.usage")
@@ -277,6 +279,7 @@ def _sched_init(self, a):
     self.kv_cache_manager = construct(km, block_size=cfg.block_size, num_gpu_blocks=cfg.num_blocks,
                                       max_model_len=4096, enable_caching=True, hash_block_size=cfg.block_size)
     self._pm_step = 0
+    self._pm_kv_counts = self.kv_cache_manager._pm_counts = [0, 0]  # [allocated, freed] since the last step
 
 
 @impl("Scheduler.add_request")
@@ -340,6 +343,9 @@ def _schedule(self, a):
             else:
                 self.running.remove(victim)
                 _preempt_inline(self, victim)
+            # Right after the preemption: KV usage, waiting (victim included), running.
+            rec["preemptions"][-1].update(kv_usage=round(kvm.usage if era() >= (0, 7) else 0.0, 6),
+                                          waiting=len(self.waiting), running=len(self.running))
             preempted.append(victim.request_id)
             scheduled.pop(victim.request_id, None)
             if victim is req:
@@ -391,6 +397,9 @@ def _schedule(self, a):
                                      len(self.running)])
         self._pm_step += 1
         rec["scheduler_steps"] += 1
+        # Blocks handed out by get_new_blocks and returned to the free pool since the last step's row.
+        rec["kv_by_step"].append(list(self._pm_kv_counts))
+        self._pm_kv_counts[:] = [0, 0]
         rec["kv_usage"].append(round(kvm.usage if era() >= (0, 7) else 0.0, 6))
         rec["scheduled_tokens"] += total
     return out
@@ -772,7 +781,7 @@ def _run_engine_core(owner, a):
 def _start_record(dp_rank=0):
     return truth.start("engine_core", dp_rank, scheduler_steps=0, preemptions=[], evictions=0, alloc_failures=0,
                        prefix_hit_tokens=0, prefix_query_tokens=0, prefix_admitted_query_tokens=0,
-                       explicit_evictions=0, kv_usage=[], batch_by_step=[],
+                       explicit_evictions=0, kv_usage=[], batch_by_step=[], kv_by_step=[],
                        scheduled_tokens=0, step_ms=[], finished=0, dp_rank=dp_rank)
 
 
