@@ -23,6 +23,8 @@ func main() {
 			tailCommand(),
 			sessionsCommand(),
 			showCommand(),
+			pluginsCommand(),
+			profilersCommand(),
 		},
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)

@@ -19,7 +19,7 @@ import (
 var HTTPHandlers []func(mux *http.ServeMux, h *hub.Server)
 
 func serveCommand() *cli.Command {
-	return &cli.Command{
+	cmd := &cli.Command{
 		Name:  "serve",
 		Usage: "run the hub: embedded NATS + JetStream (or --nats), merge sessions into --data",
 		Flags: []cli.Flag{
@@ -41,6 +41,8 @@ func serveCommand() *cli.Command {
 		},
 		Action: serve,
 	}
+	cmd.Flags = append(cmd.Flags, pluginServeFlags()...)
+	return cmd
 }
 
 func serve(c *cli.Context) error {
@@ -78,6 +80,11 @@ func serve(c *cli.Context) error {
 		return err
 	}
 	defer h.Close()
+	stopPlugins, err := startPlugins(c, h)
+	if err != nil {
+		return err
+	}
+	defer stopPlugins()
 	// The line agents and scripts look for.
 	fmt.Fprintf(c.App.Writer, "pmhub: agents connect to %s\n", h.ClientURL())
 	if addr := c.String("http"); addr != "" {

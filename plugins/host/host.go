@@ -709,3 +709,32 @@ func (h *Host) RunSession(ctx context.Context, path, session string) (Status, er
 	}
 	return Status{}, err
 }
+
+// Inspect starts the binary at path, shakes hands, asks it who it is and stops it: what pmhub
+// plugins add checks before it moves a binary into the folder. Errors say what is wrong with it.
+func Inspect(ctx context.Context, path string, timeout time.Duration) (sdk.Info, string, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return sdk.Info{}, "", err
+	}
+	if !st.Mode().IsRegular() || st.Mode().Perm()&0o111 == 0 {
+		return sdk.Info{}, "", fmt.Errorf("%s is not an executable file", path)
+	}
+	if err := completeBinary(path, st.Size()); err != nil {
+		return sdk.Info{}, "", fmt.Errorf("%s is not a complete binary: %w", path, err)
+	}
+	sum, err := fileSHA256(path)
+	if err != nil {
+		return sdk.Info{}, "", err
+	}
+	if timeout <= 0 {
+		timeout = DefaultCallTimeout
+	}
+	h := &Host{cfg: Config{CallTimeout: timeout}, claims: map[string]string{}, status: map[string]*Status{}}
+	r := &run{h: h, file: filepath.Base(path), path: path, log: slog.New(slog.DiscardHandler)}
+	defer r.stop()
+	if err := r.start(ctx); err != nil {
+		return sdk.Info{}, sum, err
+	}
+	return r.info, sum, nil
+}

@@ -93,13 +93,13 @@ const SessionPluginsFile = "plugins.json"
 // SessionPlugin is one plugin's entry in a session's plugins.json.
 type SessionPlugin struct {
 	Version  string           `json:"version"`
-	Rows     map[string]int64 `json:"rows"`     // derived table → rows written
-	Restarts int              `json:"restarts"` // restarts of the plugin while the session was open
+	Rows     map[string]int64 `json:"rows"`      // derived table → rows written
+	Restarts int              `json:"restarts"`  // restarts of the plugin while the session was open
 	FirstSeq uint64           `json:"first_seq"` // stream sequence the plugin's input began at
 	// RetentionCut is true when the session's first events had already left the stream when the
 	// plugin began (its rows then cover only the rest).
-	RetentionCut bool `json:"retention_cut,omitempty"`
-	Closed       bool `json:"closed"`
+	RetentionCut bool  `json:"retention_cut,omitempty"`
+	Closed       bool  `json:"closed"`
 	Findings     int64 `json:"findings"`
 }
 

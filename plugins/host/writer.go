@@ -59,15 +59,15 @@ func derivedHeader(t sdk.Table) []string {
 // (read back from the file when opened, so a crash between writing and acknowledging never
 // duplicates) and the last seq it gave.
 type sessionWriter struct {
-	dir, session        string
-	plugin, version     string
-	hostName            string
-	pid                 int64
-	info                sdk.Info
-	max                 map[string]rowKey // table → highest key on disk for plugin+version
-	has                 map[string]bool   // table → some row of plugin+version on disk
-	seq                 int64             // last common seq given in this session
-	rows                map[string]int64  // table → rows of plugin+version on disk
+	dir, session    string
+	plugin, version string
+	hostName        string
+	pid             int64
+	info            sdk.Info
+	max             map[string]rowKey // table → highest key on disk for plugin+version
+	has             map[string]bool   // table → some row of plugin+version on disk
+	seq             int64             // last common seq given in this session
+	rows            map[string]int64  // table → rows of plugin+version on disk
 }
 
 func newSessionWriter(dir, session string, info sdk.Info, hostName string) (*sessionWriter, error) {
