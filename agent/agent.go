@@ -28,8 +28,16 @@ type Config struct {
 	NATS        NATSConfig
 	SpoolDir    string // empty: no disk spool (memory only, then drops)
 	SpoolMax    int64  // default 1 GiB
-	MemMax      int64  // memory queue bytes before spooling; default 32 MiB
-	MaxLine     int    // default DefaultMaxLine
+	// SpoolSync is how often appends to the spool are fsynced (default DefaultSpoolSync): what a
+	// kill -9 can lose while the stream is unreachable.
+	SpoolSync time.Duration
+	// DeadLetterMaxBytes and DeadLetterMaxCount cap the dead-letter file of messages NATS refused
+	// permanently (defaults DefaultDeadLetterMaxBytes, DefaultDeadLetterMaxCount); beyond them
+	// refused messages are only counted.
+	DeadLetterMaxBytes int64
+	DeadLetterMaxCount int64
+	MemMax             int64 // memory queue bytes before spooling; default 32 MiB
+	MaxLine            int   // default DefaultMaxLine
 	// SessionLinger ends a session this long after its last process left; 0 keeps sessions open
 	// until EndSession (what `pmagent run` does: it ends the session when its command exits).
 	SessionLinger time.Duration
@@ -39,15 +47,22 @@ type Config struct {
 	Logger        *slog.Logger
 }
 
+// DefaultSpoolSync is how often spool appends are fsynced.
+const DefaultSpoolSync = 200 * time.Millisecond
+
 // Agent ingests shim connections and publishes what they send.
 type Agent struct {
-	cfg     Config
-	log     *slog.Logger
-	enc     Encoder
-	q       *queue
-	pub     *publisher
-	started time.Time
-	ln      net.Listener
+	cfg   Config
+	log   *slog.Logger
+	enc   Encoder
+	q     *queue
+	dead  *deadLetters
+	pub   *publisher
+	stopQ chan struct{}
+	// stopQOnce closes stopQ (the spool's fsync loop).
+	stopQOnce sync.Once
+	started   time.Time
+	ln        net.Listener
 
 	mu       sync.Mutex
 	sessions map[string]*session // by id
@@ -120,6 +135,15 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.MemMax == 0 {
 		cfg.MemMax = 32 << 20
 	}
+	if cfg.SpoolSync <= 0 {
+		cfg.SpoolSync = DefaultSpoolSync
+	}
+	if cfg.DeadLetterMaxBytes == 0 {
+		cfg.DeadLetterMaxBytes = DefaultDeadLetterMaxBytes
+	}
+	if cfg.DeadLetterMaxCount == 0 {
+		cfg.DeadLetterMaxCount = DefaultDeadLetterMaxCount
+	}
 	if cfg.MaxLine == 0 {
 		cfg.MaxLine = DefaultMaxLine
 	}
@@ -132,7 +156,7 @@ func New(cfg Config) (*Agent, error) {
 	a := &Agent{
 		cfg: cfg, log: cfg.Logger.With("component", "agent"), enc: cfg.Encoder,
 		started: time.Now(), sessions: map[string]*session{}, renamed: map[string]string{},
-		procs: map[int]*proc{}, conns: map[*conn]struct{}{},
+		procs: map[int]*proc{}, conns: map[*conn]struct{}{}, stopQ: make(chan struct{}),
 	}
 	if a.enc == nil {
 		a.enc = defaultEncoder()
@@ -154,11 +178,19 @@ func New(cfg Config) (*Agent, error) {
 		}
 		a.cfg.SpoolDir = dir
 		if sp.count > 0 {
-			a.log.Info("replaying spool from an earlier run", "dir", cfg.SpoolDir, "messages", sp.count, "bytes", sp.bytes)
+			a.log.Info("replaying spool from an earlier run", "dir", dir, "messages", sp.count, "bytes", sp.bytes)
+		}
+		for _, n := range sp.foreign {
+			a.log.Warn("spool segment written by a newer agent left untouched", "file", sp.path(n))
 		}
 	}
 	a.q = newQueue(cfg.MemMax, sp)
-	a.pub = newPublisher(cfg.NATS, a.q, a.log)
+	deadDir := ""
+	if sp != nil {
+		deadDir = a.cfg.SpoolDir
+	}
+	a.dead = newDeadLetters(deadDir, a.cfg.DeadLetterMaxBytes, a.cfg.DeadLetterMaxCount)
+	a.pub = newPublisher(cfg.NATS, a.q, a.dead, a.log)
 	if cfg.NATS.URL == "" {
 		a.log.Info("no NATS configured: events are kept in the spool for a later run with --nats", "spool", cfg.SpoolDir)
 	}
@@ -179,6 +211,7 @@ func (a *Agent) Start(ctx context.Context) error {
 		go a.accept()
 	}
 	go a.pub.run()
+	go a.q.syncEvery(a.cfg.SpoolSync, a.stopQ)
 	a.startNATSSide(ctx)
 	go a.reap(ctx)
 	go func() {
@@ -253,6 +286,7 @@ func (a *Agent) Shutdown(ctx context.Context) (Report, error) {
 		a.EndSession(id)
 	}
 	a.pub.drain(ctx)
+	a.stopQOnce.Do(func() { close(a.stopQ) })
 	kept, _, err := a.q.close()
 	a.pub.close()
 	st := a.q.stats()

@@ -78,7 +78,12 @@ type SpoolStatus struct {
 	MemBatches   int64  `json:"mem_batches"`
 	MemBytes     int64  `json:"mem_bytes"`
 	DroppedBytes int64  `json:"dropped_bytes"`
-	Error        string `json:"error,omitempty"`
+	// UnsyncedBytes were appended to the spool but not yet fsynced (at most one sync interval).
+	UnsyncedBytes int64 `json:"unsynced_bytes"`
+	// StreamDown: the stream is unreachable, so new messages go straight to disk.
+	StreamDown bool             `json:"stream_down"`
+	DeadLetter DeadLetterStatus `json:"dead_letters"`
+	Error      string           `json:"error,omitempty"`
 }
 
 // MarshalJSON writes the fields and then every Extra key at the top level.
@@ -126,7 +131,8 @@ func (a *Agent) Status() Status {
 		NATS: NATSStatus{URL: a.cfg.NATS.URL, Connected: a.pub.connected.Load(), Stream: StreamName,
 			StreamOK: a.pub.streamOK.Load(), Published: a.pub.published.Load(), Error: a.pub.lastError()},
 		Spool: SpoolStatus{Dir: a.cfg.SpoolDir, Bytes: qs.SpoolBytes, LimitBytes: qs.SpoolLimit, Batches: qs.SpoolMsgs,
-			MemBatches: qs.MemMsgs, MemBytes: qs.MemBytes, DroppedBytes: qs.DroppedBytes, Error: qs.SpoolErr},
+			MemBatches: qs.MemMsgs, MemBytes: qs.MemBytes, DroppedBytes: qs.DroppedBytes, Error: qs.SpoolErr,
+			UnsyncedBytes: qs.SpoolUnsynced, StreamDown: qs.Down, DeadLetter: a.dead.status()},
 		Processes: []ProcStatus{}, Sessions: []SessionStatus{},
 	}
 	if a.clock != nil {

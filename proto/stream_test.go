@@ -5,11 +5,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	gproto "google.golang.org/protobuf/proto"
 
+	"github.com/profilemate/profilemate/internal/testkit"
 	"github.com/profilemate/profilemate/proto/pmpb"
 )
 
@@ -30,16 +30,7 @@ func TestStreamConfigDefaultsAndOptions(t *testing.T) {
 // TestStreamOnRealServer creates the stream on an embedded nats-server, publishes a converted
 // fixture batch twice with its message id (stored once), and reads it back through a filter.
 func TestStreamOnRealServer(t *testing.T) {
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true,
-		JetStream: true, StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	t.Cleanup(ns.Shutdown)
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server not ready")
-	}
+	ns := testkit.StartNATS(t)
 	nc, err := nats.Connect(ns.ClientURL())
 	if err != nil {
 		t.Fatal(err)
