@@ -30,7 +30,7 @@ func TestMain(m *testing.M) {
 	if err != nil {
 		panic(err)
 	}
-	for name, pkg := range map[string]string{"example": "../example", "hang": "./testdata/hang"} {
+	for name, pkg := range map[string]string{"example": "../example", "hang": "./testdata/hang", "slow": "./testdata/slow"} {
 		out := filepath.Join(dir, name)
 		cmd := exec.Command("go", "build", "-o", out, pkg)
 		if b, err := cmd.CombinedOutput(); err != nil {
