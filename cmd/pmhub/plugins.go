@@ -112,6 +112,9 @@ func pluginsCommand() *cli.Command {
 }
 
 func pluginsLs(c *cli.Context) error {
+	if args, err := positional(c); err != nil || len(args) > 0 {
+		return cli.Exit("pmhub plugins ls: takes no arguments"+why(err), 2)
+	}
 	st, err := host.ReadStatus(pluginsState(c))
 	if errors.Is(err, os.ErrNotExist) {
 		st = nil
@@ -156,10 +159,11 @@ func dash(s string) string {
 }
 
 func pluginsAdd(c *cli.Context) error {
-	if c.NArg() != 1 {
-		return cli.Exit("pmhub plugins add: want one PATH", 2)
+	args, err := positional(c)
+	if err != nil || len(args) != 1 {
+		return cli.Exit("pmhub plugins add: want one PATH"+why(err), 2)
 	}
-	src := c.Args().First()
+	src := args[0]
 	ctx, cancel := context.WithTimeout(c.Context, c.Duration("plugin-timeout")+10*time.Second)
 	defer cancel()
 	info, sum, err := host.Inspect(ctx, src, c.Duration("plugin-timeout"))
@@ -232,12 +236,13 @@ func pluginFile(c *cli.Context, name string) (string, error) {
 }
 
 func pluginsRm(c *cli.Context) error {
-	if c.NArg() != 1 {
-		return cli.Exit("pmhub plugins rm: want one NAME", 2)
+	args, err := positional(c)
+	if err != nil || len(args) != 1 {
+		return cli.Exit("pmhub plugins rm: want one NAME"+why(err), 2)
 	}
-	path, err := pluginFile(c, c.Args().First())
+	path, err := pluginFile(c, args[0])
 	if err != nil || filepath.Dir(path) != filepath.Clean(pluginsDir(c)) {
-		return cli.Exit(fmt.Sprintf("pmhub plugins rm: no plugin %s in %s", c.Args().First(), pluginsDir(c)), 1)
+		return cli.Exit(fmt.Sprintf("pmhub plugins rm: no plugin %s in %s", args[0], pluginsDir(c)), 1)
 	}
 	if err := os.Remove(path); err != nil {
 		return cli.Exit("pmhub plugins rm: "+err.Error(), 1)
@@ -247,14 +252,15 @@ func pluginsRm(c *cli.Context) error {
 }
 
 func pluginsRun(c *cli.Context) error {
-	if c.NArg() != 2 {
-		return cli.Exit("pmhub plugins run: want NAME|PATH SESSION", 2)
+	args, err := positional(c)
+	if err != nil || len(args) != 2 {
+		return cli.Exit("pmhub plugins run: want NAME|PATH SESSION"+why(err), 2)
 	}
-	path, err := pluginFile(c, c.Args().Get(0))
+	path, err := pluginFile(c, args[0])
 	if err != nil {
 		return cli.Exit("pmhub plugins run: "+err.Error(), 1)
 	}
-	session := c.Args().Get(1)
+	session := args[1]
 	if _, err := hub.ReadMetadata(hub.SessionDir(c.String("data"), session)); err != nil {
 		return cli.Exit(fmt.Sprintf("pmhub plugins run: no session %s under %s", session, c.String("data")), 1)
 	}
@@ -294,4 +300,56 @@ func pluginsRun(c *cli.Context) error {
 	}
 	fmt.Fprintf(c.App.Writer, "%s %s over %s: %d new rows\n", st.Name, st.Version, session, st.Rows)
 	return nil
+}
+
+// positional lets flags follow the positional arguments (`pmhub profilers off KIND --session S`):
+// urfave/cli stops reading flags at the first argument, so the rest is set on the context here.
+// It returns the positional arguments; an unknown flag or one without its value is an error.
+func positional(c *cli.Context) ([]string, error) {
+	var pos []string
+	args := c.Args().Slice()
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			pos = append(pos, args[i+1:]...)
+			break
+		}
+		if !strings.HasPrefix(a, "-") || a == "-" {
+			pos = append(pos, a)
+			continue
+		}
+		name, val, hasVal := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		var f cli.Flag
+		for _, cf := range c.Command.Flags {
+			for _, n := range cf.Names() {
+				if n == name {
+					f = cf
+				}
+			}
+		}
+		if f == nil {
+			return nil, fmt.Errorf("unknown flag %s", a)
+		}
+		if _, isBool := f.(*cli.BoolFlag); isBool && !hasVal {
+			val, hasVal = "true", true
+		}
+		if !hasVal {
+			if i+1 >= len(args) {
+				return nil, fmt.Errorf("flag %s needs a value", a)
+			}
+			i++
+			val = args[i]
+		}
+		if err := c.Set(name, val); err != nil {
+			return nil, fmt.Errorf("flag %s: %w", a, err)
+		}
+	}
+	return pos, nil
+}
+
+func why(err error) string {
+	if err == nil {
+		return ""
+	}
+	return " (" + err.Error() + ")"
 }

@@ -20,7 +20,7 @@ import (
 func profilersCommand() *cli.Command {
 	flags := []cli.Flag{
 		&cli.StringFlag{Name: "session", EnvVars: []string{"PROFILEMATE_SESSION"}, Usage: "only the processes of this session (default: every process on the hosts)"},
-		&cli.StringSliceFlag{Name: "host", Usage: "only this host (repeatable; default: every host with a heartbeat in the last --recent)"},
+		&cli.StringSliceFlag{Name: "host", Usage: "only this host (repeatable; default: the session's hosts and every host with a heartbeat in the last --recent)"},
 		&cli.DurationFlag{Name: "recent", Value: 5 * time.Minute, Usage: "hosts count as present when their last heartbeat is this recent"},
 		&cli.StringFlag{Name: "nats", Value: "nats://" + hub.DefaultListen, EnvVars: []string{"PROFILEMATE_NATS"}, Usage: "NATS URL of the hub or the cluster"},
 		&cli.StringFlag{Name: "creds", EnvVars: []string{"PROFILEMATE_NATS_CREDS"}, Usage: "NATS .creds file"},
@@ -40,10 +40,14 @@ func profilersCommand() *cli.Command {
 
 func profilers(c *cli.Context, on bool) error {
 	verb := map[bool]string{true: "on", false: "off"}[on]
-	if c.NArg() != 1 {
+	args, err := positional(c)
+	if err != nil {
+		return cli.Exit("pmhub profilers "+verb+": "+err.Error(), 2)
+	}
+	if len(args) != 1 {
 		return cli.Exit("pmhub profilers "+verb+": want one KIND", 2)
 	}
-	kind := c.Args().First()
+	kind := args[0]
 	if !proto.IsKind(kind) || kind == proto.KindGPU {
 		return cli.Exit(fmt.Sprintf("pmhub profilers %s: %q is not a shim profiler (kinds: %s)", verb, kind, strings.Join(proto.ShimKinds(), ", ")), 2)
 	}
@@ -64,12 +68,12 @@ func profilers(c *cli.Context, on bool) error {
 	defer nc.Close()
 	hosts := c.StringSlice("host")
 	if len(hosts) == 0 {
-		hosts, err = recentHosts(c.Context, nc, c.Duration("recent"))
+		hosts, err = recentHosts(c.Context, nc, c.Duration("recent"), c.String("session"))
 		if err != nil {
 			return cli.Exit("pmhub profilers: "+err.Error(), 1)
 		}
 		if len(hosts) == 0 {
-			return cli.Exit("pmhub profilers: no agent sent a heartbeat recently; name hosts with --host", 1)
+			return cli.Exit("pmhub profilers: no agent sent a heartbeat recently (nor took part in --session); name hosts with --host", 1)
 		}
 	}
 	for _, h := range hosts {
@@ -94,16 +98,21 @@ func profilers(c *cli.Context, on bool) error {
 	return nil
 }
 
-// recentHosts are the hosts whose last heartbeat in the stream is younger than recent.
-func recentHosts(ctx context.Context, nc *nats.Conn, recent time.Duration) ([]string, error) {
+// recentHosts are the hosts whose last heartbeat in the stream is younger than recent and, with
+// a session, every host with a lifecycle record of that session.
+func recentHosts(ctx context.Context, nc *nats.Conn, recent time.Duration, session string) ([]string, error) {
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
+	filters := []string{proto.HeartbeatFilter("")}
+	if session != "" {
+		filters = append(filters, proto.LifeFilter(session, "", ""))
+	}
 	cons, err := js.OrderedConsumer(ctx, proto.StreamName, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{proto.HeartbeatFilter("")}, DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy})
+		FilterSubjects: filters, DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy})
 	if err != nil {
 		return nil, fmt.Errorf("heartbeats: %w", err)
 	}
@@ -116,6 +125,10 @@ func recentHosts(ctx context.Context, nc *nats.Conn, recent time.Duration) ([]st
 		n := 0
 		for m := range b.Messages() {
 			n++
+			if f, err := proto.ParseLifeSubject(m.Subject()); err == nil {
+				seen[f.Host] = true
+				continue
+			}
 			md, err := m.Metadata()
 			if err != nil || time.Since(md.Timestamp) > recent {
 				continue
