@@ -89,3 +89,68 @@ func TestAgentKilledWhileNATSDown(t *testing.T) {
 		t.Fatalf("pid 5151: %d events (first %v), want seq 1..%d once", len(per5151), per5151[:1], batches*per)
 	}
 }
+
+// TestAgentMemoryUnderLongLines: 40 connections each holding 4 MiB without a newline cost the
+// agent its --max-buffered-bytes plus read buffers (and the garbage collector's headroom, up to as
+// much again), not 160 MiB and more, and the memory is back soon after they close.
+func TestAgentMemoryUnderLongLines(t *testing.T) {
+	sock := filepath.Join(agShortDir(t), "a.sock")
+	const budget = 32 << 20
+	agStart(t, nil, "serve", "--socket", sock, "--host", "e2e-host", "--spool-dir", t.TempDir(), "--gpu-interval", "0",
+		"--max-buffered-bytes", fmt.Sprint(budget))
+	agWaitFor(t, time.Minute, "the agent's socket", func() bool { return agStatus(t, sock) != nil })
+	base := agStatus(t, sock)
+	baseHeap, baseRSS := agNum(base, "memory", "heap_inuse_bytes"), agNum(base, "memory", "rss_bytes")
+	if baseHeap == 0 || baseRSS == 0 {
+		t.Fatalf("status has no memory figures: %v", base["memory"])
+	}
+	const conns, size = 40, 4 << 20
+	chunk := []byte(strings.Repeat("a", 64<<10))
+	var cs []net.Conn
+	written := make(chan error, conns)
+	for i := 0; i < conns; i++ {
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cs = append(cs, c)
+		go func() {
+			for n := 0; n+len(chunk) < size; n += len(chunk) {
+				if _, err := c.Write(chunk); err != nil {
+					written <- err
+					return
+				}
+			}
+			written <- nil
+		}()
+	}
+	for i := 0; i < conns; i++ {
+		if err := <-written; err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := float64(conns * (size - 64<<10))
+	agWaitFor(t, time.Minute, "the agent to read every byte", func() bool {
+		return agNum(agStatus(t, sock), "socket", "read_bytes") >= want
+	})
+	st := agStatus(t, sock)
+	held := agNum(st, "memory", "heap_inuse_bytes") - baseHeap
+	t.Logf("heap while held: +%.0f MiB, buffered %.0f MiB, over budget %v", held/(1<<20),
+		agNum(st, "socket", "buffered_bytes")/(1<<20), agNum(st, "socket", "over_budget_lines"))
+	// Twice the budget (GOGC=100 lets garbage reach the live heap) and 40 read buffers; without a
+	// budget the live lines alone are 160 MiB.
+	if limit := float64(2*budget + conns*(64<<10)*2 + 16<<20); held > limit {
+		t.Errorf("heap grew by %.0f MiB while the lines were held, want at most %.0f MiB", held/(1<<20), limit/(1<<20))
+	}
+	if got := agNum(st, "socket", "connections"); got < conns {
+		t.Errorf("connections %v, want at least %d", got, conns)
+	}
+	for _, c := range cs {
+		c.Close()
+	}
+	agWaitFor(t, time.Minute, "memory back after the clients left", func() bool {
+		st := agStatus(t, sock)
+		return agNum(st, "socket", "connections") < 4 && agNum(st, "socket", "buffered_bytes") == 0 &&
+			agNum(st, "memory", "heap_inuse_bytes") < baseHeap+8<<20 && agNum(st, "memory", "rss_bytes") < baseRSS+32<<20
+	})
+}
