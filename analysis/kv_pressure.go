@@ -119,12 +119,12 @@ func KVPressure(src Source, opt KVOptions) (*Result, error) {
 			f.Severity = SeverityInfo
 		}
 		if s.Preemptions > 0 {
-			f.Title = fmt.Sprintf("dp %d: %d preemptions (%.1f per 1,000 steps) recomputed %d tokens; %d KV blocks (%.2fx the %d blocks, %d tokens) would have avoided them (at least %d needed)",
-				s.DP, s.Preemptions, s.PreemptionsPer1kSteps, s.RecomputedTokens, s.SuggestedBlocks, ratio,
+			f.Title = fmt.Sprintf("%s dp %d: %d preemptions (%.1f per 1,000 steps) recomputed %d tokens; %d KV blocks (%.2fx the %d blocks, %d tokens) would have avoided them (at least %d needed)",
+				s.Host, s.DP, s.Preemptions, s.PreemptionsPer1kSteps, s.RecomputedTokens, s.SuggestedBlocks, ratio,
 				s.TotalBlocks, s.SuggestedBlocks*s.BlockSize, s.LowerBoundBlocks)
 		} else {
-			f.Title = fmt.Sprintf("dp %d: no preemptions in %d steps; peak KV usage %.0f%%, %d blocks evicted, prefix hit rate %.0f%%",
-				s.DP, s.Steps, 100*s.PeakUsage, s.BlocksEvicted, 100*s.PrefixHitRate)
+			f.Title = fmt.Sprintf("%s dp %d: no preemptions in %d steps; peak KV usage %.0f%%, %d blocks evicted, prefix hit rate %.0f%%",
+				s.Host, s.DP, s.Steps, 100*s.PeakUsage, s.BlocksEvicted, 100*s.PrefixHitRate)
 		}
 		res.Findings = append(res.Findings, f)
 	}
