@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -116,4 +117,27 @@ func brutePadding(ns []int64, k int, align int64) int64 {
 		best = min(best, pad)
 	}
 	return best
+}
+
+// Two deployments in one session each have a dp 0: each gets its own coverage.
+func TestCUDAGraphReplicasPerHost(t *testing.T) {
+	tb := NewTables()
+	for _, h := range []string{"a", "b"} {
+		for step := 1; step <= 4; step++ {
+			mode, fb := "FULL", "false"
+			if h == "b" && step > 2 {
+				mode, fb = "NONE", "true"
+			}
+			tb.Add("cuda_graph_usage", Row{"host": h, "pid": "1", "dp": "0", "step": strconv.Itoa(step),
+				"runtime_mode": mode, "unpadded_tokens": "100", "padded_tokens": "100", "eager_fallback": fb})
+		}
+	}
+	sums, err := CUDAGraphSummaries(tb, CUDAGraphOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sums) != 2 || sums[0].Host != "a" || sums[0].EagerSteps != 0 || sums[1].EagerFallbackSteps != 2 ||
+		sums[1].Steps != 4 || len(sums[1].Suggested) != 1 || sums[1].Suggested[0].Size != 104 {
+		t.Errorf("got %+v", sums)
+	}
 }

@@ -99,3 +99,24 @@ func TestStragglerNone(t *testing.T) {
 		t.Errorf("one rank: got %v, want no finding", res.Findings)
 	}
 }
+
+// Two deployments in one session (two hosts, each with ranks 0 and 1, as `pmhub demo` runs):
+// rank 1 of host b is slow; rank 1 of host a must not be added to it.
+func TestStragglerSameRanksOnTwoHosts(t *testing.T) {
+	tb := NewTables()
+	timingRows(tb, "a", 10, 0, 10, 10)
+	timingRows(tb, "a", 11, 1, 10, 10)
+	timingRows(tb, "b", 10, 0, 10, 10)
+	timingRows(tb, "b", 11, 1, 10, 13)
+	res, err := Straggler(tb, StragglerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := res.Findings[0]
+	if r, _ := f.Number("ratio_to_median"); r != 1.3 || f.Hosts[0] != "b" || f.Ranks[0] != 1 {
+		t.Errorf("got %v ratio %v, want rank 1 on b at 1.3", f, r)
+	}
+	if n := len(res.Table(StragglerRanksTable).Rows); n != 4 {
+		t.Errorf("straggler_ranks has %d rows, want 4", n)
+	}
+}
