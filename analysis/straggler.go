@@ -221,11 +221,11 @@ func Straggler(src Source, opt StragglerOptions) (*Result, error) {
 			FormatFloat(meanLate)})
 	}
 
-	var slow []int64
+	var slow []rankKey
 	slowHosts := map[string]bool{}
 	for _, rk := range order {
 		if ratio(rk) >= opt.Threshold {
-			slow = append(slow, rk.rank)
+			slow = append(slow, rk)
 			slowHosts[ranks[rk].host] = true
 		}
 	}
@@ -264,7 +264,13 @@ func Straggler(src Source, opt StragglerOptions) (*Result, error) {
 		f.Title = fmt.Sprintf("rank %d on host %s is %.2fx the median rank (%.2f ms vs %.2f ms per step), slowest in %.0f%% of %d steps",
 			top.rank, top.host, ratio(top), med[top], medRank, 100*share(top), common)
 		if len(slow) > 1 {
-			f.Ranks = slow
+			// the slowest first, then the other stragglers in rank order.
+			f.Ranks = []int64{top.rank}
+			for _, rk := range order {
+				if rk != top && ratio(rk) >= opt.Threshold {
+					f.Ranks = append(f.Ranks, rk.rank)
+				}
+			}
 			hosts := make([]string, 0, len(slowHosts))
 			for h := range slowHosts {
 				hosts = append(hosts, h)
