@@ -162,7 +162,14 @@ func Straggler(src Source, opt StragglerOptions) (*Result, error) {
 	late := map[rankKey]float64{}
 	common := 0
 	var firstStep, lastStep int64 = -1, -1
+	// Steps in order, so the float sums below come out the same on every run (a plugin's rows must
+	// be the same when it is replayed).
+	stepList := make([]int64, 0, len(ranks[order[0]].steps))
 	for step := range ranks[order[0]].steps {
+		stepList = append(stepList, step)
+	}
+	sort.Slice(stepList, func(i, j int) bool { return stepList[i] < stepList[j] })
+	for _, step := range stepList {
 		all := true
 		for _, rk := range order {
 			if _, ok := ranks[rk].steps[step]; !ok {
