@@ -9,11 +9,16 @@ import (
 	"testing"
 )
 
-// With captures only up to 64 tokens the larger batches run eager; re-running the same
+// With captures only up to 64 (or 8) tokens the larger batches run eager; re-running the same
 // workload with the suggested sizes added turns exactly those steps into graph replays.
 func TestCaptureSizesTurnEagerStepsIntoReplays(t *testing.T) {
-	const base = "1,2,4,8,16,32,64"
-	env := map[string]string{"PMSIM_TP": "1", "PMSIM_CAPTURE_SIZES": base}
+	for _, tt := range []struct{ base, budget string }{{"1,2,4,8,16,32,64", "256"}, {"1,2,4,8", "512"}} {
+		t.Run(tt.base, func(t *testing.T) { captureRerun(t, tt.base, tt.budget) })
+	}
+}
+
+func captureRerun(t *testing.T, base, budget string) {
+	env := map[string]string{"PMSIM_TP": "1", "PMSIM_CAPTURE_SIZES": base, "PMSIM_TOKEN_BUDGET": budget}
 	dir, truth := runSim(t, env)
 	run := truth.Processes[truth.runner(t)]
 	eager := run.StepsByMode["NONE"]
@@ -32,8 +37,8 @@ func TestCaptureSizesTurnEagerStepsIntoReplays(t *testing.T) {
 		t.Errorf("eager %d fallback %d steps %d, want %d %d %d", s.EagerSteps, s.EagerFallbackSteps, s.Steps,
 			eager, eager, len(run.TokensByStep))
 	}
-	if s.MaxCaptured != 64 {
-		t.Errorf("max captured %d, want 64", s.MaxCaptured)
+	if want, _ := strconv.ParseInt(base[strings.LastIndex(base, ",")+1:], 10, 64); s.MaxCaptured != want {
+		t.Errorf("max captured %d, want %d", s.MaxCaptured, want)
 	}
 	var covered int64
 	var sizes []string
