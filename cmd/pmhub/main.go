@@ -23,6 +23,7 @@ func main() {
 			tailCommand(),
 			sessionsCommand(),
 			showCommand(),
+			reportCommand(),
 		},
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)

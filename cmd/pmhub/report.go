@@ -1,0 +1,97 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/profilemate/profilemate/hub"
+	"github.com/profilemate/profilemate/report"
+)
+
+func reportCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "report",
+		Usage:     "write one self-contained HTML page of a session: plots, findings, metadata (--compare: two sessions side by side)",
+		ArgsUsage: "SESSION",
+		Description: "SESSION is a session id under --data or a session folder. The page embeds everything it shows\n" +
+			"(SVG plots, CSS; no script, no network) and opens offline. Series longer than --max-points are\n" +
+			"downsampled into time buckets, and each plot says so.",
+		Flags: []cli.Flag{
+			dataFlag(),
+			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, EnvVars: []string{"PROFILEMATE_REPORT_OUTPUT"}, Usage: "HTML file to write (default: report-SESSION.html, or compare-A-B.html)"},
+			&cli.StringFlag{Name: "compare", EnvVars: []string{"PROFILEMATE_REPORT_COMPARE"}, Usage: "a second SESSION (after) to compare SESSION (before) with"},
+			&cli.IntFlag{Name: "max-points", Value: 2000, EnvVars: []string{"PROFILEMATE_REPORT_MAX_POINTS"}, Usage: "most points per plotted series before downsampling"},
+			&cli.IntFlag{Name: "sample-size", Value: 20000, EnvVars: []string{"PROFILEMATE_REPORT_SAMPLE_SIZE"}, Usage: "step times per rank kept for the distribution plot"},
+		},
+		Action: runReport,
+	}
+}
+
+// sessionFolder resolves SESSION: an existing folder as given, else <data>/sessions/<SESSION>.
+func sessionFolder(data, arg string) (string, error) {
+	if st, err := os.Stat(filepath.Join(arg, hub.MetadataFile)); err == nil && !st.IsDir() {
+		return arg, nil
+	}
+	dir := hub.SessionDir(data, arg)
+	if _, err := os.Stat(dir); err != nil {
+		return "", fmt.Errorf("no session %q in %s and no session folder of that name (see pmhub sessions --data %s)", arg, data, data)
+	}
+	return dir, nil
+}
+
+func runReport(c *cli.Context) error {
+	if c.NArg() > 1 {
+		return cli.Exit(fmt.Sprintf("pmhub report: one SESSION, flags before it (pmhub report -o report.html SESSION); got %q", c.Args().Slice()), 2)
+	}
+	if c.NArg() != 1 {
+		return cli.Exit("pmhub report: give one SESSION id or folder (see pmhub sessions)", 2)
+	}
+	opt := report.Options{MaxPoints: c.Int("max-points"), SampleSize: c.Int("sample-size"), Analyzer: reportAnalyzer}
+	build := func(arg string) (*report.Report, error) {
+		dir, err := sessionFolder(c.String("data"), arg)
+		if err != nil {
+			return nil, err
+		}
+		return report.Build(dir, opt)
+	}
+	a, err := build(c.Args().First())
+	if err != nil {
+		return cli.Exit("pmhub report: "+err.Error(), 1)
+	}
+	out := c.String("output")
+	var b *report.Report
+	if cmp := c.String("compare"); cmp != "" {
+		if b, err = build(cmp); err != nil {
+			return cli.Exit("pmhub report: --compare: "+err.Error(), 1)
+		}
+		if out == "" {
+			out = fmt.Sprintf("compare-%s-%s.html", a.Session.Meta.Session, b.Session.Meta.Session)
+		}
+	} else if out == "" {
+		out = "report-" + a.Session.Meta.Session + ".html"
+	}
+	f, err := os.Create(out)
+	if err != nil {
+		return cli.Exit("pmhub report: "+err.Error(), 1)
+	}
+	if b != nil {
+		err = report.WriteCompareHTML(f, a, b)
+	} else {
+		err = a.WriteHTML(f)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return cli.Exit("pmhub report: "+err.Error(), 1)
+	}
+	fmt.Fprintln(c.App.Writer, out)
+	return nil
+}
+
+// reportAnalyzer computes findings for sessions without a findings table; nil until the analysis
+// library is linked here.
+var reportAnalyzer report.Analyzer
