@@ -53,6 +53,15 @@ func OpenTable(dir, table string) (rows *Rows, ok bool, err error) {
 	return &Rows{Table: table, path: p, f: f, r: r, index: idx, line: 1}, true, nil
 }
 
+// Header returns the file's columns in file order.
+func (t *Rows) Header() []string {
+	h := make([]string, len(t.index))
+	for name, i := range t.index {
+		h[i] = name
+	}
+	return h
+}
+
 // Has reports whether the file has the named column.
 func (t *Rows) Has(col string) bool { _, ok := t.index[col]; return ok }
 

@@ -24,6 +24,7 @@ func main() {
 			sessionsCommand(),
 			showCommand(),
 			reportCommand(),
+			exportCommand(),
 		},
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)

@@ -1,9 +1,15 @@
 package main
 
 import (
+	"bytes"
 	"fmt"
+	"html"
+	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
+	"sort"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 
@@ -95,3 +101,47 @@ func runReport(c *cli.Context) error {
 // reportAnalyzer computes findings for sessions without a findings table; nil until the analysis
 // library is linked here.
 var reportAnalyzer report.Analyzer
+
+// The hub's HTTP listener serves each session's report page: GET /report/ lists the sessions,
+// GET /report/{session} renders that session's page as `pmhub report` writes it.
+func init() { HTTPHandlers = append(HTTPHandlers, reportHTTP) }
+
+func reportHTTP(mux *http.ServeMux, h *hub.Server) {
+	mux.HandleFunc("GET /report/{$}", func(w http.ResponseWriter, _ *http.Request) {
+		list := h.Sessions()
+		sort.Slice(list, func(i, j int) bool { return list[i].Session > list[j].Session })
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		fmt.Fprint(w, "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>ProfileMate sessions</title></head><body><h1>Sessions</h1><ul>")
+		for _, s := range list {
+			fmt.Fprintf(w, "<li><a href=\"%s\">%s</a> %s, hosts %s</li>", url.PathEscape(s.Session), html.EscapeString(s.Session),
+				html.EscapeString(s.Status), html.EscapeString(strings.Join(s.Hosts, ", ")))
+		}
+		fmt.Fprint(w, "</ul></body></html>")
+	})
+	mux.HandleFunc("GET /report/{session}", func(w http.ResponseWriter, r *http.Request) {
+		id := r.PathValue("session")
+		dir := ""
+		for _, s := range h.Sessions() {
+			if s.Session == id {
+				dir = s.Dir
+			}
+		}
+		if dir == "" {
+			http.Error(w, fmt.Sprintf("no session %q on this hub (see /report/)", id), http.StatusNotFound)
+			return
+		}
+		rep, err := report.Build(dir, report.Options{Analyzer: reportAnalyzer})
+		if err != nil {
+			http.Error(w, "report: "+err.Error(), http.StatusInternalServerError)
+			return
+		}
+		var b bytes.Buffer
+		if err := rep.WriteHTML(&b); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'")
+		_, _ = w.Write(b.Bytes())
+	})
+}
