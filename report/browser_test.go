@@ -54,9 +54,16 @@ type page struct {
 	declared  map[string]map[string]int
 	highlight map[string]string // figure id -> highlighted series
 	deltas    int
+	findings  []finding
 	console   []string
 	requests  []string
 	shot      []byte
+}
+
+// finding is one row of a findings table as the page shows it: its plugin and the figure it links.
+type finding struct {
+	Plugin, Link string
+	Target       bool
 }
 
 // countJS reads every figure's SVG: a "line" series is the vertices (M and L commands) of the
@@ -78,7 +85,11 @@ const countJS = `(() => {
       out.push({fig: f.id, series: li.dataset.series, drawn: n, declared: +li.dataset.points, hl: li.classList.contains('highlight')});
     }
   }
-  return JSON.stringify({series: out, deltas: document.querySelectorAll('table.deltas tbody tr').length});
+  const findings = [...document.querySelectorAll('section.findings tbody tr')].map(tr => {
+    const a = tr.querySelector('a'); const id = a ? a.getAttribute('href').slice(1) : '';
+    return {plugin: tr.cells[0].textContent, link: id, target: id ? !!document.getElementById(id) : false};
+  });
+  return JSON.stringify({series: out, deltas: document.querySelectorAll('table.deltas tbody tr').length, findings});
 })()`
 
 // render opens file in headless chromium with the flags a locked-down CI needs, records console
@@ -141,7 +152,8 @@ func render(t *testing.T, file string) *page {
 			Drawn, Declared int
 			HL              bool
 		}
-		Deltas int
+		Deltas   int
+		Findings []finding
 	}
 	if err := json.Unmarshal([]byte(raw), &got); err != nil {
 		t.Fatalf("figures: %v in %s", err, raw)
@@ -156,7 +168,7 @@ func render(t *testing.T, file string) *page {
 			pg.highlight[s.Fig] = s.Series
 		}
 	}
-	pg.deltas = got.Deltas
+	pg.deltas, pg.findings = got.Deltas, got.Findings
 	mu.Lock()
 	defer mu.Unlock()
 	return pg
@@ -250,6 +262,17 @@ func TestReportInChromium(t *testing.T) {
 			want, hl := expected(t, dir, tt.opt)
 			t.Logf("drawn %v", pg.counts)
 			checkPage(t, pg, want, hl, "")
+			// Every finding that links a plot links one on the page; the synthetic straggler is found.
+			straggler := false
+			for _, f := range pg.findings {
+				if f.Link != "" && !f.Target {
+					t.Errorf("finding %s links #%s, which is not on the page", f.Plugin, f.Link)
+				}
+				straggler = straggler || (f.Plugin == "straggler" && f.Link == "step-time")
+			}
+			if strings.HasPrefix(tt.name, "synthetic") && !straggler {
+				t.Errorf("no straggler finding linked to the step-time plot in %v", pg.findings)
+			}
 			if img, err := png.Decode(bytes.NewReader(pg.shot)); err != nil {
 				t.Errorf("screenshot is no PNG: %v", err)
 			} else if img.Bounds().Dx() != 1280 {

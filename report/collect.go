@@ -20,7 +20,8 @@ type Options struct {
 	// SampleSize is how many step times per rank the distribution plot keeps (uniform reservoir
 	// sample, default 20000); smaller ranks keep every value.
 	SampleSize int
-	// Analyzer computes findings for a session whose folder has no findings table; nil: none.
+	// Analyzer computes findings for a session whose folder has no findings table; nil: Library
+	// (the in-tree analyses).
 	Analyzer Analyzer
 }
 

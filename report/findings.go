@@ -1,7 +1,11 @@
 package report
 
 import (
+	"encoding/json"
+	"errors"
 	"fmt"
+	"sort"
+	"strings"
 )
 
 // FindingsTable is the derived table plugins write into a session folder (findings.csv).
@@ -65,16 +69,19 @@ func readFindings(s *Session, a Analyzer) (*Findings, error) {
 		if len(f.Rows) == 0 {
 			f.Note = "The findings table has no rows: the plugins found nothing to report."
 		}
+		prettyNumbers(f)
 		return f, nil
 	}
 	if a == nil {
-		return &Findings{Note: "This session has no findings table (no analysis plugins ran on the hub) and this report was built without the analysis library."}, nil
+		a = Library{}
 	}
 	cols, rows, err := a.Analyze(s.Dir)
-	if err != nil {
-		return nil, fmt.Errorf("analyze %s: %w", s.Dir, err)
+	var partial *partialError
+	if err != nil && !errors.As(err, &partial) {
+		// The plots stand on their own: a failed analysis is said, not fatal.
+		return &Findings{Note: fmt.Sprintf("This session has no findings table (no analysis plugins ran on the hub), and the analysis library failed on it: %v", err)}, nil
 	}
-	f := &Findings{Source: "computed by the analysis library for this report", Columns: cols}
+	f := &Findings{Source: "computed for this report by the in-tree analyses (package analysis), as no plugin wrote a findings table", Columns: cols}
 	for _, r := range rows {
 		rec := make([]string, len(cols))
 		for i, c := range cols {
@@ -82,8 +89,45 @@ func readFindings(s *Session, a Analyzer) (*Findings, error) {
 		}
 		f.Rows = append(f.Rows, rec)
 	}
-	if len(f.Rows) == 0 {
-		f.Note = "The analysis found nothing to report."
+	switch {
+	case partial != nil:
+		f.Note = partial.Error()
+	case len(f.Rows) == 0:
+		f.Note = "The analyses found nothing to report."
 	}
+	prettyNumbers(f)
 	return f, nil
+}
+
+// prettyNumbers rewrites a "numbers" cell holding a JSON object of name → number as
+// "name 1.234, name 5" (keys sorted, 4 significant digits); other cells stay as written.
+func prettyNumbers(f *Findings) {
+	col := -1
+	for i, c := range f.Columns {
+		if c == "numbers" {
+			col = i
+		}
+	}
+	if col < 0 {
+		return
+	}
+	for _, r := range f.Rows {
+		if col >= len(r) {
+			continue
+		}
+		var m map[string]float64
+		if json.Unmarshal([]byte(r[col]), &m) != nil {
+			continue
+		}
+		keys := make([]string, 0, len(m))
+		for k := range m {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		parts := make([]string, len(keys))
+		for i, k := range keys {
+			parts[i] = fmt.Sprintf("%s %.4g", k, m[k])
+		}
+		r[col] = strings.Join(parts, ", ")
+	}
 }

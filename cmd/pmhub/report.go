@@ -98,9 +98,8 @@ func runReport(c *cli.Context) error {
 	return nil
 }
 
-// reportAnalyzer computes findings for sessions without a findings table; nil until the analysis
-// library is linked here.
-var reportAnalyzer report.Analyzer
+// reportAnalyzer computes findings for sessions without a findings table: the in-tree analyses.
+var reportAnalyzer report.Analyzer = report.Library{}
 
 // The hub's HTTP listener serves each session's report page: GET /report/ lists the sessions,
 // GET /report/{session} renders that session's page as `pmhub report` writes it.
