@@ -61,7 +61,8 @@ type Figure struct {
 
 // ColorScale is a heat map's colour legend.
 type ColorScale struct {
-	Gradient string
+	// Gradient is a CSS background value built here from palette colours (never from input).
+	Gradient template.CSS
 	Lo, Hi   string
 }
 
@@ -191,10 +192,11 @@ func addMarkers(p *plot.Plot, xy plotter.XYs, col string) error {
 	return nil
 }
 
-// heatPalette is the heat map's colour ramp (Moreland's black-body, perceptually ordered).
-func heatPalette() palette.Palette { return moreland.BlackBody().Palette(64) }
+// heatPalette is the heat map's colour ramp: Moreland's smooth blue-red (cold experts blue, hot
+// ones red); neither end is white, so a blank cell (never counted) stays distinct from any load.
+func heatPalette() palette.Palette { return moreland.SmoothBlueRed().Palette(64) }
 
-func cssGradient(cols []color.Color) string {
+func cssGradient(cols []color.Color) template.CSS {
 	var parts []string
 	for i := 0; i < len(cols); i += 8 {
 		r, g, b, _ := cols[i].RGBA()
@@ -202,7 +204,7 @@ func cssGradient(cols []color.Color) string {
 	}
 	r, g, b, _ := cols[len(cols)-1].RGBA()
 	parts = append(parts, fmt.Sprintf("#%02X%02X%02X", r>>8, g>>8, b>>8))
-	return "linear-gradient(to right, " + strings.Join(parts, ", ") + ")"
+	return template.CSS("linear-gradient(to right, " + strings.Join(parts, ", ") + ")") // #nosec: our own colour list
 }
 
 // intTicks labels whole numbers only (layers, experts), at most about ten of them.
@@ -212,6 +214,9 @@ func (intTicks) Ticks(lo, hi float64) []plot.Tick {
 	step := math.Max(1, math.Ceil((hi-lo)/10))
 	var t []plot.Tick
 	for v := math.Ceil(lo); v <= hi; v += step {
+		if v == 0 {
+			v = 0 // not -0
+		}
 		t = append(t, plot.Tick{Value: v, Label: strconv.FormatFloat(v, 'f', 0, 64)})
 	}
 	return t

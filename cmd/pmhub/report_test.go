@@ -57,7 +57,7 @@ func TestReportCommand(t *testing.T) {
 		}
 	}
 	// (SVG namespace URIs are names, not requests; the browser test watches the network itself.)
-	for _, bad := range []string{"<script", "<link", "src=", `href="http`, "url(", "@import"} {
+	for _, bad := range []string{"<script", "<link", "src=", `href="http`, "url(", "@import", "ZgotmplZ"} {
 		if bytes.Contains(page, []byte(bad)) {
 			t.Errorf("report contains %q: it must be self-contained", bad)
 		}
