@@ -16,11 +16,6 @@ import (
 	"github.com/profilemate/profilemate/report/reporttest"
 )
 
-// noAnalysis skips the findings so the benchmark can time the plots alone.
-type noAnalysis struct{}
-
-func (noAnalysis) Analyze(string) ([]string, []map[string]string, error) { return nil, nil, nil }
-
 // largeSpec is a 4-host × 8-worker MoE deployment (32 layers × 64 experts) with about rows rows.
 func largeSpec(rows int64) reporttest.Spec {
 	s := reporttest.Spec{Session: "20260101_000000_b1b2b3", Hosts: 4, WorkersPerHost: 8, Steps: 1, Layers: 32, Experts: 64,
@@ -87,13 +82,13 @@ func BenchmarkReportLarge(b *testing.B) {
 	}
 	for _, bc := range []struct {
 		name string
-		an   report.Analyzer
-	}{{"plots", noAnalysis{}}, {"plots+analyses", nil}} {
+		skip bool
+	}{{"plots", true}, {"plots+analyses", false}} {
 		b.Run(bc.name, func(b *testing.B) {
 			resetPeak()
 			cpu0 := cpuSeconds()
 			for i := 0; i < b.N; i++ {
-				r, err := report.Build(dir, report.Options{Analyzer: bc.an})
+				r, err := report.Build(dir, report.Options{SkipAnalysis: bc.skip})
 				if err != nil {
 					b.Fatal(err)
 				}

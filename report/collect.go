@@ -23,6 +23,9 @@ type Options struct {
 	// Analyzer computes findings for a session whose folder has no findings table; nil: Library
 	// (the in-tree analyses).
 	Analyzer Analyzer
+	// SkipAnalysis leaves the analyses out for a session without a findings table (on large
+	// sessions they cost more than the plots; docs/BENCHMARKS.md).
+	SkipAnalysis bool
 }
 
 func (o Options) withDefaults() Options {
@@ -90,7 +93,7 @@ func Build(dir string, opt Options) (*Report, error) {
 		}
 		r.Figures = append(r.Figures, fig)
 	}
-	if r.Findings, err = readFindings(s, opt.Analyzer); err != nil {
+	if r.Findings, err = readFindings(s, opt.Analyzer, opt.SkipAnalysis); err != nil {
 		return nil, err
 	}
 	return r, nil

@@ -43,8 +43,9 @@ func (f *Findings) Link(row []string) string {
 	return ""
 }
 
-// readFindings reads <dir>/findings.csv with its own header (the plugins' schema), or runs a.
-func readFindings(s *Session, a Analyzer) (*Findings, error) {
+// readFindings reads <dir>/findings.csv with its own header (the plugins' schema), or runs a
+// (Library when nil) unless skip.
+func readFindings(s *Session, a Analyzer, skip bool) (*Findings, error) {
 	t, ok, err := OpenTable(s.Dir, FindingsTable)
 	if err != nil {
 		return nil, err
@@ -71,6 +72,9 @@ func readFindings(s *Session, a Analyzer) (*Findings, error) {
 		}
 		prettyNumbers(f)
 		return f, nil
+	}
+	if skip {
+		return &Findings{Note: "This session has no findings table (no analysis plugins ran on the hub), and the report was asked not to run the analyses (--no-analysis)."}, nil
 	}
 	if a == nil {
 		a = Library{}

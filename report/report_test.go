@@ -97,3 +97,14 @@ func TestBadInput(t *testing.T) {
 		t.Errorf("got %v, want an error naming the missing folder", err)
 	}
 }
+
+// TestSkipAnalysis: --no-analysis leaves the findings empty and says why.
+func TestSkipAnalysis(t *testing.T) {
+	r, err := report.Build(synthetic(t, reporttest.Small()), report.Options{SkipAnalysis: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Findings.Rows) != 0 || !strings.Contains(r.Findings.Note, "--no-analysis") {
+		t.Errorf("findings %+v, want none and a note naming --no-analysis", r.Findings)
+	}
+}

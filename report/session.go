@@ -40,12 +40,15 @@ func Open(dir string) (*Session, error) {
 	return s, nil
 }
 
-// ProcKey names the row's process as "host/proc" (proc token from metadata, e.g. hostA/w3); a
-// process metadata does not know is "host/pid<N>".
+// ProcKey names the row's process as "host/proc" (proc token from metadata, e.g. hostA/w3); the
+// agent's own rows are "host/agent", another process metadata does not know "host/pid<N>".
 func (s *Session) ProcKey(r *Rows) string {
 	host, pid := r.Str("host"), r.Str("pid")
 	if p := s.procs[host+"/"+pid]; p != nil && p.Proc != "" {
 		return host + "/" + p.Proc
+	}
+	if r.Str("role") == "agent" { // the agent's own rows (GPU samples without an owner)
+		return host + "/agent"
 	}
 	return host + "/pid" + pid
 }

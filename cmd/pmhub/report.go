@@ -30,6 +30,7 @@ func reportCommand() *cli.Command {
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, EnvVars: []string{"PROFILEMATE_REPORT_OUTPUT"}, Usage: "HTML file to write (default: report-SESSION.html, or compare-A-B.html)"},
 			&cli.StringFlag{Name: "compare", EnvVars: []string{"PROFILEMATE_REPORT_COMPARE"}, Usage: "a second SESSION (after) to compare SESSION (before) with"},
 			&cli.IntFlag{Name: "max-points", Value: 2000, EnvVars: []string{"PROFILEMATE_REPORT_MAX_POINTS"}, Usage: "most points per plotted series before downsampling"},
+			&cli.BoolFlag{Name: "no-analysis", EnvVars: []string{"PROFILEMATE_REPORT_NO_ANALYSIS"}, Usage: "do not run the in-tree analyses for a session without a findings table (large sessions: they cost more than the plots)"},
 			&cli.IntFlag{Name: "sample-size", Value: 20000, EnvVars: []string{"PROFILEMATE_REPORT_SAMPLE_SIZE"}, Usage: "step times per rank kept for the distribution plot"},
 		},
 		Action: runReport,
@@ -55,7 +56,7 @@ func runReport(c *cli.Context) error {
 	if c.NArg() != 1 {
 		return cli.Exit("pmhub report: give one SESSION id or folder (see pmhub sessions)", 2)
 	}
-	opt := report.Options{MaxPoints: c.Int("max-points"), SampleSize: c.Int("sample-size"), Analyzer: reportAnalyzer}
+	opt := report.Options{MaxPoints: c.Int("max-points"), SampleSize: c.Int("sample-size"), Analyzer: reportAnalyzer, SkipAnalysis: c.Bool("no-analysis")}
 	build := func(arg string) (*report.Report, error) {
 		dir, err := sessionFolder(c.String("data"), arg)
 		if err != nil {
