@@ -139,7 +139,7 @@ func Build(dir string) (*Timeline, error) {
 		step int64
 	}
 	begin, end := map[stepKey]int64{}, map[stepKey]int64{}
-	err = report.Scan(dir, "cpu_operations_timing", func(r *report.Rows) error {
+	err = s.Scan("cpu_operations_timing", func(r *report.Rows) error {
 		ts, ok := r.TS()
 		if !ok {
 			return nil
@@ -163,7 +163,7 @@ func Build(dir string) (*Timeline, error) {
 	if err != nil {
 		return nil, err
 	}
-	err = report.Scan(dir, "batch_utilization", func(r *report.Rows) error {
+	err = s.Scan("batch_utilization", func(r *report.Rows) error {
 		ts, ok := r.TS()
 		if !ok {
 			return nil
@@ -185,7 +185,7 @@ func Build(dir string) (*Timeline, error) {
 	if err != nil {
 		return nil, err
 	}
-	err = report.Scan(dir, "forward_pass_timing", func(r *report.Rows) error {
+	err = s.Scan("forward_pass_timing", func(r *report.Rows) error {
 		ts, ok := r.TS()
 		if !ok {
 			return nil
@@ -203,7 +203,7 @@ func Build(dir string) (*Timeline, error) {
 	if err != nil {
 		return nil, err
 	}
-	err = report.Scan(dir, "preemption_events", func(r *report.Rows) error {
+	err = s.Scan("preemption_events", func(r *report.Rows) error {
 		ts, ok := r.TS()
 		if !ok {
 			return nil
@@ -216,7 +216,7 @@ func Build(dir string) (*Timeline, error) {
 	if err != nil {
 		return nil, err
 	}
-	err = report.Scan(dir, "cuda_graph_captures", func(r *report.Rows) error {
+	err = s.Scan("cuda_graph_captures", func(r *report.Rows) error {
 		ts, ok := r.TS()
 		if !ok {
 			return nil
@@ -229,7 +229,7 @@ func Build(dir string) (*Timeline, error) {
 	if err != nil {
 		return nil, err
 	}
-	err = report.Scan(dir, "kv_cache_usage", func(r *report.Rows) error {
+	err = s.Scan("kv_cache_usage", func(r *report.Rows) error {
 		ts, ok1 := r.TS()
 		u, ok2 := r.Float("usage")
 		if !ok1 || !ok2 {
@@ -242,7 +242,7 @@ func Build(dir string) (*Timeline, error) {
 	if err != nil {
 		return nil, err
 	}
-	err = report.Scan(dir, "gpu_metrics", func(r *report.Rows) error {
+	err = s.Scan("gpu_metrics", func(r *report.Rows) error {
 		ts, ok1 := r.TS()
 		u, ok2 := r.Float("util_gpu")
 		if !ok1 || !ok2 {

@@ -157,7 +157,7 @@ func (r *Report) kvFigure() (*Figure, error) {
 	const id, title = "kv-usage", "KV cache usage per engine"
 	caption := "Share of KV cache blocks in use after each scheduler step, one line per engine; ▲ marks a preemption at the KV usage it happened at."
 	source := "kv_cache_usage.usage, preemption_events.kv_usage"
-	ls, err := collectLines(s.Dir, "kv_cache_usage", s.Origin, r.Options.MaxPoints, AggMax, func(row *Rows, emit emitFunc) error {
+	ls, err := collectLines(s, "kv_cache_usage", s.Origin, r.Options.MaxPoints, AggMax, func(row *Rows, emit emitFunc) error {
 		ts, ok1 := row.TS()
 		u, ok2 := row.Float("usage")
 		if ok1 && ok2 {
@@ -171,7 +171,7 @@ func (r *Report) kvFigure() (*Figure, error) {
 	}
 	var marks plotter.XYs
 	var preempt int64
-	if err := Scan(s.Dir, "preemption_events", func(row *Rows) error {
+	if err := s.Scan("preemption_events", func(row *Rows) error {
 		preempt++
 		ts, ok := row.TS()
 		if !ok || len(marks) >= r.Options.MaxPoints {
@@ -228,7 +228,7 @@ func (r *Report) steps() (*workerSteps, error) {
 	s := r.Session
 	ws := &workerSteps{sample: map[string][]float64{}, n: map[string]int64{}}
 	rng := rand.New(rand.NewPCG(1, 2)) // fixed seed: the same session renders the same page
-	err := Scan(s.Dir, "forward_pass_timing", func(row *Rows) error {
+	err := s.Scan("forward_pass_timing", func(row *Rows) error {
 		v, ok := row.Float("cpu_ms")
 		if !ok {
 			return nil
@@ -297,7 +297,7 @@ func (r *Report) stepTimeFigure() (*Figure, error) {
 	if len(ws.keys) == 0 {
 		return empty(id, title, stepCaption, source, "no forward_pass_timing rows in this session"), nil
 	}
-	ls, err := collectLines(s.Dir, "forward_pass_timing", s.Origin, r.Options.MaxPoints, AggMean, func(row *Rows, emit emitFunc) error {
+	ls, err := collectLines(s, "forward_pass_timing", s.Origin, r.Options.MaxPoints, AggMean, func(row *Rows, emit emitFunc) error {
 		ts, ok1 := row.TS()
 		v, ok2 := row.Float("cpu_ms")
 		if ok1 && ok2 {
@@ -411,7 +411,7 @@ func (r *Report) graphData() (*graphModes, error) {
 	s := r.Session
 	g := &graphModes{steps: map[string]map[string]int64{}, padded: map[string]int64{}, unpad: map[string]int64{}}
 	seenMode := map[string]bool{}
-	if err := Scan(s.Dir, "cuda_graph_usage", func(row *Rows) error {
+	if err := s.Scan("cuda_graph_usage", func(row *Rows) error {
 		k, m := s.ProcKey(row), row.Str("runtime_mode")
 		if m == "" {
 			m = "unknown"
@@ -596,7 +596,7 @@ func (r *Report) expertFigure() (*Figure, error) {
 	counts := map[[2]int64]int64{}
 	layerIdx := map[string]int64{}
 	var rows, unobservable int64
-	if err := Scan(s.Dir, "moe_expert_selection", func(row *Rows) error {
+	if err := s.Scan("moe_expert_selection", func(row *Rows) error {
 		if row.Str("status") != "counted" {
 			unobservable++
 			return nil
@@ -724,7 +724,7 @@ func (r *Report) gpuFigure(what string) (*Figure, error) {
 		caption = "NVML memory in use per GPU over installed memory, as each host's agent sampled it."
 		source = "gpu_metrics.mem_used_bytes / mem_total_bytes"
 	}
-	ls, err := collectLines(s.Dir, "gpu_metrics", s.Origin, r.Options.MaxPoints, AggMean, func(row *Rows, emit emitFunc) error {
+	ls, err := collectLines(s, "gpu_metrics", s.Origin, r.Options.MaxPoints, AggMean, func(row *Rows, emit emitFunc) error {
 		ts, ok := row.TS()
 		if !ok {
 			return nil
@@ -786,7 +786,7 @@ func (r *Report) batchFigure(what string) (*Figure, error) {
 	caption := fmt.Sprintf("Per engine, %s of each scheduler step (solid) and the scheduler's %s (%s, dashed) where the hub knows it.", valCol, budCol, budName)
 	source := "batch_utilization." + valCol + ", " + budCol
 	var rows, unknown int64
-	ls, err := collectLines(s.Dir, "batch_utilization", s.Origin, r.Options.MaxPoints, AggMean, func(row *Rows, emit emitFunc) error {
+	ls, err := collectLines(s, "batch_utilization", s.Origin, r.Options.MaxPoints, AggMean, func(row *Rows, emit emitFunc) error {
 		ts, ok := row.TS()
 		if !ok {
 			return nil

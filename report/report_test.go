@@ -108,3 +108,30 @@ func TestSkipAnalysis(t *testing.T) {
 		t.Errorf("findings %+v, want none and a note naming --no-analysis", r.Findings)
 	}
 }
+
+// TestTornTailWhileActive: while the hub still appends to a session, a half-written last line is
+// skipped and the rest plotted; the same line in an ended session is an error (TestBadInput).
+func TestTornTailWhileActive(t *testing.T) {
+	dir := synthetic(t, reporttest.Small())
+	meta, err := os.ReadFile(filepath.Join(dir, "metadata.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	meta = []byte(strings.Replace(string(meta), `"status": "ended"`, `"status": "active"`, 1))
+	if err := os.WriteFile(filepath.Join(dir, "metadata.json"), meta, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, "preemption_events.csv"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString(`20260101_000000_a1b2c3,hostA,1001,engine_core,0,-1,-1,-1,999,121,1767225602500000000,"req-`)
+	f.Close()
+	r, err := report.Build(dir, report.Options{})
+	if err != nil {
+		t.Fatalf("active session with a torn last line: %v", err)
+	}
+	if r.Stats.Preemptions != 8 {
+		t.Errorf("preemptions %d, want the 8 whole rows", r.Stats.Preemptions)
+	}
+}

@@ -51,14 +51,14 @@ type lineSet struct {
 	Agg          Agg
 }
 
-// collectLines streams dir/table.csv through walk. Every series keeps its raw points while it has
+// collectLines streams the session's table through walk. Every series keeps its raw points while it has
 // at most maxPoints; when any series has more, a second pass over the file rebuilds those series as
 // maxPoints equal time buckets spanning the table's emitted points (empty buckets are no point),
 // each bucket summarised by agg at the bucket's centre. Memory stays O(series × maxPoints).
-func collectLines(dir, table string, origin int64, maxPoints int, agg Agg, walk walkFunc) (*lineSet, error) {
+func collectLines(ss *Session, table string, origin int64, maxPoints int, agg Agg, walk walkFunc) (*lineSet, error) {
 	ls := &lineSet{Series: map[string]*Series{}, MinTS: math.MaxInt64, Agg: agg}
 	over := map[string]bool{}
-	err := Scan(dir, table, func(r *Rows) error {
+	err := ss.Scan(table, func(r *Rows) error {
 		return walk(r, func(key string, ts int64, y float64) {
 			s := ls.Series[key]
 			if s == nil {
@@ -92,7 +92,7 @@ func collectLines(dir, table string, origin int64, maxPoints int, agg Agg, walk 
 	for k := range over {
 		accs[k] = &acc{sum: make([]float64, maxPoints), max: make([]float64, maxPoints), n: make([]int64, maxPoints)}
 	}
-	err = Scan(dir, table, func(r *Rows) error {
+	err = ss.Scan(table, func(r *Rows) error {
 		return walk(r, func(key string, ts int64, y float64) {
 			a := accs[key]
 			if a == nil {

@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+
+	"github.com/profilemate/profilemate/hub"
 )
 
 // Rows streams one session table: <dir>/<table>.csv as the hub writes it (the common columns, the
@@ -22,6 +24,10 @@ type Rows struct {
 	rec    []string
 	line   int
 	closed bool
+	// tornTail accepts a malformed last line (a running session's file being appended to); Torn
+	// says one was skipped.
+	tornTail bool
+	Torn     bool
 }
 
 // OpenTable opens dir/table.csv for streaming; ok is false when the session has no such file.
@@ -72,6 +78,12 @@ func (t *Rows) Next() (bool, error) {
 		return false, nil
 	}
 	t.line++
+	if err != nil && t.tornTail {
+		if _, err2 := t.r.Read(); err2 == io.EOF {
+			t.Torn = true
+			return false, nil
+		}
+	}
 	if err != nil {
 		return false, fmt.Errorf("%s: %w", t.path, err)
 	}
@@ -126,11 +138,20 @@ func (t *Rows) Close() error {
 
 // Scan calls fn for every row of dir/table.csv; a missing file calls fn never. fn's error stops the
 // scan and is returned.
-func Scan(dir, table string, fn func(*Rows) error) error {
+func Scan(dir, table string, fn func(*Rows) error) error { return scan(dir, table, false, fn) }
+
+// Scan is the package Scan for one of the session's tables; while the session is active (the hub
+// still appends), a malformed last line is taken as a row being written and skipped.
+func (s *Session) Scan(table string, fn func(*Rows) error) error {
+	return scan(s.Dir, table, s.Meta.Status == hub.StatusActive, fn)
+}
+
+func scan(dir, table string, tornTail bool, fn func(*Rows) error) error {
 	t, ok, err := OpenTable(dir, table)
 	if err != nil || !ok {
 		return err
 	}
+	t.tornTail = tornTail
 	defer t.Close()
 	for {
 		more, err := t.Next()
