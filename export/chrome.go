@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
+	"strconv"
 )
 
 // chromeEvent is one entry of the Chrome trace-event format's traceEvents array (ts and dur in µs).
@@ -52,8 +54,21 @@ func (tl *Timeline) WriteChromeJSON(w io.Writer) error {
 			return err
 		}
 	}
-	for _, e := range tl.Events {
-		ce := chromeEvent{Name: e.Name, Cat: e.Table, TS: float64(e.StartNS) / 1e3, PID: e.Track.Process.PseudoPID, TID: e.Track.Lane, Args: e.Args}
+	for i := range tl.Events {
+		e := &tl.Events[i]
+		var args map[string]any
+		if kvs := e.ArgList(); len(kvs) > 0 {
+			args = make(map[string]any, len(kvs))
+			for _, kv := range kvs {
+				// JSON has no NaN or infinity: those stay text.
+				if f, err := strconv.ParseFloat(kv[1], 64); err == nil && !math.IsNaN(f) && !math.IsInf(f, 0) {
+					args[kv[0]] = f
+				} else {
+					args[kv[0]] = kv[1]
+				}
+			}
+		}
+		ce := chromeEvent{Name: e.Name, Cat: e.Table, TS: float64(e.StartNS) / 1e3, PID: e.Track.Process.PseudoPID, TID: e.Track.Lane, Args: args}
 		switch e.Kind {
 		case Slice:
 			d := float64(e.EndNS-e.StartNS) / 1e3
@@ -63,6 +78,9 @@ func (tl *Timeline) WriteChromeJSON(w io.Writer) error {
 		case Counter:
 			ce.Ph, ce.Name, ce.TID = "C", e.Track.Name, 0
 			ce.Args = map[string]any{"value": e.Value}
+			if math.IsNaN(e.Value) || math.IsInf(e.Value, 0) {
+				ce.Args["value"] = strconv.FormatFloat(e.Value, 'g', -1, 64)
+			}
 		}
 		if err := emit(ce); err != nil {
 			return fmt.Errorf("write chrome trace: %w", err)

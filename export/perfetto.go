@@ -6,6 +6,7 @@ import (
 	"io"
 	"math"
 	"sort"
+	"strconv"
 
 	"google.golang.org/protobuf/encoding/protowire"
 )
@@ -67,7 +68,8 @@ type emission struct {
 func (tl *Timeline) emissions() []emission {
 	byTrack := map[*Track][]*Event{}
 	var order []*Track
-	for _, e := range tl.Events {
+	for i := range tl.Events {
+		e := &tl.Events[i]
 		if byTrack[e.Track] == nil {
 			order = append(order, e.Track)
 		}
@@ -175,9 +177,9 @@ func (tl *Timeline) WritePerfetto(w io.Writer) error {
 			sub = protowire.AppendString(sub, e.Table)
 			sub = protowire.AppendTag(sub, fEventName, protowire.BytesType)
 			sub = protowire.AppendString(sub, e.Name)
-			for _, k := range sortedArgs(e.Args) {
+			for _, kv := range e.ArgList() {
 				sub = protowire.AppendTag(sub, fEventDebug, protowire.BytesType)
-				sub = protowire.AppendBytes(sub, debugAnnotation(k, e.Args[k]))
+				sub = protowire.AppendBytes(sub, debugAnnotation(kv[0], kv[1]))
 			}
 		}
 		pkt = pkt[:0]
@@ -195,29 +197,20 @@ func (tl *Timeline) WritePerfetto(w io.Writer) error {
 	return nil
 }
 
-func sortedArgs(m map[string]any) []string {
-	k := make([]string, 0, len(m))
-	for n := range m {
-		k = append(k, n)
-	}
-	sort.Strings(k)
-	return k
-}
-
-func debugAnnotation(name string, v any) []byte {
+// debugAnnotation encodes one argument: a value that reads as an integer or a number is written
+// as one, anything else as a string.
+func debugAnnotation(name, v string) []byte {
 	var b []byte
 	b = protowire.AppendTag(b, fDebugName, protowire.BytesType)
 	b = protowire.AppendString(b, name)
-	switch x := v.(type) {
-	case float64:
-		b = protowire.AppendTag(b, fDebugDouble, protowire.Fixed64Type)
-		b = protowire.AppendFixed64(b, math.Float64bits(x))
-	case int64:
+	if i, err := strconv.ParseInt(v, 10, 64); err == nil {
 		b = protowire.AppendTag(b, fDebugInt, protowire.VarintType)
-		b = protowire.AppendVarint(b, uint64(x))
-	default:
-		b = protowire.AppendTag(b, fDebugString, protowire.BytesType)
-		b = protowire.AppendString(b, fmt.Sprint(x))
+		return protowire.AppendVarint(b, uint64(i))
 	}
-	return b
+	if f, err := strconv.ParseFloat(v, 64); err == nil {
+		b = protowire.AppendTag(b, fDebugDouble, protowire.Fixed64Type)
+		return protowire.AppendFixed64(b, math.Float64bits(f))
+	}
+	b = protowire.AppendTag(b, fDebugString, protowire.BytesType)
+	return protowire.AppendString(b, v)
 }

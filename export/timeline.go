@@ -9,6 +9,7 @@ import (
 	"hash/fnv"
 	"sort"
 	"strconv"
+	"strings"
 
 	"github.com/profilemate/profilemate/proto"
 	"github.com/profilemate/profilemate/report"
@@ -44,7 +45,8 @@ const (
 )
 
 // Event is one slice (StartNS..EndNS), instant (StartNS) or counter value (StartNS, Value) on a
-// track; Args are shown with it.
+// track. Args are the row's values shown with it, packed as "name=value" joined by \x1f (one
+// allocation per event: a timeline of millions of events stays compact); see ArgList.
 type Event struct {
 	Kind           string
 	Track          *Track
@@ -52,7 +54,39 @@ type Event struct {
 	Table          string
 	StartNS, EndNS int64
 	Value          float64
-	Args           map[string]any
+	Args           string
+}
+
+const argSep = "\x1f"
+
+// packArgs packs name, value pairs for Event.Args, leaving out empty values.
+func packArgs(kv ...string) string {
+	var b strings.Builder
+	for i := 0; i+1 < len(kv); i += 2 {
+		if kv[i+1] == "" {
+			continue
+		}
+		if b.Len() > 0 {
+			b.WriteString(argSep)
+		}
+		b.WriteString(kv[i])
+		b.WriteByte('=')
+		b.WriteString(kv[i+1])
+	}
+	return b.String()
+}
+
+// ArgList returns the event's arguments as name, value pairs in the order they were recorded.
+func (e *Event) ArgList() [][2]string {
+	if e.Args == "" {
+		return nil
+	}
+	var out [][2]string
+	for _, kv := range strings.Split(e.Args, argSep) {
+		k, v, _ := strings.Cut(kv, "=")
+		out = append(out, [2]string{k, v})
+	}
+	return out
 }
 
 // Timeline is a session laid out for a trace viewer: tracks and their events, each track's events
@@ -62,7 +96,7 @@ type Timeline struct {
 	Session   string
 	Processes []*Process
 	Tracks    []*Track
-	Events    []*Event
+	Events    []Event
 	// Counts per kind and per source table.
 	Counts map[string]map[string]int
 }
@@ -79,6 +113,18 @@ type builder struct {
 	procs  map[string]*Process
 	tracks map[string][]*Track // process key + name -> lanes
 	lanes  map[*Process]int
+	names  map[string]string // interned event names
+}
+
+// intern returns one shared copy of an event name: names repeat across millions of events.
+func (b *builder) intern(s string) string {
+	if v, ok := b.names[s]; ok {
+		return v
+	}
+	if len(b.names) < 1<<16 {
+		b.names[s] = s
+	}
+	return s
 }
 
 func uuidOf(parts ...string) uint64 {
@@ -114,7 +160,7 @@ func (b *builder) track(p *Process, name string, counter bool, unit string) *Tra
 	return t
 }
 
-func (b *builder) add(e *Event) {
+func (b *builder) add(e Event) {
 	b.tl.Events = append(b.tl.Events, e)
 	if b.tl.Counts[e.Kind] == nil {
 		b.tl.Counts[e.Kind] = map[string]int{}
@@ -132,7 +178,7 @@ func Build(dir string) (*Timeline, error) {
 		return nil, err
 	}
 	b := &builder{s: s, tl: &Timeline{Session: s.Meta.Session, Counts: map[string]map[string]int{}},
-		procs: map[string]*Process{}, tracks: map[string][]*Track{}, lanes: map[*Process]int{}}
+		procs: map[string]*Process{}, tracks: map[string][]*Track{}, lanes: map[*Process]int{}, names: map[string]string{}}
 
 	type stepKey struct {
 		proc string
@@ -147,8 +193,8 @@ func Build(dir string) (*Timeline, error) {
 		p := b.process(r)
 		d, _ := r.Float("cpu_ms")
 		op := r.Str("operation")
-		b.add(&Event{Kind: Slice, Track: b.track(p, "cpu: "+op, false, ""), Name: op, Table: "cpu_operations_timing",
-			StartNS: ts - ms(d), EndNS: ts, Args: map[string]any{"cpu_ms": d, "step": r.Str("step")}})
+		b.add(Event{Kind: Slice, Track: b.track(p, "cpu: "+op, false, ""), Name: b.intern(op), Table: "cpu_operations_timing",
+			StartNS: ts - ms(d), EndNS: ts, Args: packArgs("cpu_ms", r.Str("cpu_ms"), "step", r.Str("step"))})
 		if step, ok := r.Int("step"); ok && step >= 0 {
 			k := stepKey{p.Key, step}
 			switch op {
@@ -178,8 +224,8 @@ func Build(dir string) (*Timeline, error) {
 		if v, ok := end[k]; ok && v > en {
 			en = v
 		}
-		b.add(&Event{Kind: Slice, Track: b.track(p, "engine steps", false, ""), Name: "step " + strconv.FormatInt(step, 10), Table: "batch_utilization",
-			StartNS: st, EndNS: en, Args: map[string]any{"scheduled_tokens": r.Str("scheduled_tokens"), "running_reqs": r.Str("running_reqs"), "waiting": r.Str("waiting")}})
+		b.add(Event{Kind: Slice, Track: b.track(p, "engine steps", false, ""), Name: "step " + strconv.FormatInt(step, 10), Table: "batch_utilization",
+			StartNS: st, EndNS: en, Args: packArgs("scheduled_tokens", r.Str("scheduled_tokens"), "running_reqs", r.Str("running_reqs"), "waiting", r.Str("waiting"))})
 		return nil
 	})
 	if err != nil {
@@ -192,11 +238,9 @@ func Build(dir string) (*Timeline, error) {
 		}
 		p := b.process(r)
 		d, _ := r.Float("cpu_ms")
-		args := map[string]any{"cpu_ms": d, "tokens": r.Str("tokens"), "runtime_mode": r.Str("runtime_mode"), "gpu_status": r.Str("gpu_status")}
-		if g, ok := r.Float("gpu_ms"); ok {
-			args["gpu_ms"] = g
-		}
-		b.add(&Event{Kind: Slice, Track: b.track(p, "forward passes", false, ""), Name: "forward " + r.Str("runtime_mode"), Table: "forward_pass_timing",
+		args := packArgs("cpu_ms", r.Str("cpu_ms"), "gpu_ms", r.Str("gpu_ms"), "gpu_status", r.Str("gpu_status"), "tokens", r.Str("tokens"),
+			"runtime_mode", r.Str("runtime_mode"), "step", r.Str("step"))
+		b.add(Event{Kind: Slice, Track: b.track(p, "forward passes", false, ""), Name: b.intern("forward " + r.Str("runtime_mode")), Table: "forward_pass_timing",
 			StartNS: ts - ms(d), EndNS: ts, Args: args})
 		return nil
 	})
@@ -209,8 +253,8 @@ func Build(dir string) (*Timeline, error) {
 			return nil
 		}
 		p := b.process(r)
-		b.add(&Event{Kind: Instant, Track: b.track(p, "preemptions", false, ""), Name: "preempt " + r.Str("request_id"), Table: "preemption_events", StartNS: ts,
-			Args: map[string]any{"tokens_lost": r.Str("tokens_lost"), "kv_usage": r.Str("kv_usage"), "source": r.Str("source")}})
+		b.add(Event{Kind: Instant, Track: b.track(p, "preemptions", false, ""), Name: "preempt " + r.Str("request_id"), Table: "preemption_events", StartNS: ts,
+			Args: packArgs("tokens_lost", r.Str("tokens_lost"), "kv_usage", r.Str("kv_usage"), "source", r.Str("source"))})
 		return nil
 	})
 	if err != nil {
@@ -222,8 +266,8 @@ func Build(dir string) (*Timeline, error) {
 			return nil
 		}
 		p := b.process(r)
-		b.add(&Event{Kind: Instant, Track: b.track(p, "CUDA graph captures", false, ""), Name: fmt.Sprintf("capture %s %s tokens", r.Str("mode"), r.Str("num_tokens")),
-			Table: "cuda_graph_captures", StartNS: ts, Args: map[string]any{"cpu_ms": r.Str("cpu_ms"), "graph_bytes": r.Str("graph_bytes")}})
+		b.add(Event{Kind: Instant, Track: b.track(p, "CUDA graph captures", false, ""), Name: b.intern(fmt.Sprintf("capture %s %s tokens", r.Str("mode"), r.Str("num_tokens"))),
+			Table: "cuda_graph_captures", StartNS: ts, Args: packArgs("cpu_ms", r.Str("cpu_ms"), "graph_bytes", r.Str("graph_bytes"))})
 		return nil
 	})
 	if err != nil {
@@ -236,7 +280,7 @@ func Build(dir string) (*Timeline, error) {
 			return nil
 		}
 		p := b.process(r)
-		b.add(&Event{Kind: Counter, Track: b.track(p, "KV cache usage", true, "fraction"), Name: "KV cache usage", Table: "kv_cache_usage", StartNS: ts, Value: u})
+		b.add(Event{Kind: Counter, Track: b.track(p, "KV cache usage", true, "fraction"), Name: "KV cache usage", Table: "kv_cache_usage", StartNS: ts, Value: u})
 		return nil
 	})
 	if err != nil {
@@ -250,7 +294,7 @@ func Build(dir string) (*Timeline, error) {
 		}
 		p := b.process(r)
 		name := "GPU " + r.Str("gpu_index") + " utilisation"
-		b.add(&Event{Kind: Counter, Track: b.track(p, name, true, "percent"), Name: name, Table: "gpu_metrics", StartNS: ts, Value: u})
+		b.add(Event{Kind: Counter, Track: b.track(p, name, true, "percent"), Name: b.intern(name), Table: "gpu_metrics", StartNS: ts, Value: u})
 		return nil
 	})
 	if err != nil {
@@ -271,7 +315,8 @@ func (b *builder) settle() {
 		return a.EndNS > c.EndNS // the enclosing slice first
 	})
 	open := map[*Track][]int64{} // per lane track: ends of the slices still open, outermost first
-	for _, e := range b.tl.Events {
+	for i := range b.tl.Events {
+		e := &b.tl.Events[i]
 		if e.Kind != Slice {
 			continue
 		}
