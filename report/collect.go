@@ -210,7 +210,7 @@ func (r *Report) kvFigure() (*Figure, error) {
 		fig.Notes = append(fig.Notes, fmt.Sprintf("Only the first %d of %d preemptions are marked.", len(marks), preempt))
 	}
 	fig.Notes = append(fig.Notes, fmt.Sprintf("Peak usage %.1f%%, %d preemptions.", 100*max(r.Stats.KVPeak, 0), preempt))
-	if fig.SVG, err = svgOf(p, lineW, lineH); err != nil {
+	if err = fig.render(p, lineW, lineH); err != nil {
 		return nil, err
 	}
 	return fig, nil
@@ -336,7 +336,7 @@ func (r *Report) stepTimeFigure() (*Figure, error) {
 	if ws.measured > 0 {
 		fig.Notes = append(fig.Notes, fmt.Sprintf("%d rows also carry measured GPU time (gpu_ms); this plot shows CPU time.", ws.measured))
 	}
-	if fig.SVG, err = svgOf(p, lineW, lineH); err != nil {
+	if err = fig.render(p, lineW, lineH); err != nil {
 		return nil, err
 	}
 	// Keep the sample for the distribution figure without a second scan.
@@ -388,7 +388,7 @@ func (r *Report) stepDistFigure() (*Figure, error) {
 			sampled, r.Options.SampleSize, r.Options.SampleSize))
 	}
 	var err error
-	if fig.SVG, err = svgOf(p, lineW, lineH); err != nil {
+	if err = fig.render(p, lineW, lineH); err != nil {
 		return nil, err
 	}
 	return fig, nil
@@ -524,7 +524,7 @@ func (r *Report) graphModeFigure() (*Figure, error) {
 	}
 	nominalX(p, g.keys)
 	fig.Notes = append(fig.Notes, fmt.Sprintf("%.1f%% of %d worker steps ran a CUDA graph.", 100*r.Stats.GraphCoverage, g.rows))
-	if fig.SVG, err = svgOf(p, lineW, lineH); err != nil {
+	if err = fig.render(p, lineW, lineH); err != nil {
 		return nil, err
 	}
 	return fig, nil
@@ -569,7 +569,7 @@ func (r *Report) paddingFigure() (*Figure, error) {
 	}
 	nominalX(p, names)
 	p.Y.Min = 0
-	if fig.SVG, err = svgOf(p, 5*vg.Inch, lineH); err != nil {
+	if err = fig.render(p, 5*vg.Inch, lineH); err != nil {
 		return nil, err
 	}
 	return fig, nil
@@ -688,7 +688,7 @@ func (r *Report) expertFigure() (*Figure, error) {
 		fig.Notes = append(fig.Notes, fmt.Sprintf("%d of %d cells have no counted row and stay blank.", len(g.layers)*len(g.experts)-len(counts), len(g.layers)*len(g.experts)))
 	}
 	var err error
-	if fig.SVG, err = svgOf(p, lineW, h); err != nil {
+	if err = fig.render(p, lineW, h); err != nil {
 		return nil, err
 	}
 	return fig, nil
@@ -767,7 +767,7 @@ func (r *Report) gpuFigure(what string) (*Figure, error) {
 	if n := ls.note(); n != "" {
 		fig.Notes = append(fig.Notes, n)
 	}
-	if fig.SVG, err = svgOf(p, lineW, lineH); err != nil {
+	if err = fig.render(p, lineW, lineH); err != nil {
 		return nil, err
 	}
 	return fig, nil
@@ -829,7 +829,7 @@ func (r *Report) batchFigure(what string) (*Figure, error) {
 	if n := ls.note(); n != "" {
 		fig.Notes = append(fig.Notes, n)
 	}
-	if fig.SVG, err = svgOf(p, lineW, lineH); err != nil {
+	if err = fig.render(p, lineW, lineH); err != nil {
 		return nil, err
 	}
 	return fig, nil

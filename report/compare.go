@@ -94,7 +94,9 @@ func deltaText(d Delta) [3]string {
 }
 
 // WriteCompareHTML writes a and b side by side, figure by figure, with the table of Deltas(a, b)
-// first: a is "before", b "after". The page is as self-contained as WriteHTML's.
+// first: a is "before", b "after". Paired plots share their value axis (and time axis), so a and b
+// are re-rendered: write a report once, either alone or in one comparison. The page is as
+// self-contained as WriteHTML's.
 func WriteCompareHTML(w io.Writer, a, b *Report) error {
 	v := &view{Title: fmt.Sprintf("ProfileMate comparison %s → %s", a.Session.Meta.Session, b.Session.Meta.Session),
 		Reports: []*reportView{newReportView(a), newReportView(b)}, Deltas: Deltas(a, b)}
@@ -115,6 +117,9 @@ func WriteCompareHTML(w io.Writer, a, b *Report) error {
 	sort.SliceStable(order, func(i, j int) bool { return pos[order[i]] < pos[order[j]] })
 	for _, id := range order {
 		row := []*Figure{a.Figure(id), b.Figure(id)}
+		if err := alignAxes(row[0], row[1]); err != nil {
+			return fmt.Errorf("write comparison: %w", err)
+		}
 		for i, f := range row {
 			if f == nil {
 				row[i] = &Figure{ID: id, Empty: "no such plot for this session"}

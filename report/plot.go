@@ -57,6 +57,37 @@ type Figure struct {
 	Scale *ColorScale
 	// Empty says why there is no plot (no rows, no such table); SVG is empty then.
 	Empty string
+
+	plot *plot.Plot // what SVG was rendered from, kept so Compare can align axes and re-render
+	w, h vg.Length
+}
+
+// render draws p into the figure's SVG and keeps p for re-rendering.
+func (f *Figure) render(p *plot.Plot, w, h vg.Length) error {
+	f.plot, f.w, f.h = p, w, h
+	svg, err := svgOf(p, w, h)
+	f.SVG = svg
+	return err
+}
+
+// alignAxes gives two figures of the same plot the same value axis — and, for plots over time, the
+// same time axis — so side by side they read alike; no point falls outside either range. Heat maps
+// keep their own axes (their colour scales differ anyway).
+func alignAxes(a, b *Figure) error {
+	if a == nil || b == nil || a.plot == nil || b.plot == nil || a.Scale != nil || b.Scale != nil {
+		return nil
+	}
+	pa, pb := a.plot, b.plot
+	lo, hi := math.Min(pa.Y.Min, pb.Y.Min), math.Max(pa.Y.Max, pb.Y.Max)
+	pa.Y.Min, pa.Y.Max, pb.Y.Min, pb.Y.Max = lo, hi, lo, hi
+	if pa.X.Label.Text == timeAxis && pb.X.Label.Text == timeAxis {
+		lo, hi = math.Min(pa.X.Min, pb.X.Min), math.Max(pa.X.Max, pb.X.Max)
+		pa.X.Min, pa.X.Max, pb.X.Min, pb.X.Max = lo, hi, lo, hi
+	}
+	if err := a.render(pa, a.w, a.h); err != nil {
+		return err
+	}
+	return b.render(pb, b.w, b.h)
 }
 
 // ColorScale is a heat map's colour legend.
