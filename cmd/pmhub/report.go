@@ -103,7 +103,8 @@ func runReport(c *cli.Context) error {
 var reportAnalyzer report.Analyzer = report.Library{}
 
 // The hub's HTTP listener serves each session's report page: GET /report/ lists the sessions,
-// GET /report/{session} renders that session's page as `pmhub report` writes it.
+// GET /report/{session} renders that session's page as `pmhub report` writes it, and
+// GET /report/{a}?compare={b} the comparison of a (before) with b (after).
 func init() { HTTPHandlers = append(HTTPHandlers, reportHTTP) }
 
 func reportHTTP(mux *http.ServeMux, h *hub.Server) {
@@ -119,24 +120,35 @@ func reportHTTP(mux *http.ServeMux, h *hub.Server) {
 		fmt.Fprint(w, "</ul></body></html>")
 	})
 	mux.HandleFunc("GET /report/{session}", func(w http.ResponseWriter, r *http.Request) {
-		id := r.PathValue("session")
-		dir := ""
-		for _, s := range h.Sessions() {
-			if s.Session == id {
-				dir = s.Dir
+		build := func(id string) (*report.Report, int, error) {
+			for _, s := range h.Sessions() {
+				if s.Session == id {
+					rep, err := report.Build(s.Dir, report.Options{Analyzer: reportAnalyzer})
+					if err != nil {
+						return nil, http.StatusInternalServerError, fmt.Errorf("report: %w", err)
+					}
+					return rep, 0, nil
+				}
 			}
+			return nil, http.StatusNotFound, fmt.Errorf("no session %q on this hub (see /report/)", id)
 		}
-		if dir == "" {
-			http.Error(w, fmt.Sprintf("no session %q on this hub (see /report/)", id), http.StatusNotFound)
-			return
-		}
-		rep, err := report.Build(dir, report.Options{Analyzer: reportAnalyzer})
+		rep, code, err := build(r.PathValue("session"))
 		if err != nil {
-			http.Error(w, "report: "+err.Error(), http.StatusInternalServerError)
+			http.Error(w, err.Error(), code)
 			return
 		}
 		var b bytes.Buffer
-		if err := rep.WriteHTML(&b); err != nil {
+		if other := r.URL.Query().Get("compare"); other != "" {
+			var repB *report.Report
+			if repB, code, err = build(other); err != nil {
+				http.Error(w, "compare: "+err.Error(), code)
+				return
+			}
+			err = report.WriteCompareHTML(&b, rep, repB)
+		} else {
+			err = rep.WriteHTML(&b)
+		}
+		if err != nil {
 			http.Error(w, err.Error(), http.StatusInternalServerError)
 			return
 		}

@@ -93,7 +93,7 @@ func TestReportCommand(t *testing.T) {
 // TestReportServed starts a real hub over a data folder with a finished session and serves its
 // report through the handler `pmhub serve` registers.
 func TestReportServed(t *testing.T) {
-	data, a, _ := synthData(t)
+	data, a, b := synthData(t)
 	h, err := hub.New(hub.Config{DataDir: data, Listen: "127.0.0.1:-1", SessionIdle: time.Hour})
 	if err != nil {
 		t.Fatal(err)
@@ -125,6 +125,12 @@ func TestReportServed(t *testing.T) {
 	code, body := get("/report/" + a)
 	if code != 200 || !strings.Contains(body, `id="expert-load"`) || !strings.Contains(body, "<svg") {
 		t.Errorf("GET /report/%s: %d, no plots", a, code)
+	}
+	if code, body := get("/report/" + a + "?compare=" + b); code != 200 || !strings.Contains(body, `id="deltas"`) {
+		t.Errorf("GET /report/%s?compare=%s: %d, no delta table", a, b, code)
+	}
+	if code, _ := get("/report/" + a + "?compare=20990101_000000_ffffff"); code != 404 {
+		t.Errorf("compare with an unknown session: %d, want 404", code)
 	}
 	if code, body := get("/report/20990101_000000_ffffff"); code != 404 || !strings.Contains(body, "no session") {
 		t.Errorf("unknown session: %d %q, want 404", code, body)
