@@ -157,7 +157,7 @@ func (r *Report) kvFigure() (*Figure, error) {
 	const id, title = "kv-usage", "KV cache usage per engine"
 	caption := "Share of KV cache blocks in use after each scheduler step, one line per engine; ▲ marks a preemption at the KV usage it happened at."
 	source := "kv_cache_usage.usage, preemption_events.kv_usage"
-	ls, err := collectLines(s, "kv_cache_usage", s.Origin, r.Options.MaxPoints, AggMax, func(row *Rows, emit emitFunc) error {
+	ls, err := collectLines(s, "kv_cache_usage", s.Origin, r.Options.MaxPoints, AggMax, func(row *Rows, emit emitFunc, first bool) error {
 		ts, ok1 := row.TS()
 		u, ok2 := row.Float("usage")
 		if ok1 && ok2 {
@@ -297,7 +297,7 @@ func (r *Report) stepTimeFigure() (*Figure, error) {
 	if len(ws.keys) == 0 {
 		return empty(id, title, stepCaption, source, "no forward_pass_timing rows in this session"), nil
 	}
-	ls, err := collectLines(s, "forward_pass_timing", s.Origin, r.Options.MaxPoints, AggMean, func(row *Rows, emit emitFunc) error {
+	ls, err := collectLines(s, "forward_pass_timing", s.Origin, r.Options.MaxPoints, AggMean, func(row *Rows, emit emitFunc, first bool) error {
 		ts, ok1 := row.TS()
 		v, ok2 := row.Float("cpu_ms")
 		if ok1 && ok2 {
@@ -724,7 +724,7 @@ func (r *Report) gpuFigure(what string) (*Figure, error) {
 		caption = "NVML memory in use per GPU over installed memory, as each host's agent sampled it."
 		source = "gpu_metrics.mem_used_bytes / mem_total_bytes"
 	}
-	ls, err := collectLines(s, "gpu_metrics", s.Origin, r.Options.MaxPoints, AggMean, func(row *Rows, emit emitFunc) error {
+	ls, err := collectLines(s, "gpu_metrics", s.Origin, r.Options.MaxPoints, AggMean, func(row *Rows, emit emitFunc, first bool) error {
 		ts, ok := row.TS()
 		if !ok {
 			return nil
@@ -786,7 +786,7 @@ func (r *Report) batchFigure(what string) (*Figure, error) {
 	caption := fmt.Sprintf("Per engine, %s of each scheduler step (solid) and the scheduler's %s (%s, dashed) where the hub knows it.", valCol, budCol, budName)
 	source := "batch_utilization." + valCol + ", " + budCol
 	var rows, unknown int64
-	ls, err := collectLines(s, "batch_utilization", s.Origin, r.Options.MaxPoints, AggMean, func(row *Rows, emit emitFunc) error {
+	ls, err := collectLines(s, "batch_utilization", s.Origin, r.Options.MaxPoints, AggMean, func(row *Rows, emit emitFunc, first bool) error {
 		ts, ok := row.TS()
 		if !ok {
 			return nil
@@ -794,12 +794,14 @@ func (r *Report) batchFigure(what string) (*Figure, error) {
 		k := s.ProcKey(row)
 		if v, ok := row.Int(valCol); ok {
 			emit(k, ts, float64(v))
-			rows++
+			if first {
+				rows++
+			}
 		}
 		// An empty or zero budget means vLLM did not tell it: no budget line, counted below.
 		if b, ok := row.Int(budCol); ok && b > 0 {
 			emit(k+" "+budCol, ts, float64(b))
-		} else {
+		} else if first {
 			unknown++
 		}
 		return nil

@@ -68,12 +68,16 @@ func TestNotesSayWhatWasDone(t *testing.T) {
 	}
 	spec := reporttest.Small()
 	spec.Budget = false
-	r, err = report.Build(synthetic(t, spec), report.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if n := notes(r.Figure("batch-tokens")); !strings.Contains(n, "Budget unknown: token_budget is empty or 0 in 240 of 240 rows") {
-		t.Errorf("batch-tokens note %q does not state the unknown budget", n)
+	unknownDir := synthetic(t, spec)
+	// Downsampled or not, the rows are counted once.
+	for _, maxPts := range []int{0, 10} {
+		r, err = report.Build(unknownDir, report.Options{MaxPoints: maxPts})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := notes(r.Figure("batch-tokens")); !strings.Contains(n, "Budget unknown: token_budget is empty or 0 in 240 of 240 rows") {
+			t.Errorf("max points %d: batch-tokens note %q does not state the unknown budget of 240 rows", maxPts, n)
+		}
 	}
 	for _, li := range r.Figure("batch-tokens").Legend {
 		if strings.HasSuffix(li.Name, "token_budget") {

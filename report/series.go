@@ -37,8 +37,9 @@ type Series struct {
 // aligned clock.
 type emitFunc func(key string, ts int64, y float64)
 
-// walkFunc reads the current row and emits zero or more points.
-type walkFunc func(r *Rows, emit emitFunc) error
+// walkFunc reads the current row and emits zero or more points. first is false on the second
+// pass over the table (downsampling), so counts kept beside the points are taken once.
+type walkFunc func(r *Rows, emit emitFunc, first bool) error
 
 // lineSet is the outcome of collectLines: the series in first-seen order.
 type lineSet struct {
@@ -74,7 +75,7 @@ func collectLines(ss *Session, table string, origin int64, maxPoints int, agg Ag
 			} else {
 				over[key] = true
 			}
-		})
+		}, true)
 	})
 	if err != nil {
 		return nil, err
@@ -104,7 +105,7 @@ func collectLines(ss *Session, table string, origin int64, maxPoints int, agg Ag
 			}
 			a.sum[b] += y
 			a.n[b]++
-		})
+		}, false)
 	})
 	if err != nil {
 		return nil, err
