@@ -100,6 +100,9 @@ func collectLines(ss *Session, table string, origin int64, maxPoints int, agg Ag
 				return
 			}
 			b := int((ts - ls.MinTS) / width)
+			if b < 0 || b >= maxPoints {
+				return // appended after the first pass (a running session): not in this page
+			}
 			if a.n[b] == 0 || y > a.max[b] {
 				a.max[b] = y
 			}
