@@ -38,6 +38,8 @@ func newApp() *cli.App {
 			showCommand(),
 			pluginsCommand(),
 			profilersCommand(),
+			reportCommand(),
+			exportCommand(),
 		},
 	}
 }
