@@ -18,7 +18,7 @@ const (
 	// DerivedPrefix carries plugins' derived rows (core NATS, EventBatch): pm.v1.dv.<session>.<hub
 	// host>.plugin-<name>.<kind>. It is outside the stream, so the hub's ingest never reads it back.
 	DerivedPrefix = SubjectRoot + ".dv"
-	StreamName      = "PROFILEMATE"
+	StreamName    = "PROFILEMATE"
 )
 
 // StreamSubjects are the subjects the PROFILEMATE stream keeps.
