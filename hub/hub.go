@@ -234,7 +234,7 @@ func (s *Server) Start(ctx context.Context) error {
 		s.Close()
 		return err
 	}
-	s.started = time.Now()
+	s.started = s.cfg.Now()
 	s.log.Info("hub started", "url", s.url, "data", s.cfg.DataDir)
 	return nil
 }
