@@ -171,7 +171,7 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	for _, d := range []string{cfg.DataDir, sessionsDir(cfg.DataDir)} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
+		if err := os.MkdirAll(d, 0o750); err != nil {
 			return nil, fmt.Errorf("hub: create data folder: %w", err)
 		}
 	}
