@@ -24,7 +24,8 @@ proto:
 FUZZTIME ?= 20s
 FUZZ_TARGETS := \
 	./hub/:FuzzDecode \
-	./proto/:FuzzDecodeLine
+	./proto/:FuzzDecodeLine \
+	./proto/:FuzzShimCodec
 
 fuzz:
 	set -e; for t in $(FUZZ_TARGETS); do \

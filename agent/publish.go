@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/profilemate/profilemate/internal/stream"
+
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -323,7 +325,7 @@ func (p *publisher) classify(err error) error {
 func (p *publisher) ensureStream() error {
 	ctx, cancel := context.WithTimeout(context.Background(), p.cfg.AckTimeout)
 	defer cancel()
-	_, err := p.js.CreateOrUpdateStream(ctx, streamConfig())
+	_, err := p.js.CreateOrUpdateStream(ctx, stream.Config())
 	if err != nil {
 		return fmt.Errorf("create stream %s: %w", StreamName, err)
 	}

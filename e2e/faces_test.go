@@ -172,7 +172,7 @@ func TestMetricsPerRankDuringRun(t *testing.T) {
 	want := []string{`profilemate_kv_cache_usage_ratio{host="metrics-host",proc="eng0",rank="",session="metrics-s"}`,
 		`profilemate_preemptions_total{host="metrics-host",proc="eng0",rank="",session="metrics-s"}`}
 	for w := 0; w < agWorkers(); w++ {
-		want = append(want, fmt.Sprintf(`profilemate_step_cpu_seconds_count{host="metrics-host",proc="w%d",rank="%d",session="metrics-s"}`, w, w))
+		want = append(want, fmt.Sprintf(`profilemate_step_wall_seconds_count{host="metrics-host",proc="w%d",rank="%d",session="metrics-s"}`, w, w))
 	}
 	var body string
 	deadline := time.Now().Add(2 * time.Minute)

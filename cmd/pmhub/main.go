@@ -36,6 +36,8 @@ func newApp() *cli.App {
 			tailCommand(),
 			sessionsCommand(),
 			showCommand(),
+			pluginsCommand(),
+			profilersCommand(),
 		},
 	}
 }

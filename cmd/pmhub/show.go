@@ -115,6 +115,8 @@ type Summary struct {
 	StepSkew float64          `json:"step_time_skew"`
 	Rows     map[string]int64 `json:"rows"`
 	Dir      string           `json:"dir"`
+	// Findings are the plugins' findings (findings.csv), most severe first.
+	Findings []Finding `json:"findings,omitempty"`
 }
 
 // RankInfo is one worker process and its ranks.
@@ -249,6 +251,9 @@ func summarize(dir string) (*Summary, error) {
 	if lo > 0 {
 		s.StepSkew = hi / lo
 	}
+	if s.Findings, err = readFindings(dir); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -345,6 +350,7 @@ func (s *Summary) print(w io.Writer) {
 		}
 		tw.Flush()
 	}
+	printFindings(w, s.Findings)
 	fmt.Fprintln(w, "  rows per table:")
 	for _, t := range sortedKeys(s.Rows) {
 		fmt.Fprintf(w, "    %-24s %d\n", t, s.Rows[t])
