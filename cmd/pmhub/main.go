@@ -41,6 +41,8 @@ func newApp() *cli.App {
 			showCommand(),
 			pluginsCommand(),
 			profilersCommand(),
+			reportCommand(),
+			exportCommand(),
 		},
 	}
 }
