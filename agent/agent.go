@@ -46,10 +46,13 @@ type Config struct {
 	// SessionLinger ends a session this long after its last process left; 0 keeps sessions open
 	// until EndSession (what `pmagent run` does: it ends the session when its command exits).
 	SessionLinger time.Duration
-	Version       string
-	Heartbeat     time.Duration // default DefaultHeartbeat
-	Encoder       Encoder       // default: the stream's protobuf encoding
-	Logger        *slog.Logger
+	// Resume keeps, over a restart, the sessions of processes still running at Shutdown (saved in
+	// the spool folder, restored by the next agent) instead of ending them: `pmagent serve`.
+	Resume    bool
+	Version   string
+	Heartbeat time.Duration // default DefaultHeartbeat
+	Encoder   Encoder       // default: the stream's protobuf encoding
+	Logger    *slog.Logger
 }
 
 // Defaults of the agent's limits.
@@ -211,6 +214,9 @@ func New(cfg Config) (*Agent, error) {
 			a.log.Warn("spool segment written by a newer agent left untouched", "file", sp.path(n))
 		}
 	}
+	if sp != nil && a.cfg.Resume {
+		a.loadResume()
+	}
 	a.q = newQueue(cfg.MemMax, sp)
 	deadDir := ""
 	if sp != nil {
@@ -302,9 +308,18 @@ func (a *Agent) Shutdown(ctx context.Context) (Report, error) {
 	a.mu.Unlock()
 	a.connWG.Wait()
 	a.mu.Lock()
+	var keep map[string]bool
+	if a.cfg.Resume && a.cfg.SpoolDir != "" && a.q.spool != nil {
+		var err error
+		if keep, err = a.saveResume(); err != nil {
+			a.log.Warn("sessions of running processes end now", "err", err)
+		} else if len(keep) > 0 {
+			a.log.Info("sessions of running processes stay open for the next agent", "sessions", len(keep))
+		}
+	}
 	var ids []string
 	for id, s := range a.sessions {
-		if !s.ended {
+		if !s.ended && !keep[id] {
 			ids = append(ids, id)
 		}
 	}
@@ -678,10 +693,10 @@ func (a *Agent) connGone(c *conn) {
 	a.mu.Lock()
 	delete(a.conns, c)
 	var byes []*Life
-	for pid, p := range c.pids {
+	for _, p := range c.pids {
 		if p.conn == c {
 			p.conn = nil
-			if !p.bye && !pidAlive(pid) {
+			if !p.bye && !p.alive() {
 				byes = append(byes, &Life{Type: "bye", Session: p.sess.id, Host: a.cfg.Host, Proc: p.token, PID: p.pid,
 					Ident: p.ident, Dropped: p.dropped, LastSeq: p.maxSeq, EndNS: time.Now().UnixNano()})
 				a.leave(p)
@@ -707,8 +722,8 @@ func (a *Agent) reap(ctx context.Context) {
 		}
 		a.mu.Lock()
 		var byes []*Life
-		for pid, p := range a.procs {
-			if p.conn == nil && !p.bye && !pidAlive(pid) {
+		for _, p := range a.procs {
+			if p.conn == nil && !p.bye && !p.alive() {
 				byes = append(byes, &Life{Type: "bye", Session: p.sess.id, Host: a.cfg.Host, Proc: p.token, PID: p.pid,
 					Ident: p.ident, Dropped: p.dropped, LastSeq: p.maxSeq, EndNS: time.Now().UnixNano()})
 				a.leave(p)

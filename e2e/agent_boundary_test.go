@@ -154,3 +154,67 @@ func TestAgentMemoryUnderLongLines(t *testing.T) {
 			agNum(st, "memory", "heap_inuse_bytes") < baseHeap+8<<20 && agNum(st, "memory", "rss_bytes") < baseRSS+32<<20
 	})
 }
+
+// TestAgentRestartResumesSession: `pmagent serve` stopped (SIGTERM) and started again under a
+// running process keeps that process's session open, takes the process back when it reconnects
+// with a new hello naming the same session (same session, same process token), and does not
+// publish again what the process replays.
+func TestAgentRestartResumesSession(t *testing.T) {
+	ns := agStartNATS(t)
+	ns.createStream()
+	spool := t.TempDir()
+	sock := filepath.Join(agShortDir(t), "a.sock")
+	args := []string{"serve", "--socket", sock, "--nats", ns.url(), "--host", "e2e-host", "--spool-dir", spool,
+		"--gpu-interval", "0", "--session-linger", "1s"}
+	first := agStart(t, nil, args...)
+	agWaitFor(t, time.Minute, "the agent's socket", func() bool { return agStatus(t, sock) != nil })
+	c := agDial(t, sock, 7070, "resume-me")
+	c.batch(10)
+	agWaitFor(t, time.Minute, "the first events", func() bool { return ns.read().events() == 10 })
+	if err := first.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := first.wait(t, time.Minute); err != nil {
+		t.Fatalf("pmagent serve after SIGTERM: %v", err)
+	}
+	ended := func() int {
+		n := 0
+		for _, l := range ns.read().life {
+			if l.GetEnd() != nil && l.GetProcess().GetSession() == "resume-me" {
+				n++
+			}
+		}
+		return n
+	}
+	if n := ended(); n != 0 {
+		t.Fatalf("the stopped agent ended the session of a running process (%d end records)", n)
+	}
+
+	agStart(t, nil, args...)
+	agWaitFor(t, time.Minute, "the restarted agent's socket", func() bool { return agStatus(t, sock) != nil })
+	c2 := agDial(t, sock, 7070, "resume-me")
+	c2.seq = 4 // the shim replays what it is not sure was delivered: 5..15, then new events
+	c2.batch(11)
+	c2.batch(5)
+	c2.send(fmt.Sprintf(`{"t":"bye","v":1,"pid":7070,"dropped":0,"last_seq":%d,"end_ns":0}`, c2.seq))
+	agWaitFor(t, time.Minute, "every event", func() bool { return ns.read().events() >= 20 })
+	s := ns.read()
+	seqs := s.checkExactlyOnceInOrder(t)[7070]
+	if len(seqs) != 20 {
+		t.Fatalf("pid 7070: %d events, want 1..20 once", len(seqs))
+	}
+	for _, b := range s.batches {
+		if p := b.GetProcess(); p.Session != "resume-me" {
+			t.Fatalf("batch under session %q, want resume-me", p.Session)
+		}
+	}
+	st := agStatus(t, sock)
+	procs, _ := st["processes"].([]any)
+	if len(procs) != 1 || procs[0].(map[string]any)["proc"] != "w0" || procs[0].(map[string]any)["events"] != float64(20) {
+		t.Errorf("restarted agent's processes %v, want pid 7070 as w0 with its 20 events", procs)
+	}
+	if agNum(st, "duplicates") != 6 {
+		t.Errorf("restarted agent counted %v duplicates, want 6 (seq 5..10)", agNum(st, "duplicates"))
+	}
+	agWaitFor(t, time.Minute, "the session's end after its process left", func() bool { return ended() == 1 })
+}
