@@ -253,7 +253,7 @@ func TestIngestPublishesEveryEventOnce(t *testing.T) {
 	for _, m := range msgs {
 		subj[m.Subject] = true
 	}
-	for _, want := range []string{"pm.v1.ev.s1.h1.w0.kv_5fcache", "pm.v1.ev.s1.h1.w1.forward_5fpass", "pm.v1.life.s1.h1.w0"} {
+	for _, want := range []string{"pm.v1.ev.s1.h1.w0.kv_cache", "pm.v1.ev.s1.h1.w1.forward_pass", "pm.v1.life.s1.h1.w0"} {
 		if !subj[want] {
 			t.Errorf("no message on %s; got %v", want, subj)
 		}

@@ -17,8 +17,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/profilemate/profilemate/internal/stream"
 	"github.com/profilemate/profilemate/internal/testkit"
-	pmproto "github.com/profilemate/profilemate/proto"
 )
 
 // startNATSPayload starts a test server with its max_payload set.
@@ -27,7 +27,7 @@ func startNATSPayload(t *testing.T, maxPayload int32) *server.Server {
 	return testkit.StartNATS(t, func(o *server.Options) { o.MaxPayload = maxPayload })
 }
 
-func createStreamOpts(t *testing.T, url string, opts ...pmproto.StreamOption) {
+func createStreamOpts(t *testing.T, url string, opts ...stream.Option) {
 	t.Helper()
 	nc, err := nats.Connect(url)
 	if err != nil {
@@ -35,7 +35,7 @@ func createStreamOpts(t *testing.T, url string, opts ...pmproto.StreamOption) {
 	}
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
-	if _, err := js.CreateStream(context.Background(), pmproto.StreamConfig(opts...)); err != nil {
+	if _, err := js.CreateStream(context.Background(), stream.Config(opts...)); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -57,7 +57,7 @@ func subjectsOnStream(t *testing.T, url string) map[string]int {
 func TestPoisonMessagesSetAside(t *testing.T) {
 	ns := startNATSPayload(t, 256<<10)
 	url := ns.ClientURL()
-	createStreamOpts(t, url, pmproto.WithMaxMsgSize(64<<10))
+	createStreamOpts(t, url, stream.WithMaxMsgSize(64<<10))
 	spoolDir := t.TempDir()
 
 	long := Msg{Subject: eventSubject(strings.Repeat("a", 4100), "h1", "w0", "kv_cache"), ID: "long", Data: []byte("x")}

@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/profilemate/profilemate/internal/stream"
 	"github.com/profilemate/profilemate/internal/testkit"
 	pmproto "github.com/profilemate/profilemate/proto"
 	"github.com/profilemate/profilemate/proto/pmpb"
@@ -72,7 +73,7 @@ func (n *agNATS) createStream() {
 	}
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
-	if _, err := js.CreateStream(context.Background(), pmproto.StreamConfig()); err != nil {
+	if _, err := js.CreateStream(context.Background(), stream.Config()); err != nil {
 		n.t.Fatal(err)
 	}
 }

@@ -24,18 +24,18 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/profilemate/profilemate/internal/clock"
-	"github.com/profilemate/profilemate/proto"
+	"github.com/profilemate/profilemate/internal/stream"
 )
 
 // Defaults for the limits; every one can be changed on the command line.
 const (
 	DefaultListen          = "127.0.0.1:4222"
 	DefaultSessionIdle     = 60 * time.Second
-	DefaultStreamMaxBytes  = proto.DefaultMaxBytes
-	DefaultStreamMaxAge    = proto.DefaultMaxAge
+	DefaultStreamMaxBytes  = stream.DefaultMaxBytes
+	DefaultStreamMaxAge    = stream.DefaultMaxAge
 	DefaultSessionMaxBytes = 4 << 30 // 4 GiB of CSV per session
 	DefaultRetention       = 30 * 24 * time.Hour
-	DefaultMaxMsgBytes     = proto.DefaultMaxMsgSize
+	DefaultMaxMsgBytes     = stream.DefaultMaxMsgSize
 	DefaultConsumer        = "pmhub"
 	DefaultFetch           = 512
 )
