@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/profilemate/profilemate/internal/clock"
@@ -80,6 +81,7 @@ type Agent struct {
 	sessions map[string]*session // by id
 	renamed  map[string]string   // ended name → the id that replaced it
 	procs    map[int]*proc
+	watch    map[int]bool // pids whose end the caller reports (Exited)
 	conns    map[*conn]struct{}
 	connWG   sync.WaitGroup
 
@@ -124,18 +126,21 @@ type session struct {
 }
 
 type proc struct {
-	pid     int // the pid the shim reports: a label (another pid namespace in a container)
-	sess    *session
-	ident   Ident
-	token   string
-	hello   *Hello
-	conn    *conn
-	peer    peerCred // the process bound to this label: the peer of the connection that said hello
-	events  int64
-	dropped uint64
-	maxSeq  uint64
-	seen    bool // maxSeq is valid
-	bye     bool
+	pid   int // the pid the shim reports: a label (another pid namespace in a container)
+	sess  *session
+	ident Ident
+	token string
+	hello *Hello
+	conn  *conn
+	peer  peerCred // the process bound to this label: the peer of the connection that said hello
+	// endState and endSignal: how it ended (EndClean, EndLost, EndKilled), once bye is set.
+	endState  string
+	endSignal int
+	events    int64
+	dropped   uint64
+	maxSeq    uint64
+	seen      bool // maxSeq is valid
+	bye       bool
 }
 
 // New prepares an agent: it opens the spool and connects to NATS (in the background when the
@@ -184,7 +189,7 @@ func New(cfg Config) (*Agent, error) {
 	a := &Agent{
 		cfg: cfg, log: cfg.Logger.With("component", "agent"), enc: cfg.Encoder,
 		started: time.Now(), sessions: map[string]*session{}, renamed: map[string]string{},
-		procs: map[int]*proc{}, conns: map[*conn]struct{}{}, stopQ: make(chan struct{}),
+		procs: map[int]*proc{}, conns: map[*conn]struct{}{}, stopQ: make(chan struct{}), watch: map[int]bool{},
 		budget: &byteBudget{max: cfg.MaxBuffered},
 	}
 	if a.enc == nil {
@@ -466,10 +471,11 @@ func reused(p *proc, c *conn) bool {
 func (a *Agent) hello(c *conn, h *Hello) error {
 	a.mu.Lock()
 	p, ok := a.procs[h.PID]
+	var gone *Life
 	if ok && (p.sess.ended || p.bye || reused(p, c)) {
 		// A new process reusing the pid, or one that outlived its session.
 		if !p.bye {
-			a.leave(p)
+			gone = a.lostLife(p)
 		}
 		ok = false
 	}
@@ -495,6 +501,9 @@ func (a *Agent) hello(c *conn, h *Hello) error {
 	c.pids[h.PID] = p
 	sess := p.sess.id
 	a.mu.Unlock()
+	if gone != nil {
+		a.publishLife(gone)
+	}
 
 	if h.Session != sess {
 		c.send(Ctl{T: "ctl", V: WireVersion, Op: "session", Session: sess})
@@ -520,7 +529,11 @@ func (a *Agent) batch(c *conn, b *Batch) error {
 	a.mu.Lock()
 	p, ok := a.procs[b.PID]
 	if ok && !p.bye && !p.sess.ended && reused(p, c) {
-		a.leave(p)
+		gone := a.lostLife(p)
+		a.mu.Unlock()
+		a.publishLife(gone)
+		a.mu.Lock()
+		p, ok = a.procs[b.PID]
 	}
 	if ok && !p.bye && !p.sess.ended {
 		if err := a.claim(c, p); err != nil {
@@ -659,7 +672,8 @@ func (a *Agent) bye(c *conn, b *Bye) error {
 		p.dropped = b.Dropped
 	}
 	l := &Life{Type: "bye", Session: p.sess.id, Host: a.cfg.Host, Proc: p.token, PID: p.pid, Ident: p.ident,
-		Dropped: p.dropped, LastSeq: b.LastSeq, EndNS: b.EndNS, Clean: true}
+		Dropped: p.dropped, LastSeq: b.LastSeq, EndNS: b.EndNS, Clean: true, EndState: EndClean}
+	p.endState = EndClean
 	a.leave(p)
 	a.mu.Unlock()
 	a.publishLife(l)
@@ -687,6 +701,59 @@ func (a *Agent) leave(p *proc) {
 	}
 }
 
+// End states of a process, in its bye record (proto Lifecycle.Bye.end_state).
+const (
+	EndClean  = "clean"  // the shim said bye
+	EndLost   = "lost"   // its connection or process went away without a bye
+	EndKilled = "killed" // its parent saw it die of a signal (Lifecycle.Bye.end_signal)
+)
+
+// lostLife is the bye record of a process that went away without a bye (a.mu held); it marks
+// the process gone.
+func (a *Agent) lostLife(p *proc) *Life {
+	l := &Life{Type: "bye", Session: p.sess.id, Host: a.cfg.Host, Proc: p.token, PID: p.pid, Ident: p.ident,
+		Dropped: p.dropped, LastSeq: p.maxSeq, EndNS: time.Now().UnixNano(), EndState: EndLost}
+	p.endState = EndLost
+	a.leave(p)
+	return l
+}
+
+// watched reports whether the caller reports p's end itself (Exited) (a.mu held).
+func (a *Agent) watched(p *proc) bool {
+	return a.watch[p.pid] || (p.peer.OK && a.watch[int(p.peer.Pid)])
+}
+
+// Watch says that the caller is the parent of process pid and reports its end with Exited, so
+// the agent does not record it as lost when its connection closes (`pmagent run` for its command).
+func (a *Agent) Watch(pid int) {
+	a.mu.Lock()
+	a.watch[pid] = true
+	a.mu.Unlock()
+}
+
+// Exited records the end of a watched process from its wait status: killed with the signal when
+// a signal ended it, else lost unless it said bye (its own clean end stands).
+func (a *Agent) Exited(pid int, ws syscall.WaitStatus) {
+	a.mu.Lock()
+	delete(a.watch, pid)
+	var ls []*Life
+	for _, p := range a.procs {
+		if p.bye || !(p.pid == pid || (p.peer.OK && int(p.peer.Pid) == pid)) {
+			continue
+		}
+		l := a.lostLife(p)
+		if ws.Signaled() {
+			l.EndState, l.EndSignal = EndKilled, int(ws.Signal())
+			p.endState, p.endSignal = EndKilled, int(ws.Signal())
+		}
+		ls = append(ls, l)
+	}
+	a.mu.Unlock()
+	for _, l := range ls {
+		a.publishLife(l)
+	}
+}
+
 // connGone handles a connection that closed: processes that are no longer alive have left
 // (without a bye); live ones may reconnect.
 func (a *Agent) connGone(c *conn) {
@@ -696,10 +763,8 @@ func (a *Agent) connGone(c *conn) {
 	for _, p := range c.pids {
 		if p.conn == c {
 			p.conn = nil
-			if !p.bye && !p.alive() {
-				byes = append(byes, &Life{Type: "bye", Session: p.sess.id, Host: a.cfg.Host, Proc: p.token, PID: p.pid,
-					Ident: p.ident, Dropped: p.dropped, LastSeq: p.maxSeq, EndNS: time.Now().UnixNano()})
-				a.leave(p)
+			if !p.bye && !a.watched(p) && !p.alive() {
+				byes = append(byes, a.lostLife(p))
 			}
 		}
 	}
@@ -723,10 +788,8 @@ func (a *Agent) reap(ctx context.Context) {
 		a.mu.Lock()
 		var byes []*Life
 		for _, p := range a.procs {
-			if p.conn == nil && !p.bye && !p.alive() {
-				byes = append(byes, &Life{Type: "bye", Session: p.sess.id, Host: a.cfg.Host, Proc: p.token, PID: p.pid,
-					Ident: p.ident, Dropped: p.dropped, LastSeq: p.maxSeq, EndNS: time.Now().UnixNano()})
-				a.leave(p)
+			if p.conn == nil && !p.bye && !a.watched(p) && !p.alive() {
+				byes = append(byes, a.lostLife(p))
 			}
 		}
 		a.mu.Unlock()

@@ -2,13 +2,17 @@ package e2e
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"net"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/profilemate/profilemate/hub"
 )
 
 // agClient is a socket client speaking the shim's line protocol, for cases the shim itself never
@@ -217,4 +221,57 @@ func TestAgentRestartResumesSession(t *testing.T) {
 		t.Errorf("restarted agent counted %v duplicates, want 6 (seq 5..10)", agNum(st, "duplicates"))
 	}
 	agWaitFor(t, time.Minute, "the session's end after its process left", func() bool { return ended() == 1 })
+}
+
+// TestEndStates: under pmagent run and a real hub, a process that says goodbye ends clean, one
+// killed under another parent ends lost, and the command pmagent run saw die of SIGKILL ends
+// killed with signal 9 — in the hub's metadata.json and in pmhub show.
+func TestEndStates(t *testing.T) {
+	py, err := exec.LookPath("python3")
+	if err != nil {
+		t.Skip("no python3")
+	}
+	agNeedSocketSink(t)
+	data := t.TempDir()
+	h := startHub(t, data, freeAddr(t))
+	script, err := filepath.Abs(filepath.Join("testdata", "end_states.py"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := agStart(t, []string{"VLLM_ENABLE_PROFILING=1", "PROFILEMATE_CACHE=" + t.TempDir()},
+		"run", "--nats", h.url, "--host", "e2e-host", "--session", "ends", "--spool-dir", t.TempDir(), "--gpu-interval", "0",
+		"--", py, script)
+	var ee *exec.ExitError
+	if err := p.wait(t, 2*time.Minute); !errors.As(err, &ee) || ee.ExitCode() != 128+9 {
+		t.Fatalf("pmagent run: %v, want exit status 137 (the command's SIGKILL)", err)
+	}
+	var m *hub.Metadata
+	agWaitFor(t, time.Minute, "three ended processes in the hub's metadata", func() bool {
+		m, err = hub.ReadMetadata(hub.SessionDir(data, "ends"))
+		if err != nil || len(m.Processes) != 3 {
+			return false
+		}
+		for _, p := range m.Processes {
+			if !p.Ended || p.EndState == "" {
+				return false
+			}
+		}
+		return true
+	})
+	got := map[string]int{}
+	for _, p := range m.Processes {
+		got[fmt.Sprint(p.EndState, "/", p.EndSignal)]++
+	}
+	if got["clean/0"] != 1 || got["lost/0"] != 1 || got["killed/9"] != 1 {
+		t.Errorf("end states %v, want one clean, one lost, one killed by signal 9", got)
+	}
+	out, err := exec.Command(bin(t, "pmhub"), "show", "--data", data, "ends").CombinedOutput()
+	if err != nil {
+		t.Fatalf("pmhub show: %v\n%s", err, out)
+	}
+	for _, want := range []string{"clean", "lost", "killed (signal 9)"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("pmhub show lacks %q:\n%s", want, out)
+		}
+	}
 }

@@ -230,7 +230,7 @@ func (s *session) applyLife(l *Life, now time.Time) bool {
 		// The agent closed the session on this host: its processes are done, said bye or not.
 		for _, q := range s.procs {
 			if q.meta.Host == l.Host && !q.meta.Ended {
-				q.meta.Ended, q.meta.EndNS = true, l.EndNS
+				q.meta.Ended, q.meta.EndNS, q.meta.EndState = true, l.EndNS, EndLost
 			}
 		}
 		return s.allEnded()
@@ -249,6 +249,10 @@ func (s *session) applyLife(l *Life, now time.Time) bool {
 	case LifeStatus:
 		m.Targets = l.Targets
 	case LifeBye:
+		// The most telling account wins: the process's own goodbye, then its parent's signal.
+		if endRank[l.EndState] >= endRank[m.EndState] {
+			m.EndState, m.EndSignal = l.EndState, l.EndSignal
+		}
 		m.Ended = true
 		m.EndNS = l.EndNS
 		m.Dropped = max(m.Dropped, l.Dropped)
@@ -478,3 +482,13 @@ func appendRecord(l []byte, fields []string) []byte {
 	l[len(l)-1] = '\n'
 	return l
 }
+
+// End states of a process (proto Lifecycle.Bye.end_state).
+const (
+	EndClean  = "clean"
+	EndLost   = "lost"
+	EndKilled = "killed"
+)
+
+// endRank orders end states by how much their observer knew.
+var endRank = map[string]int{"": 0, EndLost: 1, EndKilled: 2, EndClean: 3}
