@@ -22,3 +22,4 @@ proto:
 
 fuzz:
 	go test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime 20s ./hub/
+	go test -run '^$$' -fuzz '^FuzzSocketLines$$' -fuzztime 20s ./agent/
