@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/profilemate/profilemate/internal/clock"
 	pmproto "github.com/profilemate/profilemate/proto"
 )
@@ -135,7 +137,7 @@ type proc struct {
 	peer  peerCred // the process bound to this label: the peer of the connection that said hello
 	// endState and endSignal: how it ended (EndClean, EndLost, EndKilled), once bye is set.
 	endState  string
-	endSignal int
+	endSignal string
 	events    int64
 	dropped   uint64
 	maxSeq    uint64
@@ -673,7 +675,11 @@ func (a *Agent) bye(c *conn, b *Bye) error {
 	}
 	l := &Life{Type: "bye", Session: p.sess.id, Host: a.cfg.Host, Proc: p.token, PID: p.pid, Ident: p.ident,
 		Dropped: p.dropped, LastSeq: b.LastSeq, EndNS: b.EndNS, Clean: true, EndState: EndClean}
-	p.endState = EndClean
+	if b.EndState == EndKilled {
+		// The shim saw a signal end it after its last flush.
+		l.EndState, l.EndSignal = EndKilled, b.EndSignal
+	}
+	p.endState, p.endSignal = l.EndState, l.EndSignal
 	a.leave(p)
 	a.mu.Unlock()
 	a.publishLife(l)
@@ -743,8 +749,8 @@ func (a *Agent) Exited(pid int, ws syscall.WaitStatus) {
 		}
 		l := a.lostLife(p)
 		if ws.Signaled() {
-			l.EndState, l.EndSignal = EndKilled, int(ws.Signal())
-			p.endState, p.endSignal = EndKilled, int(ws.Signal())
+			l.EndState, l.EndSignal = EndKilled, signalName(ws.Signal())
+			p.endState, p.endSignal = EndKilled, l.EndSignal
 		}
 		ls = append(ls, l)
 	}
@@ -752,6 +758,14 @@ func (a *Agent) Exited(pid int, ws syscall.WaitStatus) {
 	for _, l := range ls {
 		a.publishLife(l)
 	}
+}
+
+// signalName is a signal's name as the shim writes it ("SIGKILL"); "signal N" when unknown.
+func signalName(s syscall.Signal) string {
+	if n := unix.SignalName(s); n != "" {
+		return n
+	}
+	return fmt.Sprintf("signal %d", int(s))
 }
 
 // connGone handles a connection that closed: processes that are no longer alive have left

@@ -75,7 +75,7 @@ func (PBEncoder) EncodeLife(l *Life) ([]byte, error) {
 		m.Record = &pmpb.Lifecycle_Status_{Status: st}
 	case "bye":
 		m.Record = &pmpb.Lifecycle_Bye_{Bye: &pmpb.Lifecycle_Bye{Dropped: l.Dropped, LastSeq: l.LastSeq, EndNs: l.EndNS, Clean: l.Clean,
-			EndState: l.EndState, EndSignal: int32(l.EndSignal)}}
+			EndState: l.EndState, EndSignal: l.EndSignal}}
 	case "end":
 		m.Record = &pmpb.Lifecycle_End{End: &pmpb.Lifecycle_SessionEnd{EndNs: l.EndNS, ShimDropped: l.Dropped,
 			AgentDropped: uint64(l.AgentDropped), Reason: l.Reason}}

@@ -30,7 +30,7 @@ type Life struct {
 	EndNS        int64
 	Clean        bool   // bye: the shim said bye (false: its connection just ended)
 	EndState     string // bye: EndClean, EndLost or EndKilled
-	EndSignal    int    // bye, EndKilled: the signal number
+	EndSignal    string // bye, EndKilled: the signal's name (SIGKILL)
 	Reason       string // end: why the session ended
 	AgentVersion string // start
 	// AgentDropped counts messages of this session the agent could not keep (queue and spool full).

@@ -333,7 +333,7 @@ func (a *Agent) handle(c *conn, raw []byte) error {
 	case "status":
 		return a.status(c, &StatusMsg{PID: l.PID, Targets: l.Targets})
 	case "bye":
-		return a.bye(c, &Bye{PID: l.PID, Dropped: l.Dropped, LastSeq: l.LastSeq, EndNS: l.EndNS})
+		return a.bye(c, &Bye{PID: l.PID, Dropped: l.Dropped, LastSeq: l.LastSeq, EndNS: l.EndNS, EndState: l.EndState, EndSignal: l.EndSignal})
 	case "admin":
 		switch l.Op {
 		case "status":

@@ -80,7 +80,7 @@ type ProcStatus struct {
 	PeerUID int `json:"peer_uid"`
 	// EndState is how it ended once gone: clean, lost or killed (EndSignal: the signal).
 	EndState  string `json:"end_state,omitempty"`
-	EndSignal int    `json:"end_signal,omitempty"`
+	EndSignal string `json:"end_signal,omitempty"`
 }
 
 // SessionStatus is one session the agent assigned.

@@ -84,6 +84,10 @@ type Bye struct {
 	Dropped uint64 `json:"dropped"`
 	LastSeq uint64 `json:"last_seq"`
 	EndNS   int64  `json:"end_ns"`
+	// EndState and EndSignal: how the process says it ends ("clean", or "killed" with the signal's
+	// name when a signal's default action ends it after its last flush).
+	EndState  string `json:"end_state"`
+	EndSignal string `json:"end_signal"`
 }
 
 // Ctl is a control line the agent sends to a shim.
@@ -111,6 +115,9 @@ type line struct {
 	Targets []Target `json:"targets"`
 	LastSeq uint64   `json:"last_seq"`
 	EndNS   int64    `json:"end_ns"`
+	// bye
+	EndState  string `json:"end_state"`
+	EndSignal string `json:"end_signal"`
 }
 
 // decodeLine parses a line and checks its type and version.

@@ -78,9 +78,9 @@ type ProcMeta struct {
 	EndNS   int64    `json:"end_ns,omitempty"`
 	// EndState is how the process ended: clean (it said goodbye), lost (its connection or pid went
 	// away without one, or its host's agent closed the session first), killed (its parent saw a
-	// signal end it: EndSignal, e.g. 9). Empty while it runs.
+	// signal end it: EndSignal, e.g. "SIGKILL"). Empty while it runs.
 	EndState  string   `json:"end_state,omitempty"`
-	EndSignal int      `json:"end_signal,omitempty"`
+	EndSignal string   `json:"end_signal,omitempty"`
 	Targets   []Target `json:"targets,omitempty"`
 	// Dropped is the number of events the process itself dropped (full buffer), as it reported.
 	Dropped uint64 `json:"dropped"`

@@ -65,7 +65,7 @@ type Life struct {
 	// EndState (bye): clean, lost or killed — an older agent's empty value reads as clean when
 	// Clean is set, else lost; EndSignal: the signal of a killed process.
 	EndState  string
-	EndSignal int
+	EndSignal string
 
 	AgentVersion string // start
 	AgentDropped uint64 // end: messages the agent could not keep

@@ -176,7 +176,7 @@ func decodeLife(subject string, data []byte) (any, error) {
 		}
 	case *pmpb.Lifecycle_Bye_:
 		l.Type, l.Dropped, l.LastSeq, l.EndNS, l.Clean = LifeBye, r.Bye.GetDropped(), r.Bye.GetLastSeq(), r.Bye.GetEndNs(), r.Bye.GetClean()
-		l.EndState, l.EndSignal = r.Bye.GetEndState(), int(r.Bye.GetEndSignal())
+		l.EndState, l.EndSignal = r.Bye.GetEndState(), r.Bye.GetEndSignal()
 		if l.EndState == "" {
 			l.EndState = EndLost
 			if l.Clean {

@@ -118,7 +118,7 @@ type Summary struct {
 	// StepSkew is the slowest rank's median CPU step time over the fastest's (1 = balanced).
 	StepSkew float64          `json:"step_time_skew"`
 	Rows     map[string]int64 `json:"rows"`
-	// Ends is how each process ended, by host/proc: clean, lost, "killed (signal N)", or running.
+	// Ends is how each process ended, by host/proc: clean, lost, "killed (SIGKILL)", or running.
 	Ends map[string]string `json:"end_states"`
 	Dir  string            `json:"dir"`
 }
@@ -315,8 +315,8 @@ func endState(p *hub.ProcMeta) string {
 	switch {
 	case !p.Ended:
 		return "running"
-	case p.EndState == hub.EndKilled && p.EndSignal > 0:
-		return fmt.Sprintf("killed (signal %d)", p.EndSignal)
+	case p.EndState == hub.EndKilled && p.EndSignal != "":
+		return fmt.Sprintf("killed (%s)", p.EndSignal)
 	case p.EndState == "":
 		return hub.EndLost
 	}

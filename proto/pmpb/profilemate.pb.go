@@ -1247,11 +1247,12 @@ type Lifecycle_Bye struct {
 	LastSeq uint64                 `protobuf:"varint,2,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
 	EndNs   int64                  `protobuf:"varint,3,opt,name=end_ns,json=endNs,proto3" json:"end_ns,omitempty"`
 	Clean   bool                   `protobuf:"varint,4,opt,name=clean,proto3" json:"clean,omitempty"` // true when the shim sent bye, false when the connection just ended
-	// How the process ended: "clean" (it said bye), "lost" (its connection or pid went away
-	// without a bye), "killed" (its parent saw it die of end_signal: pmagent run for its
-	// command). Empty in records of older agents: read clean as "clean", else "lost".
+	// How the process ended: "clean" (it said bye after a normal exit), "killed" with end_signal
+	// (a signal ended it: the shim saw it after its last flush, or the parent saw it in the wait
+	// status — pmagent run for its command), "lost" (its connection or pid went away without a
+	// bye). Empty in records of older agents: read clean as "clean", else "lost".
 	EndState      string `protobuf:"bytes,5,opt,name=end_state,json=endState,proto3" json:"end_state,omitempty"`
-	EndSignal     int32  `protobuf:"varint,6,opt,name=end_signal,json=endSignal,proto3" json:"end_signal,omitempty"` // killed: the signal number (9 = SIGKILL); 0 otherwise
+	EndSignal     string `protobuf:"bytes,6,opt,name=end_signal,json=endSignal,proto3" json:"end_signal,omitempty"` // killed: the signal's name, e.g. "SIGKILL", "SIGTERM"
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1321,11 +1322,11 @@ func (x *Lifecycle_Bye) GetEndState() string {
 	return ""
 }
 
-func (x *Lifecycle_Bye) GetEndSignal() int32 {
+func (x *Lifecycle_Bye) GetEndSignal() string {
 	if x != nil {
 		return x.EndSignal
 	}
-	return 0
+	return ""
 }
 
 // SessionEnd closes a session on a host with its drop counters.
@@ -1607,7 +1608,7 @@ const file_profilemate_v1_profilemate_proto_rawDesc = "" +
 	"\x05clean\x18\x04 \x01(\bR\x05clean\x12\x1b\n" +
 	"\tend_state\x18\x05 \x01(\tR\bendState\x12\x1d\n" +
 	"\n" +
-	"end_signal\x18\x06 \x01(\x05R\tendSignal\x1a\x83\x01\n" +
+	"end_signal\x18\x06 \x01(\tR\tendSignal\x1a\x83\x01\n" +
 	"\n" +
 	"SessionEnd\x12\x15\n" +
 	"\x06end_ns\x18\x01 \x01(\x03R\x05endNs\x12!\n" +
