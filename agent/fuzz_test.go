@@ -8,6 +8,8 @@ import (
 	"net"
 	"strings"
 	"testing"
+
+	pmproto "github.com/profilemate/profilemate/proto"
 )
 
 // FuzzSocketLines drives the agent's production socket path — the line reader with its limits,
@@ -57,10 +59,10 @@ func FuzzSocketLines(f *testing.F) {
 				break
 			}
 			if err != nil {
-				if !errors.Is(err, ErrBadLine) && !errors.Is(err, errLineTooLong) && !errors.Is(err, errLineOverBudget) {
+				if !errors.Is(err, pmproto.ErrBadLine) && !errors.Is(err, errLineTooLong) && !errors.Is(err, errLineOverBudget) {
 					t.Fatalf("reader error %v", err)
 				}
-				if errors.Is(err, ErrBadLine) {
+				if errors.Is(err, pmproto.ErrBadLine) {
 					break // a truncated last line ends the input
 				}
 				continue
@@ -68,7 +70,7 @@ func FuzzSocketLines(f *testing.F) {
 			if len(line) == 0 {
 				continue
 			}
-			if err := a.handle(c, line); err != nil && !errors.Is(err, ErrBadLine) {
+			if err := a.handle(c, line); err != nil && !errors.Is(err, pmproto.ErrBadLine) {
 				t.Fatalf("line %q: error without ErrBadLine: %v", line, err)
 			}
 		}

@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	pmproto "github.com/profilemate/profilemate/proto"
 )
 
 // resumeFile holds, across a restart of `pmagent serve`, the processes that were still running
@@ -25,16 +27,16 @@ type resumeState struct {
 }
 
 type resumeEntry struct {
-	PID     int    `json:"pid"`      // the label the shim reports
-	PeerPID int32  `json:"peer_pid"` // the process bound to it (SO_PEERCRED)
-	PeerUID int32  `json:"peer_uid"`
-	Session string `json:"session"`
-	Token   string `json:"token"`
-	Ident   Ident  `json:"ident"`
-	MaxSeq  uint64 `json:"max_seq"` // highest sequence number published
-	Seen    bool   `json:"seen"`
-	Dropped uint64 `json:"dropped"`
-	Events  int64  `json:"events"`
+	PID     int           `json:"pid"`      // the label the shim reports
+	PeerPID int32         `json:"peer_pid"` // the process bound to it (SO_PEERCRED)
+	PeerUID int32         `json:"peer_uid"`
+	Session string        `json:"session"`
+	Token   string        `json:"token"`
+	Ident   pmproto.Ident `json:"ident"`
+	MaxSeq  uint64        `json:"max_seq"` // highest sequence number published
+	Seen    bool          `json:"seen"`
+	Dropped uint64        `json:"dropped"`
+	Events  int64         `json:"events"`
 }
 
 // alive reports whether the process bound to p still runs: its peer when known, else its label.

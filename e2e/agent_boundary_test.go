@@ -231,7 +231,6 @@ func TestEndStates(t *testing.T) {
 	if err != nil {
 		t.Skip("no python3")
 	}
-	agNeedSocketSink(t)
 	data := t.TempDir()
 	h := startHub(t, data, freeAddr(t))
 	script, err := filepath.Abs(filepath.Join("testdata", "end_states.py"))
