@@ -589,7 +589,7 @@ func (a *Agent) batch(c *conn, b *pmproto.Batch) error {
 	p.events += int64(len(kept))
 	a.mu.Unlock()
 
-	msgs := batchMsgs(&head, kept)
+	msgs := splitBatch(&head, kept)
 	a.dupes.Add(int64(len(good) - len(kept)))
 	a.events.Add(int64(len(kept)))
 	for _, m := range msgs {
@@ -605,7 +605,30 @@ func (a *Agent) encodeEvents(head *BatchHead, evs []pmproto.Event) ([]Msg, error
 	if len(bad) > 0 {
 		return nil, bad[0]
 	}
-	return batchMsgs(head, good), nil
+	return splitBatch(head, good), nil
+}
+
+// MaxBatchData is the most encoded event data one stream message carries. A bigger shim batch is
+// split, in order, into several messages (each with its own seq range as message id), so a large
+// batch stays under NATS's max_payload (1 MiB by default) instead of being refused.
+const MaxBatchData = 512 << 10
+
+// splitBatch is batchMsgs over consecutive runs of evs of at most MaxBatchData bytes.
+func splitBatch(head *BatchHead, evs []pmproto.EncodedEvent) []Msg {
+	var msgs []Msg
+	start, size := 0, 0
+	for i := range evs {
+		sz := len(evs[i].Data) + 4
+		if i > start && size+sz > MaxBatchData {
+			msgs = append(msgs, batchMsgs(head, evs[start:i])...)
+			start, size = i, 0
+		}
+		size += sz
+	}
+	if start < len(evs) {
+		msgs = append(msgs, batchMsgs(head, evs[start:])...)
+	}
+	return msgs
 }
 
 func (a *Agent) status(c *conn, s *pmproto.Status) error {

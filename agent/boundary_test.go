@@ -455,3 +455,26 @@ func TestByeEndStates(t *testing.T) {
 		t.Errorf("signalName(SIGKILL) = %q", name)
 	}
 }
+
+// TestLargeBatchSplit: a shim batch whose encoding is over the server's max_payload is published
+// as several messages, in order, none refused.
+func TestLargeBatchSplit(t *testing.T) {
+	ns := startNATSPayload(t, 700<<10)
+	createStream(t, ns.ClientURL())
+	a := newTestAgent(t, Config{NATS: NATSConfig{URL: ns.ClientURL()}})
+	s := dialShim(t, a.Socket(), 941, 0, "big")
+	var evs []map[string]any
+	pad := strings.Repeat("x", 1000)
+	for i := 1; i <= 2000; i++ {
+		evs = append(evs, map[string]any{"kind": "cpu_timing", "table": "cpu_operations_timing", "seq": i, "step": i, "ts_ns": 1,
+			"cols": map[string]any{"operation": pad, "cpu_ms": 1.0}})
+	}
+	s.line(map[string]any{"t": "batch", "v": 1, "pid": 941, "events": evs})
+	waitFor(t, "every event of the 2 MB batch", func() bool { return countEvents(t, ns.ClientURL()) >= 2000 })
+	msgs := streamMsgs(t, ns.ClientURL())
+	checkExactlyOnce(t, seqsByPID(t, msgs), map[int]uint64{941: 2000})
+	checkOrdered(t, msgs)
+	if st := a.Status(); st.Spool.DeadLetter.Messages != 0 {
+		t.Errorf("%d messages set aside, want 0", st.Spool.DeadLetter.Messages)
+	}
+}
