@@ -36,6 +36,10 @@ func newApp() *cli.App {
 			tailCommand(),
 			sessionsCommand(),
 			showCommand(),
+			pluginsCommand(),
+			profilersCommand(),
+			reportCommand(),
+			exportCommand(),
 		},
 	}
 }

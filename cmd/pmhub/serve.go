@@ -47,12 +47,14 @@ func serveCommand() *cli.Command {
 		&cli.Int64Flag{Name: "dead-letter-max-bytes", Value: hub.DefaultDeadLetterMaxBytes, EnvVars: []string{"PROFILEMATE_HUB_DEAD_LETTER_MAX_BYTES"}, Usage: "bytes kept in <data>/deadletter/ (> 0); beyond, messages are only counted"},
 		&cli.DurationFlag{Name: "retention", Value: hub.DefaultRetention, EnvVars: []string{"PROFILEMATE_RETENTION"}, Usage: "remove ended sessions older than this (> 0; -1s: keep forever)"},
 	)
-	return &cli.Command{
+	cmd := &cli.Command{
 		Name:   "serve",
 		Usage:  "run the hub: embedded NATS + JetStream (or --nats), merge sessions into --data",
 		Flags:  flags,
 		Action: serve,
 	}
+	cmd.Flags = append(cmd.Flags, pluginServeFlags()...)
+	return cmd
 }
 
 // serveLimits checks the limit flags: each must be positive, except the -1 "none" that
@@ -141,6 +143,11 @@ func serve(c *cli.Context) error {
 		return err
 	}
 	defer h.Close()
+	stopPlugins, err := startPlugins(c, h)
+	if err != nil {
+		return err
+	}
+	defer stopPlugins()
 	if web.Addr != "" {
 		if host, _, err := net.SplitHostPort(web.Addr); err == nil {
 			for _, w := range hub.ExposureWarnings("HTTP", host, web.HasAuth(), web.TLSCert != "") {

@@ -117,6 +117,8 @@ type Summary struct {
 	// Ends is how each process ended, by host/proc: clean, lost, "killed (SIGKILL)", or running.
 	Ends map[string]string `json:"end_states"`
 	Dir  string            `json:"dir"`
+	// Findings are the plugins' findings (findings.csv), most severe first.
+	Findings []Finding `json:"findings,omitempty"`
 }
 
 // RankInfo is one worker process and its ranks.
@@ -253,6 +255,9 @@ func summarize(dir string) (*Summary, error) {
 	if lo > 0 {
 		s.StepSkew = hi / lo
 	}
+	if s.Findings, err = readFindings(dir); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -367,6 +372,7 @@ func (s *Summary) print(w io.Writer) {
 		}
 		tw.Flush()
 	}
+	printFindings(w, s.Findings)
 	fmt.Fprintln(w, "  rows per table:")
 	for _, t := range sortedKeys(s.Rows) {
 		fmt.Fprintf(w, "    %-24s %d\n", t, s.Rows[t])
