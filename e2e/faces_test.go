@@ -227,7 +227,7 @@ func TestDemo(t *testing.T) {
 		t.Skip("no python3 on PATH")
 	}
 	data := t.TempDir()
-	out, err := exec.Command(bin(t, "pmhub"), "demo", "--data", data).CombinedOutput()
+	out, err := exec.Command(bin(t, "pmhub"), "demo", "--dir", data).CombinedOutput()
 	if err != nil {
 		t.Fatalf("pmhub demo: %v\n%s", err, out)
 	}

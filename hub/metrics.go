@@ -208,12 +208,13 @@ type lagCollector struct {
 func (c *lagCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.pending; ch <- c.ackPending }
 
 func (c *lagCollector) Collect(ch chan<- prometheus.Metric) {
-	if c.s.cons == nil {
+	cons := c.s.ing.consumer()
+	if cons == nil {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	info, err := c.s.cons.Info(ctx)
+	info, err := cons.Info(ctx)
 	if err != nil {
 		return
 	}
