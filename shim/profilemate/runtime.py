@@ -479,6 +479,7 @@ def metadata():
         "recorded": RECORDER.recorded,
         "dropped": RECORDER.dropped,
         "spilled": getattr(S.sink, "spilled", 0),  # sent to this folder while the agent was away
+        "unconfirmed": getattr(S.sink, "unconfirmed", 0),  # sent, never acknowledged, let go (bound)
         "last_seq": RECORDER.last_seq,
         "start_ns": S.start_ns,
         "end_ns": S.end_ns,
