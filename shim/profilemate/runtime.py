@@ -151,9 +151,11 @@ def _capture_process():
         S.argv = redact.argv(raw)
         env = {k: v for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES)}
         S.env = redact.env(env)
-        secrets = [a for a, b in zip(raw, S.argv) if a != b]
+        # The values redact.argv replaced (`--k=v`, `NAME=v`: the part after "="), and secret variables.
+        secrets = [(a.partition("=")[2] if "=" in a and b.endswith("=" + redact.REDACTED) else a)
+                   for a, b in zip(raw, S.argv) if a != b]
         secrets += [v for k, v in os.environ.items() if redact.is_secret_name(k)]
-        S.secrets = tuple(v.partition("=")[2] or v for v in secrets)
+        S.secrets = tuple(secrets)
     except Exception:
         S.argv, S.env, S.secrets = [], {}, ()
 
