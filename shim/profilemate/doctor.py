@@ -104,6 +104,8 @@ def check():
         rank = {"failed": 5, "patched": 4, "disabled": 3, "absent": 2, "not_loaded": 1}
         best = max(results, key=lambda r: rank[r[0]])
         report["targets"].append({"target": t.name, "status": best[0], "reason": best[1], "module": best[2]})
+    from profilemate.gpu_timing import POOL
+    report["tables"] = targets.table_statuses(report["targets"], cuda=POOL.available())
     return report
 
 
@@ -129,4 +131,8 @@ def main(argv):
         print("WARNING: %s" % w)
     for t in report["targets"]:
         print("  %-18s %-10s %s" % (t["target"], t["status"], t["reason"] or t["module"]))
+    if report.get("tables"):
+        print("tables:")
+        for t in report["tables"]:
+            print("  %-24s %s" % (t["table"], t["status"]))
     return 1 if any(t["status"] == "failed" for t in report["targets"]) else 0

@@ -71,6 +71,7 @@ _enabled = None  # set of enabled kinds
 # no-argument callable here; NOTES entries appear in metadata.json under "notes".
 FINAL_HOOKS = []
 NOTES = {}
+TABLES_SEEN = set()  # tables this process recorded rows for (metadata.json "tables")
 
 
 def enabled(kind):
@@ -421,6 +422,7 @@ def flush(final=False, timeout=None):
     try:
         IDENT.refresh_from_parallel_state()
         events = RECORDER.drain()
+        TABLES_SEEN.update(e[4] for e in events)
         if S.inherited and not events and not final:
             return
         if events:
@@ -477,6 +479,7 @@ def metadata():
         "sink": S.sink.describe() if S.sink is not None else "",
         "profilers": sorted(_enabled) if _enabled is not None else sorted(schema.KINDS),
         "targets": statuses(),
+        "tables": _table_statuses(),
         "notes": dict(NOTES),
         "recorded": RECORDER.recorded,
         "dropped": RECORDER.dropped,
@@ -493,6 +496,15 @@ def metadata():
 def title():
     """The process title with any secret value of argv or the environment scrubbed."""
     return redact.text(sinks.proc_title(), S.secrets)
+
+def _table_statuses():
+    try:
+        from profilemate import targets
+        from profilemate.gpu_timing import POOL
+        # POOL.ok, not available(): probing caches the answer, and torch may not be imported yet.
+        return targets.table_statuses(statuses(), set(TABLES_SEEN), enabled, POOL.ok)
+    except Exception as e:
+        return [{"table": "", "status": "failed: %r" % (e,)}]
 
 
 def _hostname():
