@@ -16,6 +16,7 @@ import threading
 import time
 
 from profilemate import importhook, patching, procinfo, redact, schema, sinks, targets
+from profilemate.gpu_timing import POOL
 from profilemate.identity import IDENT
 from profilemate.recorder import RECORDER
 
@@ -464,6 +465,7 @@ def final_flush(timeout=None, end_state=END_CLEAN, end_signal=""):
 def metadata():
     """This process as metadata.json shows it (argv and env redacted)."""
     vllm = sys.modules.get("vllm")
+    targets_now = statuses()
     return {
         "session": S.session,
         "host": os.environ.get(ENV_HOST, "") or _hostname(),
@@ -478,8 +480,8 @@ def metadata():
         "activation": S.why,
         "sink": S.sink.describe() if S.sink is not None else "",
         "profilers": sorted(_enabled) if _enabled is not None else sorted(schema.KINDS),
-        "targets": statuses(),
-        "tables": _table_statuses(),
+        "targets": targets_now,
+        "tables": _table_statuses(targets_now),
         "notes": dict(NOTES),
         "recorded": RECORDER.recorded,
         "dropped": RECORDER.dropped,
@@ -497,12 +499,12 @@ def title():
     """The process title with any secret value of argv or the environment scrubbed."""
     return redact.text(sinks.proc_title(), S.secrets)
 
-def _table_statuses():
+
+def _table_statuses(targets_now):
+    """Per-table status for metadata.json; imports nothing here (this runs on the flush path)."""
     try:
-        from profilemate import targets
-        from profilemate.gpu_timing import POOL
         # POOL.ok, not available(): probing caches the answer, and torch may not be imported yet.
-        return targets.table_statuses(statuses(), set(TABLES_SEEN), enabled, POOL.ok)
+        return targets.table_statuses(targets_now, set(TABLES_SEEN), enabled, POOL.ok)
     except Exception as e:
         return [{"table": "", "status": "failed: %r" % (e,)}]
 
@@ -611,6 +613,7 @@ def _after_fork_child():
         return
     RECORDER.reset()
     RECORDER.enabled_kinds = set(_enabled) if _enabled is not None else None
+    TABLES_SEEN.clear()
     IDENT.reset()
     procinfo.reset_after_fork()
     S.pid = os.getpid()
