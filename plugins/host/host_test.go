@@ -19,6 +19,8 @@ import (
 	gproto "google.golang.org/protobuf/proto"
 
 	"github.com/profilemate/profilemate/hub"
+	"github.com/profilemate/profilemate/plugins/pluginpb"
+	"github.com/profilemate/profilemate/plugins/sdk"
 	"github.com/profilemate/profilemate/proto"
 	"github.com/profilemate/profilemate/proto/pmpb"
 )
@@ -519,5 +521,74 @@ func TestDerivedOnNATS(t *testing.T) {
 	}
 	if c := r.hub.Counters(); len(c.Bad) != 0 {
 		t.Errorf("the hub counted bad messages: %v", c.Bad)
+	}
+}
+
+// TestHostRestartResumes: the whole host (as when pmhub restarts) stops mid-session and starts
+// again with the same state folder; the session's rows continue exactly once and the final
+// totals count every event.
+func TestHostRestartResumes(t *testing.T) {
+	r := newRig(t)
+	r.startHost(nil)
+	r.install("example", "example")
+	s := r.newSession("20261130_060500_a1b2c3", 2)
+	s.batches(6, 2)
+	waitFor(t, "rows before the stop", func() bool { return rowsIn(t, filepath.Join(s.dir(), "example_batches.csv")) == s.msgs })
+	r.stopHost()
+	s.batches(6, 2)
+	r.startHost(nil)
+	waitFor(t, "rows after the restart", func() bool { return rowsIn(t, filepath.Join(s.dir(), "example_batches.csv")) == s.msgs })
+	s.end()
+	waitFor(t, "final rows", func() bool { return rowsIn(t, filepath.Join(s.dir(), "example_totals.csv")) == 2 })
+	s.checkExactlyOnce(t)
+	hdr, tot := readRows(t, filepath.Join(s.dir(), "example_totals.csv"))
+	sum := 0
+	for _, row := range tot {
+		n, _ := strconv.Atoi(row[col(t, hdr, "events")])
+		sum += n
+	}
+	if sum != s.events {
+		t.Errorf("totals after a host restart count %d events, want %d", sum, s.events)
+	}
+}
+
+// TestTornLineAndForeignRows: a derived file that ends in half a line (a crash mid-write) is cut
+// back, and rows of another plugin version in the same file do not hide this version's rows.
+func TestTornLineAndForeignRows(t *testing.T) {
+	dir := t.TempDir()
+	info := sdk.Info{Name: "p", Version: "2", Kinds: []string{"forward_pass"}, Tables: []sdk.Table{{Table: "p_rows", Kind: "p_row",
+		Columns: []sdk.Column{{Name: "v", Type: sdk.TypeFloat}}}}}
+	hdr := strings.Join(derivedHeader(info.Tables[0]), ",")
+	old := "s,h,1,plugin,-1,-1,-1,-1,1,-1,5,p,1,900,0,1.0\n" // version 1, far ahead
+	mine := "s,h,1,plugin,-1,-1,-1,-1,2,-1,5,p,2,10,0,2.0\n" // version 2, input 10
+	torn := "s,h,1,plugin,-1,-1,-1,-1,3,-1,5,p,2,11,0,3"     // version 2, input 11, no newline
+	path := filepath.Join(dir, "p_rows.csv")
+	os.WriteFile(path, []byte(hdr+"\n"+old+mine+torn), 0o644)
+	w, err := newSessionWriter(dir, "s", info, "h")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := []*pluginpb.Row{
+		{Table: "p_rows", InputSeq: 10, Cols: map[string]*pmpb.Value{"v": {V: &pmpb.Value_I{I: 2}}}},
+		{Table: "p_rows", InputSeq: 11, Cols: map[string]*pmpb.Value{"v": {V: &pmpb.Value_I{I: 3}}}},
+		{Table: "p_rows", InputSeq: 12, Cols: map[string]*pmpb.Value{"v": {V: &pmpb.Value_D{D: 4}}}},
+	}
+	if _, err := w.write(rows, 7); err != nil {
+		t.Fatal(err)
+	}
+	_, got := readRows(t, path)
+	var keys []string
+	for _, r := range got {
+		keys = append(keys, r[12]+"/"+r[13]+"="+r[15]+" seq "+r[8])
+	}
+	want := []string{"1/900=1.0 seq 1", "2/10=2.0 seq 2", "2/11=3.0 seq 3", "2/12=4.0 seq 4"}
+	if strings.Join(keys, ";") != strings.Join(want, ";") {
+		t.Fatalf("rows %v, want %v", keys, want)
+	}
+	if _, err := w.write([]*pluginpb.Row{{Table: "nope", InputSeq: 13}}, 7); err == nil {
+		t.Error("a row of an undeclared table was written")
+	}
+	if _, err := w.write([]*pluginpb.Row{{Table: "p_rows", InputSeq: 13, Cols: map[string]*pmpb.Value{"v": {V: &pmpb.Value_S{S: "x"}}}}}, 7); err == nil {
+		t.Error("a string in a float column was written")
 	}
 }
