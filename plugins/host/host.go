@@ -661,6 +661,16 @@ func (h *Host) activeSessions() []string {
 	return out
 }
 
+// hubPast reports whether the hub's ingest consumer has acknowledged stream sequence seq.
+func (h *Host) hubPast(ctx context.Context, seq uint64) bool {
+	c, err := h.js.Consumer(ctx, proto.StreamName, h.cfg.HubConsumer)
+	if err != nil {
+		return false
+	}
+	ci, err := c.Info(ctx)
+	return err == nil && ci.AckFloor.Stream >= seq
+}
+
 // firstSeq is the stream's first sequence (above 1 once limits removed old messages).
 func (h *Host) firstSeq(ctx context.Context) (uint64, error) {
 	st, err := h.js.Stream(ctx, proto.StreamName)

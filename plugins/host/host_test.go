@@ -216,6 +216,15 @@ func (s *session) end() {
 
 func (s *session) dir() string { return hub.SessionDir(s.r.data, s.id) }
 
+// waitClosed waits until the example plugin closed the session (its final rows are all written).
+func (s *session) waitClosed(t *testing.T) {
+	t.Helper()
+	waitFor(t, "the plugin to close the session", func() bool {
+		sp, _ := ReadSessionPlugins(s.dir())
+		return sp["example"].Closed
+	})
+}
+
 func readRows(t *testing.T, path string) (hdr []string, rows [][]string) {
 	t.Helper()
 	b, err := os.ReadFile(path)
@@ -290,7 +299,11 @@ func TestHotAddBackfillsAndCloses(t *testing.T) {
 	s.batches(5, 2)
 	waitFor(t, "live rows", func() bool { return rowsIn(t, filepath.Join(s.dir(), "example_batches.csv")) == s.msgs })
 	s.end()
-	waitFor(t, "final rows", func() bool { return rowsIn(t, filepath.Join(s.dir(), "example_totals.csv")) == 4 })
+	var sp map[string]SessionPlugin
+	waitFor(t, "plugins.json closed", func() bool {
+		sp, _ = ReadSessionPlugins(s.dir())
+		return sp["example"].Closed
+	})
 	s.checkExactlyOnce(t)
 	hdr, tot := readRows(t, filepath.Join(s.dir(), "example_totals.csv"))
 	evc := col(t, hdr, "events")
@@ -309,11 +322,6 @@ func TestHotAddBackfillsAndCloses(t *testing.T) {
 	if !strings.Contains(f[0][col(t, fh, "title")], "rank 3") {
 		t.Errorf("finding %q should name rank 3 (cpu_ms 4)", f[0][col(t, fh, "title")])
 	}
-	var sp map[string]SessionPlugin
-	waitFor(t, "plugins.json closed", func() bool {
-		sp, _ = ReadSessionPlugins(s.dir())
-		return sp["example"].Closed
-	})
 	if e := sp["example"]; e.Version != "1.0.0" || e.Rows["example_batches"] != int64(s.msgs) || e.Rows["example_totals"] != 4 || e.Findings != 1 {
 		t.Errorf("plugins.json entry %+v", e)
 	}
@@ -345,7 +353,7 @@ func TestKill9ExactlyOnce(t *testing.T) {
 	waitFor(t, "a restart", func() bool { st := r.status("example"); return st.Restarts >= 1 && st.State == StateRunning })
 	waitFor(t, "rows after the restart", func() bool { return rowsIn(t, filepath.Join(s.dir(), "example_batches.csv")) == s.msgs })
 	s.end()
-	waitFor(t, "final rows", func() bool { return rowsIn(t, filepath.Join(s.dir(), "example_totals.csv")) == 2 })
+	s.waitClosed(t)
 	s.checkExactlyOnce(t)
 	hdr, tot := readRows(t, filepath.Join(s.dir(), "example_totals.csv"))
 	sum := 0
@@ -539,7 +547,7 @@ func TestHostRestartResumes(t *testing.T) {
 	r.startHost(nil)
 	waitFor(t, "rows after the restart", func() bool { return rowsIn(t, filepath.Join(s.dir(), "example_batches.csv")) == s.msgs })
 	s.end()
-	waitFor(t, "final rows", func() bool { return rowsIn(t, filepath.Join(s.dir(), "example_totals.csv")) == 2 })
+	s.waitClosed(t)
 	s.checkExactlyOnce(t)
 	hdr, tot := readRows(t, filepath.Join(s.dir(), "example_totals.csv"))
 	sum := 0
