@@ -17,6 +17,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/profilemate/profilemate/hub"
+	"github.com/profilemate/profilemate/plugins/host"
 	"github.com/profilemate/profilemate/proto"
 )
 
@@ -119,8 +120,10 @@ type Summary struct {
 	StepSkew float64          `json:"step_time_skew"`
 	Rows     map[string]int64 `json:"rows"`
 	Dir      string           `json:"dir"`
-	// Findings are the plugins' findings (findings.csv), most severe first.
-	Findings []Finding `json:"findings,omitempty"`
+	// Findings are the plugins' findings (findings.csv), most severe first; Plugins what each
+	// plugin did with the session (plugins.json).
+	Findings []Finding                     `json:"findings,omitempty"`
+	Plugins  map[string]host.SessionPlugin `json:"plugins,omitempty"`
 }
 
 // RankInfo is one worker process and its ranks.
@@ -258,6 +261,9 @@ func summarize(dir string) (*Summary, error) {
 	if s.Findings, err = readFindings(dir); err != nil {
 		return nil, err
 	}
+	if s.Plugins, err = host.ReadSessionPlugins(dir); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -354,6 +360,7 @@ func (s *Summary) print(w io.Writer) {
 		}
 		tw.Flush()
 	}
+	printPluginWork(w, s.Plugins)
 	printFindings(w, s.Findings)
 	fmt.Fprintln(w, "  rows per table:")
 	for _, t := range sortedKeys(s.Rows) {

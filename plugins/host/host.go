@@ -101,13 +101,14 @@ type Host struct {
 	log *slog.Logger
 	js  jetstream.JetStream
 
-	mu      sync.Mutex
-	status  map[string]*Status // by file name
-	claims  map[string]string  // plugin name and derived table → file that owns it
-	runners map[string]*runner // by file name
-	seen    map[string]fileSeen
-	refused map[string]bool // sha256 already logged as refused
-	dirty   bool
+	statusMu sync.Mutex // one status.json writer at a time
+	mu       sync.Mutex
+	status   map[string]*Status // by file name
+	claims   map[string]string  // plugin name and derived table → file that owns it
+	runners  map[string]*runner // by file name
+	seen     map[string]fileSeen
+	refused  map[string]bool // sha256 already logged as refused
+	dirty    bool
 }
 
 type fileSeen struct {
@@ -583,6 +584,8 @@ func (h *Host) claim(file string, in sdk.Info) error {
 	return nil
 }
 
+// set changes a plugin's state and writes status.json at once, so pmhub plugins ls never shows
+// an old state (update's counters follow with the next tick).
 func (h *Host) set(name string, f func(*Status)) {
 	h.mu.Lock()
 	s := h.status[name]
@@ -593,6 +596,7 @@ func (h *Host) set(name string, f func(*Status)) {
 	f(s)
 	h.dirty = true
 	h.mu.Unlock()
+	h.writeStatus()
 }
 
 // update changes a known plugin's status (no-op once it is removed).
@@ -620,6 +624,11 @@ func (h *Host) Status() []Status {
 }
 
 func (h *Host) writeStatus() {
+	if h.cfg.StateDir == "" {
+		return
+	}
+	h.statusMu.Lock()
+	defer h.statusMu.Unlock()
 	h.mu.Lock()
 	dirty := h.dirty
 	h.dirty = false
