@@ -19,8 +19,6 @@ import (
 	"github.com/profilemate/profilemate/plugins/host"
 )
 
-const defaultData = "/var/lib/profilemate/hub"
-
 // pluginServeFlags are pmhub serve's plugin flags.
 func pluginServeFlags() []cli.Flag {
 	return []cli.Flag{
@@ -74,7 +72,7 @@ func startPlugins(c *cli.Context, h *hub.Server) (stop func(), err error) {
 }
 
 func pluginsCommand() *cli.Command {
-	data := &cli.StringFlag{Name: "data", Value: defaultData, EnvVars: []string{"PROFILEMATE_HUB_DATA"}, Usage: "the hub's data folder"}
+	data := dataFlag()
 	dir := &cli.StringFlag{Name: "plugins-dir", EnvVars: []string{"PROFILEMATE_PLUGINS_DIR"}, Usage: "plugins folder (default: <data>/plugins)"}
 	allow := &cli.StringFlag{Name: "plugins-allow", EnvVars: []string{"PROFILEMATE_PLUGINS_ALLOW"}, Usage: "sha256 allowlist (sha256sum format)"}
 	timeout := &cli.DurationFlag{Name: "plugin-timeout", Value: host.DefaultCallTimeout, EnvVars: []string{"PROFILEMATE_PLUGIN_TIMEOUT"}, Usage: "deadline of every plugin call"}

@@ -21,15 +21,11 @@ import (
 	"github.com/profilemate/profilemate/proto"
 )
 
-func dataFlag() cli.Flag {
-	return &cli.StringFlag{Name: "data", Value: "profilemate-data", EnvVars: []string{"PROFILEMATE_DATA"}, Usage: "the hub's data folder"}
-}
-
 func sessionsCommand() *cli.Command {
 	return &cli.Command{
 		Name:   "sessions",
 		Usage:  "list the sessions in the hub's data folder",
-		Flags:  []cli.Flag{dataFlag(), &cli.BoolFlag{Name: "json"}},
+		Flags:  []cli.Flag{dataFlag(), &cli.BoolFlag{Name: "json", Usage: "print the list as JSON", EnvVars: []string{"PROFILEMATE_JSON"}}},
 		Action: listSessions,
 	}
 }
@@ -39,7 +35,7 @@ func showCommand() *cli.Command {
 		Name:      "show",
 		Usage:     "summarise one session: hosts, ranks, steps, graph modes, KV peak, preemptions, experts, step times",
 		ArgsUsage: "SESSION",
-		Flags:     []cli.Flag{dataFlag(), &cli.BoolFlag{Name: "json"}},
+		Flags:     []cli.Flag{dataFlag(), &cli.BoolFlag{Name: "json", Usage: "print the summary as JSON", EnvVars: []string{"PROFILEMATE_JSON"}}},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
 				return cli.Exit("pmhub show: give one SESSION id (see pmhub sessions)", 2)
