@@ -116,6 +116,7 @@ type fileSeen struct {
 	mode  os.FileMode
 	mtime time.Time
 	since time.Time
+	done  bool // this stable version was decided on (started, refused or found incomplete)
 }
 
 type runner struct {
@@ -236,7 +237,7 @@ func (h *Host) Run(ctx context.Context) error {
 			h.mu.Lock()
 			names := make([]string, 0, len(h.seen))
 			for n, s := range h.seen {
-				if !s.since.IsZero() {
+				if !s.done {
 					names = append(names, n)
 				}
 			}
@@ -293,10 +294,22 @@ func (h *Host) check(ctx context.Context, name string) {
 	prev, ok := h.seen[name]
 	cur := fileSeen{size: st.Size(), mode: st.Mode(), mtime: st.ModTime(), since: now}
 	if ok && prev.size == cur.size && prev.mode == cur.mode && prev.mtime.Equal(cur.mtime) {
+		if prev.done {
+			h.mu.Unlock()
+			return // decided already; a change of the file comes as an event or a new fingerprint
+		}
 		cur.since = prev.since
 	}
 	h.seen[name] = cur
 	h.mu.Unlock()
+	decided := func() {
+		h.mu.Lock()
+		if s, ok := h.seen[name]; ok && s.since.Equal(cur.since) {
+			s.done = true
+			h.seen[name] = s
+		}
+		h.mu.Unlock()
+	}
 	if st.Mode().Perm()&0o111 == 0 {
 		h.wait(name, "not executable (chmod +x when it is complete)")
 		return
@@ -307,6 +320,7 @@ func (h *Host) check(ctx context.Context, name string) {
 	}
 	if err := completeBinary(path, st.Size()); err != nil {
 		h.wait(name, "incomplete binary: "+err.Error())
+		decided()
 		return
 	}
 	sum, err := fileSHA256(path)
@@ -314,6 +328,7 @@ func (h *Host) check(ctx context.Context, name string) {
 		h.wait(name, err.Error())
 		return
 	}
+	decided()
 	h.mu.Lock()
 	r := h.runners[name]
 	if r != nil && r.sha == sum {
