@@ -602,3 +602,26 @@ func TestTornLineAndForeignRows(t *testing.T) {
 		t.Error("a string in a float column was written")
 	}
 }
+
+// TestReplaceBinary: another binary renamed over a running one replaces it: the old process
+// stops, the new one runs under the same file name.
+func TestReplaceBinary(t *testing.T) {
+	r := newRig(t)
+	r.startHost(nil)
+	r.install("example", "p")
+	waitFor(t, "example running", func() bool { st := r.status("p"); return st.State == StateRunning && st.PID > 0 })
+	old := r.status("p")
+	r.install("slow", "p")
+	waitFor(t, "the replacement running", func() bool {
+		st := r.status("p")
+		return st.State == StateRunning && st.Name == "slow" && st.PID > 0
+	})
+	if st := r.status("p"); st.SHA256 == old.SHA256 || st.PID == old.PID {
+		t.Fatalf("not replaced: %+v (was %+v)", st, old)
+	}
+	waitFor(t, "the old process gone", func() bool {
+		var ws syscall.WaitStatus
+		syscall.Wait4(int(old.PID), &ws, syscall.WNOHANG, nil)
+		return syscall.Kill(int(old.PID), 0) != nil
+	})
+}
