@@ -107,7 +107,8 @@ type Host struct {
 	claims   map[string]string  // plugin name and derived table → file that owns it
 	runners  map[string]*runner // by file name
 	seen     map[string]fileSeen
-	refused  map[string]bool // sha256 already logged as refused
+	refused  map[string]bool        // sha256 already logged as refused
+	needs    map[needKey]*needState // kinds plugins need, per session and kind
 	dirty    bool
 }
 
@@ -495,6 +496,9 @@ func (h *Host) stop(name string) {
 	if r != nil {
 		r.cancel()
 		<-r.done
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		h.release(ctx, name)
+		cancel()
 	}
 }
 

@@ -625,3 +625,62 @@ func TestReplaceBinary(t *testing.T) {
 		return syscall.Kill(int(old.PID), 0) != nil
 	})
 }
+
+// TestPluginNeedSwitchesOnPersonOffWins: a session reports forward_pass switched off; the example
+// plugin needs it, so the host asks the session's agent to switch it on. A person's "off" then
+// reaches the plugin (its finding says so); removing the plugin switches the kind off again.
+func TestPluginNeedSwitchesOnPersonOffWins(t *testing.T) {
+	r := newRig(t)
+	ctl := make(chan *nats.Msg, 64)
+	if _, err := r.nc.ChanSubscribe(proto.ControlSubject("hostA"), ctl); err != nil {
+		t.Fatal(err)
+	}
+	r.startHost(nil)
+	s := r.newSession("20261130_060600_a1b2c3", 1)
+	w := s.worker(0)
+	s.life("w0", w, "status", &pmpb.Lifecycle{Record: &pmpb.Lifecycle_Status_{Status: &pmpb.Lifecycle_Status{Targets: []*pmpb.TargetStatus{
+		{Target: "gpu_model_runner", Status: "disabled", Reason: "profiler switched off: forward_pass,cpu_timing"}}}}})
+	s.batches(1, 1)
+	waitFor(t, "the hub to record the disabled target", func() bool {
+		m, err := hub.ReadMetadata(s.dir())
+		return err == nil && len(m.Processes) > 0 && len(m.Processes[0].Targets) == 1
+	})
+	r.install("example", "example")
+	next := func(want bool) {
+		t.Helper()
+		deadline := time.After(time.Minute)
+		for {
+			select {
+			case m := <-ctl:
+				c, err := proto.DecodeControl(m.Data)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if p := c.GetProfiler(); p != nil && p.GetName() == "forward_pass" && p.GetEnabled() == want && c.GetSession() == s.id {
+					return
+				}
+			case <-deadline:
+				t.Fatalf("no control forward_pass enabled=%v for %s", want, s.id)
+			}
+		}
+	}
+	next(true)
+	if err := RecordChoice(context.Background(), r.js, s.id, "forward_pass", false, "test"); err != nil {
+		t.Fatal(err)
+	}
+	s.batches(1, 1)
+	s.end()
+	s.waitClosed(t)
+	fh, f := readRows(t, filepath.Join(s.dir(), "findings.csv"))
+	found := false
+	for _, row := range f {
+		if strings.Contains(row[col(t, fh, "title")], "input off: forward_pass switched off by a person") {
+			found = true
+		}
+	}
+	if !found {
+		t.Fatalf("the plugin was not told of the person's off: %v", f)
+	}
+	os.Remove(filepath.Join(r.dir, "example"))
+	next(false)
+}

@@ -47,6 +47,7 @@ type run struct {
 	opened  map[string]*sessionWriter // sessions opened in this process
 	fed     map[string]uint64         // last stream sequence fed, per session
 	skip    map[string]bool           // sessions the hub never made a folder for
+	choices map[needKey]bool          // people's choices the plugin was told of
 	pending uint64                    // messages left in the consumer after the last fetch
 }
 
@@ -231,6 +232,9 @@ func (r *run) loop(ctx context.Context) error {
 			}
 			if done {
 				return nil
+			}
+			if r.once == "" {
+				r.watchChoices(ctx)
 			}
 		}
 		r.h.update(r.file, func(s *Status) { s.Lag = r.pending; s.Sessions = r.openCount() })
@@ -424,6 +428,9 @@ func (r *run) open(ctx context.Context, session string, seq uint64) (*sessionWri
 		r.log.Warn("plugins.json not written", "session", session, "err", err)
 	}
 	r.log.Info("session opened in plugin", "session", session, "from_stream_seq", ss.FirstSeq)
+	if r.once == "" && m.Status != hub.StatusEnded {
+		r.need(ctx, session, m)
+	}
 	return w, nil
 }
 
@@ -506,6 +513,9 @@ func (r *run) closeEnded(ctx context.Context) (bool, error) {
 		// after its events reached the stream, so the last one there is the last one.
 		if last := r.lastInStream(ctx, id); last == 0 && r.pending > 0 || last > r.fed[id] {
 			continue
+		}
+		if r.once == "" {
+			r.watchChoices(ctx) // a choice made before the end reaches the plugin before its final rows
 		}
 		var rows []*pluginpb.Row
 		if err := r.call(ctx, "close session", func(c context.Context) error {
