@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"sort"
 	"strings"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/urfave/cli/v2"
 	gproto "google.golang.org/protobuf/proto"
 
+	"github.com/profilemate/profilemate/plugins/host"
 	"github.com/profilemate/profilemate/proto"
 	"github.com/profilemate/profilemate/proto/pmpb"
 )
@@ -74,6 +76,15 @@ func profilers(c *cli.Context, on bool) error {
 	}
 	if err := nc.Flush(); err != nil {
 		return cli.Exit("pmhub profilers: "+err.Error(), 1)
+	}
+	// Kept for the hub: a person's "off" wins over a plugin's need for the kind.
+	js, err := jetstream.New(nc)
+	if err == nil {
+		user := os.Getenv("USER")
+		err = host.RecordChoice(c.Context, js, c.String("session"), kind, on, user)
+	}
+	if err != nil {
+		fmt.Fprintf(c.App.ErrWriter, "pmhub profilers: the choice was sent but not kept for the hub's plugins: %v\n", err)
 	}
 	scope := "every session"
 	if s := c.String("session"); s != "" {
