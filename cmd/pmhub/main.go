@@ -40,6 +40,7 @@ func newApp() *cli.App {
 			profilersCommand(),
 			reportCommand(),
 			exportCommand(),
+			analysisPluginCommand(),
 		},
 	}
 }
