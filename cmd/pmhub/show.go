@@ -115,7 +115,8 @@ type Summary struct {
 	StepSkew float64          `json:"step_time_skew"`
 	Rows     map[string]int64 `json:"rows"`
 	Dir      string           `json:"dir"`
-	// Findings are the plugins' findings (findings.csv), most severe first.
+	// Findings are the plugins' findings (findings.csv), most severe first; without that file,
+	// those package analysis computes from the tables (plugin_version "computed").
 	Findings []Finding `json:"findings,omitempty"`
 }
 
@@ -254,6 +255,11 @@ func summarize(dir string) (*Summary, error) {
 	if s.Findings, err = readFindings(dir); err != nil {
 		return nil, err
 	}
+	if len(s.Findings) == 0 {
+		if s.Findings, err = computedFindings(dir); err != nil {
+			return nil, err
+		}
+	}
 	return s, nil
 }
 
@@ -351,6 +357,7 @@ func (s *Summary) print(w io.Writer) {
 		tw.Flush()
 	}
 	printFindings(w, s.Findings)
+	noteComputed(w, s.Findings)
 	fmt.Fprintln(w, "  rows per table:")
 	for _, t := range sortedKeys(s.Rows) {
 		fmt.Fprintf(w, "    %-24s %d\n", t, s.Rows[t])
