@@ -2,6 +2,7 @@ package install
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -41,6 +42,13 @@ func TestInstallActivatesShim(t *testing.T) {
 					t.Errorf("%s refers to %s", f, repo)
 				}
 			}
+			// With PYTHONDONTWRITEBYTECODE=1 the shim still starts from byte-code, never source.
+			verbose := runStderr(t, python, []string{"PYTHONDONTWRITEBYTECODE=1"}, "-v", "-c", "pass")
+			tag := strings.TrimSpace(run(t, python, nil, "-c", "import sys; print(sys.implementation.cache_tag)"))
+			wantPyc := filepath.Join(m.SitePackages, "profilemate", "__pycache__", "bootstrap."+tag+".pyc")
+			if !strings.Contains(verbose, "code object from '"+wantPyc+"'") {
+				t.Errorf("bootstrap not loaded from %s:\n%s", wantPyc, grepLines(verbose, "profilemate"))
+			}
 			out := t.TempDir()
 			env := []string{"PROFILEMATE_OUTPUT_DIR=" + out, "PROFILEMATE_SOCKET=" + filepath.Join(out, "none.sock")}
 
@@ -73,4 +81,28 @@ func TestInstallActivatesShim(t *testing.T) {
 			}
 		})
 	}
+}
+
+// runStderr runs python like run and returns its standard error.
+func runStderr(t *testing.T, python string, env []string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(python, args...)
+	cmd.Env = append([]string{"PATH=/usr/bin:/bin", "HOME=" + os.Getenv("HOME")}, env...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("%v: %v\n%s", cmd.Args, err, stderr.String())
+	}
+	return stderr.String()
+}
+
+// grepLines returns the lines of s that contain sub.
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }

@@ -184,10 +184,65 @@ func InstallFrom(python string, src Source) (Manifest, error) {
 		return Manifest{}, errors.New("install: shim has no profilemate/bootstrap.py")
 	}
 	files[PthName] = []byte(PthLine + "\n")
+	files[m.DistInfo+"/METADATA"] = []byte(fmt.Sprintf("Metadata-Version: 2.1\nName: profilemate\nVersion: %s\nSummary: ProfileMate shim for vLLM, installed by pmagent\n", src.Version))
+	files[m.DistInfo+"/INSTALLER"] = []byte(Installer + "\n")
+	files[m.DistInfo+"/entry_points.txt"] = []byte(EntryPoints)
+
+	// The package first; byte-code next, compiled by this interpreter into the installed tree (it
+	// loads the shim at every start, and PYTHONDONTWRITEBYTECODE=1 or a read-only site-packages
+	// would otherwise make it compile the sources every time); then RECORD; the .pth goes last:
+	// until it exists no interpreter tries to load a half-copied package.
 	di := m.DistInfo
-	files[di+"/METADATA"] = []byte(fmt.Sprintf("Metadata-Version: 2.1\nName: profilemate\nVersion: %s\nSummary: ProfileMate shim for vLLM, installed by pmagent\n", src.Version))
-	files[di+"/INSTALLER"] = []byte(Installer + "\n")
-	files[di+"/entry_points.txt"] = []byte(EntryPoints)
+	var pkg, sources []string
+	for p := range files {
+		pkg = append(pkg, p)
+	}
+	sort.Strings(pkg)
+	var written []string
+	rollback := func(err error) (Manifest, error) {
+		removeFiles(site, written)
+		return Manifest{}, err
+	}
+	write := func(p string) error {
+		dst := filepath.Join(site, filepath.FromSlash(p))
+		err := os.MkdirAll(filepath.Dir(dst), 0o755)
+		if err == nil {
+			err = os.WriteFile(dst, files[p], 0o644)
+		}
+		if err != nil {
+			return fmt.Errorf("install: write %s: %w", dst, err)
+		}
+		written = append(written, p)
+		return nil
+	}
+	for _, p := range pkg {
+		if p == PthName {
+			continue
+		}
+		if err := write(p); err != nil {
+			return rollback(err)
+		}
+		if strings.HasSuffix(p, ".py") {
+			sources = append(sources, filepath.Join(site, filepath.FromSlash(p)))
+		}
+	}
+	pycs, err := Compile(python, sources, false)
+	if err != nil {
+		return rollback(fmt.Errorf("install: %w", err))
+	}
+	for _, pyc := range pycs {
+		rel, err := filepath.Rel(site, pyc)
+		if err != nil || strings.HasPrefix(rel, "..") {
+			return rollback(fmt.Errorf("install: byte-code %s outside %s", pyc, site))
+		}
+		b, err := os.ReadFile(pyc)
+		if err != nil {
+			return rollback(fmt.Errorf("install: %w", err))
+		}
+		rel = filepath.ToSlash(rel)
+		files[rel] = b
+		written = append(written, rel)
+	}
 
 	names := make([]string, 0, len(files)+1)
 	for p := range files {
@@ -203,24 +258,10 @@ func InstallFrom(python string, src Source) (Manifest, error) {
 	w.Flush()
 	files[di+"/RECORD"] = rec.Bytes()
 	names = append(names, di+"/RECORD")
-
-	// The .pth goes last: until it exists no interpreter tries to load a half-copied package.
-	sort.SliceStable(names, func(i, j int) bool { return names[j] == PthName && names[i] != PthName })
-	var written []string
-	for _, p := range names {
-		dst := filepath.Join(site, filepath.FromSlash(p))
-		err := os.MkdirAll(filepath.Dir(dst), 0o755)
-		if err == nil {
-			err = os.WriteFile(dst, files[p], 0o644)
+	for _, p := range []string{di + "/RECORD", PthName} {
+		if err := write(p); err != nil {
+			return rollback(err)
 		}
-		if err != nil {
-			for _, w := range written {
-				_ = os.Remove(filepath.Join(site, filepath.FromSlash(w)))
-			}
-			pruneDirs(site, written)
-			return Manifest{}, fmt.Errorf("install: write %s: %w", dst, err)
-		}
-		written = append(written, p)
 	}
 	m.Files = names
 	return m, nil
@@ -272,7 +313,7 @@ func readRecord(site, distInfo string) ([]recEntry, error) {
 				// Already gone: nothing of ours to remove, nothing foreign to protect.
 			case err != nil:
 				return nil, fmt.Errorf("read %s: %w", p, err)
-			case hashOf(b) != hash:
+			case hashOf(b) != hash && !isByteCode(p):
 				changed = append(changed, p)
 			}
 		}
@@ -282,6 +323,12 @@ func readRecord(site, distInfo string) ([]recEntry, error) {
 		return nil, fmt.Errorf("changed since install (%s): %w", strings.Join(changed, ", "), ErrForeign)
 	}
 	return out, nil
+}
+
+// isByteCode reports whether a RECORD path is byte-code install compiled: Python may rewrite it
+// (a source touched since), so its hash is not held against the install; uninstall removes it.
+func isByteCode(p string) bool {
+	return strings.HasSuffix(p, ".pyc") && path.Base(path.Dir(p)) == "__pycache__"
 }
 
 // removeDist deletes what distInfo's RECORD lists, the byte-code Python compiled from those files,
@@ -294,13 +341,22 @@ func removeDist(site, distInfo string) error {
 	var paths []string
 	for _, e := range ents {
 		paths = append(paths, e.path)
-		full := filepath.Join(site, filepath.FromSlash(e.path))
+	}
+	return removeFiles(site, paths)
+}
+
+// removeFiles deletes the site-relative files, the byte-code any Python compiled from the .py
+// among them (__pycache__/<stem>.<tag>.pyc, every tag), and the folders that end up empty.
+func removeFiles(site string, files []string) error {
+	var paths []string
+	for _, p := range files {
+		paths = append(paths, p)
+		full := filepath.Join(site, filepath.FromSlash(p))
 		if err := os.Remove(full); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("remove %s: %w", full, err)
 		}
-		if strings.HasSuffix(e.path, ".py") {
-			// Python writes __pycache__/<stem>.<tag>.pyc beside every module it imports.
-			stem := strings.TrimSuffix(path.Base(e.path), ".py")
+		if strings.HasSuffix(p, ".py") {
+			stem := strings.TrimSuffix(path.Base(p), ".py")
 			cache := filepath.Join(filepath.Dir(full), "__pycache__")
 			pycs, _ := filepath.Glob(filepath.Join(cache, stem+".*.pyc"))
 			for _, pyc := range pycs {
@@ -308,7 +364,7 @@ func removeDist(site, distInfo string) error {
 					return fmt.Errorf("remove %s: %w", pyc, err)
 				}
 			}
-			paths = append(paths, path.Join(path.Dir(e.path), "__pycache__", "x"))
+			paths = append(paths, path.Join(path.Dir(p), "__pycache__", "x"))
 		}
 	}
 	pruneDirs(site, paths)

@@ -122,9 +122,16 @@ func TestInstallUninstallRoundTrip(t *testing.T) {
 					t.Errorf("missing %s: %v", p, err)
 				}
 			}
-			for _, p := range []string{"profilemate/__pycache__", "profilemate/targets/stale.pyc", "sitecustomize.py"} {
+			for _, p := range []string{"profilemate/__pycache__/x.pyc", "profilemate/targets/stale.pyc", "sitecustomize.py"} {
 				if _, err := os.Stat(filepath.Join(m.SitePackages, p)); err == nil {
 					t.Errorf("%s must not be installed", p)
+				}
+			}
+			// Byte-code compiled by this interpreter, for every module, listed in RECORD.
+			tag := strings.TrimSpace(run(t, python, nil, "-c", "import sys; print(sys.implementation.cache_tag)"))
+			for _, p := range []string{"profilemate/__pycache__/__init__." + tag + ".pyc", "profilemate/__pycache__/bootstrap." + tag + ".pyc", "profilemate/targets/__pycache__/__init__." + tag + ".pyc"} {
+				if !contains(m.Files, p) {
+					t.Errorf("RECORD lacks %s: %v", p, m.Files)
 				}
 			}
 			// RECORD lists exactly the files that were added.
@@ -175,6 +182,15 @@ func TestInstallUninstallRoundTrip(t *testing.T) {
 			}
 		})
 	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
 }
 
 func sortCopy(s []string) []string {

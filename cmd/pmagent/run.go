@@ -31,6 +31,7 @@ var runCommand = &cli.Command{
 		&cli.StringFlag{Name: "socket", Usage: "use the pmagent serve listening on this socket instead of an agent of its own", EnvVars: []string{"PROFILEMATE_SOCKET"}},
 		&cli.StringFlag{Name: "output-dir", Usage: "standalone folder the shim falls back to (PROFILEMATE_OUTPUT_DIR)", EnvVars: []string{"PROFILEMATE_OUTPUT_DIR"}},
 		&cli.StringFlag{Name: "cache", Usage: "folder for the unpacked shim", EnvVars: []string{"PROFILEMATE_CACHE"}, Value: shimCacheRoot()},
+		shimPythonFlag(),
 		&cli.DurationFlag{Name: "drain-timeout", Usage: "how long to wait for the processes' last lines after the command exited", EnvVars: []string{"PROFILEMATE_DRAIN_TIMEOUT"}, Value: 10 * time.Second},
 	),
 	Action: runAction,
@@ -57,6 +58,7 @@ func runAction(c *cli.Context) error {
 	if err != nil {
 		return cli.Exit("pmagent run: "+err.Error(), 1)
 	}
+	prepareByteCode(shimDir, install.Interpreters(c.StringSlice("python"), argv[0], exec.LookPath))
 	session := c.String("session")
 	if session == "" {
 		session = agent.NewSessionID(time.Now())

@@ -1,44 +1,98 @@
-"""Start-up cost of a non-vLLM process with the shim on PYTHONPATH, as a ratio to plain
-`python -c pass`, per Python version found under pyenv. Usage: python3 shim/bench/startup.py [N]"""
+"""Start-up time a non-vLLM Python process pays for the shim on PYTHONPATH (as `pmagent run` and
+`pmagent env` put it there), per Python version found under pyenv, with PYTHONDONTWRITEBYTECODE=1
+as on many hosts and containers (Python never writes byte-code itself there).
+
+Three interleaved variants per iteration, each a fresh `python -c pass`:
+  plain   no shim;
+  source  the shim's files only (Python compiles every module at every start);
+  pyc     the same files with byte-code compiled by that interpreter into __pycache__ (what
+          `pmagent run/env --python` and `pmagent install` prepare).
+Added time = median over iterations of (variant - plain) of the same iteration, in ms, so machine
+noise shared by neighbouring runs cancels. Usage: python3 shim/bench/startup.py [N] (default 40).
+"""
 import glob
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 SHIM = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def bench(py, with_shim, n):
+def _copy_shim(dst):
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copy2(os.path.join(SHIM, "sitecustomize.py"), dst)
+    shutil.copytree(os.path.join(SHIM, "profilemate"), os.path.join(dst, "profilemate"), ignore=ignore)
+
+
+def _env(shim_dir):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith(("VLLM_", "PROFILEMATE_"))}
-    if with_shim:
-        env["PYTHONPATH"] = SHIM
-    best = []
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    if shim_dir:
+        env["PYTHONPATH"] = shim_dir
+    return env
+
+
+def _once(py, env):
+    t0 = time.perf_counter()
+    subprocess.run([py, "-c", "pass"], env=env, check=True)
+    return time.perf_counter() - t0
+
+
+def _median(xs):
+    xs = sorted(xs)
+    m = len(xs) // 2
+    return xs[m] if len(xs) % 2 else (xs[m - 1] + xs[m]) / 2
+
+
+def bench(py, n, tmp):
+    src, pyc = os.path.join(tmp, "src"), os.path.join(tmp, "pyc")
+    for d in (src, pyc):
+        shutil.rmtree(d, ignore_errors=True)
+        os.makedirs(d)
+        _copy_shim(d)
+    subprocess.run([py, "-I", "-m", "compileall", "-q", pyc], check=True)
+    envs = {"plain": _env(None), "source": _env(src), "pyc": _env(pyc)}
+    for e in envs.values():
+        _once(py, e)  # warm the page cache
+    plain, add_src, add_pyc = [], [], []
     for _ in range(n):
-        t0 = time.perf_counter()
-        subprocess.run([py, "-c", "pass"], env=env, check=True)
-        best.append(time.perf_counter() - t0)
-    best.sort()
-    return best[len(best) // 2]  # median
+        p = _once(py, envs["plain"])
+        s = _once(py, envs["source"])
+        c = _once(py, envs["pyc"])
+        plain.append(p)
+        add_src.append(s - p)
+        add_pyc.append(c - p)
+    return _median(plain), _median(add_src), _median(add_pyc)
 
 
 def main():
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 30
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 40
     root = subprocess.run(["pyenv", "root"], capture_output=True, text=True).stdout.strip() or os.path.expanduser("~/.pyenv")
-    print("| python | plain `-c pass` (ms, median of %d) | with shim (ms) | ratio | added (ms) |" % n)
+    try:
+        load = "%.1f" % os.getloadavg()[0]
+    except OSError:
+        load = "?"
+    print("Load average at start: %s; %d interleaved iterations per Python." % (load, n))
+    print()
+    print("| python | plain `-c pass` (ms) | added, source only (ms) | added, with byte-code (ms) | ratio with/without byte-code |")
     print("|---|---|---|---|---|")
-    for v in ("3.9", "3.10", "3.11", "3.12", "3.13"):
-        found = sorted(glob.glob(os.path.join(root, "versions", v + ".*", "bin", "python3")))
-        if not found:
-            continue
-        py = found[-1]
-        bench(py, True, 3)  # warm the .pyc cache
-        plain, shim = [], []
-        for _ in range(2):  # interleave to share machine noise
-            plain.append(bench(py, False, n // 2))
-            shim.append(bench(py, True, n // 2))
-        p, s = min(plain), min(shim)
-        print("| %s | %.2f | %.2f | %.3f | %.2f |" % (v, p * 1e3, s * 1e3, s / p, (s - p) * 1e3))
+    with tempfile.TemporaryDirectory(prefix="pm-startup-") as tmp:
+        for v in ("3.9", "3.10", "3.11", "3.12", "3.13"):
+            found = sorted(glob.glob(os.path.join(root, "versions", v + ".*", "bin", "python3")))
+            if not found:
+                continue
+            p, s, c = bench(found[-1], n, tmp)
+            ratio = (p + c) / (p + s) if p + s > 0 else float("nan")
+            print("| %s | %.2f | %+.2f | %+.2f | %.3f |" % (v, p * 1e3, s * 1e3, c * 1e3, ratio), flush=True)
+    try:
+        load = "%.1f" % os.getloadavg()[0]
+    except OSError:
+        load = "?"
+    print()
+    print("Load average at end: %s." % load)
 
 
 if __name__ == "__main__":
