@@ -9,7 +9,13 @@
    the simulator's default workload (PMSIM_TP=1, runner in EngineCore, in-process engine), with
    and without the shim, runs alternated.
 
-Run: python3 shim/bench/enginecore.py [--step-work-ms N] [--rounds N]
+4. --pinned: scheduler CPU per step (schedule() + update_from_output(), thread CPU time, the
+   shim's wrappers included) on a pinned simulator workload — 64 running and 32 waiting
+   requests, ≈16 blocks per request, a preemption about every 20 steps — with and without the
+   shim, alternated; the added time is reported per step and as a share of the scheduler's own
+   CPU time.
+
+Run: python3 shim/bench/enginecore.py [--step-work-ms N] [--rounds N] [--pinned]
 """
 import argparse
 import collections
@@ -125,6 +131,81 @@ print(json.dumps({"steps": rec["scheduler_steps"], "times": times,
 '''
 
 
+PINNED_DRIVER = r'''
+import json, sys, time
+from pmsim import entry
+from pmsim.util import mod
+S = mod("vllm.v1.core.sched.scheduler").Scheduler
+per_step = []  # schedule() + the update_from_output() that follows it, ns of thread CPU
+o_s, o_u = S.schedule, S.update_from_output
+def schedule(self):
+    t0 = time.thread_time_ns()
+    out = o_s(self)
+    per_step.append(time.thread_time_ns() - t0)
+    return out
+def update(self, so, mro):
+    t0 = time.thread_time_ns()
+    out = o_u(self, so, mro)
+    per_step[-1] += time.thread_time_ns() - t0
+    return out
+S.schedule, S.update_from_output = schedule, update
+rec = entry.run_in_process("sim/moe")
+print(json.dumps({"steps": rec["scheduler_steps"], "preemptions": len(rec["preemptions"]),
+                  "evictions": rec["evictions"], "per_step": per_step, "shim": "profilemate" in sys.modules}))
+'''
+
+# The pinned workload: 96 requests with room for 64 running (32 waiting at the start), 200 output
+# tokens each (prompt + output ≈ 16 blocks of 16 tokens per request), 700 KV blocks, so the
+# scheduler preempts about once every 20 steps; no simulated model work.
+PINNED_ENV = {"PMSIM_MAX_NUM_SEQS": "64", "PMSIM_REQUESTS": "96", "PMSIM_NUM_BLOCKS": "700",
+              "PMSIM_BLOCK_SIZE": "16", "PMSIM_MAX_TOKENS": "200", "PMSIM_TOKEN_BUDGET": "8192",
+              "PMSIM_STEP_WORK_MS": "0"}
+
+
+def pinned_run(shim, era="v0_16_0"):
+    """Scheduler CPU (schedule() + update_from_output(), the calling thread's CPU time, wrappers
+    included) per step on the pinned workload, with or without the shim (CSV sink)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PROFILEMATE_", "VLLM_", "PMSIM_"))}
+    env.update(PINNED_ENV)
+    env.update(PYTHONPATH=os.pathsep.join(([SHIM] if shim else []) + [os.path.join(ROOT, "testbed", "eras", era),
+                                                                     os.path.join(ROOT, "testbed")]),
+               PMSIM_TP="1", PYTHONDONTWRITEBYTECODE="1", PROFILEMATE_SOCKET="off")
+    with tempfile.TemporaryDirectory() as out:
+        env["PROFILEMATE_OUTPUT_DIR"] = out
+        env["PMSIM_GROUND_TRUTH"] = os.path.join(out, "truth.json")
+        r = subprocess.run([sys.executable, "-c", PINNED_DRIVER], env=env, capture_output=True, text=True, timeout=300)
+        if r.returncode:
+            raise SystemExit(r.stderr[-3000:])
+        res = json.loads(r.stdout.strip().splitlines()[-1])
+        if res["shim"] != shim:
+            raise SystemExit("shim active=%s, wanted %s" % (res["shim"], shim))
+    return res
+
+
+def pinned(rounds):
+    print("\nPinned workload (%s), %d rounds per side, alternated; scheduler CPU per step "
+          "(schedule + update_from_output, thread CPU time, mean of the steps after the first 20):" % (
+              " ".join("%s=%s" % kv for kv in sorted(PINNED_ENV.items())), rounds))
+    print("\n| round | steps | preemptions | evictions | without shim (us/step) | with shim (us/step) | added (us/step) | share of scheduler CPU |")
+    print("|---|---|---|---|---|---|---|---|")
+    adds = []
+    for i in range(rounds):
+        off = pinned_run(False)
+        on = pinned_run(True)
+        if (off["steps"], off["preemptions"]) != (on["steps"], on["preemptions"]):
+            raise SystemExit("the shim changed the workload: %r vs %r" % (off, on))
+        # Mean over the steps after the first 20: the first calls pay one-time costs (lazy
+        # imports compiled from source under PYTHONDONTWRITEBYTECODE=1, first rows of each table).
+        a = statistics.mean(off["per_step"][20:]) / 1e3
+        b = statistics.mean(on["per_step"][20:]) / 1e3
+        adds.append((b - a, (b - a) / a))
+        print("| %d | %d | %d | %d | %.1f | %.1f | %+.1f | %+.1f %% |" % (
+            i + 1, off["steps"], off["preemptions"], off["evictions"], a, b, b - a, (b - a) / a * 100))
+    med = statistics.median(x for x, _ in adds)
+    share = statistics.median(y for _, y in adds)
+    print("\nmedian added: %.1f us per step, %.1f %% of the scheduler's own CPU time" % (med, share * 100))
+
+
 def engine_run(shim, work_ms, era="v0_16_0"):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PROFILEMATE_", "VLLM_", "PMSIM_"))}
     env.update(PYTHONPATH=os.pathsep.join(([SHIM] if shim else []) + [os.path.join(ROOT, "testbed", "eras", era),
@@ -158,8 +239,13 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--step-work-ms", type=float, default=10.0, help="PMSIM_STEP_WORK_MS (simulator default 10)")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--pinned", action="store_true", help="only the pinned scheduler workload (per-step cost and share)")
     args = ap.parse_args()
-    print("machine: %s, %d CPUs; Python %s" % (machine(), os.cpu_count(), platform.python_version()))
+    print("machine: %s, %d CPUs; Python %s; load average %.1f" % (machine(), os.cpu_count(), platform.python_version(),
+                                                                 os.getloadavg()[0]))
+    if args.pinned:
+        pinned(args.rounds)
+        return
     print("\n| path | unwrapped ns | wrapped ns | added ns | ratio |\n|---|---|---|---|---|")
     for label, (b, w) in bench_evict().items():
         print("| %s | %.0f | %.0f | %.0f | %.2fx |" % (label, b, w, w - b, w / b))
