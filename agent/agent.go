@@ -135,7 +135,8 @@ type proc struct {
 }
 
 // New prepares an agent: it opens the spool and connects to NATS (in the background when the
-// server is not up yet). Start serves the socket.
+// server is not up yet). Start serves the socket. Errors: a host or session name outside proto's
+// grammar (wrapping pmproto.ErrName), or a spool that cannot be opened.
 func New(cfg Config) (*Agent, error) {
 	if cfg.Host == "" {
 		h, err := os.Hostname()
@@ -143,6 +144,14 @@ func New(cfg Config) (*Agent, error) {
 			return nil, fmt.Errorf("agent: host name: %w", err)
 		}
 		cfg.Host = h
+	}
+	if err := pmproto.ValidateHost(cfg.Host); err != nil {
+		return nil, fmt.Errorf("agent: %w (set another with --host / PROFILEMATE_HOST)", err)
+	}
+	if cfg.Session != "" {
+		if err := pmproto.ValidateSession(cfg.Session); err != nil {
+			return nil, fmt.Errorf("agent: %w", err)
+		}
 	}
 	if cfg.SocketGroup == "" {
 		cfg.SocketGroup = "profilemate"
