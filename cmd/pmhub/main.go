@@ -10,11 +10,26 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/nats-io/nats.go"
 	"github.com/urfave/cli/v2"
+
+	"github.com/profilemate/profilemate/internal/dirs"
+	"github.com/profilemate/profilemate/internal/natsclient"
 )
 
 func main() {
-	app := &cli.App{
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})))
+	if err := newApp().RunContext(ctx, os.Args); err != nil {
+		fmt.Fprintln(os.Stderr, "pmhub:", err)
+		os.Exit(1)
+	}
+}
+
+// newApp is pmhub's command tree (main runs it; tests inspect it).
+func newApp() *cli.App {
+	return &cli.App{
 		Name:  "pmhub",
 		Usage: "merge ProfileMate events from every host into cluster-wide sessions",
 		Commands: []*cli.Command{
@@ -23,13 +38,35 @@ func main() {
 			tailCommand(),
 			sessionsCommand(),
 			showCommand(),
+			pluginsCommand(),
+			profilersCommand(),
+			reportCommand(),
+			exportCommand(),
 		},
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})))
-	if err := app.RunContext(ctx, os.Args); err != nil {
-		fmt.Fprintln(os.Stderr, "pmhub:", err)
-		os.Exit(1)
+}
+
+// defaultData is every pmhub command's data folder: <state folder>/hub (internal/dirs:
+// $STATE_DIRECTORY, /var/lib/profilemate as root, else the user's XDG state folder).
+func defaultData() string { return dirs.State("hub") }
+
+// dataFlag is --data for every command that reads or writes the hub's data folder.
+func dataFlag() cli.Flag {
+	return &cli.StringFlag{Name: "data", Value: defaultData(), EnvVars: []string{"PROFILEMATE_HUB_DATA"},
+		Usage: "the hub's data folder (sessions/, jetstream/, deadletter/)"}
+}
+
+// connectNATS connects a client command (tail, profilers, plugins run) with the shared NATS client
+// flags (internal/natsclient); errors are user-facing exits naming the command.
+func connectNATS(c *cli.Context, name string) (*nats.Conn, error) {
+	client := natsclient.FromCLI(c)
+	opts, err := client.Options()
+	if err != nil {
+		return nil, cli.Exit(name+": "+err.Error(), 2)
 	}
+	nc, err := nats.Connect(client.URL, append(opts, nats.Name(name))...)
+	if err != nil {
+		return nil, cli.Exit(fmt.Sprintf("%s: connect %s: %v", name, client.URL, err), 1)
+	}
+	return nc, nil
 }
