@@ -111,11 +111,11 @@ func (s *session) file(table string) (*tableFile, error) {
 	if !ok {
 		return nil, fmt.Errorf("unknown table %q", table)
 	}
-	if err := os.MkdirAll(s.dir, 0o755); err != nil {
+	if err := os.MkdirAll(s.dir, 0o750); err != nil {
 		return nil, fmt.Errorf("create session folder: %w", err)
 	}
 	path := filepath.Join(s.dir, table+".csv")
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
@@ -333,7 +333,7 @@ func (s *session) commit() error {
 	if err != nil {
 		return fmt.Errorf("encode metadata: %w", err)
 	}
-	if err := os.MkdirAll(s.dir, 0o755); err != nil {
+	if err := os.MkdirAll(s.dir, 0o750); err != nil {
 		return fmt.Errorf("create session folder: %w", err)
 	}
 	if err := writeFileAtomic(filepath.Join(s.dir, MetadataFile), append(b, '\n')); err != nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/profilemate/profilemate/hub"
+	"github.com/profilemate/profilemate/plugins/host"
 	"github.com/profilemate/profilemate/proto"
 )
 
@@ -117,8 +118,10 @@ type Summary struct {
 	// Ends is how each process ended, by host/proc: clean, lost, "killed (SIGKILL)", or running.
 	Ends map[string]string `json:"end_states"`
 	Dir  string            `json:"dir"`
-	// Findings are the plugins' findings (findings.csv), most severe first.
-	Findings []Finding `json:"findings,omitempty"`
+	// Findings are the plugins' findings (findings.csv), most severe first; Plugins what each
+	// plugin did with the session (plugins.json).
+	Findings []Finding                     `json:"findings,omitempty"`
+	Plugins  map[string]host.SessionPlugin `json:"plugins,omitempty"`
 }
 
 // RankInfo is one worker process and its ranks.
@@ -258,6 +261,9 @@ func summarize(dir string) (*Summary, error) {
 	if s.Findings, err = readFindings(dir); err != nil {
 		return nil, err
 	}
+	if s.Plugins, err = host.ReadSessionPlugins(dir); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -372,6 +378,7 @@ func (s *Summary) print(w io.Writer) {
 		}
 		tw.Flush()
 	}
+	printPluginWork(w, s.Plugins)
 	printFindings(w, s.Findings)
 	fmt.Fprintln(w, "  rows per table:")
 	for _, t := range sortedKeys(s.Rows) {
