@@ -599,11 +599,12 @@ func (a *Agent) batch(c *conn, b *pmproto.Batch) error {
 	a.mu.Unlock()
 
 	msgs := splitBatch(&head, kept)
-	a.dupes.Add(int64(len(good) - len(kept)))
-	a.events.Add(int64(len(kept)))
 	for _, m := range msgs {
 		a.q.push(m)
 	}
+	// Counted once queued: status events == N means all N are in memory or in the spool.
+	a.dupes.Add(int64(len(good) - len(kept)))
+	a.events.Add(int64(len(kept)))
 	return nil
 }
 
