@@ -28,8 +28,21 @@ type Config struct {
 	NATS        NATSConfig
 	SpoolDir    string // empty: no disk spool (memory only, then drops)
 	SpoolMax    int64  // default 1 GiB
-	MemMax      int64  // memory queue bytes before spooling; default 32 MiB
-	MaxLine     int    // default DefaultMaxLine
+	// SpoolSync is how often appends to the spool are fsynced (default DefaultSpoolSync): what a
+	// kill -9 can lose while the stream is unreachable.
+	SpoolSync time.Duration
+	// DeadLetterMaxBytes and DeadLetterMaxCount cap the dead-letter file of messages NATS refused
+	// permanently (defaults DefaultDeadLetterMaxBytes, DefaultDeadLetterMaxCount); beyond them
+	// refused messages are only counted.
+	DeadLetterMaxBytes int64
+	DeadLetterMaxCount int64
+	MemMax             int64 // memory queue bytes before spooling; default 32 MiB
+	MaxLine            int   // bytes of one socket line; default DefaultMaxLine
+	// MaxConns caps open socket connections (default DefaultMaxConns); more are closed at accept.
+	MaxConns int
+	// MaxBuffered caps the bytes all connections' incomplete lines hold together (default
+	// DefaultMaxBuffered); a line that would pass it is read to its end, discarded and counted.
+	MaxBuffered int64
 	// SessionLinger ends a session this long after its last process left; 0 keeps sessions open
 	// until EndSession (what `pmagent run` does: it ends the session when its command exits).
 	SessionLinger time.Duration
@@ -39,15 +52,26 @@ type Config struct {
 	Logger        *slog.Logger
 }
 
+// Defaults of the agent's limits.
+const (
+	DefaultSpoolSync   = 200 * time.Millisecond // how often spool appends are fsynced
+	DefaultMaxConns    = 256                    // open socket connections
+	DefaultMaxBuffered = 64 << 20               // bytes of incomplete lines, all connections together
+)
+
 // Agent ingests shim connections and publishes what they send.
 type Agent struct {
-	cfg     Config
-	log     *slog.Logger
-	enc     Encoder
-	q       *queue
-	pub     *publisher
-	started time.Time
-	ln      net.Listener
+	cfg   Config
+	log   *slog.Logger
+	enc   Encoder
+	q     *queue
+	dead  *deadLetters
+	pub   *publisher
+	stopQ chan struct{}
+	// stopQOnce closes stopQ (the spool's fsync loop).
+	stopQOnce sync.Once
+	started   time.Time
+	ln        net.Listener
 
 	mu       sync.Mutex
 	sessions map[string]*session // by id
@@ -55,6 +79,15 @@ type Agent struct {
 	procs    map[int]*proc
 	conns    map[*conn]struct{}
 	connWG   sync.WaitGroup
+
+	budget       *byteBudget
+	readBytes    atomic.Int64 // bytes read from the socket
+	refusedConns atomic.Int64
+	overBudget   atomic.Int64
+	connLog      rateLog
+	memPending   atomic.Bool
+	memMu        sync.Mutex
+	memLast      time.Time
 
 	events    atomic.Int64 // events accepted
 	dupes     atomic.Int64 // events received again after a shim reconnect, not re-published
@@ -88,12 +121,13 @@ type session struct {
 }
 
 type proc struct {
-	pid     int
+	pid     int // the pid the shim reports: a label (another pid namespace in a container)
 	sess    *session
 	ident   Ident
 	token   string
 	hello   *Hello
 	conn    *conn
+	peer    peerCred // the process bound to this label: the peer of the connection that said hello
 	events  int64
 	dropped uint64
 	maxSeq  uint64
@@ -120,8 +154,23 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.MemMax == 0 {
 		cfg.MemMax = 32 << 20
 	}
+	if cfg.SpoolSync <= 0 {
+		cfg.SpoolSync = DefaultSpoolSync
+	}
+	if cfg.DeadLetterMaxBytes == 0 {
+		cfg.DeadLetterMaxBytes = DefaultDeadLetterMaxBytes
+	}
+	if cfg.DeadLetterMaxCount == 0 {
+		cfg.DeadLetterMaxCount = DefaultDeadLetterMaxCount
+	}
 	if cfg.MaxLine == 0 {
 		cfg.MaxLine = DefaultMaxLine
+	}
+	if cfg.MaxConns == 0 {
+		cfg.MaxConns = DefaultMaxConns
+	}
+	if cfg.MaxBuffered == 0 {
+		cfg.MaxBuffered = DefaultMaxBuffered
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -132,11 +181,13 @@ func New(cfg Config) (*Agent, error) {
 	a := &Agent{
 		cfg: cfg, log: cfg.Logger.With("component", "agent"), enc: cfg.Encoder,
 		started: time.Now(), sessions: map[string]*session{}, renamed: map[string]string{},
-		procs: map[int]*proc{}, conns: map[*conn]struct{}{},
+		procs: map[int]*proc{}, conns: map[*conn]struct{}{}, stopQ: make(chan struct{}),
+		budget: &byteBudget{max: cfg.MaxBuffered},
 	}
 	if a.enc == nil {
 		a.enc = defaultEncoder()
 	}
+	a.budget.full = a.returnMemory
 	var sp *spool
 	if cfg.SpoolDir != "" {
 		var err error
@@ -154,11 +205,19 @@ func New(cfg Config) (*Agent, error) {
 		}
 		a.cfg.SpoolDir = dir
 		if sp.count > 0 {
-			a.log.Info("replaying spool from an earlier run", "dir", cfg.SpoolDir, "messages", sp.count, "bytes", sp.bytes)
+			a.log.Info("replaying spool from an earlier run", "dir", dir, "messages", sp.count, "bytes", sp.bytes)
+		}
+		for _, n := range sp.foreign {
+			a.log.Warn("spool segment written by a newer agent left untouched", "file", sp.path(n))
 		}
 	}
 	a.q = newQueue(cfg.MemMax, sp)
-	a.pub = newPublisher(cfg.NATS, a.q, a.log)
+	deadDir := ""
+	if sp != nil {
+		deadDir = a.cfg.SpoolDir
+	}
+	a.dead = newDeadLetters(deadDir, a.cfg.DeadLetterMaxBytes, a.cfg.DeadLetterMaxCount)
+	a.pub = newPublisher(cfg.NATS, a.q, a.dead, a.log)
 	if cfg.NATS.URL == "" {
 		a.log.Info("no NATS configured: events are kept in the spool for a later run with --nats", "spool", cfg.SpoolDir)
 	}
@@ -179,6 +238,7 @@ func (a *Agent) Start(ctx context.Context) error {
 		go a.accept()
 	}
 	go a.pub.run()
+	go a.q.syncEvery(a.cfg.SpoolSync, a.stopQ)
 	a.startNATSSide(ctx)
 	go a.reap(ctx)
 	go func() {
@@ -253,6 +313,7 @@ func (a *Agent) Shutdown(ctx context.Context) (Report, error) {
 		a.EndSession(id)
 	}
 	a.pub.drain(ctx)
+	a.stopQOnce.Do(func() { close(a.stopQ) })
 	kept, _, err := a.q.close()
 	a.pub.close()
 	st := a.q.stats()
@@ -361,17 +422,51 @@ func (a *Agent) publishLife(l *Life) {
 	a.q.push(Msg{Subject: lifeSubject(l.Session, l.Host, l.Proc), ID: id, Data: data})
 }
 
+// claim binds process p to connection c (a.mu held). A label stays with the process that said
+// hello on it: another connection may take it over only when the kernel says it comes from the
+// same process (a shim that reconnected). Otherwise the line is refused, so no connection can
+// write into another process's events, drop counts or end.
+func (a *Agent) claim(c *conn, p *proc) error {
+	if p.conn == c {
+		return nil
+	}
+	if !c.peer.sameProcess(p.peer) && (p.conn != nil || (p.peer.OK && pidAlive(int(p.peer.Pid)))) {
+		return fmt.Errorf("%w: pid %d is bound to the connection of process %d", ErrBadLine, p.pid, p.peer.Pid)
+	}
+	if p.conn != nil {
+		delete(p.conn.pids, p.pid)
+	}
+	p.conn, p.peer = c, c.peer
+	c.pids[p.pid] = p
+	return nil
+}
+
+// reused reports whether a label's process is gone and a new one uses the pid (a.mu held): its
+// bound process exited while disconnected.
+func reused(p *proc, c *conn) bool {
+	return p.conn == nil && p.peer.OK && !c.peer.sameProcess(p.peer) && !pidAlive(int(p.peer.Pid))
+}
+
 // hello registers a process (again, after a reconnect) and returns the session it belongs to.
-func (a *Agent) hello(c *conn, h *Hello) {
+func (a *Agent) hello(c *conn, h *Hello) error {
 	a.mu.Lock()
 	p, ok := a.procs[h.PID]
-	if ok && (p.sess.ended || p.bye) {
+	if ok && (p.sess.ended || p.bye || reused(p, c)) {
 		// A new process reusing the pid, or one that outlived its session.
+		if !p.bye {
+			a.leave(p)
+		}
 		ok = false
+	}
+	if ok {
+		if err := a.claim(c, p); err != nil {
+			a.mu.Unlock()
+			return err
+		}
 	}
 	if !ok {
 		s := a.resolveSession(h)
-		p = &proc{pid: h.PID, sess: s}
+		p = &proc{pid: h.PID, sess: s, peer: c.peer}
 		a.procs[h.PID] = p
 		s.procs[h.PID] = p
 		s.live++
@@ -390,6 +485,7 @@ func (a *Agent) hello(c *conn, h *Hello) {
 		c.send(Ctl{T: "ctl", V: WireVersion, Op: "session", Session: sess})
 	}
 	a.publishLife(&Life{Type: "hello", Session: sess, Host: a.cfg.Host, Proc: p.token, PID: h.PID, Ident: p.ident, Hello: h})
+	return nil
 }
 
 // uniqueToken keeps proc tokens unique inside a session (two processes claiming the same rank).
@@ -408,6 +504,15 @@ func (a *Agent) uniqueToken(p *proc) string {
 func (a *Agent) batch(c *conn, b *Batch) error {
 	a.mu.Lock()
 	p, ok := a.procs[b.PID]
+	if ok && !p.bye && !p.sess.ended && reused(p, c) {
+		a.leave(p)
+	}
+	if ok && !p.bye && !p.sess.ended {
+		if err := a.claim(c, p); err != nil {
+			a.mu.Unlock()
+			return err
+		}
+	}
 	if !ok || p.bye || p.sess.ended {
 		a.mu.Unlock()
 		// Check the events before a batch of an unknown process registers it.
@@ -425,9 +530,15 @@ func (a *Agent) batch(c *conn, b *Batch) error {
 			h.Role, h.DP, h.PP, h.TP, h.EP, h.Rank = b.Ident.Role, b.Ident.DP, b.Ident.PP, b.Ident.TP, b.Ident.EP, b.Ident.Rank
 		}
 		a.mu.Unlock()
-		a.hello(c, h)
+		if err := a.hello(c, h); err != nil {
+			return err
+		}
 		a.mu.Lock()
 		p = a.procs[b.PID]
+		if p.conn != c {
+			a.mu.Unlock()
+			return fmt.Errorf("%w: pid %d is bound to another connection", ErrBadLine, b.PID)
+		}
 	}
 	if b.Ident != nil && *b.Ident != p.ident {
 		p.ident = *b.Ident
@@ -501,24 +612,33 @@ func (a *Agent) encodeEvents(head *BatchHead, evs []Event) ([]Msg, error) {
 	return msgs, nil
 }
 
-func (a *Agent) status(s *StatusMsg) {
+func (a *Agent) status(c *conn, s *StatusMsg) error {
 	a.mu.Lock()
 	p, ok := a.procs[s.PID]
 	if !ok {
 		a.mu.Unlock()
-		return
+		return nil
+	}
+	if err := a.claim(c, p); err != nil {
+		a.mu.Unlock()
+		return err
 	}
 	l := &Life{Type: "status", Session: p.sess.id, Host: a.cfg.Host, Proc: p.token, PID: p.pid, Ident: p.ident, Targets: s.Targets}
 	a.mu.Unlock()
 	a.publishLife(l)
+	return nil
 }
 
-func (a *Agent) bye(b *Bye) {
+func (a *Agent) bye(c *conn, b *Bye) error {
 	a.mu.Lock()
 	p, ok := a.procs[b.PID]
 	if !ok || p.bye {
 		a.mu.Unlock()
-		return
+		return nil
+	}
+	if err := a.claim(c, p); err != nil {
+		a.mu.Unlock()
+		return err
 	}
 	if b.Dropped > p.dropped {
 		p.dropped = b.Dropped
@@ -528,6 +648,7 @@ func (a *Agent) bye(b *Bye) {
 	a.leave(p)
 	a.mu.Unlock()
 	a.publishLife(l)
+	return nil
 }
 
 // leave marks a process gone (a.mu held) and schedules its session's end when it was the last.

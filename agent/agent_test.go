@@ -14,39 +14,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/profilemate/profilemate/internal/testkit"
 	"github.com/profilemate/profilemate/proto/pmpb"
 )
-
-func startNATS(t *testing.T, storeDir string, port int) *server.Server {
-	t.Helper()
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: port, NoLog: true, NoSigs: true, JetStream: true, StoreDir: storeDir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server not ready")
-	}
-	t.Cleanup(ns.Shutdown)
-	return ns
-}
-
-func newBenchServer(dir string) (*server.Server, error) {
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true, JetStream: true, StoreDir: dir})
-	if err != nil {
-		return nil, err
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		return nil, fmt.Errorf("nats-server not ready")
-	}
-	return ns, nil
-}
 
 func createStreamURL(url string) error {
 	nc, err := nats.Connect(url)
@@ -260,7 +234,7 @@ func countEvents(t *testing.T, url string) int {
 }
 
 func TestIngestPublishesEveryEventOnce(t *testing.T) {
-	ns := startNATS(t, t.TempDir(), -1)
+	ns := testkit.StartNATS(t)
 	createStream(t, ns.ClientURL())
 	a := newTestAgent(t, Config{NATS: NATSConfig{URL: ns.ClientURL()}, SpoolDir: t.TempDir()})
 	shims := []*fakeShim{dialShim(t, a.Socket(), 101, 0, "s1"), dialShim(t, a.Socket(), 102, 1, "s1")}
@@ -279,7 +253,7 @@ func TestIngestPublishesEveryEventOnce(t *testing.T) {
 	for _, m := range msgs {
 		subj[m.Subject] = true
 	}
-	for _, want := range []string{"pm.v1.ev.s1.h1.w0.kv_5fcache", "pm.v1.ev.s1.h1.w1.forward_5fpass", "pm.v1.life.s1.h1.w0"} {
+	for _, want := range []string{"pm.v1.ev.s1.h1.w0.kv_cache", "pm.v1.ev.s1.h1.w1.forward_pass", "pm.v1.life.s1.h1.w0"} {
 		if !subj[want] {
 			t.Errorf("no message on %s; got %v", want, subj)
 		}
@@ -372,7 +346,7 @@ func TestControlSessionChangeMovesProcesses(t *testing.T) {
 }
 
 func TestNATSControlAndHeartbeat(t *testing.T) {
-	ns := startNATS(t, t.TempDir(), -1)
+	ns := testkit.StartNATS(t)
 	createStream(t, ns.ClientURL())
 	a := newTestAgent(t, Config{NATS: NATSConfig{URL: ns.ClientURL()}, Heartbeat: 20 * time.Millisecond})
 	s := dialShim(t, a.Socket(), 1001, 0, "c1")

@@ -2,24 +2,15 @@ package agent
 
 import (
 	"testing"
-	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/profilemate/profilemate/internal/testkit"
 )
 
 func TestUserPassword(t *testing.T) {
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true, JetStream: true,
-		StoreDir: t.TempDir(), Username: "pm", Password: "secret"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("not ready")
-	}
-	t.Cleanup(ns.Shutdown)
+	ns := testkit.StartNATS(t, func(o *server.Options) { o.Username, o.Password = "pm", "secret" })
 	nc, err := nats.Connect(ns.ClientURL(), nats.UserInfo("pm", "secret"))
 	if err != nil {
 		t.Fatal(err)

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/profilemate/profilemate/internal/testkit"
 )
 
 // benchBatchLine is one shim batch line of n kv_cache/forward_pass events starting at seq.
@@ -109,7 +111,7 @@ func BenchmarkIngestPublish(b *testing.B) {
 func startNATSB(b *testing.B) string {
 	dir, _ := os.MkdirTemp("", "pmns")
 	b.Cleanup(func() { os.RemoveAll(dir) })
-	ns, err := newBenchServer(dir)
+	ns, err := testkit.NewNATS(testkit.NATSOptions(dir))
 	if err != nil {
 		b.Fatal(err)
 	}

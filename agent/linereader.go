@@ -13,12 +13,19 @@ const DefaultMaxLine = 4 << 20
 // errLineTooLong is returned (once per oversized line) after the rest of the line was discarded.
 var errLineTooLong = errors.New("line too long")
 
+// errLineOverBudget is returned (once per line) when a line longer than the read buffer could not
+// be held because every connection's partial lines together reached the agent's budget.
+var errLineOverBudget = errors.New("line over the agent's buffer budget")
+
 // lineReader reads newline-terminated lines of at most max bytes. An oversized line is discarded
-// chunk by chunk, so a 10 MB line costs the buffer size in memory, not 10 MB.
+// chunk by chunk, so a 10 MB line costs the buffer size in memory, not 10 MB. A line longer than
+// the read buffer takes its bytes from budget (when set) while it is incomplete.
 type lineReader struct {
-	r   *bufio.Reader
-	max int
-	buf []byte
+	r      *bufio.Reader
+	max    int
+	buf    []byte
+	budget *byteBudget
+	held   int64 // taken from budget for the line being read
 }
 
 func newLineReader(r io.Reader, max int) *lineReader {
@@ -28,12 +35,33 @@ func newLineReader(r io.Reader, max int) *lineReader {
 // next returns the next line without its newline. The slice is valid until the next call.
 // A final line without a newline is a truncated line: it is reported as an error.
 func (l *lineReader) next() ([]byte, error) {
-	l.buf = l.buf[:0]
+	l.release()
 	for {
 		chunk, err := l.r.ReadSlice('\n')
-		if len(l.buf)+len(chunk) > l.max+1 {
+		over := len(l.buf)+len(chunk) > l.max+1
+		if need := len(l.buf) + len(chunk); !over && need > cap(l.buf) && need > l.r.Size() {
+			// A long line: grow the buffer here so the budget counts what it really holds.
+			newCap := min(max(need, 2*cap(l.buf)), l.max+1)
+			if !l.budget.take(int64(newCap - cap(l.buf))) {
+				n := need
+				l.close()
+				for errors.Is(err, bufio.ErrBufferFull) {
+					chunk, err = l.r.ReadSlice('\n')
+					n += len(chunk)
+				}
+				if err != nil {
+					return nil, err
+				}
+				return nil, fmt.Errorf("%w: %d bytes", errLineOverBudget, n)
+			}
+			l.held += int64(newCap - cap(l.buf))
+			nb := make([]byte, len(l.buf), newCap)
+			copy(nb, l.buf)
+			l.buf = nb
+		}
+		if over {
 			n := len(l.buf) + len(chunk)
-			l.buf = l.buf[:0]
+			l.close()
 			for errors.Is(err, bufio.ErrBufferFull) {
 				chunk, err = l.r.ReadSlice('\n')
 				n += len(chunk)
@@ -55,4 +83,22 @@ func (l *lineReader) next() ([]byte, error) {
 			return nil, err
 		}
 	}
+}
+
+// release returns the budget the last line took and lets a large line buffer go, so an idle
+// connection holds only its read buffer.
+func (l *lineReader) release() {
+	if cap(l.buf) > 256<<10 {
+		l.budget.give(l.held)
+		l.held = 0
+		l.buf = nil
+	}
+	l.buf = l.buf[:0]
+}
+
+// close returns what the reader holds to the budget and lets its buffer go (also used to drop a
+// discarded line's buffer).
+func (l *lineReader) close() {
+	l.budget.give(l.held)
+	l.held, l.buf = 0, nil
 }

@@ -5,9 +5,8 @@ import (
 	"os"
 	"os/signal"
 	"testing"
-	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
+	"github.com/profilemate/profilemate/internal/testkit"
 )
 
 // benchNATSEnv makes the test binary a plain JetStream server, so a benchmark can measure the
@@ -16,13 +15,9 @@ const benchNATSEnv = "PMAGENT_BENCH_NATS_STORE"
 
 func TestMain(m *testing.M) {
 	if dir := os.Getenv(benchNATSEnv); dir != "" {
-		ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true, JetStream: true, StoreDir: dir})
+		ns, err := testkit.NewNATS(testkit.NATSOptions(dir))
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
-		}
-		go ns.Start()
-		if !ns.ReadyForConnections(10 * time.Second) {
 			os.Exit(1)
 		}
 		fmt.Println(ns.ClientURL())

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,9 +37,10 @@ const window = 256
 
 // publisher moves messages from the queue to NATS, in order, retrying until each is acknowledged.
 type publisher struct {
-	cfg NATSConfig
-	q   *queue
-	log *slog.Logger
+	cfg  NATSConfig
+	q    *queue
+	dead *deadLetters
+	log  *slog.Logger
 
 	nc *nats.Conn
 	js jetstream.JetStream
@@ -54,16 +56,64 @@ type publisher struct {
 	once sync.Once
 }
 
-func newPublisher(cfg NATSConfig, q *queue, log *slog.Logger) *publisher {
+func newPublisher(cfg NATSConfig, q *queue, dead *deadLetters, log *slog.Logger) *publisher {
 	if cfg.AckTimeout == 0 {
 		cfg.AckTimeout = 3 * time.Second
 	}
-	return &publisher{cfg: cfg, q: q, log: log, stop: make(chan struct{}), done: make(chan struct{})}
+	return &publisher{cfg: cfg, q: q, dead: dead, log: log, stop: make(chan struct{}), done: make(chan struct{})}
+}
+
+// maxControlLine is nats-server's default limit on a protocol line (MAX_CONTROL_LINE_SIZE): a
+// publish whose "HPUB <subject> <reply> <sizes>" line is longer makes the server close the
+// connection, so such a subject can never be delivered. controlLineReserve covers the reply inbox
+// and the sizes.
+const (
+	maxControlLine     = 4096
+	controlLineReserve = 160
+	// MaxSubjectBytes is the longest subject the agent tries to publish.
+	MaxSubjectBytes = maxControlLine - controlLineReserve
+)
+
+// permanentError is a refusal that retrying cannot change: the message is set aside.
+type permanentError struct{ reason string }
+
+func (e *permanentError) Error() string { return e.reason }
+
+// refusal says why the server would refuse m whatever happens ("" when it would not): a subject
+// the protocol cannot carry or a message over the server's max_payload.
+func (p *publisher) refusal(m *Msg) string {
+	switch {
+	case m.Subject == "" || strings.ContainsAny(m.Subject, " \t\r\n"):
+		return "invalid subject"
+	case len(m.Subject) > MaxSubjectBytes:
+		return fmt.Sprintf("subject too long (%d bytes, limit %d)", len(m.Subject), MaxSubjectBytes)
+	}
+	// The header carries the message id: "NATS/1.0\r\nNats-Msg-Id: <id>\r\n\r\n".
+	if max := p.nc.MaxPayload(); max > 0 && p.nc.IsConnected() && int64(len(m.Data)+len(m.ID)+64) > max {
+		return fmt.Sprintf("payload too large (%d bytes, server max_payload %d)", len(m.Data), max)
+	}
+	return ""
+}
+
+// setAside moves a refused message to the dead letters: counted, logged once per reason, kept in
+// the capped dead-letter file.
+func (p *publisher) setAside(m *Msg, reason string) {
+	if p.dead.add(m, reason) {
+		subj := m.Subject
+		if len(subj) > 120 {
+			subj = subj[:120] + "…"
+		}
+		p.log.Warn("message refused permanently by NATS; set aside, not retried", "reason", reason,
+			"subject", subj, "bytes", len(m.Data), "dead_letters", p.dead.path)
+	} else {
+		p.log.Debug("message refused permanently; set aside", "reason", reason)
+	}
 }
 
 // connect dials NATS; a server that is down is retried in the background forever.
 func (p *publisher) connect() error {
 	if p.cfg.URL == "" {
+		p.q.setDown(true) // nothing to send to: straight to the spool
 		return nil
 	}
 	opts := []nats.Option{
@@ -97,6 +147,7 @@ func (p *publisher) connect() error {
 	}
 	p.nc = nc
 	p.setConnected(nc.IsConnected())
+	p.q.setDown(!nc.IsConnected())
 	if !p.cfg.CoreNATS {
 		js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(window*2))
 		if err != nil {
@@ -113,8 +164,9 @@ func (p *publisher) setConnected(v bool) {
 		if v {
 			p.log.Info("nats connected", "url", p.nc.ConnectedUrlRedacted())
 		} else {
-			p.log.Warn("nats disconnected; queueing")
+			p.log.Warn("nats disconnected; keeping messages in the disk spool")
 			p.streamOK.Store(false)
+			p.q.setDown(true)
 		}
 	}
 }
@@ -149,14 +201,36 @@ func (p *publisher) run() {
 			}
 			continue
 		}
+		// A message the server can never take is set aside; the ones before it go first.
+		if reason := p.refusal(&msgs[0]); reason != "" {
+			p.setAside(&msgs[0], reason)
+			p.q.pop(1)
+			continue
+		}
+		for i := 1; i < len(msgs); i++ {
+			if p.refusal(&msgs[i]) != "" {
+				msgs = msgs[:i]
+				break
+			}
+		}
 		n, err := p.send(msgs)
 		p.q.pop(n)
 		p.published.Add(int64(n))
+		var perm *permanentError
+		if errors.As(err, &perm) && n < len(msgs) {
+			p.setAside(&msgs[n], perm.reason)
+			p.q.pop(1)
+			continue
+		}
 		if err == nil {
 			backoff = 100 * time.Millisecond
 			p.errLogged.Store(false)
+			p.q.setDown(false)
 			continue
 		}
+		// The stream is unreachable: from now on what waits is kept on disk.
+		p.q.setDown(true)
+		p.q.spill()
 		p.setErr(err)
 		if !p.errLogged.Swap(true) {
 			p.log.Warn("publish failed; keeping messages and retrying", "err", err, "queued", p.q.pending())
@@ -203,6 +277,9 @@ func (p *publisher) send(msgs []Msg) (int, error) {
 		f, err := p.js.PublishMsgAsync(m, jetstream.WithMsgID(msgs[i].ID))
 		if err != nil {
 			sendErr = err
+			if errors.Is(err, nats.ErrBadSubject) || errors.Is(err, nats.ErrMaxPayload) {
+				sendErr = &permanentError{reason: err.Error()}
+			}
 			break
 		}
 		futs = append(futs, f)
@@ -225,10 +302,16 @@ func (p *publisher) send(msgs []Msg) (int, error) {
 	return len(futs), nil
 }
 
+// classify tells a stream that is not there (retry) from a refusal of this one message by the
+// stream (status 400/413: over its message or header size, against its rules), which is permanent.
 func (p *publisher) classify(err error) error {
 	if errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse) {
 		p.streamOK.Store(false)
 		return fmt.Errorf("stream %s not reachable (not created yet?): %w", StreamName, err)
+	}
+	var api *jetstream.APIError
+	if errors.As(err, &api) && (api.Code == 400 || api.Code == 413) {
+		return &permanentError{reason: fmt.Sprintf("stream refused it: %s (code %d)", api.Description, api.ErrorCode)}
 	}
 	return err
 }

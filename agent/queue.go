@@ -2,11 +2,14 @@ package agent
 
 import (
 	"sync"
+	"time"
 )
 
 // queue holds what waits for the stream, oldest first: a bounded memory queue and behind it the
 // disk spool. Every message in memory is older than every spooled one: a message goes to memory
 // only while the spool is empty, and the sender reads the spool only once memory is empty.
+// While the stream is unreachable (down), messages go straight to the spool and what memory held
+// is spilled in front of it, so a killed agent loses at most what arrived since the last sync.
 type queue struct {
 	mu       sync.Mutex
 	mem      []Msg
@@ -15,6 +18,7 @@ type queue struct {
 	spool    *spool // nil: no disk, drops once memory is full
 	fromMem  bool   // where the last peek came from
 	wake     chan struct{}
+	down     bool // the stream is unreachable: keep everything on disk
 
 	dropped      int64 // messages lost because memory and spool were full
 	droppedBytes int64
@@ -38,7 +42,7 @@ func (q *queue) push(m Msg) (ok bool) {
 	}()
 	sz := m.size()
 	spoolEmpty := q.spool == nil || q.spool.empty()
-	if !q.closed && spoolEmpty && q.memBytes+sz <= q.memMax {
+	if !q.closed && (!q.down || q.spool == nil) && spoolEmpty && q.memBytes+sz <= q.memMax {
 		q.mem = append(q.mem, m)
 		q.memBytes += sz
 		return true
@@ -55,6 +59,61 @@ func (q *queue) push(m Msg) (ok bool) {
 	q.dropped++
 	q.droppedBytes += sz
 	return false
+}
+
+// setDown says whether the stream is unreachable; while it is, push writes to the spool.
+func (q *queue) setDown(down bool) {
+	q.mu.Lock()
+	q.down = down
+	q.mu.Unlock()
+}
+
+// spill moves what memory holds in front of the spool (it is older than anything spooled) and
+// fsyncs it. It is called by the sender between two sends, never while a peek from memory is in
+// flight. When it does not all fit under the spool's limit, memory is left as it is so the order
+// holds.
+func (q *queue) spill() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.spool == nil || q.spoolErr != nil || len(q.mem) == 0 || q.spool.rseg >= 0 {
+		return
+	}
+	var size int64
+	for i := range q.mem {
+		size += int64(len(appendRecord(nil, &q.mem[i])))
+	}
+	if q.spool.bytes+size+int64(spoolHdrSize) > q.spool.max {
+		return
+	}
+	n, err := q.spool.pushFront(q.mem)
+	if err != nil {
+		q.spoolErr = err
+		return
+	}
+	if n == len(q.mem) {
+		q.mem, q.memBytes = nil, 0
+	}
+}
+
+// syncEvery fsyncs what push appended to the spool every interval until stop is closed: a
+// kill -9 loses at most one interval of what went to the spool.
+func (q *queue) syncEvery(interval time.Duration, stop <-chan struct{}) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		q.mu.Lock()
+		if q.spool != nil && q.spoolErr == nil && !q.closed {
+			if err := q.spool.sync(); err != nil {
+				q.spoolErr = err
+			}
+		}
+		q.mu.Unlock()
+	}
 }
 
 // peek returns up to n of the oldest messages, leaving them queued.
@@ -104,16 +163,19 @@ type queueStats struct {
 	MemMsgs, SpoolMsgs    int64
 	MemBytes, SpoolBytes  int64
 	SpoolLimit            int64
+	SpoolUnsynced         int64
 	Dropped, DroppedBytes int64
+	Down                  bool
 	SpoolErr              string
 }
 
 func (q *queue) stats() queueStats {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	st := queueStats{MemMsgs: int64(len(q.mem)), MemBytes: q.memBytes, Dropped: q.dropped, DroppedBytes: q.droppedBytes}
+	st := queueStats{MemMsgs: int64(len(q.mem)), MemBytes: q.memBytes, Dropped: q.dropped, DroppedBytes: q.droppedBytes, Down: q.down}
 	if q.spool != nil {
 		st.SpoolMsgs, st.SpoolBytes, st.SpoolLimit = q.spool.count, q.spool.bytes, q.spool.max
+		st.SpoolUnsynced = q.spool.unsynced
 	}
 	if q.spoolErr != nil {
 		st.SpoolErr = q.spoolErr.Error()

@@ -3,10 +3,12 @@ package agent
 import (
 	"bytes"
 	"fmt"
-	"github.com/nats-io/nats.go"
 	"net"
 	"strings"
 	"testing"
+
+	"github.com/nats-io/nats.go"
+	"github.com/profilemate/profilemate/internal/testkit"
 )
 
 // checkOrdered checks that each process's events of one kind arrive in increasing seq order.
@@ -34,7 +36,7 @@ func checkOrdered(t *testing.T, msgs []*nats.Msg) {
 
 func TestNATSRestartLosesNothing(t *testing.T) {
 	store := t.TempDir()
-	ns := startNATS(t, store, -1)
+	ns := testkit.StartNATS(t, testkit.Store(store))
 	url := ns.ClientURL()
 	port := ns.Addr().(*net.TCPAddr).Port
 	createStream(t, url)
@@ -51,7 +53,7 @@ func TestNATSRestartLosesNothing(t *testing.T) {
 		s.batch(10)
 	}
 	waitFor(t, "events spooled", func() bool { return a.Status().Events == 600 && a.Status().Spool.Batches > 0 })
-	ns2 := startNATS(t, store, port)
+	ns2 := testkit.StartNATS(t, testkit.Store(store), testkit.Port(port))
 	s.batch(10)
 	s.bye()
 	waitFor(t, "every event", func() bool { return countEvents(t, ns2.ClientURL()) >= 610 })
@@ -65,7 +67,7 @@ func TestNATSRestartLosesNothing(t *testing.T) {
 }
 
 func TestAgentBeforeStream(t *testing.T) {
-	ns := startNATS(t, t.TempDir(), -1)
+	ns := testkit.StartNATS(t)
 	a := newTestAgent(t, Config{NATS: NATSConfig{URL: ns.ClientURL()}, SpoolDir: t.TempDir()})
 	s := dialShim(t, a.Socket(), 501, 0, "b1")
 	for i := 0; i < 5; i++ {
@@ -98,7 +100,7 @@ func TestSpoolSurvivesRestartWithoutNATS(t *testing.T) {
 	if rep.Spooled == 0 || rep.Dropped != 0 {
 		t.Fatalf("report %+v, want spooled messages and no drops", rep)
 	}
-	ns := startNATS(t, t.TempDir(), -1)
+	ns := testkit.StartNATS(t)
 	createStream(t, ns.ClientURL())
 	newTestAgent(t, Config{NATS: NATSConfig{URL: ns.ClientURL()}, SpoolDir: spoolDir})
 	waitFor(t, "replayed", func() bool { return countEvents(t, ns.ClientURL()) >= 100 })
@@ -122,7 +124,7 @@ func TestSpoolFullCountsDrops(t *testing.T) {
 }
 
 func TestBadInputKeepsOtherConnections(t *testing.T) {
-	ns := startNATS(t, t.TempDir(), -1)
+	ns := testkit.StartNATS(t)
 	createStream(t, ns.ClientURL())
 	a := newTestAgent(t, Config{NATS: NATSConfig{URL: ns.ClientURL()}, MaxLine: 1 << 20})
 	good := dialShim(t, a.Socket(), 801, 0, "g1")

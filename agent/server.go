@@ -10,29 +10,110 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
 
-// DefaultSocket picks the socket path: /run/profilemate/agent.sock for root, else under
-// $XDG_RUNTIME_DIR, else under the temp folder.
-func DefaultSocket() string {
-	if os.Geteuid() == 0 {
-		return "/run/profilemate/agent.sock"
+// RootSocket is the socket of a host-wide `pmagent serve` (root, or a systemd unit with
+// RuntimeDirectory=profilemate).
+const RootSocket = "/run/profilemate/agent.sock"
+
+// SocketCandidates lists, in order, where a shim looks for the agent when PROFILEMATE_SOCKET names
+// none; getenv reads the environment (os.Getenv) and uid is the user's id:
+//
+//  1. /run/profilemate/agent.sock (RootSocket)
+//  2. $RUNTIME_DIRECTORY/agent.sock — systemd's RuntimeDirectory= (its first entry), when set
+//  3. $XDG_RUNTIME_DIR/profilemate/agent.sock, when set
+//  4. ${TMPDIR:-/tmp}/profilemate-<uid>/agent.sock
+//
+// The shim's own discovery (profilemate.sinks.socket_candidates) returns the same list; a test
+// runs both.
+func SocketCandidates(getenv func(string) string, uid int) []string {
+	out := []string{RootSocket}
+	if d := getenv("RUNTIME_DIRECTORY"); d != "" {
+		d, _, _ = strings.Cut(d, ":")
+		out = append(out, filepath.Join(d, "agent.sock"))
 	}
-	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
-		return filepath.Join(d, "profilemate", "agent.sock")
+	if d := getenv("XDG_RUNTIME_DIR"); d != "" {
+		out = append(out, filepath.Join(d, "profilemate", "agent.sock"))
 	}
-	return filepath.Join(os.TempDir(), "profilemate-"+strconv.Itoa(os.Getuid()), "agent.sock")
+	tmp := getenv("TMPDIR")
+	if tmp == "" {
+		tmp = "/tmp"
+	}
+	return append(out, filepath.Join(tmp, "profilemate-"+strconv.Itoa(uid), "agent.sock"))
 }
 
-// listenSocket creates the Unix socket with mode 0660, owned by group when that group exists.
-// A stale socket file left by a crashed agent is replaced; a live one is an error.
+// DefaultSocket is where `pmagent serve` listens unless told otherwise: RootSocket for root, else
+// the first of the other SocketCandidates that applies, so a shim that searches the candidates in
+// order finds it.
+func DefaultSocket() string {
+	c := SocketCandidates(os.Getenv, os.Getuid())
+	if os.Geteuid() == 0 {
+		return c[0]
+	}
+	return c[1]
+}
+
+// FindSocket returns the first of SocketCandidates where an agent accepts a connection, or ""
+// with the candidates it tried.
+func FindSocket() (string, []string) {
+	cands := SocketCandidates(os.Getenv, os.Getuid())
+	for _, c := range cands {
+		if conn, err := net.DialTimeout("unix", c, time.Second); err == nil {
+			conn.Close()
+			return c, cands
+		}
+	}
+	return "", cands
+}
+
+// errSocketFolder: the socket's folder could let another user replace the socket.
+var errSocketFolder = errors.New("unsafe socket folder")
+
+// checkSocketFolder refuses a socket folder that someone else could use to swap the socket and
+// receive the shims' lines: it must be a real directory (not a symbolic link), owned by this
+// process's user, and writable by nobody else (no group or other write bit).
+func checkSocketFolder(dir string) error {
+	info, err := os.Lstat(dir)
+	if err != nil {
+		return fmt.Errorf("socket folder: %w", err)
+	}
+	if info.Mode()&os.ModeSymlink != 0 || !info.IsDir() {
+		return fmt.Errorf("%w: %s is not a directory of its own (a link or a file)", errSocketFolder, dir)
+	}
+	st, ok := info.Sys().(*syscall.Stat_t)
+	if ok && int(st.Uid) != os.Geteuid() {
+		return fmt.Errorf("%w: %s belongs to uid %d, not to this agent's uid %d; remove it or choose another --socket",
+			errSocketFolder, dir, st.Uid, os.Geteuid())
+	}
+	if perm := info.Mode().Perm(); perm&0o022 != 0 {
+		return fmt.Errorf("%w: %s has mode %04o, writable by others; want 0755 or stricter (chmod go-w)", errSocketFolder, dir, perm)
+	}
+	return nil
+}
+
+// listenSocket creates the Unix socket with mode 0660, owned by group when that group exists,
+// in a folder checkSocketFolder accepts (created 0755 when missing). A stale socket file left by a
+// crashed agent is replaced; a live one is an error.
 func listenSocket(path, group string, log *slog.Logger) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, fmt.Errorf("socket folder: %w", err)
+	dir := filepath.Dir(path)
+	if _, err := os.Lstat(dir); errors.Is(err, os.ErrNotExist) {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, fmt.Errorf("socket folder: %w", err)
+		}
+		// MkdirAll's mode is filtered by the umask; make it exact.
+		if err := os.Chmod(dir, 0o755); err != nil {
+			return nil, fmt.Errorf("socket folder: %w", err)
+		}
+	}
+	if err := checkSocketFolder(dir); err != nil {
+		return nil, err
 	}
 	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
 		c.Close()
@@ -76,8 +157,16 @@ func (a *Agent) accept() {
 			time.Sleep(50 * time.Millisecond)
 			continue
 		}
-		c := &conn{nc: nc, pids: map[int]*proc{}}
+		c := &conn{nc: nc, pids: map[int]*proc{}, peer: peerOf(nc)}
 		a.mu.Lock()
+		if len(a.conns) >= a.cfg.MaxConns {
+			a.mu.Unlock()
+			nc.Close()
+			a.refusedConns.Add(1)
+			a.connLog.log(a.log, "connection refused: too many connections", "limit", a.cfg.MaxConns,
+				"refused_total", a.refusedConns.Load())
+			continue
+		}
 		a.conns[c] = struct{}{}
 		a.connWG.Add(1)
 		a.mu.Unlock()
@@ -90,6 +179,77 @@ type conn struct {
 	nc   net.Conn
 	wmu  sync.Mutex
 	pids map[int]*proc // guarded by Agent.mu
+	peer peerCred
+}
+
+// peerCred is the process at the other end of a connection as the kernel reports it
+// (SO_PEERCRED, in the agent's pid namespace): the identity a connection's processes are bound
+// to. The pid a shim reports stays a label; in a container it differs from Pid.
+type peerCred struct {
+	Pid, UID, GID int32
+	OK            bool
+}
+
+func peerOf(nc net.Conn) peerCred {
+	uc, ok := nc.(*net.UnixConn)
+	if !ok {
+		return peerCred{}
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return peerCred{}
+	}
+	var cred *syscall.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, cerr = syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED)
+	}); err != nil || cerr != nil || cred == nil {
+		return peerCred{}
+	}
+	return peerCred{Pid: cred.Pid, UID: int32(cred.Uid), GID: int32(cred.Gid), OK: true}
+}
+
+// sameProcess reports whether two peers are known to be one process.
+func (p peerCred) sameProcess(o peerCred) bool { return p.OK && o.OK && p.Pid == o.Pid }
+
+// byteBudget bounds the bytes every connection's incomplete lines hold together; a nil budget
+// allows everything.
+type byteBudget struct {
+	used atomic.Int64
+	max  int64
+	full func() // called when a take fails (the agent returns the garbage of long lines)
+}
+
+func (b *byteBudget) take(n int64) bool {
+	if b == nil {
+		return true
+	}
+	if b.used.Add(n) > b.max {
+		b.used.Add(-n)
+		if b.full != nil {
+			b.full()
+		}
+		return false
+	}
+	return true
+}
+
+func (b *byteBudget) give(n int64) {
+	if b != nil && n != 0 {
+		b.used.Add(-n)
+	}
+}
+
+// countingReader counts the bytes read from the socket.
+type countingReader struct {
+	r net.Conn
+	n *atomic.Int64
+}
+
+func (c countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n.Add(int64(n))
+	return n, err
 }
 
 // send writes one JSON line back to the shim; a slow shim gets a short deadline, never the agent.
@@ -110,13 +270,25 @@ func (a *Agent) serve(c *conn) {
 	defer a.connWG.Done()
 	defer a.connGone(c)
 	defer c.nc.Close()
-	lr := newLineReader(c.nc, a.cfg.MaxLine)
+	lr := newLineReader(countingReader{c.nc, &a.readBytes}, a.cfg.MaxLine)
+	lr.budget = a.budget
+	defer func() {
+		big := lr.held > 0 || cap(lr.buf) > 0
+		lr.close()
+		if big {
+			a.returnMemory()
+		}
+	}()
 	for {
 		line, err := lr.next()
 		if err != nil {
-			if errors.Is(err, errLineTooLong) || errors.Is(err, ErrBadLine) {
+			if errors.Is(err, errLineTooLong) || errors.Is(err, errLineOverBudget) || errors.Is(err, ErrBadLine) {
 				a.reject(c, err)
-				if errors.Is(err, errLineTooLong) {
+				if errors.Is(err, errLineTooLong) || errors.Is(err, errLineOverBudget) {
+					if errors.Is(err, errLineOverBudget) {
+						a.overBudget.Add(1)
+					}
+					a.returnMemory()
 					continue
 				}
 			}
@@ -157,11 +329,11 @@ func (a *Agent) handle(c *conn, raw []byte) error {
 			return fmt.Errorf("%w: hello without pid", ErrBadLine)
 		}
 		h := l.Hello
-		a.hello(c, &h)
+		return a.hello(c, &h)
 	case "status":
-		a.status(&StatusMsg{PID: l.PID, Targets: l.Targets})
+		return a.status(c, &StatusMsg{PID: l.PID, Targets: l.Targets})
 	case "bye":
-		a.bye(&Bye{PID: l.PID, Dropped: l.Dropped, LastSeq: l.LastSeq, EndNS: l.EndNS})
+		return a.bye(c, &Bye{PID: l.PID, Dropped: l.Dropped, LastSeq: l.LastSeq, EndNS: l.EndNS})
 	case "admin":
 		switch l.Op {
 		case "status":
@@ -173,7 +345,6 @@ func (a *Agent) handle(c *conn, raw []byte) error {
 	default:
 		return fmt.Errorf("%w: unknown type %q", ErrBadLine, l.T)
 	}
-	return nil
 }
 
 // rateLog logs at most one line per second and says how many it held back.
@@ -198,6 +369,24 @@ func (r *rateLog) log(l *slog.Logger, msg string, args ...any) {
 		args = append(args, "suppressed", n)
 	}
 	l.Warn(msg, args...)
+}
+
+// returnMemory gives the memory of large lines back to the system soon after they are gone
+// (the runtime would keep it for minutes): at most once per second, the last call always honoured.
+func (a *Agent) returnMemory() {
+	if !a.memPending.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		a.memMu.Lock()
+		defer a.memMu.Unlock()
+		if d := time.Until(a.memLast.Add(time.Second)); d > 0 {
+			time.Sleep(d)
+		}
+		a.memPending.Store(false)
+		debug.FreeOSMemory()
+		a.memLast = time.Now()
+	}()
 }
 
 func pidAlive(pid int) bool {

@@ -2,9 +2,11 @@ package agent
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"os"
 	"path/filepath"
 	"sort"
@@ -15,6 +17,24 @@ import (
 
 // errSpoolBusy: another agent owns the spool folder.
 var errSpoolBusy = errors.New("spool folder in use by another agent")
+
+// errSpoolVersion: a segment written by a newer agent, in a format this one cannot read.
+var errSpoolVersion = errors.New("spool segment of a newer format")
+
+// Spool segment formats. Format 1 (agents before the header existed) is a bare sequence of
+// records: u32 little-endian length, then the uvarint-prefixed subject, id and data. Format 2 starts
+// the file with spoolMagic and the format byte, and each record is u32 length, u32 CRC-32C of the
+// body, body; a record whose checksum fails ends the segment like a torn tail. A newer agent reads
+// every older format; an older agent leaves a newer segment untouched (errSpoolVersion).
+const (
+	spoolMagic   = "PMSPOOL"
+	spoolFormat  = 2
+	spoolHdrSize = len(spoolMagic) + 1
+)
+
+var crcTable = crc32.MakeTable(crc32.Castagnoli)
+
+func spoolHeader() []byte { return append([]byte(spoolMagic), spoolFormat) }
 
 // Msg is one stream message: its subject, its Nats-Msg-Id and its encoded body.
 type Msg struct {
@@ -45,6 +65,9 @@ type spool struct {
 	rseg int64 // segment loaded into r, -1 when none
 	r    []Msg
 	rpos int
+
+	unsynced int64   // bytes appended since the last fsync
+	foreign  []int64 // segments of a newer format, left on disk untouched
 }
 
 const segFirst = int64(1) << 40 // leaves room below for segments written in front at shutdown
@@ -77,6 +100,10 @@ func openSpool(dir string, max int64) (*spool, error) {
 			continue
 		}
 		msgs, size, err := s.readSeg(n)
+		if errors.Is(err, errSpoolVersion) {
+			s.foreign = append(s.foreign, n)
+			continue
+		}
 		if err != nil {
 			lock.Close()
 			return nil, err
@@ -96,9 +123,10 @@ func openSpool(dir string, max int64) (*spool, error) {
 
 func (s *spool) path(n int64) string { return filepath.Join(s.dir, fmt.Sprintf("seg-%020d.spool", n)) }
 
-// record: u32 total length, then uvarint-prefixed subject, id, data.
+// appendRecord appends m as a format-2 record: u32 body length, u32 CRC-32C of the body, body
+// (uvarint-prefixed subject, id and data).
 func appendRecord(b []byte, m *Msg) []byte {
-	var hdr [4]byte
+	var hdr [8]byte
 	start := len(b)
 	b = append(b, hdr[:]...)
 	b = binary.AppendUvarint(b, uint64(len(m.Subject)))
@@ -107,47 +135,90 @@ func appendRecord(b []byte, m *Msg) []byte {
 	b = append(b, m.ID...)
 	b = binary.AppendUvarint(b, uint64(len(m.Data)))
 	b = append(b, m.Data...)
-	binary.LittleEndian.PutUint32(b[start:], uint32(len(b)-start-4))
+	body := b[start+8:]
+	binary.LittleEndian.PutUint32(b[start:], uint32(len(body)))
+	binary.LittleEndian.PutUint32(b[start+4:], crc32.Checksum(body, crcTable))
 	return b
 }
 
-func parseRecord(rec []byte) (Msg, error) {
-	var out [3][]byte
+// parseFields splits a record body into its uvarint-prefixed fields.
+func parseFields(rec []byte, out [][]byte) error {
 	for i := range out {
 		n, k := binary.Uvarint(rec)
 		if k <= 0 || uint64(len(rec)-k) < n {
-			return Msg{}, errors.New("corrupt record")
+			return errors.New("corrupt record")
 		}
 		out[i] = rec[k : k+int(n)]
 		rec = rec[k+int(n):]
 	}
+	return nil
+}
+
+func parseRecord(rec []byte) (Msg, error) {
+	var out [3][]byte
+	if err := parseFields(rec, out[:]); err != nil {
+		return Msg{}, err
+	}
 	return Msg{Subject: string(out[0]), ID: string(out[1]), Data: append([]byte(nil), out[2]...)}, nil
 }
 
-// readSeg reads every whole record of segment n; a torn tail (crash mid-write) is ignored.
+// decodeSegment returns every whole record of a segment file's contents, in any format this agent
+// knows; a torn or corrupt tail (crash mid-write) ends it.
+func decodeSegment(data []byte) ([]Msg, error) {
+	format := 1
+	if bytes.HasPrefix(data, []byte(spoolMagic)) && len(data) >= spoolHdrSize {
+		format = int(data[len(spoolMagic)])
+		data = data[spoolHdrSize:]
+	}
+	var msgs []Msg
+	switch format {
+	case 1:
+		for len(data) >= 4 {
+			l := int(binary.LittleEndian.Uint32(data))
+			if len(data)-4 < l {
+				break
+			}
+			m, err := parseRecord(data[4 : 4+l])
+			if err != nil {
+				break
+			}
+			msgs = append(msgs, m)
+			data = data[4+l:]
+		}
+	case 2:
+		for len(data) >= 8 {
+			l := int(binary.LittleEndian.Uint32(data))
+			if len(data)-8 < l {
+				break
+			}
+			body := data[8 : 8+l]
+			if crc32.Checksum(body, crcTable) != binary.LittleEndian.Uint32(data[4:]) {
+				break
+			}
+			m, err := parseRecord(body)
+			if err != nil {
+				break
+			}
+			msgs = append(msgs, m)
+			data = data[8+l:]
+		}
+	default:
+		return nil, fmt.Errorf("%w: format %d, this agent reads up to %d", errSpoolVersion, format, spoolFormat)
+	}
+	return msgs, nil
+}
+
+// readSeg reads every whole record of segment n.
 func (s *spool) readSeg(n int64) ([]Msg, int64, error) {
 	data, err := os.ReadFile(s.path(n))
 	if err != nil {
 		return nil, 0, fmt.Errorf("spool: %w", err)
 	}
-	var msgs []Msg
-	for len(data) >= 4 {
-		l := int(binary.LittleEndian.Uint32(data))
-		if len(data)-4 < l {
-			break
-		}
-		m, err := parseRecord(data[4 : 4+l])
-		if err != nil {
-			break
-		}
-		msgs = append(msgs, m)
-		data = data[4+l:]
-	}
-	info, err := os.Stat(s.path(n))
+	msgs, err := decodeSegment(data)
 	if err != nil {
-		return nil, 0, fmt.Errorf("spool: %w", err)
+		return nil, 0, fmt.Errorf("spool %s: %w", s.path(n), err)
 	}
-	return msgs, info.Size(), nil
+	return msgs, int64(len(data)), nil
 }
 
 func (s *spool) empty() bool { return s.count == 0 }
@@ -166,12 +237,22 @@ func (s *spool) push(m *Msg) (bool, error) {
 		if len(s.segs) > 0 {
 			n = s.segs[len(s.segs)-1] + 1
 		}
+		for _, f := range s.foreign {
+			if f >= n {
+				n = f + 1
+			}
+		}
 		f, err := os.OpenFile(s.path(n), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
 		if err != nil {
 			return false, fmt.Errorf("spool: %w", err)
 		}
 		s.w, s.wbuf = f, bufio.NewWriterSize(f, 64<<10)
 		s.segs = append(s.segs, n)
+		if _, err := s.wbuf.Write(spoolHeader()); err != nil {
+			return false, fmt.Errorf("spool: %w", err)
+		}
+		s.sizes[n] += int64(spoolHdrSize)
+		s.bytes += int64(spoolHdrSize)
 	}
 	if _, err := s.wbuf.Write(rec); err != nil {
 		return false, fmt.Errorf("spool: %w", err)
@@ -179,8 +260,25 @@ func (s *spool) push(m *Msg) (bool, error) {
 	n := s.segs[len(s.segs)-1]
 	s.sizes[n] += int64(len(rec))
 	s.bytes += int64(len(rec))
+	s.unsynced += int64(len(rec))
 	s.count++
 	return true, nil
+}
+
+// sync writes what push buffered to the segment file and fsyncs it, so a crash or kill -9 after
+// it loses nothing pushed before it.
+func (s *spool) sync() error {
+	if s.w == nil || s.unsynced == 0 {
+		return nil
+	}
+	if err := s.wbuf.Flush(); err != nil {
+		return fmt.Errorf("spool: %w", err)
+	}
+	if err := s.w.Sync(); err != nil {
+		return fmt.Errorf("spool: %w", err)
+	}
+	s.unsynced = 0
+	return nil
 }
 
 func (s *spool) closeWriter() error {
@@ -195,6 +293,7 @@ func (s *spool) closeWriter() error {
 		err = cerr
 	}
 	s.w, s.wbuf = nil, nil
+	s.unsynced = 0
 	if err != nil {
 		return fmt.Errorf("spool: %w", err)
 	}
@@ -266,6 +365,12 @@ func (s *spool) close(front []Msg) (written int, err error) {
 		}
 	}
 	s.rseg, s.r, s.rpos = -1, nil, 0
+	return s.pushFront(front)
+}
+
+// pushFront writes msgs (older than everything spooled) as a new segment in front of the others
+// and returns how many fitted under the size limit. Nothing may be loaded for reading (rseg < 0).
+func (s *spool) pushFront(front []Msg) (int, error) {
 	if len(front) == 0 {
 		return 0, nil
 	}
@@ -274,7 +379,7 @@ func (s *spool) close(front []Msg) (written int, err error) {
 		n = s.segs[0] - 1
 	}
 	var keep []Msg
-	var size int64
+	size := int64(spoolHdrSize)
 	for i := range front {
 		sz := int64(len(appendRecord(nil, &front[i])))
 		if s.bytes+size+sz > s.max {
@@ -297,7 +402,7 @@ func (s *spool) close(front []Msg) (written int, err error) {
 }
 
 func (s *spool) writeSeg(n int64, msgs []Msg) error {
-	var b []byte
+	b := spoolHeader()
 	for i := range msgs {
 		b = appendRecord(b, &msgs[i])
 	}

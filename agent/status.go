@@ -1,8 +1,12 @@
 package agent
 
 import (
+	"bytes"
 	"encoding/json"
+	"os"
+	"runtime"
 	"sort"
+	"strconv"
 	"sync"
 	"time"
 )
@@ -20,11 +24,31 @@ type Status struct {
 	Dupes     int64           `json:"duplicates"`
 	BadLines  int64           `json:"bad_lines"`
 	// Dropped counts messages the agent lost (memory queue and spool full).
-	Dropped int64 `json:"dropped"`
+	Dropped int64        `json:"dropped"`
+	Socket  SocketStatus `json:"socket"`
+	Memory  MemoryStatus `json:"memory"`
 	// Clock is the measured offset to the hub's clock (nil until measured).
 	Clock *ClockStatus `json:"clock,omitempty"`
 	// Extra holds what status providers add (GPUs, clock offset); its keys appear at the top level.
 	Extra map[string]any `json:"-"`
+}
+
+// SocketStatus is the socket's use against its limits.
+type SocketStatus struct {
+	Connections        int   `json:"connections"`
+	MaxConnections     int   `json:"max_connections"`
+	RefusedConnections int64 `json:"refused_connections"` // closed at accept: over max_connections
+	MaxLineBytes       int   `json:"max_line_bytes"`
+	BufferedBytes      int64 `json:"buffered_bytes"` // held by incomplete long lines, all connections
+	MaxBufferedBytes   int64 `json:"max_buffered_bytes"`
+	OverBudgetLines    int64 `json:"over_budget_lines"` // discarded: max_buffered_bytes reached
+	ReadBytes          int64 `json:"read_bytes"`        // read from every connection since start
+}
+
+// MemoryStatus is the agent's own memory (Go runtime and /proc/self/statm), in bytes.
+type MemoryStatus struct {
+	HeapInuseBytes int64 `json:"heap_inuse_bytes"`
+	RSSBytes       int64 `json:"rss_bytes"`
 }
 
 // ClockStatus is hub clock − agent clock.
@@ -50,6 +74,10 @@ type ProcStatus struct {
 	GPUUUID   string `json:"gpu_uuid"`
 	Connected bool   `json:"connected"`
 	Gone      bool   `json:"gone"`
+	// PeerPID is the pid of the process bound to this entry, in the agent's pid namespace
+	// (SO_PEERCRED of the connection that said hello); 0 when unknown.
+	PeerPID int `json:"peer_pid"`
+	PeerUID int `json:"peer_uid"`
 }
 
 // SessionStatus is one session the agent assigned.
@@ -78,7 +106,12 @@ type SpoolStatus struct {
 	MemBatches   int64  `json:"mem_batches"`
 	MemBytes     int64  `json:"mem_bytes"`
 	DroppedBytes int64  `json:"dropped_bytes"`
-	Error        string `json:"error,omitempty"`
+	// UnsyncedBytes were appended to the spool but not yet fsynced (at most one sync interval).
+	UnsyncedBytes int64 `json:"unsynced_bytes"`
+	// StreamDown: the stream is unreachable, so new messages go straight to disk.
+	StreamDown bool             `json:"stream_down"`
+	DeadLetter DeadLetterStatus `json:"dead_letters"`
+	Error      string           `json:"error,omitempty"`
 }
 
 // MarshalJSON writes the fields and then every Extra key at the top level.
@@ -126,9 +159,16 @@ func (a *Agent) Status() Status {
 		NATS: NATSStatus{URL: a.cfg.NATS.URL, Connected: a.pub.connected.Load(), Stream: StreamName,
 			StreamOK: a.pub.streamOK.Load(), Published: a.pub.published.Load(), Error: a.pub.lastError()},
 		Spool: SpoolStatus{Dir: a.cfg.SpoolDir, Bytes: qs.SpoolBytes, LimitBytes: qs.SpoolLimit, Batches: qs.SpoolMsgs,
-			MemBatches: qs.MemMsgs, MemBytes: qs.MemBytes, DroppedBytes: qs.DroppedBytes, Error: qs.SpoolErr},
+			MemBatches: qs.MemMsgs, MemBytes: qs.MemBytes, DroppedBytes: qs.DroppedBytes, Error: qs.SpoolErr,
+			UnsyncedBytes: qs.SpoolUnsynced, StreamDown: qs.Down, DeadLetter: a.dead.status()},
 		Processes: []ProcStatus{}, Sessions: []SessionStatus{},
 	}
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	st.Memory = MemoryStatus{HeapInuseBytes: int64(ms.HeapInuse), RSSBytes: rssBytes()}
+	st.Socket = SocketStatus{MaxConnections: a.cfg.MaxConns, RefusedConnections: a.refusedConns.Load(),
+		MaxLineBytes: a.cfg.MaxLine, BufferedBytes: a.budget.used.Load(), MaxBufferedBytes: a.budget.max,
+		OverBudgetLines: a.overBudget.Load(), ReadBytes: a.readBytes.Load()}
 	if a.clock != nil {
 		if off, unc, ok := a.clock.HeartbeatFields(); ok {
 			st.Clock = &ClockStatus{OffsetNS: off, UncertaintyNS: unc}
@@ -138,12 +178,13 @@ func (a *Agent) Status() Status {
 	for _, p := range a.procs {
 		ps := ProcStatus{Pid: p.pid, Role: p.ident.Role, Session: p.sess.id, Proc: p.token, DP: p.ident.DP, PP: p.ident.PP,
 			TP: p.ident.TP, EP: p.ident.EP, Rank: p.ident.Rank, Events: p.events, Dropped: p.dropped,
-			Connected: p.conn != nil, Gone: p.bye}
+			Connected: p.conn != nil, Gone: p.bye, PeerPID: int(p.peer.Pid), PeerUID: int(p.peer.UID)}
 		if p.hello != nil {
 			ps.VLLM, ps.GPUUUID = p.hello.VLLM, p.hello.GPUUUID
 		}
 		st.Processes = append(st.Processes, ps)
 	}
+	st.Socket.Connections = len(a.conns)
 	for _, s := range a.sessions {
 		st.Sessions = append(st.Sessions, SessionStatus{ID: s.id, Live: s.live, Ended: s.ended})
 	}
@@ -157,4 +198,21 @@ func (a *Agent) Status() Status {
 		p(&st)
 	}
 	return st
+}
+
+// rssBytes is the resident set size from /proc/self/statm (0 where there is none).
+func rssBytes() int64 {
+	b, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		return 0
+	}
+	f := bytes.Fields(b)
+	if len(f) < 2 {
+		return 0
+	}
+	pages, err := strconv.ParseInt(string(f[1]), 10, 64)
+	if err != nil {
+		return 0
+	}
+	return pages * int64(os.Getpagesize())
 }

@@ -3,6 +3,7 @@ package agent
 import (
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/profilemate/profilemate/internal/stream"
 	pmproto "github.com/profilemate/profilemate/proto"
 )
 
@@ -20,4 +21,4 @@ func eventMsgID(session, host string, pid int, kind string, first, last uint64) 
 
 func procToken(id Ident, pid int) string { return pmproto.ProcToken(id.Role, id.DP, id.Rank, pid) }
 
-func streamConfig() jetstream.StreamConfig { return pmproto.StreamConfig() }
+func streamConfig() jetstream.StreamConfig { return stream.Config() }

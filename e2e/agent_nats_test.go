@@ -18,6 +18,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/profilemate/profilemate/internal/stream"
+	"github.com/profilemate/profilemate/internal/testkit"
 	pmproto "github.com/profilemate/profilemate/proto"
 	"github.com/profilemate/profilemate/proto/pmpb"
 )
@@ -46,13 +48,11 @@ func agStartNATS(t *testing.T) *agNATS {
 
 func (n *agNATS) start() {
 	n.t.Helper()
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: n.port, NoLog: true, NoSigs: true, JetStream: true, StoreDir: n.store})
+	opts := testkit.NATSOptions(n.store)
+	opts.Port = n.port
+	ns, err := testkit.NewNATS(opts)
 	if err != nil {
 		n.t.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(20 * time.Second) {
-		n.t.Fatal("nats-server not ready")
 	}
 	n.ns = ns
 }
@@ -73,7 +73,7 @@ func (n *agNATS) createStream() {
 	}
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
-	if _, err := js.CreateStream(context.Background(), pmproto.StreamConfig()); err != nil {
+	if _, err := js.CreateStream(context.Background(), stream.Config()); err != nil {
 		n.t.Fatal(err)
 	}
 }

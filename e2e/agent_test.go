@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/profilemate/profilemate/internal/pyenv"
+	"github.com/profilemate/profilemate/internal/testkit"
 	"github.com/profilemate/profilemate/testbed"
 )
 
@@ -54,7 +54,7 @@ func agNum(st map[string]any, path ...string) float64 {
 func agSim(t testing.TB, extra ...string) (py string, env []string, truth string) {
 	t.Helper()
 	agNeedSocketSink(t)
-	pys := pyenv.ForTest(t)
+	pys := testkit.Interpreters(t)
 	if len(pys) == 0 {
 		t.Skip("no Python interpreter")
 	}
@@ -77,7 +77,7 @@ func agSim(t testing.TB, extra ...string) (py string, env []string, truth string
 // agNeedSocketSink skips until the shim has its agent socket sink.
 func agNeedSocketSink(t testing.TB) {
 	t.Helper()
-	files, _ := filepath.Glob(filepath.Join(pyenv.RepoRoot(t), "shim", "profilemate", "*.py"))
+	files, _ := filepath.Glob(filepath.Join(testkit.RepoRoot(t), "shim", "profilemate", "*.py"))
 	for _, f := range files {
 		if b, err := os.ReadFile(f); err == nil && strings.Contains(string(b), "PROFILEMATE_SOCKET") {
 			return

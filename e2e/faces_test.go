@@ -134,8 +134,8 @@ func TestTailReadsPreemptionWhileSimulatorPaused(t *testing.T) {
 			t.Fatalf("plain decode of %s: %v", m.Subject, err)
 		}
 		for _, e := range b.Events {
-			// The documented escaping: every byte outside [A-Za-z0-9-], '_' included, is _xx.
-			if !strings.HasSuffix(m.Subject, "."+strings.ReplaceAll(e.Kind, "_", "_5f")) {
+			// Kinds appear in subjects as written (only session and host are escaped).
+			if !strings.HasSuffix(m.Subject, "."+e.Kind) {
 				t.Fatalf("event of kind %s on subject %s", e.Kind, m.Subject)
 			}
 			kinds[e.Kind]++

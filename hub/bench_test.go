@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/profilemate/profilemate/internal/testkit"
 	"github.com/profilemate/profilemate/proto"
 )
 
@@ -42,13 +43,11 @@ func benchPayloads(b *testing.B, enc func(*Batch) []byte) ([]string, [][]byte) {
 }
 
 func benchServer(b *testing.B, dir string) (*server.Server, *nats.Conn, jetstream.JetStream) {
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: dir, NoLog: true, NoSigs: true, MaxPayload: DefaultMaxMsgBytes})
+	opts := testkit.NATSOptions(dir)
+	opts.MaxPayload = DefaultMaxMsgBytes
+	ns, err := testkit.NewNATS(opts)
 	if err != nil {
 		b.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		b.Fatal("nats not ready")
 	}
 	nc, err := nats.Connect(ns.ClientURL())
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/profilemate/profilemate/internal/stream"
 	"github.com/profilemate/profilemate/proto"
 	"github.com/profilemate/profilemate/proto/pmpb"
 )
@@ -211,7 +212,7 @@ func contains(l []string, s string) bool {
 	return false
 }
 
-func streamConfig() jetstream.StreamConfig { return proto.StreamConfig() }
+func streamConfig() jetstream.StreamConfig { return stream.Config() }
 
 func splitHostPort(hp string) (string, int, error) {
 	h, p, err := net.SplitHostPort(hp)

@@ -3,7 +3,6 @@ package proto
 import (
 	"bytes"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -11,17 +10,14 @@ import (
 	"testing"
 
 	"github.com/profilemate/profilemate/internal/pyenv"
+	"github.com/profilemate/profilemate/internal/testkit"
 )
 
 // TestPythonContract runs shim/tests/test_contract.py under every supported Python.
 func TestPythonContract(t *testing.T) {
-	root := pyenv.RepoRoot(t)
+	root := testkit.RepoRoot(t)
 	dir := filepath.Join(root, "shim", "tests")
-	for _, py := range pyenv.ForTest(t) {
-		t.Run(py.String(), func(t *testing.T) {
-			pyenv.RunUnittest(t, py, dir, dir, "test_contract.py")
-		})
-	}
+	testkit.RunSuites(t, dir, dir, "test_contract.py")
 }
 
 // TestPythonContractCatchesRename renames a column in a temp copy of proto/tables and checks that
@@ -31,7 +27,7 @@ func TestPythonContractCatchesRename(t *testing.T) {
 	if len(found) == 0 {
 		t.Skip("no supported python found")
 	}
-	root := pyenv.RepoRoot(t)
+	root := testkit.RepoRoot(t)
 	tmp := t.TempDir()
 	files, _ := filepath.Glob(filepath.Join(root, "proto", "tables", "*.json"))
 	for _, f := range files {
@@ -52,10 +48,7 @@ func TestPythonContractCatchesRename(t *testing.T) {
 	}
 	dir := filepath.Join(root, "shim", "tests")
 	run := func(env ...string) (string, error) {
-		cmd := exec.Command(found[0].Path, "-m", "unittest", "discover", "-s", dir, "-t", dir, "-p", "test_contract.py")
-		cmd.Env = append(append(os.Environ(), "PYTHONDONTWRITEBYTECODE=1"), env...)
-		out, err := cmd.CombinedOutput()
-		return string(out), err
+		return testkit.Unittest(found[0], dir, dir, "test_contract.py", env...)
 	}
 	if out, err := run("PROFILEMATE_PROTO_TABLES=" + filepath.Join(root, "proto", "tables")); err != nil {
 		t.Fatalf("suite fails on the real tables:\n%s", out)
@@ -73,7 +66,7 @@ func TestPythonContractCatchesRename(t *testing.T) {
 // kinds = (...), as attribute or keyword) against proto's kinds; the Python suite checks the
 // target list itself once it exists.
 func TestShimTargetKinds(t *testing.T) {
-	root := pyenv.RepoRoot(t)
+	root := testkit.RepoRoot(t)
 	files, _ := filepath.Glob(filepath.Join(root, "shim", "profilemate", "targets", "*.py"))
 	var mods []string
 	for _, f := range files {

@@ -242,7 +242,7 @@ func TestBatchesByKindAndSubjects(t *testing.T) {
 	if parts[0].BatchId != "20261126_205500_a1b2c3/node.a/9/forward_pass/4-7" || parts[1].BatchId != "20261126_205500_a1b2c3/node.a/9/cpu_timing/5-5" {
 		t.Errorf("ids %q %q", parts[0].BatchId, parts[1].BatchId)
 	}
-	if got := BatchSubject(parts[1]); got != "pm.v1.ev.20261126_5f205500_5fa1b2c3.node_2ea.w3.cpu_5ftiming" {
+	if got := BatchSubject(parts[1]); got != "pm.v1.ev.20261126_5f205500_5fa1b2c3.node_2ea.w3.cpu_timing" {
 		t.Errorf("subject %s", got)
 	}
 	f, err := ParseEventSubject(BatchSubject(parts[0]))

@@ -35,7 +35,11 @@ const (
 // ErrSubject marks a subject or token that does not parse.
 var ErrSubject = errors.New("bad subject")
 
-// Escape makes s one subject token, injectively: every byte outside [A-Za-z0-9-], '_' included,
+// Subject tokens: session and host are free-form and escaped (Escape); a process token and a kind
+// come from fixed vocabularies (ProcToken, KindName) and appear as written, so
+// pm.v1.ev.*.*.*.kv_cache selects one kind.
+
+// Escape makes a free-form name (session, host) one subject token, injectively: every byte outside [A-Za-z0-9-], '_' included,
 // becomes _xx (two lowercase hex digits). "a.b" → "a_2eb", "a_2eb" → "a_5f2eb". The empty string
 // becomes "_" so a token is never empty.
 func Escape(s string) string {
@@ -126,14 +130,29 @@ func ParseProcToken(tok string) (role string, n int, err error) {
 	return "", 0, fmt.Errorf("%w: process token %q", ErrSubject, tok)
 }
 
-// EventSubject is pm.v1.ev.<session>.<host>.<proc>.<kind>, every token escaped.
+// EventSubject is pm.v1.ev.<session>.<host>.<proc>.<kind>: session and host escaped, proc and kind
+// as written. A proc or kind that is not a plain token (never from ProcToken or a valid kind) is
+// escaped so the subject keeps its shape; readers then reject it.
 func EventSubject(session, host, proc, kind string) string {
-	return EventPrefix + "." + Escape(session) + "." + Escape(host) + "." + Escape(proc) + "." + Escape(kind)
+	return EventPrefix + "." + Escape(session) + "." + Escape(host) + "." + fixed(proc) + "." + fixed(kind)
 }
 
 // LifeSubject is pm.v1.life.<session>.<host>.<proc>.
 func LifeSubject(session, host, proc string) string {
-	return LifePrefix + "." + Escape(session) + "." + Escape(host) + "." + Escape(proc)
+	return LifePrefix + "." + Escape(session) + "." + Escape(host) + "." + fixed(proc)
+}
+
+// fixed writes a token of a fixed vocabulary: as written when it is one of [a-z0-9_]+.
+func fixed(tok string) string {
+	if tok == "" {
+		return "_"
+	}
+	for i := 0; i < len(tok); i++ {
+		if c := tok[i]; !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_') {
+			return Escape(tok)
+		}
+	}
+	return tok
 }
 
 // HeartbeatSubject is pm.v1.hb.<host>.
@@ -142,7 +161,7 @@ func HeartbeatSubject(host string) string { return HeartbeatPrefix + "." + Escap
 // ControlSubject is pm.v1.ctl.<host>.
 func ControlSubject(host string) string { return ControlPrefix + "." + Escape(host) }
 
-// wild escapes a filter field; "" matches any token.
+// wild escapes a free-form filter field; "" matches any token.
 func wild(s string) string {
 	if s == "" {
 		return "*"
@@ -150,14 +169,22 @@ func wild(s string) string {
 	return Escape(s)
 }
 
+// wildFixed writes a fixed-vocabulary filter field; "" matches any token.
+func wildFixed(s string) string {
+	if s == "" {
+		return "*"
+	}
+	return fixed(s)
+}
+
 // EventFilter is a subject filter over event subjects: an empty field matches any token.
 func EventFilter(session, host, proc, kind string) string {
-	return EventPrefix + "." + wild(session) + "." + wild(host) + "." + wild(proc) + "." + wild(kind)
+	return EventPrefix + "." + wild(session) + "." + wild(host) + "." + wildFixed(proc) + "." + wildFixed(kind)
 }
 
 // LifeFilter is a subject filter over lifecycle subjects: an empty field matches any token.
 func LifeFilter(session, host, proc string) string {
-	return LifePrefix + "." + wild(session) + "." + wild(host) + "." + wild(proc)
+	return LifePrefix + "." + wild(session) + "." + wild(host) + "." + wildFixed(proc)
 }
 
 // HeartbeatFilter matches one host's heartbeats, or every host's when host is "".
@@ -171,43 +198,75 @@ type SubjectFields struct {
 	Session, Host, Proc, Kind string
 }
 
-// ParseEventSubject splits an event subject back into its unescaped fields.
+// ParseEventSubject splits an event subject into its fields: session and host unescaped, proc a
+// valid process token (ParseProcToken), kind following KindName. Subjects of schema 1.0, whose
+// kind token was escaped too (kv_5fcache), still parse to their kind when that is a known one;
+// this reading goes one minor version after 1.1. Errors wrap ErrSubject.
 func ParseEventSubject(subj string) (SubjectFields, error) {
-	t, err := parseTokens(subj, EventPrefix, 4)
+	t, err := splitTokens(subj, EventPrefix, 4)
 	if err != nil {
 		return SubjectFields{}, err
 	}
-	return SubjectFields{Session: t[0], Host: t[1], Proc: t[2], Kind: t[3]}, nil
+	f, err := parseCommon(subj, t)
+	if err != nil {
+		return SubjectFields{}, err
+	}
+	f.Kind = t[3]
+	if !IsKind(f.Kind) {
+		if k, uerr := Unescape(f.Kind); uerr == nil && k != f.Kind && IsKind(k) {
+			f.Kind = k // schema 1.0 spelling
+		}
+	}
+	if err := ValidateKind(f.Kind); err != nil {
+		return SubjectFields{}, fmt.Errorf("%w: %v (in %q)", ErrSubject, err, subj)
+	}
+	return f, nil
 }
 
-// ParseLifeSubject splits a lifecycle subject back into its unescaped fields.
+// ParseLifeSubject splits a lifecycle subject into its fields (session and host unescaped).
 func ParseLifeSubject(subj string) (SubjectFields, error) {
-	t, err := parseTokens(subj, LifePrefix, 3)
+	t, err := splitTokens(subj, LifePrefix, 3)
 	if err != nil {
 		return SubjectFields{}, err
 	}
-	return SubjectFields{Session: t[0], Host: t[1], Proc: t[2]}, nil
+	return parseCommon(subj, t)
+}
+
+func parseCommon(subj string, t []string) (SubjectFields, error) {
+	var f SubjectFields
+	var err error
+	if f.Session, err = Unescape(t[0]); err != nil {
+		return f, fmt.Errorf("%w (in %q)", err, subj)
+	}
+	if f.Host, err = Unescape(t[1]); err != nil {
+		return f, fmt.Errorf("%w (in %q)", err, subj)
+	}
+	if _, _, err := ParseProcToken(t[2]); err != nil {
+		return f, fmt.Errorf("%w (in %q)", err, subj)
+	}
+	f.Proc = t[2]
+	return f, nil
 }
 
 // ParseHeartbeatSubject returns the host of a heartbeat subject.
 func ParseHeartbeatSubject(subj string) (string, error) {
-	t, err := parseTokens(subj, HeartbeatPrefix, 1)
+	t, err := splitTokens(subj, HeartbeatPrefix, 1)
 	if err != nil {
 		return "", err
 	}
-	return t[0], nil
+	return unescapeIn(subj, t[0])
 }
 
 // ParseControlSubject returns the host of a control subject.
 func ParseControlSubject(subj string) (string, error) {
-	t, err := parseTokens(subj, ControlPrefix, 1)
+	t, err := splitTokens(subj, ControlPrefix, 1)
 	if err != nil {
 		return "", err
 	}
-	return t[0], nil
+	return unescapeIn(subj, t[0])
 }
 
-func parseTokens(subj, prefix string, n int) ([]string, error) {
+func splitTokens(subj, prefix string, n int) ([]string, error) {
 	rest, ok := strings.CutPrefix(subj, prefix+".")
 	if !ok {
 		return nil, fmt.Errorf("%w: %q does not start with %s.", ErrSubject, subj, prefix)
@@ -216,15 +275,15 @@ func parseTokens(subj, prefix string, n int) ([]string, error) {
 	if len(toks) != n {
 		return nil, fmt.Errorf("%w: %q has %d tokens after %s, want %d", ErrSubject, subj, len(toks), prefix, n)
 	}
-	out := make([]string, n)
-	for i, tk := range toks {
-		v, err := Unescape(tk)
-		if err != nil {
-			return nil, fmt.Errorf("%w (in %q)", err, subj)
-		}
-		out[i] = v
+	return toks, nil
+}
+
+func unescapeIn(subj, tok string) (string, error) {
+	v, err := Unescape(tok)
+	if err != nil {
+		return "", fmt.Errorf("%w (in %q)", err, subj)
 	}
-	return out, nil
+	return v, nil
 }
 
 // MsgID is the Nats-Msg-Id of an event batch: <session>/<host>/<pid>/<kind>/<first seq>-<last seq>.

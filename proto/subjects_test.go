@@ -186,3 +186,48 @@ func TestMsgIDs(t *testing.T) {
 		t.Error("life ids of successive records collide")
 	}
 }
+
+// TestFixedTokensAsWritten: kinds and process tokens appear in subjects as written, so a plain
+// wildcard on the kind selects it; only session and host are escaped.
+func TestFixedTokensAsWritten(t *testing.T) {
+	for _, k := range Kinds() {
+		s := EventSubject("20261126_205500_a1b2c3", "gpu.node_1", "w3", k)
+		want := "pm.v1.ev.20261126_5f205500_5fa1b2c3.gpu_2enode_5f1.w3." + k
+		if s != want {
+			t.Errorf("kind %s: subject %s, want %s", k, s, want)
+		}
+		if !matches("pm.v1.ev.*.*.*."+k, s) {
+			t.Errorf("pm.v1.ev.*.*.*.%s does not match %s", k, s)
+		}
+	}
+	if s := LifeSubject("s", "h", "eng0"); s != "pm.v1.life.s.h.eng0" {
+		t.Errorf("life subject %s", s)
+	}
+	// Not from the vocabulary: escaped so the subject keeps its shape, then unknown to readers.
+	if s := EventSubject("s", "h", "w0", "a.b"); strings.Count(s, ".") != 6 {
+		t.Errorf("odd kind broke the subject: %s", s)
+	} else if f, err := ParseEventSubject(s); err == nil && (f.Kind == "a.b" || IsKind(f.Kind)) {
+		t.Errorf("odd kind parsed as %q", f.Kind)
+	}
+	for _, bad := range []string{"pm.v1.ev.s.h.x1.kv_cache", "pm.v1.ev.s.h.w01.kv_cache", "pm.v1.ev.s.h.w0.KV", "pm.v1.ev.s.h.w0.9a"} {
+		if _, err := ParseEventSubject(bad); !errors.Is(err, ErrSubject) {
+			t.Errorf("%s parsed: %v", bad, err)
+		}
+	}
+}
+
+// TestPreviousSpellingReads: schema 1.0 agents escaped kind tokens too (kv_5fcache); a hub reads
+// those subjects as the same kind for one minor version, so a rolling upgrade loses nothing.
+func TestPreviousSpellingReads(t *testing.T) {
+	for _, k := range Kinds() {
+		old := "pm.v1.ev.20261126_5f205500_5fa1b2c3.node_2ea.w3." + Escape(k)
+		f, err := ParseEventSubject(old)
+		if err != nil || f.Kind != k || f.Session != "20261126_205500_a1b2c3" || f.Host != "node.a" || f.Proc != "w3" {
+			t.Errorf("previous spelling %s: %+v, %v", old, f, err)
+		}
+	}
+	// An escaped token that is not a known kind is read as written (and refused as unknown later).
+	if f, err := ParseEventSubject("pm.v1.ev.s.h.w0.new_5fkind"); err != nil || f.Kind != "new_5fkind" {
+		t.Errorf("unknown escaped kind: %+v, %v", f, err)
+	}
+}

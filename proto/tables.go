@@ -307,17 +307,22 @@ func TableNames() []string {
 
 // ShimTablesJSON is the shim's copy of the tables (shim/profilemate/_tables.json), which
 // profilemate.schema reads: {"schema_major", "schema_minor", "common": [columns], "kinds":
-// {kind: [tables]}, "tables": {table: schema}}. Regenerate it with `go generate ./proto`.
+// {kind: [tables]}, "tables": {table: schema}, "names": {"session"|"host"|"kind": NameRule}}.
+// Regenerate it with `go generate ./proto`.
 func (r *Registry) ShimTablesJSON() ([]byte, error) {
 	type out struct {
-		SchemaMajor int                 `json:"schema_major"`
-		SchemaMinor int                 `json:"schema_minor"`
-		Common      []Column            `json:"common"`
-		Kinds       map[string][]string `json:"kinds"`
-		Tables      map[string]*Schema  `json:"tables"`
+		SchemaMajor int                  `json:"schema_major"`
+		SchemaMinor int                  `json:"schema_minor"`
+		Common      []Column             `json:"common"`
+		Kinds       map[string][]string  `json:"kinds"`
+		Tables      map[string]*Schema   `json:"tables"`
+		Names       map[string]*NameRule `json:"names"`
 	}
 	o := out{SchemaMajor: SchemaMajor, SchemaMinor: SchemaMinor, Common: r.Common,
-		Kinds: map[string][]string{}, Tables: map[string]*Schema{}}
+		Kinds: map[string][]string{}, Tables: map[string]*Schema{}, Names: map[string]*NameRule{}}
+	for _, n := range NameRules() {
+		o.Names[n.What] = n
+	}
 	for _, k := range kindOrder {
 		o.Kinds[k] = r.KindTables(k)
 	}

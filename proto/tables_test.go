@@ -10,7 +10,7 @@ import (
 	"testing"
 	"testing/fstest"
 
-	"github.com/profilemate/profilemate/internal/pyenv"
+	"github.com/profilemate/profilemate/internal/testkit"
 )
 
 var update = flag.Bool("update", false, "rewrite shim/profilemate/_tables.json from proto/tables")
@@ -159,7 +159,7 @@ func TestLoadRejectsBrokenSchemas(t *testing.T) {
 }
 
 func shimTablesPath(t *testing.T) string {
-	return filepath.Join(pyenv.RepoRoot(t), "shim", "profilemate", "_tables.json")
+	return filepath.Join(testkit.RepoRoot(t), "shim", "profilemate", "_tables.json")
 }
 
 // TestShimTablesFresh fails when the shim's copy of the tables is stale; -update rewrites it.

@@ -7,19 +7,15 @@ import (
 	"testing"
 
 	"github.com/profilemate/profilemate/internal/pyenv"
+	"github.com/profilemate/profilemate/internal/testkit"
 )
 
 // TestPythonSuites runs shim/tests (import-order matrix, activation, signals, fork, spawn tree,
 // doctor) under every Python 3.9–3.13 found; on CI a missing interpreter fails.
 func TestPythonSuites(t *testing.T) {
-	root := pyenv.RepoRoot(t)
+	root := testkit.RepoRoot(t)
 	dir := filepath.Join(root, "shim", "tests")
-	for _, py := range pyenv.ForTest(t) {
-		py := py
-		t.Run(py.String(), func(t *testing.T) {
-			pyenv.RunUnittest(t, py, dir, filepath.Join(root, "shim"), "test_*.py")
-		})
-	}
+	testkit.RunSuites(t, dir, filepath.Join(root, "shim"), "test_*.py")
 }
 
 // TestMoETorch runs the MoE counter's tensor path on CPU tensors with the system interpreter,
@@ -29,8 +25,8 @@ func TestMoETorch(t *testing.T) {
 	if err := exec.Command(sys, "-c", "import torch").Run(); err != nil {
 		t.Skipf("%s cannot import torch: %v", sys, err)
 	}
-	root := pyenv.RepoRoot(t)
-	pyenv.RunUnittest(t, pyenv.Interpreter{Version: "system", Path: sys}, filepath.Join(root, "shim", "tests"),
+	root := testkit.RepoRoot(t)
+	testkit.RunUnittest(t, pyenv.Interpreter{Version: "system", Path: sys}, filepath.Join(root, "shim", "tests"),
 		filepath.Join(root, "shim"), "test_moe_torch.py")
 }
 

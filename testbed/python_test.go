@@ -5,19 +5,14 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/profilemate/profilemate/internal/pyenv"
+	"github.com/profilemate/profilemate/internal/testkit"
 )
 
 // TestPythonSuites runs testbed/tests (conformance, ground truth, discrimination) under every Python.
 func TestPythonSuites(t *testing.T) {
-	root := pyenv.RepoRoot(t)
+	root := testkit.RepoRoot(t)
 	dir := filepath.Join(root, "testbed", "tests")
-	for _, py := range pyenv.ForTest(t) {
-		py := py
-		t.Run(py.String(), func(t *testing.T) {
-			pyenv.RunUnittest(t, py, dir, filepath.Join(root, "testbed"), "test_*.py")
-		})
-	}
+	testkit.RunSuites(t, dir, filepath.Join(root, "testbed"), "test_*.py")
 }
 
 // TestUnpack writes the embedded tree and checks that every era's vllm package and the script arrive.

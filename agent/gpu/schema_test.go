@@ -6,13 +6,13 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/profilemate/profilemate/internal/pyenv"
+	"github.com/profilemate/profilemate/internal/testkit"
 )
 
 // TestColumnsMatchSchema checks every column the sampler emits against the gpu_metrics schema
 // file the hub writes CSVs from (name and type).
 func TestColumnsMatchSchema(t *testing.T) {
-	path := filepath.Join(pyenv.RepoRoot(t), "proto", "tables", Table+".json")
+	path := filepath.Join(testkit.RepoRoot(t), "proto", "tables", Table+".json")
 	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Skipf("schema not present: %v", err)

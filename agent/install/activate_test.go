@@ -6,13 +6,13 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/profilemate/profilemate/internal/pyenv"
+	"github.com/profilemate/profilemate/internal/testkit"
 )
 
 // TestInstallActivatesShim installs the real shim into a scratch venv and runs the venv's python,
 // with no PYTHONPATH of ours, against the vLLM-shaped test tree.
 func TestInstallActivatesShim(t *testing.T) {
-	repo := pyenv.RepoRoot(t)
+	repo := testkit.RepoRoot(t)
 	era := filepath.Join(repo, "testbed", "eras", "v0_16_0")
 	if _, err := os.Stat(filepath.Join(era, "vllm")); err != nil {
 		t.Skipf("test tree not present: %v", err)
@@ -22,7 +22,7 @@ func TestInstallActivatesShim(t *testing.T) {
 	}
 	// The shim's Python files as pmagent embeds them (shim.FS holds the same tree).
 	src := Source{FS: os.DirFS(filepath.Join(repo, "shim")), Version: "0.0.0.dev0"}
-	for _, py := range pyenv.ForTest(t) {
+	for _, py := range testkit.Interpreters(t) {
 		t.Run(py.String(), func(t *testing.T) {
 			python := venv(t, py)
 			root := filepath.Dir(filepath.Dir(python))

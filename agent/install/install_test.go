@@ -13,6 +13,7 @@ import (
 	"testing/fstest"
 
 	"github.com/profilemate/profilemate/internal/pyenv"
+	"github.com/profilemate/profilemate/internal/testkit"
 )
 
 // fixture is a minimal profilemate package for the copy/record/remove mechanics; the real shim is
@@ -103,7 +104,7 @@ g = eps.select(group="vllm.general_plugins") if hasattr(eps, "select") else eps.
 print(sorted(e.name + "=" + e.value for e in g))`
 
 func TestInstallUninstallRoundTrip(t *testing.T) {
-	for _, py := range pyenv.ForTest(t) {
+	for _, py := range testkit.Interpreters(t) {
 		t.Run(py.String(), func(t *testing.T) {
 			python := venv(t, py)
 			root := filepath.Dir(filepath.Dir(python))
@@ -189,7 +190,7 @@ func sortCopy(s []string) []string {
 }
 
 func TestRefusesForeignFiles(t *testing.T) {
-	pys := pyenv.ForTest(t)
+	pys := testkit.Interpreters(t)
 	python := venv(t, pys[len(pys)-1])
 	m, err := InstallFrom(python, fixture("0.1.0"))
 	if err != nil {

@@ -23,6 +23,12 @@ func pipelineFlags() []cli.Flag {
 		&cli.StringFlag{Name: "spool-dir", Usage: "where undelivered batches wait on disk", EnvVars: []string{"PROFILEMATE_SPOOL_DIR"}, Value: defaultSpoolDir()},
 		&cli.Int64Flag{Name: "spool-max-bytes", Usage: "disk spool limit; beyond it batches are dropped and counted", EnvVars: []string{"PROFILEMATE_SPOOL_MAX_BYTES"}, Value: 1 << 30},
 		&cli.Int64Flag{Name: "queue-max-bytes", Usage: "memory queue limit before the disk spool is used", EnvVars: []string{"PROFILEMATE_QUEUE_MAX_BYTES"}, Value: 32 << 20},
+		&cli.DurationFlag{Name: "spool-sync", Usage: "fsync interval of the disk spool: what a killed agent can lose while NATS is down", EnvVars: []string{"PROFILEMATE_SPOOL_SYNC"}, Value: agent.DefaultSpoolSync},
+		&cli.Int64Flag{Name: "dead-letter-max-bytes", Usage: "size cap of the file of messages NATS refused permanently; beyond it they are only counted", EnvVars: []string{"PROFILEMATE_DEAD_LETTER_MAX_BYTES"}, Value: agent.DefaultDeadLetterMaxBytes},
+		&cli.Int64Flag{Name: "dead-letter-max-count", Usage: "message cap of the dead-letter file", EnvVars: []string{"PROFILEMATE_DEAD_LETTER_MAX_COUNT"}, Value: agent.DefaultDeadLetterMaxCount},
+		&cli.IntFlag{Name: "max-line-bytes", Usage: "longest socket line; longer ones are discarded and counted", EnvVars: []string{"PROFILEMATE_MAX_LINE_BYTES"}, Value: agent.DefaultMaxLine},
+		&cli.IntFlag{Name: "max-connections", Usage: "open socket connections; more are closed at once and counted", EnvVars: []string{"PROFILEMATE_MAX_CONNECTIONS"}, Value: agent.DefaultMaxConns},
+		&cli.Int64Flag{Name: "max-buffered-bytes", Usage: "bytes of incomplete socket lines held by all connections together; a line beyond it is discarded and counted", EnvVars: []string{"PROFILEMATE_MAX_BUFFERED_BYTES"}, Value: agent.DefaultMaxBuffered},
 		&cli.BoolFlag{Name: "core-nats", Usage: "publish with core NATS, without JetStream acknowledgements (events can be lost)", EnvVars: []string{"PROFILEMATE_CORE_NATS"}},
 		&cli.BoolFlag{Name: "create-stream", Usage: "create the PROFILEMATE stream when missing (normally the hub does)", EnvVars: []string{"PROFILEMATE_CREATE_STREAM"}},
 		&cli.StringFlag{Name: "tls-ca", Usage: "CA certificate for the NATS server", EnvVars: []string{"PROFILEMATE_TLS_CA"}},
@@ -80,8 +86,15 @@ func agentConfig(c *cli.Context) (agent.Config, error) {
 		SpoolDir: c.String("spool-dir"),
 		SpoolMax: c.Int64("spool-max-bytes"),
 		MemMax:   c.Int64("queue-max-bytes"),
-		Version:  c.App.Version,
-		Logger:   log,
+
+		SpoolSync:          c.Duration("spool-sync"),
+		DeadLetterMaxBytes: c.Int64("dead-letter-max-bytes"),
+		DeadLetterMaxCount: c.Int64("dead-letter-max-count"),
+		MaxLine:            c.Int("max-line-bytes"),
+		MaxConns:           c.Int("max-connections"),
+		MaxBuffered:        c.Int64("max-buffered-bytes"),
+		Version:            c.App.Version,
+		Logger:             log,
 		NATS: agent.NATSConfig{
 			URL: c.String("nats"), CoreNATS: c.Bool("core-nats"), CreateStream: c.Bool("create-stream"),
 			TLSCA: c.String("tls-ca"), TLSCert: c.String("tls-cert"), TLSKey: c.String("tls-key"),
@@ -90,6 +103,12 @@ func agentConfig(c *cli.Context) (agent.Config, error) {
 	}
 	if cfg.SpoolMax <= 0 || cfg.MemMax <= 0 {
 		return cfg, cli.Exit("pmagent: --spool-max-bytes and --queue-max-bytes must be positive", 2)
+	}
+	if cfg.SpoolSync <= 0 || cfg.DeadLetterMaxBytes <= 0 || cfg.DeadLetterMaxCount <= 0 {
+		return cfg, cli.Exit("pmagent: --spool-sync, --dead-letter-max-bytes and --dead-letter-max-count must be positive", 2)
+	}
+	if cfg.MaxLine <= 0 || cfg.MaxConns <= 0 || cfg.MaxBuffered <= 0 {
+		return cfg, cli.Exit("pmagent: --max-line-bytes, --max-connections and --max-buffered-bytes must be positive", 2)
 	}
 	if (cfg.NATS.TLSCert == "") != (cfg.NATS.TLSKey == "") {
 		return cfg, cli.Exit("pmagent: --tls-cert and --tls-key go together", 2)

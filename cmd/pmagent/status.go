@@ -16,6 +16,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/profilemate/profilemate/agent"
 	"github.com/profilemate/profilemate/agent/gpu"
 )
 
@@ -36,7 +37,17 @@ var statusCommand = &cli.Command{
 		&cli.DurationFlag{Name: "timeout", Value: 5 * time.Second, Usage: "how long to wait for the agent"},
 	},
 	Action: func(c *cli.Context) error {
-		raw, err := askAgentStatus(c.String("socket"), c.Duration("timeout"))
+		socket := c.String("socket")
+		if !c.IsSet("socket") {
+			// Where the shims look: the first agent found among the default places.
+			found, tried := agent.FindSocket()
+			if found == "" {
+				return cli.Exit("pmagent: no agent running on any of "+strings.Join(tried, ", ")+
+					" (start one with `pmagent serve`, or pass --socket)", 3)
+			}
+			socket = found
+		}
+		raw, err := askAgentStatus(socket, c.Duration("timeout"))
 		if err != nil {
 			return cli.Exit("pmagent: "+err.Error(), 3)
 		}

@@ -1,7 +1,10 @@
 // Package clock measures how far a host's wall clock is from the hub's, so events from many hosts
-// can be put on one timeline. The hub answers requests on the clock subject with its own time
-// (Serve); the agent asks a few times, keeps the sample with the shortest round trip and reports
-// offset = server_ts - (t0+t1)/2 with uncertainty = round trip / 2 (Measure, Tracker).
+// can be put on one timeline. The exchange is proto's: the agent sends a ClockRequest with its
+// send time t1 on proto.ClockSubject (core NATS request/reply); the hub answers with a ClockReply
+// echoing t1 and giving its receive and reply times t2, t3 (Serve). The agent notes its receive
+// time t4, asks a few times, keeps the sample with the shortest round trip and reports
+// offset = ((t2 − t1) + (t3 − t4)) / 2 with uncertainty = round trip / 2, where round trip =
+// (t4 − t1) − (t3 − t2) (Measure, Tracker). All times are Unix nanoseconds.
 package clock
 
 import (
@@ -14,35 +17,50 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	gproto "google.golang.org/protobuf/proto"
+
+	"github.com/profilemate/profilemate/proto"
+	"github.com/profilemate/profilemate/proto/pmpb"
 )
 
-// Subject is the core-NATS request/reply subject the hub answers on. It mirrors the name fixed in
-// docs/ARCHITECTURE.md (pm.v1.clock).
-var Subject = "pm.v1.clock"
-
-// Reply is the hub's answer: its wall clock in Unix nanoseconds when it handled the request.
-type Reply struct {
+// legacyReply is the JSON answer of schema 1.0 hubs to an empty request. A hub still sends it to
+// an agent of that version (empty request body) so a rolling upgrade keeps clock offsets; to be
+// removed one minor version after 1.1.
+type legacyReply struct {
 	ServerNS int64 `json:"server_ns"`
 }
 
-// Serve answers clock requests on Subject with now() until ctx is cancelled. now is the hub's
-// clock (time.Now when nil); tests inject a skewed one. The subscription is drained when ctx ends.
+// Serve answers ClockRequests on proto.ClockSubject with now() until ctx is cancelled. now is the
+// hub's clock (time.Now when nil); tests inject a skewed one. A request whose body is not a
+// ClockRequest gets no answer (the asker times out); an empty body is an agent of schema 1.0 and
+// gets its JSON reply. The subscription ends when ctx ends.
 func Serve(ctx context.Context, nc *nats.Conn, now func() time.Time) (*nats.Subscription, error) {
 	if now == nil {
 		now = time.Now
 	}
 	log := slog.With("component", "clock")
-	sub, err := nc.Subscribe(Subject, func(m *nats.Msg) {
+	sub, err := nc.Subscribe(proto.ClockSubject, func(m *nats.Msg) {
+		t2 := now().UnixNano()
 		if m.Reply == "" {
 			return
 		}
-		b, _ := json.Marshal(Reply{ServerNS: now().UnixNano()})
+		var b []byte
+		if len(m.Data) == 0 {
+			b, _ = json.Marshal(legacyReply{ServerNS: t2})
+		} else {
+			var req pmpb.ClockRequest
+			if err := gproto.Unmarshal(m.Data, &req); err != nil {
+				log.Debug("clock request not decoded", "err", err)
+				return
+			}
+			b, _ = gproto.Marshal(&pmpb.ClockReply{T1Ns: req.GetT1Ns(), T2Ns: t2, T3Ns: now().UnixNano()})
+		}
 		if err := m.Respond(b); err != nil {
 			log.Warn("clock reply failed", "err", err)
 		}
 	})
 	if err != nil {
-		return nil, fmt.Errorf("subscribe %s: %w", Subject, err)
+		return nil, fmt.Errorf("subscribe %s: %w", proto.ClockSubject, err)
 	}
 	go func() {
 		<-ctx.Done()
@@ -65,8 +83,9 @@ type Offset struct {
 var ErrNoReply = errors.New("no clock reply")
 
 // Measure asks the hub samples times (at least 1) and keeps the sample with the shortest round
-// trip, the one whose midpoint is least distorted by queueing. now is the local clock (time.Now when
-// nil); timeout bounds each request.
+// trip, the one least distorted by queueing. now is the local clock (time.Now when nil); timeout
+// bounds each request. It fails with ErrNoReply (wrapped) when no request was answered, or with
+// the last request's error.
 func Measure(ctx context.Context, nc *nats.Conn, samples int, timeout time.Duration, now func() time.Time) (Offset, error) {
 	if now == nil {
 		now = time.Now
@@ -81,29 +100,31 @@ func Measure(ctx context.Context, nc *nats.Conn, samples int, timeout time.Durat
 			return Offset{}, err
 		}
 		rctx, cancel := context.WithTimeout(ctx, timeout)
-		t0 := now()
-		m, err := nc.RequestWithContext(rctx, Subject, nil)
 		t1 := now()
+		req, _ := gproto.Marshal(&pmpb.ClockRequest{T1Ns: t1.UnixNano()})
+		m, err := nc.RequestWithContext(rctx, proto.ClockSubject, req)
+		t4 := now()
 		cancel()
 		if err != nil {
 			lastErr = err
 			continue
 		}
-		var r Reply
-		if err := json.Unmarshal(m.Data, &r); err != nil || r.ServerNS == 0 {
-			lastErr = fmt.Errorf("bad clock reply %q: %w", m.Data, err)
+		var r pmpb.ClockReply
+		if err := gproto.Unmarshal(m.Data, &r); err != nil || r.GetT2Ns() == 0 || r.GetT1Ns() != t1.UnixNano() {
+			lastErr = fmt.Errorf("bad clock reply %.40q: %v", m.Data, err)
 			continue
 		}
-		rtt := t1.Sub(t0)
-		if rtt < 0 { // local wall clock stepped backwards mid-request: the sample means nothing
+		// Hub time spent between receiving and replying is not part of the round trip.
+		rtt := t4.Sub(t1) - time.Duration(r.GetT3Ns()-r.GetT2Ns())
+		if rtt < 0 || t4.Before(t1) { // a clock stepped mid-request: the sample means nothing
 			continue
 		}
-		mid := t0.UnixNano() + int64(rtt)/2
+		off := (r.GetT2Ns() - t1.UnixNano() + r.GetT3Ns() - t4.UnixNano()) / 2
 		o := Offset{
-			Offset:      time.Duration(r.ServerNS - mid),
+			Offset:      time.Duration(off),
 			Uncertainty: rtt/2 + rtt%2,
 			RTT:         rtt,
-			At:          t0.Add(rtt / 2),
+			At:          t1.Add(t4.Sub(t1) / 2),
 		}
 		if best.Samples == 0 || o.RTT < best.RTT {
 			o.Samples = best.Samples
@@ -115,7 +136,7 @@ func Measure(ctx context.Context, nc *nats.Conn, samples int, timeout time.Durat
 		if lastErr == nil {
 			lastErr = ErrNoReply
 		}
-		return Offset{}, fmt.Errorf("measure clock offset on %s: %w", Subject, lastErr)
+		return Offset{}, fmt.Errorf("measure clock offset on %s: %w", proto.ClockSubject, lastErr)
 	}
 	return best, nil
 }

@@ -2,31 +2,22 @@ package clock
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	gproto "google.golang.org/protobuf/proto"
+
+	"github.com/profilemate/profilemate/internal/testkit"
+	"github.com/profilemate/profilemate/proto"
+	"github.com/profilemate/profilemate/proto/pmpb"
 )
 
 func startNATS(t *testing.T) *nats.Conn {
 	t.Helper()
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	t.Cleanup(ns.Shutdown)
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server not ready")
-	}
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	return nc
+	return testkit.Connect(t, testkit.StartNATS(t).ClientURL())
 }
 
 func TestMeasureSkewedHub(t *testing.T) {
@@ -117,5 +108,40 @@ func TestTrackerKeepsValueAndReportsNoHub(t *testing.T) {
 	}
 	if got, ok := tr.Latest(); !ok || got != o {
 		t.Errorf("latest after failure: got %v %v, want %v", got, ok, o)
+	}
+}
+
+// TestExchangeIsProtoMessages checks the wire of the exchange: a ClockRequest on proto's
+// ClockSubject is answered with a ClockReply echoing t1, and an empty request (an agent of schema
+// 1.0) still gets that version's JSON reply.
+func TestExchangeIsProtoMessages(t *testing.T) {
+	nc := startNATS(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	hubNow := time.Unix(0, 1_800_000_000_000_000_000)
+	if _, err := Serve(ctx, nc, func() time.Time { return hubNow }); err != nil {
+		t.Fatal(err)
+	}
+	req, _ := gproto.Marshal(&pmpb.ClockRequest{Host: "gpu-1", T1Ns: 42})
+	m, err := nc.Request(proto.ClockSubject, req, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r pmpb.ClockReply
+	if err := gproto.Unmarshal(m.Data, &r); err != nil {
+		t.Fatal(err)
+	}
+	if r.GetT1Ns() != 42 || r.GetT2Ns() != hubNow.UnixNano() || r.GetT3Ns() != hubNow.UnixNano() {
+		t.Errorf("reply %v: want t1 echoed and hub times", &r)
+	}
+	m, err = nc.Request(proto.ClockSubject, nil, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var legacy struct {
+		ServerNS int64 `json:"server_ns"`
+	}
+	if err := json.Unmarshal(m.Data, &legacy); err != nil || legacy.ServerNS != hubNow.UnixNano() {
+		t.Errorf("legacy reply %q: %v", m.Data, err)
 	}
 }

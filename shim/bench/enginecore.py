@@ -40,7 +40,8 @@ def per_call_ns(fn, n=200000, reps=7):
 
 def bench_evict():
     from profilemate import runtime
-    from profilemate.targets import block_pool, kv_cache_manager
+    from profilemate import stepctx
+    from profilemate.targets import block_pool
 
     class Pool:
         def _maybe_evict_cached_block(self, block):
@@ -54,7 +55,7 @@ def bench_evict():
         base = per_call_ns(lambda: m_raw(p, blk))
         wr = per_call_ns(lambda: m_wr(p, blk))
         rows[label] = (base, wr)
-    kv_cache_manager.reset()
+    stepctx.kv_reset()
     return rows
 
 

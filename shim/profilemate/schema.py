@@ -5,6 +5,7 @@ checkout without it, from ../../proto/tables; else only the common columns are k
 """
 import json
 import os
+import re
 
 COMMON_FALLBACK = ["session", "host", "pid", "role", "dp", "pp", "tp", "ep", "seq", "step", "ts_ns"]
 
@@ -34,12 +35,13 @@ def _load():
     if "tables" in _cache:
         return _cache
     here = os.path.dirname(os.path.abspath(__file__))
-    common, tables = list(COMMON_FALLBACK), {}
+    common, tables, names = list(COMMON_FALLBACK), {}, {}
     try:
         with open(os.path.join(here, "_tables.json")) as f:
             doc = json.load(f)
         common = [c["name"] for c in doc["common"]]
         tables = {t: [c["name"] for c in v["columns"]] for t, v in doc["tables"].items()}
+        names = dict(doc.get("names") or {})
         _cache["source"] = "_tables.json"
     except (OSError, ValueError, KeyError):
         folder = os.path.join(here, "..", "..", "proto", "tables")
@@ -57,7 +59,7 @@ def _load():
             _cache["source"] = folder
         except (OSError, ValueError, KeyError):
             _cache["source"] = "fallback"
-    _cache["common"], _cache["tables"] = common, tables
+    _cache["common"], _cache["tables"], _cache["names"] = common, tables, names
     return _cache
 
 
@@ -79,4 +81,29 @@ def table_kind(table):
     for kind, tables in KIND_TABLES.items():
         if table in tables:
             return kind
+    return None
+
+
+def name_error(what, name):
+    """Checks a name against proto's grammar (proto/names.go, exported in _tables.json "names").
+
+    what is "session", "host" or "kind"; name a str. Returns None when the name is valid, else
+    a one-line reason naming the rule (never raises). Without the rules (no _tables.json) every
+    non-empty str passes: the agent checks again.
+    """
+    if not isinstance(name, str) or not name:
+        return "empty %s" % what
+    rule = _load()["names"].get(what)
+    if not rule:
+        return None
+    size = len(name.encode("utf-8", "replace"))
+    if size > rule.get("max_len", size):
+        return "%s of %d bytes: at most %d" % (what, size, rule["max_len"])
+    try:
+        ok = re.fullmatch(rule["pattern"], name) is not None
+    except (re.error, KeyError, TypeError):
+        return None
+    if not ok:
+        return "%s %r: only %s (at most %d bytes)" % (what, name[:40], rule.get("rule", rule["pattern"]),
+                                                      rule.get("max_len", 0))
     return None

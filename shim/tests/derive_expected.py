@@ -16,7 +16,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, "shim"))
 
-ERAS = {"v0_7_3": "v0.7.3", "v0_10_2": "v0.10.2", "v0_16_0": "v0.16.0", "main_2026_08_20": "main-2026-08-20"}
+ERAS = {"v0_7_3": "v0.7.3", "v0_10_2": "v0.10.2", "v0_11_0": "v0.11.0", "v0_16_0": "v0.16.0", "main_2026_08_20": "main-2026-08-20"}
 
 
 def _classes(era_doc):

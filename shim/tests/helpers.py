@@ -119,3 +119,46 @@ def run_engine_sim(testcase, era, env, truth_key, tables, model="sim/m", prefix=
         path = os.path.join(folders[0], name + ".csv")
         rows[name] = csv_rows(path) if os.path.exists(path) else []
     return proc[0], rows, read_json(os.path.join(folders[0], "metadata.json"))
+
+
+class Proc:
+    """One process of a simulator run: its ground truth, and what the shim wrote in its folder."""
+
+    def __init__(self, truth, folder, tables, meta):
+        self.truth, self.folder, self.tables, self.meta = truth, folder, tables, meta
+
+
+def run_tree(testcase, era, env, tables, model="sim/m", prefix="pm-tree-", timeout=180):
+    """Runs `vllm serve` of the simulator under the shim (folder sink) with env (PMSIM_TP/PP/DP...);
+    returns [Proc] for every EngineCore and worker process, matched to its ground truth by pid.
+    Fails the test when a process with ground truth has no folder or the other way round."""
+    import shutil
+    out = tempfile.mkdtemp(prefix=prefix)
+    testcase.addCleanup(shutil.rmtree, out, True)
+    gt = os.path.join(out, "truth.json")
+    env = dict(env, PMSIM_GROUND_TRUTH=gt)
+    try:
+        r = run([os.path.join(TESTBED, "bin", "vllm"), "serve", model],
+                [os.path.join(TESTBED, "eras", era), TESTBED], env=env, out_dir=os.path.join(out, "pm"),
+                timeout=timeout)
+    except subprocess.TimeoutExpired:
+        testcase.fail("era %s: the simulator did not finish within %d s" % (era, timeout))
+    testcase.assertEqual(r.returncode, 0, r.stderr[-3000:])
+    truth = read_json(gt)
+    folders = {}
+    for d in glob.glob(os.path.join(out, "pm", "session_*", "*-*-*")):
+        if os.path.isdir(d):
+            folders[int(d.rsplit("-", 1)[1])] = d
+    procs = []
+    for p in truth["processes"]:
+        if p["role"] not in ("engine_core", "worker"):
+            continue
+        d = folders.get(p["pid"])
+        testcase.assertIsNotNone(d, "%s %s (pid %d) wrote no folder: %s" % (p["role"], p["rank"], p["pid"],
+                                                                            sorted(folders.values())))
+        rows = {}
+        for name in tables:
+            path = os.path.join(d, name + ".csv")
+            rows[name] = csv_rows(path) if os.path.exists(path) else []
+        procs.append(Proc(p, d, rows, read_json(os.path.join(d, "metadata.json"))))
+    return procs

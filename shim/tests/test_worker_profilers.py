@@ -13,7 +13,7 @@ import unittest
 
 from tests import helpers as h
 
-ERAS = ("v0_7_3", "v0_10_2", "v0_16_0", "main_2026_08_20")
+ERAS = ("v0_7_3", "v0_10_2", "v0_11_0", "v0_16_0", "main_2026_08_20")
 UNOBSERVABLE_MOE = ("v0_7_3",)
 
 
@@ -39,10 +39,10 @@ def compare(era, truth, tables, per_layer=True):
     steps = [int(r["step"]) for r in usage]
     if steps != list(range(1, truth["runner_steps"] + 1)):
         diffs.append("usage steps %s" % steps)
-    # The simulator captures FULL graphs without a wrapper (like MRv2's CudaGraphManager): only
-    # the PIECEWISE captures are observable there.
+    # Every capture, FULL ones included (V1: the FULL CUDAGraphWrapper around the model; V2: the
+    # graph manager), one row per (mode, size).
     caps = sorted((r["mode"], int(r["num_tokens"])) for r in tables["cuda_graph_captures"])
-    want_caps = sorted((c["mode"], c["size"]) for c in truth["captures"] if c["mode"] == "PIECEWISE")
+    want_caps = sorted((c["mode"], c["size"]) for c in truth["captures"])
     if caps != want_caps:
         diffs.append("captures %s != %s" % (caps, want_caps))
     fp = [int(r["step"]) for r in tables["forward_pass_timing"]]
@@ -65,13 +65,18 @@ def compare(era, truth, tables, per_layer=True):
     counts = collections.defaultdict(lambda: [0] * len(truth["expert_counts"][0]))
     for r in moe:
         counts[int(r["layer_index"])][int(r["expert"])] += int(r["count"])
+    # A pipeline stage routes through its own layers only (truth: own_layers).
+    own = truth.get("own_layers", list(range(truth["moe_layers"])))
     got = [counts[j] for j in range(truth["moe_layers"])]
+    want = truth["expert_counts"]
     if not per_layer:  # totals only (see test_enforce_eager)
         got = [sum(c) for c in got]
-        truth = dict(truth, expert_counts=[truth["routed_tokens"] * truth["top_k"]] * truth["moe_layers"])
-    if got != truth["expert_counts"] or len(counts) != truth["moe_layers"]:
-        diffs.append("expert counts %s != %s" % (got, truth["expert_counts"]))
-    covered = sum(int(r["interval_steps"]) for r in moe if r["expert"] == "0" and r["layer_index"] == "0")
+        want = [truth["routed_tokens"] * truth["top_k"] if j in own else 0 for j in range(truth["moe_layers"])]
+    counted = sorted(j for j in counts if any(counts[j]))
+    if got != want or counted != sorted(own):
+        diffs.append("expert counts %s != %s (layers %s, own %s)" % (got, want, counted, own))
+    first = str(own[0]) if own else "0"
+    covered = sum(int(r["interval_steps"]) for r in moe if r["expert"] == "0" and r["layer_index"] == first)
     if covered != truth["runner_steps"]:
         diffs.append("intervals cover %d steps, not %d" % (covered, truth["runner_steps"]))
     return diffs
@@ -92,6 +97,8 @@ class WorkerProfilers(unittest.TestCase):
         truth, tables, meta = run_sim(self, era)
         self.assertGreater(truth["steps_by_mode"]["PIECEWISE"] + truth["steps_by_mode"]["FULL"], 0)
         self.assertEqual(compare(era, truth, tables), [])
+        if era != "v0_7_3":  # v0.10+ capture FULL graphs for uniform decode batches
+            self.assertIn("FULL", {r["mode"] for r in tables["cuda_graph_captures"]})
         # One dropped event of each kind makes the comparison fail.
         for name, pick in (("cuda_graph_usage", lambda r: r["runtime_mode"] != "NONE"),
                            ("cuda_graph_captures", lambda r: True),
@@ -114,6 +121,9 @@ class WorkerProfilers(unittest.TestCase):
     def test_v0_10_2(self):
         self.check("v0_10_2")
 
+    def test_v0_11_0(self):
+        self.check("v0_11_0")
+
     def test_v0_16_0(self):
         self.check("v0_16_0")
 
@@ -125,6 +135,12 @@ class WorkerProfilers(unittest.TestCase):
         truth, tables, _ = run_sim(self, "main_2026_08_20", {"PMSIM_V2_RUNNER": "0"})
         self.assertEqual(compare("main_2026_08_20", truth, tables), [])
         self.assertEqual({r["source"] for r in tables["cuda_graph_usage"]}, {"runner"})
+
+    def test_v0_16_v2_runner(self):
+        # v0.16's V2 runner: FULL graphs only, captured by CudaGraphManager.capture_graph per size.
+        truth, tables, _ = run_sim(self, "v0_16_0", {"PMSIM_V2_RUNNER": "1"})
+        self.assertEqual(compare("v0_16_0", truth, tables), [])
+        self.assertEqual({r["mode"] for r in tables["cuda_graph_captures"]}, {"FULL"})
 
     def test_enforce_eager(self):
         # In eager mode the simulator routes every MoE layer with layer 0's table while its ground

@@ -20,6 +20,13 @@ def _bool(name, default=False):
 class Config:
     def __init__(self):
         self.tp = _int("PMSIM_TP", 4)
+        # Pipeline stages and data-parallel engines (vLLM's --pipeline-parallel-size and
+        # --data-parallel-size): one EngineCore per DP rank, tp*pp workers each.
+        self.pp = _int("PMSIM_PP", 1)
+        self.dp = _int("PMSIM_DP", 1)
+        # Every N real scheduler steps the scheduler evicts up to 2 cached free blocks through
+        # KVCacheManager.evict_blocks (eras that have it, v0.16+); 0: never.
+        self.evict_every = _int("PMSIM_EVICT_EVERY", 5)
         self.requests = _int("PMSIM_REQUESTS", 24)
         self.max_steps = _int("PMSIM_MAX_STEPS", 100000)
         self.seed = _int("PMSIM_SEED", 0)

@@ -51,6 +51,7 @@ class SimRequest:
 
 def _pool_init(owner, num_blocks):
     owner._pm_blocks = [SimBlock(i) for i in range(num_blocks)]
+    owner.blocks = owner._pm_blocks  # vLLM: BlockPool.blocks, indexed by block id
     owner._pm_free = collections.OrderedDict((b.block_id, b) for b in owner._pm_blocks)
     owner._pm_cached = {}
     owner.num_gpu_blocks = num_blocks
@@ -102,6 +103,25 @@ def _bp_usage(self, a):
     return 1.0 - len(self._pm_free) / float(len(self._pm_blocks))
 
 
+@impl("BlockPool.evict_blocks")
+def _bp_evict_blocks(self, a):
+    """v0.16+: drops the listed blocks from the prefix cache (not through _maybe_evict_cached_block)."""
+    for bid in a["block_ids"]:
+        blk = self._pm_blocks[bid]
+        h = blk.block_hash
+        if h is not None and self._pm_cached.get(h) is blk:
+            del self._pm_cached[h]
+            blk.block_hash = None
+            rec = truth.record()
+            rec["evictions"] += 1
+            rec["explicit_evictions"] += 1
+
+
+@impl("KVCacheManager.evict_blocks")
+def _kvm_evict_blocks(self, a):
+    self.block_pool.evict_blocks(a["block_ids"])
+
+
 @impl("BlockPool.free_blocks")
 def _bp_free_blocks(self, a):
     for blk in a["ordered_blocks"]:
@@ -148,6 +168,13 @@ def _block_list(obj):
     return list(obj.blocks[0])
 
 
+def _count_prefix(num_tokens, hits):
+    """vLLM's PrefixCacheStats (queries: the request's tokens, hits: tokens found), as ground truth."""
+    rec = truth.record()
+    rec["prefix_query_tokens"] += num_tokens
+    rec["prefix_hit_tokens"] += hits
+
+
 @impl("KVCacheManager.get_computed_blocks")
 def _get_computed(self, a):
     req = a["request"]
@@ -158,7 +185,16 @@ def _get_computed(self, a):
         if blk is None:
             break
         hits.append(blk)
+    if not hasattr(type(self), "record_prefix_cache_stats"):
+        # Eras before record_prefix_cache_stats count every lookup, as vLLM's get_computed_blocks does
+        # (a blocked head of the waiting queue is looked up, and counted, in every step).
+        _count_prefix(req.num_tokens, len(hits) * self.block_size)
     return _blocks_obj(hits), len(hits) * self.block_size
+
+
+@impl("KVCacheManager.record_prefix_cache_stats")
+def _record_prefix(self, a):
+    _count_prefix(a["request"].num_tokens, a["num_hits"])
 
 
 @impl("KVCacheManager.allocate_slots")
@@ -213,6 +249,26 @@ def _kvm_usage(self, a):
 def _sched_init(self, a):
     cfg = config.get()
     self._pm_cfg = cfg
+    # As vLLM's Scheduler.__init__: the limits come from scheduler_config and are kept as attributes.
+    vc = a.get("vllm_config")
+    self.scheduler_config = getattr(vc, "scheduler_config", None)
+    rec = truth.record()
+    if os.environ.get("PMSIM_HIDE_LIMITS", "").strip() == "1":
+        # Test knob: a scheduler whose limits are nowhere to be read (the budget stays as configured).
+        self.scheduler_config = None
+        self._pm_limits = (cfg.token_budget, cfg.max_num_seqs)
+        rec["token_budget"], rec["max_num_seqs"] = None, None
+    elif self.scheduler_config is not None:
+        self.max_num_running_reqs = self.scheduler_config.max_num_seqs
+        self.max_num_scheduled_tokens = self.scheduler_config.max_num_batched_tokens
+    else:  # v0.7.3's Scheduler takes scheduler_config itself
+        sc = a.get("scheduler_config")
+        self.scheduler_config = sc
+        self.max_num_running_reqs = getattr(sc, "max_num_seqs", cfg.max_num_seqs)
+        self.max_num_scheduled_tokens = getattr(sc, "max_num_batched_tokens", cfg.token_budget)
+    if not hasattr(self, "_pm_limits"):
+        self._pm_limits = (self.max_num_scheduled_tokens, self.max_num_running_reqs)
+        rec["token_budget"], rec["max_num_seqs"] = self._pm_limits
     self.waiting = collections.deque()
     self.running = []
     self.requests = {}
@@ -253,8 +309,16 @@ def _schedule(self, a):
     cfg = self._pm_cfg
     rec = truth.record()
     kvm = self.kv_cache_manager
-    budget = cfg.token_budget
+    budget, max_reqs = self._pm_limits
     scheduled = {}
+    if cfg.evict_every and hasattr(type(kvm), "evict_blocks") and self._pm_step % cfg.evict_every == 0 \
+            and self._pm_step:
+        # Explicit eviction (vLLM v0.16+: KVCacheManager.evict_blocks), of up to 2 cached free blocks.
+        pool = _pool(kvm)
+        ids = {b.block_id for b in pool._pm_free.values() if b.block_hash is not None}
+        ids = set(sorted(ids)[:2])
+        if ids:
+            kvm.evict_blocks(ids)
     encoder = {}
     preempted = []
     new_ids = []
@@ -268,7 +332,9 @@ def _schedule(self, a):
                 break
             victim = self.running[-1]
             lost = victim.num_computed_tokens
-            rec["preemptions"].append({"step": self._pm_step, "request": victim.request_id, "tokens_lost": lost})
+            # Step convention (proto/tables/common.json): the number of the step this schedule() makes.
+            rec["preemptions"].append({"step": self._pm_step + 1, "request": victim.request_id,
+                                       "tokens_lost": lost})
             if hasattr(type(self), "_preempt_request") and era() >= (0, 10):
                 self._preempt_request(victim, time.time())
             else:
@@ -282,7 +348,7 @@ def _schedule(self, a):
             continue
         scheduled[req.request_id] = n
         budget -= n
-    while self.waiting and budget > 0 and len(self.running) < cfg.max_num_seqs and not preempted:
+    while self.waiting and budget > 0 and len(self.running) < max_reqs and not preempted:
         req = self.waiting[0]
         hits, hit_tokens = kvm.get_computed_blocks(req)
         n = min(req.num_tokens - hit_tokens, budget)
@@ -292,7 +358,9 @@ def _schedule(self, a):
             break
         self.waiting.popleft()
         req.num_computed_tokens = hit_tokens
-        rec["prefix_hit_tokens"] += hit_tokens
+        rec["prefix_admitted_query_tokens"] += req.num_tokens  # the other meaning, for tests
+        if hasattr(type(kvm), "record_prefix_cache_stats"):
+            kvm.record_prefix_cache_stats(req, hit_tokens)  # main-2026-08-20+: counted at admission
         req.status = "RUNNING"
         self.running.append(req)
         scheduled[req.request_id] = n
@@ -389,16 +457,31 @@ def _init_dist(owner, a):
     return None
 
 
-def set_groups(rank, local_rank, world_size):
+def layout(rank, tp, pp, dp_rank):
+    """Group ranks of an engine's worker `rank` as vLLM's parallel_state builds its groups.
+
+    vLLM (initialize_model_parallel) lays the global ranks out as [dp][pp][tp]: the global rank is
+    dp_rank * (pp * tp) + rank, where rank (Worker.__init__'s argument) is engine-local and
+    pp_rank * tp + tp_rank. The EP group spans DP x TP: ep_rank = dp_rank * tp + tp_rank.
+    Returns {"tp", "pp", "dp", "ep", "global"}.
+    """
+    return {"tp": rank % tp, "pp": rank // tp, "dp": dp_rank, "ep": dp_rank * tp + rank % tp,
+            "global": dp_rank * tp * pp + rank}
+
+
+def set_groups(rank, local_rank, tp, pp=1, dp=1, dp_rank=0):
     ps = mod("vllm.distributed.parallel_state")
     gc = ps.GroupCoordinator
-    for name, r, ws in (("tp", rank, world_size), ("pp", 0, 1), ("dp", 0, 1), ("ep", rank, world_size),
-                        ("world", rank, world_size), ("dcp", rank, world_size), ("pcp", 0, 1)):
+    lay = layout(rank, tp, pp, dp_rank)
+    world = tp * pp * dp
+    for name, r, ws in (("tp", lay["tp"], tp), ("pp", lay["pp"], pp), ("dp", dp_rank, dp), ("ep", lay["ep"], dp * tp),
+                        ("world", lay["global"], world), ("dcp", lay["tp"], tp), ("pcp", 0, 1)):
         g = gc.__new__(gc)
-        g.rank_in_group, g.world_size, g.rank, g.local_rank = r, ws, rank, local_rank
+        g.rank_in_group, g.world_size, g.rank, g.local_rank = r, ws, lay["global"], local_rank
         g.ranks = list(range(ws))
         g.unique_name = name
         _groups[name] = g
+    return lay
 
 
 for _n in ("tp", "pp", "dp", "ep", "world", "dcp", "pcp"):
@@ -434,12 +517,13 @@ def _tp_ws(owner, a):
     return _groups["tp"].world_size
 
 
-@impl("vllm.v1.worker.gpu_worker:init_worker_distributed_environment")
-def _init_worker_dist(owner, a):
-    cfg = config.get()
-    rank = a.get("rank", 0)
-    local_rank = a.get("local_rank", -1)
-    set_groups(rank, rank if local_rank in (None, -1) else local_rank, max(cfg.tp, 1))
+def init_groups(vllm_config, rank, local_rank):
+    """What init_worker_distributed_environment leaves behind: the worker's parallel_state groups."""
+    pc = vllm_config.parallel_config
+    lay = set_groups(rank, rank if local_rank in (None, -1) else local_rank, pc.tensor_parallel_size,
+                     pc.pipeline_parallel_size, pc.data_parallel_size, pc.data_parallel_rank)
+    truth.record().update(tp_rank=lay["tp"], pp_rank=lay["pp"], dp_rank=lay["dp"], ep_rank=lay["ep"],
+                          global_rank=lay["global"])
 
 
 # ---------------------------------------------------------------- executors and EngineCore
@@ -458,7 +542,8 @@ def _mp_init_executor(self, a):
     self._pm_procs = []
     truth.on_terminate(lambda: shutdown_workers(self, 2.0))
     wp = mod("vllm.v1.executor.multiproc_executor").WorkerProc
-    for rank in range(cfg.tp):
+    world = self.vllm_config.parallel_config.world_size
+    for rank in range(world):
         q = ctx.Queue()
         # daemon, as in vLLM: if EngineCore ends without shutting them down, its exit terminates them.
         p = ctx.Process(target=wp.worker_main, name="VllmWorker-%d" % rank, daemon=True,
@@ -469,7 +554,7 @@ def _mp_init_executor(self, a):
         self._pm_inputs.append(q)
         self._pm_procs.append(p)
     ready = 0
-    while ready < cfg.tp:
+    while ready < world:
         kind, rank, value = procs.get(self._pm_results, "worker start-up", self._pm_procs, cfg.rpc_timeout_s,
                                       self._pm_watch)
         if kind != "ready":
@@ -539,7 +624,11 @@ def _wp_init(self, a):
     from pmsim import runner
     mod("vllm.plugins").load_general_plugins()
     rank = a["rank"]
-    truth.start("worker", rank, tp=config.get().tp)
+    pc = a["vllm_config"].parallel_config
+    # The truth file is named by the global rank: two DP engines both have a worker of rank 0.
+    truth.start("worker", layout(rank, pc.tensor_parallel_size, pc.pipeline_parallel_size,
+                                 pc.data_parallel_rank)["global"], tp=pc.tensor_parallel_size,
+                pp=pc.pipeline_parallel_size, dp=pc.data_parallel_size, local_rank=rank)
     self.rank = rank
     self.worker = runner.make_worker(a["vllm_config"], a["local_rank"], rank)
 
@@ -570,7 +659,6 @@ def _wp_loop(self, a):
 class _UniProc:
     def __init__(self, vllm_config):
         from pmsim import runner
-        set_groups(0, 0, 1)
         self.worker = runner.make_worker(vllm_config, 0, 0, in_engine=True)
 
     def collective_rpc(self, method, timeout=None, args=(), kwargs=None):
@@ -584,7 +672,7 @@ class _UniProc:
 def _ec_init(self, a):
     cfg = config.get()
     self.vllm_config = a["vllm_config"]
-    if cfg.tp > 1:
+    if self.vllm_config.parallel_config.world_size > 1:
         me = mod("vllm.v1.executor.multiproc_executor").MultiprocExecutor
         ex = me.__new__(me)
         ex.vllm_config = self.vllm_config
@@ -595,7 +683,8 @@ def _ec_init(self, a):
         ex = _UniProc(self.vllm_config)
     self.model_executor = ex
     sched_mod = "vllm.v1.core.scheduler" if era() < (0, 8) else "vllm.v1.core.sched.scheduler"
-    self.scheduler = construct(mod(sched_mod).Scheduler, vllm_config=self.vllm_config, log_stats=False)
+    self.scheduler = construct(mod(sched_mod).Scheduler, vllm_config=self.vllm_config, log_stats=False,
+                               scheduler_config=getattr(self.vllm_config, "scheduler_config", None))
     self._pm_paused = False
 
 
@@ -645,7 +734,7 @@ def _run_engine_core(owner, a):
     kw = a["kwargs"]
     inq, outq = kw["input_queue"], kw["output_queue"]
     watch = procs.ParentWatch()
-    rec = _start_record()
+    rec = _start_record(kw["vllm_config"].parallel_config.data_parallel_rank)
     ec = mod("vllm.v1.engine.core").EngineCore
     core = ec.__new__(ec)
     core._pm_watch, core._pm_outq = watch, outq
@@ -675,9 +764,11 @@ def _run_engine_core(owner, a):
     outq.put(("done", rec["finished"]))
 
 
-def _start_record():
-    return truth.start("engine_core", 0, scheduler_steps=0, preemptions=[], evictions=0, alloc_failures=0,
-                       prefix_hit_tokens=0, kv_usage=[], scheduled_tokens=0, step_ms=[], finished=0)
+def _start_record(dp_rank=0):
+    return truth.start("engine_core", dp_rank, scheduler_steps=0, preemptions=[], evictions=0, alloc_failures=0,
+                       prefix_hit_tokens=0, prefix_query_tokens=0, prefix_admitted_query_tokens=0,
+                       explicit_evictions=0, kv_usage=[],
+                       scheduled_tokens=0, step_ms=[], finished=0, dp_rank=dp_rank)
 
 
 def run_in_process(vllm_config, requests):
@@ -723,6 +814,8 @@ def _engine_loop(core, inq, outq, rec, watch):
                     _sched_add(sched, {"request": msg[1]})
             elif msg[0] == "expect":
                 expected = msg[1]
+        if done >= expected:  # a data-parallel engine may get no request at all
+            break
         steps_before = rec["scheduler_steps"]
         finished = core.step()
         if rec["scheduler_steps"] == steps_before and not finished:

@@ -14,11 +14,37 @@ class SamplingParams:
         self.temperature = temperature
 
 
-class VllmConfig:
-    """Picklable stand-in for vllm.config.VllmConfig (the simulator reads PMSIM_* instead)."""
+class ParallelConfig:
+    """The parts of vllm.config.ParallelConfig that vLLM's executor and workers read for ranks."""
 
-    def __init__(self, model):
+    def __init__(self, tp, pp, dp, dp_rank, enable_expert_parallel=False):
+        self.tensor_parallel_size = tp
+        self.pipeline_parallel_size = pp
+        self.data_parallel_size = dp
+        self.data_parallel_rank = dp_rank
+        self.data_parallel_rank_local = dp_rank
+        self.enable_expert_parallel = enable_expert_parallel
+        self.world_size = tp * pp  # one engine's workers
+        self.world_size_across_dp = tp * pp * dp
+
+
+class SchedulerConfig:
+    """vllm.config.SchedulerConfig's limits (--max-num-batched-tokens, --max-num-seqs)."""
+
+    def __init__(self, max_num_batched_tokens, max_num_seqs):
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_num_seqs = max_num_seqs
+
+
+class VllmConfig:
+    """Picklable stand-in for vllm.config.VllmConfig: the model, parallel_config and scheduler_config
+    (from PMSIM_TP/PP/DP, PMSIM_TOKEN_BUDGET, PMSIM_MAX_NUM_SEQS); the rest comes from PMSIM_*."""
+
+    def __init__(self, model, dp_rank=0):
+        cfg = config.get()
         self.model = model
+        self.parallel_config = ParallelConfig(max(cfg.tp, 1), max(cfg.pp, 1), max(cfg.dp, 1), dp_rank)
+        self.scheduler_config = SchedulerConfig(cfg.token_budget, cfg.max_num_seqs)
 
 
 def workload(cfg):
@@ -44,33 +70,44 @@ def run_engine(model, requests=None):
     cfg = config.get()
     rec = truth.start("api_server", 0, model=model, requests=0, completed=0)
     ctx = multiprocessing.get_context("spawn")
-    inq, outq = ctx.Queue(), ctx.Queue()
     core = mod("vllm.v1.engine.core").EngineCoreProc
-    p = ctx.Process(target=core.run_engine_core, name="EngineCore_DP0",
-                    kwargs=dict(vllm_config=VllmConfig(model), input_queue=inq, output_queue=outq))
-    p.start()
-    truth.on_terminate(lambda: procs.stop([p], 5.0))
+    # One EngineCore per data-parallel rank (vLLM: EngineCore_DP<d>), each with its own queues.
+    engines = []
+    for d in range(max(cfg.dp, 1)):
+        inq, outq = ctx.Queue(), ctx.Queue()
+        p = ctx.Process(target=core.run_engine_core, name="EngineCore_DP%d" % d,
+                        kwargs=dict(vllm_config=VllmConfig(model, d), input_queue=inq, output_queue=outq))
+        p.start()
+        engines.append((p, inq, outq))
+    truth.on_terminate(lambda: procs.stop([e[0] for e in engines], 5.0))
     results = {}
     try:
-        _expect(outq, p, cfg, "ready")
+        for p, _, outq in engines:
+            _expect(outq, p, cfg, "ready")
         reqs = requests if requests is not None else workload(cfg)
-        for r in reqs:
-            inq.put(("add", r))
-        inq.put(("expect", len(reqs)))
+        # Requests go to the engines in turn (the DP coordinator balances load; here: round robin).
+        share = [reqs[d::len(engines)] for d in range(len(engines))]
+        for (p, inq, _), mine in zip(engines, share):
+            for r in mine:
+                inq.put(("add", r))
+            inq.put(("expect", len(mine)))
         rec["requests"] = len(reqs)
-        while True:
-            kind, value = _expect(outq, p, cfg, "finished", "done")
-            if kind == "finished":
-                results[value[0]] = value[1]
-            elif kind == "done":
-                break
-        procs.stop([p], cfg.rpc_timeout_s)
-        if p.exitcode != 0:
-            raise RuntimeError("EngineCore exited with code %s" % p.exitcode)
+        for p, _, outq in engines:
+            while True:
+                kind, value = _expect(outq, p, cfg, "finished", "done")
+                if kind == "finished":
+                    results[value[0]] = value[1]
+                elif kind == "done":
+                    break
+        procs.stop([e[0] for e in engines], cfg.rpc_timeout_s)
+        for p, _, _ in engines:
+            if p.exitcode != 0:
+                raise RuntimeError("EngineCore exited with code %s" % p.exitcode)
     except BaseException:
         # EngineCore may not read what is still queued for it: do not wait on that at exit.
-        inq.cancel_join_thread()
-        procs.stop([p], 5.0)
+        for _, inq, _ in engines:
+            inq.cancel_join_thread()
+        procs.stop([e[0] for e in engines], 5.0)
         raise
     finally:
         rec["completed"] = len(results)

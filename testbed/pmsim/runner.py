@@ -82,6 +82,8 @@ def _worker_init_device(self, a):
     call_filtered(mod("vllm.v1.worker.gpu_worker").init_worker_distributed_environment,
                   vllm_config=self.vllm_config, rank=self.rank, distributed_init_method="tcp://127.0.0.1:29500",
                   local_rank=self.local_rank)
+    from pmsim import engine
+    engine.init_groups(self.vllm_config, self.rank, self.local_rank)
     v2 = use_v2()
     cls = mod("vllm.v1.worker.gpu.model_runner" if v2 else "vllm.v1.worker.gpu_model_runner").GPUModelRunner
     self.model_runner = construct(cls, vllm_config=self.vllm_config, device="cuda:%d" % self.local_rank)
@@ -109,32 +111,55 @@ def _worker_exec(self, a):
 
 
 class SimModel:
-    """33 pieces (split at attention); MoE layers sit inside pieces 1..moe_layers."""
+    """33 pieces (split at attention); MoE layers sit inside evenly spread pieces (piece_layer)."""
 
     def __init__(self, runner):
         cfg = config.get()
         self.runner = runner
         self.cfg = cfg
-        self.moe = [make_moe_layer(j) for j in range(cfg.moe_layers)]
-        self.pieces = [self._piece_fn(i) for i in range(cfg.pieces)]
+        # Pipeline parallel: stage p holds a contiguous share of the pieces, and builds only the MoE
+        # layers inside them (vLLM puts PPMissingLayer in place of the others).
+        pp, stage = _pp()
+        own = [i for i in range(cfg.pieces) if i * pp // cfg.pieces == stage]
+        self.own_layers = [piece_layer(i) for i in own if piece_layer(i) >= 0]
+        self.moe = {j: make_moe_layer(j) for j in self.own_layers}
+        self.pieces = [self._piece_fn(i) for i in own]
         self.wrapped = list(self.pieces)
 
     def _piece_fn(self, i):
-        layer = i - 1
+        layer = piece_layer(i)
 
         def piece(x):
             # The routing table follows the layer that runs, wrapped in a graph piece or not (eager).
             _current_layer["layer"] = layer
-            if 0 <= layer < len(self.moe):
+            if layer in self.moe:
                 logits = router_logits(x)
                 moe_forward_layer(self.moe[layer], x, logits)
             return x
+        piece.index = i  # the piece's place in the whole model (pipeline stages hold a share)
         return piece
 
     def __call__(self, x):
         for fn in self.wrapped:
             x = fn(x)
         return x
+
+
+def piece_layer(i):
+    """The MoE layer inside piece i, or -1: MoE layers sit at evenly spread pieces (1, 1 + n/L, ...),
+    so every pipeline stage holds some."""
+    cfg = config.get()
+    step = max(1, (cfg.pieces - 1) // max(cfg.moe_layers, 1))
+    if i >= 1 and (i - 1) % step == 0 and (i - 1) // step < cfg.moe_layers:
+        return (i - 1) // step
+    return -1
+
+
+def _pp():
+    """(pipeline stages, this worker's stage) from its parallel_state groups."""
+    from pmsim import engine
+    g = engine._groups.get("pp")
+    return (g.world_size, g.rank_in_group) if g is not None else (1, 0)
 
 
 def router_logits(x):
@@ -202,7 +227,8 @@ def moe_forward_layer(layer, x, logits):
     e = era()
     if e > (0, 16):
         return layer.runner.forward(x, logits)
-    if e >= (0, 16):
+    if e >= (0, 16) or not hasattr(type(layer), "forward"):
+        # CustomOp era (2025-08-13+): CustomOp.forward dispatches to forward_cuda.
         return layer.forward_cuda(x, logits)
     return layer.forward(x, logits)
 
@@ -307,7 +333,7 @@ def _wrap_pieces(runner):
         wrapped = []
         for i, fn in enumerate(model.pieces):
             b = pb.__new__(pb)
-            b.piecewise_compile_index, b.total_piecewise_compiles = i, len(model.pieces)
+            b.piecewise_compile_index, b.total_piecewise_compiles = fn.index, config.get().pieces
             b.compiled_graph_for_general_shape = fn
             b.concrete_size_entries = {s: make_record(dict_entry(), runtime_shape=s, cudagraph=None)
                                        for s in config.get().capture_sizes}
@@ -318,7 +344,7 @@ def _wrap_pieces(runner):
     wrapped = []
     for i, fn in enumerate(model.pieces):
         w = cgw.__new__(cgw)
-        w.__dict__.update(runnable=_LayerTracker(fn, i), runtime_mode=PIECEWISE, concrete_cudagraph_entries={},
+        w.__dict__.update(runnable=_LayerTracker(fn, fn.index), runtime_mode=PIECEWISE, concrete_cudagraph_entries={},
                           _pm_piece=i)
         wrapped.append(w)
     model.wrapped = wrapped
@@ -337,14 +363,14 @@ class _LayerTracker:
         self.fn, self.i = fn, i
 
     def __call__(self, x):
-        _current_layer["layer"] = self.i - 1
+        _current_layer["layer"] = piece_layer(self.i)
         return self.fn(x)
 
 
 @impl("PiecewiseBackend.__call__")
 def _pb_call(self, a):
     x = a["args"][0]
-    _current_layer["layer"] = self.piecewise_compile_index - 1
+    _current_layer["layer"] = piece_layer(self.piecewise_compile_index)
     entry = self.concrete_size_entries.get(x.shape[0])
     if entry is None or _ctx.mode == NONE:
         return self.compiled_graph_for_general_shape(x)
@@ -412,6 +438,7 @@ def _runner_init(self, a):
 @impl("GPUModelRunner.load_model")
 def _runner_load(self, a):
     self._pm_model = SimModel(self)
+    _rec()["own_layers"] = list(self._pm_model.own_layers)  # this pipeline stage's MoE layers
     _wrap_pieces(self)
     e = era()
     self._pm_full_keys = set()
@@ -424,10 +451,26 @@ def _runner_load(self, a):
             d = mod("vllm.v1.cudagraph_dispatcher").CudagraphDispatcher
             self.cudagraph_dispatcher = d.__new__(d)
             self.cudagraph_dispatcher._pm_runner = self
+            # As V1's GPUModelRunner.load_model: a CUDAGraphWrapper in FULL runtime mode around the
+            # whole model; it captures and replays FULL graphs, and passes other modes through.
+            cgw = mod("vllm.compilation.cuda_graph").CUDAGraphWrapper
+            w = cgw.__new__(cgw)
+            w.__dict__.update(runnable=self._pm_model, runtime_mode=FULL, concrete_cudagraph_entries={})
+            self._pm_forward = w
         else:
-            m = mod("vllm.v1.worker.gpu.cudagraph_utils").CudaGraphManager
+            cu = mod("vllm.v1.worker.gpu.cudagraph_utils")
+            m = cu.CudaGraphManager
             self.cudagraph_manager = m.__new__(m)
             self.cudagraph_manager._pm_runner = self
+            mm = getattr(cu, "ModelCudaGraphManager", None)  # main: the model's manager captures
+            if mm is not None:
+                self._pm_model_cg = mm.__new__(mm)
+                self._pm_model_cg._pm_runner = self
+
+
+def _forward(runner):
+    """What the runner calls for a forward: the FULL wrapper around the model where the era has one."""
+    return getattr(runner, "_pm_forward", None) or runner._pm_model
 
 
 def _buffer(runner, n):
@@ -441,19 +484,72 @@ def _buffer(runner, n):
 def _capture_model(self, a):
     if self._pm_eager:
         return 0
-    cfg = config.get()
-    rec = _rec()
-    for size in sorted(cfg.capture_sizes, reverse=True):
-        if era() >= (0, 10) and not (self._pm_v2 and era() == (0, 16)):
-            _run_forward(self, size, PIECEWISE, size, capture=True)
-            rec["captures"].append({"mode": PIECEWISE, "size": size, "pieces": cfg.pieces})
-        elif era() < (0, 10):
-            _run_forward(self, size, PIECEWISE, size, capture=True)
-            rec["captures"].append({"mode": PIECEWISE, "size": size, "pieces": cfg.pieces})
+    if self._pm_v2:
+        # V2: the graph manager captures (v0.16: capture_graph per size, FULL only; main: capture()
+        # over its descriptors, FULL through create_forward_fn, PIECEWISE through the piece wrappers).
+        mgr = self.cudagraph_manager
+        if era() > (0, 16):
+            call_filtered(self._pm_model_cg.capture, model=self._pm_model)
+        else:
+            call_filtered(mgr.capture, model=self._pm_model)
+        return 0
+    for size in sorted(config.get().capture_sizes, reverse=True):
+        _capture_one(self, PIECEWISE, size)
         if size in self._pm_full_keys:
-            _run_forward(self, size, FULL, size, capture=True)
-            rec["captures"].append({"mode": FULL, "size": size, "pieces": 1})
+            _capture_one(self, FULL, size)
     return 0
+
+
+def _capture_one(runner, mode, size):
+    """Captures one graph (FULL) or one size's pieces (PIECEWISE) and notes it in the ground truth."""
+    _run_forward(runner, size, mode, size, capture=True)
+    _rec()["captures"].append({"mode": mode, "size": size,
+                               "pieces": len(runner._pm_model.pieces) if mode == PIECEWISE else 1})
+
+
+def _v2_descs(runner):
+    """The V2 manager's capture list, largest first: PIECEWISE per size (main only), FULL for decode sizes."""
+    out = []
+    for size in sorted(config.get().capture_sizes, reverse=True):
+        if era() > (0, 16):
+            out.append((PIECEWISE, size))
+        if size in runner._pm_full_keys:
+            out.append((FULL, size))
+    return out
+
+
+@impl("CudaGraphManager.capture")
+def _v2_capture(self, a):
+    r = self._pm_runner
+    if era() > (0, 16):
+        make = a["create_forward_fn"]
+        bed = mod("vllm.v1.worker.gpu.cudagraph_utils").BatchExecutionDescriptor
+        for mode, size in _v2_descs(r):
+            desc = make_record(bed, cg_mode=mode, num_tokens=size, num_reqs=size if mode == FULL else None,
+                               uniform_token_count=1 if mode == FULL else None)
+            fwd, _ = make(desc)
+            fwd(mode)
+        return None
+    for mode, size in _v2_descs(r):
+        call_filtered(self.capture_graph, num_tokens=size, model=a.get("model"))
+    return None
+
+
+@impl("ModelCudaGraphManager.capture")
+def _v2_model_capture(self, a):
+    r = self._pm_runner
+
+    def create_forward_fn(desc):
+        def forward(cg_mode):
+            _capture_one(r, cg_mode, desc.num_tokens)
+        return forward, None
+    # ModelCudaGraphManager.capture hands its forward maker to CudaGraphManager.capture.
+    return r.cudagraph_manager.capture(create_forward_fn)
+
+
+@impl("CudaGraphManager.capture_graph")
+def _v2_capture_graph(self, a):
+    _capture_one(self._pm_runner, FULL, a["num_tokens"])
 
 
 def _desc(n, uniform):
@@ -550,32 +646,32 @@ def _v2_run(self, a):
 
 
 def _run_forward(runner, n, mode, padded, capture=False):
-    """One forward over `padded` rows of the static input buffer, in the given graph mode."""
+    """One forward over `padded` rows of the static input buffer, in the given graph mode.
+
+    V1 (v0.10+): always through the FULL CUDAGraphWrapper around the model, which captures or
+    replays in FULL mode and passes PIECEWISE/NONE through to the piece wrappers, as vLLM's.
+    V2: FULL graphs belong to the graph manager (captured directly, replayed by run/run_fullgraph).
+    """
     _ctx.mode, _ctx.desc = mode, _desc(padded, mode == FULL)
     x = _buffer(runner, padded)
     model = runner._pm_model
     try:
-        if mode == FULL:
+        if mode == FULL and runner._pm_v2:
             if capture:
                 g = Graph()
                 with g:
-                    _ctx.mode = FULL
                     model(x)
                 runner._pm_full[padded] = g
                 return
-            if runner._pm_v2:
-                mgr = runner.cudagraph_manager
-                if era() > (0, 16):
-                    desc = make_record(mod("vllm.v1.worker.gpu.cudagraph_utils").BatchExecutionDescriptor,
-                                       cg_mode=FULL, num_tokens=padded, num_reqs=n, uniform_token_count=1)
-                    mgr.run_fullgraph(desc)
-                else:
-                    mgr.run(padded)
+            mgr = runner.cudagraph_manager
+            if era() > (0, 16):
+                desc = make_record(mod("vllm.v1.worker.gpu.cudagraph_utils").BatchExecutionDescriptor,
+                                   cg_mode=FULL, num_tokens=padded, num_reqs=n, uniform_token_count=1)
+                mgr.run_fullgraph(desc)
             else:
-                runner._pm_full[padded].replay()
-                _rec()["full_replays"] += 1
+                mgr.run(padded)
             return
-        model(x)
+        _forward(runner)(x)
     finally:
         _ctx.mode, _ctx.desc = NONE, None
 
@@ -641,7 +737,7 @@ def _execute_model(self, a):
     buf.data[:] = vals + [0] * (padded - n)
     _run_forward(self, n, mode, padded)
     # ground truth from the simulator's own routing table, independent of any hook.
-    for j in range(cfg.moe_layers):
+    for j in self._pm_model.own_layers:
         t = route_table(j)
         counts, real = rec["expert_counts"][j], rec["expert_counts_real"][j]
         for i, h in enumerate(buf.data):

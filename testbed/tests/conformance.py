@@ -11,7 +11,7 @@ import sys
 TESTBED = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if TESTBED not in sys.path:
     sys.path.append(TESTBED)  # the era modules import pmsim
-ERAS = {"v0.7.3": "v0_7_3", "v0.10.2": "v0_10_2", "v0.16.0": "v0_16_0", "main-2026-08-20": "main_2026_08_20"}
+ERAS = {"v0.7.3": "v0_7_3", "v0.10.2": "v0_10_2", "v0.11.0": "v0_11_0", "v0.16.0": "v0_16_0", "main-2026-08-20": "main_2026_08_20"}
 # The six profiled areas' components (CUDA graphs, KV cache, MoE, model runner, scheduler) plus the
 # process/rank surfaces the shim patches.
 COMPONENTS = [

@@ -6,7 +6,7 @@ import sys
 import tempfile
 
 TESTBED = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ERAS = ["v0_7_3", "v0_10_2", "v0_16_0", "main_2026_08_20"]
+ERAS = ["v0_7_3", "v0_10_2", "v0_11_0", "v0_16_0", "main_2026_08_20"]
 
 # Test-only: records what sys.argv was when sitecustomize ran in every process of the tree.
 SITECUSTOMIZE = '''

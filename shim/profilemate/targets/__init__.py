@@ -39,28 +39,7 @@ TARGET_MODULES = (
 )
 
 
-class Hook:
-    __slots__ = ("cls", "method", "factory", "required", "kinds", "optional")
-
-    def __init__(self, cls, method, factory, required=(), kinds=(), optional=False):
-        self.cls, self.method, self.factory = cls, method, factory
-        self.required, self.kinds, self.optional = tuple(required), tuple(kinds), optional
-
-
-class Path:
-    __slots__ = ("module", "eras", "hooks")
-
-    def __init__(self, module, hooks, eras=""):
-        self.module, self.hooks, self.eras = module, list(hooks), eras
-
-
-class Target:
-    def __init__(self, name, component, kinds, paths, doc=""):
-        self.name, self.component, self.kinds = name, component, tuple(kinds)
-        self.paths, self.doc = list(paths), doc
-
-    def modules(self):
-        return [p.module for p in self.paths]
+from profilemate.targets._util import Hook, Path, Target  # noqa: E402,F401  (the public names)
 
 
 _loaded = []

@@ -14,17 +14,23 @@ Captures: the graph wrapper's __call__ (`CUDAGraphWrapper` v0.10+, `CUDAPiecewis
 `PiecewiseBackend` <= v0.8) only while GPUModelRunner.capture_model runs; outside it the wrapper
 is one attribute test. A call captured when an entry's graph went from None to set (README §1.3:
 first sight or cudagraph None under a matching, non-NONE mode). Pieces of one (mode, size) add up
-to one cuda_graph_captures row, written when capture_model returns. FULL graphs that vLLM
-captures without a wrapper (V2 CudaGraphManager) are not seen here.
+to one cuda_graph_captures row, written when capture_model returns. V1 captures FULL graphs
+through the CUDAGraphWrapper in runtime mode FULL that load_model puts around the whole model
+(its entries are keyed by the BatchDescriptor; the PIECEWISE wrappers inside pass through).
+The V2 runner captures FULL graphs without a wrapper, through its graph manager:
+`CudaGraphManager.capture_graph(num_tokens, ...)` per size (v0.16), or
+`CudaGraphManager.capture(create_forward_fn, ...)` (mains 2026+), which calls
+create_forward_fn(desc) per BatchExecutionDescriptor and then the returned forward with the
+mode; the FULL ones are noted there (PIECEWISE ones go through the piece wrappers above).
 """
 import sys
 import time
 
-from profilemate.targets import Hook, Path, Target
-from profilemate.targets.gpu_model_runner import CAPTURES, STEP
+from profilemate import stepctx
+from profilemate.targets._util import Hook, Path, Target
 
 _pc = time.perf_counter_ns
-_pending = {}  # (mode, tokens) -> [descriptor, cpu_ns, bytes or -1]
+STEP = stepctx.STEP
 
 
 def _mode_name(mode):
@@ -71,10 +77,8 @@ def _capture_call(entries_attr, piecewise_only):
                     m1 = _mem()
                     key = next(iter(new))
                     mode = "PIECEWISE" if piecewise_only else _mode_name(getattr(self, "runtime_mode", ""))
-                    slot = _pending.setdefault((mode, _tokens(key)), ["" if piecewise_only else str(key), 0, -1])
-                    slot[1] += dt
-                    if m0 is not None and m1 is not None:
-                        slot[2] = max(slot[2], 0) + (m1 - m0)
+                    stepctx.note_capture(mode, _tokens(key), "" if piecewise_only else str(key), dt,
+                                         (m1 - m0) if m0 is not None and m1 is not None else None)
             except Exception:
                 pass
             return out
@@ -82,15 +86,53 @@ def _capture_call(entries_attr, piecewise_only):
     return factory
 
 
-def flush_captures(rt):
-    """Writes one row per (mode, size) captured during capture_model, in capture order."""
-    for (mode, tokens), (desc, ns, nbytes) in list(_pending.items()):
-        ms = ns / 1e6
-        CAPTURES["total_ms"] += ms
-        rt.record("cuda_graph", "cuda_graph_captures", {
-            "mode": mode, "num_tokens": tokens, "descriptor": desc, "cpu_ms": ms, "graph_bytes": nbytes,
-            "total_capture_cpu_ms": CAPTURES["total_ms"]}, -1)
-    _pending.clear()
+def _v2_capture_graph(original, rt):
+    def capture_graph(self, *args, **kwargs):
+        t0 = _pc()
+        out = original(self, *args, **kwargs)
+        try:
+            n = args[0] if args else kwargs.get("num_tokens")
+            stepctx.note_capture("FULL", n if isinstance(n, int) else -1, "", _pc() - t0)
+        except Exception:
+            pass
+        return out
+    return capture_graph
+
+
+def _timed_forward(fwd, desc):
+    def forward(mode, *args, **kwargs):
+        t0 = _pc()
+        out = fwd(mode, *args, **kwargs)
+        try:
+            name = _mode_name(mode)
+            if name == "FULL":
+                n = getattr(desc, "num_tokens", None)
+                stepctx.note_capture(name, n if isinstance(n, int) else -1, str(desc), _pc() - t0)
+        except Exception:
+            pass
+        return out
+    return forward
+
+
+def _v2_capture(original, rt):
+    def capture(self, *args, **kwargs):
+        make = args[0] if args else kwargs.get("create_forward_fn")
+        if not callable(make):
+            return original(self, *args, **kwargs)
+
+        def create_forward_fn(desc, *a, **kw):
+            out = make(desc, *a, **kw)
+            try:
+                if isinstance(out, tuple) and out and callable(out[0]):
+                    return (_timed_forward(out[0], desc),) + tuple(out[1:])
+            except Exception:
+                pass
+            return out
+        if args:
+            return original(self, create_forward_fn, *args[1:], **kwargs)
+        kwargs["create_forward_fn"] = create_forward_fn
+        return original(self, **kwargs)
+    return capture
 
 
 def _note(mode, padded, source):
@@ -167,6 +209,8 @@ TARGET = Target(
                  optional=True)]),
         Path("vllm.v1.worker.gpu.cudagraph_utils", eras="2025-11-21+ (V2 runner)", hooks=[
             Hook("CudaGraphManager", "dispatch", _v2_dispatch, kinds=_K, optional=True),
-            Hook("CudaGraphManager", "get_cudagraph_size", _v2_size, kinds=_K, optional=True)]),
+            Hook("CudaGraphManager", "get_cudagraph_size", _v2_size, kinds=_K, optional=True),
+            Hook("CudaGraphManager", "capture_graph", _v2_capture_graph, kinds=_K, optional=True),
+            Hook("CudaGraphManager", "capture", _v2_capture, kinds=_K, optional=True)]),
     ],
 )

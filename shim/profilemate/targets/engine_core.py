@@ -1,5 +1,5 @@
 """EngineCore identity: role `engine_core` and the data-parallel rank (all V1 eras)."""
-from profilemate.targets import Hook, Path, Target
+from profilemate.targets._util import Hook, Path, Target
 from profilemate.targets._util import arg, dig
 
 

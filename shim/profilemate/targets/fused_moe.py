@@ -17,8 +17,10 @@ events exist.
 """
 from profilemate.gpu_timing import POOL
 from profilemate.moe_counter import COUNTERS
-from profilemate.targets import Hook, Path, Target
-from profilemate.targets.gpu_model_runner import STEP
+from profilemate import stepctx
+from profilemate.targets._util import Hook, Path, Target
+
+STEP = stepctx.STEP
 
 _CUR = [None]  # the MoE layer (or MoERunner) whose forward is running
 _K = ("moe_expert",)

@@ -16,28 +16,14 @@ import time
 
 from profilemate.gpu_timing import POOL
 from profilemate.moe_counter import COUNTERS
-from profilemate.targets import Hook, Path, Target
+from profilemate import stepctx
+from profilemate.targets._util import Hook, Path, Target
 
 _pc = time.perf_counter_ns
 _excluded = threading.local()
 
 
-class _Step:
-    """The step being executed: filled by the hooks that run inside execute_model."""
-    __slots__ = ("active", "mode", "padded", "source", "phases", "encoder", "capturing")
-
-    def __init__(self):
-        self.active = False
-        self.capturing = 0
-        self.reset()
-
-    def reset(self):
-        self.mode, self.padded, self.source = None, None, ""
-        self.phases, self.encoder = [], []
-
-
-STEP = _Step()
-CAPTURES = {"total_ms": 0.0}
+STEP = stepctx.STEP
 
 
 def moe_interval():
@@ -72,8 +58,7 @@ def _capture_model(original, rt):
             STEP.capturing -= 1
             _excluded.depth = depth
             try:
-                from profilemate.targets import cuda_graph
-                cuda_graph.flush_captures(rt)
+                stepctx.flush_captures(rt.record)
             except Exception:
                 pass
     return capture_model

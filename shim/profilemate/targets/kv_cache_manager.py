@@ -1,144 +1,106 @@
 """KVCacheManager (EngineCore process): allocation failures (allocate_slots -> None), prefix-cache
-hits (get_computed_blocks, committed when the same request's allocation succeeds), blocks freed
-(free-block count around free), and in the block-pool-less eras (v0.6.6-v0.7.x) the pool's own
-eviction and block allocation.
+statistics, blocks freed (free-block count around free), explicit evictions (evict_blocks, v0.16+),
+and in the block-pool-less eras (v0.6.6-v0.7.x) the pool's own eviction and block allocation.
 
-The counters of the step in progress live in STEP (indexes below); the scheduler's schedule()
-wrapper turns them into one kv_cache_usage row (and a kv_cache_evictions row when blocks were
-evicted) per real step and zeroes them. block_pool.py feeds the same counters.
+Prefix-cache statistics follow each era's own definition (vLLM's PrefixCacheStats):
+- eras without `KVCacheManager.record_prefix_cache_stats` (<= the 2026-07 mains; v0.7-v0.24):
+  vLLM counts in get_computed_blocks, on every lookup: a head waiting request that cannot be
+  admitted is looked up, and counted, again in every step it stays blocked;
+- eras with it (main-2026-08-20+, #48860): vLLM counts once, when the scheduler admits the request,
+  through record_prefix_cache_stats(request, num_hits); that call is wrapped.
+Queries are the request's num_tokens, hits the locally computed tokens, as vLLM counts them.
+
+The counters of the step in progress live in profilemate.stepctx (KV_STEP); the scheduler's
+schedule() wrapper turns them into one kv_cache_usage row (and a kv_cache_evictions row when
+blocks were evicted) per real step and zeroes them. block_pool.py feeds the same counters, and its
+pool hooks are reused here for the eras whose manager is the pool.
 """
-from profilemate.targets import Hook, Path, Target
+from profilemate import stepctx
+from profilemate.targets.block_pool import maybe_evict_hook, new_blocks_hook
+from profilemate.targets._util import Hook, Path, Target
 
-# STEP indexes: blocks allocated, blocks freed, allocation failures, prefix-hit tokens, prefix
-# query tokens, blocks evicted, allocations that evicted.
-ALLOC, FREED, FAIL, HIT, QUERY, EVICTED, EVICT_OPS = range(7)
-STEP = [0] * 7
-# The last prefix lookup: [request, hit tokens]. Its hits count once that request's allocation succeeds
-# (a lookup whose allocation fails is retried, and looked up again, in a later step).
-_LOOKUP = [None, 0]
-
-
-def reset():
-    STEP[:] = [0] * 7
-    _LOOKUP[0], _LOOKUP[1] = None, 0
-
-
-def free_blocks_of(kvm):
-    """Free blocks of a KVCacheManager's pool, whatever the era (None when unknown)."""
-    try:
-        pool = getattr(kvm, "block_pool", None)
-        fn = getattr(pool, "get_num_free_blocks", None)
-        if fn is not None:
-            return fn()
-        q = getattr(kvm, "free_block_queue", None)  # v0.6.6-v0.7.x: the pool is the manager
-        if q is not None and hasattr(q, "num_free_blocks"):
-            return q.num_free_blocks
-        total = total_blocks_of(kvm)
-        usage = kvm.usage
-        if total and isinstance(usage, float):
-            return int(round((1.0 - usage) * total))
-    except Exception:
-        pass
-    return None
-
-
-def total_blocks_of(kvm):
-    """Usable blocks of the pool (vLLM's null block excluded, as get_usage() does)."""
-    pool = getattr(kvm, "block_pool", None)
-    owner = pool if hasattr(pool, "num_gpu_blocks") else kvm
-    n = getattr(owner, "num_gpu_blocks", None)
-    if not isinstance(n, int):
-        return None
-    return n - 1 if getattr(owner, "null_block", None) is not None else n
+_S = stepctx
 
 
 def _allocate(original, rt):
-    step = STEP
-    lookup = _LOOKUP
+    step = _S.KV_STEP
 
     def allocate_slots(self, request, *args, **kwargs):
         out = original(self, request, *args, **kwargs)
         if out is None:
-            step[FAIL] += 1
-        elif lookup[0] is request:
-            step[HIT] += lookup[1]
-            try:
-                step[QUERY] += request.num_tokens
-            except Exception:
-                pass
-            lookup[0] = None
+            step[_S.FAIL] += 1
         return out
     return allocate_slots
 
 
+def _hits_of(kvm, out):
+    # (blocks, hit tokens) since v0.7, (blocks, local hits, external hits) at main-2026-08-20;
+    # a bare block list before.
+    if isinstance(out, tuple) and len(out) >= 2 and isinstance(out[1], int):
+        return out[1]
+    return len(out) * getattr(kvm, "block_size", 0)
+
+
 def _computed(original, rt):
-    lookup = _LOOKUP
+    step = _S.KV_STEP
 
     def get_computed_blocks(self, request, *args, **kwargs):
         out = original(self, request, *args, **kwargs)
+        if hasattr(type(self), "record_prefix_cache_stats"):
+            return out  # the era counts at admission: see _record_stats
         try:
-            # (blocks, hit tokens) since v0.7, (blocks, local hits, external hits) at main-2026-08-20;
-            # a bare block list before.
-            if isinstance(out, tuple) and len(out) >= 2 and isinstance(out[1], int):
-                hits = out[1]
-            else:
-                hits = len(out) * getattr(self, "block_size", 0)
-            lookup[0], lookup[1] = request, hits
+            step[_S.HIT] += _hits_of(self, out)
+            step[_S.QUERY] += request.num_tokens
         except Exception:
-            lookup[0] = None
+            pass
         return out
     return get_computed_blocks
 
 
+def _record_stats(original, rt):
+    step = _S.KV_STEP
+
+    def record_prefix_cache_stats(self, request, *args, **kwargs):
+        out = original(self, request, *args, **kwargs)
+        try:
+            hits = args[0] if args else kwargs.get("num_hits", 0)
+            step[_S.HIT] += int(hits)
+            step[_S.QUERY] += request.num_tokens
+        except Exception:
+            pass
+        return out
+    return record_prefix_cache_stats
+
+
 def _free(original, rt):
-    step = STEP
+    step = _S.KV_STEP
+    free_of = _S.free_blocks_of
 
     def free(self, request, *args, **kwargs):
-        before = free_blocks_of(self)
+        before = free_of(self)
         out = original(self, request, *args, **kwargs)
         if before is not None:
-            after = free_blocks_of(self)
+            after = free_of(self)
             if after is not None and after > before:
-                step[FREED] += after - before
+                step[_S.FREED] += after - before
         return out
     return free
 
 
-def _evict(original, rt):
-    step = STEP
-
-    def _maybe_evict_cached_block(self, block):
-        out = original(self, block)
-        if out:
-            step[EVICTED] += 1
-        return out
-    return _maybe_evict_cached_block
-
-
-def _new_blocks(original, rt):
-    step = STEP
-
-    def get_new_blocks(self, num_blocks, *args, **kwargs):
-        evicted = step[EVICTED]
-        out = original(self, num_blocks, *args, **kwargs)
-        step[ALLOC] += num_blocks
-        if step[EVICTED] != evicted:
-            step[EVICT_OPS] += 1
-        return out
-    return get_new_blocks
-
+_K = ("kv_cache",)
 
 TARGET = Target(
-    name="kv_cache_manager", component="KVCacheManager", kinds=("kv_cache",),
+    name="kv_cache_manager", component="KVCacheManager", kinds=_K,
     paths=[Path("vllm.v1.core.kv_cache_manager", eras="v0.6.6+", hooks=[
-        Hook("KVCacheManager", "allocate_slots", _allocate, required=("request",), kinds=("kv_cache",)),
-        Hook("KVCacheManager", "get_computed_blocks", _computed, required=("request",), kinds=("kv_cache",),
+        Hook("KVCacheManager", "allocate_slots", _allocate, required=("request",), kinds=_K),
+        Hook("KVCacheManager", "get_computed_blocks", _computed, required=("request",), kinds=_K, optional=True),
+        Hook("KVCacheManager", "record_prefix_cache_stats", _record_stats, required=("request",), kinds=_K,
              optional=True),
-        Hook("KVCacheManager", "free", _free, required=("request",), kinds=("kv_cache",)),
+        Hook("KVCacheManager", "free", _free, required=("request",), kinds=_K),
         # v0.7.x only (the pool moved to BlockPool in v0.8.0).
-        Hook("KVCacheManager", "_maybe_evict_cached_block", _evict, required=("block",), kinds=("kv_cache",),
+        Hook("KVCacheManager", "_maybe_evict_cached_block", maybe_evict_hook, required=("block",), kinds=_K,
              optional=True),
-        Hook("KVCacheManager", "_get_new_blocks", _new_blocks, required=("num_blocks",), kinds=("kv_cache",),
+        Hook("KVCacheManager", "_get_new_blocks", new_blocks_hook, required=("num_blocks",), kinds=_K,
              optional=True),
     ])],
 )

@@ -5,8 +5,14 @@ built from the counters the KV hooks keep (kv_cache_manager.STEP).
 Paths: `vllm.v1.core.sched.scheduler` (v0.8.2+, AsyncScheduler inherits schedule) and
 `vllm.v1.core.scheduler` (v0.6.6-v0.8.1, e.g. v0.7.3).
 
-Steps: a schedule() that schedules tokens is a step (numbered from 1). Rows made inside
-schedule() (preemptions) carry the number of the step being scheduled.
+Steps (proto/tables/common.json): a schedule() that schedules tokens is a step, numbered from 1.
+Every row made inside schedule() (preemptions, KV rows, batch rows) carries the number of the
+step that call produces; a preemption in a call that schedules nothing carries the number of the
+next step, the one that will run.
+
+Budgets: `Scheduler.max_num_scheduled_tokens` / `max_num_running_reqs` (every V1 era, set from
+`scheduler_config.max_num_batched_tokens` / `max_num_seqs`), else scheduler_config itself; a
+limit found nowhere is an empty cell (unknown), never 0.
 
 Preemptions: where `_preempt_request` exists (2025-12-01+) it is wrapped and records each victim
 as it happens; elsewhere schedule() snapshots the running queue and reports the requests that
@@ -15,11 +21,12 @@ is not counted twice.
 """
 import time
 
-from profilemate.targets import Hook, Path, Target
-from profilemate.targets import kv_cache_manager as kvm_target
+from profilemate import stepctx
+from profilemate.targets._util import Hook, Path, Target
 
 _pc = time.perf_counter_ns
-_STEP = kvm_target.STEP
+_S = stepctx
+_STEP = stepctx.KV_STEP
 # Set while a _preempt_request wrapper is installed: victims are then recorded there.
 _PREEMPT_HOOKED = [False]
 # Prefill/decode split computed by _update_after_schedule before vLLM advances the computed tokens.
@@ -42,7 +49,7 @@ def _kv_usage(sched):
         u = sched.kv_cache_manager.usage
         return float(u() if callable(u) else u)
     except Exception:
-        return -1.0
+        return ""  # unknown (v0.6.6 has no usage): an empty cell
 
 
 def _record_victim(rt, sched, req, lost, source):
@@ -74,33 +81,38 @@ def _split(sched, out, advanced):
     return prefill, decode
 
 
+def _positive(v):
+    return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
+
+
 def _limits(sched):
-    """(token budget, request limit): vLLM's attributes, else its scheduler_config; 0 when unknown."""
-    budget = getattr(sched, "max_num_scheduled_tokens", 0) or 0
-    max_reqs = getattr(sched, "max_num_running_reqs", 0) or 0
-    if not (budget and max_reqs):
+    """(token budget, request limit): vLLM's attributes, else its scheduler_config; None when unknown."""
+    budget = _positive(getattr(sched, "max_num_scheduled_tokens", None))
+    max_reqs = _positive(getattr(sched, "max_num_running_reqs", None))
+    if budget is None or max_reqs is None:
         sc = getattr(sched, "scheduler_config", None)
-        budget = budget or getattr(sc, "max_num_batched_tokens", 0) or 0
-        max_reqs = max_reqs or getattr(sc, "max_num_seqs", 0) or 0
+        if budget is None:
+            budget = _positive(getattr(sc, "max_num_batched_tokens", None))
+        if max_reqs is None:
+            max_reqs = _positive(getattr(sc, "max_num_seqs", None))
     return budget, max_reqs
 
 
 def _kv_rows(rt, sched):
     kvm = getattr(sched, "kv_cache_manager", None)
-    total = kvm_target.total_blocks_of(kvm) if kvm is not None else None
-    free = kvm_target.free_blocks_of(kvm) if kvm is not None else None
+    total = _S.total_blocks_of(kvm) if kvm is not None else None
+    free = _S.free_blocks_of(kvm) if kvm is not None else None
     s = _STEP
     rt.record("kv_cache", "kv_cache_usage", {
-        "usage": _kv_usage(sched), "free_blocks": -1 if free is None else free,
-        "total_blocks": -1 if total is None else total,
-        "blocks_allocated": s[kvm_target.ALLOC], "blocks_freed": s[kvm_target.FREED],
-        "alloc_failures": s[kvm_target.FAIL], "prefix_hit_tokens": s[kvm_target.HIT],
-        "prefix_query_tokens": s[kvm_target.QUERY]})
-    if s[kvm_target.EVICTED]:
+        "usage": _kv_usage(sched), "free_blocks": "" if free is None else free,
+        "total_blocks": "" if total is None else total,
+        "blocks_allocated": s[_S.ALLOC], "blocks_freed": s[_S.FREED],
+        "alloc_failures": s[_S.FAIL], "prefix_hit_tokens": s[_S.HIT],
+        "prefix_query_tokens": s[_S.QUERY]})
+    if s[_S.EVICTED]:
         rt.record("kv_cache", "kv_cache_evictions", {
-            "evictions": s[kvm_target.EVICT_OPS], "blocks_evicted": s[kvm_target.EVICTED]})
-    for i in range(len(s)):
-        s[i] = 0
+            "evictions": s[_S.EVICT_OPS], "blocks_evicted": s[_S.EVICTED]})
+    _S.kv_reset()
 
 
 def _schedule(original, rt):
@@ -135,10 +147,10 @@ def _schedule(original, rt):
                 reqs = len(getattr(out, "num_scheduled_tokens", ()) or ())
                 split = _SPLIT[0] or _split(self, out, False)
                 record("batch_util", "batch_utilization", {
-                    "scheduled_tokens": tokens, "token_budget": budget,
-                    "token_util": tokens / budget if budget else 0.0,
-                    "running_reqs": reqs, "max_running_reqs": max_reqs,
-                    "req_util": reqs / max_reqs if max_reqs else 0.0,
+                    "scheduled_tokens": tokens, "token_budget": "" if budget is None else budget,
+                    "token_util": "" if budget is None else tokens / budget,
+                    "running_reqs": reqs, "max_running_reqs": "" if max_reqs is None else max_reqs,
+                    "req_util": "" if max_reqs is None else reqs / max_reqs,
                     "waiting": len(getattr(self, "waiting", ()) or ()),
                     "running": len(getattr(self, "running", ()) or ()),
                     "prefill_tokens": split[0], "decode_tokens": split[1],

@@ -1,25 +1,26 @@
-package proto
+package stream
 
 import (
 	"context"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	gproto "google.golang.org/protobuf/proto"
 
+	"github.com/profilemate/profilemate/internal/testkit"
+	"github.com/profilemate/profilemate/proto"
 	"github.com/profilemate/profilemate/proto/pmpb"
 )
 
 func TestStreamConfigDefaultsAndOptions(t *testing.T) {
-	c := StreamConfig()
+	c := Config()
 	if c.Name != "PROFILEMATE" || c.Storage != jetstream.FileStorage || c.Duplicates <= 0 ||
 		c.MaxBytes <= 0 || c.MaxAge <= 0 || c.Discard != jetstream.DiscardOld || len(c.Subjects) != 3 {
 		t.Errorf("defaults: %+v", c)
 	}
-	c = StreamConfig(WithMemoryStorage(), WithMaxBytes(1<<20), WithMaxAge(time.Hour), WithMaxMsgs(10),
+	c = Config(WithMemoryStorage(), WithMaxBytes(1<<20), WithMaxAge(time.Hour), WithMaxMsgs(10),
 		WithMaxMsgSize(1024), WithDuplicates(time.Second), WithReplicas(3))
 	if c.Storage != jetstream.MemoryStorage || c.MaxBytes != 1<<20 || c.MaxAge != time.Hour || c.MaxMsgs != 10 ||
 		c.MaxMsgSize != 1024 || c.Duplicates != time.Second || c.Replicas != 3 {
@@ -30,16 +31,7 @@ func TestStreamConfigDefaultsAndOptions(t *testing.T) {
 // TestStreamOnRealServer creates the stream on an embedded nats-server, publishes a converted
 // fixture batch twice with its message id (stored once), and reads it back through a filter.
 func TestStreamOnRealServer(t *testing.T) {
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true,
-		JetStream: true, StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	t.Cleanup(ns.Shutdown)
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server not ready")
-	}
+	ns := testkit.StartNATS(t)
 	nc, err := nats.Connect(ns.ClientURL())
 	if err != nil {
 		t.Fatal(err)
@@ -51,26 +43,26 @@ func TestStreamOnRealServer(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	st, err := js.CreateStream(ctx, StreamConfig(WithMaxBytes(64<<20)))
+	st, err := js.CreateStream(ctx, Config(WithMaxBytes(64<<20)))
 	if err != nil {
 		t.Fatalf("create stream: %v", err)
 	}
 
-	h := &Hello{Session: "20261126_205500_a1b2c3", Host: "gpu.node.7", PID: 77, Role: RoleEngineCore, DP: 1, Rank: -1}
-	l, err := DecodeLine([]byte(`{"t":"batch","v":1,"pid":77,"events":[{"kind":"kv_cache","table":"kv_cache_usage","seq":1,"step":1,"ts_ns":5,"cols":{"usage":0.25}},{"kind":"kv_cache","table":"kv_cache_evictions","seq":2,"step":1,"ts_ns":6,"cols":{"evictions":1}}]}`))
+	h := &proto.Hello{Session: "20261126_205500_a1b2c3", Host: "gpu.node.7", PID: 77, Role: proto.RoleEngineCore, DP: 1, Rank: -1}
+	l, err := proto.DecodeLine([]byte(`{"t":"batch","v":1,"pid":77,"events":[{"kind":"kv_cache","table":"kv_cache_usage","seq":1,"step":1,"ts_ns":5,"cols":{"usage":0.25}},{"kind":"kv_cache","table":"kv_cache_evictions","seq":2,"step":1,"ts_ns":6,"cols":{"evictions":1}}]}`))
 	if err != nil {
 		t.Fatal(err)
 	}
-	eb, err := ToEventBatch(h.Process(), l.Batch)
+	eb, err := proto.ToEventBatch(h.Process(), l.Batch)
 	if err != nil {
 		t.Fatal(err)
 	}
-	part := BatchesByKind(eb)[0]
+	part := proto.BatchesByKind(eb)[0]
 	body, err := gproto.Marshal(part)
 	if err != nil {
 		t.Fatal(err)
 	}
-	subj := BatchSubject(part)
+	subj := proto.BatchSubject(part)
 	for i := 0; i < 2; i++ {
 		ack, err := js.Publish(ctx, subj, body, jetstream.WithMsgID(part.BatchId))
 		if err != nil {
@@ -81,12 +73,12 @@ func TestStreamOnRealServer(t *testing.T) {
 		}
 	}
 	// Another host's heartbeat and a lifecycle record land in the same stream.
-	hb, _ := gproto.Marshal(Stamp(&pmpb.Heartbeat{Host: h.Host}))
-	if _, err := js.Publish(ctx, HeartbeatSubject(h.Host), hb); err != nil {
+	hb, _ := gproto.Marshal(proto.Stamp(&pmpb.Heartbeat{Host: h.Host}))
+	if _, err := js.Publish(ctx, proto.HeartbeatSubject(h.Host), hb); err != nil {
 		t.Fatal(err)
 	}
-	lc, _ := gproto.Marshal(Stamp(&pmpb.Lifecycle{Process: part.Process, Record: &pmpb.Lifecycle_Hello_{Hello: &pmpb.Lifecycle_Hello{}}}))
-	if _, err := js.Publish(ctx, LifeSubject(h.Session, h.Host, "eng1"), lc); err != nil {
+	lc, _ := gproto.Marshal(proto.Stamp(&pmpb.Lifecycle{Process: part.Process, Record: &pmpb.Lifecycle_Hello_{Hello: &pmpb.Lifecycle_Hello{}}}))
+	if _, err := js.Publish(ctx, proto.LifeSubject(h.Session, h.Host, "eng1"), lc); err != nil {
 		t.Fatal(err)
 	}
 	info, err := st.Info(ctx)
@@ -98,7 +90,7 @@ func TestStreamOnRealServer(t *testing.T) {
 	}
 
 	cons, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{EventFilter(h.Session, h.Host, "", "")}})
+		FilterSubjects: []string{proto.EventFilter(h.Session, h.Host, "", "")}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,11 +98,11 @@ func TestStreamOnRealServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f, err := ParseEventSubject(msg.Subject())
+	f, err := proto.ParseEventSubject(msg.Subject())
 	if err != nil || f.Host != "gpu.node.7" || f.Proc != "eng1" || f.Kind != "kv_cache" {
 		t.Fatalf("subject %s: %+v %v", msg.Subject(), f, err)
 	}
-	got, err := DecodeEventBatch(msg.Data())
+	got, err := proto.DecodeEventBatch(msg.Data())
 	if err != nil {
 		t.Fatal(err)
 	}

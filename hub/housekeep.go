@@ -1,0 +1,63 @@
+package hub
+
+import (
+	"os"
+	"time"
+)
+
+// housekeep ends idle sessions, evicts ended ones and removes sessions past retention.
+func (s *Server) housekeep(lastRetention *time.Time) {
+	now := s.cfg.Now()
+	s.mu.Lock()
+	for id, ss := range s.sessions {
+		idle := now.Sub(ss.last) >= s.cfg.SessionIdle
+		switch {
+		case ss.meta.Status == StatusEnded:
+			if err := ss.end(ss.meta.EndReason, now); err != nil {
+				s.cnt.bad(s.log, ReasonWrite, id, err)
+			}
+			delete(s.sessions, id)
+		case idle:
+			if err := ss.end(EndIdle, now); err != nil {
+				s.cnt.bad(s.log, ReasonWrite, id, err)
+			}
+			s.log.Info("session ended", "session", id, "reason", EndIdle)
+			delete(s.sessions, id)
+		}
+	}
+	s.mu.Unlock()
+	if s.cfg.Retention > 0 && now.Sub(*lastRetention) >= time.Minute {
+		*lastRetention = now
+		s.applyRetention(now)
+	}
+}
+
+func (s *Server) applyRetention(now time.Time) {
+	ents, err := os.ReadDir(sessionsDir(s.cfg.DataDir))
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if !e.IsDir() {
+			continue
+		}
+		s.mu.Lock()
+		open := s.sessions[e.Name()] != nil
+		s.mu.Unlock()
+		if open {
+			continue
+		}
+		dir := SessionDir(s.cfg.DataDir, e.Name())
+		m, err := ReadMetadata(dir)
+		if err != nil || m.Status != StatusEnded || m.EndNS == 0 {
+			continue
+		}
+		if now.Sub(time.Unix(0, m.EndNS)) > s.cfg.Retention {
+			if err := os.RemoveAll(dir); err != nil {
+				s.log.Warn("retention: remove failed", "session", e.Name(), "err", err)
+				continue
+			}
+			s.log.Info("retention: session removed", "session", e.Name())
+		}
+	}
+}

@@ -1,0 +1,98 @@
+package hub
+
+import (
+	"fmt"
+	"os"
+	"regexp"
+)
+
+// Sessions lists every session folder under the data folder, open ones from memory, the others
+// from their metadata.json.
+func (s *Server) Sessions() []SessionInfo {
+	ents, _ := os.ReadDir(sessionsDir(s.cfg.DataDir))
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := []SessionInfo{}
+	for _, e := range ents {
+		if !e.IsDir() {
+			continue
+		}
+		dir := SessionDir(s.cfg.DataDir, e.Name())
+		var m *Metadata
+		if ss := s.sessions[e.Name()]; ss != nil {
+			m = &ss.meta
+		} else if mm, err := ReadMetadata(dir); err == nil {
+			m = mm
+		} else {
+			continue
+		}
+		rows := make(map[string]int64, len(m.Rows))
+		for k, v := range m.Rows {
+			rows[k] = v
+		}
+		out = append(out, SessionInfo{Session: m.Session, Dir: dir, Status: m.Status, EndReason: m.EndReason,
+			Hosts: sortedKeys(m.Hosts), Processes: len(m.Processes), Rows: rows, Bytes: m.Bytes})
+	}
+	return out
+}
+
+var sessionRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$`)
+
+// loadSessions reopens every session not marked ended, so their idle timers run again and their
+// seen-state is ready before the first redelivered message.
+func (s *Server) loadSessions() error {
+	ents, err := os.ReadDir(sessionsDir(s.cfg.DataDir))
+	if err != nil {
+		return fmt.Errorf("hub: list sessions: %w", err)
+	}
+	now := s.cfg.Now()
+	for _, e := range ents {
+		if !e.IsDir() || !sessionRE.MatchString(e.Name()) {
+			continue
+		}
+		dir := SessionDir(s.cfg.DataDir, e.Name())
+		if m, err := ReadMetadata(dir); err == nil {
+			for h, hm := range m.Hosts {
+				if hm.Measured && hm.LastSeenNS >= s.hosts[h].LastSeenNS {
+					s.hosts[h] = *hm
+				}
+			}
+			if m.Status == StatusEnded {
+				continue
+			}
+		}
+		ss, err := loadSession(dir, e.Name(), s.cfg.Schema, s.cfg.SessionMaxBytes, now)
+		if err != nil {
+			s.log.Error("session not reloaded", "session", e.Name(), "err", err)
+			continue
+		}
+		ss.known = s.hosts
+		s.sessions[e.Name()] = ss
+		s.log.Info("session reloaded", "session", e.Name(), "rows", ss.meta.Rows)
+	}
+	return nil
+}
+
+// openSession returns the in-memory session, reloading it from disk or creating it.
+func (s *Server) openSession(id string) (*session, error) {
+	if ss := s.sessions[id]; ss != nil {
+		return ss, nil
+	}
+	if !sessionRE.MatchString(id) {
+		return nil, bad(ReasonSession, fmt.Errorf("session id %q is not a folder name", id))
+	}
+	dir := SessionDir(s.cfg.DataDir, id)
+	now := s.cfg.Now()
+	var ss *session
+	if _, err := os.Stat(dir); err == nil {
+		ss, err = loadSession(dir, id, s.cfg.Schema, s.cfg.SessionMaxBytes, now)
+		if err != nil {
+			return nil, bad(ReasonWrite, err)
+		}
+	} else {
+		ss = newSession(dir, id, s.cfg.Schema, s.cfg.SessionMaxBytes, now)
+	}
+	ss.known = s.hosts
+	s.sessions[id] = ss
+	return ss, nil
+}

@@ -1,0 +1,46 @@
+package hub
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// setupStream creates (or adopts) the stream with the hub's limits and the durable consumer the
+// hub reads with.
+func (s *Server) setupStream(ctx context.Context) error {
+	js, err := jetstream.New(s.nc)
+	if err != nil {
+		return fmt.Errorf("hub: jetstream: %w", err)
+	}
+	s.js = js
+	cfg := streamConfig()
+	cfg.MaxBytes, cfg.MaxAge = s.cfg.StreamMaxBytes, s.cfg.StreamMaxAge
+	if cfg.MaxMsgSize <= 0 || int(cfg.MaxMsgSize) > s.cfg.MaxMsgBytes {
+		cfg.MaxMsgSize = int32(s.cfg.MaxMsgBytes)
+	}
+	st, err := js.CreateOrUpdateStream(ctx, cfg)
+	if err != nil {
+		// A stream managed by someone else (other replicas, other limits): adopt it as it is.
+		var e2 error
+		st, e2 = js.Stream(ctx, cfg.Name)
+		if e2 != nil {
+			return fmt.Errorf("hub: create stream %s: %w", cfg.Name, err)
+		}
+		s.log.Warn("adopting existing stream with its own config", "stream", cfg.Name, "err", err)
+	}
+	cons, err := st.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+		Durable:       s.cfg.Consumer,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       60 * time.Second,
+		MaxAckPending: 64 * s.cfg.Fetch,
+		MaxDeliver:    -1,
+	})
+	if err != nil {
+		return fmt.Errorf("hub: durable consumer %s: %w", s.cfg.Consumer, err)
+	}
+	s.cons = cons
+	return nil
+}
