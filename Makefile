@@ -20,5 +20,14 @@ demo: build
 proto:
 	./proto/generate.sh
 
+# Fuzz targets run by `make fuzz` (and CI), each for FUZZTIME: package:Target, one per line.
+FUZZTIME ?= 20s
+FUZZ_TARGETS := \
+	./hub/:FuzzDecode \
+	./proto/:FuzzDecodeLine \
+	./proto/:FuzzShimCodec
+
 fuzz:
-	go test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime 20s ./hub/
+	set -e; for t in $(FUZZ_TARGETS); do \
+		go test -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZTIME) "$${t%%:*}"; \
+	done

@@ -48,7 +48,6 @@ type Config struct {
 	SessionLinger time.Duration
 	Version       string
 	Heartbeat     time.Duration // default DefaultHeartbeat
-	Encoder       Encoder       // default: the stream's protobuf encoding
 	Logger        *slog.Logger
 }
 
@@ -63,7 +62,6 @@ const (
 type Agent struct {
 	cfg   Config
 	log   *slog.Logger
-	enc   Encoder
 	q     *queue
 	dead  *deadLetters
 	pub   *publisher
@@ -94,6 +92,7 @@ type Agent struct {
 	badLines  atomic.Int64
 	badLog    rateLog
 	encErrors atomic.Int64
+	rejected  rejectCounts // events proto refused, by reason
 	lifeN     atomic.Uint64
 	clock     *clock.Tracker // nil without NATS
 }
@@ -123,9 +122,9 @@ type session struct {
 type proc struct {
 	pid     int // the pid the shim reports: a label (another pid namespace in a container)
 	sess    *session
-	ident   Ident
+	ident   pmproto.Ident
 	token   string
-	hello   *Hello
+	hello   *pmproto.Hello
 	conn    *conn
 	peer    peerCred // the process bound to this label: the peer of the connection that said hello
 	events  int64
@@ -179,13 +178,10 @@ func New(cfg Config) (*Agent, error) {
 		cfg.NATS.Name = "pmagent@" + cfg.Host
 	}
 	a := &Agent{
-		cfg: cfg, log: cfg.Logger.With("component", "agent"), enc: cfg.Encoder,
+		cfg: cfg, log: cfg.Logger.With("component", "agent"),
 		started: time.Now(), sessions: map[string]*session{}, renamed: map[string]string{},
 		procs: map[int]*proc{}, conns: map[*conn]struct{}{}, stopQ: make(chan struct{}),
 		budget: &byteBudget{max: cfg.MaxBuffered},
-	}
-	if a.enc == nil {
-		a.enc = defaultEncoder()
 	}
 	a.budget.full = a.returnMemory
 	var sp *spool
@@ -334,7 +330,7 @@ func NewSessionID(now time.Time) string {
 }
 
 // resolveSession picks the session of a process that says hello (a.mu held).
-func (a *Agent) resolveSession(h *Hello) *session {
+func (a *Agent) resolveSession(h *pmproto.Hello) *session {
 	name := a.cfg.Session
 	if name == "" {
 		name = h.Session
@@ -409,7 +405,7 @@ func (a *Agent) Sessions() []string {
 }
 
 func (a *Agent) publishLife(l *Life) {
-	data, err := a.enc.EncodeLife(l)
+	data, err := encodeLife(l)
 	if err != nil {
 		a.encErrors.Add(1)
 		a.log.Error("encode lifecycle record", "err", err)
@@ -419,7 +415,7 @@ func (a *Agent) publishLife(l *Life) {
 	// it is time-based so that records of an agent restarted within the dedupe window differ too.
 	n := a.nextLifeN()
 	id := pmproto.LifeMsgID(l.Session, l.Host, int64(l.PID), l.Type, n)
-	a.q.push(Msg{Subject: lifeSubject(l.Session, l.Host, l.Proc), ID: id, Data: data})
+	a.q.push(Msg{Subject: pmproto.LifeSubject(l.Session, l.Host, l.Proc), ID: id, Data: data})
 }
 
 // claim binds process p to connection c (a.mu held). A label stays with the process that said
@@ -431,7 +427,7 @@ func (a *Agent) claim(c *conn, p *proc) error {
 		return nil
 	}
 	if !c.peer.sameProcess(p.peer) && (p.conn != nil || (p.peer.OK && pidAlive(int(p.peer.Pid)))) {
-		return fmt.Errorf("%w: pid %d is bound to the connection of process %d", ErrBadLine, p.pid, p.peer.Pid)
+		return fmt.Errorf("%w: pid %d is bound to the connection of process %d", pmproto.ErrBadLine, p.pid, p.peer.Pid)
 	}
 	if p.conn != nil {
 		delete(p.conn.pids, p.pid)
@@ -448,7 +444,7 @@ func reused(p *proc, c *conn) bool {
 }
 
 // hello registers a process (again, after a reconnect) and returns the session it belongs to.
-func (a *Agent) hello(c *conn, h *Hello) error {
+func (a *Agent) hello(c *conn, h *pmproto.Hello) error {
 	a.mu.Lock()
 	p, ok := a.procs[h.PID]
 	if ok && (p.sess.ended || p.bye || reused(p, c)) {
@@ -482,7 +478,7 @@ func (a *Agent) hello(c *conn, h *Hello) error {
 	a.mu.Unlock()
 
 	if h.Session != sess {
-		c.send(Ctl{T: "ctl", V: WireVersion, Op: "session", Session: sess})
+		c.send(pmproto.Ctl{T: pmproto.LineCtl, V: pmproto.WireVersion, Op: "session", Session: sess})
 	}
 	a.publishLife(&Life{Type: "hello", Session: sess, Host: a.cfg.Host, Proc: p.token, PID: h.PID, Ident: p.ident, Hello: h})
 	return nil
@@ -490,7 +486,7 @@ func (a *Agent) hello(c *conn, h *Hello) error {
 
 // uniqueToken keeps proc tokens unique inside a session (two processes claiming the same rank).
 func (a *Agent) uniqueToken(p *proc) string {
-	t := procToken(p.ident, p.pid)
+	t := pmproto.ProcToken(p.ident.Role, p.ident.DP, p.ident.Rank, p.pid)
 	for _, o := range p.sess.procs {
 		if o != p && o.token == t && !o.bye {
 			return "p" + fmt.Sprint(p.pid)
@@ -499,9 +495,15 @@ func (a *Agent) uniqueToken(p *proc) string {
 	return t
 }
 
-// batch publishes a shim batch as one message per kind. A batch that cannot be encoded is
-// rejected whole and changes nothing.
-func (a *Agent) batch(c *conn, b *Batch) error {
+// batch publishes a shim batch as one message per kind. Each event is checked against its table
+// and encoded once (proto's codec); refused events are counted by reason and the others are
+// published. A batch whose every event is refused changes nothing and is an error.
+func (a *Agent) batch(c *conn, b *pmproto.Batch) error {
+	good, bad := pmproto.EncodeEvents(b.Events)
+	a.rejected.add(bad, a.log, &a.badLog)
+	if len(good) == 0 && len(bad) > 0 {
+		return fmt.Errorf("%w: all %d events refused, first: %v", pmproto.ErrBadLine, len(bad), bad[0])
+	}
 	a.mu.Lock()
 	p, ok := a.procs[b.PID]
 	if ok && !p.bye && !p.sess.ended && reused(p, c) {
@@ -514,18 +516,8 @@ func (a *Agent) batch(c *conn, b *Batch) error {
 		}
 	}
 	if !ok || p.bye || p.sess.ended {
-		a.mu.Unlock()
-		// Check the events before a batch of an unknown process registers it.
-		if _, err := a.encodeEvents(&BatchHead{PID: b.PID}, b.Events); err != nil {
-			a.encErrors.Add(1)
-			return fmt.Errorf("%w: %v", ErrBadLine, err)
-		}
-		a.mu.Lock()
-		p, ok = a.procs[b.PID]
-	}
-	if !ok || p.bye || p.sess.ended {
 		// Events before (or without) a hello: a shim that reconnected to a restarted agent.
-		h := &Hello{PID: b.PID, PPID: -1, Role: "", DP: -1, PP: -1, TP: -1, EP: -1, Rank: -1}
+		h := &pmproto.Hello{PID: b.PID, PPID: -1, Role: "", DP: -1, PP: -1, TP: -1, EP: -1, Rank: -1}
 		if b.Ident != nil {
 			h.Role, h.DP, h.PP, h.TP, h.EP, h.Rank = b.Ident.Role, b.Ident.DP, b.Ident.PP, b.Ident.TP, b.Ident.EP, b.Ident.Rank
 		}
@@ -537,7 +529,7 @@ func (a *Agent) batch(c *conn, b *Batch) error {
 		p = a.procs[b.PID]
 		if p.conn != c {
 			a.mu.Unlock()
-			return fmt.Errorf("%w: pid %d is bound to another connection", ErrBadLine, b.PID)
+			return fmt.Errorf("%w: pid %d is bound to another connection", pmproto.ErrBadLine, b.PID)
 		}
 	}
 	if b.Ident != nil && *b.Ident != p.ident {
@@ -550,31 +542,25 @@ func (a *Agent) batch(c *conn, b *Batch) error {
 	}
 	// Leave out what this process already sent (it resends its buffer after a reconnect).
 	seen, maxSeq := p.seen, p.maxSeq
-	kept := make([]Event, 0, len(b.Events))
-	for i := range b.Events {
-		if seen && b.Events[i].Seq <= maxSeq {
+	kept := make([]pmproto.EncodedEvent, 0, len(good))
+	for i := range good {
+		if seen && good[i].Seq <= maxSeq {
 			continue
 		}
-		seen, maxSeq = true, b.Events[i].Seq
-		kept = append(kept, b.Events[i])
+		seen, maxSeq = true, good[i].Seq
+		kept = append(kept, good[i])
 	}
 	dropped := p.dropped
 	if b.Dropped > dropped {
 		dropped = b.Dropped
 	}
 	head := BatchHead{Session: p.sess.id, Host: a.cfg.Host, Proc: p.token, PID: p.pid, Ident: p.ident, Dropped: dropped}
-	a.mu.Unlock()
-
-	msgs, err := a.encodeEvents(&head, kept)
-	if err != nil {
-		a.encErrors.Add(1)
-		return fmt.Errorf("%w: %v", ErrBadLine, err)
-	}
-	a.mu.Lock()
 	p.seen, p.maxSeq, p.dropped = seen, maxSeq, dropped
 	p.events += int64(len(kept))
 	a.mu.Unlock()
-	a.dupes.Add(int64(len(b.Events) - len(kept)))
+
+	msgs := batchMsgs(&head, kept)
+	a.dupes.Add(int64(len(good) - len(kept)))
 	a.events.Add(int64(len(kept)))
 	for _, m := range msgs {
 		a.q.push(m)
@@ -582,37 +568,17 @@ func (a *Agent) batch(c *conn, b *Batch) error {
 	return nil
 }
 
-// encodeEvents groups events by kind (keeping their order) into one message per kind.
-func (a *Agent) encodeEvents(head *BatchHead, evs []Event) ([]Msg, error) {
-	var msgs []Msg
-	for len(evs) > 0 {
-		kind := evs[0].Kind
-		same := evs[:0:0]
-		rest := evs[:0:0]
-		for i := range evs {
-			if evs[i].Kind == kind {
-				same = append(same, evs[i])
-			} else {
-				rest = append(rest, evs[i])
-			}
-		}
-		h := *head
-		h.Kind = kind
-		data, err := a.enc.EncodeBatch(&h, same)
-		if err != nil {
-			return nil, fmt.Errorf("kind %s: %w", kind, err)
-		}
-		msgs = append(msgs, Msg{
-			Subject: eventSubject(h.Session, h.Host, h.Proc, kind),
-			ID:      eventMsgID(h.Session, h.Host, h.PID, kind, same[0].Seq, same[len(same)-1].Seq),
-			Data:    data,
-		})
-		evs = rest
+// encodeEvents checks and encodes the agent's own events (GPU samples) into one message per kind;
+// an event proto refuses is an error (a defect of the agent, not of a shim).
+func (a *Agent) encodeEvents(head *BatchHead, evs []pmproto.Event) ([]Msg, error) {
+	good, bad := pmproto.EncodeEvents(evs)
+	if len(bad) > 0 {
+		return nil, bad[0]
 	}
-	return msgs, nil
+	return batchMsgs(head, good), nil
 }
 
-func (a *Agent) status(c *conn, s *StatusMsg) error {
+func (a *Agent) status(c *conn, s *pmproto.Status) error {
 	a.mu.Lock()
 	p, ok := a.procs[s.PID]
 	if !ok {
@@ -629,7 +595,7 @@ func (a *Agent) status(c *conn, s *StatusMsg) error {
 	return nil
 }
 
-func (a *Agent) bye(c *conn, b *Bye) error {
+func (a *Agent) bye(c *conn, b *pmproto.Bye) error {
 	a.mu.Lock()
 	p, ok := a.procs[b.PID]
 	if !ok || p.bye {
@@ -724,8 +690,8 @@ func (a *Agent) reap(ctx context.Context) {
 // Control sends a control line to every connected shim (of one session when session is set) and
 // returns how many got it. A session change also moves those processes to the new session here, so
 // their next events are published under it.
-func (a *Agent) Control(ctl Ctl, session string) int {
-	ctl.T, ctl.V = "ctl", WireVersion
+func (a *Agent) Control(ctl pmproto.Ctl, session string) int {
+	ctl.T, ctl.V = pmproto.LineCtl, pmproto.WireVersion
 	a.mu.Lock()
 	var cs []*conn
 	for c := range a.conns {

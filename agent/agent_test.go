@@ -18,7 +18,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/profilemate/profilemate/internal/stream"
 	"github.com/profilemate/profilemate/internal/testkit"
+	pmproto "github.com/profilemate/profilemate/proto"
 	"github.com/profilemate/profilemate/proto/pmpb"
 )
 
@@ -29,7 +31,7 @@ func createStreamURL(url string) error {
 	}
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
-	_, err = js.CreateStream(context.Background(), streamConfig())
+	_, err = js.CreateStream(context.Background(), stream.Config())
 	return err
 }
 
@@ -41,7 +43,7 @@ func createStream(t *testing.T, url string) jetstream.Stream {
 	}
 	t.Cleanup(nc.Close)
 	js, _ := jetstream.New(nc)
-	s, err := js.CreateStream(context.Background(), streamConfig())
+	s, err := js.CreateStream(context.Background(), stream.Config())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -196,7 +198,7 @@ func seqsByPID(t *testing.T, msgs []*nats.Msg) map[int][]uint64 {
 		}
 		b := decodePB(t, m)
 		pr := b.GetProcess()
-		if want := eventMsgID(pr.GetSession(), pr.GetHost(), int(pr.GetPid()), b.Events[0].Kind, b.Events[0].Seq, b.Events[len(b.Events)-1].Seq); m.Header.Get(nats.MsgIdHdr) != want || b.BatchId != want {
+		if want := pmproto.MsgID(pr.GetSession(), pr.GetHost(), pr.GetPid(), b.Events[0].Kind, b.Events[0].Seq, b.Events[len(b.Events)-1].Seq); m.Header.Get(nats.MsgIdHdr) != want || b.BatchId != want {
 			t.Errorf("msg id %q, batch id %q, want %q", m.Header.Get(nats.MsgIdHdr), b.BatchId, want)
 		}
 		for _, e := range b.Events {
@@ -306,7 +308,7 @@ func TestEndedSessionNameGetsNewID(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var ctl Ctl
+	var ctl pmproto.Ctl
 	if err := json.Unmarshal(line, &ctl); err != nil || ctl.Op != "session" || ctl.Session == "bench" || ctl.Session == "" {
 		t.Fatalf("ctl %q (%v), want a session change to a new id", line, err)
 	}
@@ -319,14 +321,14 @@ func TestControlSessionChangeMovesProcesses(t *testing.T) {
 	a := newTestAgent(t, Config{})
 	s := dialShim(t, a.Socket(), 901, 2, "old")
 	waitFor(t, "hello", func() bool { return len(a.Status().Processes) == 1 })
-	if n := a.Control(Ctl{Op: "session", Session: "new"}, "old"); n != 1 {
+	if n := a.Control(pmproto.Ctl{Op: "session", Session: "new"}, "old"); n != 1 {
 		t.Fatalf("control reached %d shims, want 1", n)
 	}
 	line, err := s.r.ReadBytes('\n')
 	if err != nil {
 		t.Fatal(err)
 	}
-	var ctl Ctl
+	var ctl pmproto.Ctl
 	if err := json.Unmarshal(line, &ctl); err != nil || ctl.Op != "session" || ctl.Session != "new" {
 		t.Fatalf("shim got %q, want a session change to new", line)
 	}
@@ -336,7 +338,7 @@ func TestControlSessionChangeMovesProcesses(t *testing.T) {
 		t.Errorf("process session %q, want new", got)
 	}
 	off := false
-	if n := a.Control(Ctl{Op: "profiler", Name: "moe_expert", Enabled: &off}, ""); n != 1 {
+	if n := a.Control(pmproto.Ctl{Op: "profiler", Name: "moe_expert", Enabled: &off}, ""); n != 1 {
 		t.Fatalf("profiler control reached %d shims, want 1", n)
 	}
 	line, _ = s.r.ReadBytes('\n')

@@ -6,6 +6,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/profilemate/profilemate/internal/stream"
 	"github.com/profilemate/profilemate/internal/testkit"
 )
 
@@ -17,7 +18,7 @@ func TestUserPassword(t *testing.T) {
 	}
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
-	if _, err := js.CreateStream(t.Context(), streamConfig()); err != nil {
+	if _, err := js.CreateStream(t.Context(), stream.Config()); err != nil {
 		t.Fatal(err)
 	}
 	wrong := newTestAgent(t, Config{NATS: NATSConfig{URL: ns.ClientURL(), User: "pm", Password: "nope"}})

@@ -2,7 +2,6 @@ package agent
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -202,33 +201,4 @@ func vmRSSMiB() float64 {
 		}
 	}
 	return 0
-}
-
-// BenchmarkEncode compares the struct encoder with the wire encoder on one 64-event batch.
-func BenchmarkEncode(b *testing.B) {
-	l, err := decodeLine(bytes.TrimSpace(benchBatchLine(1, 0, 1, 64)))
-	if err != nil {
-		b.Fatal(err)
-	}
-	h := &BatchHead{Session: "20261126_120000_abcdef", Host: "gpu-1", PID: 1, Kind: "kv_cache", Ident: *l.Ident}
-	var evs []Event
-	for _, e := range l.Events {
-		if e.Kind == "kv_cache" {
-			evs = append(evs, e)
-		}
-	}
-	for _, enc := range []struct {
-		name string
-		e    Encoder
-	}{{"struct", PBEncoder{}}, {"wire", WireEncoder{}}} {
-		b.Run(enc.name, func(b *testing.B) {
-			b.ReportAllocs()
-			for i := 0; i < b.N; i++ {
-				if _, err := enc.e.EncodeBatch(h, evs); err != nil {
-					b.Fatal(err)
-				}
-			}
-			b.ReportMetric(float64(b.N*len(evs))/b.Elapsed().Seconds(), "events/s")
-		})
-	}
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/profilemate/profilemate/internal/stream"
 	"github.com/profilemate/profilemate/internal/testkit"
+	pmproto "github.com/profilemate/profilemate/proto"
 )
 
 // startNATSPayload starts a test server with its max_payload set.
@@ -60,9 +61,9 @@ func TestPoisonMessagesSetAside(t *testing.T) {
 	createStreamOpts(t, url, stream.WithMaxMsgSize(64<<10))
 	spoolDir := t.TempDir()
 
-	long := Msg{Subject: eventSubject(strings.Repeat("a", 4100), "h1", "w0", "kv_cache"), ID: "long", Data: []byte("x")}
+	long := Msg{Subject: pmproto.EventSubject(strings.Repeat("a", 4100), "h1", "w0", "kv_cache"), ID: "long", Data: []byte("x")}
 	good := func(i int) Msg {
-		return Msg{Subject: lifeSubject("s1", "h1", "w0"), ID: fmt.Sprint("good-", i), Data: []byte{byte(i)}}
+		return Msg{Subject: pmproto.LifeSubject("s1", "h1", "w0"), ID: fmt.Sprint("good-", i), Data: []byte{byte(i)}}
 	}
 	// An earlier run left the poisoned message in front of the spool.
 	sp, err := openSpool(spoolDir, 1<<30)

@@ -65,14 +65,14 @@ func (a *Agent) publishGPU(rows []gpu.Row) {
 	if len(rows) == 0 {
 		return
 	}
-	evs := make([]Event, 0, len(rows))
+	evs := make([]pmproto.Event, 0, len(rows))
 	for _, r := range rows {
 		cols, err := json.Marshal(r.Cols)
 		if err != nil {
 			a.encErrors.Add(1)
 			continue
 		}
-		evs = append(evs, Event{Kind: gpu.Kind, Table: gpu.Table, Seq: uint64(r.Seq), Step: -1, TsNS: r.TsNS, Cols: cols})
+		evs = append(evs, pmproto.Event{Kind: gpu.Kind, Table: gpu.Table, Seq: uint64(r.Seq), Step: -1, TsNS: r.TsNS, Cols: cols})
 	}
 	a.mu.Lock()
 	var open []string
@@ -84,7 +84,7 @@ func (a *Agent) publishGPU(rows []gpu.Row) {
 	a.mu.Unlock()
 	for _, id := range open {
 		head := BatchHead{Session: id, Host: a.cfg.Host, Proc: pmproto.ProcAgent, PID: os.Getpid(),
-			Ident: Ident{Role: pmproto.RoleAgent, DP: -1, PP: -1, TP: -1, EP: -1, Rank: -1}}
+			Ident: pmproto.Ident{Role: pmproto.RoleAgent, DP: -1, PP: -1, TP: -1, EP: -1, Rank: -1}}
 		msgs, err := a.encodeEvents(&head, evs)
 		if err != nil {
 			a.encErrors.Add(1)

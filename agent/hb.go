@@ -90,14 +90,14 @@ func (a *Agent) onControl(data []byte) {
 	switch op := c.Op.(type) {
 	case *pmpb.Control_Profiler_:
 		on := op.Profiler.GetEnabled()
-		n := a.Control(Ctl{Op: "profiler", Name: op.Profiler.GetName(), Enabled: &on}, c.GetSession())
+		n := a.Control(pmproto.Ctl{Op: "profiler", Name: op.Profiler.GetName(), Enabled: &on}, c.GetSession())
 		a.log.Info("control: profiler", "name", op.Profiler.GetName(), "enabled", on, "shims", n)
 	case *pmpb.Control_SessionStart_:
 		id := op.SessionStart.GetSession()
 		if id == "" {
 			id = NewSessionID(time.Now())
 		}
-		n := a.Control(Ctl{Op: "session", Session: id}, c.GetSession())
+		n := a.Control(pmproto.Ctl{Op: "session", Session: id}, c.GetSession())
 		a.log.Info("control: session start", "session", id, "shims", n)
 	case *pmpb.Control_SessionStop_:
 		for _, s := range a.Status().Sessions {

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+
+	pmproto "github.com/profilemate/profilemate/proto"
 )
 
 // DefaultMaxLine caps one socket line; longer lines are rejected and skipped without buffering.
@@ -78,7 +80,7 @@ func (l *lineReader) next() ([]byte, error) {
 		case errors.Is(err, bufio.ErrBufferFull):
 			continue
 		case errors.Is(err, io.EOF) && len(l.buf) > 0:
-			return nil, fmt.Errorf("%w: truncated last line (%d bytes, no newline)", ErrBadLine, len(l.buf))
+			return nil, fmt.Errorf("%w: truncated last line (%d bytes, no newline)", pmproto.ErrBadLine, len(l.buf))
 		default:
 			return nil, err
 		}

@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/profilemate/profilemate/internal/stream"
+
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -30,6 +32,9 @@ type NATSConfig struct {
 	Creds        string
 	Name         string
 	AckTimeout   time.Duration
+	// Options are appended to the connection's options (what internal/natsclient builds from
+	// the shared CLI flags: TLS, creds, nkey, user, token).
+	Options []nats.Option
 }
 
 // window is how many messages are in flight to JetStream at once.
@@ -141,6 +146,7 @@ func (p *publisher) connect() error {
 	if p.cfg.Creds != "" {
 		opts = append(opts, nats.UserCredentials(p.cfg.Creds))
 	}
+	opts = append(opts, p.cfg.Options...)
 	nc, err := nats.Connect(p.cfg.URL, opts...)
 	if err != nil {
 		return fmt.Errorf("nats %s: %w", p.cfg.URL, err)
@@ -319,7 +325,7 @@ func (p *publisher) classify(err error) error {
 func (p *publisher) ensureStream() error {
 	ctx, cancel := context.WithTimeout(context.Background(), p.cfg.AckTimeout)
 	defer cancel()
-	_, err := p.js.CreateOrUpdateStream(ctx, streamConfig())
+	_, err := p.js.CreateOrUpdateStream(ctx, stream.Config())
 	if err != nil {
 		return fmt.Errorf("create stream %s: %w", StreamName, err)
 	}

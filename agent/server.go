@@ -17,6 +17,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	pmproto "github.com/profilemate/profilemate/proto"
 )
 
 // RootSocket is the socket of a host-wide `pmagent serve` (root, or a systemd unit with
@@ -282,7 +284,7 @@ func (a *Agent) serve(c *conn) {
 	for {
 		line, err := lr.next()
 		if err != nil {
-			if errors.Is(err, errLineTooLong) || errors.Is(err, errLineOverBudget) || errors.Is(err, ErrBadLine) {
+			if errors.Is(err, errLineTooLong) || errors.Is(err, errLineOverBudget) || errors.Is(err, pmproto.ErrBadLine) {
 				a.reject(c, err)
 				if errors.Is(err, errLineTooLong) || errors.Is(err, errLineOverBudget) {
 					if errors.Is(err, errLineOverBudget) {
@@ -292,7 +294,7 @@ func (a *Agent) serve(c *conn) {
 					continue
 				}
 			}
-			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !errors.Is(err, ErrBadLine) {
+			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !errors.Is(err, pmproto.ErrBadLine) {
 				a.log.Debug("connection read", "err", err)
 			}
 			return
@@ -311,39 +313,32 @@ func (a *Agent) reject(c *conn, err error) {
 	a.badLog.log(a.log, "rejected socket line", "err", err, "rejected_total", a.badLines.Load())
 }
 
-// handle processes one line; an error rejects only that line.
+// handle processes one line; an error rejects only that line. Lines are decoded by proto's
+// shim-line codec (pmproto.ReadLine); a batch's events are checked when it is published.
 func (a *Agent) handle(c *conn, raw []byte) error {
-	l, err := decodeLine(raw)
+	l, err := pmproto.ReadLine(raw)
 	if err != nil {
 		return err
 	}
-	switch l.T {
-	case "batch":
-		b, err := l.batch()
-		if err != nil {
-			return err
-		}
-		return a.batch(c, b)
-	case "hello":
-		if l.PID <= 0 {
-			return fmt.Errorf("%w: hello without pid", ErrBadLine)
-		}
-		h := l.Hello
-		return a.hello(c, &h)
-	case "status":
-		return a.status(c, &StatusMsg{PID: l.PID, Targets: l.Targets})
-	case "bye":
-		return a.bye(c, &Bye{PID: l.PID, Dropped: l.Dropped, LastSeq: l.LastSeq, EndNS: l.EndNS})
-	case "admin":
-		switch l.Op {
+	switch {
+	case l.Batch != nil:
+		return a.batch(c, l.Batch)
+	case l.Hello != nil:
+		return a.hello(c, l.Hello)
+	case l.Status != nil:
+		return a.status(c, l.Status)
+	case l.Bye != nil:
+		return a.bye(c, l.Bye)
+	case l.Admin != nil:
+		switch l.Admin.Op {
 		case "status":
 			return c.send(a.Status())
 		default:
-			_ = c.send(map[string]any{"t": "error", "v": WireVersion, "error": "unknown admin op " + strconv.Quote(l.Op)})
-			return fmt.Errorf("%w: unknown admin op %q", ErrBadLine, l.Op)
+			_ = c.send(map[string]any{"t": "error", "v": pmproto.WireVersion, "error": "unknown admin op " + strconv.Quote(l.Admin.Op)})
+			return fmt.Errorf("%w: unknown admin op %q", pmproto.ErrBadLine, l.Admin.Op)
 		}
 	default:
-		return fmt.Errorf("%w: unknown type %q", ErrBadLine, l.T)
+		return fmt.Errorf("%w: a shim does not send %q lines", pmproto.ErrBadLine, l.T)
 	}
 }
 

@@ -23,6 +23,9 @@ type Status struct {
 	Events    int64           `json:"events"`
 	Dupes     int64           `json:"duplicates"`
 	BadLines  int64           `json:"bad_lines"`
+	// RejectedEvents counts events refused by the contract's checks (proto.Reason*: unknown_kind,
+	// unknown_table, unknown_column, bad_value, bad_cols); their batches' other events were kept.
+	RejectedEvents map[string]int64 `json:"rejected_events,omitempty"`
 	// Dropped counts messages the agent lost (memory queue and spool full).
 	Dropped int64        `json:"dropped"`
 	Socket  SocketStatus `json:"socket"`
@@ -156,6 +159,7 @@ func (a *Agent) Status() Status {
 	st := Status{
 		Host: a.cfg.Host, Version: a.cfg.Version, UptimeS: time.Since(a.started).Seconds(),
 		Events: a.events.Load(), Dupes: a.dupes.Load(), BadLines: a.badLines.Load(), Dropped: qs.Dropped,
+		RejectedEvents: a.rejected.snapshot(),
 		NATS: NATSStatus{URL: a.cfg.NATS.URL, Connected: a.pub.connected.Load(), Stream: StreamName,
 			StreamOK: a.pub.streamOK.Load(), Published: a.pub.published.Load(), Error: a.pub.lastError()},
 		Spool: SpoolStatus{Dir: a.cfg.SpoolDir, Bytes: qs.SpoolBytes, LimitBytes: qs.SpoolLimit, Batches: qs.SpoolMsgs,

@@ -17,6 +17,7 @@ const CUDAGraphCoverageName = "cudagraph_coverage"
 const CUDAGraphCoverageTable = "cudagraph_coverage"
 
 var cgColumns = []proto.Column{
+	{Name: "replica_host", Type: proto.TypeString, Meaning: "host of the replica's processes"},
 	{Name: "dp", Type: proto.TypeInt, Unit: "rank", Meaning: "data-parallel rank of the replica"},
 	{Name: "mode", Type: proto.TypeString, Meaning: "runtime mode (NONE, PIECEWISE, FULL), or suggested for a capture size to add"},
 	{Name: "size", Type: proto.TypeInt, Unit: "tokens", Meaning: "suggested capture size; -1 on a mode row"},
@@ -41,7 +42,8 @@ type CUDAGraphOptions struct {
 }
 
 // CUDAGraphCoverage measures CUDA-graph coverage from cuda_graph_usage (one row per step and
-// process; the ranks of one replica run the same batches, so a step counts once per dp) and the
+// process; the ranks of one replica run the same batches, so a step counts once per replica,
+// (host, dp): separate deployments on different hosts each have a dp 0) and the
 // captured sizes of cuda_graph_captures.
 //
 // Suggested sizes: the eager fallback steps (graphs on, no captured size fits) are covered by at
@@ -65,7 +67,7 @@ func CUDAGraphCoverage(src Source, opt CUDAGraphOptions) (*Result, error) {
 	for _, c := range reps {
 		tbl.Rows = append(tbl.Rows, c.rows...)
 		s := c.CUDAGraphSummary
-		f := Finding{Plugin: CUDAGraphCoverageName, FirstStep: s.FirstStep, LastStep: s.LastStep}
+		f := Finding{Plugin: CUDAGraphCoverageName, FirstStep: s.FirstStep, LastStep: s.LastStep, Hosts: []string{s.Host}}
 		fbShare := share(float64(s.EagerFallbackSteps), float64(s.Steps))
 		switch {
 		case s.EagerFallbackSteps > 0 && fbShare >= opt.Critical:
@@ -100,12 +102,12 @@ func CUDAGraphCoverage(src Source, opt CUDAGraphOptions) (*Result, error) {
 			for i, sz := range s.Suggested {
 				sizes[i] = sz.Size
 			}
-			f.Title = fmt.Sprintf("dp %d: %d of %d steps (%.0f%%, %.0f%% of tokens) ran eager for want of a captured size (largest %d); capturing [%s] would cover %d of them, adding %d padding tokens",
-				s.DP, s.EagerFallbackSteps, s.Steps, 100*fbShare, 100*share(float64(s.EagerTokens), float64(s.Tokens)),
+			f.Title = fmt.Sprintf("%s dp %d: %d of %d steps (%.0f%%, %.0f%% of tokens) ran eager for want of a captured size (largest %d); capturing [%s] would cover %d of them, adding %d padding tokens",
+				s.Host, s.DP, s.EagerFallbackSteps, s.Steps, 100*fbShare, 100*share(float64(s.EagerTokens), float64(s.Tokens)),
 				s.MaxCaptured, joinComma(sizes), covered, added)
 		} else {
-			f.Title = fmt.Sprintf("dp %d: %d steps, %d eager (%.0f%%), no eager fallback; padding wastes %.1f%% of graph tokens",
-				s.DP, s.Steps, s.EagerSteps, 100*share(float64(s.EagerSteps), float64(s.Steps)),
+			f.Title = fmt.Sprintf("%s dp %d: %d steps, %d eager (%.0f%%), no eager fallback; padding wastes %.1f%% of graph tokens",
+				s.Host, s.DP, s.Steps, s.EagerSteps, 100*share(float64(s.EagerSteps), float64(s.Steps)),
 				100*share(float64(s.PaddingTokens), float64(s.PaddedTokens)))
 		}
 		res.Findings = append(res.Findings, f)
@@ -123,6 +125,7 @@ type CaptureSize struct {
 
 // CUDAGraphSummary is one replica's coverage.
 type CUDAGraphSummary struct {
+	Host                string
 	DP                  int64
 	FirstStep, LastStep int64
 	Steps               int64 // steps with a cuda_graph_usage row
@@ -137,7 +140,7 @@ type CUDAGraphSummary struct {
 	Suggested           []CaptureSize // ascending
 }
 
-// CUDAGraphSummaries returns each replica's coverage and suggested sizes, ordered by dp.
+// CUDAGraphSummaries returns each replica's coverage and suggested sizes, ordered by host and dp.
 // Errors: only the Source's.
 func CUDAGraphSummaries(src Source, opt CUDAGraphOptions) ([]CUDAGraphSummary, error) {
 	reps, err := cudaGraphCoverage(src, &opt)
@@ -178,18 +181,19 @@ func cudaGraphCoverage(src Source, opt *CUDAGraphOptions) ([]cgReplica, error) {
 		unpadded, padded int64
 		fallback         bool
 	}
-	steps := map[int64]map[int64]stepRow{}
-	captured := map[int64]map[int64]bool{}
+	steps := map[replica]map[int64]stepRow{}
+	captured := map[replica]map[int64]bool{}
 	err := src.Rows("cuda_graph_usage", func(r Row) error {
 		st, ok := r.Int("step")
 		if !ok || st < 0 {
 			return nil
 		}
 		dp, _ := r.Int("dp")
-		m := steps[dp]
+		rp := replica{r.Str("host"), dp}
+		m := steps[rp]
 		if m == nil {
 			m = map[int64]stepRow{}
-			steps[dp] = m
+			steps[rp] = m
 		}
 		if _, seen := m[st]; seen {
 			return nil
@@ -211,29 +215,36 @@ func cudaGraphCoverage(src Source, opt *CUDAGraphOptions) ([]cgReplica, error) {
 			return nil
 		}
 		dp, _ := r.Int("dp")
-		if captured[dp] == nil {
-			captured[dp] = map[int64]bool{}
+		rp := replica{r.Str("host"), dp}
+		if captured[rp] == nil {
+			captured[rp] = map[int64]bool{}
 		}
-		captured[dp][n] = true
+		captured[rp][n] = true
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	dps := make([]int64, 0, len(steps))
-	for dp := range steps {
-		dps = append(dps, dp)
+	reps := make([]replica, 0, len(steps))
+	for rp := range steps {
+		reps = append(reps, rp)
 	}
-	sort.Slice(dps, func(i, j int) bool { return dps[i] < dps[j] })
+	sort.Slice(reps, func(i, j int) bool {
+		if reps[i].host != reps[j].host {
+			return reps[i].host < reps[j].host
+		}
+		return reps[i].dp < reps[j].dp
+	})
 	var out []cgReplica
-	for _, dp := range dps {
+	for _, rp := range reps {
+		dp := rp.dp
 		c := cgReplica{}
 		s := &c.CUDAGraphSummary
-		s.DP, s.FirstStep = dp, -1
+		s.Host, s.DP, s.FirstStep = rp.host, dp, -1
 		type modeAcc struct{ steps, tokens, paddedSteps, padding, padded int64 }
 		modes := map[string]*modeAcc{}
 		var fallback []int64
-		for st, r := range steps[dp] {
+		for st, r := range steps[rp] {
 			if s.FirstStep < 0 || st < s.FirstStep {
 				s.FirstStep = st
 			}
@@ -264,7 +275,7 @@ func cudaGraphCoverage(src Source, opt *CUDAGraphOptions) ([]cgReplica, error) {
 				}
 			}
 		}
-		for n := range captured[dp] {
+		for n := range captured[rp] {
 			s.Captured = append(s.Captured, n)
 		}
 		sort.Slice(s.Captured, func(i, j int) bool { return s.Captured[i] < s.Captured[j] })
@@ -279,13 +290,13 @@ func cudaGraphCoverage(src Source, opt *CUDAGraphOptions) ([]cgReplica, error) {
 		sort.Strings(names)
 		for _, name := range names {
 			m := modes[name]
-			c.rows = append(c.rows, []string{fi(dp), name, "-1", fi(m.steps),
+			c.rows = append(c.rows, []string{rp.host, fi(dp), name, "-1", fi(m.steps),
 				FormatFloat(share(float64(m.steps), float64(s.Steps))), fi(m.tokens),
 				FormatFloat(share(float64(m.tokens), float64(s.Tokens))), fi(m.paddedSteps), fi(m.padding),
 				FormatFloat(share(float64(m.padding), float64(m.padded)))})
 		}
 		for _, sz := range s.Suggested {
-			c.rows = append(c.rows, []string{fi(dp), "suggested", fi(sz.Size), fi(sz.Steps),
+			c.rows = append(c.rows, []string{rp.host, fi(dp), "suggested", fi(sz.Size), fi(sz.Steps),
 				FormatFloat(share(float64(sz.Steps), float64(s.Steps))), "", "", fi(sz.Steps), fi(sz.PaddingTokens),
 				""})
 		}

@@ -4,15 +4,21 @@ import (
 	"fmt"
 	"math"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 )
 
-// With captures only up to 64 tokens the larger batches run eager; re-running the same
+// With captures only up to 64 (or 8) tokens the larger batches run eager; re-running the same
 // workload with the suggested sizes added turns exactly those steps into graph replays.
 func TestCaptureSizesTurnEagerStepsIntoReplays(t *testing.T) {
-	const base = "1,2,4,8,16,32,64"
-	env := map[string]string{"PMSIM_TP": "1", "PMSIM_CAPTURE_SIZES": base}
+	for _, tt := range []struct{ base, budget string }{{"1,2,4,8,16,32,64", "256"}, {"1,2,4,8", "512"}} {
+		t.Run(tt.base, func(t *testing.T) { captureRerun(t, tt.base, tt.budget) })
+	}
+}
+
+func captureRerun(t *testing.T, base, budget string) {
+	env := map[string]string{"PMSIM_TP": "1", "PMSIM_CAPTURE_SIZES": base, "PMSIM_TOKEN_BUDGET": budget}
 	dir, truth := runSim(t, env)
 	run := truth.Processes[truth.runner(t)]
 	eager := run.StepsByMode["NONE"]
@@ -31,8 +37,8 @@ func TestCaptureSizesTurnEagerStepsIntoReplays(t *testing.T) {
 		t.Errorf("eager %d fallback %d steps %d, want %d %d %d", s.EagerSteps, s.EagerFallbackSteps, s.Steps,
 			eager, eager, len(run.TokensByStep))
 	}
-	if s.MaxCaptured != 64 {
-		t.Errorf("max captured %d, want 64", s.MaxCaptured)
+	if want, _ := strconv.ParseInt(base[strings.LastIndex(base, ",")+1:], 10, 64); s.MaxCaptured != want {
+		t.Errorf("max captured %d, want %d", s.MaxCaptured, want)
 	}
 	var covered int64
 	var sizes []string
@@ -116,4 +122,27 @@ func brutePadding(ns []int64, k int, align int64) int64 {
 		best = min(best, pad)
 	}
 	return best
+}
+
+// Two deployments in one session each have a dp 0: each gets its own coverage.
+func TestCUDAGraphReplicasPerHost(t *testing.T) {
+	tb := NewTables()
+	for _, h := range []string{"a", "b"} {
+		for step := 1; step <= 4; step++ {
+			mode, fb := "FULL", "false"
+			if h == "b" && step > 2 {
+				mode, fb = "NONE", "true"
+			}
+			tb.Add("cuda_graph_usage", Row{"host": h, "pid": "1", "dp": "0", "step": strconv.Itoa(step),
+				"runtime_mode": mode, "unpadded_tokens": "100", "padded_tokens": "100", "eager_fallback": fb})
+		}
+	}
+	sums, err := CUDAGraphSummaries(tb, CUDAGraphOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sums) != 2 || sums[0].Host != "a" || sums[0].EagerSteps != 0 || sums[1].EagerFallbackSteps != 2 ||
+		sums[1].Steps != 4 || len(sums[1].Suggested) != 1 || sums[1].Suggested[0].Size != 104 {
+		t.Errorf("got %+v", sums)
+	}
 }

@@ -31,15 +31,16 @@ var kvColumns = []proto.Column{
 	{Name: "evicted_then_missed_blocks", Type: proto.TypeInt, Unit: "blocks", Meaning: "at most this many evicted blocks were needed again: prefix-cache misses (in blocks) after evictions, capped by the blocks evicted before them"},
 	{Name: "prefix_hit_rate", Type: proto.TypeFloat, Unit: "fraction", Meaning: "prefix_hit_tokens / prefix_query_tokens"},
 	{Name: "total_blocks", Type: proto.TypeInt, Unit: "blocks", Meaning: "KV cache blocks in the pool"},
-	{Name: "block_size", Type: proto.TypeInt, Unit: "tokens", Meaning: "tokens per block (inferred: the gcd of the prefix hits, else the option)"},
+	{Name: "block_size", Type: proto.TypeInt, Unit: "tokens", Meaning: "tokens per block: KVOptions.BlockSize when given, else 16 (vLLM's default) unless the gcd of the prefix hits is not a multiple of 16, then that gcd"},
 	{Name: "suggested_blocks", Type: proto.TypeInt, Unit: "blocks", Meaning: "KV size that would have avoided the preemptions seen in the window (empty without preemptions)"},
 }
 
 // KVOptions tune KVPressure; zero values take the defaults.
 type KVOptions struct {
 	WindowSteps int // steps per window (default 1000)
-	// BlockSize is the tokens per block when the session's prefix hits do not reveal it
-	// (default 16, vLLM's default).
+	// BlockSize is the tokens per block (the tables do not record it). Default: 16, vLLM's
+	// default, unless the gcd of the session's prefix hits (whole blocks) is not a multiple of
+	// 16, which shows the blocks are smaller or otherwise sized: then that gcd.
 	BlockSize int64
 	// Critical is the preemptions per 1,000 steps from which the finding is critical (default 50).
 	Critical float64
@@ -61,7 +62,7 @@ type KVSummary struct {
 	PrefixHitRate          float64
 	TotalBlocks            int64
 	BlockSize              int64
-	PeakBlocksPerRequest   float64 // highest (blocks in use + blocks preempted) / requests running, over steps
+	PeakBlocksPerRequest   float64 // highest (blocks in use + blocks preempted) / (requests running + preempted), over steps
 	PeakRequestsInFlight   int64   // highest running + waiting, capped by max_running_reqs when known
 	SuggestedBlocks        int64   // ceil(PeakBlocksPerRequest x PeakRequestsInFlight); 0 without preemptions
 	LowerBoundBlocks       int64   // highest blocks in use + blocks preempted at a step: the pool can be no smaller
@@ -73,9 +74,9 @@ type KVSummary struct {
 //
 // The suggested KV size is a sufficient size, not the least one: every request that was in
 // flight at once (running + waiting; the waiting ones would have been admitted with more room)
-// holding as many blocks as the fullest request average seen at a step (blocks in use plus the
-// victims' blocks, over the running requests). LowerBoundBlocks is the size below which the
-// preemptions seen could not have been avoided.
+// holding as many blocks as the highest per-request average seen at a step (blocks in use plus
+// the victims' blocks, over the running requests and the victims). LowerBoundBlocks is the size
+// below which the preemptions seen could not have been avoided.
 //
 // Result: the table kv_pressure (kvColumns) and per engine one finding with numbers
 // preemptions, preemptions_per_1k_steps (count), recomputed_tokens (tokens), alloc_failures
@@ -119,12 +120,12 @@ func KVPressure(src Source, opt KVOptions) (*Result, error) {
 			f.Severity = SeverityInfo
 		}
 		if s.Preemptions > 0 {
-			f.Title = fmt.Sprintf("dp %d: %d preemptions (%.1f per 1,000 steps) recomputed %d tokens; %d KV blocks (%.2fx the %d blocks, %d tokens) would have avoided them (at least %d needed)",
-				s.DP, s.Preemptions, s.PreemptionsPer1kSteps, s.RecomputedTokens, s.SuggestedBlocks, ratio,
+			f.Title = fmt.Sprintf("%s dp %d: %d preemptions (%.1f per 1,000 steps) recomputed %d tokens; %d KV blocks (%.2fx the %d blocks, %d tokens) would have avoided them (at least %d needed)",
+				s.Host, s.DP, s.Preemptions, s.PreemptionsPer1kSteps, s.RecomputedTokens, s.SuggestedBlocks, ratio,
 				s.TotalBlocks, s.SuggestedBlocks*s.BlockSize, s.LowerBoundBlocks)
 		} else {
-			f.Title = fmt.Sprintf("dp %d: no preemptions in %d steps; peak KV usage %.0f%%, %d blocks evicted, prefix hit rate %.0f%%",
-				s.DP, s.Steps, 100*s.PeakUsage, s.BlocksEvicted, 100*s.PrefixHitRate)
+			f.Title = fmt.Sprintf("%s dp %d: no preemptions in %d steps; peak KV usage %.0f%%, %d blocks evicted, prefix hit rate %.0f%%",
+				s.Host, s.DP, s.Steps, 100*s.PeakUsage, s.BlocksEvicted, 100*s.PrefixHitRate)
 		}
 		res.Findings = append(res.Findings, f)
 	}
@@ -151,7 +152,8 @@ func kvPressure(src Source, opt *KVOptions) ([]KVSummary, [][]string, error) {
 	if opt.WindowSteps <= 0 {
 		opt.WindowSteps = 1000
 	}
-	if opt.BlockSize <= 0 {
+	given := opt.BlockSize > 0
+	if !given {
 		opt.BlockSize = 16
 	}
 	if opt.Critical <= 0 {
@@ -285,7 +287,9 @@ func kvPressure(src Source, opt *KVOptions) ([]KVSummary, [][]string, error) {
 	for _, k := range keys {
 		e := engines[k]
 		bs := opt.BlockSize
-		if e.gcd > 0 {
+		// hits are whole blocks, so their gcd is a multiple of the block size: it can only
+		// overrule the default when 16 does not divide it.
+		if !given && e.gcd > 0 && e.gcd%bs != 0 {
 			bs = e.gcd
 		}
 		for i, l := range e.lost {
@@ -340,8 +344,9 @@ func kvPressure(src Source, opt *KVOptions) ([]KVSummary, [][]string, error) {
 				}
 				demand := s.used + s.lostBlocks
 				a.LowerBoundBlocks = max(a.LowerBoundBlocks, demand)
-				if s.running > 0 {
-					a.PeakBlocksPerRequest = math.Max(a.PeakBlocksPerRequest, float64(demand)/float64(s.running))
+				// the victims' blocks are in demand, so they count among the requests holding it.
+				if holders := s.running + s.preempt; holders > 0 {
+					a.PeakBlocksPerRequest = math.Max(a.PeakBlocksPerRequest, float64(demand)/float64(holders))
 				}
 				inflight := s.running + s.waiting
 				if s.maxRunning > 0 {

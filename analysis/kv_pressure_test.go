@@ -6,13 +6,20 @@ import (
 )
 
 // A small KV pool preempts; the counts agree with the ground truth, and re-running the same
-// workload with the suggested KV size has no preemption at all.
+// workload with the suggested KV size has no preemption at all: for a pool that thrashes (48
+// blocks) and one that preempts once (96 blocks).
 func TestKVSuggestionRemovesPreemptions(t *testing.T) {
-	env := map[string]string{"PMSIM_TP": "1", "PMSIM_NUM_BLOCKS": "48"}
+	for _, blocks := range []int64{48, 96} {
+		t.Run(strconv.FormatInt(blocks, 10), func(t *testing.T) { kvSuggestionRerun(t, blocks) })
+	}
+}
+
+func kvSuggestionRerun(t *testing.T, blocks int64) {
+	env := map[string]string{"PMSIM_TP": "1", "PMSIM_NUM_BLOCKS": strconv.FormatInt(blocks, 10)}
 	dir, truth := runSim(t, env)
 	eng := truth.Processes[truth.engine(t)]
 	if len(eng.Preemptions) == 0 {
-		t.Fatal("the simulator did not preempt with 48 blocks: the test proves nothing")
+		t.Fatalf("the simulator did not preempt with %d blocks: the test proves nothing", blocks)
 	}
 	sums, err := KVSummaries(open(t, dir), KVOptions{})
 	if err != nil {
@@ -39,8 +46,8 @@ func TestKVSuggestionRemovesPreemptions(t *testing.T) {
 	if s.PreemptionsPer1kSteps != want {
 		t.Errorf("per 1k steps %v, want %v", s.PreemptionsPer1kSteps, want)
 	}
-	if s.TotalBlocks != 48 || s.BlockSize != 16 {
-		t.Errorf("total %d block size %d, want 48 and 16 (PMSIM_BLOCK_SIZE default)", s.TotalBlocks, s.BlockSize)
+	if s.TotalBlocks != blocks || s.BlockSize != 16 {
+		t.Errorf("total %d block size %d, want %d and 16 (PMSIM_BLOCK_SIZE default)", s.TotalBlocks, s.BlockSize, blocks)
 	}
 	if s.SuggestedBlocks <= s.TotalBlocks || s.LowerBoundBlocks > s.SuggestedBlocks {
 		t.Fatalf("suggested %d lower bound %d for %d blocks", s.SuggestedBlocks, s.LowerBoundBlocks, s.TotalBlocks)
@@ -80,5 +87,30 @@ func TestKVEvictedThenMissed(t *testing.T) {
 	}
 	if s := sums[0]; s.EvictedThenMissed != 3 || s.BlocksEvicted != 3 || s.Preemptions != 0 || s.SuggestedBlocks != 0 {
 		t.Errorf("got %+v, want 3 evicted then missed, no preemption, no suggestion", s)
+	}
+}
+
+// Prefix hits are whole blocks, so their gcd (48 here) is a multiple of the block size, not the
+// block size: 16 stays unless the gcd says otherwise (24 → not a multiple of 16 → 24); a given
+// size wins.
+func TestKVBlockSize(t *testing.T) {
+	for _, tt := range []struct {
+		hits  []int
+		given int64
+		want  int64
+	}{{[]int{48, 96}, 0, 16}, {[]int{24, 48}, 0, 24}, {nil, 0, 16}, {[]int{48}, 32, 32}} {
+		tb := NewTables()
+		for i, h := range tt.hits {
+			tb.Add("kv_cache_usage", Row{"role": "engine_core", "pid": "1", "step": strconv.Itoa(i + 1),
+				"total_blocks": "10", "free_blocks": "5", "prefix_hit_tokens": strconv.Itoa(h), "prefix_query_tokens": strconv.Itoa(h)})
+		}
+		tb.Add("kv_cache_usage", Row{"role": "engine_core", "pid": "1", "step": "9", "total_blocks": "10", "free_blocks": "5"})
+		sums, err := KVSummaries(tb, KVOptions{BlockSize: tt.given})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sums[0].BlockSize != tt.want {
+			t.Errorf("hits %v given %d: block size %d, want %d", tt.hits, tt.given, sums[0].BlockSize, tt.want)
+		}
 	}
 }

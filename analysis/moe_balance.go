@@ -11,11 +11,18 @@ import (
 // MoEBalanceName is the MoE balance analysis's name (and plugin name).
 const MoEBalanceName = "moe_balance"
 
+// replica is a data-parallel replica: the host of its processes and its dp rank.
+type replica struct {
+	host string
+	dp   int64
+}
+
 // MoEBalanceTable is the MoE balance derived table: one row per data-parallel replica, layer and
 // window of steps, plus one whole-session row per layer (window = -1).
 const MoEBalanceTable = "moe_balance"
 
 var moeColumns = []proto.Column{
+	{Name: "replica_host", Type: proto.TypeString, Meaning: "host of the replica's workers (separate deployments on different hosts each have their own dp 0)"},
 	{Name: "dp", Type: proto.TypeInt, Unit: "rank", Meaning: "data-parallel rank of the replica"},
 	{Name: "layer", Type: proto.TypeString, Meaning: "MoE layer name"},
 	{Name: "layer_index", Type: proto.TypeInt, Meaning: "layer number; -1 when the name has none"},
@@ -54,6 +61,7 @@ type MoEOptions struct {
 // MoELayerBalance is the whole-session balance of one layer of one replica, as the derived
 // table's window = -1 row holds it.
 type MoELayerBalance struct {
+	Host        string // host of the replica's workers
 	DP          int64
 	Layer       string
 	LayerIndex  int64
@@ -75,7 +83,7 @@ type MoELayerBalance struct {
 // the window holding its step (the step that closes its interval).
 //
 // Result: the table moe_balance (moeColumns) and, per replica, one finding for the worst layer
-// (highest max_over_mean): numbers max_over_mean, cv (ratio), hot_experts, cold_experts, layers,
+// (highest max_over_mean), the replica being (host, dp): numbers max_over_mean, cv (ratio), hot_experts, cold_experts, layers,
 // layers_over_warning (count), rank_imbalance, eplb_rank_imbalance (ratio), imbalance_removed
 // (fraction), assignments (tokens); hot and cold expert ids in the title. Severity from
 // Warning/Critical on max_over_mean. No counted rows: no finding. Errors: only the Source's.
@@ -90,16 +98,17 @@ func MoEBalance(src Source, opt MoEOptions) (*Result, error) {
 	for _, l := range layers {
 		tbl.Rows = append(tbl.Rows, l.rows...)
 	}
-	byDP := map[int64][]*moeLayer{}
-	var dps []int64
+	byRep := map[replica][]*moeLayer{}
+	var reps []replica
 	for _, l := range layers {
-		if _, ok := byDP[l.all.DP]; !ok {
-			dps = append(dps, l.all.DP)
+		rp := replica{l.all.Host, l.all.DP}
+		if _, ok := byRep[rp]; !ok {
+			reps = append(reps, rp)
 		}
-		byDP[l.all.DP] = append(byDP[l.all.DP], l)
+		byRep[rp] = append(byRep[rp], l)
 	}
-	for _, dp := range dps {
-		ls := byDP[dp]
+	for _, rp := range reps {
+		ls := byRep[rp]
 		worst := ls[0]
 		over := 0
 		for _, l := range ls {
@@ -111,7 +120,7 @@ func MoEBalance(src Source, opt MoEOptions) (*Result, error) {
 			}
 		}
 		b := worst.all
-		f := Finding{Plugin: MoEBalanceName, FirstStep: worst.first, LastStep: worst.last}
+		f := Finding{Plugin: MoEBalanceName, FirstStep: worst.first, LastStep: worst.last, Hosts: []string{rp.host}}
 		switch {
 		case b.MaxOverMean >= opt.Critical:
 			f.Severity = SeverityCritical
@@ -121,8 +130,8 @@ func MoEBalance(src Source, opt MoEOptions) (*Result, error) {
 			f.Severity = SeverityInfo
 		}
 		removed := imbalanceRemoved(b.RankImb, b.EPLBRankImb)
-		f.Title = fmt.Sprintf("dp %d %s: busiest expert %.2fx the mean, CV %.2f, hot experts [%s], cold experts [%s]; %d of %d layers >= %.1fx; an EPLB-style rebalance (%d ranks, %d redundant) takes rank imbalance %.2fx -> %.2fx",
-			dp, b.Layer, b.MaxOverMean, b.CV, joinComma(b.Hot), joinComma(b.Cold), over, len(ls), opt.Warning,
+		f.Title = fmt.Sprintf("%s dp %d %s: busiest expert %.2fx the mean, CV %.2f, hot experts [%s], cold experts [%s]; %d of %d layers >= %.1fx; an EPLB-style rebalance (%d ranks, %d redundant) takes rank imbalance %.2fx -> %.2fx",
+			rp.host, rp.dp, b.Layer, b.MaxOverMean, b.CV, joinComma(b.Hot), joinComma(b.Cold), over, len(ls), opt.Warning,
 			b.EPSize, b.Redundant, b.RankImb, b.EPLBRankImb)
 		f.Numbers = []Number{
 			{"max_over_mean", b.MaxOverMean, "ratio"},
@@ -142,7 +151,7 @@ func MoEBalance(src Source, opt MoEOptions) (*Result, error) {
 }
 
 // MoELayers returns the whole-session balance of every layer of every replica (the window = -1
-// rows of MoEBalance), ordered by dp and layer index. Errors: only the Source's.
+// rows of MoEBalance), ordered by host, dp and layer index. Errors: only the Source's.
 func MoELayers(src Source, opt MoEOptions) ([]MoELayerBalance, error) {
 	layers, err := moeBalance(src, &opt)
 	if err != nil {
@@ -177,7 +186,10 @@ func moeBalance(src Source, opt *MoEOptions) ([]*moeLayer, error) {
 	if opt.Critical <= 0 {
 		opt.Critical = 3
 	}
+	// A replica is (host, dp): separate deployments on different hosts each have a dp 0; a
+	// replica whose workers span hosts shows once per host.
 	type lkey struct {
+		host  string
 		dp    int64
 		layer string
 	}
@@ -194,8 +206,8 @@ func moeBalance(src Source, opt *MoEOptions) ([]*moeLayer, error) {
 	idx := map[lkey]int64{}
 	nExperts := map[lkey]int64{}
 	first, last := map[wkey]int64{}, map[wkey]int64{}
-	eps := map[int64]map[int64]bool{}
-	procs := map[int64]map[procKey]bool{}
+	eps := map[replica]map[int64]bool{}
+	procs := map[replica]map[procKey]bool{}
 	err := src.Rows("moe_expert_selection", func(r Row) error {
 		if r.Str("status") != "counted" {
 			return nil
@@ -207,7 +219,7 @@ func moeBalance(src Source, opt *MoEOptions) ([]*moeLayer, error) {
 			return nil
 		}
 		dp, _ := r.Int("dp")
-		lk := lkey{dp, r.Str("layer")}
+		lk := lkey{r.Str("host"), dp, r.Str("layer")}
 		if li, ok := r.Int("layer_index"); ok {
 			idx[lk] = li
 		} else if _, seen := idx[lk]; !seen {
@@ -238,16 +250,17 @@ func moeBalance(src Source, opt *MoEOptions) ([]*moeLayer, error) {
 		if step > last[wk] {
 			last[wk] = step
 		}
+		rep := replica{lk.host, dp}
 		if ep, ok := r.Int("ep"); ok && ep >= 0 {
-			if eps[dp] == nil {
-				eps[dp] = map[int64]bool{}
+			if eps[rep] == nil {
+				eps[rep] = map[int64]bool{}
 			}
-			eps[dp][ep] = true
+			eps[rep][ep] = true
 		}
-		if procs[dp] == nil {
-			procs[dp] = map[procKey]bool{}
+		if procs[rep] == nil {
+			procs[rep] = map[procKey]bool{}
 		}
-		procs[dp][k] = true
+		procs[rep][k] = true
 		return nil
 	})
 	if err != nil {
@@ -278,9 +291,9 @@ func moeBalance(src Source, opt *MoEOptions) ([]*moeLayer, error) {
 		n := nExperts[lk]
 		ep := opt.EPSize
 		if ep <= 0 {
-			ep = len(eps[lk.dp])
+			ep = len(eps[replica{lk.host, lk.dp}])
 			if ep < 2 {
-				ep = len(procs[lk.dp])
+				ep = len(procs[replica{lk.host, lk.dp}])
 			}
 			if ep < 2 {
 				ep = 2
@@ -294,8 +307,8 @@ func moeBalance(src Source, opt *MoEOptions) ([]*moeLayer, error) {
 		total := make([]float64, n)
 		row := func(window, f, la int64, ld []float64) MoELayerBalance {
 			b := balanceOf(ld, opt.HotFactor, opt.ColdFactor, ep, red)
-			b.DP, b.Layer, b.LayerIndex = lk.dp, lk.layer, idx[lk]
-			l.rows = append(l.rows, []string{fi(lk.dp), lk.layer, fi(idx[lk]), fi(window), fi(f), fi(la),
+			b.Host, b.DP, b.Layer, b.LayerIndex = lk.host, lk.dp, lk.layer, idx[lk]
+			l.rows = append(l.rows, []string{lk.host, fi(lk.dp), lk.layer, fi(idx[lk]), fi(window), fi(f), fi(la),
 				FormatFloat(b.Assignments), fi(n), FormatFloat(b.MaxOverMean), FormatFloat(b.CV),
 				joinInts(b.Hot), joinInts(b.Cold), fi(int64(ep)), fi(int64(red)), FormatFloat(b.RankImb),
 				FormatFloat(b.EPLBRankImb), FormatFloat(imbalanceRemoved(b.RankImb, b.EPLBRankImb))})
@@ -321,6 +334,9 @@ func moeBalance(src Source, opt *MoEOptions) ([]*moeLayer, error) {
 	}
 	sort.Slice(out, func(i, j int) bool {
 		a, b := out[i].all, out[j].all
+		if a.Host != b.Host {
+			return a.Host < b.Host
+		}
 		if a.DP != b.DP {
 			return a.DP < b.DP
 		}

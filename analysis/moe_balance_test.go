@@ -8,9 +8,19 @@ import (
 
 // The simulator routes tokens with a Zipf-like popularity per layer (docs/testbed.md); its
 // ground-truth expert_counts give the hot and cold experts and the CV computed here
-// independently, and the analysis of the recorded rows must agree.
+// independently, and the analysis of the recorded rows must agree, for several expert counts,
+// top-k and layer counts.
 func TestMoEBalanceMatchesGroundTruth(t *testing.T) {
-	dir, truth := runSim(t, map[string]string{"PMSIM_TP": "2"})
+	for _, tt := range []struct{ experts, topK, layers string }{{"16", "2", "4"}, {"8", "1", "2"}, {"32", "4", "3"}} {
+		t.Run(tt.experts+"x"+tt.topK, func(t *testing.T) {
+			moeAgainstTruth(t, map[string]string{"PMSIM_TP": "2", "PMSIM_EXPERTS": tt.experts, "PMSIM_TOP_K": tt.topK,
+				"PMSIM_MOE_LAYERS": tt.layers})
+		})
+	}
+}
+
+func moeAgainstTruth(t *testing.T, env map[string]string) {
+	dir, truth := runSim(t, env)
 	layers, err := MoELayers(open(t, dir), MoEOptions{})
 	if err != nil {
 		t.Fatal(err)

@@ -76,7 +76,7 @@ func (f Finding) NumbersJSON() string {
 	m := make(map[string]float64, len(f.Numbers))
 	for _, n := range f.Numbers {
 		if !math.IsNaN(n.Value) && !math.IsInf(n.Value, 0) {
-			m[n.Name] = n.Value
+			m[n.Name] = Round(n.Value)
 		}
 	}
 	b, err := json.Marshal(m)
@@ -251,6 +251,9 @@ func ReadFindings(path string) ([]Finding, error) {
 	})
 	return out, err
 }
+
+// Round rounds to 4 decimals, the precision findings and derived tables carry.
+func Round(v float64) float64 { return math.Round(v*1e4) / 1e4 }
 
 // FormatFloat prints a number with up to 4 decimals and no trailing zeros.
 func FormatFloat(v float64) string {

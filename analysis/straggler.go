@@ -25,6 +25,11 @@ var stragglerColumns = []proto.Column{
 	{Name: "mean_late_ms", Type: proto.TypeFloat, Unit: "ms", Meaning: "mean time the rank's step ended after the median rank's on the aligned clock (ts_aligned_ns, else ts_ns)"},
 }
 
+type rankKey struct {
+	host string
+	rank int64
+}
+
 // StragglerOptions tune Straggler; zero values take the defaults.
 type StragglerOptions struct {
 	// Threshold is the ratio to the median rank from which a rank counts as a straggler
@@ -63,7 +68,8 @@ func Straggler(src Source, opt StragglerOptions) (*Result, error) {
 		host  string
 		steps map[int64]*cell
 	}
-	ranks := map[int64]*rankData{}
+	// A rank is (host, global rank): separate deployments on different hosts reuse rank numbers.
+	ranks := map[rankKey]*rankData{}
 	add := func(r Row, ms float64, end bool) {
 		if r.Str("role") != "worker" {
 			return
@@ -72,10 +78,11 @@ func Straggler(src Source, opt StragglerOptions) (*Result, error) {
 		if !ok || step < 0 {
 			return
 		}
-		rk := ix.rank(r)
-		if rk < 0 {
+		n := ix.rank(r)
+		if n < 0 {
 			return
 		}
+		rk := rankKey{r.Str("host"), n}
 		d := ranks[rk]
 		if d == nil {
 			d = &rankData{host: r.Str("host"), steps: map[int64]*cell{}}
@@ -121,14 +128,19 @@ func Straggler(src Source, opt StragglerOptions) (*Result, error) {
 	if len(ranks) < 2 {
 		return res, nil
 	}
-	order := make([]int64, 0, len(ranks))
+	order := make([]rankKey, 0, len(ranks))
 	for rk := range ranks {
 		order = append(order, rk)
 	}
-	sort.Slice(order, func(i, j int) bool { return order[i] < order[j] })
+	sort.Slice(order, func(i, j int) bool {
+		if order[i].host != order[j].host {
+			return order[i].host < order[j].host
+		}
+		return order[i].rank < order[j].rank
+	})
 
-	med := map[int64]float64{}
-	p90 := map[int64]float64{}
+	med := map[rankKey]float64{}
+	p90 := map[rankKey]float64{}
 	var meds []float64
 	for _, rk := range order {
 		var v []float64
@@ -146,11 +158,18 @@ func Straggler(src Source, opt StragglerOptions) (*Result, error) {
 	medRank := meds[(len(meds)-1)/2]
 
 	// Steps every rank ran: who was slowest, and how late each ended after the median end.
-	slowest := map[int64]int{}
-	late := map[int64]float64{}
+	slowest := map[rankKey]int{}
+	late := map[rankKey]float64{}
 	common := 0
 	var firstStep, lastStep int64 = -1, -1
+	// Steps in order, so the float sums below come out the same on every run (a plugin's rows must
+	// be the same when it is replayed).
+	stepList := make([]int64, 0, len(ranks[order[0]].steps))
 	for step := range ranks[order[0]].steps {
+		stepList = append(stepList, step)
+	}
+	sort.Slice(stepList, func(i, j int) bool { return stepList[i] < stepList[j] })
+	for _, step := range stepList {
 		all := true
 		for _, rk := range order {
 			if _, ok := ranks[rk].steps[step]; !ok {
@@ -183,13 +202,13 @@ func Straggler(src Source, opt StragglerOptions) (*Result, error) {
 			late[rk] += (ranks[rk].steps[step].end - mEnd) / 1e6
 		}
 	}
-	share := func(rk int64) float64 {
+	share := func(rk rankKey) float64 {
 		if common == 0 {
 			return 0
 		}
 		return float64(slowest[rk]) / float64(common)
 	}
-	ratio := func(rk int64) float64 {
+	ratio := func(rk rankKey) float64 {
 		if medRank <= 0 {
 			return 0
 		}
@@ -204,12 +223,12 @@ func Straggler(src Source, opt StragglerOptions) (*Result, error) {
 		if common > 0 {
 			meanLate = late[rk] / float64(common)
 		}
-		tbl.Rows = append(tbl.Rows, []string{ranks[rk].host, fi(rk), fi(int64(len(ranks[rk].steps))),
+		tbl.Rows = append(tbl.Rows, []string{rk.host, fi(rk.rank), fi(int64(len(ranks[rk].steps))),
 			FormatFloat(med[rk]), FormatFloat(p90[rk]), FormatFloat(ratio(rk)), FormatFloat(share(rk)),
 			FormatFloat(meanLate)})
 	}
 
-	var slow []int64
+	var slow []rankKey
 	slowHosts := map[string]bool{}
 	for _, rk := range order {
 		if ratio(rk) >= opt.Threshold {
@@ -227,7 +246,7 @@ func Straggler(src Source, opt StragglerOptions) (*Result, error) {
 		}
 	}
 	f := Finding{Plugin: StragglerName, FirstStep: firstStep, LastStep: lastStep,
-		Ranks: []int64{top}, Hosts: []string{ranks[top].host}}
+		Ranks: []int64{top.rank}, Hosts: []string{top.host}}
 	f.Numbers = []Number{
 		{"ratio_to_median", ratio(top), "ratio"},
 		{"median_ms", med[top], "ms"},
@@ -247,12 +266,18 @@ func Straggler(src Source, opt StragglerOptions) (*Result, error) {
 		f.Severity = SeverityInfo
 	}
 	if f.Severity == SeverityInfo {
-		f.Title = fmt.Sprintf("no straggler: slowest rank %d is %.2fx the median rank (threshold %.2fx)", top, ratio(top), opt.Threshold)
+		f.Title = fmt.Sprintf("no straggler: slowest rank %d on host %s is %.2fx the median rank (threshold %.2fx)", top.rank, top.host, ratio(top), opt.Threshold)
 	} else {
 		f.Title = fmt.Sprintf("rank %d on host %s is %.2fx the median rank (%.2f ms vs %.2f ms per step), slowest in %.0f%% of %d steps",
-			top, ranks[top].host, ratio(top), med[top], medRank, 100*share(top), common)
+			top.rank, top.host, ratio(top), med[top], medRank, 100*share(top), common)
 		if len(slow) > 1 {
-			f.Ranks = slow
+			// the slowest first, then the other stragglers in rank order.
+			f.Ranks = []int64{top.rank}
+			for _, rk := range order {
+				if rk != top && ratio(rk) >= opt.Threshold {
+					f.Ranks = append(f.Ranks, rk.rank)
+				}
+			}
 			hosts := make([]string, 0, len(slowHosts))
 			for h := range slowHosts {
 				hosts = append(hosts, h)
@@ -261,7 +286,7 @@ func Straggler(src Source, opt StragglerOptions) (*Result, error) {
 			f.Hosts = hosts
 		}
 		if oneHost == 1 {
-			f.Title += fmt.Sprintf("; every rank of host %s is slow (%d ranks)", ranks[top].host, len(slow))
+			f.Title += fmt.Sprintf("; every rank of host %s is slow (%d ranks)", top.host, len(slow))
 		}
 	}
 	res.Findings = []Finding{f}

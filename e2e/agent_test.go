@@ -53,7 +53,6 @@ func agNum(st map[string]any, path ...string) float64 {
 // the simulator (4 workers) on PYTHONPATH, and the ground truth path.
 func agSim(t testing.TB, extra ...string) (py string, env []string, truth string) {
 	t.Helper()
-	agNeedSocketSink(t)
 	pys := testkit.Interpreters(t)
 	if len(pys) == 0 {
 		t.Skip("no Python interpreter")
@@ -72,18 +71,6 @@ func agSim(t testing.TB, extra ...string) (py string, env []string, truth string
 		"PROFILEMATE_OUTPUT_DIR=" + filepath.Join(dir, "standalone"),
 	}, extra...)
 	return py, env, truth
-}
-
-// agNeedSocketSink skips until the shim has its agent socket sink.
-func agNeedSocketSink(t testing.TB) {
-	t.Helper()
-	files, _ := filepath.Glob(filepath.Join(testkit.RepoRoot(t), "shim", "profilemate", "*.py"))
-	for _, f := range files {
-		if b, err := os.ReadFile(f); err == nil && strings.Contains(string(b), "PROFILEMATE_SOCKET") {
-			return
-		}
-	}
-	t.Skip("the shim has no agent socket sink yet")
 }
 
 // agWorkers is the simulated tensor-parallel size: 4, or PM_E2E_WORKERS to narrow down a failure.

@@ -172,7 +172,7 @@ func TestMetricsPerRankDuringRun(t *testing.T) {
 	want := []string{`profilemate_kv_cache_usage_ratio{host="metrics-host",proc="eng0",rank="",session="metrics-s"}`,
 		`profilemate_preemptions_total{host="metrics-host",proc="eng0",rank="",session="metrics-s"}`}
 	for w := 0; w < agWorkers(); w++ {
-		want = append(want, fmt.Sprintf(`profilemate_step_cpu_seconds_count{host="metrics-host",proc="w%d",rank="%d",session="metrics-s"}`, w, w))
+		want = append(want, fmt.Sprintf(`profilemate_step_wall_seconds_count{host="metrics-host",proc="w%d",rank="%d",session="metrics-s"}`, w, w))
 	}
 	var body string
 	deadline := time.Now().Add(2 * time.Minute)
@@ -227,7 +227,7 @@ func TestDemo(t *testing.T) {
 		t.Skip("no python3 on PATH")
 	}
 	data := t.TempDir()
-	out, err := exec.Command(bin(t, "pmhub"), "demo", "--data", data).CombinedOutput()
+	out, err := exec.Command(bin(t, "pmhub"), "demo", "--dir", data).CombinedOutput()
 	if err != nil {
 		t.Fatalf("pmhub demo: %v\n%s", err, out)
 	}

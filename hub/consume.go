@@ -26,23 +26,27 @@ func (s *Server) Run(ctx context.Context) error {
 		if err == nil && len(msgs) == 0 {
 			msgs, err = s.fetch(1, false)
 		}
+		if len(msgs) > 0 {
+			s.process(msgs)
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				break
 			}
 			s.log.Warn("fetch failed", "err", err)
+			s.checkConsumer(ctx, true)
 			select {
 			case <-ctx.Done():
 			case <-time.After(time.Second):
 			}
 			continue
 		}
-		if len(msgs) > 0 {
-			s.process(msgs)
-		}
+		// A consumer deleted by another client can leave fetches empty without an error.
+		s.checkConsumer(ctx, false)
 		select {
 		case <-hk.C:
 			s.housekeep(&lastRetention)
+			s.persistIngest()
 		default:
 		}
 	}
@@ -53,6 +57,7 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	}
 	s.mu.Unlock()
+	s.persistIngest()
 	return nil
 }
 
@@ -60,9 +65,9 @@ func (s *Server) fetch(n int, noWait bool) ([]jetstream.Msg, error) {
 	var b jetstream.MessageBatch
 	var err error
 	if noWait {
-		b, err = s.cons.FetchNoWait(n)
+		b, err = s.ing.consumer().FetchNoWait(n)
 	} else {
-		b, err = s.cons.Fetch(n, jetstream.FetchMaxWait(500*time.Millisecond))
+		b, err = s.ing.consumer().Fetch(n, jetstream.FetchMaxWait(500*time.Millisecond))
 	}
 	if err != nil {
 		return nil, err
@@ -73,6 +78,9 @@ func (s *Server) fetch(n int, noWait bool) ([]jetstream.Msg, error) {
 	}
 	if err := b.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, jetstream.ErrNoMessages) {
 		s.log.Debug("fetch ended", "err", err)
+		if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return msgs, err
+		}
 	}
 	return msgs, nil
 }
@@ -163,29 +171,36 @@ func (s *Server) process(msgs []jetstream.Msg) {
 	s.mu.Unlock()
 	s.cnt.add(func(c *Counters) { c.Messages += int64(len(msgs)); c.Rows += rows })
 
-	for _, o := range outs {
+	seqs, nakked := make([]uint64, len(outs)), make([]bool, len(outs))
+	for i, o := range outs {
+		if md, err := o.msg.Metadata(); err == nil {
+			seqs[i] = md.Sequence.Stream
+		}
 		switch {
 		case o.session != nil && broken[o.session] != nil:
-			s.retryOrTerm(o.msg)
+			nakked[i] = s.retryOrTerm(o.msg)
 		case o.err != nil && reasonOf(o.err) == ReasonWrite:
-			s.retryOrTerm(o.msg)
+			nakked[i] = s.retryOrTerm(o.msg)
 		default:
 			_ = o.msg.Ack()
 		}
 	}
+	s.ing.noteRound(seqs, nakked, s.cfg.Now())
 	for _, ss := range ended {
 		s.log.Info("session ended", "session", ss.id, "reason", ss.meta.EndReason)
 	}
 }
 
 // retryOrTerm gives a message that could not be written a few more tries, then gives up on it
-// (counted under ReasonWrite) so one bad folder cannot stall the stream.
-func (s *Server) retryOrTerm(m jetstream.Msg) {
+// (counted under ReasonWrite) so one bad folder cannot stall the stream. It reports whether the
+// message was handed back for redelivery.
+func (s *Server) retryOrTerm(m jetstream.Msg) bool {
 	if md, err := m.Metadata(); err == nil && md.NumDelivered >= 5 {
 		_ = m.Term()
-		return
+		return false
 	}
 	_ = m.NakWithDelay(2 * time.Second)
+	return true
 }
 
 // handle decodes and applies one message. It returns the session it wrote to (whose commit
@@ -199,11 +214,19 @@ func (s *Server) handle(m jetstream.Msg, d decoded, now time.Time) (*session, in
 	v, err := d.v, d.err
 	if err != nil {
 		if errors.Is(err, ErrNewerMajor) {
-			if derr := s.deadLetter(m, err); derr != nil {
+			kept, derr := s.deadLetter(m, ReasonNewerMajor, err)
+			if derr != nil {
 				s.cnt.bad(s.log, ReasonWrite, subj, derr)
 				return nil, 0, bad(ReasonWrite, derr)
 			}
-			s.cnt.add(func(c *Counters) { c.DeadLettered++; c.Bad[ReasonNewerMajor]++ })
+			s.cnt.add(func(c *Counters) {
+				if kept {
+					c.DeadLettered++
+				} else {
+					c.DeadLetterSkipped++
+				}
+				c.Bad[ReasonNewerMajor]++
+			})
 			return nil, 0, nil
 		}
 		s.cnt.bad(s.log, reasonOf(err), subj, err)
@@ -222,7 +245,7 @@ func (s *Server) handle(m jetstream.Msg, d decoded, now time.Time) (*session, in
 			s.cnt.bad(s.log, reasonOf(err), subj, err)
 			return nil, 0, err
 		}
-		dupBefore, capBefore := ss.meta.Duplicates, ss.meta.DroppedByCap
+		dupBefore, capBefore, clampBefore := ss.meta.Duplicates, ss.meta.DroppedByCap, ss.meta.AlignedClamped
 		if ss.meta.Status == StatusEnded && hasNew(ss, v) {
 			ss.reopen()
 		}
@@ -233,6 +256,7 @@ func (s *Server) handle(m jetstream.Msg, d decoded, now time.Time) (*session, in
 		s.cnt.add(func(c *Counters) {
 			c.Duplicates += ss.meta.Duplicates - dupBefore
 			c.DroppedByCap += ss.meta.DroppedByCap - capBefore
+			c.AlignedClamped += ss.meta.AlignedClamped - clampBefore
 		})
 		return ss, n, err
 	case *Life:

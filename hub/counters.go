@@ -42,13 +42,19 @@ func reasonOf(err error) string {
 
 // Counters is a snapshot of what the hub has done since it started.
 type Counters struct {
-	Messages     int64            `json:"messages"`       // stream messages handled
-	Rows         int64            `json:"rows"`           // CSV rows written
-	Duplicates   int64            `json:"duplicates"`     // events already written, skipped
-	DroppedByCap int64            `json:"dropped_by_cap"` // rows beyond a session's size cap
-	DeadLettered int64            `json:"dead_lettered"`
-	Bad          map[string]int64 `json:"bad"`      // skipped messages by reason
-	Sessions     int              `json:"sessions"` // sessions open in memory
+	Messages     int64 `json:"messages"`       // stream messages handled
+	Rows         int64 `json:"rows"`           // CSV rows written
+	Duplicates   int64 `json:"duplicates"`     // events already written, skipped
+	DroppedByCap int64 `json:"dropped_by_cap"` // rows beyond a session's size cap
+	DeadLettered int64 `json:"dead_lettered"`  // messages kept in <data>/deadletter/
+	// DeadLetterSkipped: messages for the dead-letter folder beyond its caps, counted only.
+	DeadLetterSkipped int64 `json:"dead_letter_skipped"`
+	// AlignedClamped: rows whose ts_aligned_ns was clamped (see Metadata.AlignedClamped).
+	AlignedClamped int64 `json:"aligned_clamped"`
+	// ConsumerRecreated: times the hub found its durable consumer gone and created it again.
+	ConsumerRecreated int64            `json:"consumer_recreated"`
+	Bad               map[string]int64 `json:"bad"`      // skipped messages by reason
+	Sessions          int              `json:"sessions"` // sessions open in memory
 }
 
 type counters struct {

@@ -5,31 +5,86 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// deadLetter keeps a message of an unknown newer version in <data>/deadletter/ with a note, so a
-// newer hub can read it later.
-func (s *Server) deadLetter(m jetstream.Msg, cause error) error {
-	dir := filepath.Join(s.cfg.DataDir, "deadletter")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("dead letter: %w", err)
+// Dead-letter caps: beyond either, messages are only counted (Counters.DeadLetterSkipped).
+const (
+	DefaultDeadLetterMaxCount = 1000     // messages kept in <data>/deadletter/
+	DefaultDeadLetterMaxBytes = 64 << 20 // bytes of .bin and .json files together
+)
+
+// deadLetters tracks what <data>/deadletter/ holds, so its caps hold across restarts.
+type deadLetters struct {
+	mu     sync.Mutex
+	dir    string
+	count  int64 // messages (.bin files)
+	bytes  int64 // all files
+	logged bool  // the "cap reached" line was logged
+}
+
+// openDeadLetters counts what dir already holds; a missing folder is empty.
+func openDeadLetters(dir string) (*deadLetters, error) {
+	d := &deadLetters{dir: dir}
+	ents, err := os.ReadDir(dir)
+	if err != nil && !os.IsNotExist(err) {
+		return nil, fmt.Errorf("dead letters: %w", err)
 	}
+	for _, e := range ents {
+		info, err := e.Info()
+		if err != nil || !info.Mode().IsRegular() {
+			continue
+		}
+		d.bytes += info.Size()
+		if strings.HasSuffix(e.Name(), ".bin") {
+			d.count++
+		}
+	}
+	return d, nil
+}
+
+// deadLetter keeps a message in <data>/deadletter/<stream seq>-<ns>.bin with a .json note
+// (subject, headers, stream sequence, reason, error), so a newer hub or a person can read it
+// later. Beyond DeadLetterMaxCount messages or DeadLetterMaxBytes it keeps nothing and reports
+// kept=false (the caller counts it). Errors are write failures.
+func (s *Server) deadLetter(m jetstream.Msg, reason string, cause error) (kept bool, err error) {
+	d := s.dead
 	var seq uint64
 	if md, err := m.Metadata(); err == nil {
 		seq = md.Sequence.Stream
 	}
-	base := filepath.Join(dir, fmt.Sprintf("%d-%d", seq, s.cfg.Now().UnixNano()))
-	if err := writeFileAtomic(base+".bin", m.Data()); err != nil {
-		return fmt.Errorf("dead letter: %w", err)
-	}
 	note, _ := json.MarshalIndent(map[string]any{
 		"subject": m.Subject(), "headers": m.Headers(), "stream_seq": seq,
-		"reason": ReasonNewerMajor, "error": cause.Error(), "received_ns": s.cfg.Now().UnixNano(),
+		"reason": reason, "error": cause.Error(), "received_ns": s.cfg.Now().UnixNano(),
 	}, "", "  ")
-	if err := writeFileAtomic(base+".json", append(note, '\n')); err != nil {
-		return fmt.Errorf("dead letter: %w", err)
+	note = append(note, '\n')
+	size := int64(len(m.Data()) + len(note))
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.count+1 > s.cfg.DeadLetterMaxCount || d.bytes+size > s.cfg.DeadLetterMaxBytes {
+		if !d.logged {
+			d.logged = true
+			s.log.Warn("dead-letter folder full; further dead letters are only counted",
+				"dir", d.dir, "messages", d.count, "bytes", d.bytes,
+				"max_messages", s.cfg.DeadLetterMaxCount, "max_bytes", s.cfg.DeadLetterMaxBytes)
+		}
+		return false, nil
 	}
-	return nil
+	if err := os.MkdirAll(d.dir, 0o750); err != nil {
+		return false, fmt.Errorf("dead letter: %w", err)
+	}
+	base := filepath.Join(d.dir, fmt.Sprintf("%d-%d", seq, s.cfg.Now().UnixNano()))
+	if err := writeFileAtomic(base+".bin", m.Data()); err != nil {
+		return false, fmt.Errorf("dead letter: %w", err)
+	}
+	if err := writeFileAtomic(base+".json", note); err != nil {
+		_ = os.Remove(base + ".bin")
+		return false, fmt.Errorf("dead letter: %w", err)
+	}
+	d.count++
+	d.bytes += size
+	return true, nil
 }

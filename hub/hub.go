@@ -4,9 +4,11 @@
 //
 // Files by job: hub.go (Config, New, Start, Close), embedded.go (the embedded nats-server),
 // stream.go (stream and durable consumer set-up), consume.go (the consume loop: fetch, decode,
-// apply, acknowledge), registry.go (open sessions: reload, open, list), housekeep.go (idle
-// sessions, retention), deadletter.go (messages kept for a newer hub), session.go (one session's
-// files), counters.go (what the hub counted).
+// apply, acknowledge), registry.go (open sessions: reload, open, list), ingest.go (the applied
+// stream position, a lost consumer, health), housekeep.go (idle sessions, retention),
+// deadletter.go (messages kept for a newer hub, capped), security.go (the embedded server's auth
+// and TLS, exposure warnings), http.go (the HTTP listener's TLS and auth), session.go (one
+// session's files), counters.go (what the hub counted).
 package hub
 
 import (
@@ -49,6 +51,8 @@ type Config struct {
 	// its TLS, credentials or user/password.
 	NATSURL     string
 	NATSOptions []nats.Option
+	// Server is the embedded server's authentication and TLS; ignored with NATSURL.
+	Server ServerSecurity
 
 	SessionIdle     time.Duration
 	StreamMaxBytes  int64
@@ -58,6 +62,10 @@ type Config struct {
 	MaxMsgBytes     int
 	Consumer        string
 	Fetch           int
+	// DeadLetterMaxCount and DeadLetterMaxBytes cap <data>/deadletter/ (messages; bytes of
+	// their files); beyond them dead letters are only counted.
+	DeadLetterMaxCount int64
+	DeadLetterMaxBytes int64
 
 	// Decoder and Schema default to the wire contract in proto/.
 	Decoder Decoder
@@ -80,15 +88,17 @@ var ErrNewerMajor = errors.New("newer wire major version")
 
 // Server is a running hub.
 type Server struct {
-	cfg  Config
-	log  *slog.Logger
-	ns   *server.Server
-	nc   *nats.Conn
-	js   jetstream.JetStream
-	cons jetstream.Consumer
-	url  string
+	cfg Config
+	log *slog.Logger
+	ns  *server.Server
+	nc  *nats.Conn
+	js  jetstream.JetStream
+	ing ingest // the consumer and the applied stream position
+	url string
 
-	cnt *counters
+	started time.Time
+	cnt     *counters
+	dead    *deadLetters
 
 	mu       sync.Mutex // guards sessions and hosts (the consumer loop holds it per fetch round)
 	sessions map[string]*session
@@ -99,6 +109,18 @@ type Server struct {
 func New(cfg Config) (*Server, error) {
 	if cfg.DataDir == "" {
 		return nil, errors.New("hub: data folder not set")
+	}
+	for _, c := range []struct {
+		name string
+		neg  bool
+	}{
+		{"session idle", cfg.SessionIdle < 0}, {"stream max bytes", cfg.StreamMaxBytes < 0},
+		{"stream max age", cfg.StreamMaxAge < 0}, {"max message bytes", cfg.MaxMsgBytes < 0}, {"fetch", cfg.Fetch < 0},
+		{"dead-letter max count", cfg.DeadLetterMaxCount < 0}, {"dead-letter max bytes", cfg.DeadLetterMaxBytes < 0},
+	} {
+		if c.neg {
+			return nil, fmt.Errorf("hub: %s must not be negative", c.name)
+		}
 	}
 	if cfg.Listen == "" {
 		cfg.Listen = DefaultListen
@@ -127,6 +149,12 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Fetch <= 0 {
 		cfg.Fetch = DefaultFetch
 	}
+	if cfg.DeadLetterMaxCount == 0 {
+		cfg.DeadLetterMaxCount = DefaultDeadLetterMaxCount
+	}
+	if cfg.DeadLetterMaxBytes == 0 {
+		cfg.DeadLetterMaxBytes = DefaultDeadLetterMaxBytes
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -147,8 +175,12 @@ func New(cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("hub: create data folder: %w", err)
 		}
 	}
+	dead, err := openDeadLetters(filepath.Join(cfg.DataDir, "deadletter"))
+	if err != nil {
+		return nil, fmt.Errorf("hub: %w", err)
+	}
 	return &Server{
-		cfg: cfg, log: slog.With("component", "hub"), cnt: newCounters(),
+		cfg: cfg, log: slog.With("component", "hub"), cnt: newCounters(), dead: dead,
 		sessions: map[string]*session{}, hosts: map[string]HostMeta{},
 	}, nil
 }
@@ -167,15 +199,24 @@ func (s *Server) Conn() *nats.Conn { return s.nc }
 // Start runs the embedded NATS server (or connects to NATSURL), creates or adopts the stream and
 // the durable consumer, answers clock requests and reloads unfinished sessions from disk.
 func (s *Server) Start(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("hub: start: %w", err)
+	}
+	opts := []nats.Option{nats.Name("pmhub"), nats.MaxReconnects(-1)}
+	connURL := s.cfg.NATSURL
 	if s.cfg.NATSURL == "" {
-		if err := s.startEmbedded(); err != nil {
+		own, err := s.startEmbedded(ctx)
+		if err != nil {
 			return err
 		}
+		opts = append(opts, own...)
+		// In-process: a nats:// URL, or nats.go would insist on a TLS handshake the pipe skips.
+		connURL = "nats://" + s.ns.Addr().String()
 	} else {
 		s.url = s.cfg.NATSURL
+		opts = append(opts, s.cfg.NATSOptions...)
 	}
-	opts := append([]nats.Option{nats.Name("pmhub"), nats.MaxReconnects(-1)}, s.cfg.NATSOptions...)
-	nc, err := nats.Connect(s.url, opts...)
+	nc, err := nats.Connect(connURL, opts...)
 	if err != nil {
 		s.Close()
 		return fmt.Errorf("hub: connect %s: %w", s.url, err)
@@ -193,6 +234,7 @@ func (s *Server) Start(ctx context.Context) error {
 		s.Close()
 		return err
 	}
+	s.started = time.Now()
 	s.log.Info("hub started", "url", s.url, "data", s.cfg.DataDir)
 	return nil
 }

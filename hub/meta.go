@@ -40,6 +40,9 @@ type Metadata struct {
 	DroppedByCap int64 `json:"dropped_by_cap"`
 	// Duplicates counts rows that arrived again (redelivery, republish) and were written once.
 	Duplicates int64 `json:"duplicates"`
+	// AlignedClamped counts rows whose ts_aligned_ns left [0, 2^63-1] (a wild clock offset or a
+	// ts near the int64 limit) and was clamped to that range.
+	AlignedClamped int64 `json:"aligned_clamped,omitempty"`
 }
 
 // HostMeta is one host of a session with its clock offset to the hub (hub ≈ host + offset).

@@ -25,7 +25,7 @@ type Metrics struct {
 	tokenUtil  *prometheus.GaugeVec
 	graphSteps *prometheus.CounterVec
 	preempts   *prometheus.CounterVec
-	stepCPU    *prometheus.HistogramVec
+	stepWall   *prometheus.HistogramVec
 	gpuUtil    *prometheus.GaugeVec
 	gpuMem     *prometheus.GaugeVec
 
@@ -44,21 +44,22 @@ func NewMetrics() *Metrics {
 		kvUsage: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "profilemate_kv_cache_usage_ratio",
 			Help: "KV cache usage at the engine's latest scheduler step (0..1)"}, rankLabels),
 		tokenUtil: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "profilemate_batch_token_utilization_ratio",
-			Help: "scheduled tokens / token budget at the engine's latest step"}, rankLabels),
+			Help: "scheduled tokens / token budget at the engine's latest step (0..1); absent while the budget is unknown"}, rankLabels),
 		graphSteps: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "profilemate_steps_total",
 			Help: "model-runner steps per CUDA graph runtime mode (NONE, PIECEWISE, FULL)"}, append(rankLabels, "mode")),
 		preempts: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "profilemate_preemptions_total",
 			Help: "requests preempted by the scheduler"}, rankLabels),
-		stepCPU: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "profilemate_step_cpu_seconds",
-			Help: "CPU wall time of a model-runner step", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}, rankLabels),
-		gpuUtil: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "profilemate_gpu_utilization_percent",
-			Help: "GPU utilisation from NVML"}, []string{"session", "host", "gpu"}),
+		stepWall: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "profilemate_step_wall_seconds",
+			Help:    "wall-clock time of a model-runner step on the host (execute_model, perf_counter; not CPU time)",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}, rankLabels),
+		gpuUtil: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "profilemate_gpu_utilization_ratio",
+			Help: "GPU utilisation from NVML (0..1; NVML's percent / 100)"}, []string{"session", "host", "gpu"}),
 		gpuMem: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "profilemate_gpu_memory_used_bytes",
 			Help: "GPU memory used from NVML"}, []string{"session", "host", "gpu"}),
 		cols: map[string]map[string]int{},
 		live: map[string]bool{},
 	}
-	m.reg.MustRegister(m.kvUsage, m.tokenUtil, m.graphSteps, m.preempts, m.stepCPU, m.gpuUtil, m.gpuMem)
+	m.reg.MustRegister(m.kvUsage, m.tokenUtil, m.graphSteps, m.preempts, m.stepWall, m.gpuUtil, m.gpuMem)
 	for _, t := range proto.Tables() {
 		idx := map[string]int{}
 		for i, c := range t.Columns {
@@ -122,8 +123,11 @@ func (m *Metrics) Observe(b *Batch) {
 				m.kvUsage.With(l).Set(v)
 			}
 		case "batch_utilization":
+			// An empty cell is an unknown budget: the gauge then does not exist (never a 0).
 			if v, ok := num("token_util"); ok {
 				m.tokenUtil.With(l).Set(v)
+			} else {
+				m.tokenUtil.Delete(l)
 			}
 		case "cuda_graph_usage":
 			if mode, ok := col("runtime_mode"); ok {
@@ -133,13 +137,13 @@ func (m *Metrics) Observe(b *Batch) {
 			m.preempts.With(l).Inc()
 		case "forward_pass_timing":
 			if v, ok := num("cpu_ms"); ok {
-				m.stepCPU.With(l).Observe(v / 1000)
+				m.stepWall.With(l).Observe(v / 1000)
 			}
 		case "gpu_metrics":
 			gpu, _ := col("gpu_index")
 			gl := prometheus.Labels{"session": b.Session, "host": b.Host, "gpu": gpu}
 			if v, ok := num("util_gpu"); ok {
-				m.gpuUtil.With(gl).Set(v)
+				m.gpuUtil.With(gl).Set(v / 100)
 			}
 			if v, ok := num("mem_used_bytes"); ok {
 				m.gpuMem.With(gl).Set(v)
@@ -178,7 +182,7 @@ func (m *Metrics) prune() {
 		m.tokenUtil.DeletePartialMatch(l)
 		m.graphSteps.DeletePartialMatch(l)
 		m.preempts.DeletePartialMatch(l)
-		m.stepCPU.DeletePartialMatch(l)
+		m.stepWall.DeletePartialMatch(l)
 		m.gpuUtil.DeletePartialMatch(l)
 		m.gpuMem.DeletePartialMatch(l)
 		delete(m.live, id)
@@ -204,12 +208,13 @@ type lagCollector struct {
 func (c *lagCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.pending; ch <- c.ackPending }
 
 func (c *lagCollector) Collect(ch chan<- prometheus.Metric) {
-	if c.s.cons == nil {
+	cons := c.s.ing.consumer()
+	if cons == nil {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	info, err := c.s.cons.Info(ctx)
+	info, err := cons.Info(ctx)
 	if err != nil {
 		return
 	}

@@ -1,9 +1,11 @@
 package hub
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"net/http/httptest"
+	"os/exec"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -60,6 +62,15 @@ func TestMetricsPerRankSeriesLiveThenDropped(t *testing.T) {
 		&pmpb.Event{Kind: proto.KindForwardPass, Table: "forward_pass_timing", Seq: 2, Step: 2, TsNs: now + 1, Cols: map[string]*pmpb.Value{"cpu_ms": {V: &pmpb.Value_D{D: 5}}}})
 	pub("eng0", proto.KindKVCache, engine,
 		&pmpb.Event{Kind: proto.KindKVCache, Table: "kv_cache_usage", Seq: 1, Step: 1, TsNs: now, Cols: map[string]*pmpb.Value{"usage": {V: &pmpb.Value_D{D: 0.75}}}})
+	// eng0 does not know its token budget (token_util an empty cell), eng1 does: only eng1 has the gauge.
+	engine1 := &pmpb.Process{Session: "S1", Host: "host-a", Pid: 12, Role: proto.RoleEngineCore, Dp: 1, Pp: -1, Tp: -1, Ep: -1, Rank: -1}
+	pub("eng0", proto.KindBatchUtil, engine,
+		&pmpb.Event{Kind: proto.KindBatchUtil, Table: "batch_utilization", Seq: 2, Step: 1, TsNs: now, Cols: map[string]*pmpb.Value{"scheduled_tokens": {V: &pmpb.Value_I{I: 40}}}})
+	pub("eng1", proto.KindBatchUtil, engine1,
+		&pmpb.Event{Kind: proto.KindBatchUtil, Table: "batch_utilization", Seq: 1, Step: 1, TsNs: now, Cols: map[string]*pmpb.Value{"scheduled_tokens": {V: &pmpb.Value_I{I: 64}}, "token_budget": {V: &pmpb.Value_I{I: 128}}, "token_util": {V: &pmpb.Value_D{D: 0.5}}}})
+	agent := &pmpb.Process{Session: "S1", Host: "host-a", Pid: 9, Role: proto.RoleAgent, Dp: -1, Pp: -1, Tp: -1, Ep: -1, Rank: -1}
+	pub(proto.ProcAgent, proto.KindGPU, agent,
+		&pmpb.Event{Kind: proto.KindGPU, Table: "gpu_metrics", Seq: 1, Step: -1, TsNs: now, Cols: map[string]*pmpb.Value{"gpu_index": {V: &pmpb.Value_I{I: 0}}, "util_gpu": {V: &pmpb.Value_D{D: 37}}}})
 
 	h := m.Handler()
 	scrape := func() string {
@@ -69,9 +80,11 @@ func TestMetricsPerRankSeriesLiveThenDropped(t *testing.T) {
 		return string(b)
 	}
 	want := []string{
-		`profilemate_step_cpu_seconds_count{host="host-a",proc="w2",rank="2",session="S1"} 2`,
-		`profilemate_step_cpu_seconds_sum{host="host-a",proc="w2",rank="2",session="S1"} 0.008`,
+		`profilemate_step_wall_seconds_count{host="host-a",proc="w2",rank="2",session="S1"} 2`,
+		`profilemate_step_wall_seconds_sum{host="host-a",proc="w2",rank="2",session="S1"} 0.008`,
 		`profilemate_kv_cache_usage_ratio{host="host-a",proc="eng0",rank="",session="S1"} 0.75`,
+		`profilemate_batch_token_utilization_ratio{host="host-a",proc="eng1",rank="",session="S1"} 0.5`,
+		`profilemate_gpu_utilization_ratio{gpu="0",host="host-a",session="S1"} 0.37`,
 	}
 	var body string
 	waitFor(t, "per-rank series", func() bool {
@@ -83,11 +96,15 @@ func TestMetricsPerRankSeriesLiveThenDropped(t *testing.T) {
 		}
 		return true
 	})
-	for _, w := range []string{"profilemate_hub_rows_total 3", "profilemate_hub_sessions 1", "profilemate_hub_consumer_pending_messages 0"} {
+	for _, w := range []string{"profilemate_hub_rows_total 6", "profilemate_hub_sessions 1", "profilemate_hub_consumer_pending_messages 0"} {
 		if !strings.Contains(body, w) {
 			t.Fatalf("no %q in /metrics:\n%s", w, body)
 		}
 	}
+	if strings.Contains(body, `profilemate_batch_token_utilization_ratio{host="host-a",proc="eng0"`) {
+		t.Fatalf("token utilisation exported for an engine whose budget is unknown:\n%s", body)
+	}
+	promtoolCheck(t, body)
 
 	skew.Store(int64(time.Hour)) // idle for an hour by the hub's clock: the session ends
 	waitFor(t, "session end", func() bool {
@@ -101,6 +118,22 @@ func TestMetricsPerRankSeriesLiveThenDropped(t *testing.T) {
 	body = scrape()
 	if strings.Contains(body, `session="S1"`) {
 		t.Fatalf("series of the ended session still exported:\n%s", body)
+	}
+}
+
+// promtoolCheck runs Prometheus's own linter (`promtool check metrics`, Debian package prometheus,
+// installed by scripts/setup.sh) on an exposition body and fails on any finding.
+func promtoolCheck(t *testing.T, body string) {
+	t.Helper()
+	path, err := exec.LookPath("promtool")
+	if err != nil {
+		t.Fatalf("promtool not found (scripts/setup.sh installs the Debian package prometheus): %v", err)
+	}
+	cmd := exec.Command(path, "check", "metrics")
+	cmd.Stdin = strings.NewReader(body)
+	out, err := cmd.CombinedOutput()
+	if err != nil || len(bytes.TrimSpace(out)) > 0 {
+		t.Fatalf("promtool check metrics: %v\n%s\n--- /metrics:\n%s", err, out, body)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -187,7 +188,12 @@ func (s *session) writeBatch(b *Batch, now time.Time) (int, error) {
 			l = l[:len(l)-1]
 		}
 		l = append(l, ',')
-		l = strconv.AppendInt(l, e.TsNS+off, 10)
+		aligned, exact := alignTS(e.TsNS, off)
+		if !exact {
+			s.meta.AlignedClamped++
+			s.metaDirty = true
+		}
+		l = strconv.AppendInt(l, aligned, 10)
 		l = append(l, '\n')
 		s.line = l
 		p.seen.add(e.Seq)
@@ -477,4 +483,20 @@ func appendRecord(l []byte, fields []string) []byte {
 	}
 	l[len(l)-1] = '\n'
 	return l
+}
+
+// alignTS returns ts+off, the event's time on the hub's clock, clamped to [0, MaxInt64] when the
+// sum would leave it (exact=false): a wild clock offset or a ts near the int64 limit never wraps
+// an aligned time negative. A negative ts (itself invalid) stays as the arithmetic gives it.
+func alignTS(ts, off int64) (aligned int64, exact bool) {
+	sum := ts + off
+	switch {
+	case off > 0 && sum < ts: // overflow past MaxInt64
+		return math.MaxInt64, false
+	case off < 0 && sum > ts: // overflow past MinInt64
+		return 0, false
+	case ts >= 0 && sum < 0:
+		return 0, false
+	}
+	return sum, true
 }

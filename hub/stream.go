@@ -3,7 +3,6 @@ package hub
 import (
 	"context"
 	"fmt"
-	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -31,16 +30,5 @@ func (s *Server) setupStream(ctx context.Context) error {
 		}
 		s.log.Warn("adopting existing stream with its own config", "stream", cfg.Name, "err", err)
 	}
-	cons, err := st.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
-		Durable:       s.cfg.Consumer,
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       60 * time.Second,
-		MaxAckPending: 64 * s.cfg.Fetch,
-		MaxDeliver:    -1,
-	})
-	if err != nil {
-		return fmt.Errorf("hub: durable consumer %s: %w", s.cfg.Consumer, err)
-	}
-	s.cons = cons
-	return nil
+	return s.openConsumer(ctx, st)
 }

@@ -102,7 +102,7 @@ func Row(p *pmpb.Process, ev *pmpb.Event) ([]string, error) { return Default().R
 
 // Row builds a CSV row; see the package function.
 func (r *Registry) Row(p *pmpb.Process, ev *pmpb.Event) ([]string, error) {
-	s, ok := r.byName[ev.GetTable()]
+	s, ok := r.table(ev.GetTable())
 	if !ok {
 		return nil, fmt.Errorf("proto: unknown table %q", ev.GetTable())
 	}
@@ -147,7 +147,7 @@ func ParseRow(table string, header, rec []string) (*pmpb.Process, *pmpb.Event, e
 
 // ParseRow reads a CSV row back; see the package function.
 func (r *Registry) ParseRow(table string, header, rec []string) (*pmpb.Process, *pmpb.Event, error) {
-	s, ok := r.byName[table]
+	s, ok := r.table(table)
 	if !ok {
 		return nil, nil, fmt.Errorf("proto: unknown table %q", table)
 	}

@@ -73,14 +73,16 @@ func (h *Hello) Process() *pmpb.Process {
 	}
 }
 
-// Event is one row as the shim sends it; Cols holds the table's own columns only.
+// Event is one row as the shim sends it. Cols is the JSON object of the table's own columns, kept
+// raw until the event is checked and encoded (EncodeEvents, or EventProto for the reference path);
+// absent or null means no columns.
 type Event struct {
-	Kind  string                     `json:"kind"`
-	Table string                     `json:"table"`
-	Seq   uint64                     `json:"seq"`
-	Step  int64                      `json:"step"`
-	TsNS  int64                      `json:"ts_ns"`
-	Cols  map[string]json.RawMessage `json:"cols"`
+	Kind  string          `json:"kind"`
+	Table string          `json:"table"`
+	Seq   uint64          `json:"seq"`
+	Step  int64           `json:"step"`
+	TsNS  int64           `json:"ts_ns"`
+	Cols  json.RawMessage `json:"cols"`
 }
 
 // Batch is a group of events of one process; Ident, when present, updates the hello's ranks
@@ -96,7 +98,7 @@ type Batch struct {
 type Target struct {
 	Target string `json:"target"`
 	Status string `json:"status"`
-	Reason string `json:"reason"`
+	Reason string `json:"reason,omitempty"`
 }
 
 // Status reports a process's patch results.
@@ -114,7 +116,10 @@ type Bye struct {
 }
 
 // Ctl is a line the agent sends to a shim: op "profiler" (Name, Enabled) or "session" (Session).
+// T and V are the line's type and wire version; the sender sets them ("ctl", WireVersion).
 type Ctl struct {
+	T       string `json:"t"`
+	V       int    `json:"v"`
 	Op      string `json:"op"`
 	Name    string `json:"name,omitempty"`
 	Enabled *bool  `json:"enabled,omitempty"`
@@ -136,84 +141,120 @@ type Line struct {
 	Bye    *Bye
 	Ctl    *Ctl
 	Admin  *Admin
+	// Rejected lists the events of a batch that DecodeLine refused, with their reasons; Batch.Events
+	// then holds only the good ones. ReadLine does not check events (EncodeEvents does).
+	Rejected []*EventError
 }
 
-// DecodeLine decodes and checks one JSON line of the wire against the embedded tables.
-func DecodeLine(b []byte) (*Line, error) { return Default().DecodeLine(b) }
+// wireLine is the union of every line type's fields, so a line is parsed in one pass whatever its
+// type; the hello's fields are embedded.
+type wireLine struct {
+	T *string `json:"t"`
+	V *int    `json:"v"`
+	Hello
+	Ident   *Ident   `json:"ident"`
+	Events  []Event  `json:"events"`
+	Dropped uint64   `json:"dropped"`
+	Targets []Target `json:"targets"`
+	LastSeq uint64   `json:"last_seq"`
+	EndNS   int64    `json:"end_ns"`
+	Op      string   `json:"op"`
+	Name    string   `json:"name"`
+	Enabled *bool    `json:"enabled"`
+}
 
-// DecodeLine decodes and checks one JSON line: its type and version, its required fields, and for
-// a batch every event's kind, table and column types.
-func (r *Registry) DecodeLine(b []byte) (*Line, error) {
-	var env struct {
-		T *string `json:"t"`
-		V *int    `json:"v"`
-	}
+// ReadLine decodes one JSON line and checks everything but the events of a batch: the line's type
+// and wire version, a positive pid, known roles and ops, and the hello's session and host names
+// (the grammar of names.go). It is the agent's fast path; the events are checked and encoded once
+// by EncodeEvents. Every error wraps ErrBadLine.
+func ReadLine(b []byte) (*Line, error) {
 	b = bytes.TrimSpace(b)
 	if len(b) == 0 || b[0] != '{' {
 		return nil, fmt.Errorf("%w: not a JSON object: %.40q", ErrBadLine, b)
 	}
-	if err := json.Unmarshal(b, &env); err != nil {
+	w := wireLine{Hello: Hello{DP: -1, PP: -1, TP: -1, EP: -1, Rank: -1}}
+	if err := json.Unmarshal(b, &w); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadLine, err)
 	}
-	if env.T == nil || *env.T == "" {
+	if w.T == nil || *w.T == "" {
 		return nil, fmt.Errorf("%w: no \"t\"", ErrBadLine)
 	}
-	if env.V == nil {
-		return nil, fmt.Errorf("%w: %s line without \"v\"", ErrBadLine, *env.T)
+	if w.V == nil {
+		return nil, fmt.Errorf("%w: %s line without \"v\"", ErrBadLine, *w.T)
 	}
-	if *env.V != WireVersion {
-		return nil, fmt.Errorf("%w: %s line has wire version %d, this side speaks %d", ErrBadLine, *env.T, *env.V, WireVersion)
+	if *w.V != WireVersion {
+		return nil, fmt.Errorf("%w: %s line has wire version %d, this side speaks %d", ErrBadLine, *w.T, *w.V, WireVersion)
 	}
-	l := &Line{T: *env.T, V: *env.V}
-	var dst any
+	l := &Line{T: *w.T, V: *w.V}
+	pid := w.PID
 	switch l.T {
 	case LineHello:
-		l.Hello = &Hello{DP: -1, PP: -1, TP: -1, EP: -1, Rank: -1}
-		dst = l.Hello
+		h := w.Hello
+		l.Hello = &h
 	case LineBatch:
-		l.Batch = &Batch{}
-		dst = l.Batch
+		l.Batch = &Batch{PID: pid, Ident: w.Ident, Events: w.Events, Dropped: w.Dropped}
 	case LineStatus:
-		l.Status = &Status{}
-		dst = l.Status
+		l.Status = &Status{PID: pid, Targets: w.Targets}
 	case LineBye:
-		l.Bye = &Bye{}
-		dst = l.Bye
+		l.Bye = &Bye{PID: pid, Dropped: w.Dropped, LastSeq: w.LastSeq, EndNS: w.EndNS}
 	case LineCtl:
-		l.Ctl = &Ctl{}
-		dst = l.Ctl
+		l.Ctl = &Ctl{T: l.T, V: l.V, Op: w.Op, Name: w.Name, Enabled: w.Enabled, Session: w.Session}
 	case LineAdmin:
-		l.Admin = &Admin{}
-		dst = l.Admin
+		l.Admin = &Admin{Op: w.Op}
 	default:
 		return nil, fmt.Errorf("%w: unknown line type %q", ErrBadLine, l.T)
 	}
-	if err := json.Unmarshal(b, dst); err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", ErrBadLine, l.T, err)
-	}
 	switch {
-	case l.Hello != nil && l.Hello.PID <= 0,
-		l.Batch != nil && l.Batch.PID <= 0,
-		l.Status != nil && l.Status.PID <= 0,
-		l.Bye != nil && l.Bye.PID <= 0:
+	case l.Ctl == nil && l.Admin == nil && pid <= 0:
 		return nil, fmt.Errorf("%w: %s line without a positive pid", ErrBadLine, l.T)
 	case l.Ctl != nil && l.Ctl.Op != "profiler" && l.Ctl.Op != "session",
 		l.Admin != nil && l.Admin.Op == "":
-		return nil, fmt.Errorf("%w: %s line with unknown op %q", ErrBadLine, l.T, opOf(l))
+		return nil, fmt.Errorf("%w: %s line with unknown op %q", ErrBadLine, l.T, w.Op)
 	}
-	if l.Hello != nil && !knownRole(l.Hello.Role) {
-		return nil, fmt.Errorf("%w: hello with unknown role %q", ErrBadLine, l.Hello.Role)
+	if l.Hello != nil {
+		if !knownRole(l.Hello.Role) {
+			return nil, fmt.Errorf("%w: hello with unknown role %q", ErrBadLine, l.Hello.Role)
+		}
+		if l.Hello.Session != "" {
+			if err := ValidateSession(l.Hello.Session); err != nil {
+				return nil, fmt.Errorf("%w: hello: %w", ErrBadLine, err)
+			}
+		}
+		if l.Hello.Host != "" {
+			if err := ValidateHost(l.Hello.Host); err != nil {
+				return nil, fmt.Errorf("%w: hello: %w", ErrBadLine, err)
+			}
+		}
 	}
 	if l.Batch != nil && l.Batch.Ident != nil && !knownRole(l.Batch.Ident.Role) {
 		return nil, fmt.Errorf("%w: batch ident with unknown role %q", ErrBadLine, l.Batch.Ident.Role)
 	}
-	if l.Batch != nil {
-		for i := range l.Batch.Events {
-			if _, err := r.EventProto(&l.Batch.Events[i]); err != nil {
-				return nil, fmt.Errorf("%w: batch event %d: %v", ErrBadLine, i, err)
-			}
-		}
+	return l, nil
+}
+
+// DecodeLine decodes and checks one JSON line against the embedded tables.
+func DecodeLine(b []byte) (*Line, error) { return Default().DecodeLine(b) }
+
+// DecodeLine is the reference decoder: ReadLine, then every event of a batch checked with
+// EventProto (encoding/json throughout). Bad events do not fail the line: they leave
+// Batch.Events and are listed in Line.Rejected with their reasons. The fast path (ReadLine +
+// EncodeEvents) is fuzzed against it (FuzzShimCodec). Line errors wrap ErrBadLine.
+func (r *Registry) DecodeLine(b []byte) (*Line, error) {
+	l, err := ReadLine(b)
+	if err != nil || l.Batch == nil {
+		return l, err
 	}
+	good := l.Batch.Events[:0:0]
+	for i := range l.Batch.Events {
+		if _, err := r.EventProto(&l.Batch.Events[i]); err != nil {
+			ee := err.(*EventError)
+			ee.Index = i
+			l.Rejected = append(l.Rejected, ee)
+			continue
+		}
+		good = append(good, l.Batch.Events[i])
+	}
+	l.Batch.Events = good
 	return l, nil
 }
 
@@ -222,37 +263,93 @@ func knownRole(r string) bool {
 	return r == "" || r == RoleAPIServer || r == RoleEngineCore || r == RoleWorker
 }
 
-func opOf(l *Line) string {
-	if l.Ctl != nil {
-		return l.Ctl.Op
-	}
-	return l.Admin.Op
+// Reasons an event is refused (EventError.Reason): the keys the agent and the hub count them by.
+const (
+	ReasonUnknownKind   = "unknown_kind"   // kind not in the registry (or not one the reader accepts)
+	ReasonUnknownTable  = "unknown_table"  // table unknown, or of another kind
+	ReasonUnknownColumn = "unknown_column" // a column the table does not have
+	ReasonBadValue      = "bad_value"      // a value that does not fit its column's type
+	ReasonBadCols       = "bad_cols"       // cols is not a flat JSON object, or names a column twice
+)
+
+// EventError says why one event of a batch was refused; the batch's other events are kept.
+type EventError struct {
+	Index  int    // position in the batch as sent
+	Seq    uint64 // the event's seq
+	Kind   string
+	Table  string
+	Column string // the offending column, when one is
+	Reason string // a Reason* constant
+	Err    error
 }
 
-// EventProto checks one shim event against its table and converts it to a protobuf Event. A null
-// column is left out (an empty cell); an int column takes only integral numbers; a float column
-// takes any number.
-func (r *Registry) EventProto(ev *Event) (*pmpb.Event, error) {
-	if !isKind(ev.Kind) {
-		return nil, fmt.Errorf("unknown kind %q", ev.Kind)
+func (e *EventError) Error() string {
+	return fmt.Sprintf("event %d (seq %d, %s/%s): %s: %v", e.Index, e.Seq, e.Kind, e.Table, e.Reason, e.Err)
+}
+
+func (e *EventError) Unwrap() error { return e.Err }
+
+func eventErr(ev *Event, reason, column string, format string, a ...any) *EventError {
+	return &EventError{Seq: ev.Seq, Kind: ev.Kind, Table: ev.Table, Column: column, Reason: reason, Err: fmt.Errorf(format, a...)}
+}
+
+// eventSchema finds an event's table and checks it belongs to the event's kind.
+func (r *Registry) eventSchema(ev *Event) (*Schema, *EventError) {
+	if !r.IsKind(ev.Kind) {
+		return nil, eventErr(ev, ReasonUnknownKind, "", "unknown kind %q", ev.Kind)
 	}
-	s, ok := r.byName[ev.Table]
+	s, ok := r.table(ev.Table)
 	if !ok {
-		return nil, fmt.Errorf("unknown table %q", ev.Table)
+		return nil, eventErr(ev, ReasonUnknownTable, "", "unknown table %q", ev.Table)
 	}
 	if s.Kind != ev.Kind {
-		return nil, fmt.Errorf("table %s belongs to kind %s, not %s", ev.Table, s.Kind, ev.Kind)
+		return nil, eventErr(ev, ReasonUnknownTable, "", "table %s belongs to kind %s, not %s", ev.Table, s.Kind, ev.Kind)
+	}
+	return s, nil
+}
+
+// EventProto checks one shim event against its table and converts it to a protobuf Event: the
+// reference conversion, built on encoding/json. Columns are read in document order; null, or ""
+// in a column that is not a string, is an empty cell (left out); an int column takes only integral
+// numbers (3 or 3.0, |n| ≤ 2^53 when written as a float); a float column any number. The error is
+// an *EventError.
+func (r *Registry) EventProto(ev *Event) (*pmpb.Event, error) {
+	s, eerr := r.eventSchema(ev)
+	if eerr != nil {
+		return nil, eerr
 	}
 	out := &pmpb.Event{Kind: ev.Kind, Table: ev.Table, Seq: ev.Seq, Step: ev.Step, TsNs: ev.TsNS,
-		Cols: make(map[string]*pmpb.Value, len(ev.Cols))}
-	for name, raw := range ev.Cols {
+		Cols: map[string]*pmpb.Value{}}
+	raw := bytes.TrimSpace(ev.Cols)
+	if len(raw) == 0 || string(raw) == "null" {
+		return out, nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return nil, eventErr(ev, ReasonBadCols, "", "cols is not a JSON object")
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil, eventErr(ev, ReasonBadCols, "", "cols: %v", err)
+		}
+		name := tok.(string)
+		var val json.RawMessage
+		if err := dec.Decode(&val); err != nil {
+			return nil, eventErr(ev, ReasonBadCols, name, "cols: %v", err)
+		}
 		c, ok := s.Col(name)
 		if !ok {
-			return nil, fmt.Errorf("table %s has no column %q", ev.Table, name)
+			return nil, eventErr(ev, ReasonUnknownColumn, name, "table %s has no column %q", ev.Table, name)
 		}
-		v, err := jsonValue(c.Type, raw)
+		if seen[name] {
+			return nil, eventErr(ev, ReasonBadCols, name, "column %q twice", name)
+		}
+		seen[name] = true
+		v, err := jsonValue(c.Type, val)
 		if err != nil {
-			return nil, fmt.Errorf("table %s column %s: %w", ev.Table, name, err)
+			return nil, eventErr(ev, ReasonBadValue, name, "table %s column %s: %w", ev.Table, name, err)
 		}
 		if v != nil {
 			out.Cols[name] = v
@@ -261,49 +358,79 @@ func (r *Registry) EventProto(ev *Event) (*pmpb.Event, error) {
 	return out, nil
 }
 
-// jsonValue converts one JSON value to a Value of the column type; nil for JSON null.
+// jsonValue converts one JSON value to a Value of the column type with encoding/json; nil for an
+// empty cell (null, or "" outside a string column).
 func jsonValue(typ string, raw json.RawMessage) (*pmpb.Value, error) {
 	raw = bytes.TrimSpace(raw)
-	if string(raw) == "null" {
+	if string(raw) == "null" || (typ != TypeString && string(raw) == `""`) {
 		return nil, nil
 	}
 	switch typ {
 	case TypeInt:
-		n, err := strconv.ParseInt(string(raw), 10, 64)
+		n, err := cellInt(raw)
 		if err != nil {
-			// 3.0 is an integer a float-minded encoder may write; 3.5 or "3" is not.
-			f, ferr := strconv.ParseFloat(string(raw), 64)
-			if ferr != nil || raw[0] == '"' || f != math.Trunc(f) || math.Abs(f) > 1<<53 {
-				return nil, fmt.Errorf("want int, got %.40s", raw)
-			}
-			n = int64(f)
+			return nil, err
 		}
 		return &pmpb.Value{V: &pmpb.Value_I{I: n}}, nil
 	case TypeFloat:
-		if len(raw) == 0 || raw[0] == '"' || raw[0] == 't' || raw[0] == 'f' || raw[0] == '{' || raw[0] == '[' {
-			return nil, fmt.Errorf("want float, got %.40s", raw)
-		}
-		f, err := strconv.ParseFloat(string(raw), 64)
+		f, err := cellFloat(raw)
 		if err != nil {
-			return nil, fmt.Errorf("want float, got %.40s", raw)
+			return nil, err
 		}
 		return &pmpb.Value{V: &pmpb.Value_D{D: f}}, nil
 	case TypeString:
 		var s string
-		if err := json.Unmarshal(raw, &s); err != nil {
+		if len(raw) == 0 || raw[0] != '"' || json.Unmarshal(raw, &s) != nil {
 			return nil, fmt.Errorf("want string, got %.40s", raw)
 		}
 		return &pmpb.Value{V: &pmpb.Value_S{S: s}}, nil
 	case TypeBool:
-		switch string(raw) {
-		case "true":
-			return &pmpb.Value{V: &pmpb.Value_B{B: true}}, nil
-		case "false":
-			return &pmpb.Value{V: &pmpb.Value_B{B: false}}, nil
+		b, err := cellBool(raw)
+		if err != nil {
+			return nil, err
 		}
-		return nil, fmt.Errorf("want bool, got %.40s", raw)
+		return &pmpb.Value{V: &pmpb.Value_B{B: b}}, nil
 	}
 	return nil, fmt.Errorf("unknown column type %q", typ)
+}
+
+// cellInt reads a JSON number as an int column's value: an integer, or an integral float up to
+// 2^53 (3.0 is what a float-minded encoder may write; 3.5 or "3" is not an int).
+func cellInt(raw []byte) (int64, error) {
+	if len(raw) == 0 || !(raw[0] == '-' || raw[0] >= '0' && raw[0] <= '9') {
+		return 0, fmt.Errorf("want int, got %.40s", raw)
+	}
+	n, err := strconv.ParseInt(string(raw), 10, 64)
+	if err == nil {
+		return n, nil
+	}
+	f, ferr := strconv.ParseFloat(string(raw), 64)
+	if ferr != nil || f != math.Trunc(f) || math.Abs(f) > 1<<53 {
+		return 0, fmt.Errorf("want int, got %.40s", raw)
+	}
+	return int64(f), nil
+}
+
+// cellFloat reads a JSON number as a float column's value; out of range (1e400) is refused.
+func cellFloat(raw []byte) (float64, error) {
+	if len(raw) == 0 || !(raw[0] == '-' || raw[0] >= '0' && raw[0] <= '9') {
+		return 0, fmt.Errorf("want float, got %.40s", raw)
+	}
+	f, err := strconv.ParseFloat(string(raw), 64)
+	if err != nil {
+		return 0, fmt.Errorf("want float, got %.40s", raw)
+	}
+	return f, nil
+}
+
+func cellBool(raw []byte) (bool, error) {
+	switch string(raw) {
+	case "true":
+		return true, nil
+	case "false":
+		return false, nil
+	}
+	return false, fmt.Errorf("want bool, got %.40s", raw)
 }
 
 // applyIdent copies a batch's ident over a process's ranks.

@@ -270,26 +270,71 @@ func TestDecodeLineRejects(t *testing.T) {
 		`{"t":"hello","v":1}`:             "positive pid",
 		`{"t":"bye","v":1,"pid":-4}`:      "positive pid",
 		`{"t":"ctl","v":1,"op":"reboot"}`: `unknown op "reboot"`,
-		`{"t":"hello","v":1,"pid":"12"}`:  "hello",
-		`{"t":"batch","v":1,"pid":3,"events":[{"kind":"nope","table":"kv_cache_usage","cols":{}}]}`:      `unknown kind "nope"`,
-		`{"t":"batch","v":1,"pid":3,"events":[{"kind":"kv_cache","table":"nope","cols":{}}]}`:            `unknown table "nope"`,
-		`{"t":"batch","v":1,"pid":3,"events":[{"kind":"gpu","table":"kv_cache_usage","cols":{}}]}`:       "belongs to kind kv_cache",
-		`{"t":"batch","v":1,"pid":3,"events":[{"kind":"kv_cache","table":"kv_cache_usage","cols":[1]}]}`: "batch",
-		ok(`{"usage":"0.5"}`):                                            "usage: want float",
-		ok(`{"usage":true}`):                                             "usage: want float",
-		ok(`{"free_blocks":1.5}`):                                        "free_blocks: want int",
-		ok(`{"free_blocks":"12"}`):                                       "free_blocks: want int",
-		ok(`{"free_blocks":1e300}`):                                      "free_blocks: want int",
+		`{"t":"hello","v":1,"pid":"12"}`:  "pid",
 		`{"t":"hello","v":1,"pid":3,"role":"boss"}`:                      `unknown role "boss"`,
 		`{"t":"batch","v":1,"pid":3,"ident":{"role":"wrk"},"events":[]}`: `unknown role "wrk"`,
-		ok(`{"nope":1}`):                                                 `no column "nope"`,
-		`{"t":"batch","v":1,"pid":3,"events":[{"kind":"preemption","table":"preemption_events","cols":{"request_id":5}}]}`:    "request_id: want string",
-		`{"t":"batch","v":1,"pid":3,"events":[{"kind":"cuda_graph","table":"cuda_graph_usage","cols":{"eager_fallback":1}}]}`: "eager_fallback: want bool",
+		`{"t":"hello","v":1,"pid":3,"session":"my run"}`:                 `session "my run"`,
+		`{"t":"hello","v":1,"pid":3,"session":"exp/1"}`:                  `session "exp/1"`,
+		`{"t":"hello","v":1,"pid":3,"host":"x:y"}`:                       `host "x:y"`,
 	}
 	for in, want := range cases {
 		_, err := DecodeLine([]byte(in))
 		if err == nil || !errors.Is(err, ErrBadLine) || !strings.Contains(err.Error(), want) {
 			t.Errorf("DecodeLine(%s) = %v, want ErrBadLine with %q", in, err, want)
+		}
+	}
+}
+
+// TestBadEventsKeepTheirBatch: each bad event is refused with its reason; the good events of the
+// same batch are kept (one bad value never costs a batch).
+func TestBadEventsKeepTheirBatch(t *testing.T) {
+	good := `{"kind":"kv_cache","table":"kv_cache_usage","seq":1,"step":1,"ts_ns":1,"cols":{"usage":0.5,"free_blocks":"","alloc_failures":null}}`
+	ev := func(kind, table, cols string) string {
+		return `{"kind":"` + kind + `","table":"` + table + `","seq":2,"step":1,"ts_ns":1,"cols":` + cols + `}`
+	}
+	cases := []struct{ event, reason, text string }{
+		{ev("nope", "kv_cache_usage", "{}"), ReasonUnknownKind, `unknown kind "nope"`},
+		{ev("", "kv_cache_usage", "{}"), ReasonUnknownKind, `unknown kind ""`},
+		{ev("kv_cache", "nope", "{}"), ReasonUnknownTable, `unknown table "nope"`},
+		{ev("gpu", "kv_cache_usage", "{}"), ReasonUnknownTable, "belongs to kind kv_cache"},
+		{ev("kv_cache", "kv_cache_usage", "[1]"), ReasonBadCols, "not"},
+		{ev("kv_cache", "kv_cache_usage", `"x"`), ReasonBadCols, "not"},
+		{ev("kv_cache", "kv_cache_usage", `{"usage":1,"usage":2}`), ReasonBadCols, `column "usage" twice`},
+		{ev("kv_cache", "kv_cache_usage", `{"usage":"0.5"}`), ReasonBadValue, "usage: want float"},
+		{ev("kv_cache", "kv_cache_usage", `{"usage":"x"}`), ReasonBadValue, "usage: want float"},
+		{ev("kv_cache", "kv_cache_usage", `{"usage":true}`), ReasonBadValue, "usage: want float"},
+		{ev("kv_cache", "kv_cache_usage", `{"usage":{"a":1}}`), ReasonBadValue, "usage: want float"},
+		{ev("kv_cache", "kv_cache_usage", `{"usage":1e400}`), ReasonBadValue, "usage: want float"},
+		{ev("kv_cache", "kv_cache_usage", `{"free_blocks":1.5}`), ReasonBadValue, "free_blocks: want int"},
+		{ev("kv_cache", "kv_cache_usage", `{"free_blocks":"12"}`), ReasonBadValue, "free_blocks: want int"},
+		{ev("kv_cache", "kv_cache_usage", `{"free_blocks":1e300}`), ReasonBadValue, "free_blocks: want int"},
+		{ev("kv_cache", "kv_cache_usage", `{"nope":1}`), ReasonUnknownColumn, `no column "nope"`},
+		{ev("preemption", "preemption_events", `{"request_id":5}`), ReasonBadValue, "request_id: want string"},
+		{ev("cuda_graph", "cuda_graph_usage", `{"eager_fallback":1}`), ReasonBadValue, "eager_fallback: want bool"},
+	}
+	for _, c := range cases {
+		line := []byte(`{"t":"batch","v":1,"pid":3,"events":[` + good + `,` + c.event + `,` + good + `]}`)
+		l, err := DecodeLine(line)
+		if err != nil {
+			t.Errorf("%s: line refused: %v", c.event, err)
+			continue
+		}
+		if len(l.Batch.Events) != 2 || len(l.Rejected) != 1 {
+			t.Errorf("%s: kept %d, refused %d; want 2 and 1", c.event, len(l.Batch.Events), len(l.Rejected))
+			continue
+		}
+		r := l.Rejected[0]
+		if r.Index != 1 || r.Reason != c.reason || !strings.Contains(r.Error(), c.text) {
+			t.Errorf("%s: refused as %d %s %q; want 1 %s %q", c.event, r.Index, r.Reason, r.Error(), c.reason, c.text)
+		}
+		// The fast path agrees: same events kept, same reason.
+		fl, err := ReadLine(line)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g, bad := EncodeEvents(fl.Batch.Events)
+		if len(g) != 2 || len(bad) != 1 || bad[0].Index != 1 || bad[0].Reason != c.reason || !strings.Contains(bad[0].Error(), c.text) {
+			t.Errorf("%s: fast path kept %d, refused %v; want 2 and %s %q", c.event, len(g), bad, c.reason, c.text)
 		}
 	}
 }

@@ -15,55 +15,53 @@ import (
 
 var update = flag.Bool("update", false, "rewrite shim/profilemate/_tables.json from proto/tables")
 
-// The CSV names of the seed (eleven) plus the agent's gpu_metrics, per kind: the fixed contract
-// of docs/ARCHITECTURE.md, written out here so a schema file cannot silently rename a table.
-var wantKindTables = map[string][]string{
-	"cuda_graph":      {"cuda_graph_captures", "cuda_graph_usage"},
-	"kv_cache":        {"kv_cache_evictions", "kv_cache_usage"},
-	"moe_expert":      {"moe_expert_selection", "moe_expert_timing"},
-	"forward_pass":    {"forward_pass_timing"},
-	"cpu_timing":      {"cpu_operations_timing"},
-	"batch_util":      {"batch_utilization"},
-	"preemption":      {"preemption_events"},
-	"encoder_decoder": {"encoder_decoder_timing"},
-	"gpu":             {"gpu_metrics"},
-}
-
+// TestKindsTablesAndCSVNames: the kinds of tables/kinds.json and the table files agree (every
+// table of a listed kind, every kind with a table), and every table is written by a golden
+// fixture (testdata/batches), so renaming a table or a kind cannot go unnoticed: the fixtures
+// name the shipped tables once, and the shim's and Go's generated copies are checked fresh.
 func TestKindsTablesAndCSVNames(t *testing.T) {
-	if got := len(Kinds()); got != len(wantKindTables) {
-		t.Fatalf("Kinds() = %v, want the %d kinds of the contract", Kinds(), len(wantKindTables))
-	}
-	n := 0
-	for _, k := range Kinds() {
-		want, ok := wantKindTables[k]
-		if !ok {
-			t.Errorf("kind %q is not in the contract", k)
-			continue
-		}
-		if got := KindTables(k); !reflect.DeepEqual(got, want) {
-			t.Errorf("KindTables(%s) = %v, want %v", k, got, want)
-		}
-		for _, tb := range want {
-			s, ok := Table(tb)
-			if !ok {
-				t.Errorf("table %s has no schema file", tb)
-				continue
-			}
-			if s.Kind != k {
-				t.Errorf("table %s: kind %s, want %s", tb, s.Kind, k)
-			}
-			n++
-		}
-	}
-	if n != 12 || len(Tables()) != 12 {
-		t.Errorf("%d tables in the contract, %d schema files; want 12 (eleven seed CSVs + gpu_metrics)", n, len(Tables()))
-	}
-	if ShimKinds()[len(ShimKinds())-1] == KindGPU || len(ShimKinds()) != 8 {
-		t.Errorf("ShimKinds() = %v: want the eight shim kinds without gpu", ShimKinds())
-	}
 	files, _ := filepath.Glob("tables/*.json")
-	if len(files) != 13 {
-		t.Errorf("tables/ holds %d files, want common.json + 12 tables", len(files))
+	if len(files) != len(Tables())+2 {
+		t.Errorf("tables/ holds %d files, want kinds.json + common.json + %d tables", len(files), len(Tables()))
+	}
+	inFixtures := map[string]string{} // table → kind, as the golden batches write them
+	fixtures, _ := filepath.Glob("testdata/batches/*.json")
+	for _, f := range fixtures {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l, err := DecodeLine(b)
+		if err != nil || len(l.Rejected) > 0 {
+			t.Fatalf("%s: %v %v", f, err, l.Rejected)
+		}
+		for _, e := range l.Batch.Events {
+			inFixtures[e.Table] = e.Kind
+		}
+	}
+	for _, k := range Kinds() {
+		if len(KindTables(k)) == 0 {
+			t.Errorf("kind %s has no table", k)
+		}
+		for _, tb := range KindTables(k) {
+			if s, ok := Table(tb); !ok || s.Kind != k {
+				t.Errorf("table %s of kind %s: %+v", tb, k, s)
+			}
+			if inFixtures[tb] != k {
+				t.Errorf("table %s (kind %s) is in no golden fixture under that kind", tb, k)
+			}
+		}
+	}
+	if len(inFixtures) != len(Tables()) {
+		t.Errorf("fixtures write %d tables, the contract has %d", len(inFixtures), len(Tables()))
+	}
+	for _, k := range ShimKinds() {
+		if info, _ := Default().KindInfo(k); info.By != ByShim || k == KindGPU {
+			t.Errorf("ShimKinds() = %v: %s is not the shim's", ShimKinds(), k)
+		}
+	}
+	if by, _ := Default().KindInfo(KindGPU); by.By != ByAgent {
+		t.Errorf("gpu is recorded by %q, want the agent", by.By)
 	}
 }
 
@@ -212,7 +210,8 @@ func TestRenamedColumnChangesShimTables(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r.DecodeLine(line); err == nil || !strings.Contains(err.Error(), `no column "token_util"`) {
-		t.Fatalf("fixture against renamed column: %v", err)
+	l, err := r.DecodeLine(line)
+	if err != nil || len(l.Rejected) == 0 || !strings.Contains(l.Rejected[0].Error(), `no column "token_util"`) {
+		t.Fatalf("fixture against renamed column: %v %v", l, err)
 	}
 }

@@ -10,6 +10,8 @@ cd "$(dirname "$0")/.."
 PACKAGES=(
   "protobuf-compiler|command -v protoc"                 # regenerating proto/
   "python3-torch|/usr/bin/python3 -c 'import torch'"    # the MoE tensor-path tests (CPU torch)
+  "prometheus|command -v promtool"                      # promtool check metrics on the hub's /metrics
+  "chromium|command -v chromium"                        # the report's headless browser tests
 )
 
 SUDO=""

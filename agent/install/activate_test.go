@@ -15,10 +15,10 @@ func TestInstallActivatesShim(t *testing.T) {
 	repo := testkit.RepoRoot(t)
 	era := filepath.Join(repo, "testbed", "eras", "v0_16_0")
 	if _, err := os.Stat(filepath.Join(era, "vllm")); err != nil {
-		t.Skipf("test tree not present: %v", err)
+		t.Fatalf("test tree missing: %v", err)
 	}
 	if _, err := os.Stat(filepath.Join(repo, "shim", "profilemate", "bootstrap.py")); err != nil {
-		t.Skipf("shim not present: %v", err)
+		t.Fatalf("shim missing: %v", err)
 	}
 	// The shim's Python files as pmagent embeds them (shim.FS holds the same tree).
 	src := Source{FS: os.DirFS(filepath.Join(repo, "shim")), Version: "0.0.0.dev0"}

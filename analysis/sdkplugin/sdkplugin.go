@@ -183,7 +183,7 @@ func Rows(res *analysis.Result) []sdk.Row {
 	for _, f := range res.Findings {
 		nums := make(map[string]float64, len(f.Numbers))
 		for _, n := range f.Numbers {
-			nums[n.Name] = n.Value
+			nums[n.Name] = analysis.Round(n.Value)
 		}
 		ranks := make([]int, len(f.Ranks))
 		for i, r := range f.Ranks {

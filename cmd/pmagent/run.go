@@ -28,7 +28,7 @@ var runCommand = &cli.Command{
 		"process (or with the `pmagent serve` listening on --socket). The exit code is the command's.",
 	Flags: append(pipelineFlags(),
 		&cli.StringFlag{Name: "session", Usage: "session name (default: a new id YYYYMMDD_HHMMSS_<6hex>)", EnvVars: []string{"PROFILEMATE_SESSION"}},
-		&cli.StringFlag{Name: "socket", Usage: "use the `pmagent serve` on this socket instead of an agent of its own", EnvVars: []string{"PROFILEMATE_SOCKET"}},
+		&cli.StringFlag{Name: "socket", Usage: "use the pmagent serve listening on this socket instead of an agent of its own", EnvVars: []string{"PROFILEMATE_SOCKET"}},
 		&cli.StringFlag{Name: "output-dir", Usage: "standalone folder the shim falls back to (PROFILEMATE_OUTPUT_DIR)", EnvVars: []string{"PROFILEMATE_OUTPUT_DIR"}},
 		&cli.StringFlag{Name: "cache", Usage: "folder for the unpacked shim", EnvVars: []string{"PROFILEMATE_CACHE"}, Value: shimCacheRoot()},
 		&cli.DurationFlag{Name: "drain-timeout", Usage: "how long to wait for the processes' last lines after the command exited", EnvVars: []string{"PROFILEMATE_DRAIN_TIMEOUT"}, Value: 10 * time.Second},

@@ -3,12 +3,14 @@ package main
 import (
 	"context"
 	"fmt"
-	"github.com/profilemate/profilemate/agent/gpu"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/profilemate/profilemate/agent/gpu"
+	"github.com/profilemate/profilemate/internal/dirs"
+	"github.com/profilemate/profilemate/internal/natsclient"
 
 	"github.com/urfave/cli/v2"
 
@@ -17,8 +19,7 @@ import (
 
 // pipelineFlags are the flags `run` and `serve` share: where to publish and where to spool.
 func pipelineFlags() []cli.Flag {
-	return []cli.Flag{
-		&cli.StringFlag{Name: "nats", Usage: "NATS URL(s), comma separated; empty: spool only", EnvVars: []string{"PROFILEMATE_NATS"}},
+	return append(natsclient.Flags("", "NATS URL(s), comma separated; empty: spool only"),
 		&cli.StringFlag{Name: "host", Usage: "host name in subjects (default: the machine's)", EnvVars: []string{"PROFILEMATE_HOST"}},
 		&cli.StringFlag{Name: "spool-dir", Usage: "where undelivered batches wait on disk", EnvVars: []string{"PROFILEMATE_SPOOL_DIR"}, Value: defaultSpoolDir()},
 		&cli.Int64Flag{Name: "spool-max-bytes", Usage: "disk spool limit; beyond it batches are dropped and counted", EnvVars: []string{"PROFILEMATE_SPOOL_MAX_BYTES"}, Value: 1 << 30},
@@ -31,16 +32,10 @@ func pipelineFlags() []cli.Flag {
 		&cli.Int64Flag{Name: "max-buffered-bytes", Usage: "bytes of incomplete socket lines held by all connections together; a line beyond it is discarded and counted", EnvVars: []string{"PROFILEMATE_MAX_BUFFERED_BYTES"}, Value: agent.DefaultMaxBuffered},
 		&cli.BoolFlag{Name: "core-nats", Usage: "publish with core NATS, without JetStream acknowledgements (events can be lost)", EnvVars: []string{"PROFILEMATE_CORE_NATS"}},
 		&cli.BoolFlag{Name: "create-stream", Usage: "create the PROFILEMATE stream when missing (normally the hub does)", EnvVars: []string{"PROFILEMATE_CREATE_STREAM"}},
-		&cli.StringFlag{Name: "tls-ca", Usage: "CA certificate for the NATS server", EnvVars: []string{"PROFILEMATE_TLS_CA"}},
-		&cli.StringFlag{Name: "tls-cert", Usage: "client certificate", EnvVars: []string{"PROFILEMATE_TLS_CERT"}},
-		&cli.StringFlag{Name: "tls-key", Usage: "client key", EnvVars: []string{"PROFILEMATE_TLS_KEY"}},
-		&cli.StringFlag{Name: "user", Usage: "NATS user", EnvVars: []string{"PROFILEMATE_NATS_USER"}},
-		&cli.StringFlag{Name: "password", Usage: "NATS password", EnvVars: []string{"PROFILEMATE_NATS_PASSWORD"}},
-		&cli.StringFlag{Name: "creds", Usage: "NATS .creds file", EnvVars: []string{"PROFILEMATE_NATS_CREDS"}},
 		&cli.DurationFlag{Name: "flush-timeout", Usage: "how long to keep sending at exit before leaving the rest in the spool", EnvVars: []string{"PROFILEMATE_FLUSH_TIMEOUT"}, Value: 15 * time.Second},
 		&cli.DurationFlag{Name: "gpu-interval", Usage: "NVML GPU sampling interval (0: off)", EnvVars: []string{"PROFILEMATE_GPU_INTERVAL"}, Value: time.Second},
 		&cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error", EnvVars: []string{"PROFILEMATE_LOG_LEVEL"}, Value: "info"},
-	}
+	)
 }
 
 var serveCommand = &cli.Command{
@@ -81,6 +76,11 @@ func agentConfig(c *cli.Context) (agent.Config, error) {
 	if err != nil {
 		return agent.Config{}, err
 	}
+	nc := natsclient.FromCLI(c)
+	natsOpts, err := nc.Options()
+	if err != nil {
+		return agent.Config{}, cli.Exit("pmagent: "+err.Error(), 2)
+	}
 	cfg := agent.Config{
 		Host:     c.String("host"),
 		SpoolDir: c.String("spool-dir"),
@@ -96,9 +96,8 @@ func agentConfig(c *cli.Context) (agent.Config, error) {
 		Version:            c.App.Version,
 		Logger:             log,
 		NATS: agent.NATSConfig{
-			URL: c.String("nats"), CoreNATS: c.Bool("core-nats"), CreateStream: c.Bool("create-stream"),
-			TLSCA: c.String("tls-ca"), TLSCert: c.String("tls-cert"), TLSKey: c.String("tls-key"),
-			User: c.String("user"), Password: c.String("password"), Creds: c.String("creds"),
+			URL: nc.URL, CoreNATS: c.Bool("core-nats"), CreateStream: c.Bool("create-stream"),
+			Options: natsOpts,
 		},
 	}
 	if cfg.SpoolMax <= 0 || cfg.MemMax <= 0 {
@@ -109,9 +108,6 @@ func agentConfig(c *cli.Context) (agent.Config, error) {
 	}
 	if cfg.MaxLine <= 0 || cfg.MaxConns <= 0 || cfg.MaxBuffered <= 0 {
 		return cfg, cli.Exit("pmagent: --max-line-bytes, --max-connections and --max-buffered-bytes must be positive", 2)
-	}
-	if (cfg.NATS.TLSCert == "") != (cfg.NATS.TLSKey == "") {
-		return cfg, cli.Exit("pmagent: --tls-cert and --tls-key go together", 2)
 	}
 	return cfg, nil
 }
@@ -144,19 +140,9 @@ func shutdown(a *agent.Agent, log *slog.Logger, timeout time.Duration) error {
 	return nil
 }
 
-// defaultSpoolDir: /var/lib/profilemate/spool for root, else under the user's state folder.
-func defaultSpoolDir() string {
-	if os.Geteuid() == 0 {
-		return "/var/lib/profilemate/spool"
-	}
-	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
-		return filepath.Join(d, "profilemate", "spool")
-	}
-	if h, err := os.UserHomeDir(); err == nil {
-		return filepath.Join(h, ".local", "state", "profilemate", "spool")
-	}
-	return filepath.Join(os.TempDir(), fmt.Sprintf("profilemate-%d", os.Getuid()), "spool")
-}
+// defaultSpoolDir: <state folder>/spool (internal/dirs: $STATE_DIRECTORY, /var/lib/profilemate
+// for root, else the user's XDG state folder).
+func defaultSpoolDir() string { return dirs.State("spool") }
 
 // redact hides passwords in URLs for logs.
 func redact(url string) string {

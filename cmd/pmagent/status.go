@@ -20,12 +20,9 @@ import (
 	"github.com/profilemate/profilemate/agent/gpu"
 )
 
-// hostDefaultSocket is where `pmagent serve` listens unless told otherwise.
-const hostDefaultSocket = "/run/profilemate/agent.sock"
-
 // hostSocketFlag is --socket for the host commands (env, status); PROFILEMATE_SOCKET also sets it.
 func hostSocketFlag() cli.Flag {
-	return &cli.StringFlag{Name: "socket", Value: hostDefaultSocket, Usage: "the agent's Unix socket", EnvVars: []string{"PROFILEMATE_SOCKET"}}
+	return &cli.StringFlag{Name: "socket", Value: agent.DefaultSocket(), Usage: "the agent's Unix socket", EnvVars: []string{"PROFILEMATE_SOCKET"}}
 }
 
 var statusCommand = &cli.Command{
@@ -33,8 +30,8 @@ var statusCommand = &cli.Command{
 	Usage: "show what the running agent sees: processes with roles and ranks, GPUs, NATS, spool, drops",
 	Flags: []cli.Flag{
 		hostSocketFlag(),
-		&cli.BoolFlag{Name: "json", Usage: "print the agent's serveOneStatus as JSON", EnvVars: []string{"PROFILEMATE_JSON"}},
-		&cli.DurationFlag{Name: "timeout", Value: 5 * time.Second, Usage: "how long to wait for the agent"},
+		&cli.BoolFlag{Name: "json", Usage: "print the agent's status as JSON", EnvVars: []string{"PROFILEMATE_JSON"}},
+		&cli.DurationFlag{Name: "timeout", Value: 5 * time.Second, Usage: "how long to wait for the agent", EnvVars: []string{"PROFILEMATE_STATUS_TIMEOUT"}},
 	},
 	Action: func(c *cli.Context) error {
 		socket := c.String("socket")

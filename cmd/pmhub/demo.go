@@ -30,11 +30,11 @@ func demoCommand() *cli.Command {
 			"Each agent runs `vllm serve` of the simulator under the shim, on its own --host name; the hub merges both\n" +
 			"into one session and the demo prints its summary and where its files are.",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "data", EnvVars: []string{"PROFILEMATE_DEMO_DATA"}, Usage: "hub data folder (default: a new temporary folder, kept after the demo)"},
+			&cli.StringFlag{Name: "dir", EnvVars: []string{"PROFILEMATE_DEMO_DIR"}, Usage: "folder for everything the demo writes: the hub's data folder (hub/), agent logs, the simulated vLLM (default: a new temporary folder, kept after the demo)"},
 			&cli.IntFlag{Name: "workers", Value: 4, EnvVars: []string{"PROFILEMATE_DEMO_WORKERS"}, Usage: "simulated tensor-parallel workers per host"},
 			&cli.StringFlag{Name: "python", EnvVars: []string{"PROFILEMATE_DEMO_PYTHON"}, Usage: "Python 3.9+ interpreter for the simulated vLLM (default: python3 on PATH)"},
 			&cli.StringFlag{Name: "pmagent", EnvVars: []string{"PROFILEMATE_PMAGENT"}, Usage: "pmagent binary (default: beside pmhub, then PATH)"},
-			&cli.DurationFlag{Name: "timeout", Value: 3 * time.Minute, Usage: "give up after this long"},
+			&cli.DurationFlag{Name: "timeout", Value: 3 * time.Minute, EnvVars: []string{"PROFILEMATE_DEMO_TIMEOUT"}, Usage: "give up after this long"},
 		},
 		Action: demo,
 	}
@@ -59,7 +59,7 @@ func demo(c *cli.Context) error {
 		"import sys; print('%d.%d' % sys.version_info[:2]); sys.exit(sys.version_info < (3, 9))").CombinedOutput(); err != nil {
 		return cli.Exit(fmt.Sprintf("pmhub demo: %s is not a usable Python 3.9+ (%s: %v); pass --python", python, strings.TrimSpace(string(out)), err), 2)
 	}
-	data := c.String("data")
+	data := c.String("dir")
 	if data == "" {
 		if data, err = os.MkdirTemp("", "profilemate-demo-"); err != nil {
 			return err

@@ -11,10 +11,23 @@ import (
 	"syscall"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/profilemate/profilemate/internal/dirs"
 )
 
 func main() {
-	app := &cli.App{
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})))
+	if err := newApp().RunContext(ctx, os.Args); err != nil {
+		fmt.Fprintln(os.Stderr, "pmhub:", err)
+		os.Exit(1)
+	}
+}
+
+// newApp is pmhub's command tree (main runs it; tests inspect it).
+func newApp() *cli.App {
+	return &cli.App{
 		Name:  "pmhub",
 		Usage: "merge ProfileMate events from every host into cluster-wide sessions",
 		Commands: []*cli.Command{
@@ -23,13 +36,20 @@ func main() {
 			tailCommand(),
 			sessionsCommand(),
 			showCommand(),
+			pluginsCommand(),
+			profilersCommand(),
+			reportCommand(),
+			exportCommand(),
 		},
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})))
-	if err := app.RunContext(ctx, os.Args); err != nil {
-		fmt.Fprintln(os.Stderr, "pmhub:", err)
-		os.Exit(1)
-	}
+}
+
+// defaultData is every pmhub command's data folder: <state folder>/hub (internal/dirs:
+// $STATE_DIRECTORY, /var/lib/profilemate as root, else the user's XDG state folder).
+func defaultData() string { return dirs.State("hub") }
+
+// dataFlag is --data for every command that reads or writes the hub's data folder.
+func dataFlag() cli.Flag {
+	return &cli.StringFlag{Name: "data", Value: defaultData(), EnvVars: []string{"PROFILEMATE_HUB_DATA"},
+		Usage: "the hub's data folder (sessions/, jetstream/, deadletter/)"}
 }

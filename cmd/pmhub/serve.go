@@ -2,16 +2,17 @@ package main
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/urfave/cli/v2"
 
 	"github.com/profilemate/profilemate/hub"
+	"github.com/profilemate/profilemate/internal/natsclient"
 )
 
 // HTTPHandlers lets other commands' files add routes (for example /metrics) to the serve
@@ -19,58 +20,122 @@ import (
 var HTTPHandlers []func(mux *http.ServeMux, h *hub.Server)
 
 func serveCommand() *cli.Command {
-	return &cli.Command{
-		Name:  "serve",
-		Usage: "run the hub: embedded NATS + JetStream (or --nats), merge sessions into --data",
-		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "data", Value: "/var/lib/profilemate/hub", EnvVars: []string{"PROFILEMATE_HUB_DATA"}, Usage: "hub data folder (sessions/, jetstream/, deadletter/)"},
-			&cli.StringFlag{Name: "listen", Value: hub.DefaultListen, EnvVars: []string{"PROFILEMATE_HUB_LISTEN"}, Usage: "client address of the embedded NATS server (loopback unless changed)"},
-			&cli.StringFlag{Name: "nats", EnvVars: []string{"PROFILEMATE_NATS"}, Usage: "use this NATS cluster instead of the embedded server"},
-			&cli.StringFlag{Name: "tls-cert", EnvVars: []string{"PROFILEMATE_NATS_TLS_CERT"}, Usage: "client certificate for --nats"},
-			&cli.StringFlag{Name: "tls-key", EnvVars: []string{"PROFILEMATE_NATS_TLS_KEY"}, Usage: "client key for --nats"},
-			&cli.StringFlag{Name: "tls-ca", EnvVars: []string{"PROFILEMATE_NATS_TLS_CA"}, Usage: "CA bundle to verify --nats"},
-			&cli.StringFlag{Name: "creds", EnvVars: []string{"PROFILEMATE_NATS_CREDS"}, Usage: "NATS credentials file for --nats"},
-			&cli.StringFlag{Name: "user", EnvVars: []string{"PROFILEMATE_NATS_USER"}, Usage: "NATS user for --nats"},
-			&cli.StringFlag{Name: "password", EnvVars: []string{"PROFILEMATE_NATS_PASSWORD"}, Usage: "NATS password for --nats"},
-			&cli.StringFlag{Name: "http", Value: "127.0.0.1:9464", EnvVars: []string{"PROFILEMATE_HUB_HTTP"}, Usage: "HTTP status address (empty: off)"},
-			&cli.DurationFlag{Name: "session-idle", Value: hub.DefaultSessionIdle, EnvVars: []string{"PROFILEMATE_SESSION_IDLE"}, Usage: "end a session after this long without messages"},
-			&cli.Int64Flag{Name: "stream-max-bytes", Value: hub.DefaultStreamMaxBytes, EnvVars: []string{"PROFILEMATE_STREAM_MAX_BYTES"}, Usage: "JetStream stream size limit"},
-			&cli.DurationFlag{Name: "stream-max-age", Value: hub.DefaultStreamMaxAge, EnvVars: []string{"PROFILEMATE_STREAM_MAX_AGE"}, Usage: "JetStream stream age limit"},
-			&cli.Int64Flag{Name: "session-max-bytes", Value: hub.DefaultSessionMaxBytes, EnvVars: []string{"PROFILEMATE_SESSION_MAX_BYTES"}, Usage: "CSV bytes per session; rows beyond are counted as dropped (-1: no cap)"},
-			&cli.DurationFlag{Name: "retention", Value: hub.DefaultRetention, EnvVars: []string{"PROFILEMATE_RETENTION"}, Usage: "remove ended sessions older than this (-1s: keep forever)"},
-		},
+	flags := []cli.Flag{
+		dataFlag(),
+		&cli.StringFlag{Name: "listen", Value: hub.DefaultListen, EnvVars: []string{"PROFILEMATE_HUB_LISTEN"}, Usage: "client address of the embedded NATS server (loopback unless changed)"},
+	}
+	flags = append(flags, natsclient.Flags("", "use this NATS cluster (URLs, comma separated) instead of the embedded server; the client flags below apply to it")...)
+	flags = append(flags,
+		&cli.StringFlag{Name: "server-auth-token", EnvVars: []string{"PROFILEMATE_HUB_SERVER_AUTH_TOKEN"}, Usage: "embedded NATS: clients must send this token"},
+		&cli.StringFlag{Name: "server-user", EnvVars: []string{"PROFILEMATE_HUB_SERVER_USER"}, Usage: "embedded NATS: clients must log in as this user (with --server-password)"},
+		&cli.StringFlag{Name: "server-password", EnvVars: []string{"PROFILEMATE_HUB_SERVER_PASSWORD"}, Usage: "embedded NATS: the password of --server-user"},
+		&cli.StringSliceFlag{Name: "server-nkey", EnvVars: []string{"PROFILEMATE_HUB_SERVER_NKEYS"}, Usage: "embedded NATS: public user nkey (U…) allowed to connect; repeat, or comma separated in the variable"},
+		&cli.StringFlag{Name: "server-tls-cert", EnvVars: []string{"PROFILEMATE_HUB_SERVER_TLS_CERT"}, Usage: "embedded NATS: PEM server certificate (clients must use TLS)"},
+		&cli.StringFlag{Name: "server-tls-key", EnvVars: []string{"PROFILEMATE_HUB_SERVER_TLS_KEY"}, Usage: "embedded NATS: PEM server key"},
+		&cli.StringFlag{Name: "server-tls-client-ca", EnvVars: []string{"PROFILEMATE_HUB_SERVER_TLS_CLIENT_CA"}, Usage: "embedded NATS: clients must present a certificate signed by this PEM CA"},
+		&cli.StringFlag{Name: "http", Value: hub.DefaultHTTP, EnvVars: []string{"PROFILEMATE_HUB_HTTP"}, Usage: "HTTP address of /metrics, /healthz and /api (empty: off)"},
+		&cli.StringFlag{Name: "http-tls-cert", EnvVars: []string{"PROFILEMATE_HUB_HTTP_TLS_CERT"}, Usage: "PEM certificate: serve HTTPS"},
+		&cli.StringFlag{Name: "http-tls-key", EnvVars: []string{"PROFILEMATE_HUB_HTTP_TLS_KEY"}, Usage: "PEM key of --http-tls-cert"},
+		&cli.StringFlag{Name: "http-token", EnvVars: []string{"PROFILEMATE_HUB_HTTP_TOKEN"}, Usage: "HTTP requests must send Authorization: Bearer <token>"},
+		&cli.StringFlag{Name: "http-user", EnvVars: []string{"PROFILEMATE_HUB_HTTP_USER"}, Usage: "HTTP basic authentication user (with --http-password)"},
+		&cli.StringFlag{Name: "http-password", EnvVars: []string{"PROFILEMATE_HUB_HTTP_PASSWORD"}, Usage: "HTTP basic authentication password"},
+		&cli.DurationFlag{Name: "session-idle", Value: hub.DefaultSessionIdle, EnvVars: []string{"PROFILEMATE_SESSION_IDLE"}, Usage: "end a session after this long without messages (> 0)"},
+		&cli.Int64Flag{Name: "stream-max-bytes", Value: hub.DefaultStreamMaxBytes, EnvVars: []string{"PROFILEMATE_STREAM_MAX_BYTES"}, Usage: "JetStream stream size limit in bytes (> 0)"},
+		&cli.DurationFlag{Name: "stream-max-age", Value: hub.DefaultStreamMaxAge, EnvVars: []string{"PROFILEMATE_STREAM_MAX_AGE"}, Usage: "JetStream stream age limit (> 0)"},
+		&cli.Int64Flag{Name: "session-max-bytes", Value: hub.DefaultSessionMaxBytes, EnvVars: []string{"PROFILEMATE_SESSION_MAX_BYTES"}, Usage: "CSV bytes per session (> 0); rows beyond are counted as dropped (-1: no cap)"},
+		&cli.Int64Flag{Name: "dead-letter-max-count", Value: hub.DefaultDeadLetterMaxCount, EnvVars: []string{"PROFILEMATE_HUB_DEAD_LETTER_MAX_COUNT"}, Usage: "messages kept in <data>/deadletter/ (> 0); beyond, they are only counted"},
+		&cli.Int64Flag{Name: "dead-letter-max-bytes", Value: hub.DefaultDeadLetterMaxBytes, EnvVars: []string{"PROFILEMATE_HUB_DEAD_LETTER_MAX_BYTES"}, Usage: "bytes kept in <data>/deadletter/ (> 0); beyond, messages are only counted"},
+		&cli.DurationFlag{Name: "retention", Value: hub.DefaultRetention, EnvVars: []string{"PROFILEMATE_RETENTION"}, Usage: "remove ended sessions older than this (> 0; -1s: keep forever)"},
+	)
+	cmd := &cli.Command{
+		Name:   "serve",
+		Usage:  "run the hub: embedded NATS + JetStream (or --nats), merge sessions into --data",
+		Flags:  flags,
 		Action: serve,
 	}
+	cmd.Flags = append(cmd.Flags, pluginServeFlags()...)
+	return cmd
+}
+
+// serveLimits checks the limit flags: each must be positive, except the -1 "none" that
+// --session-max-bytes and --retention document. Zero is refused too: it would silently mean the
+// default.
+func serveLimits(c *cli.Context) error {
+	pos := func(name string, ok bool, v any, none bool) error {
+		if ok {
+			return nil
+		}
+		if none {
+			return fmt.Errorf("--%s %v: must be positive, or -1 for none", name, v)
+		}
+		return fmt.Errorf("--%s %v: must be positive", name, v)
+	}
+	idle, age, ret := c.Duration("session-idle"), c.Duration("stream-max-age"), c.Duration("retention")
+	sb, smb := c.Int64("stream-max-bytes"), c.Int64("session-max-bytes")
+	dlc, dlb := c.Int64("dead-letter-max-count"), c.Int64("dead-letter-max-bytes")
+	for _, err := range []error{
+		pos("session-idle", idle > 0, idle, false),
+		pos("stream-max-age", age > 0, age, false),
+		pos("stream-max-bytes", sb > 0, sb, false),
+		pos("session-max-bytes", smb > 0 || smb == -1, smb, true),
+		pos("retention", ret > 0 || ret == -time.Second, ret, true),
+		pos("dead-letter-max-count", dlc > 0, dlc, false),
+		pos("dead-letter-max-bytes", dlb > 0, dlb, false),
+	} {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func serve(c *cli.Context) error {
+	exit := func(err error) error { return cli.Exit("pmhub serve: "+err.Error(), 2) }
+	if err := serveLimits(c); err != nil {
+		return exit(err)
+	}
 	cfg := hub.Config{
-		DataDir: c.String("data"), Listen: c.String("listen"), NATSURL: c.String("nats"),
+		DataDir: c.String("data"), Listen: c.String("listen"),
 		SessionIdle: c.Duration("session-idle"), StreamMaxBytes: c.Int64("stream-max-bytes"),
 		StreamMaxAge: c.Duration("stream-max-age"), SessionMaxBytes: c.Int64("session-max-bytes"),
-		Retention: c.Duration("retention"),
+		Retention: c.Duration("retention"), DeadLetterMaxCount: c.Int64("dead-letter-max-count"),
+		DeadLetterMaxBytes: c.Int64("dead-letter-max-bytes"),
+		Server: hub.ServerSecurity{
+			Token: c.String("server-auth-token"), User: c.String("server-user"), Password: c.String("server-password"),
+			NKeys: c.StringSlice("server-nkey"), TLSCert: c.String("server-tls-cert"), TLSKey: c.String("server-tls-key"),
+			TLSClientCA: c.String("server-tls-client-ca"),
+		},
 	}
-	if cfg.NATSURL != "" {
-		if c.String("tls-cert") != "" || c.String("tls-key") != "" {
-			cfg.NATSOptions = append(cfg.NATSOptions, nats.ClientCert(c.String("tls-cert"), c.String("tls-key")))
+	client := natsclient.FromCLI(c)
+	if client.URL != "" {
+		opts, err := client.Options()
+		if err != nil {
+			return exit(err)
 		}
-		if ca := c.String("tls-ca"); ca != "" {
-			cfg.NATSOptions = append(cfg.NATSOptions, nats.RootCAs(ca))
+		cfg.NATSURL, cfg.NATSOptions = client.URL, opts
+		for _, f := range c.Command.Flags {
+			if name := f.Names()[0]; strings.HasPrefix(name, "server-") && c.IsSet(name) {
+				return exit(fmt.Errorf("--%s configures the embedded server, which --nats replaces", name))
+			}
 		}
-		if cr := c.String("creds"); cr != "" {
-			cfg.NATSOptions = append(cfg.NATSOptions, nats.UserCredentials(cr))
-		}
-		if u := c.String("user"); u != "" {
-			cfg.NATSOptions = append(cfg.NATSOptions, nats.UserInfo(u, c.String("password")))
-		}
-	} else if c.IsSet("tls-cert") || c.IsSet("creds") || c.IsSet("user") {
-		return cli.Exit("pmhub serve: --tls-*, --creds and --user apply to --nats only", 2)
+	} else if client.HasAuthOrTLS() {
+		return exit(fmt.Errorf("the NATS client flags (--creds, --nkey, --user, --token, --tls-*) apply to --nats only; the embedded server has --server-*"))
+	}
+	if err := cfg.Server.Validate(); err != nil {
+		return exit(err)
+	}
+	web := hub.HTTPConfig{
+		Addr: c.String("http"), TLSCert: c.String("http-tls-cert"), TLSKey: c.String("http-tls-key"),
+		Token: c.String("http-token"), User: c.String("http-user"), Password: c.String("http-password"),
+	}
+	if err := web.Validate(); err != nil {
+		return exit(err)
 	}
 	metrics := hub.NewMetrics()
 	cfg.Observe = metrics.Observe
 	h, err := hub.New(cfg)
 	if err != nil {
-		return cli.Exit(err.Error(), 2)
+		return exit(err)
 	}
 	metrics.Attach(h)
 	ctx := c.Context
@@ -78,29 +143,41 @@ func serve(c *cli.Context) error {
 		return err
 	}
 	defer h.Close()
-	// The line agents and scripts look for.
-	fmt.Fprintf(c.App.Writer, "pmhub: agents connect to %s\n", h.ClientURL())
-	if addr := c.String("http"); addr != "" {
-		ln, err := net.Listen("tcp", addr)
-		if err != nil {
-			return fmt.Errorf("pmhub serve: http: %w", err)
+	stopPlugins, err := startPlugins(c, h)
+	if err != nil {
+		return err
+	}
+	defer stopPlugins()
+	if web.Addr != "" {
+		if host, _, err := net.SplitHostPort(web.Addr); err == nil {
+			for _, w := range hub.ExposureWarnings("HTTP", host, web.HasAuth(), web.TLSCert != "") {
+				slog.Warn(w, "component", "pmhub", "http", web.Addr)
+			}
 		}
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", metrics.Handler())
-		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+			hl := h.Health(r.Context())
+			w.Header().Set("Content-Type", "application/json")
+			if !hl.OK {
+				w.WriteHeader(http.StatusServiceUnavailable)
+			}
+			_ = json.NewEncoder(w).Encode(hl)
+		})
 		mux.HandleFunc("/api/sessions", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, h.Sessions()) })
 		mux.HandleFunc("/api/counters", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, h.Counters()) })
 		for _, add := range HTTPHandlers {
 			add(mux, h)
 		}
-		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-		go func() {
-			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				fmt.Fprintln(c.App.ErrWriter, "pmhub: http:", err)
-			}
-		}()
+		srv, err := hub.ListenHTTP(web, mux)
+		if err != nil {
+			return fmt.Errorf("pmhub serve: %w", err)
+		}
 		defer srv.Close()
+		fmt.Fprintf(c.App.Writer, "pmhub: http on %s\n", srv.Addr())
 	}
+	// The line agents and scripts look for.
+	fmt.Fprintf(c.App.Writer, "pmhub: agents connect to %s\n", h.ClientURL())
 	return h.Run(ctx)
 }
 

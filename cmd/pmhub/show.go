@@ -20,15 +20,11 @@ import (
 	"github.com/profilemate/profilemate/proto"
 )
 
-func dataFlag() cli.Flag {
-	return &cli.StringFlag{Name: "data", Value: "profilemate-data", EnvVars: []string{"PROFILEMATE_DATA"}, Usage: "the hub's data folder"}
-}
-
 func sessionsCommand() *cli.Command {
 	return &cli.Command{
 		Name:   "sessions",
 		Usage:  "list the sessions in the hub's data folder",
-		Flags:  []cli.Flag{dataFlag(), &cli.BoolFlag{Name: "json"}},
+		Flags:  []cli.Flag{dataFlag(), &cli.BoolFlag{Name: "json", Usage: "print the list as JSON", EnvVars: []string{"PROFILEMATE_JSON"}}},
 		Action: listSessions,
 	}
 }
@@ -38,7 +34,7 @@ func showCommand() *cli.Command {
 		Name:      "show",
 		Usage:     "summarise one session: hosts, ranks, steps, graph modes, KV peak, preemptions, experts, step times",
 		ArgsUsage: "SESSION",
-		Flags:     []cli.Flag{dataFlag(), &cli.BoolFlag{Name: "json"}},
+		Flags:     []cli.Flag{dataFlag(), &cli.BoolFlag{Name: "json", Usage: "print the summary as JSON", EnvVars: []string{"PROFILEMATE_JSON"}}},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
 				return cli.Exit("pmhub show: give one SESSION id (see pmhub sessions)", 2)
@@ -119,6 +115,8 @@ type Summary struct {
 	StepSkew float64          `json:"step_time_skew"`
 	Rows     map[string]int64 `json:"rows"`
 	Dir      string           `json:"dir"`
+	// Findings are the plugins' findings (findings.csv), most severe first.
+	Findings []Finding `json:"findings,omitempty"`
 }
 
 // RankInfo is one worker process and its ranks.
@@ -253,6 +251,9 @@ func summarize(dir string) (*Summary, error) {
 	if lo > 0 {
 		s.StepSkew = hi / lo
 	}
+	if s.Findings, err = readFindings(dir); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -349,6 +350,7 @@ func (s *Summary) print(w io.Writer) {
 		}
 		tw.Flush()
 	}
+	printFindings(w, s.Findings)
 	fmt.Fprintln(w, "  rows per table:")
 	for _, t := range sortedKeys(s.Rows) {
 		fmt.Fprintf(w, "    %-24s %d\n", t, s.Rows[t])

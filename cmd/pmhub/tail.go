@@ -11,6 +11,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/profilemate/profilemate/hub"
+	"github.com/profilemate/profilemate/internal/natsclient"
 	"github.com/profilemate/profilemate/proto"
 	"github.com/profilemate/profilemate/proto/pmpb"
 )
@@ -19,21 +20,16 @@ func tailCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "tail",
 		Usage: "stream events live from NATS, one line per event",
-		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "nats", Value: "nats://" + hub.DefaultListen, EnvVars: []string{"PROFILEMATE_NATS"}, Usage: "NATS URL of the hub or the cluster"},
-			&cli.StringFlag{Name: "creds", EnvVars: []string{"PROFILEMATE_NATS_CREDS"}, Usage: "NATS .creds file"},
-			&cli.StringFlag{Name: "user", EnvVars: []string{"PROFILEMATE_NATS_USER"}},
-			&cli.StringFlag{Name: "password", EnvVars: []string{"PROFILEMATE_NATS_PASSWORD"}},
-			&cli.StringFlag{Name: "tls-ca", EnvVars: []string{"PROFILEMATE_NATS_TLS_CA"}},
-			&cli.StringFlag{Name: "session", Usage: "only this session"},
-			&cli.StringFlag{Name: "host", Usage: "only this host"},
-			&cli.StringFlag{Name: "kind", Usage: "only this event kind (kv_cache, preemption, cuda_graph, …)"},
-			&cli.IntFlag{Name: "rank", Value: -1, Usage: "only this global worker rank"},
-			&cli.IntFlag{Name: "tp", Value: -1, Usage: "only this tensor-parallel rank"},
-			&cli.IntFlag{Name: "pp", Value: -1, Usage: "only this pipeline-parallel rank"},
-			&cli.IntFlag{Name: "dp", Value: -1, Usage: "only this data-parallel rank"},
-			&cli.BoolFlag{Name: "json", Usage: "one JSON object per event"},
-		},
+		Flags: append(natsclient.Flags("nats://"+hub.DefaultListen, "NATS URL of the hub or the cluster"),
+			&cli.StringFlag{Name: "session", Usage: "only this session", EnvVars: []string{"PROFILEMATE_TAIL_SESSION"}},
+			&cli.StringFlag{Name: "host", Usage: "only this host", EnvVars: []string{"PROFILEMATE_TAIL_HOST"}},
+			&cli.StringFlag{Name: "kind", Usage: "only this event kind (kv_cache, preemption, cuda_graph, …)", EnvVars: []string{"PROFILEMATE_TAIL_KIND"}},
+			&cli.IntFlag{Name: "rank", Value: -1, Usage: "only this global worker rank (-1: all)", EnvVars: []string{"PROFILEMATE_TAIL_RANK"}},
+			&cli.IntFlag{Name: "tp", Value: -1, Usage: "only this tensor-parallel rank (-1: all)", EnvVars: []string{"PROFILEMATE_TAIL_TP"}},
+			&cli.IntFlag{Name: "pp", Value: -1, Usage: "only this pipeline-parallel rank (-1: all)", EnvVars: []string{"PROFILEMATE_TAIL_PP"}},
+			&cli.IntFlag{Name: "dp", Value: -1, Usage: "only this data-parallel rank (-1: all)", EnvVars: []string{"PROFILEMATE_TAIL_DP"}},
+			&cli.BoolFlag{Name: "json", Usage: "one JSON object per event", EnvVars: []string{"PROFILEMATE_JSON"}},
+		),
 		Action: tail,
 	}
 }
@@ -51,17 +47,12 @@ func tail(c *cli.Context) error {
 	if k := c.String("kind"); k != "" && !proto.IsKind(k) {
 		return cli.Exit(fmt.Sprintf("pmhub tail: unknown kind %q (kinds: %s)", k, strings.Join(proto.Kinds(), ", ")), 2)
 	}
-	opts := []nats.Option{nats.Name("pmhub tail")}
-	if cr := c.String("creds"); cr != "" {
-		opts = append(opts, nats.UserCredentials(cr))
+	client := natsclient.FromCLI(c)
+	opts, err := client.Options()
+	if err != nil {
+		return cli.Exit("pmhub tail: "+err.Error(), 2)
 	}
-	if u := c.String("user"); u != "" {
-		opts = append(opts, nats.UserInfo(u, c.String("password")))
-	}
-	if ca := c.String("tls-ca"); ca != "" {
-		opts = append(opts, nats.RootCAs(ca))
-	}
-	nc, err := nats.Connect(c.String("nats"), opts...)
+	nc, err := nats.Connect(client.URL, append(opts, nats.Name("pmhub tail"))...)
 	if err != nil {
 		return cli.Exit(fmt.Sprintf("pmhub tail: connect %s: %v", c.String("nats"), err), 1)
 	}

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"runtime"
+	"sync"
 
 	"github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
@@ -81,19 +83,32 @@ func (s *server) Consume(ctx context.Context, r *pluginpb.ConsumeRequest) (*plug
 		}
 		out.Failed++
 	}
-	var eb pmpb.EventBatch
-	for _, m := range r.GetMessages() {
-		eb.Reset()
-		if err := proto.Unmarshal(m.GetEventBatch(), &eb); err != nil {
-			fail(fmt.Errorf("stream message %d: decode: %w", m.GetStreamSeq(), err))
+	// Decoding is the costly part and independent per message: spread it over the cores; the
+	// plugin itself is then called one batch at a time, in stream order.
+	msgs := r.GetMessages()
+	batches := make([]Batch, len(msgs))
+	errs := make([]error, len(msgs))
+	workers := min(runtime.GOMAXPROCS(0), (len(msgs)+7)/8)
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			var d decoder
+			for i := w; i < len(msgs); i += workers {
+				m := msgs[i]
+				batches[i], errs[i] = d.decodeBatch(r.GetSession(), m.GetStreamSeq(), m.GetEventBatch())
+			}
+		}(w)
+	}
+	wg.Wait()
+	for i, m := range msgs {
+		if errs[i] != nil {
+			fail(errs[i])
 			continue
 		}
-		if eb.GetSchemaMajor() != wireMajor {
-			fail(fmt.Errorf("stream message %d: schema major %d, this SDK reads %d", m.GetStreamSeq(), eb.GetSchemaMajor(), wireMajor))
-			continue
-		}
-		b := batchFrom(r.GetSession(), m.GetStreamSeq(), &eb)
-		rows, err := s.impl.Consume(ctx, b)
+		rows, err := s.impl.Consume(ctx, batches[i])
+		batches[i] = Batch{} // let the events go as soon as the plugin is done with them
 		if err != nil {
 			fail(fmt.Errorf("stream message %d: %w", m.GetStreamSeq(), err))
 			continue
@@ -131,6 +146,18 @@ func (s *server) InputChanged(ctx context.Context, r *pluginpb.InputChangedReque
 		w.InputChanged(ctx, r.GetSession(), r.GetKind(), r.GetEnabled(), r.GetReason())
 	}
 	return &pluginpb.InputChangedResponse{}, nil
+}
+
+// decodeGeneric reads an EventBatch with the generated decoder.
+func decodeGeneric(session string, seq uint64, data []byte) (Batch, error) {
+	var eb pmpb.EventBatch
+	if err := proto.Unmarshal(data, &eb); err != nil {
+		return Batch{}, fmt.Errorf("stream message %d: decode: %w", seq, err)
+	}
+	if eb.GetSchemaMajor() != wireMajor {
+		return Batch{}, fmt.Errorf("stream message %d: schema major %d, this SDK reads %d", seq, eb.GetSchemaMajor(), wireMajor)
+	}
+	return batchFrom(session, seq, &eb), nil
 }
 
 func processFrom(p *pmpb.Process) Process {

@@ -81,8 +81,8 @@ def _arm():
 
 
 def new_session_id():
-    import time
-    return time.strftime("%Y%m%d_%H%M%S", time.localtime()) + "_" + os.urandom(3).hex()
+    from profilemate import procinfo
+    return procinfo.new_session_id()
 
 
 def _on_vllm():
@@ -100,7 +100,7 @@ def _on_target(name, module):
 
 def _start(why):
     from profilemate import runtime
-    runtime.start(why)
+    runtime.start(why, armed=_state["mode"] == "armed")
 
 
 def state():

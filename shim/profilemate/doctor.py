@@ -23,6 +23,36 @@ def _v0_warning(version):
     return ""
 
 
+def _missing(exc, module):
+    """True when `exc` says `module` (or a package above it) does not exist, as opposed to a
+    module that exists and raised, or one of its own imports missing."""
+    if not isinstance(exc, ModuleNotFoundError):
+        return False
+    name = getattr(exc, "name", None) or ""
+    return bool(name) and (module == name or module.startswith(name + "."))
+
+
+def agent_socket():
+    """Which agent socket a shim started here would use, and why the others were passed over:
+    (path or '', where, [reasons])."""
+    from profilemate import sinks
+    named = os.environ.get("PROFILEMATE_SOCKET", "")
+    if named == sinks.SOCKET_OFF:
+        return "", "PROFILEMATE_SOCKET=off", []
+    cands = [(named, "PROFILEMATE_SOCKET")] if named else sinks.agent_candidates()
+    reasons = []
+    for path, where in cands:
+        if not os.path.exists(path):
+            reasons.append("%s (%s): none" % (path, where))
+            continue
+        bad = sinks.check_socket(path)
+        if bad:
+            reasons.append("%s (%s): %s" % (path, where, bad))
+            continue
+        return path, where, reasons
+    return "", "", reasons
+
+
 def check():
     """Returns the report as a dict (targets: list of {target, status, reason, module})."""
     from profilemate import bootstrap, patching, targets
@@ -52,21 +82,30 @@ def check():
         for p in t.paths:
             try:
                 mod = importlib.import_module(p.module)
-            except ImportError as e:
-                results.append(("absent", "%s not in this vLLM (%s)" % (p.module, e), p.module))
-                continue
             except Exception as e:
-                results.append(("failed", "importing %s raised %r" % (p.module, e), p.module))
+                if _missing(e, p.module):
+                    results.append(("absent", "%s not in this vLLM" % p.module, p.module))
+                else:
+                    results.append(("failed", "%s exists but failed to import: %s: %s" % (
+                        p.module, type(e).__name__, e), p.module))
                 continue
             entry = {"status": "not_loaded", "reason": "", "handles": [], "paths": {}}
             status, why = runtime._apply_path(t, p, mod, entry)
+            if status == "patched":
+                # Read from the attribute itself, not from what the wrap call returned.
+                gone = ["%s.%s" % (r["hook"].cls, r["method"]) for r in entry["handles"]
+                        if r["handle"] is not None and not patching.is_wrapped(r["cls"], r["method"])]
+                if gone:
+                    status, why = "failed", "wrapping did not take: %s not wrapped after patching" % ", ".join(gone)
             for rec in entry["handles"]:
-                if rec["handle"] is not None:
+                if rec["handle"] is not None and rec["handle"].raw is not None:
                     patching.unwrap(rec["handle"])
             results.append((status, why, p.module))
         rank = {"failed": 5, "patched": 4, "disabled": 3, "absent": 2, "not_loaded": 1}
         best = max(results, key=lambda r: rank[r[0]])
         report["targets"].append({"target": t.name, "status": best[0], "reason": best[1], "module": best[2]})
+    from profilemate.gpu_timing import POOL
+    report["tables"] = targets.table_statuses(report["targets"], cuda=POOL.available())
     return report
 
 
@@ -81,8 +120,19 @@ def main(argv):
     print("activation: %s (%s)" % (report["activation"]["mode"], report["activation"]["reason"]))
     print("sitecustomize Python loads: %s" % (report["sitecustomize"] or "none"))
     print("python %s, vllm %s" % (report["python"], report["vllm"] or "not installed"))
+    path, where, passed = agent_socket()
+    if path:
+        print("agent socket: %s (%s)" % (path, where))
+    else:
+        print("agent socket: none%s; processes write the standalone folder" % (" (%s)" % where if where else ""))
+    for r in passed:
+        print("  passed over: %s" % r)
     for w in report["warnings"]:
         print("WARNING: %s" % w)
     for t in report["targets"]:
         print("  %-18s %-10s %s" % (t["target"], t["status"], t["reason"] or t["module"]))
+    if report.get("tables"):
+        print("tables:")
+        for t in report["tables"]:
+            print("  %-24s %s" % (t["table"], t["status"]))
     return 1 if any(t["status"] == "failed" for t in report["targets"]) else 0

@@ -13,9 +13,16 @@ _PRIORITY = {"": 0, "api_server": 1, "worker": 2, "engine_core": 3}
 
 class Identity:
     def __init__(self):
+        self.version = 0  # bumped on every change, so sinks resend ident
+        self.reset()
+
+    def reset(self):
+        """Forgets role and ranks: a forked child is not what its parent was (issue 13: TP workers
+        started with `fork` must not carry EngineCore's identity). It learns its own from the
+        process name vLLM gives it and from its own Worker.__init__."""
         self.role = ""
         self.dp = self.pp = self.tp = self.ep = self.rank = -1
-        self.version = 0  # bumped on every change, so sinks resend ident
+        self.version += 1
 
     def as_dict(self):
         role = self.role or self.guess_role()
@@ -50,10 +57,17 @@ class Identity:
                 self.version += 1
 
     def guess_role(self):
+        """From the multiprocessing process name first (a forked child gets its own at once), then
+        from the process title (a forked child keeps its parent's until it sets its own)."""
         name = _mp_name()
-        if name.startswith("EngineCore") or "EngineCore" in _title():
+        if name.startswith("EngineCore"):
             return "engine_core"
-        if "Worker" in name or "Worker" in _title():
+        if "Worker" in name:
+            return "worker"
+        title = _title()
+        if "EngineCore" in title:
+            return "engine_core"
+        if "Worker" in title:
             return "worker"
         return "api_server"
 

@@ -6,9 +6,13 @@ Design points (each one a defect of the original guide's find_module/load_module
   importlib.util.find_spec or import_module from inside, so it cannot recurse;
 - wraps only the loader: exec_module runs vLLM's module first, then the patch; every other
   loader attribute passes through unchanged (`python -m` needs get_code, resources need
-  get_resource_reader);
+  get_resource_reader); a loader without exec_module (zipimport on 3.9, third-party loaders)
+  gets a proxy whose load_module does the same, and no exec_module of its own;
+- every way a module executes reaches the patch: first import, importlib.reload (the finder
+  is asked again), sourceless .pyc, zip files, namespace packages;
 - non-vLLM names exit after one set lookup; the full watch list is loaded only when the
-  top-level `vllm` package is first imported;
+  top-level `vllm` package is first imported, or when a `vllm.` submodule is first looked up
+  (a launcher may put a `vllm` module object into sys.modules without importing it);
 - modules already imported when the hook is installed are patched at once;
 - no lock is held while a patch runs, and a patch that raises is reported, never raised
   into the import.
@@ -48,6 +52,34 @@ class _LoaderProxy:
         return "<profilemate loader for %r: %r>" % (self._pm_name, self._pm_loader)
 
 
+class _LegacyLoaderProxy:
+    """For loaders with load_module only: importlib then calls load_module, which runs the real
+    one and then the patch. It has no exec_module/create_module, so importlib keeps using the
+    legacy protocol; everything else passes through."""
+
+    def __init__(self, loader, name, finder):
+        self.__dict__["_pm_loader"] = loader
+        self.__dict__["_pm_name"] = name
+        self.__dict__["_pm_finder"] = finder
+
+    def load_module(self, fullname):
+        module = self._pm_loader.load_module(fullname)
+        if fullname == self._pm_name:
+            self._pm_finder._loaded(fullname, sys.modules.get(fullname, module))
+        return module
+
+    def __getattr__(self, attr):
+        if attr in ("exec_module", "create_module"):
+            raise AttributeError(attr)
+        return getattr(self._pm_loader, attr)
+
+    def __setattr__(self, attr, value):
+        setattr(self._pm_loader, attr, value)
+
+    def __repr__(self):
+        return "<profilemate legacy loader for %r: %r>" % (self._pm_name, self._pm_loader)
+
+
 class VllmFinder:
     """Meta-path finder; `on_vllm()` runs when `vllm` is imported, `on_module(name, module)`
     after a watched module executed."""
@@ -59,11 +91,17 @@ class VllmFinder:
         self._names = frozenset(("vllm",))  # grows to the full watch list on first vLLM import
         self._busy = set()  # (name, thread id) currently being resolved by this finder
         self._vllm_seen = False
+        self._seen = {}  # watched name -> the module object last patched
 
     # -- finder protocol -------------------------------------------------------------
     def find_spec(self, fullname, path=None, target=None):
         if fullname not in self._names:
-            return None
+            if self._vllm_seen or not fullname.startswith("vllm."):
+                return None
+            # `vllm` is in sys.modules without having been imported through the finders.
+            self._see_vllm()
+            if fullname not in self._names:
+                return None
         if fullname == "vllm":
             self._see_vllm()
             return None
@@ -87,11 +125,12 @@ class VllmFinder:
                     break
         finally:
             self._busy.discard(key)
-        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+        if spec is None or spec.loader is None or isinstance(spec.loader, (_LoaderProxy, _LegacyLoaderProxy)):
             return spec
-        if isinstance(spec.loader, _LoaderProxy):
-            return spec
-        spec.loader = _LoaderProxy(spec.loader, fullname, self)
+        if hasattr(spec.loader, "exec_module"):
+            spec.loader = _LoaderProxy(spec.loader, fullname, self)
+        elif hasattr(spec.loader, "load_module"):
+            spec.loader = _LegacyLoaderProxy(spec.loader, fullname, self)
         return spec
 
     def invalidate_caches(self):
@@ -119,9 +158,27 @@ class VllmFinder:
                 continue
             mod = sys.modules.get(name)
             if mod is not None:
+                self._seen[name] = mod
                 self._loaded(name, mod)
 
+    def sweep(self):
+        """Patches watched modules that reached sys.modules without this finder (a finder put
+        ahead of it on sys.meta_path, a module object inserted by hand). Cheap: one dict lookup
+        per watched name; run by the flush thread."""
+        if not self._vllm_seen:
+            if "vllm" not in sys.modules:
+                return
+            self._see_vllm()
+        for name in self._names:
+            mod = sys.modules.get(name)
+            if mod is None or name == "vllm" or self._seen.get(name) is mod:
+                continue
+            if getattr(getattr(mod, "__spec__", None), "_initializing", False):
+                continue  # still executing in an importing thread: its loader patches it
+            self._loaded(name, mod)
+
     def _loaded(self, name, module):
+        self._seen[name] = module
         try:
             self._on_module(name, module)
         except Exception as e:  # a failing patch never fails vLLM's import

@@ -2,6 +2,11 @@
 
 Imported only once the process starts (a vLLM target module was imported, or
 VLLM_ENABLE_PROFILING=1). Nothing here may raise into vLLM.
+
+Fork safety: every module the flush and exit paths use is imported here, at start, never
+lazily (a fork can leave a module's import lock held by a thread that does not exist in the
+child); the only lock the flush path takes is S.lock, replaced in every forked child; log lines
+go out with os.write (no buffered-stream lock). docs/shim.md, "process lifecycles".
 """
 import atexit
 import os
@@ -10,7 +15,7 @@ import sys
 import threading
 import time
 
-from profilemate import patching, schema
+from profilemate import importhook, patching, procinfo, redact, schema, sinks, targets
 from profilemate.identity import IDENT
 from profilemate.recorder import RECORDER
 
@@ -20,6 +25,12 @@ ENV_PROFILERS = "PROFILEMATE_PROFILERS"
 ENV_FLUSH = "PROFILEMATE_FLUSH_MS"
 ENV_HOST = "PROFILEMATE_HOST"
 DEFAULT_OUTPUT = "/tmp/vllm_profiling"
+# End states of a process (metadata.json, session.json, the bye line): the process itself
+# writes "clean" (or "killed" with end_signal when a default-action signal ends it after its
+# last flush); observers (pmagent) write "lost" or "killed" for processes that could not.
+END_CLEAN, END_LOST, END_KILLED = "clean", "lost", "killed"
+# Environment excerpt kept in metadata.json (redacted): what shapes a vLLM run.
+_ENV_PREFIXES = ("VLLM_", "PROFILEMATE_", "CUDA_", "NCCL_", "HF_", "HUGGING", "TORCH", "PYTORCH_", "OMP_")
 
 STATUSES = ("patched", "absent", "not_loaded", "failed", "disabled")
 
@@ -40,6 +51,13 @@ class _State:
         self.stop = threading.Event()
         self.lock = threading.Lock()  # serialises flushes (thread, exit, signal)
         self.finished = False
+        self.armed = False  # started in a child armed by its parent (the parent announced the session)
+        self.instance = procinfo.new_instance_id()
+        self.end_state = ""
+        self.end_signal = ""
+        self.argv = []  # redacted once at start
+        self.env = {}
+        self.secrets = ()  # secret values seen in argv/env, scrubbed from the title
         self.inherited = False  # forked from a started parent: stay silent until an event
         # target name -> {"status", "reason", "handles": [(hook, cls, handle)], "paths": {module: status}}
         self.targets = {}
@@ -53,6 +71,7 @@ _enabled = None  # set of enabled kinds
 # no-argument callable here; NOTES entries appear in metadata.json under "notes".
 FINAL_HOOKS = []
 NOTES = {}
+TABLES_SEEN = set()  # tables this process recorded rows for (metadata.json "tables")
 
 
 def enabled(kind):
@@ -95,16 +114,19 @@ def parse_profilers(value):
 
 # --------------------------------------------------------------------------- start-up
 
-def start(why):
-    """Starts this process's shim once: session, sink, flush thread, exit and signal hooks."""
+def start(why, armed=False):
+    """Starts this process's shim once: session, sink, flush thread, exit and signal hooks.
+    armed: the process was armed by an active parent (the parent announced the session)."""
     global _enabled
     if S.started and S.pid == os.getpid():
         return
     S.started = True
     S.pid = os.getpid()
     S.why = why
+    S.armed = armed
     S.start_ns = time.time_ns()
     S.session = os.environ.get("PROFILEMATE_SESSION") or _new_session()
+    _capture_process()
     _enabled = parse_profilers(os.environ.get(ENV_PROFILERS, ""))
     RECORDER.enabled_kinds = set(_enabled)
     for t in _all_targets():
@@ -118,14 +140,26 @@ def start(why):
 
 
 def _new_session():
-    from profilemate.bootstrap import new_session_id
-    sid = new_session_id()
+    sid = procinfo.new_session_id()
     os.environ["PROFILEMATE_SESSION"] = sid
     return sid
 
 
+def _capture_process():
+    """argv and the environment excerpt, redacted once (issue 16): nothing secret leaves."""
+    try:
+        raw = [str(a) for a in getattr(sys, "orig_argv", sys.argv)]
+        S.argv = redact.argv(raw)
+        env = {k: v for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES)}
+        S.env = redact.env(env)
+        secrets = [a for a, b in zip(raw, S.argv) if a != b]
+        secrets += [v for k, v in os.environ.items() if redact.is_secret_name(k)]
+        S.secrets = tuple(v.partition("=")[2] or v for v in secrets)
+    except Exception:
+        S.argv, S.env, S.secrets = [], {}, ()
+
+
 def _all_targets():
-    from profilemate import targets
     return targets.all_targets()
 
 
@@ -134,8 +168,19 @@ def output_root():
 
 
 def _open_sink():
-    from profilemate import sinks
+    S.metadata = metadata
+    S.on_ctl = _on_ctl
+    S.title = title
     S.sink = sinks.open_sink(S, os.environ.get(ENV_SOCKET, ""), output_root())
+
+
+def _on_ctl(msg):
+    """A control line from the agent (sinks.SocketSink hands it over)."""
+    if msg.get("op") == "profiler" and msg.get("name"):
+        set_profiler(msg["name"], bool(msg.get("enabled")))
+    elif msg.get("op") == "session" and msg.get("session"):
+        S.session = msg["session"]
+        os.environ["PROFILEMATE_SESSION"] = msg["session"]
 
 
 def _announce():
@@ -148,13 +193,13 @@ def _announce():
 
 
 def log(msg, prefix=True):
+    """One line on stderr, written with os.write (fork-safe, never raises)."""
     try:
         if prefix:
             ident = IDENT.as_dict()
             rank = IDENT.folder_rank()
             msg = "[%s %s] %s" % (ident["role"], rank, msg)
-        sys.stderr.write(msg + "\n")
-        sys.stderr.flush()
+        procinfo.write_line(msg)
     except Exception:
         pass
 
@@ -162,12 +207,18 @@ def log(msg, prefix=True):
 # --------------------------------------------------------------------------- patching
 
 def module_loaded(name, module):
-    """Applies every target path watching `name`; reports one line per target changed."""
-    from profilemate import targets
+    """Applies every target path watching `name`; reports one line per target changed.
+
+    Called each time the module executed (first import, importlib.reload, a re-import after
+    it was removed from sys.modules): hooks whose attribute is still wrapped are kept, the
+    others (fresh classes of a re-executed module) are wrapped again.
+    """
     for target, path in targets.by_module(name):
         entry = S.targets.setdefault(target.name, {"status": "not_loaded", "reason": "", "handles": [], "paths": {}})
         if path.module in entry["paths"]:
-            continue  # this path was handled already in this process
+            if _path_intact(entry, path, module):
+                continue  # handled already, and the wrappers are still in place
+            entry["handles"] = [r for r in entry["handles"] if r.get("path") != path.module]
         status, reason = _apply_path(target, path, module, entry)
         entry["paths"][path.module] = (status, reason)
         before = entry["status"]
@@ -181,6 +232,20 @@ def module_loaded(name, module):
 
 
 _RANK = {"failed": 5, "patched": 4, "disabled": 3, "absent": 2, "not_loaded": 1}
+
+
+def _path_intact(entry, path, module):
+    """True when `path` has live handles and each still sits on the class the module now holds."""
+    live = 0
+    for rec in entry["handles"]:
+        if rec.get("path") != path.module or rec["handle"] is None:
+            continue
+        hook = rec["hook"]
+        cls = getattr(module, hook.cls, None) if hook.cls else module
+        if cls is not rec["cls"] or not patching.is_wrapped(cls, rec["method"]):
+            return False
+        live += 1
+    return live > 0
 
 
 def _combine(paths):
@@ -208,13 +273,17 @@ def _apply_path(target, path, module, entry):
             if not hook.optional:
                 missing.append("%s.%s" % (hook.cls, "|".join(_names(hook.method))))
             continue
-        rec = {"hook": hook, "cls": cls, "handle": None, "method": method}
+        rec = {"hook": hook, "cls": cls, "handle": None, "method": method, "path": path.module}
         entry["handles"].append(rec)
         if not _hook_on(hook):
             off += 1
             continue
+        if patching.is_wrapped(cls, method):
+            # Wrapped by this shim already (a module executed twice into the same class).
+            rec["handle"] = patching.Handle(patching.defining_class(cls, method), method, None, None)
+            wrapped += 1
+            continue
         try:
-            rec["method"] = method
             rec["handle"] = patching.wrap(cls, method, _factory(hook), hook.required)
             wrapped += 1
         except patching.PatchError as e:
@@ -278,12 +347,38 @@ def set_profiler(kind, on):
 
 
 def statuses():
-    """[{target, status, reason}] for every target, in list order."""
+    """[{target, status, reason}] for every target, in list order. "patched" is read from the
+    class attributes themselves: a target whose wrappers were replaced since (a reload outside
+    the import system, someone assigning the method) reports "failed" with the attribute."""
     out = []
     for t in _all_targets():
         e = S.targets.get(t.name) or {"status": "not_loaded", "reason": ""}
-        out.append({"target": t.name, "status": e["status"], "reason": e["reason"]})
+        status, reason = e["status"], e["reason"]
+        if status == "patched":
+            gone = _unwrapped(e)
+            if gone:
+                status, reason = "failed", "no longer wrapped: %s (replaced after patching)" % ", ".join(gone)
+        out.append({"target": t.name, "status": status, "reason": reason})
     return out
+
+
+def _unwrapped(entry):
+    gone = []
+    for rec in entry.get("handles", ()):
+        if rec["handle"] is None:
+            continue
+        hook = rec["hook"]
+        mod = sys.modules.get(rec.get("path", ""))
+        cls = rec["cls"]
+        if mod is not None and hook.cls:
+            cls = getattr(mod, hook.cls, cls)
+        try:
+            ok = patching.is_wrapped(cls, rec["method"])
+        except Exception:
+            ok = False
+        if not ok:
+            gone.append("%s.%s" % (hook.cls or rec.get("path", ""), rec["method"]))
+    return gone
 
 
 # --------------------------------------------------------------------------- flushing
@@ -304,7 +399,13 @@ def _start_thread():
 
 def _loop():
     interval = flush_interval()
+    finder = importhook.finder()
     while not S.stop.wait(interval):
+        if finder is not None:
+            try:
+                finder.sweep()
+            except Exception:
+                pass
         flush()
 
 
@@ -312,25 +413,33 @@ def flush(final=False, timeout=None):
     """Moves buffered events to the sink; only this path touches files and the socket."""
     if S.sink is None:
         return
-    got = S.lock.acquire(timeout=timeout) if timeout is not None else S.lock.acquire()
+    lock = S.lock
+    got = lock.acquire(timeout=timeout) if timeout is not None else lock.acquire()
     if not got:
         return
     try:
         IDENT.refresh_from_parallel_state()
         events = RECORDER.drain()
+        TABLES_SEEN.update(e[4] for e in events)
         if S.inherited and not events and not final:
             return
         if events:
             S.inherited = False
         S.sink.write(events, final=final)
     except Exception as e:
-        log("flush failed: %r" % (e,))
+        # One line per kind of failure and process, never one per flush interval.
+        procinfo.say_once("flush:%s" % type(e).__name__, "flush failed: %r (said once per process)" % (e,))
     finally:
-        S.lock.release()
+        lock.release()
 
 
-def final_flush(timeout=None):
-    """Last flush, metadata end time, session summary; idempotent."""
+def flush_locks():
+    """Every lock the flush and exit paths take (the fork-safety tests hold each while forking)."""
+    return [S.lock]
+
+
+def final_flush(timeout=None, end_state=END_CLEAN, end_signal=""):
+    """Last flush, metadata end time and end state, session summary; idempotent."""
     if not S.started or S.finished or S.pid != os.getpid():
         return
     S.stop.set()
@@ -340,6 +449,8 @@ def final_flush(timeout=None):
         except Exception as e:
             log("final hook failed: %r" % (e,))
     S.end_ns = time.time_ns()
+    S.end_state, S.end_signal = end_state, end_signal
+    S.dirty = True
     flush(final=True, timeout=timeout)
     S.finished = True
     try:
@@ -349,36 +460,52 @@ def final_flush(timeout=None):
 
 
 def metadata():
+    """This process as metadata.json shows it (argv and env redacted)."""
     vllm = sys.modules.get("vllm")
     return {
         "session": S.session,
         "host": os.environ.get(ENV_HOST, "") or _hostname(),
         "pid": os.getpid(),
         "ppid": os.getppid(),
+        "instance": S.instance,
         "ident": IDENT.as_dict(),
         "python": "%d.%d.%d" % sys.version_info[:3],
         "vllm": getattr(vllm, "__version__", "") if vllm else "",
-        "argv": list(getattr(sys, "orig_argv", sys.argv)),
+        "argv": list(S.argv),
+        "env": dict(S.env),
         "activation": S.why,
+        "sink": S.sink.describe() if S.sink is not None else "",
         "profilers": sorted(_enabled) if _enabled is not None else sorted(schema.KINDS),
         "targets": statuses(),
+        "tables": _table_statuses(),
         "notes": dict(NOTES),
         "recorded": RECORDER.recorded,
         "dropped": RECORDER.dropped,
+        "spilled": getattr(S.sink, "spilled", 0),  # sent to this folder while the agent was away
         "last_seq": RECORDER.last_seq,
         "start_ns": S.start_ns,
         "end_ns": S.end_ns,
+        "end_state": S.end_state,
+        "end_signal": S.end_signal,
     }
 
 
-_host = []
+def title():
+    """The process title with any secret value of argv or the environment scrubbed."""
+    return redact.text(sinks.proc_title(), S.secrets)
+
+def _table_statuses():
+    try:
+        from profilemate import targets
+        from profilemate.gpu_timing import POOL
+        # POOL.ok, not available(): probing caches the answer, and torch may not be imported yet.
+        return targets.table_statuses(statuses(), set(TABLES_SEEN), enabled, POOL.ok)
+    except Exception as e:
+        return [{"table": "", "status": "failed: %r" % (e,)}]
 
 
 def _hostname():
-    if not _host:
-        import socket
-        _host.append(socket.gethostname())
-    return _host[0]
+    return sinks.hostname()
 
 
 # --------------------------------------------------------------------------- signals, fork
@@ -389,15 +516,31 @@ _real_getsignal = signal.getsignal
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
+def _signal_name(signum):
+    try:
+        return signal.Signals(signum).name
+    except Exception:
+        return str(signum)
+
+
 def _on_signal(signum, frame):
-    final_flush(timeout=2.0)
+    """Flushes, then runs the handler the program installed (or the default action).
+
+    A program that handles the signal (uvicorn's graceful drain, asyncio's add_signal_handler)
+    goes on working: recording goes on too, so this path only flushes. Only when the default
+    action is about to end the process is this the last flush (end state "killed").
+    """
     prev = _chained.get(signum, signal.SIG_DFL)
     if callable(prev):
+        flush(timeout=2.0)
         return prev(signum, frame)
     if prev == signal.SIG_IGN:
+        flush(timeout=2.0)
         return None
     if signum == signal.SIGINT:
+        flush(timeout=2.0)  # KeyboardInterrupt may be caught; atexit writes the end
         raise KeyboardInterrupt
+    final_flush(timeout=2.0, end_state=END_KILLED, end_signal=_signal_name(signum))
     _real_signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
 
@@ -458,17 +601,26 @@ def _before_fork():
 
 
 def _after_fork_child():
-    """Threads do not survive fork: new buffer, new thread, new folder on the first event."""
+    """A forked child is a new process: new lock, buffer, thread, instance id and identity; its
+    folder and hello come with its first event. Nothing inherited from the parent's threads
+    (a held lock, a half-done import, a buffered stderr line) is used again."""
     if not S.started:
         return
     RECORDER.reset()
     RECORDER.enabled_kinds = set(_enabled) if _enabled is not None else None
+    IDENT.reset()
+    procinfo.reset_after_fork()
     S.pid = os.getpid()
     S.lock = threading.Lock()
+    S.stop = threading.Event()
+    S.thread = None
+    S.instance = procinfo.new_instance_id()
     S.finished = False
     S.inherited = True
+    S.sched_steps = False
     S.start_ns = time.time_ns()
     S.end_ns = 0
+    S.end_state = S.end_signal = ""
     S.dirty = True
     try:
         S.sink = S.sink.forked()

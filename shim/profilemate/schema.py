@@ -9,25 +9,6 @@ import re
 
 COMMON_FALLBACK = ["session", "host", "pid", "role", "dp", "pp", "tp", "ep", "seq", "step", "ts_ns"]
 
-# The eleven seed CSV files; gpu_metrics is written by the agent only.
-STANDALONE_TABLES = [
-    "cuda_graph_captures", "cuda_graph_usage", "kv_cache_usage", "kv_cache_evictions",
-    "moe_expert_selection", "moe_expert_timing", "forward_pass_timing", "cpu_operations_timing",
-    "batch_utilization", "preemption_events", "encoder_decoder_timing",
-]
-
-KIND_TABLES = {
-    "cuda_graph": ["cuda_graph_captures", "cuda_graph_usage"],
-    "kv_cache": ["kv_cache_usage", "kv_cache_evictions"],
-    "moe_expert": ["moe_expert_selection", "moe_expert_timing"],
-    "forward_pass": ["forward_pass_timing"],
-    "cpu_timing": ["cpu_operations_timing"],
-    "batch_util": ["batch_utilization"],
-    "preemption": ["preemption_events"],
-    "encoder_decoder": ["encoder_decoder_timing"],
-}
-KINDS = sorted(KIND_TABLES)
-
 _cache = {}
 
 
@@ -35,32 +16,59 @@ def _load():
     if "tables" in _cache:
         return _cache
     here = os.path.dirname(os.path.abspath(__file__))
-    common, tables, names = list(COMMON_FALLBACK), {}, {}
+    common, tables, names, kinds = list(COMMON_FALLBACK), {}, {}, []
     try:
         with open(os.path.join(here, "_tables.json")) as f:
             doc = json.load(f)
         common = [c["name"] for c in doc["common"]]
         tables = {t: [c["name"] for c in v["columns"]] for t, v in doc["tables"].items()}
         names = dict(doc.get("names") or {})
+        kinds = [(k["kind"], k["by"], list(doc["kinds"].get(k["kind"], []))) for k in doc["kind_list"]]
         _cache["source"] = "_tables.json"
     except (OSError, ValueError, KeyError):
         folder = os.path.join(here, "..", "..", "proto", "tables")
+        table_kinds = []
         try:
             for fn in sorted(os.listdir(folder)):
                 if not fn.endswith(".json"):
                     continue
                 with open(os.path.join(folder, fn)) as f:
                     doc = json.load(f)
+                if fn == "kinds.json":
+                    kinds = [(k["kind"], k["by"], []) for k in doc["kinds"]]
+                    continue
                 names = [c["name"] for c in doc["columns"]]
                 if doc.get("table") == "common":
                     common = names
                 else:
                     tables[doc["table"]] = names
+                    table_kinds.append((doc["table"], doc.get("kind")))
+            for k in kinds:
+                k[2].extend(t for t, kind in table_kinds if kind == k[0])
             _cache["source"] = folder
         except (OSError, ValueError, KeyError):
             _cache["source"] = "fallback"
-    _cache["common"], _cache["tables"], _cache["names"] = common, tables, names
+    _cache["common"], _cache["tables"], _cache["names"], _cache["kinds"] = common, tables, names, kinds
     return _cache
+
+
+def _shim_kinds():
+    try:
+        return {k: list(t) for k, by, t in _load()["kinds"] if by == "shim"}
+    except Exception:  # never raise into the host process: no kinds means nothing recorded
+        return {}
+
+
+# The kinds the shim records and their tables, from proto/tables/kinds.json via _tables.json (the
+# agent samples gpu itself); STANDALONE_TABLES are the CSV files a standalone session writes.
+KIND_TABLES = _shim_kinds()
+KINDS = sorted(KIND_TABLES)
+STANDALONE_TABLES = [t for k in KIND_TABLES for t in KIND_TABLES[k]]
+
+
+def kind_tables(kind):
+    """The tables a shim kind feeds, in file order (empty for an unknown kind)."""
+    return list(KIND_TABLES.get(kind, []))
 
 
 def common_columns():

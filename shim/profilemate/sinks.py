@@ -1,89 +1,286 @@
-"""Where events go: the agent's Unix socket when it answers, else the standalone folder.
+"""Where events go: the agent's Unix socket when one answers, else the standalone folder.
 
-Only the flush thread (and the final flush) call into a sink, so vLLM's threads never
-touch a file or a socket.
+Only the flush thread (and the final flush) call into a sink, so vLLM's threads never touch a
+file or a socket. This module imports no other module of the shim's start-up (bootstrap,
+runtime): what it needs from the process's state it reads from the `state` object runtime hands
+over (`state.metadata()`, `state.on_ctl(msg)`, session, flags). Everything it uses is imported
+here at load time, never on the flush path (fork safety).
+
+Files and folders are written 0640/0750 (argv and environment arrive redacted).
 """
+import collections
+import csv
+import fcntl
 import json
 import os
-import sys
+import socket
+import stat
 import time
 
-from profilemate import schema, wire
-from profilemate.identity import IDENT
+from profilemate import procinfo, schema, wire
+from profilemate.identity import IDENT, _title as proc_title
 from profilemate.recorder import RECORDER
+
+ENV_BUFFER_MB = "PROFILEMATE_BUFFER_MB"
+DEFAULT_BUFFER_MB = 64
+SOCKET_OFF = "off"  # PROFILEMATE_SOCKET=off: standalone folder, no agent lookup
+SYSTEM_SOCKET = "/run/profilemate/agent.sock"
+DIR_MODE = 0o750
+FILE_MODE = 0o640
+
+_host = []
+
+
+def hostname():
+    if not _host:
+        _host.append(socket.gethostname())
+    return _host[0]
+
+
+def agent_candidates(environ=None):
+    """[(path, where)]: the default sockets of `pmagent serve`, in the order of
+    agent.DefaultSocket (agent/server.go): root's /run/profilemate/agent.sock, systemd's
+    $RUNTIME_DIRECTORY/agent.sock, $XDG_RUNTIME_DIR/profilemate/agent.sock, then the per-user
+    temp folder $TMPDIR/profilemate-<uid>/agent.sock."""
+    env = os.environ if environ is None else environ
+    out = [(SYSTEM_SOCKET, "root's default")]
+    rd = env.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    if rd:
+        out.append((os.path.join(rd, "agent.sock"), "RUNTIME_DIRECTORY"))
+    xdg = env.get("XDG_RUNTIME_DIR", "")
+    if xdg:
+        out.append((os.path.join(xdg, "profilemate", "agent.sock"), "XDG_RUNTIME_DIR"))
+    tmp = env.get("TMPDIR") or "/tmp"
+    out.append((os.path.join(tmp, "profilemate-%d" % os.getuid(), "agent.sock"), "per-user temp folder"))
+    return out
+
+
+def socket_candidates(environ=None):
+    """The paths of agent_candidates(), in order (agent.SocketCandidates' counterpart; a Go test
+    in agent/ compares the two)."""
+    return [path for path, _ in agent_candidates(environ)]
+
+
+def check_socket(path):
+    """'' when `path` is a socket we may send to, else the reason (issue 16: a folder another user
+    created first could hold a socket that receives our hello).
+
+    The folder must not be writable by others, and belong to us, root, a PROFILEMATE_AGENT_UID, or
+    to whoever an administrator made it for: a folder whose parent only root can write (systemd's
+    /run/profilemate for a service user) is trusted with its owner. The socket must belong to one
+    of those uids. A folder in a shared parent (/tmp) is trusted only with a trusted owner."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        return "cannot stat %s: %s" % (path, e.strerror or e)
+    if not stat.S_ISSOCK(st.st_mode):
+        return "%s is not a socket" % path
+    uids = procinfo.trusted_uids()
+    folder = os.path.dirname(os.path.abspath(path)) or "/"
+    if _root_made(folder):
+        try:
+            uids = uids | {os.lstat(folder).st_uid}
+        except OSError:
+            pass
+    bad = procinfo.own_folder(folder, uids)
+    if bad:
+        return bad
+    if st.st_uid not in uids:
+        return "%s belongs to uid %d, not to uid %s" % (path, st.st_uid, "/".join(str(u) for u in sorted(uids)))
+    return ""
+
+
+def _root_made(folder):
+    """True when only root could have created `folder`: its parent belongs to root and no one
+    else may write to it (not even with the sticky bit, which /tmp has)."""
+    try:
+        st = os.lstat(os.path.dirname(folder) or "/")
+    except OSError:
+        return False
+    return st.st_uid == 0 and stat.S_ISDIR(st.st_mode) and not st.st_mode & 0o022
+
+
+def buffer_limit():
+    """Bytes of undelivered batch lines kept in memory per process (PROFILEMATE_BUFFER_MB, 64)."""
+    try:
+        mb = float(os.environ.get(ENV_BUFFER_MB, DEFAULT_BUFFER_MB))
+    except ValueError:
+        mb = DEFAULT_BUFFER_MB
+    return max(0, int(mb * 1024 * 1024))
+
+
+def fallback_root():
+    """The per-user temp folder the standalone output moves to when its folder is unwritable."""
+    base = procinfo.user_temp_dir()
+    if procinfo.own_folder(base, {os.getuid()}):
+        return ""
+    return os.path.join(base, "output")
 
 
 def open_sink(state, socket_path, root):
+    """A SocketSink when an agent answers (the named socket, or else the first default socket
+    that passes check_socket and accepts), else a CsvSink under `root`."""
+    if socket_path == SOCKET_OFF:
+        return CsvSink(state, root).prepare()
     if socket_path:
-        sink = SocketSink(state, socket_path, root)
+        sink = SocketSink(state, socket_path, "PROFILEMATE_SOCKET", root)
         if sink.connect(first=True):
             return sink
-        return CsvSink(state, root)
-    return CsvSink(state, root)
+        return CsvSink(state, root).prepare()
+    for path, where in agent_candidates():
+        if not os.path.exists(path):
+            continue
+        sink = SocketSink(state, path, where, root)
+        if sink.connect(first=True, quiet=True):
+            return sink
+    return CsvSink(state, root).prepare()
 
 
-def _atomic_json(path, obj):
+def _atomic_json(path, obj, indent=1):
+    """Writes JSON to a temp file (0640) and renames it into place. indent=None uses json's C
+    encoder: session.json grows with every process and is rewritten at each exit."""
     tmp = "%s.%d.tmp" % (path, os.getpid())
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(obj, indent=indent, sort_keys=True))
     os.replace(tmp, path)
 
 
+def _open_append(path):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
+    return os.fdopen(fd, "a", newline="")
+
+
 class CsvSink:
-    """session_<id>/<role>-<rank>-<pid>/ with the eleven CSVs and metadata.json."""
+    """session_<id>/<role>-<rank>-<pid>/ with the eleven CSVs and metadata.json.
+
+    A folder that already exists (another process with the same pid: a container, a PID
+    namespace, a reused session) is never shared: this process's folder then ends in
+    `-<instance id>`. When the folder cannot be written, one line says where and why and the
+    output moves to the per-user temp folder (fallback_root); when that fails too, one more line
+    and this sink stops (its events are counted as dropped)."""
 
     def __init__(self, state, root):
         self.state = state
-        self.root = root
-        self.session_dir = os.path.join(root, "session_" + state.session)
-        self.proc_dir = None
         self.files = {}
         self.writers = {}
         self.rows = 0
+        self.stopped = False
+        self.can_fall_back = True
+        self._set_root(root)
+
+    def _set_root(self, root):
+        self.root = root
+        self.session_dir = os.path.join(root, "session_" + self.state.session)
+        self.proc_dir = None
+        self.suffix = ""
+        self._close_files()
 
     def describe(self):
         return self.session_dir
 
     def forked(self):
-        return CsvSink(self.state, self.root)
+        s = CsvSink(self.state, self.root)
+        s.can_fall_back = self.can_fall_back
+        s.stopped = self.stopped
+        return s
+
+    def prepare(self):
+        """Makes the session folder now, so an unwritable root falls back before the start-up
+        lines name it. Returns self."""
+        try:
+            self._mkdir_session()
+        except OSError as e:
+            self._fail(self.session_dir, e)
+        return self
+
+    def _mkdir_session(self):
+        if not os.path.isdir(self.session_dir):
+            os.makedirs(self.session_dir, DIR_MODE, exist_ok=True)
+
+    def _fail(self, path, e):
+        """Handles an unwritable folder once: falls back, or stops. True when writing may be retried."""
+        reason = getattr(e, "strerror", None) or str(e)
+        fb = fallback_root() if self.can_fall_back else ""
+        self.can_fall_back = False
+        if fb and os.path.abspath(fb) != os.path.abspath(self.root):
+            procinfo.say("cannot write %s (%s): this process writes under %s instead" % (path, reason, fb))
+            self._set_root(fb)
+            try:
+                self._mkdir_session()
+                return True
+            except OSError as e2:
+                path, reason = self.session_dir, getattr(e2, "strerror", None) or str(e2)
+        procinfo.say("cannot write %s (%s): the standalone folder is off in this process, its events "
+                     "are counted as dropped" % (path, reason))
+        self.stopped = True
+        self._close_files()
+        return False
 
     def claim_announcement(self, session):
+        if self.stopped:
+            return not self.state.armed
         try:
-            os.makedirs(self.session_dir, exist_ok=True)
-            fd = os.open(os.path.join(self.session_dir, ".announced"), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            self._mkdir_session()
+            fd = os.open(os.path.join(self.session_dir, ".announced"), os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE)
             os.close(fd)
             return True
         except FileExistsError:
             return False
-        except OSError as e:
-            sys.stderr.write("[profilemate] cannot write %s: %s\n" % (self.session_dir, e))
-            return False
+        except OSError:
+            return not self.state.armed
 
     def _folder_name(self):
         ident = IDENT.as_dict()
         return "%s-%d-%d" % (ident["role"], IDENT.folder_rank(), os.getpid())
 
     def _ensure_dir(self):
-        want = os.path.join(self.session_dir, self._folder_name())
+        want = os.path.join(self.session_dir, self._folder_name() + self.suffix)
         if self.proc_dir == want:
             return
         if self.proc_dir is None:
-            os.makedirs(want, exist_ok=True)
-            import csv
+            self._mkdir_session()
+            try:
+                os.mkdir(want, DIR_MODE)
+            except FileExistsError:
+                # Another process had this pid in this session: never share its folder.
+                self.suffix = "-" + self.state.instance
+                want = os.path.join(self.session_dir, self._folder_name() + self.suffix)
+                os.mkdir(want, DIR_MODE)
             for table in schema.STANDALONE_TABLES:
-                path = os.path.join(want, table + ".csv")
-                f = open(path, "a", newline="")
+                f = _open_append(os.path.join(want, table + ".csv"))
                 w = csv.writer(f)
                 if f.tell() == 0:
                     w.writerow(schema.header(table))
+                    f.flush()  # a table without rows still has its header, even after a kill
                 self.files[table], self.writers[table] = f, w
         else:
-            # Role or rank became known after the folder was made: the name follows.
-            os.rename(self.proc_dir, want)
+            # Role or rank became known after the folder was made: the name follows, but never
+            # onto another process's folder.
+            if os.path.exists(want):
+                self.suffix = self.suffix or "-" + self.state.instance
+                want = os.path.join(self.session_dir, self._folder_name() + self.suffix)
+            if want != self.proc_dir:
+                os.rename(self.proc_dir, want)
         self.proc_dir = want
         self.state.dirty = True
 
     def write(self, events, final=False):
+        if self.stopped:
+            RECORDER.dropped += len(events)
+            return
+        try:
+            self._write(events, final)
+        except OSError as e:
+            if self._fail(getattr(e, "filename", None) or self.proc_dir or self.session_dir, e):
+                try:
+                    self._write(events, final)
+                    return
+                except OSError as e2:
+                    self._fail(getattr(e2, "filename", None) or self.session_dir, e2)
+            RECORDER.dropped += len(events)
+
+    def _write(self, events, final):
         st = self.state
         if st.inherited and not events and not final:
             return
@@ -92,7 +289,7 @@ class CsvSink:
         self._ensure_dir()
         if events:
             ident = IDENT.as_dict()
-            host = os.environ.get("PROFILEMATE_HOST", "") or _hostname()
+            host = os.environ.get("PROFILEMATE_HOST", "") or hostname()
             common = [st.session, host, os.getpid(), ident["role"], ident["dp"], ident["pp"], ident["tp"], ident["ep"]]
             touched = set()
             for seq, step, ts_ns, kind, table, cols in events:
@@ -107,17 +304,25 @@ class CsvSink:
                 self.files[table].flush()
         if st.dirty or final:
             st.dirty = False
-            _atomic_json(os.path.join(self.proc_dir, "metadata.json"), _metadata())
+            _atomic_json(os.path.join(self.proc_dir, "metadata.json"), st.metadata())
 
-    def close(self):
-        if self.proc_dir is None:
-            return
-        for f in self.files.values():
+    def _close_files(self):
+        for f in list(getattr(self, "files", {}).values()):
             try:
                 f.close()
             except Exception:
                 pass
-        merge_session(self.session_dir, _metadata(), os.path.basename(self.proc_dir))
+        self.files, self.writers = {}, {}
+
+    def close(self):
+        if self.proc_dir is None or self.stopped:
+            return
+        self._close_files()
+        try:
+            merge_session(self.session_dir, self.state.metadata(), os.path.basename(self.proc_dir))
+        except OSError as e:
+            procinfo.say_once("session.json", "cannot write %s (%s)" % (
+                os.path.join(self.session_dir, "session.json"), e.strerror or e))
 
 
 def _cell(v):
@@ -128,27 +333,13 @@ def _cell(v):
     return v
 
 
-def _metadata():
-    from profilemate import runtime
-    return runtime.metadata()
-
-
-def _hostname():
-    import socket
-    return socket.gethostname()
-
-
 def merge_session(session_dir, meta, folder):
     """Adds this process to session.json under a file lock; the last to exit leaves the summary."""
     path = os.path.join(session_dir, "session.json")
     lock_path = os.path.join(session_dir, ".session.lock")
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - non-POSIX
-        fcntl = None
-    with open(lock_path, "a") as lk:
-        if fcntl:
-            fcntl.flock(lk, fcntl.LOCK_EX)
+    fd = os.open(lock_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
+    with os.fdopen(fd, "a") as lk:
+        fcntl.flock(lk, fcntl.LOCK_EX)
         try:
             try:
                 with open(path) as f:
@@ -156,9 +347,10 @@ def merge_session(session_dir, meta, folder):
             except (OSError, ValueError):
                 doc = {"session": meta["session"], "processes": {}}
             doc["processes"][folder] = {
-                "pid": meta["pid"], "ident": meta["ident"], "targets": meta["targets"],
-                "recorded": meta["recorded"], "dropped": meta["dropped"],
+                "pid": meta["pid"], "instance": meta.get("instance", ""), "ident": meta["ident"],
+                "targets": meta["targets"], "recorded": meta["recorded"], "dropped": meta["dropped"],
                 "start_ns": meta["start_ns"], "end_ns": meta["end_ns"],
+                "end_state": meta.get("end_state", ""), "end_signal": meta.get("end_signal", ""),
                 "python": meta["python"], "vllm": meta["vllm"],
             }
             combined = {}
@@ -173,10 +365,9 @@ def merge_session(session_dir, meta, folder):
             doc["start_ns"] = min(p["start_ns"] for p in doc["processes"].values())
             doc["end_ns"] = max(p["end_ns"] for p in doc["processes"].values())
             doc["updated_ns"] = time.time_ns()
-            _atomic_json(path, doc)
+            _atomic_json(path, doc, indent=None)
         finally:
-            if fcntl:
-                fcntl.flock(lk, fcntl.LOCK_UN)
+            fcntl.flock(lk, fcntl.LOCK_UN)
 
 
 # For the session summary a target counts as patched if any process patched it.
@@ -184,13 +375,21 @@ _RANK = {"patched": 5, "failed": 4, "disabled": 3, "absent": 2, "not_loaded": 1}
 
 
 class SocketSink:
-    """Newline-delimited JSON to pmagent; reconnects with backoff, buffers meanwhile."""
+    """Newline-delimited JSON to pmagent.
+
+    Batches are encoded once and kept until the socket took them. When the agent goes away the
+    sink keeps them (up to PROFILEMATE_BUFFER_MB, oldest spilled beyond it to this process's
+    standalone folder), retries with backoff, and on reconnecting sends a new hello with the same
+    session and instance, then the kept batches in sequence order. At exit with no agent, what
+    is kept goes to the standalone folder. Each outage is said once (path, reason, where events
+    go), nothing is dropped without a count."""
 
     MAX_BACKOFF = 5.0
 
-    def __init__(self, state, path, root):
+    def __init__(self, state, path, where, root):
         self.state = state
         self.path = path
+        self.where = where
         self.root = root
         self.sock = None
         self.rbuf = b""
@@ -198,43 +397,71 @@ class SocketSink:
         self.status_sent = None
         self.next_try = 0.0
         self.backoff = 0.1
-        self.warned = False
+        self.connected_once = False
+        self.outage_said = False
+        self.kept = collections.deque()  # (events, encoded batch line), oldest first
+        self.kept_bytes = 0
+        self.limit = buffer_limit()
+        self.spill = None  # CsvSink for what does not fit in memory
+        self.spilled = 0
+        self.reconnects = 0
 
     def describe(self):
-        return "agent socket %s" % self.path
+        return "agent socket %s (%s)" % (self.path, self.where)
 
     def forked(self):
-        s = SocketSink(self.state, self.path, self.root)
+        s = SocketSink(self.state, self.path, self.where, self.root)
         s.connect(first=False)
         return s
 
     def claim_announcement(self, session):
-        from profilemate import bootstrap
-        return bootstrap.state().get("mode") != "armed"
+        return not self.state.armed
 
-    def connect(self, first=False):
-        import socket
+    def connect(self, first=False, quiet=False):
+        bad = check_socket(self.path)
+        if bad:
+            self._refused("refused: %s" % bad, first, quiet)
+            return False
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             s.settimeout(2.0)
             s.connect(self.path)
         except OSError as e:
             s.close()
-            if first or not self.warned:
-                sys.stderr.write("[profilemate] agent socket %s refused (%s); %s\n" % (
-                    self.path, e, "writing the standalone folder" if first else "buffering and retrying"))
-                self.warned = True
-            self.next_try = time.monotonic() + self.backoff
-            self.backoff = min(self.backoff * 2, self.MAX_BACKOFF)
+            self._refused("not answering (%s)" % (e.strerror or e), first, quiet)
             return False
         s.setblocking(False)
-        self.sock, self.backoff, self.warned = s, 0.1, False
+        self.sock, self.backoff = s, 0.1
         self.ident_version, self.status_sent = -1, None
-        meta = _metadata()
-        self._send(wire.encode_hello(meta["session"], meta["pid"], meta["ppid"], meta["ident"],
-                                     meta["python"], meta["vllm"], meta["argv"], meta["start_ns"],
-                                     host=os.environ.get("PROFILEMATE_HOST", ""), title=_title()))
+        if self.connected_once:
+            self.reconnects += 1
+            procinfo.say("agent socket %s is back: new hello for session %s, replaying %d kept events" % (
+                self.path, self.state.session, sum(len(e) for e, _ in self.kept)))
+        self.connected_once = True
+        self.outage_said = False
+        meta = self.state.metadata()
+        try:
+            self._send(wire.encode_hello(meta["session"], meta["pid"], meta["ppid"], meta["ident"],
+                                         meta["python"], meta["vllm"], meta["argv"], meta["start_ns"],
+                                         host=os.environ.get("PROFILEMATE_HOST", ""),
+                                         title=self.state.title() if hasattr(self.state, "title") else "",
+                                         instance=meta.get("instance", ""), reconnects=self.reconnects))
+        except OSError as e:
+            self._drop_conn("hello not sent (%s)" % (e.strerror or e))
+            return False
         return True
+
+    def _refused(self, why, first, quiet):
+        self.next_try = time.monotonic() + self.backoff
+        self.backoff = min(self.backoff * 2, self.MAX_BACKOFF)
+        if quiet:
+            return
+        if first:
+            procinfo.say("agent socket %s %s; writing the standalone folder" % (self.path, why))
+        elif not self.outage_said:
+            self.outage_said = True
+            procinfo.say("agent socket %s %s; keeping events (up to %d MiB in memory, then in %s) and retrying" % (
+                self.path, why, self.limit // (1024 * 1024), self._spill_sink().describe()))
 
     def _send(self, data):
         """Blocking send from the flush thread only (short: the agent reads continuously)."""
@@ -244,39 +471,73 @@ class SocketSink:
         finally:
             self.sock.setblocking(False)
 
-    def _drop_conn(self):
+    def _drop_conn(self, why=""):
         try:
             self.sock.close()
         except Exception:
             pass
         self.sock = None
         self.next_try = time.monotonic() + self.backoff
+        if not self.outage_said:
+            self.outage_said = True
+            procinfo.say("agent socket %s lost%s; keeping events (up to %d MiB in memory, then in %s) and reconnecting" % (
+                self.path, " (%s)" % why if why else "", self.limit // (1024 * 1024), self._spill_sink().describe()))
+
+    def _spill_sink(self):
+        if self.spill is None:
+            self.spill = CsvSink(self.state, self.root)
+        return self.spill
+
+    def _keep(self, events):
+        ident = IDENT.as_dict()
+        pid = os.getpid()
+        for i in range(0, len(events), 500):
+            chunk = events[i:i + 500]
+            line = wire.encode_batch(pid, ident, chunk, RECORDER.dropped)
+            self.kept.append((chunk, line))
+            self.kept_bytes += len(line)
+
+    def _bound(self):
+        """Spills the oldest kept batches to the standalone folder while over the memory bound."""
+        while self.kept and self.kept_bytes > self.limit:
+            self._spill_one()
+
+    def _spill_one(self):
+        chunk, line = self.kept.popleft()
+        self.kept_bytes -= len(line)
+        self.spilled += len(chunk)
+        self.state.inherited = False
+        self._spill_sink().write(chunk)
 
     def write(self, events, final=False):
+        if events:
+            self._keep(events)
         if self.sock is None:
-            if time.monotonic() < self.next_try and not final:
-                RECORDER.requeue(events)
-                return
-            if not self.connect():
-                RECORDER.requeue(events)
+            if (time.monotonic() < self.next_try and not final) or not self.connect():
+                self._bound()
                 return
         try:
             self._read_ctl()
             statuses = [{"target": t["target"], "status": t["status"], "reason": t["reason"]}
-                        for t in _metadata()["targets"]]
+                        for t in self.state.metadata()["targets"]]
             if statuses != self.status_sent:
                 self._send(wire.encode_status(os.getpid(), statuses))
                 self.status_sent = statuses
-            if events:
-                for i in range(0, len(events), 500):
-                    self._send(wire.encode_batch(os.getpid(), IDENT.as_dict(), events[i:i + 500], RECORDER.dropped))
+            sent = False
+            while self.kept:
+                chunk, line = self.kept[0]
+                self._send(line)
+                self.kept.popleft()
+                self.kept_bytes -= len(line)
+                sent = True
+            if sent:
                 self.ident_version = IDENT.version
             elif self.ident_version != IDENT.version:
                 self._send(wire.encode_batch(os.getpid(), IDENT.as_dict(), [], RECORDER.dropped))
                 self.ident_version = IDENT.version
-        except OSError:
-            self._drop_conn()
-            RECORDER.requeue(events)
+        except OSError as e:
+            self._drop_conn(e.strerror or str(e))
+            self._bound()
 
     def _read_ctl(self):
         while True:
@@ -293,31 +554,49 @@ class SocketSink:
                 self._handle(line)
 
     def _handle(self, line):
-        from profilemate import runtime
         try:
             msg = wire.decode(line)
         except ValueError as e:
-            runtime.log("bad control line from the agent: %s" % e)
+            procinfo.say_once("bad-ctl", "bad control line from the agent: %s" % e)
             return
-        if msg.get("t") != "ctl":
-            return
-        if msg.get("op") == "profiler" and msg.get("name"):
-            runtime.set_profiler(msg["name"], bool(msg.get("enabled")))
-        elif msg.get("op") == "session" and msg.get("session"):
-            self.state.session = msg["session"]
-            os.environ["PROFILEMATE_SESSION"] = msg["session"]
+        if msg.get("t") == "ctl":
+            self.state.on_ctl(msg)
 
     def close(self):
+        """Says goodbye; with no agent, what is kept goes to the standalone folder (its metadata
+        and session.json name the spill)."""
         if self.sock is None and not self.connect():
+            self._finish_standalone()
             return
+        if self.kept:
+            self.write([], final=True)
+            if self.sock is None:
+                self._finish_standalone()
+                return
         try:
-            meta = _metadata()
-            self._send(wire.encode_bye(meta["pid"], meta["dropped"], meta["last_seq"], meta["end_ns"]))
+            meta = self.state.metadata()
+            self._send(wire.encode_bye(meta["pid"], meta["dropped"], meta["last_seq"], meta["end_ns"],
+                                       end_state=meta.get("end_state", ""), end_signal=meta.get("end_signal", "")))
         except OSError:
+            self._finish_standalone()
+        self._drop_conn_quiet()
+        if self.spilled:
+            self.spill.write([], final=True)
+            self.spill.close()
+
+    def _finish_standalone(self):
+        n = sum(len(e) for e, _ in self.kept)
+        while self.kept:
+            self._spill_one()
+        sink = self._spill_sink()
+        sink.write([], final=True)
+        sink.close()
+        if n or self.spilled:
+            procinfo.say("agent socket %s gone at exit: %d events are in %s" % (self.path, self.spilled, sink.proc_dir or sink.describe()))
+
+    def _drop_conn_quiet(self):
+        try:
+            self.sock.close()
+        except Exception:
             pass
-        self._drop_conn()
-
-
-def _title():
-    from profilemate.identity import _title as t
-    return t()
+        self.sock = None

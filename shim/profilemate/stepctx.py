@@ -26,6 +26,13 @@ LOOKUP = [None, 0, 0]
 PREFIX_AT_LOOKUP = [False]
 
 
+# While the scheduler's schedule() runs (eras without _preempt_request): the scheduler object,
+# and {id(request): (kv usage, waiting, running)} noted when a request that left the running queue
+# is freed inside schedule() -- a preemption victim, seen at the moment vLLM's inline code frees it.
+IN_SCHEDULE = [None]
+VICTIM_MOMENT = {}
+
+
 def kv_reset():
     """Zeroes the KV counters of the step in progress (after the scheduler wrote its rows)."""
     KV_STEP[:] = [0] * 7

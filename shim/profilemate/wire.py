@@ -15,11 +15,15 @@ def ident(role, dp=-1, pp=-1, tp=-1, ep=-1, rank=-1):
     return {"role": role, "dp": dp, "pp": pp, "tp": tp, "ep": ep, "rank": rank}
 
 
-def encode_hello(session, pid, ppid, ident, python, vllm, argv, start_ns, host="", gpu_uuid="", title=""):
+def encode_hello(session, pid, ppid, ident, python, vllm, argv, start_ns, host="", gpu_uuid="", title="",
+                 instance="", reconnects=0):
+    """instance: 16 hex naming this process's life (pid plus instance is unique where a pid
+    repeats); reconnects: 0 on the first hello, n on the n-th reconnection (same session and
+    instance; the kept batches follow in sequence order)."""
     obj = {"t": "hello", "v": VERSION, "session": session, "host": host, "pid": pid, "ppid": ppid}
     obj.update({k: ident[k] for k in ("role", "dp", "pp", "tp", "ep", "rank")})
     obj.update({"python": python, "vllm": vllm, "gpu_uuid": gpu_uuid, "title": title,
-                "argv": list(argv), "start_ns": start_ns})
+                "argv": list(argv), "start_ns": start_ns, "instance": instance, "reconnects": reconnects})
     return _line(obj)
 
 
@@ -40,9 +44,11 @@ def encode_status(pid, targets):
                               for t in targets]})
 
 
-def encode_bye(pid, dropped, last_seq, end_ns):
+def encode_bye(pid, dropped, last_seq, end_ns, end_state="clean", end_signal=""):
+    """end_state: "clean" (a normal exit) or "killed" with end_signal ("SIGTERM") when a
+    default-action signal ends the process after its last flush."""
     return _line({"t": "bye", "v": VERSION, "pid": pid, "dropped": dropped, "last_seq": last_seq,
-                  "end_ns": end_ns})
+                  "end_ns": end_ns, "end_state": end_state or "clean", "end_signal": end_signal})
 
 
 def decode(line):

@@ -67,6 +67,9 @@ def run(args, paths, env=None, out_dir=None, timeout=120, shim=True, input=None)
          if not k.startswith(("PROFILEMATE_", "VLLM_", "PMSIM_")) and k != "PYTHONPATH"}
     e["PYTHONPATH"] = os.pathsep.join(([SHIM] if shim else []) + list(paths))
     e["PYTHONDONTWRITEBYTECODE"] = "1"
+    # No agent lookup unless a test names a socket: an agent listening at a default path on
+    # this machine must not receive the test's events.
+    e["PROFILEMATE_SOCKET"] = "off"
     if out_dir:
         e["PROFILEMATE_OUTPUT_DIR"] = out_dir
     e.update(env or {})

@@ -35,6 +35,8 @@ def load_proto_tables():
     for path in sorted(glob.glob(os.path.join(PROTO_TABLES, "*.json"))):
         with open(path, encoding="utf-8") as f:
             s = json.load(f)
+        if "table" not in s:
+            continue  # kinds.json: the list of kinds, checked through the tables' own kinds
         if s["table"] == "common":
             common = s["columns"]
             continue

@@ -38,7 +38,7 @@ def compare(truth, tables):
     # Prefix statistics in the era's own meaning (every lookup before record_prefix_cache_stats,
     # at admission after): the simulator keeps them as that era's vLLM does.
     for col, key in (("alloc_failures", "alloc_failures"), ("prefix_hit_tokens", "prefix_hit_tokens"),
-                     ("prefix_query_tokens", "prefix_query_tokens")):
+                     ("prefix_query_tokens", "prefix_query_tokens")):  # totals; per step below for blocks
         got = sum(int(r[col]) for r in usage)
         if got != truth[key]:
             diffs.append("%s %d != %d" % (col, got, truth[key]))
@@ -46,6 +46,9 @@ def compare(truth, tables):
         if int(r["free_blocks"]) + round(float(r["usage"]) * int(r["total_blocks"])) != int(r["total_blocks"]):
             diffs.append("step %s: free blocks %s disagree with usage %s" % (r["step"], r["free_blocks"], r["usage"]))
             break
+    got = [[int(r["blocks_allocated"]), int(r["blocks_freed"])] for r in usage]
+    if got != truth["kv_by_step"]:
+        diffs.append("blocks allocated/freed per step %s != %s" % (got, truth["kv_by_step"]))
     ev = tables["kv_cache_evictions"]
     got = sum(int(r["blocks_evicted"]) for r in ev)
     if got != truth["evictions"]:
@@ -59,8 +62,11 @@ def compare(truth, tables):
     got = sum(int(r["scheduled_tokens"]) for r in batch)
     if got != truth["scheduled_tokens"]:
         diffs.append("scheduled tokens %d != %d" % (got, truth["scheduled_tokens"]))
-    if any(int(r["prefill_tokens"]) + int(r["decode_tokens"]) != int(r["scheduled_tokens"]) for r in batch):
-        diffs.append("prefill + decode != scheduled tokens")
+    got = [[int(r[c]) for c in ("scheduled_tokens", "running_reqs", "prefill_tokens", "decode_tokens", "waiting",
+                                "running")] for r in batch]
+    if got != truth["batch_by_step"]:
+        diffs.append("batch rows (tokens, reqs, prefill, decode, waiting, running) %s != %s" % (
+            got, truth["batch_by_step"]))
     # Budgets: the scheduler's own limits, every row.
     limits = {(r["token_budget"], r["max_running_reqs"]) for r in batch}
     want = {(str(truth["token_budget"]), str(truth["max_num_seqs"]))}
@@ -75,8 +81,10 @@ def compare(truth, tables):
             break
     pre = tables["preemption_events"]
     # One step convention for every table (proto/tables/common.json), ground truth included.
-    got = [(int(r["step"]), r["request_id"], int(r["tokens_lost"])) for r in pre]
-    want = [(p["step"], p["request"], p["tokens_lost"]) for p in truth["preemptions"]]
+    got = [(int(r["step"]), r["request_id"], int(r["tokens_lost"]), round(float(r["kv_usage"]), 6), int(r["waiting"]),
+            int(r["running"])) for r in pre]
+    want = [(p["step"], p["request"], p["tokens_lost"], p["kv_usage"], p["waiting"], p["running"])
+            for p in truth["preemptions"]]
     if got != want:
         diffs.append("preemptions %s != %s" % (got, want))
     seen = collections.Counter()

@@ -53,6 +53,12 @@ class Layouts(unittest.TestCase):
         for p in procs:
             with self.subTest(proc=os.path.basename(p.folder)):
                 self.assertEqual(rank_diffs(p), [])
+                # Per table: rows recorded, or why not (a worker holds no scheduler, an engine no runner).
+                status = {t["table"]: t["status"] for t in p.meta["tables"]}
+                for name, rows in p.tables.items():
+                    self.assertEqual(status[name] == "recorded", bool(rows), (name, status[name]))
+                if p.truth["role"] == "worker":
+                    self.assertEqual(status["batch_utilization"], "not in this process")
                 if "scheduler_steps" in p.truth:
                     self.assertEqual(eng.compare(p.truth, p.tables), [])
                 if "runner_steps" in p.truth:

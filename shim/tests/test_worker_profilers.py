@@ -32,6 +32,9 @@ def compare(era, truth, tables, per_layer=True):
     got = [[int(r["unpadded_tokens"]), int(r["padded_tokens"]), r["runtime_mode"]] for r in usage]
     if got != truth["tokens_by_step"]:
         diffs.append("tokens per step: %s != %s" % (got, truth["tokens_by_step"]))
+    got = [int(r["num_reqs"]) for r in usage]
+    if got != truth["reqs_by_step"]:
+        diffs.append("requests per step %s != %s" % (got, truth["reqs_by_step"]))
     modes = collections.Counter(r["runtime_mode"] for r in usage)
     want = {m: n for m, n in truth["steps_by_mode"].items() if n}
     if dict(modes) != want:
@@ -45,10 +48,13 @@ def compare(era, truth, tables, per_layer=True):
     want_caps = sorted((c["mode"], c["size"]) for c in truth["captures"])
     if caps != want_caps:
         diffs.append("captures %s != %s" % (caps, want_caps))
-    fp = [int(r["step"]) for r in tables["forward_pass_timing"]]
-    if sorted(fp) != list(range(1, truth["runner_steps"] + 1)):
-        diffs.append("forward pass steps %s" % fp)
+    fp = sorted((int(r["step"]), int(r["tokens"]), r["runtime_mode"]) for r in tables["forward_pass_timing"])
+    want_fp = [(i + 1, t[1], t[2]) for i, t in enumerate(truth["tokens_by_step"])]
+    if fp != want_fp:
+        diffs.append("forward pass (step, padded tokens, mode) %s != %s" % (fp, want_fp))
     enc = tables["encoder_decoder_timing"]
+    if sorted(int(r["step"]) for r in enc) != truth["encoder_steps"]:
+        diffs.append("encoder steps %s != %s" % (sorted(int(r["step"]) for r in enc), truth["encoder_steps"]))
     if (len(enc), sum(int(r["mm_items"]) for r in enc)) != (truth["encoder_calls"], truth["encoder_items"]):
         diffs.append("encoder %d calls / %d items" % (len(enc), sum(int(r["mm_items"]) for r in enc)))
     moe = tables["moe_expert_selection"]
@@ -111,9 +117,15 @@ class WorkerProfilers(unittest.TestCase):
             self.assertIn("unobservable", notes.get("moe_expert_selection", ""))
         else:
             self.assertNotIn("moe_expert_selection", notes)
-        # No CUDA here: GPU columns say so instead of holding a number.
+        # No CUDA here: GPU columns say so instead of holding a number, and metadata.json says why
+        # moe_expert_timing is empty.
         self.assertEqual({r["gpu_status"] for r in tables["forward_pass_timing"]}, {"unavailable"})
         self.assertEqual(tables["moe_expert_timing"], [])
+        status = {t["table"]: t["status"] for t in meta["tables"]}
+        self.assertEqual(status["moe_expert_timing"], "unavailable: needs CUDA events")
+        for name in ("cuda_graph_usage", "cuda_graph_captures", "forward_pass_timing", "moe_expert_selection",
+                     "encoder_decoder_timing", "kv_cache_usage", "batch_utilization", "preemption_events"):
+            self.assertEqual(status[name], "recorded", name)
 
     def test_v0_7_3(self):
         self.check("v0_7_3")
@@ -160,6 +172,9 @@ class WorkerProfilers(unittest.TestCase):
         self.assertEqual(status["cuda_graph"], "disabled")
         for name in ("moe_expert_selection", "cuda_graph_usage", "cuda_graph_captures", "encoder_decoder_timing"):
             self.assertEqual(tables[name], [], name)
+        status = {t["table"]: t["status"] for t in meta["tables"]}
+        self.assertEqual(status["cuda_graph_usage"], "disabled")
+        self.assertEqual(status["forward_pass_timing"], "recorded")
         self.assertEqual(len(tables["forward_pass_timing"]), truth["runner_steps"])
 
 

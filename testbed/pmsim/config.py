@@ -51,6 +51,10 @@ class Config:
         self.max_tokens = _int("PMSIM_MAX_TOKENS", 24)
         # Longest wait for any answer between processes before the tree gives up and exits non-zero.
         self.rpc_timeout_s = _float("PMSIM_RPC_TIMEOUT_S", 60.0)
+        # Longest wait for workers to start (they are watched for liveness meanwhile): a hang guard
+        # only, kept apart from the RPC deadline so a short PMSIM_RPC_TIMEOUT_S on a busy machine
+        # does not fail start-up.
+        self.start_timeout_s = _float("PMSIM_START_TIMEOUT_S", 300.0)
         # Fault injection for tests: "<how>:<rank>:<step>", how = raise | exit | hang (rank -1: EngineCore).
         self.fail = os.environ.get("PMSIM_FAIL", "")
 

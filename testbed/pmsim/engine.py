@@ -216,6 +216,7 @@ def _allocate(self, a):
         b.ref_cnt += 1
     have.extend(hits)
     new = pool.get_new_blocks(need) if era() >= (0, 8) else self._get_new_blocks(need)
+    self._pm_counts[0] += need
     have.extend(new)
     # cache the full blocks of this request (prefix caching).
     for blk, h in zip(have, _hashes(req, self.block_size, min(total, req.num_tokens))):
@@ -234,6 +235,7 @@ def _kvm_free(self, a):
         blk.ref_cnt -= 1
         if blk.ref_cnt == 0:
             pool._pm_free[blk.block_id] = blk
+            self._pm_counts[1] += 1
 
 
 @impl("KVCacheManager.usage")
@@ -277,6 +279,7 @@ def _sched_init(self, a):
     self.kv_cache_manager = construct(km, block_size=cfg.block_size, num_gpu_blocks=cfg.num_blocks,
                                       max_model_len=4096, enable_caching=True, hash_block_size=cfg.block_size)
     self._pm_step = 0
+    self._pm_kv_counts = self.kv_cache_manager._pm_counts = [0, 0]  # [allocated, freed] since the last step
 
 
 @impl("Scheduler.add_request")
@@ -340,6 +343,9 @@ def _schedule(self, a):
             else:
                 self.running.remove(victim)
                 _preempt_inline(self, victim)
+            # Right after the preemption: KV usage, waiting (victim included), running.
+            rec["preemptions"][-1].update(kv_usage=round(kvm.usage if era() >= (0, 7) else 0.0, 6),
+                                          waiting=len(self.waiting), running=len(self.running))
             preempted.append(victim.request_id)
             scheduled.pop(victim.request_id, None)
             if victim is req:
@@ -384,8 +390,16 @@ def _schedule(self, a):
     object.__setattr__(out, "pm_reqs", reqs)
     object.__setattr__(out, "pm_step", self._pm_step)
     if total:
+        prefill = sum(n for rid, n in scheduled.items()
+                      if self.requests[rid].num_computed_tokens < self.requests[rid].num_prompt_tokens)
+        # [scheduled tokens, scheduled requests, prefill tokens, decode tokens, waiting, running]
+        rec["batch_by_step"].append([total, len(scheduled), prefill, total - prefill, len(self.waiting),
+                                     len(self.running)])
         self._pm_step += 1
         rec["scheduler_steps"] += 1
+        # Blocks handed out by get_new_blocks and returned to the free pool since the last step's row.
+        rec["kv_by_step"].append(list(self._pm_kv_counts))
+        self._pm_kv_counts[:] = [0, 0]
         rec["kv_usage"].append(round(kvm.usage if era() >= (0, 7) else 0.0, 6))
         rec["scheduled_tokens"] += total
     return out
@@ -555,7 +569,7 @@ def _mp_init_executor(self, a):
         self._pm_procs.append(p)
     ready = 0
     while ready < world:
-        kind, rank, value = procs.get(self._pm_results, "worker start-up", self._pm_procs, cfg.rpc_timeout_s,
+        kind, rank, value = procs.get(self._pm_results, "worker start-up", self._pm_procs, cfg.start_timeout_s,
                                       self._pm_watch)
         if kind != "ready":
             raise RuntimeError("worker %s failed to start: %s %s" % (rank, kind, value or ""))
@@ -767,7 +781,7 @@ def _run_engine_core(owner, a):
 def _start_record(dp_rank=0):
     return truth.start("engine_core", dp_rank, scheduler_steps=0, preemptions=[], evictions=0, alloc_failures=0,
                        prefix_hit_tokens=0, prefix_query_tokens=0, prefix_admitted_query_tokens=0,
-                       explicit_evictions=0, kv_usage=[],
+                       explicit_evictions=0, kv_usage=[], batch_by_step=[], kv_by_step=[],
                        scheduled_tokens=0, step_ms=[], finished=0, dp_rank=dp_rank)
 
 

@@ -83,7 +83,7 @@ def run_engine(model, requests=None):
     results = {}
     try:
         for p, _, outq in engines:
-            _expect(outq, p, cfg, "ready")
+            _expect(outq, p, cfg, "ready", timeout=cfg.start_timeout_s + cfg.rpc_timeout_s)
         reqs = requests if requests is not None else workload(cfg)
         # Requests go to the engines in turn (the DP coordinator balances load; here: round robin).
         share = [reqs[d::len(engines)] for d in range(len(engines))]
@@ -124,11 +124,12 @@ def run_in_process(model="sim/moe-tiny", requests=None):
     return engine.run_in_process(VllmConfig(model), reqs)
 
 
-def _expect(q, proc, cfg, *kinds):
+def _expect(q, proc, cfg, *kinds, timeout=None):
     """The next message from EngineCore among kinds (heartbeats while paused restart the deadline)."""
     while True:
         # Longer than EngineCore's own rpc deadline, so that it can report which worker failed.
-        kind, value = procs.get(q, "message from EngineCore", [proc], cfg.rpc_timeout_s * 1.5 + 5.0)
+        kind, value = procs.get(q, "message from EngineCore", [proc],
+                                timeout if timeout is not None else cfg.rpc_timeout_s * 1.5 + 5.0)
         if kind == "error":
             raise RuntimeError("EngineCore failed:\n%s" % value)
         if kind in kinds:

@@ -67,7 +67,7 @@ def _rec():
                    expert_counts=[[0] * cfg.experts for _ in range(cfg.moe_layers)],
                    expert_counts_real=[[0] * cfg.experts for _ in range(cfg.moe_layers)],
                    encoder_calls=0, encoder_items=0, runner_step_ms=[], top_k=cfg.top_k, moe_layers=cfg.moe_layers,
-                   pieces=cfg.pieces, v2_runner=False, tokens_by_step=[])
+                   pieces=cfg.pieces, v2_runner=False, tokens_by_step=[], reqs_by_step=[], encoder_steps=[])
     return rec
 
 
@@ -704,6 +704,7 @@ def _execute_model(self, a):
         else:
             self._execute_mm_encoder(so)
         rec["encoder_calls"] += 1
+        rec["encoder_steps"].append(rec["runner_steps"] + 1)
         rec["encoder_items"] += sum(len(v) for v in enc.values())
     vals = []
     for rid in sorted(reqs):
@@ -750,6 +751,7 @@ def _execute_model(self, a):
     rec["runner_steps"] += 1
     rec["steps_by_mode"][mode] += 1
     rec["tokens_by_step"].append([n, padded, mode])
+    rec["reqs_by_step"].append(len(reqs))
     work = cfg.step_work_ms + (cfg.slow_ms if self._pm_rank == cfg.slow_rank else 0.0)
     end = t0 + work / 1000.0
     while time.perf_counter() < end:

@@ -61,3 +61,48 @@ def watched_modules():
 
 def by_module(module_name):
     return [(t, p) for t in all_targets() for p in t.paths if p.module == module_name]
+
+
+# Tables whose rows exist only where CUDA events can be created (a GPU and torch with CUDA).
+NEEDS_CUDA = {"moe_expert_timing": "unavailable: needs CUDA events"}
+
+
+def table_statuses(target_statuses, seen=None, enabled=None, cuda=None):
+    """Why each CSV table has rows or not in this process (metadata.json "tables", doctor).
+
+    target_statuses: [{target, status, reason}] (runtime.statuses() or doctor's); seen: the set of
+    tables this process recorded rows for (None in doctor: nothing ran yet); enabled(kind) -> bool;
+    cuda: whether CUDA events can be made (None: unknown). Returns [{"table", "status"}] in the
+    seed's table order; status is one of: recorded, no events (hooked, nothing happened yet),
+    available (doctor: would be recorded), unavailable: needs CUDA events, disabled,
+    not in this vLLM era (the hooks' classes are missing), not in this process (no feeding
+    target module was imported here, e.g. scheduler tables in a worker), failed: <reason>.
+    """
+    from profilemate import schema
+    by = {t["target"]: t for t in target_statuses}
+    out = []
+    for table in schema.STANDALONE_TABLES:
+        feeders = [by.get(t.name) or {"status": "not_loaded", "reason": ""}
+                   for t in all_targets() if table in t.tables]
+        st = {f["status"] for f in feeders}
+        kind = schema.table_kind(table)
+        if seen is not None and table in seen:
+            status = "recorded"
+        elif enabled is not None and not enabled(kind):
+            status = "disabled"
+        elif "patched" in st:
+            if table in NEEDS_CUDA and cuda is False:
+                status = NEEDS_CUDA[table]
+            else:
+                status = "no events" if seen is not None else "available"
+        elif "failed" in st:
+            status = "failed: " + "; ".join(f["reason"] for f in feeders if f["status"] == "failed")
+        elif "disabled" in st:
+            status = "disabled"
+        elif st and st <= {"absent"}:
+            status = "not in this vLLM era"
+        else:
+            status = "not in this process"
+        out.append({"table": table, "status": status})
+    return out
+

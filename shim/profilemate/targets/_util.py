@@ -38,9 +38,11 @@ class Path:
 
 
 class Target:
-    def __init__(self, name, component, kinds, paths, doc=""):
+    """tables: the CSV tables (proto/tables) whose rows this target's hooks produce or feed."""
+
+    def __init__(self, name, component, kinds, paths, doc="", tables=()):
         self.name, self.component, self.kinds = name, component, tuple(kinds)
-        self.paths, self.doc = list(paths), doc
+        self.paths, self.doc, self.tables = list(paths), doc, tuple(tables)
 
     def modules(self):
         return [p.module for p in self.paths]

@@ -84,6 +84,7 @@ def evict_blocks_hook(original, rt):
 _K = ("kv_cache",)
 
 TARGET = Target(
+    tables=("kv_cache_usage", "kv_cache_evictions"),
     name="block_pool", component="BlockPool", kinds=_K,
     paths=[Path("vllm.v1.core.block_pool", eras="v0.8.0+", hooks=[
         Hook("BlockPool", "get_new_blocks", new_blocks_hook, required=("num_blocks",), kinds=_K),

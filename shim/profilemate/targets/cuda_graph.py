@@ -194,6 +194,7 @@ def _v2_size(original, rt):
 _K = ("cuda_graph",)
 
 TARGET = Target(
+    tables=("cuda_graph_captures", "cuda_graph_usage"),
     name="cuda_graph", component="CUDAGraphWrapper", kinds=_K,
     paths=[
         Path("vllm.compilation.cuda_graph", eras="v0.10.0+", hooks=[

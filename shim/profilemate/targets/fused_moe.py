@@ -115,6 +115,7 @@ def _select(original, rt):
 
 
 TARGET = Target(
+    tables=("moe_expert_selection", "moe_expert_timing"),
     name="fused_moe", component="FusedMoE", kinds=_K,
     paths=[
         Path("vllm.model_executor.layers.fused_moe.router.base_router", eras="2026-01-18+ (router)",

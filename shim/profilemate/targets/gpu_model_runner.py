@@ -259,6 +259,7 @@ def _hooks(phases, encoders):
 
 
 TARGET = Target(
+    tables=("forward_pass_timing", "cpu_operations_timing", "encoder_decoder_timing", "cuda_graph_usage"),
     name="gpu_model_runner", component="GPUModelRunner",
     kinds=("forward_pass", "cpu_timing", "encoder_decoder"),
     paths=[

@@ -72,9 +72,18 @@ def _record_stats(original, rt):
     return record_prefix_cache_stats
 
 
+def _usage(kvm):
+    try:
+        u = kvm.usage
+        return float(u() if callable(u) else u)
+    except Exception:
+        return ""
+
+
 def _free(original, rt):
     step = _S.KV_STEP
     free_of = _S.free_blocks_of
+    in_schedule, moment = _S.IN_SCHEDULE, _S.VICTIM_MOMENT
 
     def free(self, request, *args, **kwargs):
         before = free_of(self)
@@ -83,6 +92,15 @@ def _free(original, rt):
             after = free_of(self)
             if after is not None and after > before:
                 step[_S.FREED] += after - before
+        sched = in_schedule[0]
+        if sched is not None:
+            # Inside schedule() (eras without _preempt_request) only a preemption frees a request: vLLM's
+            # inline code pops the victim from running, frees it, then prepends it to waiting (+1).
+            try:
+                if request not in sched.running:
+                    moment[id(request)] = (_usage(self), len(sched.waiting) + 1, len(sched.running))
+            except Exception:
+                pass
         return out
     return free
 
@@ -90,6 +108,7 @@ def _free(original, rt):
 _K = ("kv_cache",)
 
 TARGET = Target(
+    tables=("kv_cache_usage", "kv_cache_evictions"),
     name="kv_cache_manager", component="KVCacheManager", kinds=_K,
     paths=[Path("vllm.v1.core.kv_cache_manager", eras="v0.6.6+", hooks=[
         Hook("KVCacheManager", "allocate_slots", _allocate, required=("request",), kinds=_K),

@@ -16,8 +16,10 @@ limit found nowhere is an empty cell (unknown), never 0.
 
 Preemptions: where `_preempt_request` exists (2025-12-01+) it is wrapped and records each victim
 as it happens; elsewhere schedule() snapshots the running queue and reports the requests that
-end it PREEMPTED. `SchedulerOutput.preempted_req_ids` is never read, so a victim it also lists
-is not counted twice.
+end it PREEMPTED; the KV usage and queue lengths of such a victim are those noted when vLLM's
+inline code freed it inside schedule() (kv_cache_manager's free hook; with the kv_cache profiler
+off, those at the end of schedule()). `SchedulerOutput.preempted_req_ids` is never read, so a
+victim it also lists is not counted twice.
 """
 import time
 
@@ -52,17 +54,20 @@ def _kv_usage(sched):
         return ""  # unknown (v0.6.6 has no usage): an empty cell
 
 
-def _record_victim(rt, sched, req, lost, source):
+def _record_victim(rt, sched, req, lost, source, moment=None):
+    """moment: (kv usage, waiting, running) right after the preemption, when seen then; else read now."""
     rid = getattr(req, "request_id", "")
     n = getattr(req, "num_preemptions", None)
     own = _COUNTS.get(rid, 0) + 1
     _COUNTS[rid] = own
     if not isinstance(n, int) or n <= 0:
         n = own
+    if moment is None:
+        moment = (_kv_usage(sched), len(getattr(sched, "waiting", ()) or ()),
+                  len(getattr(sched, "running", ()) or ()))
     rt.record("preemption", "preemption_events", {
-        "request_id": rid, "tokens_lost": lost, "preemption_count": n, "kv_usage": _kv_usage(sched),
-        "waiting": len(getattr(sched, "waiting", ()) or ()), "running": len(getattr(sched, "running", ()) or ()),
-        "source": source}, step=_upcoming(rt))
+        "request_id": rid, "tokens_lost": lost, "preemption_count": n, "kv_usage": moment[0],
+        "waiting": moment[1], "running": moment[2], "source": source}, step=_upcoming(rt))
 
 
 def _split(sched, out, advanced):
@@ -127,14 +132,21 @@ def _schedule(original, rt):
             except Exception:
                 snap = None
         _SPLIT[0] = None
+        if snap:
+            _S.VICTIM_MOMENT.clear()
+            _S.IN_SCHEDULE[0] = self
         t0 = _pc()
-        out = original(self, *args, **kwargs)
-        t1 = _pc()
+        try:
+            out = original(self, *args, **kwargs)
+        finally:
+            t1 = _pc()
+            _S.IN_SCHEDULE[0] = None
         try:
             if snap:
                 for r, lost in snap:
                     if _name(getattr(r, "status", None)) == "PREEMPTED":
-                        _record_victim(rt, self, r, lost, "scheduler: running-queue diff")
+                        _record_victim(rt, self, r, lost, "scheduler: running-queue diff",
+                                       _S.VICTIM_MOMENT.pop(id(r), None))
             tokens = getattr(out, "total_num_scheduled_tokens", 0) or 0
             if tokens > 0:  # a step that runs the model; empty schedules are not steps
                 rt.next_step("scheduler")
@@ -216,6 +228,7 @@ def _hooks():
 
 
 TARGET = Target(
+    tables=("batch_utilization", "preemption_events", "cpu_operations_timing", "kv_cache_usage", "kv_cache_evictions"),
     name="scheduler", component="Scheduler", kinds=("batch_util", "preemption", "cpu_timing", "kv_cache"),
     paths=[
         Path("vllm.v1.core.sched.scheduler", eras="v0.8.2+", hooks=_hooks()),

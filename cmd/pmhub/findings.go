@@ -1,0 +1,55 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"strconv"
+
+	"github.com/profilemate/profilemate/plugins/sdk"
+)
+
+// Finding is one row of a session's findings table (written by plugins; see docs/plugins.md).
+type Finding struct {
+	Plugin    string `json:"plugin"`
+	Version   string `json:"plugin_version"`
+	Severity  string `json:"severity"`
+	Title     string `json:"title"`
+	Numbers   string `json:"numbers"` // JSON object of name → number
+	Ranks     string `json:"ranks"`   // global worker ranks joined by |
+	FirstStep int64  `json:"first_step"`
+	LastStep  int64  `json:"last_step"`
+	Detail    string `json:"detail,omitempty"`
+}
+
+var severityOrder = map[string]int{sdk.SeverityCritical: 0, sdk.SeverityWarning: 1, sdk.SeverityInfo: 2}
+
+// readFindings reads findings.csv of a session folder, most severe first.
+func readFindings(dir string) ([]Finding, error) {
+	var out []Finding
+	err := eachRow(dir, sdk.FindingsTable, func(r map[string]string) {
+		first, _ := strconv.ParseInt(r["first_step"], 10, 64)
+		last, _ := strconv.ParseInt(r["last_step"], 10, 64)
+		out = append(out, Finding{Plugin: r["plugin"], Version: r["plugin_version"], Severity: r["severity"], Title: r["title"],
+			Numbers: r["numbers"], Ranks: r["ranks"], FirstStep: first, LastStep: last, Detail: r["detail"]})
+	})
+	sort.SliceStable(out, func(i, j int) bool { return severityOrder[out[i].Severity] < severityOrder[out[j].Severity] })
+	return out, err
+}
+
+func printFindings(w io.Writer, fs []Finding) {
+	if len(fs) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "  findings:")
+	for _, f := range fs {
+		fmt.Fprintf(w, "    [%s] %s (%s)", f.Severity, f.Title, f.Plugin)
+		if f.Ranks != "" {
+			fmt.Fprintf(w, " ranks %s", f.Ranks)
+		}
+		if f.FirstStep >= 0 {
+			fmt.Fprintf(w, " steps %d-%d", f.FirstStep, f.LastStep)
+		}
+		fmt.Fprintf(w, " %s\n", f.Numbers)
+	}
+}

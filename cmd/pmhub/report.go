@@ -1,0 +1,159 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"html"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/profilemate/profilemate/hub"
+	"github.com/profilemate/profilemate/report"
+)
+
+func reportCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "report",
+		Usage:     "write one self-contained HTML page of a session: plots, findings, metadata (--compare: two sessions side by side)",
+		ArgsUsage: "SESSION",
+		Description: "SESSION is a session id under --data or a session folder. The page embeds everything it shows\n" +
+			"(SVG plots, CSS; no script, no network) and opens offline. Series longer than --max-points are\n" +
+			"downsampled into time buckets, and each plot says so.",
+		Flags: []cli.Flag{
+			dataFlag(),
+			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, EnvVars: []string{"PROFILEMATE_REPORT_OUTPUT"}, Usage: "HTML file to write (default: report-SESSION.html, or compare-A-B.html)"},
+			&cli.StringFlag{Name: "compare", EnvVars: []string{"PROFILEMATE_REPORT_COMPARE"}, Usage: "a second SESSION (after) to compare SESSION (before) with"},
+			&cli.IntFlag{Name: "max-points", Value: 2000, EnvVars: []string{"PROFILEMATE_REPORT_MAX_POINTS"}, Usage: "most points per plotted series before downsampling"},
+			&cli.BoolFlag{Name: "no-analysis", EnvVars: []string{"PROFILEMATE_REPORT_NO_ANALYSIS"}, Usage: "do not run the in-tree analyses for a session without a findings table (large sessions: they cost more than the plots)"},
+			&cli.IntFlag{Name: "sample-size", Value: 20000, EnvVars: []string{"PROFILEMATE_REPORT_SAMPLE_SIZE"}, Usage: "step times per rank kept for the distribution plot"},
+		},
+		Action: runReport,
+	}
+}
+
+// sessionFolder resolves SESSION: an existing folder as given, else <data>/sessions/<SESSION>.
+func sessionFolder(data, arg string) (string, error) {
+	if st, err := os.Stat(filepath.Join(arg, hub.MetadataFile)); err == nil && !st.IsDir() {
+		return arg, nil
+	}
+	dir := hub.SessionDir(data, arg)
+	if _, err := os.Stat(dir); err != nil {
+		return "", fmt.Errorf("no session %q in %s and no session folder of that name (see pmhub sessions --data %s)", arg, data, data)
+	}
+	return dir, nil
+}
+
+func runReport(c *cli.Context) error {
+	if c.NArg() > 1 {
+		return cli.Exit(fmt.Sprintf("pmhub report: one SESSION, flags before it (pmhub report -o report.html SESSION); got %q", c.Args().Slice()), 2)
+	}
+	if c.NArg() != 1 {
+		return cli.Exit("pmhub report: give one SESSION id or folder (see pmhub sessions)", 2)
+	}
+	opt := report.Options{MaxPoints: c.Int("max-points"), SampleSize: c.Int("sample-size"), Analyzer: reportAnalyzer, SkipAnalysis: c.Bool("no-analysis")}
+	build := func(arg string) (*report.Report, error) {
+		dir, err := sessionFolder(c.String("data"), arg)
+		if err != nil {
+			return nil, err
+		}
+		return report.Build(dir, opt)
+	}
+	a, err := build(c.Args().First())
+	if err != nil {
+		return cli.Exit("pmhub report: "+err.Error(), 1)
+	}
+	out := c.String("output")
+	var b *report.Report
+	if cmp := c.String("compare"); cmp != "" {
+		if b, err = build(cmp); err != nil {
+			return cli.Exit("pmhub report: --compare: "+err.Error(), 1)
+		}
+		if out == "" {
+			out = fmt.Sprintf("compare-%s-%s.html", a.Session.Meta.Session, b.Session.Meta.Session)
+		}
+	} else if out == "" {
+		out = "report-" + a.Session.Meta.Session + ".html"
+	}
+	f, err := os.Create(out)
+	if err != nil {
+		return cli.Exit("pmhub report: "+err.Error(), 1)
+	}
+	if b != nil {
+		err = report.WriteCompareHTML(f, a, b)
+	} else {
+		err = a.WriteHTML(f)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return cli.Exit("pmhub report: "+err.Error(), 1)
+	}
+	fmt.Fprintln(c.App.Writer, out)
+	return nil
+}
+
+// reportAnalyzer computes findings for sessions without a findings table: the in-tree analyses.
+var reportAnalyzer report.Analyzer = report.Library{}
+
+// The hub's HTTP listener serves each session's report page: GET /report/ lists the sessions,
+// GET /report/{session} renders that session's page as `pmhub report` writes it, and
+// GET /report/{a}?compare={b} the comparison of a (before) with b (after).
+func init() { HTTPHandlers = append(HTTPHandlers, reportHTTP) }
+
+func reportHTTP(mux *http.ServeMux, h *hub.Server) {
+	mux.HandleFunc("GET /report/{$}", func(w http.ResponseWriter, _ *http.Request) {
+		list := h.Sessions()
+		sort.Slice(list, func(i, j int) bool { return list[i].Session > list[j].Session })
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		fmt.Fprint(w, "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>ProfileMate sessions</title></head><body><h1>Sessions</h1><ul>")
+		for _, s := range list {
+			fmt.Fprintf(w, "<li><a href=\"%s\">%s</a> %s, hosts %s</li>", url.PathEscape(s.Session), html.EscapeString(s.Session),
+				html.EscapeString(s.Status), html.EscapeString(strings.Join(s.Hosts, ", ")))
+		}
+		fmt.Fprint(w, "</ul></body></html>")
+	})
+	mux.HandleFunc("GET /report/{session}", func(w http.ResponseWriter, r *http.Request) {
+		build := func(id string) (*report.Report, int, error) {
+			for _, s := range h.Sessions() {
+				if s.Session == id {
+					rep, err := report.Build(s.Dir, report.Options{Analyzer: reportAnalyzer})
+					if err != nil {
+						return nil, http.StatusInternalServerError, fmt.Errorf("report: %w", err)
+					}
+					return rep, 0, nil
+				}
+			}
+			return nil, http.StatusNotFound, fmt.Errorf("no session %q on this hub (see /report/)", id)
+		}
+		rep, code, err := build(r.PathValue("session"))
+		if err != nil {
+			http.Error(w, err.Error(), code)
+			return
+		}
+		var b bytes.Buffer
+		if other := r.URL.Query().Get("compare"); other != "" {
+			var repB *report.Report
+			if repB, code, err = build(other); err != nil {
+				http.Error(w, "compare: "+err.Error(), code)
+				return
+			}
+			err = report.WriteCompareHTML(&b, rep, repB)
+		} else {
+			err = rep.WriteHTML(&b)
+		}
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'")
+		_, _ = w.Write(b.Bytes())
+	})
+}

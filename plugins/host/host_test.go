@@ -1,0 +1,523 @@
+package host
+
+import (
+	"bytes"
+	"context"
+	"encoding/csv"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	gproto "google.golang.org/protobuf/proto"
+
+	"github.com/profilemate/profilemate/hub"
+	"github.com/profilemate/profilemate/proto"
+	"github.com/profilemate/profilemate/proto/pmpb"
+)
+
+var bins = map[string]string{} // example, hang → built binary
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "pmplugins")
+	if err != nil {
+		panic(err)
+	}
+	for name, pkg := range map[string]string{"example": "../example", "hang": "./testdata/hang", "slow": "./testdata/slow"} {
+		out := filepath.Join(dir, name)
+		cmd := exec.Command("go", "build", "-o", out, pkg)
+		if b, err := cmd.CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "build %s: %v\n%s", pkg, err, b)
+			os.Exit(1)
+		}
+		bins[name] = out
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+type rig struct {
+	t    *testing.T
+	data string
+	dir  string
+	hub  *hub.Server
+	nc   *nats.Conn
+	js   jetstream.JetStream
+	host *Host
+	stop context.CancelFunc
+	done chan error
+}
+
+func newRig(t *testing.T) *rig {
+	t.Helper()
+	data := t.TempDir()
+	h, err := hub.New(hub.Config{DataDir: data, Listen: "127.0.0.1:-1", SessionIdle: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := h.Start(ctx); err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- h.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done; h.Close() })
+	nc, err := nats.Connect(h.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, _ := jetstream.New(nc)
+	return &rig{t: t, data: data, dir: filepath.Join(data, "plugins"), hub: h, nc: nc, js: js}
+}
+
+// startHost runs the plugin host on the hub's connection; edit adjusts its Config.
+func (r *rig) startHost(edit func(*Config)) {
+	r.t.Helper()
+	cfg := Config{Dir: r.dir, StateDir: filepath.Join(r.data, "plugins-state"), DataDir: r.data, Conn: r.hub.Conn(),
+		HostName: "hubhost", Settle: 100 * time.Millisecond, BackoffMin: 100 * time.Millisecond, BackoffMax: time.Second,
+		CallTimeout: 10 * time.Second, Poll: 100 * time.Millisecond}
+	if edit != nil {
+		edit(&cfg)
+	}
+	h, err := New(cfg)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r.host, r.stop, r.done = h, cancel, make(chan error, 1)
+	go func() { r.done <- h.Run(ctx) }()
+	r.t.Cleanup(r.stopHost)
+}
+
+func (r *rig) stopHost() {
+	if r.stop != nil {
+		r.stop()
+		<-r.done
+		r.stop = nil
+	}
+}
+
+// install copies a built plugin into the folder the way an atomic writer does: a hidden file
+// renamed in.
+func (r *rig) install(bin, as string) {
+	r.t.Helper()
+	b, err := os.ReadFile(bins[bin])
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	tmp := filepath.Join(r.dir, "."+as)
+	if err := os.WriteFile(tmp, b, 0o755); err != nil {
+		r.t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(r.dir, as)); err != nil {
+		r.t.Fatal(err)
+	}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (r *rig) status(file string) Status {
+	for _, s := range r.host.Status() {
+		if s.File == file {
+			return s
+		}
+	}
+	return Status{}
+}
+
+// session publishes like one agent with nw workers: start, batches of forward passes, end.
+type session struct {
+	r      *rig
+	id     string
+	host   string
+	nw     int
+	seq    []uint64 // last seq per worker
+	events int
+	msgs   int
+}
+
+func (r *rig) newSession(id string, nw int) *session {
+	s := &session{r: r, id: id, host: "hostA", nw: nw, seq: make([]uint64, nw)}
+	s.life(proto.ProcAgent, &pmpb.Process{Session: id, Host: s.host, Role: proto.RoleAgent, Dp: -1, Pp: -1, Tp: -1, Ep: -1, Rank: -1},
+		"start", &pmpb.Lifecycle{Record: &pmpb.Lifecycle_Start{Start: &pmpb.Lifecycle_SessionStart{StartNs: time.Now().UnixNano()}}})
+	return s
+}
+
+func (s *session) life(proc string, p *pmpb.Process, rec string, lc *pmpb.Lifecycle) {
+	s.r.t.Helper()
+	lc.SchemaMajor, lc.SchemaMinor, lc.Process, lc.TsNs = proto.SchemaMajor, proto.SchemaMinor, p, time.Now().UnixNano()
+	data, _ := gproto.Marshal(lc)
+	msg := nats.NewMsg(proto.LifeSubject(s.id, s.host, proc))
+	msg.Data = data
+	msg.Header.Set(nats.MsgIdHdr, proto.LifeMsgID(s.id, s.host, p.Pid, rec, 0))
+	if _, err := s.r.js.PublishMsg(context.Background(), msg); err != nil {
+		s.r.t.Fatal(err)
+	}
+}
+
+func (s *session) worker(w int) *pmpb.Process {
+	return &pmpb.Process{Session: s.id, Host: s.host, Pid: int64(1000 + w), Role: proto.RoleWorker, Dp: 0, Pp: 0, Tp: int32(w), Ep: -1, Rank: int32(w)}
+}
+
+// batches publishes n batches per worker of k forward passes each.
+func (s *session) batches(n, k int) {
+	s.r.t.Helper()
+	for i := 0; i < n; i++ {
+		for w := 0; w < s.nw; w++ {
+			p := s.worker(w)
+			eb := &pmpb.EventBatch{SchemaMajor: proto.SchemaMajor, SchemaMinor: proto.SchemaMinor, Process: p}
+			first := s.seq[w] + 1
+			for j := 0; j < k; j++ {
+				s.seq[w]++
+				eb.Events = append(eb.Events, &pmpb.Event{Kind: proto.KindForwardPass, Table: "forward_pass_timing", Seq: s.seq[w],
+					Step: int64(s.seq[w]), TsNs: time.Now().UnixNano(), Cols: map[string]*pmpb.Value{
+						"cpu_ms": {V: &pmpb.Value_D{D: float64(w + 1)}}, "tokens": {V: &pmpb.Value_I{I: 8}},
+						"runtime_mode": {V: &pmpb.Value_S{S: "NONE"}}, "gpu_status": {V: &pmpb.Value_S{S: "unavailable"}}}})
+			}
+			eb.BatchId = proto.MsgID(s.id, s.host, p.Pid, proto.KindForwardPass, first, s.seq[w])
+			data, _ := gproto.Marshal(eb)
+			msg := nats.NewMsg(proto.EventSubject(s.id, s.host, proto.ProcToken(p.Role, 0, int(p.Rank), int(p.Pid)), proto.KindForwardPass))
+			msg.Data = data
+			msg.Header.Set(nats.MsgIdHdr, eb.BatchId)
+			if _, err := s.r.js.PublishMsg(context.Background(), msg); err != nil {
+				s.r.t.Fatal(err)
+			}
+			s.events += k
+			s.msgs++
+		}
+	}
+}
+
+func (s *session) end() {
+	s.life(proto.ProcAgent, &pmpb.Process{Session: s.id, Host: s.host, Role: proto.RoleAgent, Dp: -1, Pp: -1, Tp: -1, Ep: -1, Rank: -1},
+		"end", &pmpb.Lifecycle{Record: &pmpb.Lifecycle_End{End: &pmpb.Lifecycle_SessionEnd{EndNs: time.Now().UnixNano(), Reason: "test"}}})
+}
+
+func (s *session) dir() string { return hub.SessionDir(s.r.data, s.id) }
+
+func readRows(t *testing.T, path string) (hdr []string, rows [][]string) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if os.IsNotExist(err) {
+		return nil, nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs, err := csv.NewReader(bytes.NewReader(b)).ReadAll()
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	if len(recs) == 0 {
+		return nil, nil
+	}
+	return recs[0], recs[1:]
+}
+
+func col(t *testing.T, hdr []string, name string) int {
+	t.Helper()
+	for i, h := range hdr {
+		if h == name {
+			return i
+		}
+	}
+	t.Fatalf("no column %s in %v", name, hdr)
+	return -1
+}
+
+// checkExactlyOnce: one example_batches row per input message, no key twice, events add up.
+func (s *session) checkExactlyOnce(t *testing.T) {
+	t.Helper()
+	hdr, rows := readRows(t, filepath.Join(s.dir(), "example_batches.csv"))
+	if len(rows) != s.msgs {
+		t.Fatalf("example_batches has %d rows, want one per input message: %d", len(rows), s.msgs)
+	}
+	in, ev, sq := col(t, hdr, "input_seq"), col(t, hdr, "events"), col(t, hdr, "seq")
+	keys, seqs := map[string]bool{}, map[string]bool{}
+	total := 0
+	for _, r := range rows {
+		if keys[r[in]] {
+			t.Errorf("input_seq %s written twice", r[in])
+		}
+		if seqs[r[sq]] {
+			t.Errorf("seq %s given twice", r[sq])
+		}
+		keys[r[in]], seqs[r[sq]] = true, true
+		n, _ := strconv.Atoi(r[ev])
+		total += n
+	}
+	if total != s.events {
+		t.Errorf("example_batches counts %d events, the input had %d", total, s.events)
+	}
+}
+
+func rowsIn(t *testing.T, path string) int {
+	_, rows := readRows(t, path)
+	return len(rows)
+}
+
+// TestHotAddBackfillsAndCloses: a plugin copied in mid-session gets the whole session, live rows
+// after it, and its final rows when the session ends; plugins.json counts them.
+func TestHotAddBackfillsAndCloses(t *testing.T) {
+	r := newRig(t)
+	r.startHost(nil)
+	s := r.newSession("20261130_060000_a1b2c3", 4)
+	s.batches(5, 3)
+	waitFor(t, "the hub to write the session", func() bool { return rowsIn(t, filepath.Join(s.dir(), "forward_pass_timing.csv")) == s.events })
+	r.install("example", "example")
+	waitFor(t, "back-filled rows", func() bool { return rowsIn(t, filepath.Join(s.dir(), "example_batches.csv")) == s.msgs })
+	s.batches(5, 2)
+	waitFor(t, "live rows", func() bool { return rowsIn(t, filepath.Join(s.dir(), "example_batches.csv")) == s.msgs })
+	s.end()
+	waitFor(t, "final rows", func() bool { return rowsIn(t, filepath.Join(s.dir(), "example_totals.csv")) == 4 })
+	s.checkExactlyOnce(t)
+	hdr, tot := readRows(t, filepath.Join(s.dir(), "example_totals.csv"))
+	evc := col(t, hdr, "events")
+	sum := 0
+	for _, row := range tot {
+		n, _ := strconv.Atoi(row[evc])
+		sum += n
+	}
+	if sum != s.events {
+		t.Errorf("totals count %d events, want %d", sum, s.events)
+	}
+	fh, f := readRows(t, filepath.Join(s.dir(), "findings.csv"))
+	if len(f) != 1 || f[0][col(t, fh, "plugin")] != "example" || f[0][col(t, fh, "role")] != RolePlugin || f[0][col(t, fh, "host")] != "hubhost" {
+		t.Fatalf("findings %v %v", fh, f)
+	}
+	if !strings.Contains(f[0][col(t, fh, "title")], "rank 3") {
+		t.Errorf("finding %q should name rank 3 (cpu_ms 4)", f[0][col(t, fh, "title")])
+	}
+	var sp map[string]SessionPlugin
+	waitFor(t, "plugins.json closed", func() bool {
+		sp, _ = ReadSessionPlugins(s.dir())
+		return sp["example"].Closed
+	})
+	if e := sp["example"]; e.Version != "1.0.0" || e.Rows["example_batches"] != int64(s.msgs) || e.Rows["example_totals"] != 4 || e.Findings != 1 {
+		t.Errorf("plugins.json entry %+v", e)
+	}
+	st := r.status("example")
+	if st.State != StateRunning || st.Name != "example" || st.Restarts != 0 || st.Rows != int64(s.msgs+5) {
+		t.Errorf("status %+v", st)
+	}
+}
+
+// TestKill9ExactlyOnce: the plugin process is killed; the hub keeps writing, the plugin restarts,
+// rebuilds its state from the session's first event, and every row is there once.
+func TestKill9ExactlyOnce(t *testing.T) {
+	r := newRig(t)
+	r.startHost(nil)
+	r.install("example", "example")
+	waitFor(t, "plugin running", func() bool { return r.status("example").State == StateRunning })
+	s := r.newSession("20261130_060100_a1b2c3", 2)
+	s.batches(10, 2)
+	waitFor(t, "rows before the kill", func() bool { return rowsIn(t, filepath.Join(s.dir(), "example_batches.csv")) == s.msgs })
+	pid := r.status("example").PID
+	if pid <= 0 {
+		t.Fatalf("no plugin pid in status: %+v", r.status("example"))
+	}
+	if err := syscall.Kill(int(pid), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	s.batches(10, 2)
+	waitFor(t, "the hub's rows after the kill", func() bool { return rowsIn(t, filepath.Join(s.dir(), "forward_pass_timing.csv")) == s.events })
+	waitFor(t, "a restart", func() bool { st := r.status("example"); return st.Restarts >= 1 && st.State == StateRunning })
+	waitFor(t, "rows after the restart", func() bool { return rowsIn(t, filepath.Join(s.dir(), "example_batches.csv")) == s.msgs })
+	s.end()
+	waitFor(t, "final rows", func() bool { return rowsIn(t, filepath.Join(s.dir(), "example_totals.csv")) == 2 })
+	s.checkExactlyOnce(t)
+	hdr, tot := readRows(t, filepath.Join(s.dir(), "example_totals.csv"))
+	sum := 0
+	for _, row := range tot {
+		n, _ := strconv.Atoi(row[col(t, hdr, "events")])
+		sum += n
+	}
+	if sum != s.events {
+		t.Errorf("totals after a restart count %d events, want %d (state rebuilt from the session's start)", sum, s.events)
+	}
+	if le := r.status("example").LastError; !strings.Contains(le, "exited") && !strings.Contains(le, "Unavailable") {
+		t.Errorf("last error %q does not say the process died", le)
+	}
+}
+
+// TestHangingPluginTimedOut: a Consume that never returns misses the deadline, the plugin is
+// killed and restarted; the hub's own rows keep landing.
+func TestHangingPluginTimedOut(t *testing.T) {
+	r := newRig(t)
+	r.startHost(func(c *Config) { c.CallTimeout = 500 * time.Millisecond })
+	r.install("hang", "hang")
+	s := r.newSession("20261130_060200_a1b2c3", 1)
+	s.batches(3, 1)
+	waitFor(t, "a timed-out restart", func() bool {
+		st := r.status("hang")
+		return st.Restarts >= 1 && strings.Contains(st.LastError, "missed the 500ms deadline")
+	})
+	s.batches(3, 1)
+	waitFor(t, "the hub's rows", func() bool { return rowsIn(t, filepath.Join(s.dir(), "forward_pass_timing.csv")) == s.events })
+}
+
+// TestAllowlist: a binary whose sha256 is not on the list is refused with a reason; a listed one runs.
+func TestAllowlist(t *testing.T) {
+	r := newRig(t)
+	sum, err := fileSHA256(bins["example"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	list := filepath.Join(t.TempDir(), "allow")
+	os.WriteFile(list, []byte("# plugins we run\n"+sum+"  example\n"), 0o644)
+	allow, err := ReadAllowlist(list)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.startHost(func(c *Config) { c.Allow = allow })
+	r.install("hang", "hang")
+	r.install("example", "example")
+	waitFor(t, "hang refused", func() bool {
+		st := r.status("hang")
+		return st.State == StateRefused && strings.Contains(st.Reason, "allowlist")
+	})
+	waitFor(t, "example running", func() bool { return r.status("example").State == StateRunning })
+	if st := r.status("hang"); st.PID != 0 || st.Name != "" {
+		t.Errorf("a refused binary was started: %+v", st)
+	}
+	if _, err := ReadAllowlist(writeTemp(t, "nothex  x\n")); err == nil || !strings.Contains(err.Error(), "line 1") {
+		t.Errorf("bad allowlist: got %v, want an error naming line 1", err)
+	}
+}
+
+func writeTemp(t *testing.T, s string) string {
+	p := filepath.Join(t.TempDir(), "f")
+	os.WriteFile(p, []byte(s), 0o644)
+	return p
+}
+
+// TestHalfWrittenNotStarted: an executable that is only half there waits; the rest makes it start.
+func TestHalfWrittenNotStarted(t *testing.T) {
+	r := newRig(t)
+	r.startHost(nil)
+	b, err := os.ReadFile(bins["example"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(r.dir, "example")
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY, 0o755)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write(b[:len(b)/2])
+	waitFor(t, "incomplete binary noticed", func() bool {
+		st := r.status("example")
+		return st.State == StateWaiting && strings.HasPrefix(st.Reason, "incomplete binary")
+	})
+	if st := r.status("example"); st.PID != 0 {
+		t.Fatalf("a half-written binary was started: %+v", st)
+	}
+	f.Write(b[len(b)/2:])
+	f.Close()
+	waitFor(t, "the complete binary to start", func() bool { return r.status("example").State == StateRunning })
+}
+
+// TestRemoveStops: removing the binary stops the plugin process and drops it from the list.
+func TestRemoveStops(t *testing.T) {
+	r := newRig(t)
+	r.startHost(nil)
+	r.install("example", "example")
+	waitFor(t, "plugin running", func() bool { return r.status("example").State == StateRunning })
+	pid := int(r.status("example").PID)
+	os.Remove(filepath.Join(r.dir, "example"))
+	waitFor(t, "plugin gone from the list", func() bool { return r.status("example").File == "" })
+	waitFor(t, "plugin process gone", func() bool {
+		var ws syscall.WaitStatus
+		syscall.Wait4(pid, &ws, syscall.WNOHANG, nil)
+		return syscall.Kill(pid, 0) != nil
+	})
+}
+
+// TestEndedSessionOnlyOnRequest: a session that ended before the plugin came is not replayed;
+// RunSession (pmhub plugins run) computes it, and a second run adds nothing.
+func TestEndedSessionOnlyOnRequest(t *testing.T) {
+	r := newRig(t)
+	s := r.newSession("20261130_060300_a1b2c3", 2)
+	s.batches(4, 2)
+	s.end()
+	waitFor(t, "session ended", func() bool {
+		m, err := hub.ReadMetadata(s.dir())
+		return err == nil && m.Status == hub.StatusEnded
+	})
+	r.startHost(nil)
+	r.install("example", "example")
+	live := r.newSession("20261130_060301_a1b2c3", 1)
+	live.batches(2, 1)
+	waitFor(t, "the live session's rows", func() bool { return rowsIn(t, filepath.Join(live.dir(), "example_batches.csv")) == live.msgs })
+	if n := rowsIn(t, filepath.Join(s.dir(), "example_batches.csv")); n != 0 {
+		t.Fatalf("the ended session got %d rows without being asked", n)
+	}
+	r.stopHost()
+	h, err := New(Config{Dir: t.TempDir(), StateDir: t.TempDir(), DataDir: r.data, Conn: r.nc, HostName: "hubhost"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 2; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		st, err := h.RunSession(ctx, bins["example"], s.id)
+		cancel()
+		if err != nil {
+			t.Fatalf("run %d: %v (%+v)", i, err, st)
+		}
+		s.checkExactlyOnce(t)
+		if n := rowsIn(t, filepath.Join(s.dir(), "example_totals.csv")); n != 2 {
+			t.Fatalf("run %d: %d totals rows, want 2", i, n)
+		}
+	}
+}
+
+// Derived rows go out on pm.v1.dv.…, which the stream (and so the hub's ingest) does not hold.
+func TestDerivedOnNATS(t *testing.T) {
+	r := newRig(t)
+	sub, err := r.nc.SubscribeSync(DerivedFilter("", "hubhost", ProcToken("example"), "example_batch"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.startHost(nil)
+	r.install("example", "example")
+	s := r.newSession("20261130_060400_a1b2c3", 1)
+	s.batches(1, 4)
+	m, err := sub.NextMsg(time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var eb pmpb.EventBatch
+	if err := gproto.Unmarshal(m.Data, &eb); err != nil {
+		t.Fatal(err)
+	}
+	if eb.GetProcess().GetRole() != RolePlugin || len(eb.GetEvents()) != 1 || eb.GetEvents()[0].GetCols()["events"].GetI() != 4 {
+		t.Fatalf("derived batch %v", &eb)
+	}
+	for _, subj := range proto.StreamSubjects() {
+		if strings.HasPrefix(DerivedPrefix+".x", strings.TrimSuffix(subj, ">")) {
+			t.Fatalf("stream subject %s would take derived rows back in", subj)
+		}
+	}
+	if c := r.hub.Counters(); len(c.Bad) != 0 {
+		t.Errorf("the hub counted bad messages: %v", c.Bad)
+	}
+}

@@ -1,0 +1,137 @@
+package report
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+)
+
+// FindingsTable is the derived table plugins write into a session folder (findings.csv).
+const FindingsTable = "findings"
+
+// Analyzer computes findings for a session folder that has no findings table (the in-tree
+// analysis library run by the report). It returns rows keyed by column name and the column order.
+type Analyzer interface {
+	Analyze(dir string) (columns []string, rows []map[string]string, err error)
+}
+
+// Findings is the report's findings section: the session's findings table as written, or what
+// the Analyzer computed. Source says which; Note why there are none.
+type Findings struct {
+	Source  string
+	Columns []string
+	Rows    [][]string
+	Note    string
+}
+
+// plotFor links a finding to the figure that shows its evidence, by the finding's kind or name.
+var plotFor = map[string]string{
+	"straggler": "step-time", "moe_balance": "expert-load", "kv_pressure": "kv-usage",
+	"cudagraph_coverage": "graph-modes", "preemption": "kv-usage", "padding": "padding",
+}
+
+// Link returns the id of the figure a findings row refers to ("" when none): the first cell that
+// names a known finding kind.
+func (f *Findings) Link(row []string) string {
+	for _, c := range row {
+		if id, ok := plotFor[c]; ok {
+			return id
+		}
+	}
+	return ""
+}
+
+// readFindings reads <dir>/findings.csv with its own header (the plugins' schema), or runs a
+// (Library when nil) unless skip.
+func readFindings(s *Session, a Analyzer, skip bool) (*Findings, error) {
+	t, ok, err := OpenTable(s.Dir, FindingsTable)
+	if err != nil {
+		return nil, err
+	}
+	if ok {
+		defer t.Close()
+		f := &Findings{Source: "findings.csv (written by the hub's plugins)"}
+		f.Columns = make([]string, len(t.index))
+		for name, i := range t.index {
+			f.Columns[i] = name
+		}
+		for {
+			more, err := t.Next()
+			if err != nil {
+				return nil, err
+			}
+			if !more {
+				break
+			}
+			f.Rows = append(f.Rows, append([]string(nil), t.rec...))
+		}
+		if len(f.Rows) == 0 {
+			f.Note = "The findings table has no rows: the plugins found nothing to report."
+		}
+		prettyNumbers(f)
+		return f, nil
+	}
+	if skip {
+		return &Findings{Note: "This session has no findings table (no analysis plugins ran on the hub), and the report was asked not to run the analyses (--no-analysis)."}, nil
+	}
+	if a == nil {
+		a = Library{}
+	}
+	cols, rows, err := a.Analyze(s.Dir)
+	var partial *partialError
+	if err != nil && !errors.As(err, &partial) {
+		// The plots stand on their own: a failed analysis is said, not fatal.
+		return &Findings{Note: fmt.Sprintf("This session has no findings table (no analysis plugins ran on the hub), and the analysis library failed on it: %v", err)}, nil
+	}
+	f := &Findings{Source: "computed for this report by the in-tree analyses (package analysis), as no plugin wrote a findings table", Columns: cols}
+	for _, r := range rows {
+		rec := make([]string, len(cols))
+		for i, c := range cols {
+			rec[i] = r[c]
+		}
+		f.Rows = append(f.Rows, rec)
+	}
+	switch {
+	case partial != nil:
+		f.Note = partial.Error()
+	case len(f.Rows) == 0:
+		f.Note = "The analyses found nothing to report."
+	}
+	prettyNumbers(f)
+	return f, nil
+}
+
+// prettyNumbers rewrites a "numbers" cell holding a JSON object of name → number as
+// "name 1.234, name 5" (keys sorted, 4 significant digits); other cells stay as written.
+func prettyNumbers(f *Findings) {
+	col := -1
+	for i, c := range f.Columns {
+		if c == "numbers" {
+			col = i
+		}
+	}
+	if col < 0 {
+		return
+	}
+	for _, r := range f.Rows {
+		if col >= len(r) {
+			continue
+		}
+		var m map[string]float64
+		if json.Unmarshal([]byte(r[col]), &m) != nil {
+			continue
+		}
+		keys := make([]string, 0, len(m))
+		for k := range m {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		parts := make([]string, len(keys))
+		for i, k := range keys {
+			parts[i] = fmt.Sprintf("%s %.4g", k, m[k])
+		}
+		r[col] = strings.Join(parts, ", ")
+	}
+}
