@@ -280,10 +280,76 @@ func parseUnit(t *testing.T, path string) unit {
 	return u
 }
 
-// start runs the unit's ExecStart as systemd would: as its user and group, with its environment
-// files, STATE_DIRECTORY / RUNTIME_DIRECTORY created with their modes and set, and its umask.
-func (u unit) start(t *testing.T, logPath string) *exec.Cmd {
+// notifySocket listens where a Type=notify service reports readiness (NOTIFY_SOCKET) and
+// returns its path and a channel that receives every datagram.
+func notifySocket(t *testing.T, dir string) (string, <-chan string) {
 	t.Helper()
+	path := filepath.Join(dir, fmt.Sprintf("notify-%d.sock", time.Now().UnixNano()))
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(path, 0o777); err != nil { // the service user sends to it
+		t.Fatal(err)
+	}
+	ch := make(chan string, 16)
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				return
+			}
+			ch <- string(buf[:n])
+		}
+	}()
+	t.Cleanup(func() { conn.Close() })
+	return path, ch
+}
+
+// waitReady waits for READY=1 from a Type=notify service, failing early when it exits.
+func waitReady(t *testing.T, svc *service, ch <-chan string, logPath string) {
+	t.Helper()
+	timeout := time.After(90 * time.Second) // the units' TimeoutStartSec
+	for {
+		select {
+		case m := <-ch:
+			if strings.Contains(m, "READY=1") {
+				return
+			}
+		case <-svc.done:
+			t.Fatalf("%v exited before READY=1:\n%s", svc.cmd.Args, logTail(logPath))
+		case <-timeout:
+			t.Fatalf("%v: no READY=1 within TimeoutStartSec:\n%s", svc.cmd.Args, logTail(logPath))
+		}
+	}
+}
+
+// service is a started unit command; done closes when it exited.
+type service struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// stop sends SIGTERM and waits (bounded) for the exit, as systemctl stop would.
+func (s *service) stop(t *testing.T) {
+	t.Helper()
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-s.done:
+	case <-time.After(60 * time.Second):
+		_ = s.cmd.Process.Kill()
+		<-s.done
+		t.Fatalf("%v did not stop on SIGTERM", s.cmd.Args)
+	}
+}
+
+// start runs the unit's ExecStart as systemd would: as its user and group, with its environment
+// files, STATE_DIRECTORY / RUNTIME_DIRECTORY created with their modes and set, its umask, and a
+// NOTIFY_SOCKET; it returns once the service reported READY=1.
+func (u unit) start(t *testing.T, logPath string) *service {
+	t.Helper()
+	notify, ready := notifySocket(t, filepath.Dir(logPath))
 	usr, err := user.Lookup(u.user)
 	if err != nil {
 		t.Fatal(err)
@@ -318,6 +384,7 @@ func (u unit) start(t *testing.T, logPath string) *exec.Cmd {
 		}
 		env = append(env, dir.env+"="+dir.path)
 	}
+	env = append(env, "NOTIFY_SOCKET="+notify)
 	env = append(env, u.environment...)
 	for _, ef := range u.envFiles {
 		b, err := os.ReadFile(ef)
@@ -347,35 +414,17 @@ func (u unit) start(t *testing.T, logPath string) *exec.Cmd {
 	if err != nil {
 		t.Fatal(err)
 	}
+	svc := &service{cmd: c, done: make(chan struct{})}
+	go func() { _ = c.Wait(); logf.Close(); close(svc.done) }()
 	t.Cleanup(func() {
-		if c.ProcessState == nil {
-			_ = c.Process.Signal(syscall.SIGTERM)
-			done := make(chan struct{})
-			go func() { _ = c.Wait(); close(done) }()
-			select {
-			case <-done:
-			case <-time.After(30 * time.Second):
-				_ = c.Process.Kill()
-				<-done
-			}
+		select {
+		case <-svc.done:
+		default:
+			svc.stop(t)
 		}
-		logf.Close()
 	})
-	return c
-}
-
-func stop(t *testing.T, c *exec.Cmd) {
-	t.Helper()
-	_ = c.Process.Signal(syscall.SIGTERM)
-	done := make(chan error, 1)
-	go func() { done <- c.Wait() }()
-	select {
-	case <-done:
-	case <-time.After(60 * time.Second):
-		_ = c.Process.Kill()
-		<-done
-		t.Fatalf("%v did not stop on SIGTERM", c.Args)
-	}
+	waitReady(t, svc, ready, logPath)
+	return svc
 }
 
 // poll waits for cond with a bound.
@@ -496,7 +545,7 @@ func TestPlaybookOnThisMachine(t *testing.T) {
 		if !strings.Contains(out, step.version) {
 			t.Fatalf("pmagent --version after upgrade: %q, want %s", out, step.version)
 		}
-		if _, err := os.Stat(filepath.Join("/var/lib/pmhub/sessions", session, "metadata.json")); err != nil {
+		if _, err := os.Stat(filepath.Join("/var/lib/pmhub/hub/sessions", session, "metadata.json")); err != nil {
 			t.Fatalf("session %s lost by the %s run: %v", session, step.version, err)
 		}
 	}
@@ -569,8 +618,8 @@ func profileOnce(t *testing.T, work, py string, httpPort int, tag string) string
 		}
 		return false, "no new session\n" + logTail(filepath.Join(work, "pmagent-"+tag+".log"))
 	})
-	stop(t, agent)
-	stop(t, hub)
+	agent.stop(t)
+	hub.stop(t)
 	return got.Session
 }
 
