@@ -41,11 +41,12 @@ func helpOutput(t *testing.T, binary string, env []string, args ...string) strin
 	return string(out)
 }
 
-// helpFlags parses the OPTIONS of `binary cmd --help` (without --help itself).
+// helpFlags parses the OPTIONS of `binary cmd --help` (without --help itself); cmd may name a
+// subcommand ("plugins ls").
 func helpFlags(t *testing.T, binary, cmd string, env []string) map[string]helpFlag {
 	t.Helper()
 	flags := map[string]helpFlag{}
-	for _, line := range strings.Split(helpOutput(t, binary, env, cmd), "\n") {
+	for _, line := range strings.Split(helpOutput(t, binary, env, strings.Fields(cmd)...), "\n") {
 		m := helpLineRE.FindStringSubmatch(line)
 		if m == nil || m[1] == "help" {
 			continue
@@ -65,12 +66,32 @@ func helpFlags(t *testing.T, binary, cmd string, env []string) map[string]helpFl
 	return flags
 }
 
-// commands lists a binary's commands from its --help.
+// commands lists a binary's commands from its --help; a command with subcommands is listed as
+// its subcommands ("plugins ls", "plugins add", ...).
 func commands(t *testing.T, binary string) []string {
+	t.Helper()
+	var leaves []string
+	for _, c := range subcommands(t, binary) {
+		if sub := subcommands(t, binary, c); len(sub) > 0 {
+			for _, s := range sub {
+				leaves = append(leaves, c+" "+s)
+			}
+			continue
+		}
+		leaves = append(leaves, c)
+	}
+	if len(leaves) == 0 {
+		t.Fatalf("%s --help lists no commands", binary)
+	}
+	return leaves
+}
+
+// subcommands lists the COMMANDS section of `binary path… --help` (none for a leaf command).
+func subcommands(t *testing.T, binary string, path ...string) []string {
 	t.Helper()
 	var cmds []string
 	in := false
-	for _, line := range strings.Split(helpOutput(t, binary, refEnv()), "\n") {
+	for _, line := range strings.Split(helpOutput(t, binary, refEnv(), path...), "\n") {
 		switch {
 		case strings.HasPrefix(line, "COMMANDS:"):
 			in = true
@@ -82,9 +103,6 @@ func commands(t *testing.T, binary string) []string {
 				cmds = append(cmds, name)
 			}
 		}
-	}
-	if len(cmds) == 0 {
-		t.Fatalf("%s --help lists no commands", binary)
 	}
 	return cmds
 }

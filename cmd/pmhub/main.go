@@ -10,9 +10,11 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/nats-io/nats.go"
 	"github.com/urfave/cli/v2"
 
 	"github.com/profilemate/profilemate/internal/dirs"
+	"github.com/profilemate/profilemate/internal/natsclient"
 )
 
 func main() {
@@ -52,4 +54,19 @@ func defaultData() string { return dirs.State("hub") }
 func dataFlag() cli.Flag {
 	return &cli.StringFlag{Name: "data", Value: defaultData(), EnvVars: []string{"PROFILEMATE_HUB_DATA"},
 		Usage: "the hub's data folder (sessions/, jetstream/, deadletter/)"}
+}
+
+// connectNATS connects a client command (tail, profilers, plugins run) with the shared NATS client
+// flags (internal/natsclient); errors are user-facing exits naming the command.
+func connectNATS(c *cli.Context, name string) (*nats.Conn, error) {
+	client := natsclient.FromCLI(c)
+	opts, err := client.Options()
+	if err != nil {
+		return nil, cli.Exit(name+": "+err.Error(), 2)
+	}
+	nc, err := nats.Connect(client.URL, append(opts, nats.Name(name))...)
+	if err != nil {
+		return nil, cli.Exit(fmt.Sprintf("%s: connect %s: %v", name, client.URL, err), 1)
+	}
+	return nc, nil
 }

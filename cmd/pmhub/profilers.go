@@ -13,21 +13,17 @@ import (
 	gproto "google.golang.org/protobuf/proto"
 
 	"github.com/profilemate/profilemate/hub"
+	"github.com/profilemate/profilemate/internal/natsclient"
 	"github.com/profilemate/profilemate/proto"
 	"github.com/profilemate/profilemate/proto/pmpb"
 )
 
 func profilersCommand() *cli.Command {
-	flags := []cli.Flag{
+	flags := append(natsclient.Flags("nats://"+hub.DefaultListen, "NATS URL of the hub or the cluster"),
 		&cli.StringFlag{Name: "session", EnvVars: []string{"PROFILEMATE_SESSION"}, Usage: "only the processes of this session (default: every process on the hosts)"},
-		&cli.StringSliceFlag{Name: "host", Usage: "only this host (repeatable; default: the session's hosts and every host with a heartbeat in the last --recent)"},
-		&cli.DurationFlag{Name: "recent", Value: 5 * time.Minute, Usage: "hosts count as present when their last heartbeat is this recent"},
-		&cli.StringFlag{Name: "nats", Value: "nats://" + hub.DefaultListen, EnvVars: []string{"PROFILEMATE_NATS"}, Usage: "NATS URL of the hub or the cluster"},
-		&cli.StringFlag{Name: "creds", EnvVars: []string{"PROFILEMATE_NATS_CREDS"}, Usage: "NATS .creds file"},
-		&cli.StringFlag{Name: "user", EnvVars: []string{"PROFILEMATE_NATS_USER"}},
-		&cli.StringFlag{Name: "password", EnvVars: []string{"PROFILEMATE_NATS_PASSWORD"}},
-		&cli.StringFlag{Name: "tls-ca", EnvVars: []string{"PROFILEMATE_NATS_TLS_CA"}},
-	}
+		&cli.StringSliceFlag{Name: "host", EnvVars: []string{"PROFILEMATE_PROFILERS_HOSTS"}, Usage: "only this host (repeatable, or comma separated in the variable; default: the session's hosts and every host with a heartbeat in the last --recent)"},
+		&cli.DurationFlag{Name: "recent", Value: 5 * time.Minute, EnvVars: []string{"PROFILEMATE_PROFILERS_RECENT"}, Usage: "hosts count as present when their last heartbeat is this recent"},
+	)
 	return &cli.Command{
 		Name:  "profilers",
 		Usage: "switch a profiler kind on or off in the running vLLM processes, through the agents",
@@ -51,19 +47,9 @@ func profilers(c *cli.Context, on bool) error {
 	if !proto.IsKind(kind) || kind == proto.KindGPU {
 		return cli.Exit(fmt.Sprintf("pmhub profilers %s: %q is not a shim profiler (kinds: %s)", verb, kind, strings.Join(proto.ShimKinds(), ", ")), 2)
 	}
-	opts := []nats.Option{nats.Name("pmhub profilers")}
-	if cr := c.String("creds"); cr != "" {
-		opts = append(opts, nats.UserCredentials(cr))
-	}
-	if u := c.String("user"); u != "" {
-		opts = append(opts, nats.UserInfo(u, c.String("password")))
-	}
-	if ca := c.String("tls-ca"); ca != "" {
-		opts = append(opts, nats.RootCAs(ca))
-	}
-	nc, err := nats.Connect(c.String("nats"), opts...)
+	nc, err := connectNATS(c, "pmhub profilers")
 	if err != nil {
-		return cli.Exit(fmt.Sprintf("pmhub profilers: connect %s: %v", c.String("nats"), err), 1)
+		return err
 	}
 	defer nc.Close()
 	hosts := c.StringSlice("host")

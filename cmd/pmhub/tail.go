@@ -47,14 +47,9 @@ func tail(c *cli.Context) error {
 	if k := c.String("kind"); k != "" && !proto.IsKind(k) {
 		return cli.Exit(fmt.Sprintf("pmhub tail: unknown kind %q (kinds: %s)", k, strings.Join(proto.Kinds(), ", ")), 2)
 	}
-	client := natsclient.FromCLI(c)
-	opts, err := client.Options()
+	nc, err := connectNATS(c, "pmhub tail")
 	if err != nil {
-		return cli.Exit("pmhub tail: "+err.Error(), 2)
-	}
-	nc, err := nats.Connect(client.URL, append(opts, nats.Name("pmhub tail"))...)
-	if err != nil {
-		return cli.Exit(fmt.Sprintf("pmhub tail: connect %s: %v", c.String("nats"), err), 1)
+		return err
 	}
 	defer nc.Close()
 	filt := tailFilter{rank: int32(c.Int("rank")), tp: int32(c.Int("tp")), pp: int32(c.Int("pp")), dp: int32(c.Int("dp"))}

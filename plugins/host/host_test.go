@@ -301,7 +301,7 @@ func TestHotAddBackfillsAndCloses(t *testing.T) {
 		t.Errorf("totals count %d events, want %d", sum, s.events)
 	}
 	fh, f := readRows(t, filepath.Join(s.dir(), "findings.csv"))
-	if len(f) != 1 || f[0][col(t, fh, "plugin")] != "example" || f[0][col(t, fh, "role")] != RolePlugin || f[0][col(t, fh, "host")] != "hubhost" {
+	if len(f) != 1 || f[0][col(t, fh, "plugin")] != "example" || f[0][col(t, fh, "role")] != proto.RolePlugin || f[0][col(t, fh, "host")] != "hubhost" {
 		t.Fatalf("findings %v %v", fh, f)
 	}
 	if !strings.Contains(f[0][col(t, fh, "title")], "rank 3") {
@@ -493,7 +493,7 @@ func TestEndedSessionOnlyOnRequest(t *testing.T) {
 // Derived rows go out on pm.v1.dv.…, which the stream (and so the hub's ingest) does not hold.
 func TestDerivedOnNATS(t *testing.T) {
 	r := newRig(t)
-	sub, err := r.nc.SubscribeSync(DerivedFilter("", "hubhost", ProcToken("example"), "example_batch"))
+	sub, err := r.nc.SubscribeSync(proto.DerivedFilter("", "hubhost", proto.PluginProcToken("example"), "example_batch"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -509,11 +509,11 @@ func TestDerivedOnNATS(t *testing.T) {
 	if err := gproto.Unmarshal(m.Data, &eb); err != nil {
 		t.Fatal(err)
 	}
-	if eb.GetProcess().GetRole() != RolePlugin || len(eb.GetEvents()) != 1 || eb.GetEvents()[0].GetCols()["events"].GetI() != 4 {
+	if eb.GetProcess().GetRole() != proto.RolePlugin || len(eb.GetEvents()) != 1 || eb.GetEvents()[0].GetCols()["events"].GetI() != 4 {
 		t.Fatalf("derived batch %v", &eb)
 	}
 	for _, subj := range proto.StreamSubjects() {
-		if strings.HasPrefix(DerivedPrefix+".x", strings.TrimSuffix(subj, ">")) {
+		if strings.HasPrefix(proto.DerivedPrefix+".x", strings.TrimSuffix(subj, ">")) {
 			t.Fatalf("stream subject %s would take derived rows back in", subj)
 		}
 	}

@@ -451,14 +451,14 @@ func (r *run) publish(w *sessionWriter, evs []*pmpb.Event) {
 		return
 	}
 	b := &pmpb.EventBatch{SchemaMajor: proto.SchemaMajor, SchemaMinor: proto.SchemaMinor,
-		Process: &pmpb.Process{Session: w.session, Host: r.h.cfg.HostName, Pid: r.pid, Role: RolePlugin,
+		Process: &pmpb.Process{Session: w.session, Host: r.h.cfg.HostName, Pid: r.pid, Role: proto.RolePlugin,
 			Dp: -1, Pp: -1, Tp: -1, Ep: -1, Rank: -1, Title: r.info.Name + " " + r.info.Version},
 		Events: evs}
 	data, err := gproto.Marshal(b)
 	if err != nil {
 		return
 	}
-	subj := DerivedSubject(w.session, r.h.cfg.HostName, ProcToken(r.info.Name), evs[0].Kind)
+	subj := proto.DerivedSubject(w.session, r.h.cfg.HostName, proto.PluginProcToken(r.info.Name), evs[0].Kind)
 	if err := r.h.cfg.Conn.Publish(subj, data); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
 		r.log.Debug("derived rows not published", "err", err)
 	}
