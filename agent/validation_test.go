@@ -207,8 +207,11 @@ func TestDocumentedSubjectsReceiveEvents(t *testing.T) {
 	rank0.batch(2)
 	waitFor(t, "the fixtures' processes", func() bool { return len(a.Status().Processes) >= len(hellos) })
 	a.publishGPU([]gpu.Row{{Seq: 1, TsNS: time.Now().UnixNano(), Cols: map[string]any{"gpu_index": 0, "util_gpu": 50.0}}})
-	// The hub's side of the other two core-NATS subjects.
+	// The hub's side of the other core-NATS subjects: control, and a plugin's derived rows.
 	if err := nc.Publish(pmproto.ControlSubject(host), []byte{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Publish(pmproto.DerivedSubject(session, host, pmproto.PluginProcToken("straggler"), "straggler"), []byte{}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := nc.Request(pmproto.ClockSubject, nil, 50*time.Millisecond); err != nil {

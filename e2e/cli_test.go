@@ -41,11 +41,12 @@ func helpOutput(t *testing.T, binary string, env []string, args ...string) strin
 	return string(out)
 }
 
-// helpFlags parses the OPTIONS of `binary cmd --help` (without --help itself).
+// helpFlags parses the OPTIONS of `binary cmd --help` (without --help itself); cmd may name a
+// subcommand ("plugins add").
 func helpFlags(t *testing.T, binary, cmd string, env []string) map[string]helpFlag {
 	t.Helper()
 	flags := map[string]helpFlag{}
-	for _, line := range strings.Split(helpOutput(t, binary, env, cmd), "\n") {
+	for _, line := range strings.Split(helpOutput(t, binary, env, strings.Fields(cmd)...), "\n") {
 		m := helpLineRE.FindStringSubmatch(line)
 		if m == nil || m[1] == "help" {
 			continue
@@ -65,26 +66,39 @@ func helpFlags(t *testing.T, binary, cmd string, env []string) map[string]helpFl
 	return flags
 }
 
-// commands lists a binary's commands from its --help.
+// commands lists a binary's commands from its --help; a command with subcommands is replaced by
+// them ("plugins add", …).
 func commands(t *testing.T, binary string) []string {
+	t.Helper()
+	cmds := subcommands(t, binary)
+	if len(cmds) == 0 {
+		t.Fatalf("%s --help lists no commands", binary)
+	}
+	return cmds
+}
+
+func subcommands(t *testing.T, binary string, path ...string) []string {
 	t.Helper()
 	var cmds []string
 	in := false
-	for _, line := range strings.Split(helpOutput(t, binary, refEnv()), "\n") {
+	for _, line := range strings.Split(helpOutput(t, binary, refEnv(), path...), "\n") {
 		switch {
 		case strings.HasPrefix(line, "COMMANDS:"):
 			in = true
 		case in && strings.TrimSpace(line) == "":
 			in = false
-		case in:
+		case in && strings.HasPrefix(line, "   ") && !strings.HasPrefix(line, "    "):
 			name := strings.TrimSuffix(strings.Fields(line)[0], ",")
-			if name != "help" {
-				cmds = append(cmds, name)
+			if name == "help" {
+				continue
+			}
+			sub := append(append([]string{}, path...), name)
+			if deeper := subcommands(t, binary, sub...); len(deeper) > 0 {
+				cmds = append(cmds, deeper...)
+			} else {
+				cmds = append(cmds, strings.Join(sub, " "))
 			}
 		}
-	}
-	if len(cmds) == 0 {
-		t.Fatalf("%s --help lists no commands", binary)
 	}
 	return cmds
 }
@@ -199,7 +213,7 @@ type docTable struct {
 	rows              map[string][2]string // flag -> variable, default
 }
 
-var tableHeadRE = regexp.MustCompile("^\\|\\s*`(pmagent|pmhub) ([a-z-]+)` flag\\s*\\|")
+var tableHeadRE = regexp.MustCompile("^\\|\\s*`(pmagent|pmhub) ([a-z -]+)` flag\\s*\\|")
 
 func docTables(t *testing.T) []docTable {
 	t.Helper()

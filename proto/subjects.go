@@ -15,7 +15,10 @@ const (
 	HeartbeatPrefix = SubjectRoot + ".hb"    // pm.v1.hb.<host>: Heartbeat
 	ControlPrefix   = SubjectRoot + ".ctl"   // pm.v1.ctl.<host>: Control (core NATS)
 	ClockSubject    = SubjectRoot + ".clock" // request/reply ClockRequest → ClockReply (core NATS)
-	StreamName      = "PROFILEMATE"
+	// DerivedPrefix carries plugins' derived rows (core NATS, EventBatch): pm.v1.dv.<session>.<hub
+	// host>.plugin-<name>.<kind>. It is outside the stream, so the hub's ingest never reads it back.
+	DerivedPrefix = SubjectRoot + ".dv"
+	StreamName    = "PROFILEMATE"
 )
 
 // StreamSubjects are the subjects the PROFILEMATE stream keeps.
@@ -29,8 +32,12 @@ const (
 	RoleEngineCore = "engine_core"
 	RoleWorker     = "worker"
 	RoleAgent      = "agent"
+	RolePlugin     = "plugin" // derived rows of a hub plugin
 	ProcAgent      = "agent"
 )
+
+// PluginProcToken is a plugin's process token in subjects and metadata: plugin-<name>.
+func PluginProcToken(name string) string { return "plugin-" + name }
 
 // ErrSubject marks a subject or token that does not parse.
 var ErrSubject = errors.New("bad subject")
@@ -137,6 +144,17 @@ func EventSubject(session, host, proc, kind string) string {
 	return EventPrefix + "." + Escape(session) + "." + Escape(host) + "." + fixed(proc) + "." + fixed(kind)
 }
 
+// DerivedSubject is pm.v1.dv.<session>.<host>.<proc>.<kind> for a plugin's derived rows: the
+// tokens are those of EventSubject.
+func DerivedSubject(session, host, proc, kind string) string {
+	return DerivedPrefix + "." + Escape(session) + "." + Escape(host) + "." + fixed(proc) + "." + fixed(kind)
+}
+
+// DerivedFilter matches derived subjects; an empty field matches any token.
+func DerivedFilter(session, host, proc, kind string) string {
+	return DerivedPrefix + "." + wild(session) + "." + wild(host) + "." + wildFixed(proc) + "." + wildFixed(kind)
+}
+
 // LifeSubject is pm.v1.life.<session>.<host>.<proc>.
 func LifeSubject(session, host, proc string) string {
 	return LifePrefix + "." + Escape(session) + "." + Escape(host) + "." + fixed(proc)
@@ -148,7 +166,7 @@ func fixed(tok string) string {
 		return "_"
 	}
 	for i := 0; i < len(tok); i++ {
-		if c := tok[i]; !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_') {
+		if c := tok[i]; !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
 			return Escape(tok)
 		}
 	}

@@ -10,9 +10,12 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/nats-io/nats.go"
 	"github.com/urfave/cli/v2"
 
+	"github.com/profilemate/profilemate/hub"
 	"github.com/profilemate/profilemate/internal/dirs"
+	"github.com/profilemate/profilemate/internal/natsclient"
 )
 
 func main() {
@@ -53,4 +56,25 @@ func defaultData() string { return dirs.State("hub") }
 func dataFlag() cli.Flag {
 	return &cli.StringFlag{Name: "data", Value: defaultData(), EnvVars: []string{"PROFILEMATE_HUB_DATA"},
 		Usage: "the hub's data folder (sessions/, jetstream/, deadletter/)"}
+}
+
+// hubNATSFlags are the shared NATS client flags (internal/natsclient) of the pmhub commands that
+// talk to a running hub: --nats defaults to the embedded server's default address.
+func hubNATSFlags() []cli.Flag {
+	return natsclient.Flags("nats://"+hub.DefaultListen, "NATS URL of the hub or the cluster")
+}
+
+// connectNATS connects with the hubNATSFlags of c, named name; errors are cli exit errors naming
+// the command (2: flags that do not go together, 1: no connection).
+func connectNATS(c *cli.Context, name string) (*nats.Conn, error) {
+	client := natsclient.FromCLI(c)
+	opts, err := client.Options()
+	if err != nil {
+		return nil, cli.Exit(name+": "+err.Error(), 2)
+	}
+	nc, err := nats.Connect(client.URL, append(opts, nats.Name(name))...)
+	if err != nil {
+		return nil, cli.Exit(fmt.Sprintf("%s: connect %s: %v", name, client.URL, err), 1)
+	}
+	return nc, nil
 }

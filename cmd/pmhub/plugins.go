@@ -12,7 +12,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/urfave/cli/v2"
 
 	"github.com/profilemate/profilemate/hub"
@@ -82,7 +81,7 @@ func pluginsCommand() *cli.Command {
 		Subcommands: []*cli.Command{
 			{
 				Name: "ls", Usage: "list the plugins the running hub has (name, version, components, kinds, state, lag, restarts, rows)",
-				Flags:  []cli.Flag{data, &cli.BoolFlag{Name: "json", Usage: "print status.json's objects"}},
+				Flags:  []cli.Flag{data, &cli.BoolFlag{Name: "json", EnvVars: []string{"PROFILEMATE_JSON"}, Usage: "print status.json's objects"}},
 				Action: pluginsLs,
 			},
 			{
@@ -96,14 +95,8 @@ func pluginsCommand() *cli.Command {
 			{
 				Name: "run", Usage: "run a plugin over one session (ended ones too) and write the rows it is missing",
 				ArgsUsage: "NAME|PATH SESSION",
-				Flags: []cli.Flag{data, dir, allow, timeout,
-					&cli.StringFlag{Name: "nats", Value: "nats://" + hub.DefaultListen, EnvVars: []string{"PROFILEMATE_NATS"}, Usage: "NATS URL of the hub"},
-					&cli.StringFlag{Name: "creds", EnvVars: []string{"PROFILEMATE_NATS_CREDS"}, Usage: "NATS .creds file"},
-					&cli.StringFlag{Name: "user", EnvVars: []string{"PROFILEMATE_NATS_USER"}},
-					&cli.StringFlag{Name: "password", EnvVars: []string{"PROFILEMATE_NATS_PASSWORD"}},
-					&cli.StringFlag{Name: "tls-ca", EnvVars: []string{"PROFILEMATE_NATS_TLS_CA"}},
-				},
-				Action: pluginsRun,
+				Flags:     append([]cli.Flag{data, dir, allow, timeout}, hubNATSFlags()...),
+				Action:    pluginsRun,
 			},
 		},
 	}
@@ -266,19 +259,9 @@ func pluginsRun(c *cli.Context) error {
 	if err != nil {
 		return cli.Exit(err.Error(), 2)
 	}
-	opts := []nats.Option{nats.Name("pmhub plugins run")}
-	if cr := c.String("creds"); cr != "" {
-		opts = append(opts, nats.UserCredentials(cr))
-	}
-	if u := c.String("user"); u != "" {
-		opts = append(opts, nats.UserInfo(u, c.String("password")))
-	}
-	if ca := c.String("tls-ca"); ca != "" {
-		opts = append(opts, nats.RootCAs(ca))
-	}
-	nc, err := nats.Connect(c.String("nats"), opts...)
+	nc, err := connectNATS(c, "pmhub plugins run")
 	if err != nil {
-		return cli.Exit(fmt.Sprintf("pmhub plugins run: connect %s: %v", c.String("nats"), err), 1)
+		return err
 	}
 	defer nc.Close()
 	tmpState, err := os.MkdirTemp("", "pmhub-plugins-run")

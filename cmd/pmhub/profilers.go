@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"sort"
 	"strings"
 	"time"
@@ -12,7 +13,7 @@ import (
 	"github.com/urfave/cli/v2"
 	gproto "google.golang.org/protobuf/proto"
 
-	"github.com/profilemate/profilemate/hub"
+	"github.com/profilemate/profilemate/plugins/host"
 	"github.com/profilemate/profilemate/proto"
 	"github.com/profilemate/profilemate/proto/pmpb"
 )
@@ -20,14 +21,10 @@ import (
 func profilersCommand() *cli.Command {
 	flags := []cli.Flag{
 		&cli.StringFlag{Name: "session", EnvVars: []string{"PROFILEMATE_SESSION"}, Usage: "only the processes of this session (default: every process on the hosts)"},
-		&cli.StringSliceFlag{Name: "host", Usage: "only this host (repeatable; default: the session's hosts and every host with a heartbeat in the last --recent)"},
-		&cli.DurationFlag{Name: "recent", Value: 5 * time.Minute, Usage: "hosts count as present when their last heartbeat is this recent"},
-		&cli.StringFlag{Name: "nats", Value: "nats://" + hub.DefaultListen, EnvVars: []string{"PROFILEMATE_NATS"}, Usage: "NATS URL of the hub or the cluster"},
-		&cli.StringFlag{Name: "creds", EnvVars: []string{"PROFILEMATE_NATS_CREDS"}, Usage: "NATS .creds file"},
-		&cli.StringFlag{Name: "user", EnvVars: []string{"PROFILEMATE_NATS_USER"}},
-		&cli.StringFlag{Name: "password", EnvVars: []string{"PROFILEMATE_NATS_PASSWORD"}},
-		&cli.StringFlag{Name: "tls-ca", EnvVars: []string{"PROFILEMATE_NATS_TLS_CA"}},
+		&cli.StringSliceFlag{Name: "host", EnvVars: []string{"PROFILEMATE_PROFILERS_HOSTS"}, Usage: "only this host (repeatable; default: the session's hosts and every host with a heartbeat in the last --recent)"},
+		&cli.DurationFlag{Name: "recent", Value: 5 * time.Minute, EnvVars: []string{"PROFILEMATE_PROFILERS_RECENT"}, Usage: "hosts count as present when their last heartbeat is this recent"},
 	}
+	flags = append(flags, hubNATSFlags()...)
 	return &cli.Command{
 		Name:  "profilers",
 		Usage: "switch a profiler kind on or off in the running vLLM processes, through the agents",
@@ -51,19 +48,9 @@ func profilers(c *cli.Context, on bool) error {
 	if !proto.IsKind(kind) || kind == proto.KindGPU {
 		return cli.Exit(fmt.Sprintf("pmhub profilers %s: %q is not a shim profiler (kinds: %s)", verb, kind, strings.Join(proto.ShimKinds(), ", ")), 2)
 	}
-	opts := []nats.Option{nats.Name("pmhub profilers")}
-	if cr := c.String("creds"); cr != "" {
-		opts = append(opts, nats.UserCredentials(cr))
-	}
-	if u := c.String("user"); u != "" {
-		opts = append(opts, nats.UserInfo(u, c.String("password")))
-	}
-	if ca := c.String("tls-ca"); ca != "" {
-		opts = append(opts, nats.RootCAs(ca))
-	}
-	nc, err := nats.Connect(c.String("nats"), opts...)
+	nc, err := connectNATS(c, "pmhub profilers")
 	if err != nil {
-		return cli.Exit(fmt.Sprintf("pmhub profilers: connect %s: %v", c.String("nats"), err), 1)
+		return err
 	}
 	defer nc.Close()
 	hosts := c.StringSlice("host")
@@ -89,6 +76,15 @@ func profilers(c *cli.Context, on bool) error {
 	}
 	if err := nc.Flush(); err != nil {
 		return cli.Exit("pmhub profilers: "+err.Error(), 1)
+	}
+	// Kept for the hub: a person's "off" wins over a plugin's need for the kind.
+	js, err := jetstream.New(nc)
+	if err == nil {
+		user := os.Getenv("USER")
+		err = host.RecordChoice(c.Context, js, c.String("session"), kind, on, user)
+	}
+	if err != nil {
+		fmt.Fprintf(c.App.ErrWriter, "pmhub profilers: the choice was sent but not kept for the hub's plugins: %v\n", err)
 	}
 	scope := "every session"
 	if s := c.String("session"); s != "" {

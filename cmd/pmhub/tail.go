@@ -10,8 +10,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/urfave/cli/v2"
 
-	"github.com/profilemate/profilemate/hub"
-	"github.com/profilemate/profilemate/internal/natsclient"
 	"github.com/profilemate/profilemate/proto"
 	"github.com/profilemate/profilemate/proto/pmpb"
 )
@@ -20,7 +18,7 @@ func tailCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "tail",
 		Usage: "stream events live from NATS, one line per event",
-		Flags: append(natsclient.Flags("nats://"+hub.DefaultListen, "NATS URL of the hub or the cluster"),
+		Flags: append(hubNATSFlags(),
 			&cli.StringFlag{Name: "session", Usage: "only this session", EnvVars: []string{"PROFILEMATE_TAIL_SESSION"}},
 			&cli.StringFlag{Name: "host", Usage: "only this host", EnvVars: []string{"PROFILEMATE_TAIL_HOST"}},
 			&cli.StringFlag{Name: "kind", Usage: "only this event kind (kv_cache, preemption, cuda_graph, …)", EnvVars: []string{"PROFILEMATE_TAIL_KIND"}},
@@ -47,14 +45,9 @@ func tail(c *cli.Context) error {
 	if k := c.String("kind"); k != "" && !proto.IsKind(k) {
 		return cli.Exit(fmt.Sprintf("pmhub tail: unknown kind %q (kinds: %s)", k, strings.Join(proto.Kinds(), ", ")), 2)
 	}
-	client := natsclient.FromCLI(c)
-	opts, err := client.Options()
+	nc, err := connectNATS(c, "pmhub tail")
 	if err != nil {
-		return cli.Exit("pmhub tail: "+err.Error(), 2)
-	}
-	nc, err := nats.Connect(client.URL, append(opts, nats.Name("pmhub tail"))...)
-	if err != nil {
-		return cli.Exit(fmt.Sprintf("pmhub tail: connect %s: %v", c.String("nats"), err), 1)
+		return err
 	}
 	defer nc.Close()
 	filt := tailFilter{rank: int32(c.Int("rank")), tp: int32(c.Int("tp")), pp: int32(c.Int("pp")), dp: int32(c.Int("dp"))}

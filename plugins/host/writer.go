@@ -196,7 +196,7 @@ func (w *sessionWriter) write(rows []*pluginpb.Row, nowNS int64) (written, error
 			ts = nowNS
 		}
 		ev := &pmpb.Event{Kind: t.Kind, Table: l.table, Seq: uint64(w.seq), Step: l.row.GetStep(), TsNs: ts, Cols: map[string]*pmpb.Value{}}
-		rec := []string{w.session, w.hostName, strconv.FormatInt(w.pid, 10), RolePlugin,
+		rec := []string{w.session, w.hostName, strconv.FormatInt(w.pid, 10), proto.RolePlugin,
 			strconv.Itoa(int(l.row.GetDp())), strconv.Itoa(int(l.row.GetPp())), strconv.Itoa(int(l.row.GetTp())), strconv.Itoa(int(l.row.GetEp())),
 			strconv.FormatInt(w.seq, 10), strconv.FormatInt(l.row.GetStep(), 10), strconv.FormatInt(ts, 10),
 			w.plugin, w.version, strconv.FormatUint(l.key.inputSeq, 10), strconv.FormatInt(l.key.row, 10)}
