@@ -43,6 +43,7 @@ func newApp() *cli.App {
 			profilersCommand(),
 			reportCommand(),
 			exportCommand(),
+			analysisPluginCommand(),
 		},
 	}
 }

@@ -118,8 +118,9 @@ type Summary struct {
 	// Ends is how each process ended, by host/proc: clean, lost, "killed (SIGKILL)", or running.
 	Ends map[string]string `json:"end_states"`
 	Dir  string            `json:"dir"`
-	// Findings are the plugins' findings (findings.csv), most severe first; Plugins what each
-	// plugin did with the session (plugins.json).
+	// Findings are the plugins' findings (findings.csv), most severe first; without that file,
+	// those package analysis computes from the tables (plugin_version "computed"). Plugins is what
+	// each plugin did with the session (plugins.json).
 	Findings []Finding                     `json:"findings,omitempty"`
 	Plugins  map[string]host.SessionPlugin `json:"plugins,omitempty"`
 }
@@ -264,6 +265,11 @@ func summarize(dir string) (*Summary, error) {
 	if s.Plugins, err = host.ReadSessionPlugins(dir); err != nil {
 		return nil, err
 	}
+	if len(s.Findings) == 0 {
+		if s.Findings, err = computedFindings(dir); err != nil {
+			return nil, err
+		}
+	}
 	return s, nil
 }
 
@@ -380,6 +386,7 @@ func (s *Summary) print(w io.Writer) {
 	}
 	printPluginWork(w, s.Plugins)
 	printFindings(w, s.Findings)
+	noteComputed(w, s.Findings)
 	fmt.Fprintln(w, "  rows per table:")
 	for _, t := range sortedKeys(s.Rows) {
 		fmt.Fprintf(w, "    %-24s %d\n", t, s.Rows[t])
