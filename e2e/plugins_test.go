@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -198,4 +199,65 @@ func TestPluginHotAddKillRemove(t *testing.T) {
 		_, listed := pluginsLs(t, data)["example"]
 		return !listed && syscall.Kill(int(pid), 0) != nil
 	})
+}
+
+// TestPluginGuards: pmhub serve with an allowlist and a short call deadline. A binary not on the
+// list is refused (one log line, "refused" in plugins ls); a half-written binary waits; a plugin
+// that hangs in Consume misses the deadline and is restarted while the hub's rows keep landing.
+func TestPluginGuards(t *testing.T) {
+	bin(t, "pmagent")
+	example := examplePlugin(t)
+	hang := filepath.Join(binDir, "hang")
+	b := exec.Command("go", "build", "-o", hang, "./plugins/host/testdata/hang")
+	b.Dir = ".."
+	if out, err := b.CombinedOutput(); err != nil {
+		t.Fatalf("build hang: %v\n%s", err, out)
+	}
+	sum := strings.Fields(string(pmhubOutCmd(t, "sha256sum", hang)))[0]
+	allow := filepath.Join(t.TempDir(), "allow")
+	if err := os.WriteFile(allow, []byte(sum+"  hang\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	data := t.TempDir()
+	plugDir := filepath.Join(data, "plugins")
+	h := startHub(t, data, freeAddr(t), "--plugins-allow", allow, "--plugin-timeout", "1s")
+
+	eb, _ := os.ReadFile(example)
+	os.WriteFile(filepath.Join(plugDir, "example"), eb, 0o755)
+	hb, _ := os.ReadFile(hang)
+	os.WriteFile(filepath.Join(plugDir, "half"), hb[:len(hb)/2], 0o755)
+	os.WriteFile(filepath.Join(plugDir, "hang"), hb, 0o755)
+	agWaitFor(t, time.Minute, "example refused, half waiting, hang running", func() bool {
+		ls := pluginsLs(t, data)
+		return ls["example"].State == host.StateRefused && ls["half"].State == host.StateWaiting &&
+			strings.HasPrefix(ls["half"].Reason, "incomplete binary") && ls["hang"].State == host.StateRunning
+	})
+	if ls := pluginsLs(t, data); ls["example"].PID != 0 || ls["half"].PID != 0 {
+		t.Fatalf("a refused or incomplete binary was started: %+v", ls)
+	}
+
+	session := "20261130_061100_0f0f0f"
+	py, env, _ := agSim(t, "PMSIM_REQUESTS=6")
+	args := append([]string{"run", "--nats", h.url, "--host", "guard-host", "--session", session, "--spool-dir", t.TempDir()}, agSimArgs(py)...)
+	p := agStart(t, env, args...)
+	agWaitFor(t, time.Minute, "the hung plugin timed out and restarted", func() bool {
+		st := pluginsLs(t, data)["hang"]
+		return st.Restarts >= 1 && strings.Contains(st.LastError, "missed the 1s deadline")
+	})
+	if err := p.wait(t, 4*time.Minute); err != nil {
+		t.Fatalf("pmagent run: %v\n%s", err, p.output())
+	}
+	agWaitFor(t, time.Minute, "the hub to end the session with its rows", func() bool {
+		m, err := hub.ReadMetadata(hub.SessionDir(data, session))
+		return err == nil && m.Status == hub.StatusEnded && m.Rows["forward_pass_timing"] > 0
+	})
+}
+
+func pmhubOutCmd(t *testing.T, name string, args ...string) []byte {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %v: %v\n%s", name, args, err, out)
+	}
+	return out
 }

@@ -18,8 +18,9 @@ func TestPythonSuites(t *testing.T) {
 	testkit.RunSuites(t, dir, filepath.Join(root, "shim"), "test_*.py")
 }
 
-// TestMoETorch runs the MoE counter's tensor path on CPU tensors with the system interpreter,
-// which has Debian's python3-torch; skipped where that interpreter cannot import torch.
+// TestMoETorch runs the MoE counter's tensor path (counting; switching moe_expert off and on) on
+// CPU tensors with the system interpreter, which has Debian's python3-torch; skipped where that
+// interpreter cannot import torch.
 func TestMoETorch(t *testing.T) {
 	const sys = "/usr/bin/python3"
 	if err := exec.Command(sys, "-c", "import torch").Run(); err != nil {
@@ -27,7 +28,7 @@ func TestMoETorch(t *testing.T) {
 	}
 	root := testkit.RepoRoot(t)
 	testkit.RunUnittest(t, pyenv.Interpreter{Version: "system", Path: sys}, filepath.Join(root, "shim", "tests"),
-		filepath.Join(root, "shim"), "test_moe_torch.py")
+		filepath.Join(root, "shim"), "test_moe_*.py")
 }
 
 // TestUnpack writes the embedded shim and checks the files arrive and the version is stable.

@@ -109,6 +109,8 @@ type Host struct {
 	seen     map[string]fileSeen
 	refused  map[string]bool        // sha256 already logged as refused
 	needs    map[needKey]*needState // kinds plugins need, per session and kind
+	kv       jetstream.KeyValue     // people's profiler choices, once the bucket exists
+	kvLooked time.Time
 	dirty    bool
 }
 

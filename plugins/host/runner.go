@@ -234,7 +234,7 @@ func (r *run) loop(ctx context.Context) error {
 				return nil
 			}
 			if r.once == "" {
-				r.watchChoices(ctx)
+				r.watchChoices(ctx, false)
 			}
 		}
 		r.h.update(r.file, func(s *Status) { s.Lag = r.pending; s.Sessions = r.openCount() })
@@ -515,7 +515,7 @@ func (r *run) closeEnded(ctx context.Context) (bool, error) {
 			continue
 		}
 		if r.once == "" {
-			r.watchChoices(ctx) // a choice made before the end reaches the plugin before its final rows
+			r.watchChoices(ctx, true) // a choice made before the end reaches the plugin before its final rows
 		}
 		var rows []*pluginpb.Row
 		if err := r.call(ctx, "close session", func(c context.Context) error {

@@ -54,9 +54,9 @@ func RecordChoice(ctx context.Context, js jetstream.JetStream, session, kind str
 
 // personChoice returns a person's choice for the session and kind (the session's own before the
 // every-session one); ok is false when nobody chose.
-func (h *Host) personChoice(ctx context.Context, session, kind string) (Choice, bool) {
-	kv, err := h.js.KeyValue(ctx, ProfilersBucket)
-	if err != nil {
+func (h *Host) personChoice(ctx context.Context, session, kind string, force bool) (Choice, bool) {
+	kv := h.choices(ctx, force)
+	if kv == nil {
 		return Choice{}, false
 	}
 	for _, key := range []string{ChoiceKey(session, kind), ChoiceKey("", kind)} {
@@ -70,6 +70,26 @@ func (h *Host) personChoice(ctx context.Context, session, kind string) (Choice, 
 		}
 	}
 	return Choice{}, false
+}
+
+// choices is the bucket of people's choices, kept once it exists; before that it is looked up at
+// most every 5 s, or at once with force (before a session's final rows).
+func (h *Host) choices(ctx context.Context, force bool) jetstream.KeyValue {
+	h.mu.Lock()
+	kv, last := h.kv, h.kvLooked
+	h.mu.Unlock()
+	if kv != nil || !force && time.Since(last) < 5*time.Second {
+		return kv
+	}
+	kv, err := h.js.KeyValue(ctx, ProfilersBucket)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.kvLooked = time.Now()
+	if err != nil {
+		return nil
+	}
+	h.kv = kv
+	return kv
 }
 
 // sendProfiler publishes a profiler Control to each host of a session.
@@ -119,7 +139,7 @@ func (r *run) need(ctx context.Context, session string, m *hub.Metadata) {
 	sort.Strings(hosts)
 	off := disabledKinds(m)
 	for _, k := range r.info.Kinds {
-		if c, ok := r.h.personChoice(ctx, session, k); ok && !c.Enabled {
+		if c, ok := r.h.personChoice(ctx, session, k, true); ok && !c.Enabled {
 			r.tell(ctx, session, k, false, "switched off by a person")
 			continue
 		}
@@ -192,7 +212,7 @@ func (h *Host) release(ctx context.Context, file string) {
 	}
 	h.mu.Unlock()
 	for i, k := range offs {
-		if c, ok := h.personChoice(ctx, k.session, k.kind); ok && c.Enabled {
+		if c, ok := h.personChoice(ctx, k.session, k.kind, true); ok && c.Enabled {
 			continue
 		}
 		if err := h.sendProfiler(k.session, hosts[i], k.kind, false); err == nil {
@@ -202,7 +222,7 @@ func (h *Host) release(ctx context.Context, file string) {
 }
 
 // watchChoices tells the plugin when a person switches one of its kinds in an open session.
-func (r *run) watchChoices(ctx context.Context) {
+func (r *run) watchChoices(ctx context.Context, force bool) {
 	if r.h.js == nil {
 		return
 	}
@@ -214,7 +234,7 @@ func (r *run) watchChoices(ctx context.Context) {
 			continue
 		}
 		for _, k := range r.info.Kinds {
-			c, ok := r.h.personChoice(ctx, id, k)
+			c, ok := r.h.personChoice(ctx, id, k, force)
 			if !ok {
 				continue
 			}

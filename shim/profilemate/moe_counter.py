@@ -37,6 +37,10 @@ class Counters:
         self.last_step = 0
         self.modes = set()
         self.unobservable = ""  # reason, when counts cannot be taken without bias
+        # Set when moe_expert is switched on again (runtime.set_profiler): the device counters went
+        # on counting while it was off (a captured CUDA graph replays its index_add_), so the next
+        # snapshot only moves the baseline and rows after "on" cover only steps after it.
+        self.rebase_pending = False
 
     # ------------------------------------------------------------ hot path
     def count(self, name, experts, topk_ids):
@@ -105,7 +109,8 @@ class Counters:
                 copies.append((c, counts.tolist()))
         if event is not None:
             event.record()
-        self.pending = (step, step - self.last_step, "|".join(sorted(self.modes)), copies, event)
+        rebase, self.rebase_pending = self.rebase_pending, False
+        self.pending = (step, step - self.last_step, "|".join(sorted(self.modes)), copies, event, rebase)
         self.last_step = step
         self.modes = set()
         return True
@@ -115,7 +120,7 @@ class Counters:
         p = self.pending
         if p is None:
             return False
-        step, steps, modes, copies, event = p
+        step, steps, modes, copies, event, rebase = p
         if event is not None:
             try:
                 if not event.query():
@@ -123,6 +128,11 @@ class Counters:
             except Exception:
                 return False
         self.pending = None
+        if rebase:
+            for c, host in copies:
+                if host is not None and c.status == "counted":
+                    c.last = list(host.tolist() if hasattr(host, "tolist") else host)
+            return True
         if self.unobservable and not copies:
             emit(step, {"layer": "", "layer_index": -1, "expert": -1, "count": "", "interval_steps": steps,
                         "status": "unobservable", "runtime_modes": modes})

@@ -328,6 +328,10 @@ def set_profiler(kind, on):
     global _enabled
     if _enabled is None:
         _enabled = set(schema.KINDS)
+    if on and kind == "moe_expert" and kind not in _enabled:
+        mc = sys.modules.get("profilemate.moe_counter")
+        if mc is not None:
+            mc.COUNTERS.rebase_pending = True
     (_enabled.add if on else _enabled.discard)(kind)
     RECORDER.enabled_kinds = set(_enabled)
     for name, entry in S.targets.items():

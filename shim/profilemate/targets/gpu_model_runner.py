@@ -191,7 +191,7 @@ def _execute(original, rt):
         if COUNTERS.layers or COUNTERS.unobservable:
             COUNTERS.poll(emit)
             iv = _interval[0] or _interval.__setitem__(0, moe_interval()) or _interval[0]
-            if step - COUNTERS.last_step >= iv:
+            if step - COUNTERS.last_step >= iv or COUNTERS.rebase_pending:
                 COUNTERS.snapshot(step)
                 COUNTERS.poll(emit)
     return execute_model
