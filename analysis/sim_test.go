@@ -97,6 +97,8 @@ func runSim(t *testing.T, env map[string]string) (string, *simTruth) {
 		"PMSIM_GROUND_TRUTH":      gt,
 		"PMSIM_STEP_WORK_MS":      "0",
 		"PROFILEMATE_OUTPUT_DIR":  out,
+		// Standalone folder only: an agent at a default socket path must not receive these events.
+		"PROFILEMATE_SOCKET": "off",
 	}
 	for k, v := range env {
 		vars[k] = v
