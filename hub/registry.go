@@ -6,32 +6,41 @@ import (
 	"regexp"
 )
 
-// Sessions lists every session folder under the data folder, open ones from memory, the others
-// from their metadata.json.
+// Sessions lists every session folder under the data folder and every open session, open ones
+// from memory (a session whose first round is being applied has no folder yet), the others from
+// their metadata.json.
 func (s *Server) Sessions() []SessionInfo {
-	ents, _ := os.ReadDir(sessionsDir(s.cfg.DataDir))
+	// The folder is listed under the lock and open sessions come from memory: a session whose
+	// first round is being applied has no folder yet but is active (metrics pruning relies on it).
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	ents, _ := os.ReadDir(sessionsDir(s.cfg.DataDir))
 	out := []SessionInfo{}
-	for _, e := range ents {
-		if !e.IsDir() {
-			continue
-		}
-		dir := SessionDir(s.cfg.DataDir, e.Name())
-		var m *Metadata
-		if ss := s.sessions[e.Name()]; ss != nil {
-			m = &ss.meta
-		} else if mm, err := ReadMetadata(dir); err == nil {
-			m = mm
-		} else {
-			continue
-		}
+	add := func(dir string, m *Metadata) {
 		rows := make(map[string]int64, len(m.Rows))
 		for k, v := range m.Rows {
 			rows[k] = v
 		}
 		out = append(out, SessionInfo{Session: m.Session, Dir: dir, Status: m.Status, EndReason: m.EndReason,
 			Hosts: sortedKeys(m.Hosts), Processes: len(m.Processes), Rows: rows, Bytes: m.Bytes})
+	}
+	listed := map[string]bool{}
+	for _, e := range ents {
+		if !e.IsDir() {
+			continue
+		}
+		dir := SessionDir(s.cfg.DataDir, e.Name())
+		if ss := s.sessions[e.Name()]; ss != nil {
+			listed[e.Name()] = true
+			add(dir, &ss.meta)
+		} else if mm, err := ReadMetadata(dir); err == nil {
+			add(dir, mm)
+		}
+	}
+	for _, id := range sortedKeys(s.sessions) {
+		if !listed[id] {
+			add(SessionDir(s.cfg.DataDir, id), &s.sessions[id].meta)
+		}
 	}
 	return out
 }

@@ -135,6 +135,8 @@ class Base(unittest.TestCase):
     def popen(self, body, env):
         e = {k: v for k, v in os.environ.items()
              if not k.startswith(("PROFILEMATE_", "VLLM_", "PMSIM_")) and k != "PYTHONPATH"}
+        # As h.run: no agent lookup unless the test names a socket (an agent at a default path on
+        # this machine must not receive the test's events).
         e.update({"PYTHONPATH": os.pathsep.join([h.SHIM, self.tree]), "PYTHONDONTWRITEBYTECODE": "1",
                   "PROFILEMATE_OUTPUT_DIR": os.path.join(self.out, "pm"), "TMPDIR": self.tmp,
                   "PROFILEMATE_SOCKET": "off"})
@@ -670,7 +672,9 @@ class AgentDiscovery(Base):
         return r
 
     def env(self, **kw):
-        e = {"PROFILEMATE_SOCKET": ""}  # installed shims: no socket named
+        # Installed shims: no socket named. The machine's own runtime folders are blanked so that
+        # only the folders a test names (and its private TMPDIR) can be found, never a real agent.
+        e = {"PROFILEMATE_SOCKET": "", "RUNTIME_DIRECTORY": "", "XDG_RUNTIME_DIR": ""}
         e.update(kw)
         return e
 
