@@ -66,19 +66,21 @@ type HostMeta struct {
 
 // ProcMeta is one process of a session.
 type ProcMeta struct {
-	Host    string   `json:"host"`
-	PID     int64    `json:"pid"`
-	Proc    string   `json:"proc"`
-	Ident            // role and ranks
-	PPID    int64    `json:"ppid,omitempty"`
-	GPUUUID string   `json:"gpu_uuid,omitempty"`
-	Python  string   `json:"python,omitempty"`
-	VLLM    string   `json:"vllm,omitempty"`
-	Title   string   `json:"title,omitempty"`
-	Argv    []string `json:"argv,omitempty"`
-	StartNS int64    `json:"start_ns,omitempty"`
-	Ended   bool     `json:"ended"`
-	EndNS   int64    `json:"end_ns,omitempty"`
+	Host string `json:"host"`
+	PID  int64  `json:"pid"`
+	// Instance is the shim's per-start id (16 hex digits; empty from older shims).
+	Instance string   `json:"instance,omitempty"`
+	Proc     string   `json:"proc"`
+	Ident             // role and ranks
+	PPID     int64    `json:"ppid,omitempty"`
+	GPUUUID  string   `json:"gpu_uuid,omitempty"`
+	Python   string   `json:"python,omitempty"`
+	VLLM     string   `json:"vllm,omitempty"`
+	Title    string   `json:"title,omitempty"`
+	Argv     []string `json:"argv,omitempty"`
+	StartNS  int64    `json:"start_ns,omitempty"`
+	Ended    bool     `json:"ended"`
+	EndNS    int64    `json:"end_ns,omitempty"`
 	// EndState is how the process ended: clean (it said goodbye), lost (its connection or pid went
 	// away without one, or its host's agent closed the session first), killed (its parent saw a
 	// signal end it: EndSignal, e.g. "SIGKILL"). Empty while it runs.

@@ -29,10 +29,13 @@ type Batch struct {
 	Host    string
 	Proc    string
 	PID     int64
-	Kind    string
-	Ident   Ident
-	Events  []Event
-	Dropped uint64 // events the process dropped so far (cumulative)
+	// Instance is the shim's per-start id (empty from older shims): with Host and PID it names
+	// the process whose seen-state dedupes these events.
+	Instance string
+	Kind     string
+	Ident    Ident
+	Events   []Event
+	Dropped  uint64 // events the process dropped so far (cumulative)
 }
 
 // Target is the patch status of one vLLM target inside a process.
@@ -48,20 +51,22 @@ type Life struct {
 	Host    string
 	Proc    string
 	PID     int64
-	Type    string // LifeHello, LifeStatus, LifeBye
-	Ident   Ident
-	PPID    int64
-	Python  string
-	VLLM    string
-	GPUUUID string
-	Title   string
-	Argv    []string
-	StartNS int64
-	Targets []Target
-	Dropped uint64 // bye: the process's drops; end: all shims' drops on the host
-	LastSeq uint64
-	EndNS   int64
-	Clean   bool // bye: the shim said goodbye (false: its connection just ended)
+	// Instance is the shim's per-start id (empty from older shims and agent records).
+	Instance string
+	Type     string // LifeHello, LifeStatus, LifeBye
+	Ident    Ident
+	PPID     int64
+	Python   string
+	VLLM     string
+	GPUUUID  string
+	Title    string
+	Argv     []string
+	StartNS  int64
+	Targets  []Target
+	Dropped  uint64 // bye: the process's drops; end: all shims' drops on the host
+	LastSeq  uint64
+	EndNS    int64
+	Clean    bool // bye: the shim said goodbye (false: its connection just ended)
 	// EndState (bye): clean, lost or killed — an older agent's empty value reads as clean when
 	// Clean is set, else lost; EndSignal: the signal of a killed process.
 	EndState  string

@@ -110,7 +110,7 @@ func (w *wireSchema) genericBatch(data []byte, f proto.SubjectFields) (*Batch, e
 	}
 	p := eb.GetProcess()
 	b := &Batch{
-		Session: p.GetSession(), Host: p.GetHost(), Proc: f.Proc, PID: p.GetPid(), Kind: f.Kind,
+		Session: p.GetSession(), Host: p.GetHost(), Proc: f.Proc, PID: p.GetPid(), Instance: p.GetInstance(), Kind: f.Kind,
 		Ident: identOf(p), Dropped: eb.GetDropped(),
 		Events: make([]Event, 0, len(eb.GetEvents())),
 	}
@@ -151,7 +151,7 @@ func decodeLife(subject string, data []byte) (any, error) {
 	}
 	p := lc.GetProcess()
 	l := &Life{
-		Session: p.GetSession(), Host: p.GetHost(), Proc: f.Proc, PID: p.GetPid(), Ident: identOf(p),
+		Session: p.GetSession(), Host: p.GetHost(), Proc: f.Proc, PID: p.GetPid(), Instance: p.GetInstance(), Ident: identOf(p),
 		PPID: p.GetPpid(), Python: p.GetPython(), VLLM: p.GetVllm(), GPUUUID: p.GetGpuUuid(),
 		Title: p.GetTitle(), Argv: p.GetArgv(), StartNS: p.GetStartNs(),
 	}

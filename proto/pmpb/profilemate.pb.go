@@ -246,23 +246,26 @@ func (x *Event) GetCols() map[string]*Value {
 // Process is who recorded the events: the identity a shim announces in its hello, completed by
 // the agent (session, host). Unknown ranks are -1.
 type Process struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Session       string                 `protobuf:"bytes,1,opt,name=session,proto3" json:"session,omitempty"`
-	Host          string                 `protobuf:"bytes,2,opt,name=host,proto3" json:"host,omitempty"`
-	Pid           int64                  `protobuf:"varint,3,opt,name=pid,proto3" json:"pid,omitempty"`
-	Ppid          int64                  `protobuf:"varint,4,opt,name=ppid,proto3" json:"ppid,omitempty"`
-	Role          string                 `protobuf:"bytes,5,opt,name=role,proto3" json:"role,omitempty"` // api_server, engine_core, worker; agent for agent-made rows without an owner
-	Dp            int32                  `protobuf:"varint,6,opt,name=dp,proto3" json:"dp,omitempty"`
-	Pp            int32                  `protobuf:"varint,7,opt,name=pp,proto3" json:"pp,omitempty"`
-	Tp            int32                  `protobuf:"varint,8,opt,name=tp,proto3" json:"tp,omitempty"`
-	Ep            int32                  `protobuf:"varint,9,opt,name=ep,proto3" json:"ep,omitempty"`
-	Rank          int32                  `protobuf:"varint,10,opt,name=rank,proto3" json:"rank,omitempty"` // global worker rank (worker), api index (api_server); -1 when unknown
-	Python        string                 `protobuf:"bytes,11,opt,name=python,proto3" json:"python,omitempty"`
-	Vllm          string                 `protobuf:"bytes,12,opt,name=vllm,proto3" json:"vllm,omitempty"`
-	GpuUuid       string                 `protobuf:"bytes,13,opt,name=gpu_uuid,json=gpuUuid,proto3" json:"gpu_uuid,omitempty"`
-	Title         string                 `protobuf:"bytes,14,opt,name=title,proto3" json:"title,omitempty"` // process title (e.g. VLLM::Worker_TP1)
-	StartNs       int64                  `protobuf:"varint,15,opt,name=start_ns,json=startNs,proto3" json:"start_ns,omitempty"`
-	Argv          []string               `protobuf:"bytes,16,rep,name=argv,proto3" json:"argv,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Session string                 `protobuf:"bytes,1,opt,name=session,proto3" json:"session,omitempty"`
+	Host    string                 `protobuf:"bytes,2,opt,name=host,proto3" json:"host,omitempty"`
+	Pid     int64                  `protobuf:"varint,3,opt,name=pid,proto3" json:"pid,omitempty"`
+	Ppid    int64                  `protobuf:"varint,4,opt,name=ppid,proto3" json:"ppid,omitempty"`
+	Role    string                 `protobuf:"bytes,5,opt,name=role,proto3" json:"role,omitempty"` // api_server, engine_core, worker; agent for agent-made rows without an owner
+	Dp      int32                  `protobuf:"varint,6,opt,name=dp,proto3" json:"dp,omitempty"`
+	Pp      int32                  `protobuf:"varint,7,opt,name=pp,proto3" json:"pp,omitempty"`
+	Tp      int32                  `protobuf:"varint,8,opt,name=tp,proto3" json:"tp,omitempty"`
+	Ep      int32                  `protobuf:"varint,9,opt,name=ep,proto3" json:"ep,omitempty"`
+	Rank    int32                  `protobuf:"varint,10,opt,name=rank,proto3" json:"rank,omitempty"` // global worker rank (worker), api index (api_server); -1 when unknown
+	Python  string                 `protobuf:"bytes,11,opt,name=python,proto3" json:"python,omitempty"`
+	Vllm    string                 `protobuf:"bytes,12,opt,name=vllm,proto3" json:"vllm,omitempty"`
+	GpuUuid string                 `protobuf:"bytes,13,opt,name=gpu_uuid,json=gpuUuid,proto3" json:"gpu_uuid,omitempty"`
+	Title   string                 `protobuf:"bytes,14,opt,name=title,proto3" json:"title,omitempty"` // process title (e.g. VLLM::Worker_TP1)
+	StartNs int64                  `protobuf:"varint,15,opt,name=start_ns,json=startNs,proto3" json:"start_ns,omitempty"`
+	Argv    []string               `protobuf:"bytes,16,rep,name=argv,proto3" json:"argv,omitempty"`
+	// instance tells apart processes that share a pid (containers, pid namespaces, a reused pid):
+	// 16 hex digits the shim draws at process start; empty from shims before it existed.
+	Instance      string `protobuf:"bytes,17,opt,name=instance,proto3" json:"instance,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -407,6 +410,13 @@ func (x *Process) GetArgv() []string {
 		return x.Argv
 	}
 	return nil
+}
+
+func (x *Process) GetInstance() string {
+	if x != nil {
+		return x.Instance
+	}
+	return ""
 }
 
 // EventBatch is the body of pm.v1.ev.<session>.<host>.<proc>.<kind>: events of one process and
@@ -1553,7 +1563,7 @@ const file_profilemate_v1_profilemate_proto_rawDesc = "" +
 	"\x04cols\x18\x06 \x03(\v2\x1f.profilemate.v1.Event.ColsEntryR\x04cols\x1aN\n" +
 	"\tColsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12+\n" +
-	"\x05value\x18\x02 \x01(\v2\x15.profilemate.v1.ValueR\x05value:\x028\x01\"\xd1\x02\n" +
+	"\x05value\x18\x02 \x01(\v2\x15.profilemate.v1.ValueR\x05value:\x028\x01\"\xed\x02\n" +
 	"\aProcess\x12\x18\n" +
 	"\asession\x18\x01 \x01(\tR\asession\x12\x12\n" +
 	"\x04host\x18\x02 \x01(\tR\x04host\x12\x10\n" +
@@ -1571,7 +1581,8 @@ const file_profilemate_v1_profilemate_proto_rawDesc = "" +
 	"\bgpu_uuid\x18\r \x01(\tR\agpuUuid\x12\x14\n" +
 	"\x05title\x18\x0e \x01(\tR\x05title\x12\x19\n" +
 	"\bstart_ns\x18\x0f \x01(\x03R\astartNs\x12\x12\n" +
-	"\x04argv\x18\x10 \x03(\tR\x04argv\"\xe9\x01\n" +
+	"\x04argv\x18\x10 \x03(\tR\x04argv\x12\x1a\n" +
+	"\binstance\x18\x11 \x01(\tR\binstance\"\xe9\x01\n" +
 	"\n" +
 	"EventBatch\x12!\n" +
 	"\fschema_major\x18\x01 \x01(\rR\vschemaMajor\x12!\n" +
