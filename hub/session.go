@@ -524,7 +524,7 @@ var endRank = map[string]int{"": 0, EndLost: 1, EndKilled: 2, EndClean: 3}
 func (s *session) latestInstance(host string, pid int64) string {
 	inst, start := "", int64(-1)
 	for _, pm := range s.meta.Processes {
-		if pm.Host == host && pm.PID == pid && pm.StartNS > start {
+		if pm.Host == host && pm.PID == pid && pm.StartNS >= start {
 			inst, start = pm.Instance, pm.StartNS
 		}
 	}
