@@ -675,7 +675,7 @@ func (a *Agent) status(c *conn, s *pmproto.Status) error {
 		a.mu.Unlock()
 		return err
 	}
-	l := &Life{Type: "status", Session: p.sess.id, Host: a.cfg.Host, Proc: p.token, PID: p.pid, Instance: p.instance, Ident: p.ident, Targets: s.Targets}
+	l := &Life{Type: "status", Session: p.sess.id, Host: a.cfg.Host, Proc: p.token, PID: p.pid, Instance: p.instance, Ident: p.ident, Targets: s.Targets, Tables: s.Tables}
 	a.mu.Unlock()
 	a.publishLife(l)
 	return nil

@@ -70,7 +70,8 @@ type Life struct {
 	Ident        pmproto.Ident
 	Hello        *pmproto.Hello
 	Targets      []pmproto.Target
-	Dropped      uint64 // shim drops (cumulative); for end: all drops of the session
+	Tables       []pmproto.TableStatus // status: why each table has rows or not
+	Dropped      uint64                // shim drops (cumulative); for end: all drops of the session
 	LastSeq      uint64
 	EndNS        int64
 	Clean        bool   // bye: the shim said bye (false: its connection just ended)
@@ -105,6 +106,9 @@ func encodeLife(l *Life) ([]byte, error) {
 		st := &pmpb.Lifecycle_Status{}
 		for _, t := range l.Targets {
 			st.Targets = append(st.Targets, &pmpb.TargetStatus{Target: t.Target, Status: t.Status, Reason: t.Reason})
+		}
+		for _, t := range l.Tables {
+			st.Tables = append(st.Tables, &pmpb.TableStatus{Table: t.Table, Status: t.Status})
 		}
 		m.Record = &pmpb.Lifecycle_Status_{Status: st}
 	case "bye":

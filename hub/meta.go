@@ -87,6 +87,8 @@ type ProcMeta struct {
 	EndState  string   `json:"end_state,omitempty"`
 	EndSignal string   `json:"end_signal,omitempty"`
 	Targets   []Target `json:"targets,omitempty"`
+	// Tables says why each CSV table has rows or not in this process (from its shim's status).
+	Tables []TableStatus `json:"tables,omitempty"`
 	// Dropped is the number of events the process itself dropped (full buffer), as it reported.
 	Dropped uint64 `json:"dropped"`
 	// LastSeq is the last sequence number the process reported at exit (0 while running).

@@ -45,6 +45,14 @@ type Target struct {
 	Reason string `json:"reason,omitempty"`
 }
 
+// TableStatus is one CSV table's status in a process, as its shim reports it: recorded, no
+// events, disabled, "unavailable: needs CUDA events", "not in this vLLM era", "not in this
+// process" or "failed: <reason>".
+type TableStatus struct {
+	Table  string `json:"table"`
+	Status string `json:"status"`
+}
+
 // Life is a process lifecycle record: hello (start), status (patch results), bye/end (exit).
 type Life struct {
 	Session string
@@ -63,7 +71,8 @@ type Life struct {
 	Argv     []string
 	StartNS  int64
 	Targets  []Target
-	Dropped  uint64 // bye: the process's drops; end: all shims' drops on the host
+	Tables   []TableStatus // LifeStatus: why each table has rows or not in the process
+	Dropped  uint64        // bye: the process's drops; end: all shims' drops on the host
 	LastSeq  uint64
 	EndNS    int64
 	Clean    bool // bye: the shim said goodbye (false: its connection just ended)

@@ -257,6 +257,9 @@ func (s *session) applyLife(l *Life, now time.Time) bool {
 		}
 	case LifeStatus:
 		m.Targets = l.Targets
+		if l.Tables != nil {
+			m.Tables = l.Tables
+		}
 	case LifeBye:
 		// The most telling account wins: the process's own goodbye, then its parent's signal.
 		if endRank[l.EndState] >= endRank[m.EndState] {

@@ -174,6 +174,9 @@ func decodeLife(subject string, data []byte) (any, error) {
 		for _, t := range r.Status.GetTargets() {
 			l.Targets = append(l.Targets, Target{Target: t.GetTarget(), Status: t.GetStatus(), Reason: t.GetReason()})
 		}
+		for _, t := range r.Status.GetTables() {
+			l.Tables = append(l.Tables, TableStatus{Table: t.GetTable(), Status: t.GetStatus()})
+		}
 	case *pmpb.Lifecycle_Bye_:
 		l.Type, l.Dropped, l.LastSeq, l.EndNS, l.Clean = LifeBye, r.Bye.GetDropped(), r.Bye.GetLastSeq(), r.Bye.GetEndNs(), r.Bye.GetClean()
 		l.EndState, l.EndSignal = r.Bye.GetEndState(), r.Bye.GetEndSignal()

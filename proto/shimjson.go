@@ -110,6 +110,16 @@ type Target struct {
 type Status struct {
 	PID     int      `json:"pid"`
 	Targets []Target `json:"targets"`
+	// Tables says why each CSV table has rows or not in this process; empty from older shims.
+	Tables []TableStatus `json:"tables"`
+}
+
+// TableStatus is one table's status in a process (the shim's metadata.json "tables"): recorded,
+// no events, disabled, "unavailable: needs CUDA events", "not in this vLLM era", "not in this
+// process" or "failed: <reason>".
+type TableStatus struct {
+	Table  string `json:"table"`
+	Status string `json:"status"`
 }
 
 // Bye is a process's last line. EndState is how the process says it ends: "clean", or "killed"
@@ -168,8 +178,10 @@ type wireLine struct {
 	Events  []Event  `json:"events"`
 	Dropped uint64   `json:"dropped"`
 	Targets []Target `json:"targets"`
-	LastSeq uint64   `json:"last_seq"`
-	EndNS   int64    `json:"end_ns"`
+	// status
+	Tables  []TableStatus `json:"tables"`
+	LastSeq uint64        `json:"last_seq"`
+	EndNS   int64         `json:"end_ns"`
 	// bye
 	EndState  string `json:"end_state"`
 	EndSignal string `json:"end_signal"`
@@ -209,7 +221,7 @@ func ReadLine(b []byte) (*Line, error) {
 	case LineBatch:
 		l.Batch = &Batch{PID: pid, Ident: w.Ident, Events: w.Events, Dropped: w.Dropped}
 	case LineStatus:
-		l.Status = &Status{PID: pid, Targets: w.Targets}
+		l.Status = &Status{PID: pid, Targets: w.Targets, Tables: w.Tables}
 	case LineBye:
 		l.Bye = &Bye{PID: pid, Dropped: w.Dropped, LastSeq: w.LastSeq, EndNS: w.EndNS, EndState: w.EndState, EndSignal: w.EndSignal}
 	case LineCtl:
