@@ -127,13 +127,16 @@ type session struct {
 }
 
 type proc struct {
-	pid   int // the pid the shim reports: a label (another pid namespace in a container)
-	sess  *session
-	ident pmproto.Ident
-	token string
-	hello *pmproto.Hello
-	conn  *conn
-	peer  peerCred // the process bound to this label: the peer of the connection that said hello
+	pid int // the pid the shim reports: a label (another pid namespace in a container)
+	// instance is the shim's per-start id (16 hex digits, empty from older shims): a hello for the
+	// same pid with another instance is another process, whatever the kernel says.
+	instance string
+	sess     *session
+	ident    pmproto.Ident
+	token    string
+	hello    *pmproto.Hello
+	conn     *conn
+	peer     peerCred // the process bound to this label: the peer of the connection that said hello
 	// endState and endSignal: how it ended (EndClean, EndLost, EndKilled), once bye is set.
 	endState  string
 	endSignal string
@@ -445,7 +448,7 @@ func (a *Agent) publishLife(l *Life) {
 	// n tells repeated records of one process apart (a hello after each reconnect, every status);
 	// it is time-based so that records of an agent restarted within the dedupe window differ too.
 	n := a.nextLifeN()
-	id := pmproto.LifeMsgID(l.Session, l.Host, int64(l.PID), l.Type, n)
+	id := pmproto.LifeMsgID(l.Session, l.Host, int64(l.PID), l.Instance, l.Type, n)
 	a.q.push(Msg{Subject: pmproto.LifeSubject(l.Session, l.Host, l.Proc), ID: id, Data: data})
 }
 
@@ -479,8 +482,9 @@ func (a *Agent) hello(c *conn, h *pmproto.Hello) error {
 	a.mu.Lock()
 	p, ok := a.procs[h.PID]
 	var gone *Life
-	if ok && (p.sess.ended || p.bye || reused(p, c)) {
-		// A new process reusing the pid, or one that outlived its session.
+	if ok && (p.sess.ended || p.bye || reused(p, c) || (h.Instance != "" && p.instance != "" && h.Instance != p.instance)) {
+		// A new process reusing the pid (its instance differs, or the kernel says so), or one
+		// that outlived its session.
 		if !p.bye {
 			gone = a.lostLife(p)
 		}
@@ -504,6 +508,9 @@ func (a *Agent) hello(c *conn, h *pmproto.Hello) error {
 		}
 	}
 	p.ident, p.hello, p.conn = h.Ident(), h, c
+	if h.Instance != "" {
+		p.instance = h.Instance
+	}
 	p.token = a.uniqueToken(p)
 	c.pids[h.PID] = p
 	sess := p.sess.id
@@ -515,7 +522,7 @@ func (a *Agent) hello(c *conn, h *pmproto.Hello) error {
 	if h.Session != sess {
 		c.send(pmproto.Ctl{T: pmproto.LineCtl, V: pmproto.WireVersion, Op: "session", Session: sess})
 	}
-	a.publishLife(&Life{Type: "hello", Session: sess, Host: a.cfg.Host, Proc: p.token, PID: h.PID, Ident: p.ident, Hello: h})
+	a.publishLife(&Life{Type: "hello", Session: sess, Host: a.cfg.Host, Proc: p.token, PID: h.PID, Instance: p.instance, Ident: p.ident, Hello: h})
 	return nil
 }
 
@@ -537,6 +544,8 @@ func (a *Agent) batch(c *conn, b *pmproto.Batch) error {
 	good, bad := pmproto.EncodeEvents(b.Events)
 	a.rejected.add(bad, a.log, &a.badLog)
 	if len(good) == 0 && len(bad) > 0 {
+		// Refused for good: a replay would be refused again, so the shim may let go of it.
+		a.ack(c, b)
 		return fmt.Errorf("%w: all %d events refused, first: %v", pmproto.ErrBadLine, len(bad), bad[0])
 	}
 	a.mu.Lock()
@@ -593,19 +602,43 @@ func (a *Agent) batch(c *conn, b *pmproto.Batch) error {
 	if b.Dropped > dropped {
 		dropped = b.Dropped
 	}
-	head := BatchHead{Session: p.sess.id, Host: a.cfg.Host, Proc: p.token, PID: p.pid, Ident: p.ident, Dropped: dropped}
+	head := BatchHead{Session: p.sess.id, Host: a.cfg.Host, Proc: p.token, PID: p.pid, Instance: p.instance, Ident: p.ident, Dropped: dropped}
 	p.seen, p.maxSeq, p.dropped = seen, maxSeq, dropped
 	p.events += int64(len(kept))
 	a.mu.Unlock()
 
 	msgs := splitBatch(&head, kept)
+	queued := true
 	for _, m := range msgs {
-		a.q.push(m)
+		queued = a.q.push(m) && queued
+	}
+	if queued {
+		a.ack(c, b)
 	}
 	// Counted once queued: status events == N means all N are in memory or in the spool.
 	a.dupes.Add(int64(len(good) - len(kept)))
 	a.events.Add(int64(len(kept)))
 	return nil
+}
+
+// ack tells the shim that every event of b is queued durably (in memory, spooled on shutdown,
+// or on disk) or refused for good: {"t":"ctl","v":1,"op":"ack","seq":<last seq of b>}. A shim
+// keeps unacknowledged batches and replays them after a reconnect, so lines an agent never read
+// (still in its socket buffer when it stopped) are not lost; the agent drops replayed events it
+// already has (maxSeq), the hub by message id. Batches the queue could not keep get no ack.
+func (a *Agent) ack(c *conn, b *pmproto.Batch) {
+	var last uint64
+	for i := range b.Events {
+		if b.Events[i].Seq > last {
+			last = b.Events[i].Seq
+		}
+	}
+	if last == 0 {
+		return
+	}
+	if err := c.send(pmproto.Ctl{T: pmproto.LineCtl, V: pmproto.WireVersion, Op: "ack", Seq: last}); err != nil {
+		a.log.Debug("ack not sent", "pid", b.PID, "err", err)
+	}
 }
 
 // encodeEvents checks and encodes the agent's own events (GPU samples) into one message per kind;
@@ -652,7 +685,7 @@ func (a *Agent) status(c *conn, s *pmproto.Status) error {
 		a.mu.Unlock()
 		return err
 	}
-	l := &Life{Type: "status", Session: p.sess.id, Host: a.cfg.Host, Proc: p.token, PID: p.pid, Ident: p.ident, Targets: s.Targets}
+	l := &Life{Type: "status", Session: p.sess.id, Host: a.cfg.Host, Proc: p.token, PID: p.pid, Instance: p.instance, Ident: p.ident, Targets: s.Targets, Tables: s.Tables}
 	a.mu.Unlock()
 	a.publishLife(l)
 	return nil
@@ -672,7 +705,7 @@ func (a *Agent) bye(c *conn, b *pmproto.Bye) error {
 	if b.Dropped > p.dropped {
 		p.dropped = b.Dropped
 	}
-	l := &Life{Type: "bye", Session: p.sess.id, Host: a.cfg.Host, Proc: p.token, PID: p.pid, Ident: p.ident,
+	l := &Life{Type: "bye", Session: p.sess.id, Host: a.cfg.Host, Proc: p.token, PID: p.pid, Instance: p.instance, Ident: p.ident,
 		Dropped: p.dropped, LastSeq: b.LastSeq, EndNS: b.EndNS, Clean: true, EndState: EndClean}
 	if b.EndState == EndKilled {
 		// The shim saw a signal end it after its last flush.
@@ -716,7 +749,7 @@ const (
 // lostLife is the bye record of a process that went away without a bye (a.mu held); it marks
 // the process gone.
 func (a *Agent) lostLife(p *proc) *Life {
-	l := &Life{Type: "bye", Session: p.sess.id, Host: a.cfg.Host, Proc: p.token, PID: p.pid, Ident: p.ident,
+	l := &Life{Type: "bye", Session: p.sess.id, Host: a.cfg.Host, Proc: p.token, PID: p.pid, Instance: p.instance, Ident: p.ident,
 		Dropped: p.dropped, LastSeq: p.maxSeq, EndNS: time.Now().UnixNano(), EndState: EndLost}
 	p.endState = EndLost
 	a.leave(p)

@@ -139,15 +139,32 @@ type fakeShim struct {
 
 func dialShim(t *testing.T, sock string, pid, rank int, session string) *fakeShim {
 	t.Helper()
+	s := dialShimRaw(t, sock, pid)
+	s.rank = rank
+	s.line(map[string]any{"t": "hello", "v": 1, "session": session, "pid": pid, "ppid": 1, "role": "worker",
+		"dp": 0, "pp": 0, "tp": rank, "ep": -1, "rank": rank, "python": "3.12", "vllm": "0.16.0"})
+	return s
+}
+
+// dialShimRaw connects without saying hello.
+func dialShimRaw(t *testing.T, sock string, pid int) *fakeShim {
+	t.Helper()
 	c, err := net.Dial("unix", sock)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	s := &fakeShim{t: t, c: c, r: bufio.NewReader(c), pid: pid, rank: rank}
-	s.line(map[string]any{"t": "hello", "v": 1, "session": session, "pid": pid, "ppid": 1, "role": "worker",
-		"dp": 0, "pp": 0, "tp": rank, "ep": -1, "rank": rank, "python": "3.12", "vllm": "0.16.0"})
-	return s
+	return &fakeShim{t: t, c: c, r: bufio.NewReader(c), pid: pid}
+}
+
+// next reads the agent's next line to the shim that is not a batch acknowledgement.
+func (s *fakeShim) next() ([]byte, error) {
+	for {
+		line, err := s.r.ReadBytes('\n')
+		if err != nil || !strings.Contains(string(line), `"op":"ack"`) {
+			return line, err
+		}
+	}
 }
 
 func (s *fakeShim) line(v any) {
@@ -198,7 +215,7 @@ func seqsByPID(t *testing.T, msgs []*nats.Msg) map[int][]uint64 {
 		}
 		b := decodePB(t, m)
 		pr := b.GetProcess()
-		if want := pmproto.MsgID(pr.GetSession(), pr.GetHost(), pr.GetPid(), b.Events[0].Kind, b.Events[0].Seq, b.Events[len(b.Events)-1].Seq); m.Header.Get(nats.MsgIdHdr) != want || b.BatchId != want {
+		if want := pmproto.MsgID(pr.GetSession(), pr.GetHost(), pr.GetPid(), pr.GetInstance(), b.Events[0].Kind, b.Events[0].Seq, b.Events[len(b.Events)-1].Seq); m.Header.Get(nats.MsgIdHdr) != want || b.BatchId != want {
 			t.Errorf("msg id %q, batch id %q, want %q", m.Header.Get(nats.MsgIdHdr), b.BatchId, want)
 		}
 		for _, e := range b.Events {
@@ -341,7 +358,7 @@ func TestControlSessionChangeMovesProcesses(t *testing.T) {
 	if n := a.Control(pmproto.Ctl{Op: "profiler", Name: "moe_expert", Enabled: &off}, ""); n != 1 {
 		t.Fatalf("profiler control reached %d shims, want 1", n)
 	}
-	line, _ = s.r.ReadBytes('\n')
+	line, _ = s.next()
 	if string(line) != `{"t":"ctl","v":1,"op":"profiler","name":"moe_expert","enabled":false}`+"\n" {
 		t.Errorf("shim got %q", line)
 	}
@@ -380,7 +397,7 @@ func TestNATSControlAndHeartbeat(t *testing.T) {
 	waitFor(t, "control subscription", func() bool {
 		_ = nc.Publish("pm.v1.ctl.h1", ctl)
 		_ = s.c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
-		line, err := s.r.ReadBytes('\n')
+		line, err := s.next()
 		if err != nil {
 			return false
 		}

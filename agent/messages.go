@@ -22,9 +22,11 @@ type BatchHead struct {
 	Host    string
 	Proc    string
 	PID     int
-	Kind    string
-	Ident   pmproto.Ident
-	Dropped uint64 // events the process dropped so far (cumulative)
+	// Instance is the shim's per-start id (empty from older shims); part of every message id.
+	Instance string
+	Kind     string
+	Ident    pmproto.Ident
+	Dropped  uint64 // events the process dropped so far (cumulative)
 }
 
 // batchMsgs groups checked events by kind (keeping their order) into one EventBatch message per
@@ -44,8 +46,8 @@ func batchMsgs(head *BatchHead, evs []pmproto.EncodedEvent) []Msg {
 				rest = append(rest, evs[i])
 			}
 		}
-		id := pmproto.MsgID(head.Session, head.Host, int64(head.PID), kind, same[0].Seq, same[len(same)-1].Seq)
-		h := pmproto.BatchHead{Session: head.Session, Host: head.Host, PID: int64(head.PID), Ident: head.Ident,
+		id := pmproto.MsgID(head.Session, head.Host, int64(head.PID), head.Instance, kind, same[0].Seq, same[len(same)-1].Seq)
+		h := pmproto.BatchHead{Session: head.Session, Host: head.Host, PID: int64(head.PID), Instance: head.Instance, Ident: head.Ident,
 			Dropped: head.Dropped, BatchID: id}
 		msgs = append(msgs, Msg{
 			Subject: pmproto.EventSubject(head.Session, head.Host, head.Proc, kind),
@@ -64,10 +66,12 @@ type Life struct {
 	Host         string
 	Proc         string
 	PID          int
+	Instance     string // the shim's per-start id; empty from older shims and for agent records
 	Ident        pmproto.Ident
 	Hello        *pmproto.Hello
 	Targets      []pmproto.Target
-	Dropped      uint64 // shim drops (cumulative); for end: all drops of the session
+	Tables       []pmproto.TableStatus // status: why each table has rows or not
+	Dropped      uint64                // shim drops (cumulative); for end: all drops of the session
 	LastSeq      uint64
 	EndNS        int64
 	Clean        bool   // bye: the shim said bye (false: its connection just ended)
@@ -82,7 +86,8 @@ type Life struct {
 func lifeProcess(l *Life) *pmpb.Process {
 	id := l.Ident
 	p := &pmpb.Process{Session: l.Session, Host: l.Host, Pid: int64(l.PID), Role: id.Role,
-		Dp: int32(id.DP), Pp: int32(id.PP), Tp: int32(id.TP), Ep: int32(id.EP), Rank: int32(id.Rank)}
+		Dp: int32(id.DP), Pp: int32(id.PP), Tp: int32(id.TP), Ep: int32(id.EP), Rank: int32(id.Rank),
+		Instance: l.Instance}
 	if h := l.Hello; h != nil {
 		p.Ppid, p.Python, p.Vllm, p.GpuUuid, p.Title, p.StartNs, p.Argv = int64(h.PPID), h.Python, h.VLLM, h.GPUUUID, h.Title, h.StartNS, h.Argv
 	}
@@ -101,6 +106,9 @@ func encodeLife(l *Life) ([]byte, error) {
 		st := &pmpb.Lifecycle_Status{}
 		for _, t := range l.Targets {
 			st.Targets = append(st.Targets, &pmpb.TargetStatus{Target: t.Target, Status: t.Status, Reason: t.Reason})
+		}
+		for _, t := range l.Tables {
+			st.Tables = append(st.Tables, &pmpb.TableStatus{Table: t.Table, Status: t.Status})
 		}
 		m.Record = &pmpb.Lifecycle_Status_{Status: st}
 	case "bye":

@@ -160,7 +160,7 @@ func (s *agStream) checkExactlyOnceInOrder(t *testing.T) map[int64][]uint64 {
 	for i, b := range s.batches {
 		p := b.GetProcess()
 		kind := b.Events[0].Kind
-		if want := pmproto.MsgID(p.Session, p.Host, p.Pid, kind, b.Events[0].Seq, b.Events[len(b.Events)-1].Seq); s.ids[i] != want {
+		if want := pmproto.MsgID(p.Session, p.Host, p.Pid, p.Instance, kind, b.Events[0].Seq, b.Events[len(b.Events)-1].Seq); s.ids[i] != want {
 			t.Errorf("message id %q, want %q", s.ids[i], want)
 		}
 		for _, e := range b.Events {

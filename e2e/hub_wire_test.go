@@ -46,7 +46,7 @@ func encodeKVBatch(t *testing.T, session string, p wireProc, first uint64, n int
 			Cols: map[string]*pmpb.Value{}})
 	}
 	last := first + uint64(n) - 1
-	eb.BatchId = proto.MsgID(session, p.Host, p.PID, proto.KindKVCache, first, last)
+	eb.BatchId = proto.MsgID(session, p.Host, p.PID, "", proto.KindKVCache, first, last)
 	return proto.EventSubject(session, p.Host, p.token(), proto.KindKVCache), marshal(t, eb), eb.BatchId
 }
 

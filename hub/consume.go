@@ -274,7 +274,7 @@ func (s *Server) handle(m jetstream.Msg, d decoded, now time.Time) (*session, in
 			return nil, 0, err
 		}
 		if v.Type == LifeStart || v.Type == LifeHello {
-			if _, known := ss.procs[procKey{v.Host, v.PID}]; v.Type == LifeStart || !known {
+			if _, known := ss.procs[procKey{v.Host, v.PID, v.Instance}]; v.Type == LifeStart || !known {
 				ss.reopen()
 			}
 		}
@@ -302,7 +302,7 @@ func (s *Server) handle(m jetstream.Msg, d decoded, now time.Time) (*session, in
 // hasNew reports whether b holds an event not yet written: only new data reopens an ended session
 // (a redelivered duplicate must not).
 func hasNew(ss *session, b *Batch) bool {
-	p := ss.procs[procKey{b.Host, b.PID}]
+	p := ss.procs[procKey{b.Host, b.PID, b.Instance}]
 	if p == nil {
 		return len(b.Events) > 0
 	}

@@ -127,7 +127,7 @@ func fastProcess(data []byte, b *Batch) bool {
 		}
 		data = data[n:]
 		switch {
-		case typ == protowire.BytesType && (num == 1 || num == 2 || num == 5 || (num >= 11 && num <= 14) || num == 16):
+		case typ == protowire.BytesType && (num == 1 || num == 2 || num == 5 || (num >= 11 && num <= 14) || num == 16 || num == 17):
 			s, n, ok := fastString(data)
 			if !ok {
 				return false
@@ -139,6 +139,8 @@ func fastProcess(data []byte, b *Batch) bool {
 				b.Host = s
 			case 5:
 				b.Ident.Role = s
+			case 17:
+				b.Instance = s
 			}
 			data = data[n:]
 		case typ == protowire.VarintType && (num == 3 || num == 4 || (num >= 6 && num <= 10) || num == 15):

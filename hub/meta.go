@@ -66,25 +66,29 @@ type HostMeta struct {
 
 // ProcMeta is one process of a session.
 type ProcMeta struct {
-	Host    string   `json:"host"`
-	PID     int64    `json:"pid"`
-	Proc    string   `json:"proc"`
-	Ident            // role and ranks
-	PPID    int64    `json:"ppid,omitempty"`
-	GPUUUID string   `json:"gpu_uuid,omitempty"`
-	Python  string   `json:"python,omitempty"`
-	VLLM    string   `json:"vllm,omitempty"`
-	Title   string   `json:"title,omitempty"`
-	Argv    []string `json:"argv,omitempty"`
-	StartNS int64    `json:"start_ns,omitempty"`
-	Ended   bool     `json:"ended"`
-	EndNS   int64    `json:"end_ns,omitempty"`
+	Host string `json:"host"`
+	PID  int64  `json:"pid"`
+	// Instance is the shim's per-start id (16 hex digits; empty from older shims).
+	Instance string   `json:"instance,omitempty"`
+	Proc     string   `json:"proc"`
+	Ident             // role and ranks
+	PPID     int64    `json:"ppid,omitempty"`
+	GPUUUID  string   `json:"gpu_uuid,omitempty"`
+	Python   string   `json:"python,omitempty"`
+	VLLM     string   `json:"vllm,omitempty"`
+	Title    string   `json:"title,omitempty"`
+	Argv     []string `json:"argv,omitempty"`
+	StartNS  int64    `json:"start_ns,omitempty"`
+	Ended    bool     `json:"ended"`
+	EndNS    int64    `json:"end_ns,omitempty"`
 	// EndState is how the process ended: clean (it said goodbye), lost (its connection or pid went
 	// away without one, or its host's agent closed the session first), killed (its parent saw a
 	// signal end it: EndSignal, e.g. "SIGKILL"). Empty while it runs.
 	EndState  string   `json:"end_state,omitempty"`
 	EndSignal string   `json:"end_signal,omitempty"`
 	Targets   []Target `json:"targets,omitempty"`
+	// Tables says why each CSV table has rows or not in this process (from its shim's status).
+	Tables []TableStatus `json:"tables,omitempty"`
 	// Dropped is the number of events the process itself dropped (full buffer), as it reported.
 	Dropped uint64 `json:"dropped"`
 	// LastSeq is the last sequence number the process reported at exit (0 while running).

@@ -32,10 +32,13 @@ type Batch struct {
 	Host    string
 	Proc    string
 	PID     int64
-	Kind    string
-	Ident   Ident
-	Events  []Event
-	Dropped uint64 // events the process dropped so far (cumulative)
+	// Instance is the shim's per-start id (empty from older shims): with Host and PID it names
+	// the process whose seen-state dedupes these events.
+	Instance string
+	Kind     string
+	Ident    Ident
+	Events   []Event
+	Dropped  uint64 // events the process dropped so far (cumulative)
 	// Rejected are the message's events the contract refused (wrong kind or table, a value of the
 	// wrong type), each with its proto.Reason*; Events holds the others. The consumer counts them
 	// by reason (Counters.Bad) and may dead-letter them.
@@ -49,26 +52,37 @@ type Target struct {
 	Reason string `json:"reason,omitempty"`
 }
 
+// TableStatus is one CSV table's status in a process, as its shim reports it: recorded, no
+// events, disabled, "unavailable: needs CUDA events", "not in this vLLM era", "not in this
+// process" or "failed: <reason>".
+type TableStatus struct {
+	Table  string `json:"table"`
+	Status string `json:"status"`
+}
+
 // Life is a process lifecycle record: hello (start), status (patch results), bye/end (exit).
 type Life struct {
 	Session string
 	Host    string
 	Proc    string
 	PID     int64
-	Type    string // LifeHello, LifeStatus, LifeBye
-	Ident   Ident
-	PPID    int64
-	Python  string
-	VLLM    string
-	GPUUUID string
-	Title   string
-	Argv    []string
-	StartNS int64
-	Targets []Target
-	Dropped uint64 // bye: the process's drops; end: all shims' drops on the host
-	LastSeq uint64
-	EndNS   int64
-	Clean   bool // bye: the shim said goodbye (false: its connection just ended)
+	// Instance is the shim's per-start id (empty from older shims and agent records).
+	Instance string
+	Type     string // LifeHello, LifeStatus, LifeBye
+	Ident    Ident
+	PPID     int64
+	Python   string
+	VLLM     string
+	GPUUUID  string
+	Title    string
+	Argv     []string
+	StartNS  int64
+	Targets  []Target
+	Tables   []TableStatus // LifeStatus: why each table has rows or not in the process
+	Dropped  uint64        // bye: the process's drops; end: all shims' drops on the host
+	LastSeq  uint64
+	EndNS    int64
+	Clean    bool // bye: the shim said goodbye (false: its connection just ended)
 	// EndState (bye): clean, lost or killed — an older agent's empty value reads as clean when
 	// Clean is set, else lost; EndSignal: the signal of a killed process.
 	EndState  string

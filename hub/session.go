@@ -31,9 +31,12 @@ type Schema interface {
 	Version() string
 }
 
+// procKey names one process of a session: its host, pid and the shim's per-start instance id
+// (empty from older shims), so a pid reused on a host never shares seen-state or metadata.
 type procKey struct {
-	host string
-	pid  int64
+	host     string
+	pid      int64
+	instance string
 }
 
 type proc struct {
@@ -75,11 +78,11 @@ func newSession(dir, id string, schema Schema, maxBytes int64, now time.Time) *s
 	}
 }
 
-func (s *session) proc(host string, pid int64) *proc {
-	k := procKey{host, pid}
+func (s *session) proc(host string, pid int64, instance string) *proc {
+	k := procKey{host, pid, instance}
 	p := s.procs[k]
 	if p == nil {
-		p = &proc{meta: &ProcMeta{Host: host, PID: pid, Ident: Ident{DP: -1, PP: -1, TP: -1, EP: -1, Rank: -1}, Rows: map[string]int64{}}}
+		p = &proc{meta: &ProcMeta{Host: host, PID: pid, Instance: instance, Ident: Ident{DP: -1, PP: -1, TP: -1, EP: -1, Rank: -1}, Rows: map[string]int64{}}}
 		s.procs[k] = p
 		s.meta.Processes = append(s.meta.Processes, p.meta)
 		sortProcs(s.meta.Processes)
@@ -139,7 +142,7 @@ func (s *session) file(table string) (*tableFile, error) {
 // before (same host, pid, seq) are skipped; events beyond the size cap are counted as dropped.
 func (s *session) writeBatch(b *Batch, now time.Time) (int, error) {
 	s.last = now
-	p := s.proc(b.Host, b.PID)
+	p := s.proc(b.Host, b.PID, b.Instance)
 	if p.meta.Proc == "" && b.Proc != "" {
 		p.meta.Proc = b.Proc
 	}
@@ -241,7 +244,7 @@ func (s *session) applyLife(l *Life, now time.Time) bool {
 		}
 		return s.allEnded()
 	}
-	p := s.proc(l.Host, l.PID)
+	p := s.proc(l.Host, l.PID, l.Instance)
 	m := p.meta
 	if l.Proc != "" {
 		m.Proc = l.Proc
@@ -254,6 +257,9 @@ func (s *session) applyLife(l *Life, now time.Time) bool {
 		}
 	case LifeStatus:
 		m.Targets = l.Targets
+		if l.Tables != nil {
+			m.Tables = l.Tables
+		}
 	case LifeBye:
 		// The most telling account wins: the process's own goodbye, then its parent's signal.
 		if endRank[l.EndState] >= endRank[m.EndState] {
@@ -385,7 +391,7 @@ func loadSession(dir, id string, schema Schema, maxBytes int64, now time.Time) (
 		}
 		s.meta.Processes = nil
 		for _, pm := range m.Processes {
-			s.procs[procKey{pm.Host, pm.PID}] = &proc{meta: pm}
+			s.procs[procKey{pm.Host, pm.PID, pm.Instance}] = &proc{meta: pm}
 			s.meta.Processes = append(s.meta.Processes, pm)
 		}
 	} else if !errors.Is(err, os.ErrNotExist) {
@@ -451,7 +457,7 @@ func (s *session) scanTable(table string) error {
 				good = off
 				break
 			}
-			p := s.proc(strings.Clone(rec[hi]), pid)
+			p := s.proc(strings.Clone(rec[hi]), pid, s.latestInstance(rec[hi], pid))
 			p.seen.add(seq)
 			p.meta.Rows[table]++
 			s.meta.Rows[table]++
@@ -514,3 +520,16 @@ const (
 
 // endRank orders end states by how much their observer knew.
 var endRank = map[string]int{"": 0, EndLost: 1, EndKilled: 2, EndClean: 3}
+
+// latestInstance is the instance of the latest-started process host/pid in the metadata (the
+// rows' CSV carries no instance; empty when none is known), so seen-state rebuilt from the CSV
+// after a restart lands on the process whose batches will follow.
+func (s *session) latestInstance(host string, pid int64) string {
+	inst, start := "", int64(-1)
+	for _, pm := range s.meta.Processes {
+		if pm.Host == host && pm.PID == pid && pm.StartNS >= start {
+			inst, start = pm.Instance, pm.StartNS
+		}
+	}
+	return inst
+}

@@ -143,7 +143,7 @@ func (w *wireSchema) genericBatch(data []byte, f proto.SubjectFields) (*Batch, e
 	}
 	p := eb.GetProcess()
 	b := &Batch{
-		Session: p.GetSession(), Host: p.GetHost(), Proc: f.Proc, PID: p.GetPid(), Kind: f.Kind,
+		Session: p.GetSession(), Host: p.GetHost(), Proc: f.Proc, PID: p.GetPid(), Instance: p.GetInstance(), Kind: f.Kind,
 		Ident: identOf(p), Dropped: eb.GetDropped(),
 		Events: make([]Event, 0, len(eb.GetEvents())),
 	}
@@ -221,7 +221,7 @@ func decodeLife(subject string, data []byte) (any, error) {
 	}
 	p := lc.GetProcess()
 	l := &Life{
-		Session: p.GetSession(), Host: p.GetHost(), Proc: f.Proc, PID: p.GetPid(), Ident: identOf(p),
+		Session: p.GetSession(), Host: p.GetHost(), Proc: f.Proc, PID: p.GetPid(), Instance: p.GetInstance(), Ident: identOf(p),
 		PPID: p.GetPpid(), Python: p.GetPython(), VLLM: p.GetVllm(), GPUUUID: p.GetGpuUuid(),
 		Title: p.GetTitle(), Argv: p.GetArgv(), StartNS: p.GetStartNs(),
 	}
@@ -243,6 +243,9 @@ func decodeLife(subject string, data []byte) (any, error) {
 		l.Type = LifeStatus
 		for _, t := range r.Status.GetTargets() {
 			l.Targets = append(l.Targets, Target{Target: t.GetTarget(), Status: t.GetStatus(), Reason: t.GetReason()})
+		}
+		for _, t := range r.Status.GetTables() {
+			l.Tables = append(l.Tables, TableStatus{Table: t.GetTable(), Status: t.GetStatus()})
 		}
 	case *pmpb.Lifecycle_Bye_:
 		l.Type, l.Dropped, l.LastSeq, l.EndNS, l.Clean = LifeBye, r.Bye.GetDropped(), r.Bye.GetLastSeq(), r.Bye.GetEndNs(), r.Bye.GetClean()

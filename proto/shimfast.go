@@ -68,9 +68,11 @@ type BatchHead struct {
 	Session string
 	Host    string
 	PID     int64
-	Ident   Ident
-	Dropped uint64
-	BatchID string
+	// Instance is the shim's per-start id (16 hex digits; empty from older shims).
+	Instance string
+	Ident    Ident
+	Dropped  uint64
+	BatchID  string
 }
 
 // AppendEventBatch appends an EventBatch of the current schema version holding events (Event
@@ -127,7 +129,8 @@ func sizeInt(num protowire.Number, v int64) int {
 	return protowire.SizeTag(num) + protowire.SizeVarint(uint64(v))
 }
 
-// Process fields: session 1, host 2, pid 3, role 5, dp 6, pp 7, tp 8, ep 9, rank 10 (int32 as
+// Process fields: session 1, host 2, pid 3, role 5, dp 6, pp 7, tp 8, ep 9, rank 10, instance 17
+// (int32 as
 // protobuf writes them: sign-extended to 64 bits).
 func appendProcess(b []byte, h *BatchHead) []byte {
 	b = appendString(b, 1, h.Session)
@@ -138,13 +141,14 @@ func appendProcess(b []byte, h *BatchHead) []byte {
 	b = appendInt(b, 7, int64(int32(h.Ident.PP)))
 	b = appendInt(b, 8, int64(int32(h.Ident.TP)))
 	b = appendInt(b, 9, int64(int32(h.Ident.EP)))
-	return appendInt(b, 10, int64(int32(h.Ident.Rank)))
+	b = appendInt(b, 10, int64(int32(h.Ident.Rank)))
+	return appendString(b, 17, h.Instance)
 }
 
 func processSize(h *BatchHead) int {
 	return sizeString(1, h.Session) + sizeString(2, h.Host) + sizeInt(3, h.PID) + sizeString(5, h.Ident.Role) +
 		sizeInt(6, int64(int32(h.Ident.DP))) + sizeInt(7, int64(int32(h.Ident.PP))) + sizeInt(8, int64(int32(h.Ident.TP))) +
-		sizeInt(9, int64(int32(h.Ident.EP))) + sizeInt(10, int64(int32(h.Ident.Rank)))
+		sizeInt(9, int64(int32(h.Ident.EP))) + sizeInt(10, int64(int32(h.Ident.Rank))) + sizeString(17, h.Instance)
 }
 
 // appendEvent appends one Event message (kind 1, table 2, seq 3, step 4, ts_ns 5, cols 6) checking

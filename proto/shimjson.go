@@ -55,6 +55,11 @@ type Hello struct {
 	Title   string   `json:"title"`
 	Argv    []string `json:"argv"`
 	StartNS int64    `json:"start_ns"`
+	// Instance is drawn once per process start (16 hex digits): with PID it names the process,
+	// so a pid reused by another process never shares its stream identity. Empty from older shims.
+	Instance string `json:"instance"`
+	// Reconnects counts the shim's reconnects to an agent (0 on its first hello).
+	Reconnects int `json:"reconnects"`
 }
 
 // Ident returns the identity the hello announces.
@@ -69,7 +74,7 @@ func (h *Hello) Process() *pmpb.Process {
 		Session: h.Session, Host: h.Host, Pid: int64(h.PID), Ppid: int64(h.PPID), Role: h.Role,
 		Dp: int32(h.DP), Pp: int32(h.PP), Tp: int32(h.TP), Ep: int32(h.EP), Rank: int32(h.Rank),
 		Python: h.Python, Vllm: h.VLLM, GpuUuid: h.GPUUUID, Title: h.Title, StartNs: h.StartNS,
-		Argv: append([]string(nil), h.Argv...),
+		Argv: append([]string(nil), h.Argv...), Instance: h.Instance,
 	}
 }
 
@@ -105,6 +110,16 @@ type Target struct {
 type Status struct {
 	PID     int      `json:"pid"`
 	Targets []Target `json:"targets"`
+	// Tables says why each CSV table has rows or not in this process; empty from older shims.
+	Tables []TableStatus `json:"tables"`
+}
+
+// TableStatus is one table's status in a process (the shim's metadata.json "tables"): recorded,
+// no events, disabled, "unavailable: needs CUDA events", "not in this vLLM era", "not in this
+// process" or "failed: <reason>".
+type TableStatus struct {
+	Table  string `json:"table"`
+	Status string `json:"status"`
 }
 
 // Bye is a process's last line. EndState is how the process says it ends: "clean", or "killed"
@@ -128,6 +143,9 @@ type Ctl struct {
 	Name    string `json:"name,omitempty"`
 	Enabled *bool  `json:"enabled,omitempty"`
 	Session string `json:"session,omitempty"`
+	// Seq (op "ack"): every event of this process up to this sequence number is queued durably
+	// by the agent (or refused for good); the shim may let go of its copies.
+	Seq uint64 `json:"seq,omitempty"`
 }
 
 // Admin is a request of an admin client (op "status").
@@ -160,8 +178,10 @@ type wireLine struct {
 	Events  []Event  `json:"events"`
 	Dropped uint64   `json:"dropped"`
 	Targets []Target `json:"targets"`
-	LastSeq uint64   `json:"last_seq"`
-	EndNS   int64    `json:"end_ns"`
+	// status
+	Tables  []TableStatus `json:"tables"`
+	LastSeq uint64        `json:"last_seq"`
+	EndNS   int64         `json:"end_ns"`
 	// bye
 	EndState  string `json:"end_state"`
 	EndSignal string `json:"end_signal"`
@@ -201,7 +221,7 @@ func ReadLine(b []byte) (*Line, error) {
 	case LineBatch:
 		l.Batch = &Batch{PID: pid, Ident: w.Ident, Events: w.Events, Dropped: w.Dropped}
 	case LineStatus:
-		l.Status = &Status{PID: pid, Targets: w.Targets}
+		l.Status = &Status{PID: pid, Targets: w.Targets, Tables: w.Tables}
 	case LineBye:
 		l.Bye = &Bye{PID: pid, Dropped: w.Dropped, LastSeq: w.LastSeq, EndNS: w.EndNS, EndState: w.EndState, EndSignal: w.EndSignal}
 	case LineCtl:
@@ -508,7 +528,7 @@ func BatchesByKind(eb *pmpb.EventBatch) []*pmpb.EventBatch {
 	for _, kind := range order {
 		k := by[kind]
 		p := k.Process
-		k.BatchId = MsgID(p.GetSession(), p.GetHost(), p.GetPid(), kind, k.Events[0].Seq, k.Events[len(k.Events)-1].Seq)
+		k.BatchId = MsgID(p.GetSession(), p.GetHost(), p.GetPid(), p.GetInstance(), kind, k.Events[0].Seq, k.Events[len(k.Events)-1].Seq)
 		out = append(out, k)
 	}
 	return out

@@ -380,3 +380,21 @@ func TestVersionCheck(t *testing.T) {
 		t.Fatalf("control: %v %v", c, err)
 	}
 }
+
+// The hello's instance and the status line's per-table statuses survive decoding.
+func TestReadLineInstanceAndTables(t *testing.T) {
+	l, err := ReadLine([]byte(`{"t":"hello","v":1,"pid":7,"ppid":1,"role":"worker","dp":0,"pp":0,"tp":0,"ep":-1,"rank":0,"instance":"0123456789abcdef","reconnects":2}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.Hello.Instance != "0123456789abcdef" || l.Hello.Reconnects != 2 || l.Hello.Process().GetInstance() != "0123456789abcdef" {
+		t.Errorf("hello %+v lost its instance or reconnects", l.Hello)
+	}
+	l, err = ReadLine([]byte(`{"t":"status","v":1,"pid":7,"targets":[],"tables":[{"table":"moe_expert_timing","status":"unavailable: needs CUDA events"}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(l.Status.Tables) != 1 || l.Status.Tables[0] != (TableStatus{"moe_expert_timing", "unavailable: needs CUDA events"}) {
+		t.Errorf("status tables %+v", l.Status.Tables)
+	}
+}

@@ -304,16 +304,26 @@ func unescapeIn(subj, tok string) (string, error) {
 	return v, nil
 }
 
-// MsgID is the Nats-Msg-Id of an event batch: <session>/<host>/<pid>/<kind>/<first seq>-<last seq>.
-// JetStream drops a second message with the same id inside the duplicate window, so a batch the
-// agent re-sends after a lost ack is stored once.
-func MsgID(session, host string, pid int64, kind string, first, last uint64) string {
-	return session + "/" + host + "/" + strconv.FormatInt(pid, 10) + "/" + kind + "/" +
+// MsgID is the Nats-Msg-Id of an event batch: <session>/<host>/<proc id>/<kind>/<first seq>-<last seq>,
+// with <proc id> from ProcID. JetStream drops a second message with the same id inside the
+// duplicate window, so a batch the agent re-sends after a lost ack is stored once, while two
+// processes that share a pid (different instances) never share an id.
+func MsgID(session, host string, pid int64, instance, kind string, first, last uint64) string {
+	return session + "/" + host + "/" + ProcID(pid, instance) + "/" + kind + "/" +
 		strconv.FormatUint(first, 10) + "-" + strconv.FormatUint(last, 10)
 }
 
-// LifeMsgID is the Nats-Msg-Id of a lifecycle record: <session>/<host>/<pid>/life/<record>/<n>,
+// LifeMsgID is the Nats-Msg-Id of a lifecycle record: <session>/<host>/<proc id>/life/<record>/<n>,
 // with n distinguishing repeated records of one process (e.g. successive status lines).
-func LifeMsgID(session, host string, pid int64, record string, n uint64) string {
-	return session + "/" + host + "/" + strconv.FormatInt(pid, 10) + "/life/" + record + "/" + strconv.FormatUint(n, 10)
+func LifeMsgID(session, host string, pid int64, instance, record string, n uint64) string {
+	return session + "/" + host + "/" + ProcID(pid, instance) + "/life/" + record + "/" + strconv.FormatUint(n, 10)
+}
+
+// ProcID names one process start on a host inside message ids: "<pid>" for shims that send no
+// instance, else "<pid>.<instance>" (instance: the shim's 16 hex digits drawn at start).
+func ProcID(pid int64, instance string) string {
+	if instance == "" {
+		return strconv.FormatInt(pid, 10)
+	}
+	return strconv.FormatInt(pid, 10) + "." + instance
 }

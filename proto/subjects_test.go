@@ -179,10 +179,10 @@ func TestProcToken(t *testing.T) {
 }
 
 func TestMsgIDs(t *testing.T) {
-	if got := MsgID("S", "h.a", 42, "kv_cache", 5, 9); got != "S/h.a/42/kv_cache/5-9" {
+	if got := MsgID("S", "h.a", 42, "", "kv_cache", 5, 9); got != "S/h.a/42/kv_cache/5-9" {
 		t.Errorf("MsgID = %s", got)
 	}
-	if LifeMsgID("S", "h", 1, "status", 1) == LifeMsgID("S", "h", 1, "status", 2) {
+	if LifeMsgID("S", "h", 1, "", "status", 1) == LifeMsgID("S", "h", 1, "", "status", 2) {
 		t.Error("life ids of successive records collide")
 	}
 }

@@ -117,7 +117,11 @@ type Summary struct {
 	Rows     map[string]int64 `json:"rows"`
 	// Ends is how each process ended, by host/proc: clean, lost, "killed (SIGKILL)", or running.
 	Ends map[string]string `json:"end_states"`
-	Dir  string            `json:"dir"`
+	// Tables is each table's status over the session's processes (the most telling one a process
+	// reported: recorded, failed: ..., no events, unavailable: needs CUDA events, disabled, not in
+	// this vLLM era, not in this process); absent for shims that report none.
+	Tables map[string]string `json:"table_status,omitempty"`
+	Dir    string            `json:"dir"`
 	// Findings are the plugins' findings (findings.csv), most severe first; without that file,
 	// those package analysis computes from the tables (plugin_version "computed"). Plugins is what
 	// each plugin did with the session (plugins.json).
@@ -160,12 +164,17 @@ func summarize(dir string) (*Summary, error) {
 	}
 	s := &Summary{Session: m.Session, Status: m.Status, EndReason: m.EndReason, Hosts: map[string][]string{},
 		Layout: map[string]string{}, Steps: map[string]int{}, GraphModes: map[string]float64{}, Rows: m.Rows, Dir: dir,
-		Ends: map[string]string{}}
+		Ends: map[string]string{}, Tables: map[string]string{}}
 	procOf := map[string]string{}  // host/pid -> token
 	size := map[string]*[3]int64{} // host -> max tp, pp, dp + 1
 	for _, p := range m.Processes {
 		s.Hosts[p.Host] = append(s.Hosts[p.Host], p.Proc)
 		s.Ends[p.Host+"/"+p.Proc] = endState(p)
+		for _, t := range p.Tables {
+			if tableRank(t.Status) > tableRank(s.Tables[t.Table]) {
+				s.Tables[t.Table] = t.Status
+			}
+		}
 		procOf[p.Host+"/"+strconv.FormatInt(p.PID, 10)] = p.Proc
 		if p.Role != proto.RoleWorker {
 			continue
@@ -395,6 +404,31 @@ func endState(p *hub.ProcMeta) string {
 	return p.EndState
 }
 
+// tableRank orders table statuses by how much they tell about a session: a table recorded by one
+// process is recorded; otherwise a failure, then a hooked table that saw nothing, then why it
+// cannot be recorded here. Unknown statuses rank just above "not in this process".
+func tableRank(status string) int {
+	switch {
+	case status == "":
+		return 0
+	case status == "recorded":
+		return 8
+	case strings.HasPrefix(status, "failed"):
+		return 7
+	case status == "no events":
+		return 6
+	case strings.HasPrefix(status, "unavailable"):
+		return 5
+	case status == "disabled":
+		return 4
+	case status == "not in this vLLM era":
+		return 3
+	case status == "not in this process":
+		return 1
+	}
+	return 2
+}
+
 func (s *Summary) print(w io.Writer) {
 	fmt.Fprintf(w, "session %s: %s", s.Session, s.Status)
 	if s.EndReason != "" {
@@ -449,5 +483,11 @@ func (s *Summary) print(w io.Writer) {
 	fmt.Fprintln(w, "  rows per table:")
 	for _, t := range sortedKeys(s.Rows) {
 		fmt.Fprintf(w, "    %-24s %d\n", t, s.Rows[t])
+	}
+	if len(s.Tables) > 0 {
+		fmt.Fprintln(w, "  table status:")
+		for _, t := range sortedKeys(s.Tables) {
+			fmt.Fprintf(w, "    %-24s %s\n", t, s.Tables[t])
+		}
 	}
 }

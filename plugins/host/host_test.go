@@ -170,7 +170,7 @@ func (s *session) life(proc string, p *pmpb.Process, rec string, lc *pmpb.Lifecy
 	data, _ := gproto.Marshal(lc)
 	msg := nats.NewMsg(proto.LifeSubject(s.id, s.host, proc))
 	msg.Data = data
-	msg.Header.Set(nats.MsgIdHdr, proto.LifeMsgID(s.id, s.host, p.Pid, rec, 0))
+	msg.Header.Set(nats.MsgIdHdr, proto.LifeMsgID(s.id, s.host, p.Pid, "", rec, 0))
 	if _, err := s.r.js.PublishMsg(context.Background(), msg); err != nil {
 		s.r.t.Fatal(err)
 	}
@@ -195,7 +195,7 @@ func (s *session) batches(n, k int) {
 						"cpu_ms": {V: &pmpb.Value_D{D: float64(w + 1)}}, "tokens": {V: &pmpb.Value_I{I: 8}},
 						"runtime_mode": {V: &pmpb.Value_S{S: "NONE"}}, "gpu_status": {V: &pmpb.Value_S{S: "unavailable"}}}})
 			}
-			eb.BatchId = proto.MsgID(s.id, s.host, p.Pid, proto.KindForwardPass, first, s.seq[w])
+			eb.BatchId = proto.MsgID(s.id, s.host, p.Pid, "", proto.KindForwardPass, first, s.seq[w])
 			data, _ := gproto.Marshal(eb)
 			msg := nats.NewMsg(proto.EventSubject(s.id, s.host, proto.ProcToken(p.Role, 0, int(p.Rank), int(p.Pid)), proto.KindForwardPass))
 			msg.Data = data

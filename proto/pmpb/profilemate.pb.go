@@ -246,23 +246,26 @@ func (x *Event) GetCols() map[string]*Value {
 // Process is who recorded the events: the identity a shim announces in its hello, completed by
 // the agent (session, host). Unknown ranks are -1.
 type Process struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Session       string                 `protobuf:"bytes,1,opt,name=session,proto3" json:"session,omitempty"`
-	Host          string                 `protobuf:"bytes,2,opt,name=host,proto3" json:"host,omitempty"`
-	Pid           int64                  `protobuf:"varint,3,opt,name=pid,proto3" json:"pid,omitempty"`
-	Ppid          int64                  `protobuf:"varint,4,opt,name=ppid,proto3" json:"ppid,omitempty"`
-	Role          string                 `protobuf:"bytes,5,opt,name=role,proto3" json:"role,omitempty"` // api_server, engine_core, worker; agent for agent-made rows without an owner
-	Dp            int32                  `protobuf:"varint,6,opt,name=dp,proto3" json:"dp,omitempty"`
-	Pp            int32                  `protobuf:"varint,7,opt,name=pp,proto3" json:"pp,omitempty"`
-	Tp            int32                  `protobuf:"varint,8,opt,name=tp,proto3" json:"tp,omitempty"`
-	Ep            int32                  `protobuf:"varint,9,opt,name=ep,proto3" json:"ep,omitempty"`
-	Rank          int32                  `protobuf:"varint,10,opt,name=rank,proto3" json:"rank,omitempty"` // global worker rank (worker), api index (api_server); -1 when unknown
-	Python        string                 `protobuf:"bytes,11,opt,name=python,proto3" json:"python,omitempty"`
-	Vllm          string                 `protobuf:"bytes,12,opt,name=vllm,proto3" json:"vllm,omitempty"`
-	GpuUuid       string                 `protobuf:"bytes,13,opt,name=gpu_uuid,json=gpuUuid,proto3" json:"gpu_uuid,omitempty"`
-	Title         string                 `protobuf:"bytes,14,opt,name=title,proto3" json:"title,omitempty"` // process title (e.g. VLLM::Worker_TP1)
-	StartNs       int64                  `protobuf:"varint,15,opt,name=start_ns,json=startNs,proto3" json:"start_ns,omitempty"`
-	Argv          []string               `protobuf:"bytes,16,rep,name=argv,proto3" json:"argv,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Session string                 `protobuf:"bytes,1,opt,name=session,proto3" json:"session,omitempty"`
+	Host    string                 `protobuf:"bytes,2,opt,name=host,proto3" json:"host,omitempty"`
+	Pid     int64                  `protobuf:"varint,3,opt,name=pid,proto3" json:"pid,omitempty"`
+	Ppid    int64                  `protobuf:"varint,4,opt,name=ppid,proto3" json:"ppid,omitempty"`
+	Role    string                 `protobuf:"bytes,5,opt,name=role,proto3" json:"role,omitempty"` // api_server, engine_core, worker; agent for agent-made rows without an owner
+	Dp      int32                  `protobuf:"varint,6,opt,name=dp,proto3" json:"dp,omitempty"`
+	Pp      int32                  `protobuf:"varint,7,opt,name=pp,proto3" json:"pp,omitempty"`
+	Tp      int32                  `protobuf:"varint,8,opt,name=tp,proto3" json:"tp,omitempty"`
+	Ep      int32                  `protobuf:"varint,9,opt,name=ep,proto3" json:"ep,omitempty"`
+	Rank    int32                  `protobuf:"varint,10,opt,name=rank,proto3" json:"rank,omitempty"` // global worker rank (worker), api index (api_server); -1 when unknown
+	Python  string                 `protobuf:"bytes,11,opt,name=python,proto3" json:"python,omitempty"`
+	Vllm    string                 `protobuf:"bytes,12,opt,name=vllm,proto3" json:"vllm,omitempty"`
+	GpuUuid string                 `protobuf:"bytes,13,opt,name=gpu_uuid,json=gpuUuid,proto3" json:"gpu_uuid,omitempty"`
+	Title   string                 `protobuf:"bytes,14,opt,name=title,proto3" json:"title,omitempty"` // process title (e.g. VLLM::Worker_TP1)
+	StartNs int64                  `protobuf:"varint,15,opt,name=start_ns,json=startNs,proto3" json:"start_ns,omitempty"`
+	Argv    []string               `protobuf:"bytes,16,rep,name=argv,proto3" json:"argv,omitempty"`
+	// instance tells apart processes that share a pid (containers, pid namespaces, a reused pid):
+	// 16 hex digits the shim draws at process start; empty from shims before it existed.
+	Instance      string `protobuf:"bytes,17,opt,name=instance,proto3" json:"instance,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -407,6 +410,13 @@ func (x *Process) GetArgv() []string {
 		return x.Argv
 	}
 	return nil
+}
+
+func (x *Process) GetInstance() string {
+	if x != nil {
+		return x.Instance
+	}
+	return ""
 }
 
 // EventBatch is the body of pm.v1.ev.<session>.<host>.<proc>.<kind>: events of one process and
@@ -556,6 +566,61 @@ func (x *TargetStatus) GetReason() string {
 	return ""
 }
 
+// TableStatus says why one CSV table of a process has rows or not (the shim's metadata.json
+// "tables"): recorded, no events, disabled, unavailable: needs CUDA events, not in this vLLM era,
+// not in this process, failed: <reason>.
+type TableStatus struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Table         string                 `protobuf:"bytes,1,opt,name=table,proto3" json:"table,omitempty"`
+	Status        string                 `protobuf:"bytes,2,opt,name=status,proto3" json:"status,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TableStatus) Reset() {
+	*x = TableStatus{}
+	mi := &file_profilemate_v1_profilemate_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TableStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TableStatus) ProtoMessage() {}
+
+func (x *TableStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_profilemate_v1_profilemate_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TableStatus.ProtoReflect.Descriptor instead.
+func (*TableStatus) Descriptor() ([]byte, []int) {
+	return file_profilemate_v1_profilemate_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *TableStatus) GetTable() string {
+	if x != nil {
+		return x.Table
+	}
+	return ""
+}
+
+func (x *TableStatus) GetStatus() string {
+	if x != nil {
+		return x.Status
+	}
+	return ""
+}
+
 // Lifecycle is the body of pm.v1.life.<session>.<host>.<proc>.
 type Lifecycle struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
@@ -577,7 +642,7 @@ type Lifecycle struct {
 
 func (x *Lifecycle) Reset() {
 	*x = Lifecycle{}
-	mi := &file_profilemate_v1_profilemate_proto_msgTypes[5]
+	mi := &file_profilemate_v1_profilemate_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -589,7 +654,7 @@ func (x *Lifecycle) String() string {
 func (*Lifecycle) ProtoMessage() {}
 
 func (x *Lifecycle) ProtoReflect() protoreflect.Message {
-	mi := &file_profilemate_v1_profilemate_proto_msgTypes[5]
+	mi := &file_profilemate_v1_profilemate_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -602,7 +667,7 @@ func (x *Lifecycle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lifecycle.ProtoReflect.Descriptor instead.
 func (*Lifecycle) Descriptor() ([]byte, []int) {
-	return file_profilemate_v1_profilemate_proto_rawDescGZIP(), []int{5}
+	return file_profilemate_v1_profilemate_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Lifecycle) GetSchemaMajor() uint32 {
@@ -741,7 +806,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_profilemate_v1_profilemate_proto_msgTypes[6]
+	mi := &file_profilemate_v1_profilemate_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -753,7 +818,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_profilemate_v1_profilemate_proto_msgTypes[6]
+	mi := &file_profilemate_v1_profilemate_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -766,7 +831,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_profilemate_v1_profilemate_proto_rawDescGZIP(), []int{6}
+	return file_profilemate_v1_profilemate_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Heartbeat) GetSchemaMajor() uint32 {
@@ -879,7 +944,7 @@ type Control struct {
 
 func (x *Control) Reset() {
 	*x = Control{}
-	mi := &file_profilemate_v1_profilemate_proto_msgTypes[7]
+	mi := &file_profilemate_v1_profilemate_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -891,7 +956,7 @@ func (x *Control) String() string {
 func (*Control) ProtoMessage() {}
 
 func (x *Control) ProtoReflect() protoreflect.Message {
-	mi := &file_profilemate_v1_profilemate_proto_msgTypes[7]
+	mi := &file_profilemate_v1_profilemate_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -904,7 +969,7 @@ func (x *Control) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Control.ProtoReflect.Descriptor instead.
 func (*Control) Descriptor() ([]byte, []int) {
-	return file_profilemate_v1_profilemate_proto_rawDescGZIP(), []int{7}
+	return file_profilemate_v1_profilemate_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Control) GetSchemaMajor() uint32 {
@@ -1002,7 +1067,7 @@ type ClockRequest struct {
 
 func (x *ClockRequest) Reset() {
 	*x = ClockRequest{}
-	mi := &file_profilemate_v1_profilemate_proto_msgTypes[8]
+	mi := &file_profilemate_v1_profilemate_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1014,7 +1079,7 @@ func (x *ClockRequest) String() string {
 func (*ClockRequest) ProtoMessage() {}
 
 func (x *ClockRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_profilemate_v1_profilemate_proto_msgTypes[8]
+	mi := &file_profilemate_v1_profilemate_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1027,7 +1092,7 @@ func (x *ClockRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClockRequest.ProtoReflect.Descriptor instead.
 func (*ClockRequest) Descriptor() ([]byte, []int) {
-	return file_profilemate_v1_profilemate_proto_rawDescGZIP(), []int{8}
+	return file_profilemate_v1_profilemate_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ClockRequest) GetHost() string {
@@ -1056,7 +1121,7 @@ type ClockReply struct {
 
 func (x *ClockReply) Reset() {
 	*x = ClockReply{}
-	mi := &file_profilemate_v1_profilemate_proto_msgTypes[9]
+	mi := &file_profilemate_v1_profilemate_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1068,7 +1133,7 @@ func (x *ClockReply) String() string {
 func (*ClockReply) ProtoMessage() {}
 
 func (x *ClockReply) ProtoReflect() protoreflect.Message {
-	mi := &file_profilemate_v1_profilemate_proto_msgTypes[9]
+	mi := &file_profilemate_v1_profilemate_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1081,7 +1146,7 @@ func (x *ClockReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClockReply.ProtoReflect.Descriptor instead.
 func (*ClockReply) Descriptor() ([]byte, []int) {
-	return file_profilemate_v1_profilemate_proto_rawDescGZIP(), []int{9}
+	return file_profilemate_v1_profilemate_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ClockReply) GetT1Ns() int64 {
@@ -1116,7 +1181,7 @@ type Lifecycle_SessionStart struct {
 
 func (x *Lifecycle_SessionStart) Reset() {
 	*x = Lifecycle_SessionStart{}
-	mi := &file_profilemate_v1_profilemate_proto_msgTypes[11]
+	mi := &file_profilemate_v1_profilemate_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1128,7 +1193,7 @@ func (x *Lifecycle_SessionStart) String() string {
 func (*Lifecycle_SessionStart) ProtoMessage() {}
 
 func (x *Lifecycle_SessionStart) ProtoReflect() protoreflect.Message {
-	mi := &file_profilemate_v1_profilemate_proto_msgTypes[11]
+	mi := &file_profilemate_v1_profilemate_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1141,7 +1206,7 @@ func (x *Lifecycle_SessionStart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lifecycle_SessionStart.ProtoReflect.Descriptor instead.
 func (*Lifecycle_SessionStart) Descriptor() ([]byte, []int) {
-	return file_profilemate_v1_profilemate_proto_rawDescGZIP(), []int{5, 0}
+	return file_profilemate_v1_profilemate_proto_rawDescGZIP(), []int{6, 0}
 }
 
 func (x *Lifecycle_SessionStart) GetAgentVersion() string {
@@ -1167,7 +1232,7 @@ type Lifecycle_Hello struct {
 
 func (x *Lifecycle_Hello) Reset() {
 	*x = Lifecycle_Hello{}
-	mi := &file_profilemate_v1_profilemate_proto_msgTypes[12]
+	mi := &file_profilemate_v1_profilemate_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1179,7 +1244,7 @@ func (x *Lifecycle_Hello) String() string {
 func (*Lifecycle_Hello) ProtoMessage() {}
 
 func (x *Lifecycle_Hello) ProtoReflect() protoreflect.Message {
-	mi := &file_profilemate_v1_profilemate_proto_msgTypes[12]
+	mi := &file_profilemate_v1_profilemate_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1192,20 +1257,21 @@ func (x *Lifecycle_Hello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lifecycle_Hello.ProtoReflect.Descriptor instead.
 func (*Lifecycle_Hello) Descriptor() ([]byte, []int) {
-	return file_profilemate_v1_profilemate_proto_rawDescGZIP(), []int{5, 1}
+	return file_profilemate_v1_profilemate_proto_rawDescGZIP(), []int{6, 1}
 }
 
 // Status: the process's patch results.
 type Lifecycle_Status struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Targets       []*TargetStatus        `protobuf:"bytes,1,rep,name=targets,proto3" json:"targets,omitempty"`
+	Tables        []*TableStatus         `protobuf:"bytes,2,rep,name=tables,proto3" json:"tables,omitempty"` // per table, in the schema's table order
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Lifecycle_Status) Reset() {
 	*x = Lifecycle_Status{}
-	mi := &file_profilemate_v1_profilemate_proto_msgTypes[13]
+	mi := &file_profilemate_v1_profilemate_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1217,7 +1283,7 @@ func (x *Lifecycle_Status) String() string {
 func (*Lifecycle_Status) ProtoMessage() {}
 
 func (x *Lifecycle_Status) ProtoReflect() protoreflect.Message {
-	mi := &file_profilemate_v1_profilemate_proto_msgTypes[13]
+	mi := &file_profilemate_v1_profilemate_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1230,12 +1296,19 @@ func (x *Lifecycle_Status) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lifecycle_Status.ProtoReflect.Descriptor instead.
 func (*Lifecycle_Status) Descriptor() ([]byte, []int) {
-	return file_profilemate_v1_profilemate_proto_rawDescGZIP(), []int{5, 2}
+	return file_profilemate_v1_profilemate_proto_rawDescGZIP(), []int{6, 2}
 }
 
 func (x *Lifecycle_Status) GetTargets() []*TargetStatus {
 	if x != nil {
 		return x.Targets
+	}
+	return nil
+}
+
+func (x *Lifecycle_Status) GetTables() []*TableStatus {
+	if x != nil {
+		return x.Tables
 	}
 	return nil
 }
@@ -1259,7 +1332,7 @@ type Lifecycle_Bye struct {
 
 func (x *Lifecycle_Bye) Reset() {
 	*x = Lifecycle_Bye{}
-	mi := &file_profilemate_v1_profilemate_proto_msgTypes[14]
+	mi := &file_profilemate_v1_profilemate_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1271,7 +1344,7 @@ func (x *Lifecycle_Bye) String() string {
 func (*Lifecycle_Bye) ProtoMessage() {}
 
 func (x *Lifecycle_Bye) ProtoReflect() protoreflect.Message {
-	mi := &file_profilemate_v1_profilemate_proto_msgTypes[14]
+	mi := &file_profilemate_v1_profilemate_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1284,7 +1357,7 @@ func (x *Lifecycle_Bye) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lifecycle_Bye.ProtoReflect.Descriptor instead.
 func (*Lifecycle_Bye) Descriptor() ([]byte, []int) {
-	return file_profilemate_v1_profilemate_proto_rawDescGZIP(), []int{5, 3}
+	return file_profilemate_v1_profilemate_proto_rawDescGZIP(), []int{6, 3}
 }
 
 func (x *Lifecycle_Bye) GetDropped() uint64 {
@@ -1342,7 +1415,7 @@ type Lifecycle_SessionEnd struct {
 
 func (x *Lifecycle_SessionEnd) Reset() {
 	*x = Lifecycle_SessionEnd{}
-	mi := &file_profilemate_v1_profilemate_proto_msgTypes[15]
+	mi := &file_profilemate_v1_profilemate_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1354,7 +1427,7 @@ func (x *Lifecycle_SessionEnd) String() string {
 func (*Lifecycle_SessionEnd) ProtoMessage() {}
 
 func (x *Lifecycle_SessionEnd) ProtoReflect() protoreflect.Message {
-	mi := &file_profilemate_v1_profilemate_proto_msgTypes[15]
+	mi := &file_profilemate_v1_profilemate_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1367,7 +1440,7 @@ func (x *Lifecycle_SessionEnd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lifecycle_SessionEnd.ProtoReflect.Descriptor instead.
 func (*Lifecycle_SessionEnd) Descriptor() ([]byte, []int) {
-	return file_profilemate_v1_profilemate_proto_rawDescGZIP(), []int{5, 4}
+	return file_profilemate_v1_profilemate_proto_rawDescGZIP(), []int{6, 4}
 }
 
 func (x *Lifecycle_SessionEnd) GetEndNs() int64 {
@@ -1409,7 +1482,7 @@ type Control_Profiler struct {
 
 func (x *Control_Profiler) Reset() {
 	*x = Control_Profiler{}
-	mi := &file_profilemate_v1_profilemate_proto_msgTypes[16]
+	mi := &file_profilemate_v1_profilemate_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1421,7 +1494,7 @@ func (x *Control_Profiler) String() string {
 func (*Control_Profiler) ProtoMessage() {}
 
 func (x *Control_Profiler) ProtoReflect() protoreflect.Message {
-	mi := &file_profilemate_v1_profilemate_proto_msgTypes[16]
+	mi := &file_profilemate_v1_profilemate_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1434,7 +1507,7 @@ func (x *Control_Profiler) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Control_Profiler.ProtoReflect.Descriptor instead.
 func (*Control_Profiler) Descriptor() ([]byte, []int) {
-	return file_profilemate_v1_profilemate_proto_rawDescGZIP(), []int{7, 0}
+	return file_profilemate_v1_profilemate_proto_rawDescGZIP(), []int{8, 0}
 }
 
 func (x *Control_Profiler) GetName() string {
@@ -1461,7 +1534,7 @@ type Control_SessionStart struct {
 
 func (x *Control_SessionStart) Reset() {
 	*x = Control_SessionStart{}
-	mi := &file_profilemate_v1_profilemate_proto_msgTypes[17]
+	mi := &file_profilemate_v1_profilemate_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1473,7 +1546,7 @@ func (x *Control_SessionStart) String() string {
 func (*Control_SessionStart) ProtoMessage() {}
 
 func (x *Control_SessionStart) ProtoReflect() protoreflect.Message {
-	mi := &file_profilemate_v1_profilemate_proto_msgTypes[17]
+	mi := &file_profilemate_v1_profilemate_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1486,7 +1559,7 @@ func (x *Control_SessionStart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Control_SessionStart.ProtoReflect.Descriptor instead.
 func (*Control_SessionStart) Descriptor() ([]byte, []int) {
-	return file_profilemate_v1_profilemate_proto_rawDescGZIP(), []int{7, 1}
+	return file_profilemate_v1_profilemate_proto_rawDescGZIP(), []int{8, 1}
 }
 
 func (x *Control_SessionStart) GetSession() string {
@@ -1505,7 +1578,7 @@ type Control_SessionStop struct {
 
 func (x *Control_SessionStop) Reset() {
 	*x = Control_SessionStop{}
-	mi := &file_profilemate_v1_profilemate_proto_msgTypes[18]
+	mi := &file_profilemate_v1_profilemate_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1517,7 +1590,7 @@ func (x *Control_SessionStop) String() string {
 func (*Control_SessionStop) ProtoMessage() {}
 
 func (x *Control_SessionStop) ProtoReflect() protoreflect.Message {
-	mi := &file_profilemate_v1_profilemate_proto_msgTypes[18]
+	mi := &file_profilemate_v1_profilemate_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1530,7 +1603,7 @@ func (x *Control_SessionStop) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Control_SessionStop.ProtoReflect.Descriptor instead.
 func (*Control_SessionStop) Descriptor() ([]byte, []int) {
-	return file_profilemate_v1_profilemate_proto_rawDescGZIP(), []int{7, 2}
+	return file_profilemate_v1_profilemate_proto_rawDescGZIP(), []int{8, 2}
 }
 
 var File_profilemate_v1_profilemate_proto protoreflect.FileDescriptor
@@ -1553,7 +1626,7 @@ const file_profilemate_v1_profilemate_proto_rawDesc = "" +
 	"\x04cols\x18\x06 \x03(\v2\x1f.profilemate.v1.Event.ColsEntryR\x04cols\x1aN\n" +
 	"\tColsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12+\n" +
-	"\x05value\x18\x02 \x01(\v2\x15.profilemate.v1.ValueR\x05value:\x028\x01\"\xd1\x02\n" +
+	"\x05value\x18\x02 \x01(\v2\x15.profilemate.v1.ValueR\x05value:\x028\x01\"\xed\x02\n" +
 	"\aProcess\x12\x18\n" +
 	"\asession\x18\x01 \x01(\tR\asession\x12\x12\n" +
 	"\x04host\x18\x02 \x01(\tR\x04host\x12\x10\n" +
@@ -1571,7 +1644,8 @@ const file_profilemate_v1_profilemate_proto_rawDesc = "" +
 	"\bgpu_uuid\x18\r \x01(\tR\agpuUuid\x12\x14\n" +
 	"\x05title\x18\x0e \x01(\tR\x05title\x12\x19\n" +
 	"\bstart_ns\x18\x0f \x01(\x03R\astartNs\x12\x12\n" +
-	"\x04argv\x18\x10 \x03(\tR\x04argv\"\xe9\x01\n" +
+	"\x04argv\x18\x10 \x03(\tR\x04argv\x12\x1a\n" +
+	"\binstance\x18\x11 \x01(\tR\binstance\"\xe9\x01\n" +
 	"\n" +
 	"EventBatch\x12!\n" +
 	"\fschema_major\x18\x01 \x01(\rR\vschemaMajor\x12!\n" +
@@ -1583,7 +1657,10 @@ const file_profilemate_v1_profilemate_proto_rawDesc = "" +
 	"\fTargetStatus\x12\x16\n" +
 	"\x06target\x18\x01 \x01(\tR\x06target\x12\x16\n" +
 	"\x06status\x18\x02 \x01(\tR\x06status\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\"\x8c\a\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\";\n" +
+	"\vTableStatus\x12\x14\n" +
+	"\x05table\x18\x01 \x01(\tR\x05table\x12\x16\n" +
+	"\x06status\x18\x02 \x01(\tR\x06status\"\xc1\a\n" +
 	"\tLifecycle\x12!\n" +
 	"\fschema_major\x18\x01 \x01(\rR\vschemaMajor\x12!\n" +
 	"\fschema_minor\x18\x02 \x01(\rR\vschemaMinor\x121\n" +
@@ -1598,9 +1675,10 @@ const file_profilemate_v1_profilemate_proto_rawDesc = "" +
 	"\fSessionStart\x12#\n" +
 	"\ragent_version\x18\x01 \x01(\tR\fagentVersion\x12\x19\n" +
 	"\bstart_ns\x18\x02 \x01(\x03R\astartNs\x1a\a\n" +
-	"\x05Hello\x1a@\n" +
+	"\x05Hello\x1au\n" +
 	"\x06Status\x126\n" +
-	"\atargets\x18\x01 \x03(\v2\x1c.profilemate.v1.TargetStatusR\atargets\x1a\xa3\x01\n" +
+	"\atargets\x18\x01 \x03(\v2\x1c.profilemate.v1.TargetStatusR\atargets\x123\n" +
+	"\x06tables\x18\x02 \x03(\v2\x1b.profilemate.v1.TableStatusR\x06tables\x1a\xa3\x01\n" +
 	"\x03Bye\x12\x18\n" +
 	"\adropped\x18\x01 \x01(\x04R\adropped\x12\x19\n" +
 	"\blast_seq\x18\x02 \x01(\x04R\alastSeq\x12\x15\n" +
@@ -1670,48 +1748,50 @@ func file_profilemate_v1_profilemate_proto_rawDescGZIP() []byte {
 	return file_profilemate_v1_profilemate_proto_rawDescData
 }
 
-var file_profilemate_v1_profilemate_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_profilemate_v1_profilemate_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_profilemate_v1_profilemate_proto_goTypes = []any{
 	(*Value)(nil),                  // 0: profilemate.v1.Value
 	(*Event)(nil),                  // 1: profilemate.v1.Event
 	(*Process)(nil),                // 2: profilemate.v1.Process
 	(*EventBatch)(nil),             // 3: profilemate.v1.EventBatch
 	(*TargetStatus)(nil),           // 4: profilemate.v1.TargetStatus
-	(*Lifecycle)(nil),              // 5: profilemate.v1.Lifecycle
-	(*Heartbeat)(nil),              // 6: profilemate.v1.Heartbeat
-	(*Control)(nil),                // 7: profilemate.v1.Control
-	(*ClockRequest)(nil),           // 8: profilemate.v1.ClockRequest
-	(*ClockReply)(nil),             // 9: profilemate.v1.ClockReply
-	nil,                            // 10: profilemate.v1.Event.ColsEntry
-	(*Lifecycle_SessionStart)(nil), // 11: profilemate.v1.Lifecycle.SessionStart
-	(*Lifecycle_Hello)(nil),        // 12: profilemate.v1.Lifecycle.Hello
-	(*Lifecycle_Status)(nil),       // 13: profilemate.v1.Lifecycle.Status
-	(*Lifecycle_Bye)(nil),          // 14: profilemate.v1.Lifecycle.Bye
-	(*Lifecycle_SessionEnd)(nil),   // 15: profilemate.v1.Lifecycle.SessionEnd
-	(*Control_Profiler)(nil),       // 16: profilemate.v1.Control.Profiler
-	(*Control_SessionStart)(nil),   // 17: profilemate.v1.Control.SessionStart
-	(*Control_SessionStop)(nil),    // 18: profilemate.v1.Control.SessionStop
+	(*TableStatus)(nil),            // 5: profilemate.v1.TableStatus
+	(*Lifecycle)(nil),              // 6: profilemate.v1.Lifecycle
+	(*Heartbeat)(nil),              // 7: profilemate.v1.Heartbeat
+	(*Control)(nil),                // 8: profilemate.v1.Control
+	(*ClockRequest)(nil),           // 9: profilemate.v1.ClockRequest
+	(*ClockReply)(nil),             // 10: profilemate.v1.ClockReply
+	nil,                            // 11: profilemate.v1.Event.ColsEntry
+	(*Lifecycle_SessionStart)(nil), // 12: profilemate.v1.Lifecycle.SessionStart
+	(*Lifecycle_Hello)(nil),        // 13: profilemate.v1.Lifecycle.Hello
+	(*Lifecycle_Status)(nil),       // 14: profilemate.v1.Lifecycle.Status
+	(*Lifecycle_Bye)(nil),          // 15: profilemate.v1.Lifecycle.Bye
+	(*Lifecycle_SessionEnd)(nil),   // 16: profilemate.v1.Lifecycle.SessionEnd
+	(*Control_Profiler)(nil),       // 17: profilemate.v1.Control.Profiler
+	(*Control_SessionStart)(nil),   // 18: profilemate.v1.Control.SessionStart
+	(*Control_SessionStop)(nil),    // 19: profilemate.v1.Control.SessionStop
 }
 var file_profilemate_v1_profilemate_proto_depIdxs = []int32{
-	10, // 0: profilemate.v1.Event.cols:type_name -> profilemate.v1.Event.ColsEntry
+	11, // 0: profilemate.v1.Event.cols:type_name -> profilemate.v1.Event.ColsEntry
 	2,  // 1: profilemate.v1.EventBatch.process:type_name -> profilemate.v1.Process
 	1,  // 2: profilemate.v1.EventBatch.events:type_name -> profilemate.v1.Event
 	2,  // 3: profilemate.v1.Lifecycle.process:type_name -> profilemate.v1.Process
-	11, // 4: profilemate.v1.Lifecycle.start:type_name -> profilemate.v1.Lifecycle.SessionStart
-	12, // 5: profilemate.v1.Lifecycle.hello:type_name -> profilemate.v1.Lifecycle.Hello
-	13, // 6: profilemate.v1.Lifecycle.status:type_name -> profilemate.v1.Lifecycle.Status
-	14, // 7: profilemate.v1.Lifecycle.bye:type_name -> profilemate.v1.Lifecycle.Bye
-	15, // 8: profilemate.v1.Lifecycle.end:type_name -> profilemate.v1.Lifecycle.SessionEnd
-	16, // 9: profilemate.v1.Control.profiler:type_name -> profilemate.v1.Control.Profiler
-	17, // 10: profilemate.v1.Control.session_start:type_name -> profilemate.v1.Control.SessionStart
-	18, // 11: profilemate.v1.Control.session_stop:type_name -> profilemate.v1.Control.SessionStop
+	12, // 4: profilemate.v1.Lifecycle.start:type_name -> profilemate.v1.Lifecycle.SessionStart
+	13, // 5: profilemate.v1.Lifecycle.hello:type_name -> profilemate.v1.Lifecycle.Hello
+	14, // 6: profilemate.v1.Lifecycle.status:type_name -> profilemate.v1.Lifecycle.Status
+	15, // 7: profilemate.v1.Lifecycle.bye:type_name -> profilemate.v1.Lifecycle.Bye
+	16, // 8: profilemate.v1.Lifecycle.end:type_name -> profilemate.v1.Lifecycle.SessionEnd
+	17, // 9: profilemate.v1.Control.profiler:type_name -> profilemate.v1.Control.Profiler
+	18, // 10: profilemate.v1.Control.session_start:type_name -> profilemate.v1.Control.SessionStart
+	19, // 11: profilemate.v1.Control.session_stop:type_name -> profilemate.v1.Control.SessionStop
 	0,  // 12: profilemate.v1.Event.ColsEntry.value:type_name -> profilemate.v1.Value
 	4,  // 13: profilemate.v1.Lifecycle.Status.targets:type_name -> profilemate.v1.TargetStatus
-	14, // [14:14] is the sub-list for method output_type
-	14, // [14:14] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	5,  // 14: profilemate.v1.Lifecycle.Status.tables:type_name -> profilemate.v1.TableStatus
+	15, // [15:15] is the sub-list for method output_type
+	15, // [15:15] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_profilemate_v1_profilemate_proto_init() }
@@ -1725,14 +1805,14 @@ func file_profilemate_v1_profilemate_proto_init() {
 		(*Value_S)(nil),
 		(*Value_B)(nil),
 	}
-	file_profilemate_v1_profilemate_proto_msgTypes[5].OneofWrappers = []any{
+	file_profilemate_v1_profilemate_proto_msgTypes[6].OneofWrappers = []any{
 		(*Lifecycle_Start)(nil),
 		(*Lifecycle_Hello_)(nil),
 		(*Lifecycle_Status_)(nil),
 		(*Lifecycle_Bye_)(nil),
 		(*Lifecycle_End)(nil),
 	}
-	file_profilemate_v1_profilemate_proto_msgTypes[7].OneofWrappers = []any{
+	file_profilemate_v1_profilemate_proto_msgTypes[8].OneofWrappers = []any{
 		(*Control_Profiler_)(nil),
 		(*Control_SessionStart_)(nil),
 		(*Control_SessionStop_)(nil),
@@ -1743,7 +1823,7 @@ func file_profilemate_v1_profilemate_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_profilemate_v1_profilemate_proto_rawDesc), len(file_profilemate_v1_profilemate_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   19,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -548,10 +548,11 @@ class SocketSink:
                 return
         try:
             self._read_ctl()
-            statuses = [{"target": t["target"], "status": t["status"], "reason": t["reason"]}
-                        for t in self.state.metadata()["targets"]]
+            meta = self.state.metadata()
+            statuses = ([{"target": t["target"], "status": t["status"], "reason": t["reason"]}
+                         for t in meta["targets"]], meta.get("tables") or [])
             if statuses != self.status_sent:
-                self._send(wire.encode_status(os.getpid(), statuses))
+                self._send(wire.encode_status(os.getpid(), statuses[0], statuses[1]))
                 self.status_sent = statuses
             sent = False
             while self.kept:

@@ -38,10 +38,12 @@ def encode_batch(pid, ident, events, dropped=0):
                   "dropped": dropped})
 
 
-def encode_status(pid, targets):
+def encode_status(pid, targets, tables=()):
+    """targets: [{target, status, reason}]; tables: [{table, status}] (metadata.json "tables")."""
     return _line({"t": "status", "v": VERSION, "pid": pid,
                   "targets": [{"target": t["target"], "status": t["status"], "reason": t.get("reason", "")}
-                              for t in targets]})
+                              for t in targets],
+                  "tables": [{"table": t["table"], "status": t["status"]} for t in tables]})
 
 
 def encode_bye(pid, dropped, last_seq, end_ns, end_state="clean", end_signal=""):
