@@ -74,9 +74,13 @@ type Agent struct {
 	mu       sync.Mutex
 	sessions map[string]*session // by id
 	renamed  map[string]string   // ended name → the id that replaced it
-	procs    map[int]*proc
-	conns    map[*conn]struct{}
-	connWG   sync.WaitGroup
+	// instances maps a multi-node instance key to its session here, instanceOf the reverse
+	// (instance.go).
+	instances  map[string]string
+	instanceOf map[string]string
+	procs      map[int]*proc
+	conns      map[*conn]struct{}
+	connWG     sync.WaitGroup
 
 	budget       *byteBudget
 	readBytes    atomic.Int64 // bytes read from the socket
@@ -180,6 +184,7 @@ func New(cfg Config) (*Agent, error) {
 	a := &Agent{
 		cfg: cfg, log: cfg.Logger.With("component", "agent"),
 		started: time.Now(), sessions: map[string]*session{}, renamed: map[string]string{},
+		instances: map[string]string{}, instanceOf: map[string]string{},
 		procs: map[int]*proc{}, conns: map[*conn]struct{}{}, stopQ: make(chan struct{}),
 		budget: &byteBudget{max: cfg.MaxBuffered},
 	}
@@ -330,8 +335,12 @@ func NewSessionID(now time.Time) string {
 }
 
 // resolveSession picks the session of a process that says hello (a.mu held).
-func (a *Agent) resolveSession(h *pmproto.Hello) *session {
+// inst is the session of the process's multi-node instance ("" for none; instance.go).
+func (a *Agent) resolveSession(h *pmproto.Hello, inst string) *session {
 	name := a.cfg.Session
+	if name == "" {
+		name = inst
+	}
 	if name == "" {
 		name = h.Session
 	}
@@ -391,6 +400,7 @@ func (a *Agent) endSession(id, reason string) {
 	a.publishLife(&Life{Type: "end", Session: id, Host: a.cfg.Host, Proc: "agent", Dropped: dropped,
 		LastSeq: last, EndNS: time.Now().UnixNano(), AgentDropped: a.q.stats().Dropped, Reason: reason})
 	a.log.Info("session ended", "session", id)
+	a.instanceEnded(id)
 }
 
 // Sessions lists the ids of the sessions the agent has seen.
@@ -445,6 +455,7 @@ func reused(p *proc, c *conn) bool {
 
 // hello registers a process (again, after a reconnect) and returns the session it belongs to.
 func (a *Agent) hello(c *conn, h *pmproto.Hello) error {
+	inst := a.instanceSession(h)
 	a.mu.Lock()
 	p, ok := a.procs[h.PID]
 	if ok && (p.sess.ended || p.bye || reused(p, c)) {
@@ -461,7 +472,7 @@ func (a *Agent) hello(c *conn, h *pmproto.Hello) error {
 		}
 	}
 	if !ok {
-		s := a.resolveSession(h)
+		s := a.resolveSession(h, inst)
 		p = &proc{pid: h.PID, sess: s, peer: c.peer}
 		a.procs[h.PID] = p
 		s.procs[h.PID] = p
