@@ -25,7 +25,8 @@ FUZZTIME ?= 20s
 FUZZ_TARGETS := \
 	./hub/:FuzzDecode \
 	./proto/:FuzzDecodeLine \
-	./proto/:FuzzShimCodec
+	./proto/:FuzzShimCodec \
+	./agent/:FuzzSocketLines
 
 fuzz:
 	set -e; for t in $(FUZZ_TARGETS); do \

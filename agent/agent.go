@@ -13,7 +13,10 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/profilemate/profilemate/internal/clock"
 	pmproto "github.com/profilemate/profilemate/proto"
@@ -46,9 +49,12 @@ type Config struct {
 	// SessionLinger ends a session this long after its last process left; 0 keeps sessions open
 	// until EndSession (what `pmagent run` does: it ends the session when its command exits).
 	SessionLinger time.Duration
-	Version       string
-	Heartbeat     time.Duration // default DefaultHeartbeat
-	Logger        *slog.Logger
+	// Resume keeps, over a restart, the sessions of processes still running at Shutdown (saved in
+	// the spool folder, restored by the next agent) instead of ending them: `pmagent serve`.
+	Resume    bool
+	Version   string
+	Heartbeat time.Duration // default DefaultHeartbeat
+	Logger    *slog.Logger
 }
 
 // Defaults of the agent's limits.
@@ -79,6 +85,7 @@ type Agent struct {
 	instances  map[string]string
 	instanceOf map[string]string
 	procs      map[int]*proc
+	watch      map[int]bool // pids whose end the caller reports (Exited)
 	conns      map[*conn]struct{}
 	connWG     sync.WaitGroup
 
@@ -124,18 +131,21 @@ type session struct {
 }
 
 type proc struct {
-	pid     int // the pid the shim reports: a label (another pid namespace in a container)
-	sess    *session
-	ident   pmproto.Ident
-	token   string
-	hello   *pmproto.Hello
-	conn    *conn
-	peer    peerCred // the process bound to this label: the peer of the connection that said hello
-	events  int64
-	dropped uint64
-	maxSeq  uint64
-	seen    bool // maxSeq is valid
-	bye     bool
+	pid   int // the pid the shim reports: a label (another pid namespace in a container)
+	sess  *session
+	ident pmproto.Ident
+	token string
+	hello *pmproto.Hello
+	conn  *conn
+	peer  peerCred // the process bound to this label: the peer of the connection that said hello
+	// endState and endSignal: how it ended (EndClean, EndLost, EndKilled), once bye is set.
+	endState  string
+	endSignal string
+	events    int64
+	dropped   uint64
+	maxSeq    uint64
+	seen      bool // maxSeq is valid
+	bye       bool
 }
 
 // New prepares an agent: it opens the spool and connects to NATS (in the background when the
@@ -185,7 +195,7 @@ func New(cfg Config) (*Agent, error) {
 		cfg: cfg, log: cfg.Logger.With("component", "agent"),
 		started: time.Now(), sessions: map[string]*session{}, renamed: map[string]string{},
 		instances: map[string]string{}, instanceOf: map[string]string{},
-		procs: map[int]*proc{}, conns: map[*conn]struct{}{}, stopQ: make(chan struct{}),
+		procs: map[int]*proc{}, conns: map[*conn]struct{}{}, stopQ: make(chan struct{}), watch: map[int]bool{},
 		budget: &byteBudget{max: cfg.MaxBuffered},
 	}
 	a.budget.full = a.returnMemory
@@ -211,6 +221,9 @@ func New(cfg Config) (*Agent, error) {
 		for _, n := range sp.foreign {
 			a.log.Warn("spool segment written by a newer agent left untouched", "file", sp.path(n))
 		}
+	}
+	if sp != nil && a.cfg.Resume {
+		a.loadResume()
 	}
 	a.q = newQueue(cfg.MemMax, sp)
 	deadDir := ""
@@ -303,9 +316,18 @@ func (a *Agent) Shutdown(ctx context.Context) (Report, error) {
 	a.mu.Unlock()
 	a.connWG.Wait()
 	a.mu.Lock()
+	var keep map[string]bool
+	if a.cfg.Resume && a.cfg.SpoolDir != "" && a.q.spool != nil {
+		var err error
+		if keep, err = a.saveResume(); err != nil {
+			a.log.Warn("sessions of running processes end now", "err", err)
+		} else if len(keep) > 0 {
+			a.log.Info("sessions of running processes stay open for the next agent", "sessions", len(keep))
+		}
+	}
 	var ids []string
 	for id, s := range a.sessions {
-		if !s.ended {
+		if !s.ended && !keep[id] {
 			ids = append(ids, id)
 		}
 	}
@@ -458,10 +480,11 @@ func (a *Agent) hello(c *conn, h *pmproto.Hello) error {
 	inst := a.instanceSession(h)
 	a.mu.Lock()
 	p, ok := a.procs[h.PID]
+	var gone *Life
 	if ok && (p.sess.ended || p.bye || reused(p, c)) {
 		// A new process reusing the pid, or one that outlived its session.
 		if !p.bye {
-			a.leave(p)
+			gone = a.lostLife(p)
 		}
 		ok = false
 	}
@@ -487,6 +510,9 @@ func (a *Agent) hello(c *conn, h *pmproto.Hello) error {
 	c.pids[h.PID] = p
 	sess := p.sess.id
 	a.mu.Unlock()
+	if gone != nil {
+		a.publishLife(gone)
+	}
 
 	if h.Session != sess {
 		c.send(pmproto.Ctl{T: pmproto.LineCtl, V: pmproto.WireVersion, Op: "session", Session: sess})
@@ -518,7 +544,11 @@ func (a *Agent) batch(c *conn, b *pmproto.Batch) error {
 	a.mu.Lock()
 	p, ok := a.procs[b.PID]
 	if ok && !p.bye && !p.sess.ended && reused(p, c) {
-		a.leave(p)
+		gone := a.lostLife(p)
+		a.mu.Unlock()
+		a.publishLife(gone)
+		a.mu.Lock()
+		p, ok = a.procs[b.PID]
 	}
 	if ok && !p.bye && !p.sess.ended {
 		if err := a.claim(c, p); err != nil {
@@ -570,7 +600,7 @@ func (a *Agent) batch(c *conn, b *pmproto.Batch) error {
 	p.events += int64(len(kept))
 	a.mu.Unlock()
 
-	msgs := batchMsgs(&head, kept)
+	msgs := splitBatch(&head, kept)
 	a.dupes.Add(int64(len(good) - len(kept)))
 	a.events.Add(int64(len(kept)))
 	for _, m := range msgs {
@@ -586,7 +616,30 @@ func (a *Agent) encodeEvents(head *BatchHead, evs []pmproto.Event) ([]Msg, error
 	if len(bad) > 0 {
 		return nil, bad[0]
 	}
-	return batchMsgs(head, good), nil
+	return splitBatch(head, good), nil
+}
+
+// MaxBatchData is the most encoded event data one stream message carries. A bigger shim batch is
+// split, in order, into several messages (each with its own seq range as message id), so a large
+// batch stays under NATS's max_payload (1 MiB by default) instead of being refused.
+const MaxBatchData = 512 << 10
+
+// splitBatch is batchMsgs over consecutive runs of evs of at most MaxBatchData bytes.
+func splitBatch(head *BatchHead, evs []pmproto.EncodedEvent) []Msg {
+	var msgs []Msg
+	start, size := 0, 0
+	for i := range evs {
+		sz := len(evs[i].Data) + 4
+		if i > start && size+sz > MaxBatchData {
+			msgs = append(msgs, batchMsgs(head, evs[start:i])...)
+			start, size = i, 0
+		}
+		size += sz
+	}
+	if start < len(evs) {
+		msgs = append(msgs, batchMsgs(head, evs[start:])...)
+	}
+	return msgs
 }
 
 func (a *Agent) status(c *conn, s *pmproto.Status) error {
@@ -621,7 +674,12 @@ func (a *Agent) bye(c *conn, b *pmproto.Bye) error {
 		p.dropped = b.Dropped
 	}
 	l := &Life{Type: "bye", Session: p.sess.id, Host: a.cfg.Host, Proc: p.token, PID: p.pid, Ident: p.ident,
-		Dropped: p.dropped, LastSeq: b.LastSeq, EndNS: b.EndNS, Clean: true}
+		Dropped: p.dropped, LastSeq: b.LastSeq, EndNS: b.EndNS, Clean: true, EndState: EndClean}
+	if b.EndState == EndKilled {
+		// The shim saw a signal end it after its last flush.
+		l.EndState, l.EndSignal = EndKilled, b.EndSignal
+	}
+	p.endState, p.endSignal = l.EndState, l.EndSignal
 	a.leave(p)
 	a.mu.Unlock()
 	a.publishLife(l)
@@ -649,19 +707,78 @@ func (a *Agent) leave(p *proc) {
 	}
 }
 
+// End states of a process, in its bye record (proto Lifecycle.Bye.end_state).
+const (
+	EndClean  = "clean"  // the shim said bye
+	EndLost   = "lost"   // its connection or process went away without a bye
+	EndKilled = "killed" // its parent saw it die of a signal (Lifecycle.Bye.end_signal)
+)
+
+// lostLife is the bye record of a process that went away without a bye (a.mu held); it marks
+// the process gone.
+func (a *Agent) lostLife(p *proc) *Life {
+	l := &Life{Type: "bye", Session: p.sess.id, Host: a.cfg.Host, Proc: p.token, PID: p.pid, Ident: p.ident,
+		Dropped: p.dropped, LastSeq: p.maxSeq, EndNS: time.Now().UnixNano(), EndState: EndLost}
+	p.endState = EndLost
+	a.leave(p)
+	return l
+}
+
+// watched reports whether the caller reports p's end itself (Exited) (a.mu held).
+func (a *Agent) watched(p *proc) bool {
+	return a.watch[p.pid] || (p.peer.OK && a.watch[int(p.peer.Pid)])
+}
+
+// Watch says that the caller is the parent of process pid and reports its end with Exited, so
+// the agent does not record it as lost when its connection closes (`pmagent run` for its command).
+func (a *Agent) Watch(pid int) {
+	a.mu.Lock()
+	a.watch[pid] = true
+	a.mu.Unlock()
+}
+
+// Exited records the end of a watched process from its wait status: killed with the signal when
+// a signal ended it, else lost unless it said bye (its own clean end stands).
+func (a *Agent) Exited(pid int, ws syscall.WaitStatus) {
+	a.mu.Lock()
+	delete(a.watch, pid)
+	var ls []*Life
+	for _, p := range a.procs {
+		if p.bye || !(p.pid == pid || (p.peer.OK && int(p.peer.Pid) == pid)) {
+			continue
+		}
+		l := a.lostLife(p)
+		if ws.Signaled() {
+			l.EndState, l.EndSignal = EndKilled, signalName(ws.Signal())
+			p.endState, p.endSignal = EndKilled, l.EndSignal
+		}
+		ls = append(ls, l)
+	}
+	a.mu.Unlock()
+	for _, l := range ls {
+		a.publishLife(l)
+	}
+}
+
+// signalName is a signal's name as the shim writes it ("SIGKILL"); "signal N" when unknown.
+func signalName(s syscall.Signal) string {
+	if n := unix.SignalName(s); n != "" {
+		return n
+	}
+	return fmt.Sprintf("signal %d", int(s))
+}
+
 // connGone handles a connection that closed: processes that are no longer alive have left
 // (without a bye); live ones may reconnect.
 func (a *Agent) connGone(c *conn) {
 	a.mu.Lock()
 	delete(a.conns, c)
 	var byes []*Life
-	for pid, p := range c.pids {
+	for _, p := range c.pids {
 		if p.conn == c {
 			p.conn = nil
-			if !p.bye && !pidAlive(pid) {
-				byes = append(byes, &Life{Type: "bye", Session: p.sess.id, Host: a.cfg.Host, Proc: p.token, PID: p.pid,
-					Ident: p.ident, Dropped: p.dropped, LastSeq: p.maxSeq, EndNS: time.Now().UnixNano()})
-				a.leave(p)
+			if !p.bye && !a.watched(p) && !p.alive() {
+				byes = append(byes, a.lostLife(p))
 			}
 		}
 	}
@@ -684,11 +801,9 @@ func (a *Agent) reap(ctx context.Context) {
 		}
 		a.mu.Lock()
 		var byes []*Life
-		for pid, p := range a.procs {
-			if p.conn == nil && !p.bye && !pidAlive(pid) {
-				byes = append(byes, &Life{Type: "bye", Session: p.sess.id, Host: a.cfg.Host, Proc: p.token, PID: p.pid,
-					Ident: p.ident, Dropped: p.dropped, LastSeq: p.maxSeq, EndNS: time.Now().UnixNano()})
-				a.leave(p)
+		for _, p := range a.procs {
+			if p.conn == nil && !p.bye && !a.watched(p) && !p.alive() {
+				byes = append(byes, a.lostLife(p))
 			}
 		}
 		a.mu.Unlock()

@@ -10,16 +10,19 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/profilemate/profilemate/internal/stream"
 	"github.com/profilemate/profilemate/internal/testkit"
 	pmproto "github.com/profilemate/profilemate/proto"
+	"github.com/profilemate/profilemate/proto/pmpb"
 )
 
 // startNATSPayload starts a test server with its max_payload set.
@@ -409,5 +412,69 @@ func TestSocketFolderRefused(t *testing.T) {
 	}
 	if st, err := os.Stat(a.Socket()); err != nil || st.Mode().Perm() != 0o660 {
 		t.Errorf("socket %v %v, want mode 0660", st.Mode(), err)
+	}
+}
+
+// TestByeEndStates: a shim's bye carries its own end (clean, or killed with the signal's name
+// when a signal's default action ended it after its last flush) into the bye record; a process
+// gone without a bye is lost.
+func TestByeEndStates(t *testing.T) {
+	ns := testkit.StartNATS(t)
+	createStream(t, ns.ClientURL())
+	a := newTestAgent(t, Config{NATS: NATSConfig{URL: ns.ClientURL()}})
+	clean := dialShim(t, a.Socket(), 931, 0, "ends")
+	killed := dialShim(t, a.Socket(), 932, 1, "ends")
+	clean.line(map[string]any{"t": "bye", "v": 1, "pid": 931, "last_seq": 0, "end_state": "clean"})
+	killed.line(map[string]any{"t": "bye", "v": 1, "pid": 932, "last_seq": 0, "end_state": "killed", "end_signal": "SIGTERM"})
+	waitFor(t, "two bye records", func() bool {
+		n := 0
+		for _, m := range streamMsgs(t, ns.ClientURL()) {
+			var l pmpb.Lifecycle
+			if strings.HasPrefix(m.Subject, "pm.v1.life.") && proto.Unmarshal(m.Data, &l) == nil && l.GetBye() != nil {
+				n++
+			}
+		}
+		return n == 2
+	})
+	got := map[int64]string{}
+	for _, m := range streamMsgs(t, ns.ClientURL()) {
+		var l pmpb.Lifecycle
+		if strings.HasPrefix(m.Subject, "pm.v1.life.") && proto.Unmarshal(m.Data, &l) == nil && l.GetBye() != nil {
+			got[l.GetProcess().GetPid()] = l.GetBye().GetEndState() + "/" + l.GetBye().GetEndSignal()
+		}
+	}
+	if got[931] != "clean/" || got[932] != "killed/SIGTERM" {
+		t.Errorf("bye records %v, want 931 clean, 932 killed/SIGTERM", got)
+	}
+	for _, p := range a.Status().Processes {
+		if want := map[int]string{931: "clean", 932: "killed"}[p.Pid]; p.EndState != want {
+			t.Errorf("pid %d end state %q, want %q", p.Pid, p.EndState, want)
+		}
+	}
+	if name := signalName(syscall.SIGKILL); name != "SIGKILL" {
+		t.Errorf("signalName(SIGKILL) = %q", name)
+	}
+}
+
+// TestLargeBatchSplit: a shim batch whose encoding is over the server's max_payload is published
+// as several messages, in order, none refused.
+func TestLargeBatchSplit(t *testing.T) {
+	ns := startNATSPayload(t, 700<<10)
+	createStream(t, ns.ClientURL())
+	a := newTestAgent(t, Config{NATS: NATSConfig{URL: ns.ClientURL()}})
+	s := dialShim(t, a.Socket(), 941, 0, "big")
+	var evs []map[string]any
+	pad := strings.Repeat("x", 1000)
+	for i := 1; i <= 2000; i++ {
+		evs = append(evs, map[string]any{"kind": "cpu_timing", "table": "cpu_operations_timing", "seq": i, "step": i, "ts_ns": 1,
+			"cols": map[string]any{"operation": pad, "cpu_ms": 1.0}})
+	}
+	s.line(map[string]any{"t": "batch", "v": 1, "pid": 941, "events": evs})
+	waitFor(t, "every event of the 2 MB batch", func() bool { return countEvents(t, ns.ClientURL()) >= 2000 })
+	msgs := streamMsgs(t, ns.ClientURL())
+	checkExactlyOnce(t, seqsByPID(t, msgs), map[int]uint64{941: 2000})
+	checkOrdered(t, msgs)
+	if st := a.Status(); st.Spool.DeadLetter.Messages != 0 {
+		t.Errorf("%d messages set aside, want 0", st.Spool.DeadLetter.Messages)
 	}
 }

@@ -71,6 +71,8 @@ type Life struct {
 	LastSeq      uint64
 	EndNS        int64
 	Clean        bool   // bye: the shim said bye (false: its connection just ended)
+	EndState     string // bye: EndClean, EndLost or EndKilled
+	EndSignal    string // bye, EndKilled: the signal's name (SIGKILL)
 	Reason       string // end: why the session ended
 	AgentVersion string // start
 	// AgentDropped counts messages of this session the agent could not keep (queue and spool full).
@@ -102,7 +104,8 @@ func encodeLife(l *Life) ([]byte, error) {
 		}
 		m.Record = &pmpb.Lifecycle_Status_{Status: st}
 	case "bye":
-		m.Record = &pmpb.Lifecycle_Bye_{Bye: &pmpb.Lifecycle_Bye{Dropped: l.Dropped, LastSeq: l.LastSeq, EndNs: l.EndNS, Clean: l.Clean}}
+		m.Record = &pmpb.Lifecycle_Bye_{Bye: &pmpb.Lifecycle_Bye{Dropped: l.Dropped, LastSeq: l.LastSeq, EndNs: l.EndNS, Clean: l.Clean,
+			EndState: l.EndState, EndSignal: l.EndSignal}}
 	case "end":
 		m.Record = &pmpb.Lifecycle_End{End: &pmpb.Lifecycle_SessionEnd{EndNs: l.EndNS, ShimDropped: l.Dropped,
 			AgentDropped: uint64(l.AgentDropped), Reason: l.Reason}}

@@ -81,6 +81,9 @@ type ProcStatus struct {
 	// (SO_PEERCRED of the connection that said hello); 0 when unknown.
 	PeerPID int `json:"peer_pid"`
 	PeerUID int `json:"peer_uid"`
+	// EndState is how it ended once gone: clean, lost or killed (EndSignal: the signal).
+	EndState  string `json:"end_state,omitempty"`
+	EndSignal string `json:"end_signal,omitempty"`
 }
 
 // SessionStatus is one session the agent assigned.
@@ -182,7 +185,8 @@ func (a *Agent) Status() Status {
 	for _, p := range a.procs {
 		ps := ProcStatus{Pid: p.pid, Role: p.ident.Role, Session: p.sess.id, Proc: p.token, DP: p.ident.DP, PP: p.ident.PP,
 			TP: p.ident.TP, EP: p.ident.EP, Rank: p.ident.Rank, Events: p.events, Dropped: p.dropped,
-			Connected: p.conn != nil, Gone: p.bye, PeerPID: int(p.peer.Pid), PeerUID: int(p.peer.UID)}
+			Connected: p.conn != nil, Gone: p.bye, PeerPID: int(p.peer.Pid), PeerUID: int(p.peer.UID),
+			EndState: p.endState, EndSignal: p.endSignal}
 		if p.hello != nil {
 			ps.VLLM, ps.GPUUUID = p.hello.VLLM, p.hello.GPUUUID
 		}

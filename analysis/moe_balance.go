@@ -77,8 +77,9 @@ type MoELayerBalance struct {
 }
 
 // MoEBalance measures the expert load balance from moe_expert_selection (status counted). The
-// load of an expert in a replica (dp) is its count summed over the window, averaged over the
-// replica's processes that report that expert: tensor-parallel ranks route the same tokens and
+// load of an expert in a replica (host, dp) is its count summed over the window and the
+// replica's processes, divided by the number of its processes that report that expert in the
+// session: tensor-parallel ranks route the same tokens and
 // report the same counts, expert-parallel ranks each report their own experts. A row belongs to
 // the window holding its step (the step that closes its interval).
 //
@@ -197,12 +198,10 @@ func moeBalance(src Source, opt *MoEOptions) ([]*moeLayer, error) {
 		lkey
 		window int64
 	}
-	type pe struct {
-		proc   procKey
-		expert int64
-	}
-	// window → (process, expert) → count
-	counts := map[wkey]map[pe]float64{}
+	// window → expert → count summed over the processes; and per layer and expert, the processes
+	// that report it (session-wide, so memory stays at windows x layers x experts).
+	counts := map[wkey]map[int64]float64{}
+	reporters := map[lkey]map[int64]map[procKey]bool{}
 	idx := map[lkey]int64{}
 	nExperts := map[lkey]int64{}
 	first, last := map[wkey]int64{}, map[wkey]int64{}
@@ -235,11 +234,18 @@ func moeBalance(src Source, opt *MoEOptions) ([]*moeLayer, error) {
 		wk := wkey{lk, w}
 		m := counts[wk]
 		if m == nil {
-			m = map[pe]float64{}
+			m = map[int64]float64{}
 			counts[wk] = m
 		}
+		m[e] += c
 		k := keyOf(r)
-		m[pe{k, e}] += c
+		if reporters[lk] == nil {
+			reporters[lk] = map[int64]map[procKey]bool{}
+		}
+		if reporters[lk][e] == nil {
+			reporters[lk][e] = map[procKey]bool{}
+		}
+		reporters[lk][e][k] = true
 		iv, _ := r.Int("interval_steps")
 		if iv < 1 {
 			iv = 1
@@ -266,20 +272,16 @@ func moeBalance(src Source, opt *MoEOptions) ([]*moeLayer, error) {
 	if err != nil {
 		return nil, err
 	}
-	// loads of one window: per expert, the mean over the processes reporting it.
-	loads := func(m map[pe]float64, n int64) []float64 {
-		sum := make([]float64, n)
-		cnt := make([]float64, n)
-		for k, v := range m {
-			sum[k.expert] += v
-			cnt[k.expert]++
-		}
-		for e := range sum {
-			if cnt[e] > 0 {
-				sum[e] /= cnt[e]
+	// loads of one window: per expert, the sum over the processes divided by the processes
+	// reporting that expert.
+	loads := func(lk lkey, m map[int64]float64, n int64) []float64 {
+		ld := make([]float64, n)
+		for e, v := range m {
+			if k := len(reporters[lk][e]); k > 0 {
+				ld[e] = v / float64(k)
 			}
 		}
-		return sum
+		return ld
 	}
 	byLayer := map[lkey][]int64{}
 	for wk := range counts {
@@ -317,7 +319,7 @@ func moeBalance(src Source, opt *MoEOptions) ([]*moeLayer, error) {
 		l.first = -1
 		for _, w := range windows {
 			wk := wkey{lk, w}
-			ld := loads(counts[wk], n)
+			ld := loads(lk, counts[wk], n)
 			for e, v := range ld {
 				total[e] += v
 			}

@@ -76,7 +76,7 @@ type Process struct {
 type Source interface {
 	// Rows calls fn for every row of table, in recorded order per process; a table the session
 	// does not have yields no rows and no error. The first error fn returns stops the walk and
-	// is returned.
+	// is returned. fn must not keep r after it returns: a source may reuse it for the next row.
 	Rows(table string, fn func(Row) error) error
 	// Processes lists the session's processes as far as metadata knows them (may be empty).
 	Processes() []Process
@@ -224,6 +224,7 @@ func readCSV(path string, fn func(Row) error) error {
 		return fmt.Errorf("read %s: %w", path, err)
 	}
 	header = append([]string(nil), header...)
+	r := make(Row, len(header))
 	for {
 		rec, err := cr.Read()
 		if err == io.EOF {
@@ -232,7 +233,9 @@ func readCSV(path string, fn func(Row) error) error {
 		if err != nil {
 			return fmt.Errorf("read %s: %w", path, err)
 		}
-		r := make(Row, len(header))
+		// one map for the whole file: fn may not keep it (Source.Rows), and a fresh map per row
+		// was most of the cost on large sessions.
+		clear(r)
 		for i, h := range header {
 			if i < len(rec) {
 				r[h] = rec[i]

@@ -2,13 +2,17 @@ package e2e
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"net"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/profilemate/profilemate/hub"
 )
 
 // agClient is a socket client speaking the shim's line protocol, for cases the shim itself never
@@ -153,4 +157,120 @@ func TestAgentMemoryUnderLongLines(t *testing.T) {
 		return agNum(st, "socket", "connections") < 4 && agNum(st, "socket", "buffered_bytes") == 0 &&
 			agNum(st, "memory", "heap_inuse_bytes") < baseHeap+8<<20 && agNum(st, "memory", "rss_bytes") < baseRSS+32<<20
 	})
+}
+
+// TestAgentRestartResumesSession: `pmagent serve` stopped (SIGTERM) and started again under a
+// running process keeps that process's session open, takes the process back when it reconnects
+// with a new hello naming the same session (same session, same process token), and does not
+// publish again what the process replays.
+func TestAgentRestartResumesSession(t *testing.T) {
+	ns := agStartNATS(t)
+	ns.createStream()
+	spool := t.TempDir()
+	sock := filepath.Join(agShortDir(t), "a.sock")
+	args := []string{"serve", "--socket", sock, "--nats", ns.url(), "--host", "e2e-host", "--spool-dir", spool,
+		"--gpu-interval", "0", "--session-linger", "1s"}
+	first := agStart(t, nil, args...)
+	agWaitFor(t, time.Minute, "the agent's socket", func() bool { return agStatus(t, sock) != nil })
+	c := agDial(t, sock, 7070, "resume-me")
+	c.batch(10)
+	agWaitFor(t, time.Minute, "the first events", func() bool { return ns.read().events() == 10 })
+	if err := first.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := first.wait(t, time.Minute); err != nil {
+		t.Fatalf("pmagent serve after SIGTERM: %v", err)
+	}
+	ended := func() int {
+		n := 0
+		for _, l := range ns.read().life {
+			if l.GetEnd() != nil && l.GetProcess().GetSession() == "resume-me" {
+				n++
+			}
+		}
+		return n
+	}
+	if n := ended(); n != 0 {
+		t.Fatalf("the stopped agent ended the session of a running process (%d end records)", n)
+	}
+
+	agStart(t, nil, args...)
+	agWaitFor(t, time.Minute, "the restarted agent's socket", func() bool { return agStatus(t, sock) != nil })
+	c2 := agDial(t, sock, 7070, "resume-me")
+	c2.seq = 4 // the shim replays what it is not sure was delivered: 5..15, then new events
+	c2.batch(11)
+	c2.batch(5)
+	c2.send(fmt.Sprintf(`{"t":"bye","v":1,"pid":7070,"dropped":0,"last_seq":%d,"end_ns":0}`, c2.seq))
+	agWaitFor(t, time.Minute, "every event", func() bool { return ns.read().events() >= 20 })
+	s := ns.read()
+	seqs := s.checkExactlyOnceInOrder(t)[7070]
+	if len(seqs) != 20 {
+		t.Fatalf("pid 7070: %d events, want 1..20 once", len(seqs))
+	}
+	for _, b := range s.batches {
+		if p := b.GetProcess(); p.Session != "resume-me" {
+			t.Fatalf("batch under session %q, want resume-me", p.Session)
+		}
+	}
+	st := agStatus(t, sock)
+	procs, _ := st["processes"].([]any)
+	if len(procs) != 1 || procs[0].(map[string]any)["proc"] != "w0" || procs[0].(map[string]any)["events"] != float64(20) {
+		t.Errorf("restarted agent's processes %v, want pid 7070 as w0 with its 20 events", procs)
+	}
+	if agNum(st, "duplicates") != 6 {
+		t.Errorf("restarted agent counted %v duplicates, want 6 (seq 5..10)", agNum(st, "duplicates"))
+	}
+	agWaitFor(t, time.Minute, "the session's end after its process left", func() bool { return ended() == 1 })
+}
+
+// TestEndStates: under pmagent run and a real hub, a process that says goodbye ends clean, one
+// killed under another parent ends lost, and the command pmagent run saw die of SIGKILL ends
+// killed with SIGKILL — in the hub's metadata.json and in pmhub show.
+func TestEndStates(t *testing.T) {
+	py, err := exec.LookPath("python3")
+	if err != nil {
+		t.Skip("no python3")
+	}
+	data := t.TempDir()
+	h := startHub(t, data, freeAddr(t))
+	script, err := filepath.Abs(filepath.Join("testdata", "end_states.py"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := agStart(t, []string{"VLLM_ENABLE_PROFILING=1", "PROFILEMATE_CACHE=" + t.TempDir()},
+		"run", "--nats", h.url, "--host", "e2e-host", "--session", "ends", "--spool-dir", t.TempDir(), "--gpu-interval", "0",
+		"--", py, script)
+	var ee *exec.ExitError
+	if err := p.wait(t, 2*time.Minute); !errors.As(err, &ee) || ee.ExitCode() != 128+9 {
+		t.Fatalf("pmagent run: %v, want exit status 137 (the command's SIGKILL)", err)
+	}
+	var m *hub.Metadata
+	agWaitFor(t, time.Minute, "three ended processes in the hub's metadata", func() bool {
+		m, err = hub.ReadMetadata(hub.SessionDir(data, "ends"))
+		if err != nil || len(m.Processes) != 3 {
+			return false
+		}
+		for _, p := range m.Processes {
+			if !p.Ended || p.EndState == "" {
+				return false
+			}
+		}
+		return true
+	})
+	got := map[string]int{}
+	for _, p := range m.Processes {
+		got[fmt.Sprint(p.EndState, "/", p.EndSignal)]++
+	}
+	if got["clean/"] != 1 || got["lost/"] != 1 || got["killed/SIGKILL"] != 1 {
+		t.Errorf("end states %v, want one clean, one lost, one killed by SIGKILL", got)
+	}
+	out, err := exec.Command(bin(t, "pmhub"), "show", "--data", data, "ends").CombinedOutput()
+	if err != nil {
+		t.Fatalf("pmhub show: %v\n%s", err, out)
+	}
+	for _, want := range []string{"clean", "lost", "killed (SIGKILL)"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("pmhub show lacks %q:\n%s", want, out)
+		}
+	}
 }

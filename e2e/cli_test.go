@@ -42,7 +42,7 @@ func helpOutput(t *testing.T, binary string, env []string, args ...string) strin
 }
 
 // helpFlags parses the OPTIONS of `binary cmd --help` (without --help itself); cmd may name a
-// subcommand ("plugins ls").
+// subcommand ("plugins add").
 func helpFlags(t *testing.T, binary, cmd string, env []string) map[string]helpFlag {
 	t.Helper()
 	flags := map[string]helpFlag{}
@@ -66,27 +66,17 @@ func helpFlags(t *testing.T, binary, cmd string, env []string) map[string]helpFl
 	return flags
 }
 
-// commands lists a binary's commands from its --help; a command with subcommands is listed as
-// its subcommands ("plugins ls", "plugins add", ...).
+// commands lists a binary's commands from its --help; a command with subcommands is replaced by
+// them ("plugins add", …).
 func commands(t *testing.T, binary string) []string {
 	t.Helper()
-	var leaves []string
-	for _, c := range subcommands(t, binary) {
-		if sub := subcommands(t, binary, c); len(sub) > 0 {
-			for _, s := range sub {
-				leaves = append(leaves, c+" "+s)
-			}
-			continue
-		}
-		leaves = append(leaves, c)
-	}
-	if len(leaves) == 0 {
+	cmds := subcommands(t, binary)
+	if len(cmds) == 0 {
 		t.Fatalf("%s --help lists no commands", binary)
 	}
-	return leaves
+	return cmds
 }
 
-// subcommands lists the COMMANDS section of `binary path… --help` (none for a leaf command).
 func subcommands(t *testing.T, binary string, path ...string) []string {
 	t.Helper()
 	var cmds []string
@@ -97,10 +87,16 @@ func subcommands(t *testing.T, binary string, path ...string) []string {
 			in = true
 		case in && strings.TrimSpace(line) == "":
 			in = false
-		case in:
+		case in && strings.HasPrefix(line, "   ") && !strings.HasPrefix(line, "    "):
 			name := strings.TrimSuffix(strings.Fields(line)[0], ",")
-			if name != "help" {
-				cmds = append(cmds, name)
+			if name == "help" {
+				continue
+			}
+			sub := append(append([]string{}, path...), name)
+			if deeper := subcommands(t, binary, sub...); len(deeper) > 0 {
+				cmds = append(cmds, deeper...)
+			} else {
+				cmds = append(cmds, strings.Join(sub, " "))
 			}
 		}
 	}
@@ -217,7 +213,7 @@ type docTable struct {
 	rows              map[string][2]string // flag -> variable, default
 }
 
-var tableHeadRE = regexp.MustCompile("^\\|\\s*`(pmagent|pmhub) ([a-z-]+)` flag\\s*\\|")
+var tableHeadRE = regexp.MustCompile("^\\|\\s*`(pmagent|pmhub) ([a-z -]+)` flag\\s*\\|")
 
 func docTables(t *testing.T) []docTable {
 	t.Helper()

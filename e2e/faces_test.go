@@ -247,7 +247,18 @@ func TestDemo(t *testing.T) {
 		t.Fatalf("demo did not say where the session's files are:\n%s", text)
 	}
 	dir, _, _ = strings.Cut(dir, "\n")
-	for _, f := range []string{"metadata.json", "forward_pass_timing.csv", "kv_cache_usage.csv", "cuda_graph_usage.csv"} {
+	// The four in-tree profiler plugins were hot-added while the session ran: their derived tables
+	// and findings are in its folder and the summary lists a finding of each.
+	if !strings.Contains(text, "plugins: hot-added straggler, moe_balance, kv_pressure, cudagraph_coverage while session") {
+		t.Errorf("demo did not hot-add the plugins")
+	}
+	for _, p := range []string{"(straggler)", "(moe_balance)", "(kv_pressure)", "(cudagraph_coverage)"} {
+		if !strings.Contains(text, p) {
+			t.Errorf("no finding of %s in the summary", p)
+		}
+	}
+	for _, f := range []string{"metadata.json", "forward_pass_timing.csv", "kv_cache_usage.csv", "cuda_graph_usage.csv",
+		"findings.csv", "straggler_ranks.csv", "moe_balance.csv", "kv_pressure.csv", "cudagraph_coverage.csv"} {
 		if st, err := os.Stat(filepath.Join(dir, f)); err != nil || st.Size() == 0 {
 			t.Errorf("session file %s: %v", f, err)
 		}

@@ -23,6 +23,9 @@ func (s *Server) startEmbedded(ctx context.Context) ([]nats.Option, error) {
 	if err != nil {
 		return nil, err
 	}
+	if port == 0 {
+		port = server.RANDOM_PORT // nats-server reads 0 as its default port 4222
+	}
 	opts := &server.Options{
 		ServerName: "pmhub", Host: host, Port: port, JetStream: true,
 		StoreDir: filepath.Join(s.cfg.DataDir, "jetstream"), NoSigs: true, NoLog: true,

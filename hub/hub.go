@@ -171,7 +171,7 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	for _, d := range []string{cfg.DataDir, sessionsDir(cfg.DataDir)} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
+		if err := os.MkdirAll(d, 0o750); err != nil {
 			return nil, fmt.Errorf("hub: create data folder: %w", err)
 		}
 	}
@@ -234,7 +234,7 @@ func (s *Server) Start(ctx context.Context) error {
 		s.Close()
 		return err
 	}
-	s.started = time.Now()
+	s.started = s.cfg.Now()
 	s.log.Info("hub started", "url", s.url, "data", s.cfg.DataDir)
 	return nil
 }

@@ -274,9 +274,10 @@ func (s *Server) healthFromState() Health {
 		h.LastApplyNS = last.UnixNano()
 	}
 	h.ConsumerRecreated = s.cnt.snapshot().ConsumerRecreated
-	since := time.Since(last)
+	now := s.cfg.Now()
+	since := now.Sub(last)
 	if last.IsZero() {
-		since = time.Since(s.started)
+		since = now.Sub(s.started)
 	}
 	if h.Error == "" && h.Lag > 0 && since > stallAfter {
 		h.Error = fmt.Sprintf("%d messages waiting, nothing applied for %s", h.Lag, since.Round(time.Second))

@@ -4,7 +4,6 @@ import (
 	"context"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -92,7 +91,7 @@ func TestHealthReportsStall(t *testing.T) {
 	publish(t, nc, "pm.v1.ev.S1.h.w0.kv_cache", jsonMsg{Batch: kvBatch("h", 1, 1)})
 	waitFor(t, "applied", func() bool { h = s.Health(context.Background()); return h.AppliedSeq >= 1 && h.LastApplyNS > 0 })
 	s.ing.mu.Lock()
-	s.ing.lastApply = time.Now().Add(-2 * stallAfter)
+	s.ing.lastApply = s.cfg.Now().Add(-2 * stallAfter)
 	s.ing.mu.Unlock()
 	s.ing.mu.Lock()
 	s.ing.pending = 5

@@ -79,7 +79,12 @@ type ProcMeta struct {
 	StartNS int64    `json:"start_ns,omitempty"`
 	Ended   bool     `json:"ended"`
 	EndNS   int64    `json:"end_ns,omitempty"`
-	Targets []Target `json:"targets,omitempty"`
+	// EndState is how the process ended: clean (it said goodbye), lost (its connection or pid went
+	// away without one, or its host's agent closed the session first), killed (its parent saw a
+	// signal end it: EndSignal, e.g. "SIGKILL"). Empty while it runs.
+	EndState  string   `json:"end_state,omitempty"`
+	EndSignal string   `json:"end_signal,omitempty"`
+	Targets   []Target `json:"targets,omitempty"`
 	// Dropped is the number of events the process itself dropped (full buffer), as it reported.
 	Dropped uint64 `json:"dropped"`
 	// LastSeq is the last sequence number the process reported at exit (0 while running).
@@ -107,7 +112,7 @@ func ReadMetadata(dir string) (*Metadata, error) {
 // either the old or the new content.
 func writeFileAtomic(path string, b []byte) error {
 	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o640)
 	if err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}

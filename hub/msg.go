@@ -62,6 +62,10 @@ type Life struct {
 	LastSeq uint64
 	EndNS   int64
 	Clean   bool // bye: the shim said goodbye (false: its connection just ended)
+	// EndState (bye): clean, lost or killed — an older agent's empty value reads as clean when
+	// Clean is set, else lost; EndSignal: the signal of a killed process.
+	EndState  string
+	EndSignal string
 
 	AgentVersion string // start
 	AgentDropped uint64 // end: messages the agent could not keep

@@ -111,11 +111,11 @@ func (s *session) file(table string) (*tableFile, error) {
 	if !ok {
 		return nil, fmt.Errorf("unknown table %q", table)
 	}
-	if err := os.MkdirAll(s.dir, 0o755); err != nil {
+	if err := os.MkdirAll(s.dir, 0o750); err != nil {
 		return nil, fmt.Errorf("create session folder: %w", err)
 	}
 	path := filepath.Join(s.dir, table+".csv")
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
@@ -236,7 +236,7 @@ func (s *session) applyLife(l *Life, now time.Time) bool {
 		// The agent closed the session on this host: its processes are done, said bye or not.
 		for _, q := range s.procs {
 			if q.meta.Host == l.Host && !q.meta.Ended {
-				q.meta.Ended, q.meta.EndNS = true, l.EndNS
+				q.meta.Ended, q.meta.EndNS, q.meta.EndState = true, l.EndNS, EndLost
 			}
 		}
 		return s.allEnded()
@@ -255,6 +255,10 @@ func (s *session) applyLife(l *Life, now time.Time) bool {
 	case LifeStatus:
 		m.Targets = l.Targets
 	case LifeBye:
+		// The most telling account wins: the process's own goodbye, then its parent's signal.
+		if endRank[l.EndState] >= endRank[m.EndState] {
+			m.EndState, m.EndSignal = l.EndState, l.EndSignal
+		}
 		m.Ended = true
 		m.EndNS = l.EndNS
 		m.Dropped = max(m.Dropped, l.Dropped)
@@ -329,7 +333,7 @@ func (s *session) commit() error {
 	if err != nil {
 		return fmt.Errorf("encode metadata: %w", err)
 	}
-	if err := os.MkdirAll(s.dir, 0o755); err != nil {
+	if err := os.MkdirAll(s.dir, 0o750); err != nil {
 		return fmt.Errorf("create session folder: %w", err)
 	}
 	if err := writeFileAtomic(filepath.Join(s.dir, MetadataFile), append(b, '\n')); err != nil {
@@ -500,3 +504,13 @@ func alignTS(ts, off int64) (aligned int64, exact bool) {
 	}
 	return sum, true
 }
+
+// End states of a process (proto Lifecycle.Bye.end_state).
+const (
+	EndClean  = "clean"
+	EndLost   = "lost"
+	EndKilled = "killed"
+)
+
+// endRank orders end states by how much their observer knew.
+var endRank = map[string]int{"": 0, EndLost: 1, EndKilled: 2, EndClean: 3}

@@ -176,6 +176,13 @@ func decodeLife(subject string, data []byte) (any, error) {
 		}
 	case *pmpb.Lifecycle_Bye_:
 		l.Type, l.Dropped, l.LastSeq, l.EndNS, l.Clean = LifeBye, r.Bye.GetDropped(), r.Bye.GetLastSeq(), r.Bye.GetEndNs(), r.Bye.GetClean()
+		l.EndState, l.EndSignal = r.Bye.GetEndState(), r.Bye.GetEndSignal()
+		if l.EndState == "" {
+			l.EndState = EndLost
+			if l.Clean {
+				l.EndState = EndClean
+			}
+		}
 	case *pmpb.Lifecycle_End:
 		l.Type, l.EndNS, l.Dropped, l.AgentDropped, l.Reason = LifeEnd, r.End.GetEndNs(), r.End.GetShimDropped(), r.End.GetAgentDropped(), r.End.GetReason()
 	default:

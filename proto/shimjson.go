@@ -107,12 +107,16 @@ type Status struct {
 	Targets []Target `json:"targets"`
 }
 
-// Bye is a process's last line.
+// Bye is a process's last line. EndState is how the process says it ends: "clean", or "killed"
+// with EndSignal, the signal's name ("SIGTERM"), when a signal's default action ends it after its
+// last flush; empty from older shims (read as clean).
 type Bye struct {
-	PID     int    `json:"pid"`
-	Dropped uint64 `json:"dropped"`
-	LastSeq uint64 `json:"last_seq"`
-	EndNS   int64  `json:"end_ns"`
+	PID       int    `json:"pid"`
+	Dropped   uint64 `json:"dropped"`
+	LastSeq   uint64 `json:"last_seq"`
+	EndNS     int64  `json:"end_ns"`
+	EndState  string `json:"end_state,omitempty"`
+	EndSignal string `json:"end_signal,omitempty"`
 }
 
 // Ctl is a line the agent sends to a shim: op "profiler" (Name, Enabled) or "session" (Session).
@@ -158,9 +162,12 @@ type wireLine struct {
 	Targets []Target `json:"targets"`
 	LastSeq uint64   `json:"last_seq"`
 	EndNS   int64    `json:"end_ns"`
-	Op      string   `json:"op"`
-	Name    string   `json:"name"`
-	Enabled *bool    `json:"enabled"`
+	// bye
+	EndState  string `json:"end_state"`
+	EndSignal string `json:"end_signal"`
+	Op        string `json:"op"`
+	Name      string `json:"name"`
+	Enabled   *bool  `json:"enabled"`
 }
 
 // ReadLine decodes one JSON line and checks everything but the events of a batch: the line's type
@@ -196,7 +203,7 @@ func ReadLine(b []byte) (*Line, error) {
 	case LineStatus:
 		l.Status = &Status{PID: pid, Targets: w.Targets}
 	case LineBye:
-		l.Bye = &Bye{PID: pid, Dropped: w.Dropped, LastSeq: w.LastSeq, EndNS: w.EndNS}
+		l.Bye = &Bye{PID: pid, Dropped: w.Dropped, LastSeq: w.LastSeq, EndNS: w.EndNS, EndState: w.EndState, EndSignal: w.EndSignal}
 	case LineCtl:
 		l.Ctl = &Ctl{T: l.T, V: l.V, Op: w.Op, Name: w.Name, Enabled: w.Enabled, Session: w.Session}
 	case LineAdmin:

@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
   echo
   echo "No GPU was available for these runs: the GPU check (\`shim/bench/gpu_check.py\`) is prepared and"
   echo "has not been run on a GPU yet."
-  for f in shim enginecore worker agent hub faces report; do
+  for f in shim enginecore worker agent hub faces report analysis; do
     [ -f "docs/bench/$f.md" ] || continue
     echo
     sed -e 's/^# /## /' -e 's/^## \(.*\)/### \1/' "docs/bench/$f.md" | sed -e '1s/^### /## /'

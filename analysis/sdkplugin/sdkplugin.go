@@ -31,7 +31,22 @@ type Plugin struct {
 	a        analysis.Analysis
 	inputs   map[string]bool
 	mu       sync.Mutex
-	sessions map[string]*analysis.Tables
+	sessions map[string]*session
+}
+
+// session is one open session's rows. Strings repeat on every row (host, role, layer names,
+// modes): one copy of each is kept.
+type session struct {
+	tables *analysis.Tables
+	strs   map[string]string
+}
+
+func (s *session) intern(v string) string {
+	if c, ok := s.strs[v]; ok {
+		return c
+	}
+	s.strs[v] = v
+	return v
 }
 
 var _ sdk.Profiler = (*Plugin)(nil)
@@ -42,7 +57,7 @@ func New(name string) (*Plugin, error) {
 	if !ok {
 		return nil, fmt.Errorf("sdkplugin: no analysis named %q", name)
 	}
-	p := &Plugin{a: a, inputs: map[string]bool{}, sessions: map[string]*analysis.Tables{}}
+	p := &Plugin{a: a, inputs: map[string]bool{}, sessions: map[string]*session{}}
 	for _, t := range a.Inputs {
 		p.inputs[t] = true
 	}
@@ -82,7 +97,7 @@ func (p *Plugin) OpenSession(_ context.Context, s sdk.Session) error {
 		t.AddProcess(process(pr))
 	}
 	p.mu.Lock()
-	p.sessions[s.ID] = t
+	p.sessions[s.ID] = &session{tables: t, strs: map[string]string{}}
 	p.mu.Unlock()
 	return nil
 }
@@ -97,15 +112,16 @@ func process(pr sdk.Process) analysis.Process {
 func (p *Plugin) Consume(_ context.Context, b sdk.Batch) ([]sdk.Row, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	t := p.sessions[b.Session]
-	if t == nil {
+	ss := p.sessions[b.Session]
+	if ss == nil {
 		return nil, fmt.Errorf("session %s was not opened", b.Session)
 	}
+	t := ss.tables
 	pr := b.Process
 	if pr.Rank >= 0 {
 		t.AddProcess(process(pr))
 	}
-	common := analysis.Row{"session": b.Session, "host": pr.Host, "pid": i64(pr.PID), "role": pr.Role,
+	common := analysis.Row{"session": ss.intern(b.Session), "host": ss.intern(pr.Host), "pid": i64(pr.PID), "role": ss.intern(pr.Role),
 		"dp": i64(int64(pr.DP)), "pp": i64(int64(pr.PP)), "tp": i64(int64(pr.TP)), "ep": i64(int64(pr.EP))}
 	for _, ev := range b.Events {
 		if !p.inputs[ev.Table] {
@@ -119,7 +135,11 @@ func (p *Plugin) Consume(_ context.Context, b sdk.Batch) ([]sdk.Row, error) {
 		r["step"] = i64(ev.Step)
 		r["ts_ns"] = i64(ev.TSNS)
 		for k, v := range ev.Cols {
-			r[k] = cell(v)
+			if sv, ok := v.(string); ok {
+				r[k] = ss.intern(sv)
+			} else {
+				r[k] = cell(v)
+			}
 		}
 		t.Add(ev.Table, r)
 	}
@@ -130,13 +150,13 @@ func (p *Plugin) Consume(_ context.Context, b sdk.Batch) ([]sdk.Row, error) {
 // findings. Errors: the analysis failed (the session's events are dropped either way).
 func (p *Plugin) CloseSession(_ context.Context, session string) ([]sdk.Row, error) {
 	p.mu.Lock()
-	t := p.sessions[session]
+	ss := p.sessions[session]
 	delete(p.sessions, session)
 	p.mu.Unlock()
-	if t == nil {
+	if ss == nil {
 		return nil, nil
 	}
-	res, err := p.a.Run(t)
+	res, err := p.a.Run(ss.tables)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", p.a.Name, err)
 	}

@@ -1,6 +1,7 @@
 package sdkplugin
 
 import (
+	"context"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -10,6 +11,9 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/go-plugin"
 
 	"github.com/profilemate/profilemate/analysis"
 	"github.com/profilemate/profilemate/internal/testkit"
@@ -166,6 +170,44 @@ func TestPluginsEqualLibrary(t *testing.T) {
 			last := got[len(got)-1]
 			if last.Table != sdk.FindingsTable || last.Cols["title"] != res.Findings[len(res.Findings)-1].Title {
 				t.Errorf("last row %+v, want the last finding", last)
+			}
+		})
+	}
+}
+
+// The four binaries of plugins/<name> speak the handshake and describe their analysis.
+func TestPluginBinaries(t *testing.T) {
+	root := testkit.RepoRoot(t)
+	dir := t.TempDir()
+	args := []string{"build", "-o", dir + string(os.PathSeparator)}
+	for _, a := range analysis.All() {
+		args = append(args, "./plugins/"+a.Name)
+	}
+	b := exec.Command("go", args...)
+	b.Dir = root
+	if out, err := b.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	quiet := hclog.NewNullLogger()
+	for _, a := range analysis.All() {
+		t.Run(a.Name, func(t *testing.T) {
+			c := plugin.NewClient(&plugin.ClientConfig{HandshakeConfig: sdk.Handshake, VersionedPlugins: sdk.PluginSets(nil),
+				Cmd: exec.Command(filepath.Join(dir, a.Name)), AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC}, Logger: quiet})
+			defer c.Kill()
+			rpc, err := c.Client()
+			if err != nil {
+				t.Fatalf("start: %v", err)
+			}
+			raw, err := rpc.Dispense(sdk.PluginKey)
+			if err != nil {
+				t.Fatal(err)
+			}
+			in, _, err := raw.(*sdk.Client).Describe(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if in.Name != a.Name || in.Version != Version || !reflect.DeepEqual(in.Kinds, a.Kinds) {
+				t.Errorf("describe: %+v", in)
 			}
 		})
 	}

@@ -97,10 +97,15 @@ func runAction(c *cli.Context) error {
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
 	code := 0
+	var waitStatus *syscall.WaitStatus
 	if err := cmd.Start(); err != nil {
 		log.Error("start command", "argv0", argv[0], "err", err)
 		code = 127
 	} else {
+		if a != nil {
+			// This process is the command's parent: it records how the command ended.
+			a.Watch(cmd.Process.Pid)
+		}
 		done := make(chan struct{})
 		go func() {
 			for {
@@ -120,6 +125,9 @@ func runAction(c *cli.Context) error {
 		err := cmd.Wait()
 		close(done)
 		code = exitCode(err)
+		if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok {
+			waitStatus = &ws
+		}
 	}
 	if a != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), c.Duration("drain-timeout"))
@@ -127,6 +135,10 @@ func runAction(c *cli.Context) error {
 			log.Warn("processes still connected after the command exited; closing them", "timeout", c.Duration("drain-timeout"))
 		}
 		cancel()
+		// After its last lines were read: a bye it sent still counts as a clean end.
+		if waitStatus != nil {
+			a.Exited(cmd.Process.Pid, *waitStatus)
+		}
 		a.EndSession(session)
 		_ = shutdown(a, log, c.Duration("flush-timeout"))
 	}

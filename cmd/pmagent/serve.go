@@ -56,6 +56,7 @@ var serveCommand = &cli.Command{
 		cfg.SocketGroup = c.String("socket-group")
 		cfg.Session = c.String("session")
 		cfg.SessionLinger = c.Duration("session-linger")
+		cfg.Resume = true
 		a, err := agent.New(cfg)
 		if err != nil {
 			return cli.Exit("pmagent: "+err.Error(), 1)

@@ -28,7 +28,8 @@ func demoCommand() *cli.Command {
 		Usage: "run the whole pipeline on this machine: embedded hub, two agents, a simulated vLLM with 4 workers each",
 		Description: "Needs no GPU and no vLLM: the simulated engine and its vLLM-shaped module tree ship inside the binary.\n" +
 			"Each agent runs `vllm serve` of the simulator under the shim, on its own --host name; the hub merges both\n" +
-			"into one session and the demo prints its summary and where its files are.",
+			"into one session; once it has started the demo hot-adds the four in-tree profiler plugins (straggler, moe_balance,\n" +
+			"kv_pressure, cudagraph_coverage), then prints the session's summary with their findings and where its files are.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "dir", EnvVars: []string{"PROFILEMATE_DEMO_DIR"}, Usage: "folder for everything the demo writes: the hub's data folder (hub/), agent logs, the simulated vLLM (default: a new temporary folder, kept after the demo)"},
 			&cli.IntFlag{Name: "workers", Value: 4, EnvVars: []string{"PROFILEMATE_DEMO_WORKERS"}, Usage: "simulated tensor-parallel workers per host"},
@@ -82,6 +83,11 @@ func demo(c *cli.Context) error {
 	runDone := make(chan error, 1)
 	go func() { runDone <- h.Run(ctx) }()
 	fmt.Fprintf(out, "hub: embedded NATS at %s, data in %s\n", h.ClientURL(), filepath.Join(data, "hub"))
+	plugins, err := startDemoPlugins(ctx, h, filepath.Join(data, "hub"))
+	if err != nil {
+		return fmt.Errorf("pmhub demo: plugins: %w", err)
+	}
+	defer plugins.stop()
 
 	session := time.Now().UTC().Format("20060102_150405") + "_demo00"
 	hosts := []string{"hostA", "hostB"}
@@ -96,6 +102,14 @@ func demo(c *cli.Context) error {
 	}
 	fmt.Fprintf(out, "agents: %s running `vllm serve demo-model` (simulated, %d workers each), session %s\n",
 		strings.Join(hosts, ", "), c.Int("workers"), session)
+	added := make(chan []string, 1)
+	go func() {
+		names, err := plugins.hotAdd(ctx, h, session, out)
+		if err != nil {
+			fmt.Fprintf(out, "plugins: %v\n", err)
+		}
+		added <- names
+	}()
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
 		return cli.Exit(fmt.Sprintf("pmhub demo: %v (agent logs in %s)", err, data), 1)
@@ -104,6 +118,9 @@ func demo(c *cli.Context) error {
 	info, err := waitSessionEnded(ctx, h, session, runDone)
 	if err != nil {
 		return cli.Exit(fmt.Sprintf("pmhub demo: %v", err), 1)
+	}
+	if err := waitFindings(ctx, info.Dir, <-added); err != nil {
+		return cli.Exit(fmt.Sprintf("pmhub demo: plugins: %v", err), 1)
 	}
 	fmt.Fprintln(out)
 	if err := printSessionSummary(out, info.Dir); err != nil {

@@ -5,7 +5,9 @@ import (
 	"io"
 	"sort"
 	"strconv"
+	"strings"
 
+	"github.com/profilemate/profilemate/plugins/host"
 	"github.com/profilemate/profilemate/plugins/sdk"
 )
 
@@ -51,5 +53,35 @@ func printFindings(w io.Writer, fs []Finding) {
 			fmt.Fprintf(w, " steps %d-%d", f.FirstStep, f.LastStep)
 		}
 		fmt.Fprintf(w, " %s\n", f.Numbers)
+	}
+}
+
+// printPluginWork prints one line per plugin that worked on the session.
+func printPluginWork(w io.Writer, ps map[string]host.SessionPlugin) {
+	names := make([]string, 0, len(ps))
+	for n := range ps {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		p := ps[n]
+		tables := make([]string, 0, len(p.Rows))
+		for t := range p.Rows {
+			tables = append(tables, t)
+		}
+		sort.Strings(tables)
+		var parts []string
+		for _, t := range tables {
+			parts = append(parts, fmt.Sprintf("%s %d", t, p.Rows[t]))
+		}
+		state := "open"
+		if p.Closed {
+			state = "closed"
+		}
+		fmt.Fprintf(w, "  plugin %s %s (%s): %s; %d findings; %d restarts", n, p.Version, state, strings.Join(parts, ", "), p.Findings, p.Restarts)
+		if p.RetentionCut {
+			fmt.Fprint(w, "; the session's start had left the stream")
+		}
+		fmt.Fprintln(w)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/urfave/cli/v2"
 
+	"github.com/profilemate/profilemate/hub"
 	"github.com/profilemate/profilemate/internal/dirs"
 	"github.com/profilemate/profilemate/internal/natsclient"
 )
@@ -42,6 +43,7 @@ func newApp() *cli.App {
 			profilersCommand(),
 			reportCommand(),
 			exportCommand(),
+			analysisPluginCommand(),
 		},
 	}
 }
@@ -56,8 +58,14 @@ func dataFlag() cli.Flag {
 		Usage: "the hub's data folder (sessions/, jetstream/, deadletter/)"}
 }
 
-// connectNATS connects a client command (tail, profilers, plugins run) with the shared NATS client
-// flags (internal/natsclient); errors are user-facing exits naming the command.
+// hubNATSFlags are the shared NATS client flags (internal/natsclient) of the pmhub commands that
+// talk to a running hub: --nats defaults to the embedded server's default address.
+func hubNATSFlags() []cli.Flag {
+	return natsclient.Flags("nats://"+hub.DefaultListen, "NATS URL of the hub or the cluster")
+}
+
+// connectNATS connects with the hubNATSFlags of c, named name; errors are cli exit errors naming
+// the command (2: flags that do not go together, 1: no connection).
 func connectNATS(c *cli.Context, name string) (*nats.Conn, error) {
 	client := natsclient.FromCLI(c)
 	opts, err := client.Options()

@@ -15,7 +15,6 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/profilemate/profilemate/hub"
-	"github.com/profilemate/profilemate/internal/natsclient"
 	"github.com/profilemate/profilemate/plugins/host"
 )
 
@@ -82,7 +81,7 @@ func pluginsCommand() *cli.Command {
 		Subcommands: []*cli.Command{
 			{
 				Name: "ls", Usage: "list the plugins the running hub has (name, version, components, kinds, state, lag, restarts, rows)",
-				Flags:  []cli.Flag{data, &cli.BoolFlag{Name: "json", Usage: "print status.json's objects", EnvVars: []string{"PROFILEMATE_JSON"}}},
+				Flags:  []cli.Flag{data, &cli.BoolFlag{Name: "json", EnvVars: []string{"PROFILEMATE_JSON"}, Usage: "print status.json's objects"}},
 				Action: pluginsLs,
 			},
 			{
@@ -96,9 +95,8 @@ func pluginsCommand() *cli.Command {
 			{
 				Name: "run", Usage: "run a plugin over one session (ended ones too) and write the rows it is missing",
 				ArgsUsage: "NAME|PATH SESSION",
-				Flags: append([]cli.Flag{data, dir, allow, timeout},
-					natsclient.Flags("nats://"+hub.DefaultListen, "NATS URL of the hub or the cluster")...),
-				Action: pluginsRun,
+				Flags:     append([]cli.Flag{data, dir, allow, timeout}, hubNATSFlags()...),
+				Action:    pluginsRun,
 			},
 		},
 	}

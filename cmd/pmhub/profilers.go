@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"sort"
 	"strings"
 	"time"
@@ -12,18 +13,18 @@ import (
 	"github.com/urfave/cli/v2"
 	gproto "google.golang.org/protobuf/proto"
 
-	"github.com/profilemate/profilemate/hub"
-	"github.com/profilemate/profilemate/internal/natsclient"
+	"github.com/profilemate/profilemate/plugins/host"
 	"github.com/profilemate/profilemate/proto"
 	"github.com/profilemate/profilemate/proto/pmpb"
 )
 
 func profilersCommand() *cli.Command {
-	flags := append(natsclient.Flags("nats://"+hub.DefaultListen, "NATS URL of the hub or the cluster"),
+	flags := []cli.Flag{
 		&cli.StringFlag{Name: "session", EnvVars: []string{"PROFILEMATE_SESSION"}, Usage: "only the processes of this session (default: every process on the hosts)"},
-		&cli.StringSliceFlag{Name: "host", EnvVars: []string{"PROFILEMATE_PROFILERS_HOSTS"}, Usage: "only this host (repeatable, or comma separated in the variable; default: the session's hosts and every host with a heartbeat in the last --recent)"},
+		&cli.StringSliceFlag{Name: "host", EnvVars: []string{"PROFILEMATE_PROFILERS_HOSTS"}, Usage: "only this host (repeatable; default: the session's hosts and every host with a heartbeat in the last --recent)"},
 		&cli.DurationFlag{Name: "recent", Value: 5 * time.Minute, EnvVars: []string{"PROFILEMATE_PROFILERS_RECENT"}, Usage: "hosts count as present when their last heartbeat is this recent"},
-	)
+	}
+	flags = append(flags, hubNATSFlags()...)
 	return &cli.Command{
 		Name:  "profilers",
 		Usage: "switch a profiler kind on or off in the running vLLM processes, through the agents",
@@ -75,6 +76,15 @@ func profilers(c *cli.Context, on bool) error {
 	}
 	if err := nc.Flush(); err != nil {
 		return cli.Exit("pmhub profilers: "+err.Error(), 1)
+	}
+	// Kept for the hub: a person's "off" wins over a plugin's need for the kind.
+	js, err := jetstream.New(nc)
+	if err == nil {
+		user := os.Getenv("USER")
+		err = host.RecordChoice(c.Context, js, c.String("session"), kind, on, user)
+	}
+	if err != nil {
+		fmt.Fprintf(c.App.ErrWriter, "pmhub profilers: the choice was sent but not kept for the hub's plugins: %v\n", err)
 	}
 	scope := "every session"
 	if s := c.String("session"); s != "" {

@@ -17,6 +17,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/profilemate/profilemate/hub"
+	"github.com/profilemate/profilemate/plugins/host"
 	"github.com/profilemate/profilemate/proto"
 )
 
@@ -114,9 +115,14 @@ type Summary struct {
 	// StepSkew is the slowest rank's median CPU step time over the fastest's (1 = balanced).
 	StepSkew float64          `json:"step_time_skew"`
 	Rows     map[string]int64 `json:"rows"`
-	Dir      string           `json:"dir"`
-	// Findings are the plugins' findings (findings.csv), most severe first.
-	Findings []Finding `json:"findings,omitempty"`
+	// Ends is how each process ended, by host/proc: clean, lost, "killed (SIGKILL)", or running.
+	Ends map[string]string `json:"end_states"`
+	Dir  string            `json:"dir"`
+	// Findings are the plugins' findings (findings.csv), most severe first; without that file,
+	// those package analysis computes from the tables (plugin_version "computed"). Plugins is what
+	// each plugin did with the session (plugins.json).
+	Findings []Finding                     `json:"findings,omitempty"`
+	Plugins  map[string]host.SessionPlugin `json:"plugins,omitempty"`
 }
 
 // RankInfo is one worker process and its ranks.
@@ -148,11 +154,13 @@ func summarize(dir string) (*Summary, error) {
 		return nil, err
 	}
 	s := &Summary{Session: m.Session, Status: m.Status, EndReason: m.EndReason, Hosts: map[string][]string{},
-		Layout: map[string]string{}, Steps: map[string]int{}, GraphModes: map[string]float64{}, Rows: m.Rows, Dir: dir}
+		Layout: map[string]string{}, Steps: map[string]int{}, GraphModes: map[string]float64{}, Rows: m.Rows, Dir: dir,
+		Ends: map[string]string{}}
 	procOf := map[string]string{}  // host/pid -> token
 	size := map[string]*[3]int64{} // host -> max tp, pp, dp + 1
 	for _, p := range m.Processes {
 		s.Hosts[p.Host] = append(s.Hosts[p.Host], p.Proc)
+		s.Ends[p.Host+"/"+p.Proc] = endState(p)
 		procOf[p.Host+"/"+strconv.FormatInt(p.PID, 10)] = p.Proc
 		if p.Role != proto.RoleWorker {
 			continue
@@ -254,6 +262,14 @@ func summarize(dir string) (*Summary, error) {
 	if s.Findings, err = readFindings(dir); err != nil {
 		return nil, err
 	}
+	if s.Plugins, err = host.ReadSessionPlugins(dir); err != nil {
+		return nil, err
+	}
+	if len(s.Findings) == 0 {
+		if s.Findings, err = computedFindings(dir); err != nil {
+			return nil, err
+		}
+	}
 	return s, nil
 }
 
@@ -307,6 +323,19 @@ func median(v []float64) float64 {
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
+// endState is a process's end as show prints it.
+func endState(p *hub.ProcMeta) string {
+	switch {
+	case !p.Ended:
+		return "running"
+	case p.EndState == hub.EndKilled && p.EndSignal != "":
+		return fmt.Sprintf("killed (%s)", p.EndSignal)
+	case p.EndState == "":
+		return hub.EndLost
+	}
+	return p.EndState
+}
+
 func (s *Summary) print(w io.Writer) {
 	fmt.Fprintf(w, "session %s: %s", s.Session, s.Status)
 	if s.EndReason != "" {
@@ -319,6 +348,11 @@ func (s *Summary) print(w io.Writer) {
 			fmt.Fprintf(w, " (%s)", l)
 		}
 		fmt.Fprintln(w)
+		var ends []string
+		for _, p := range s.Hosts[h] {
+			ends = append(ends, p+" "+s.Ends[h+"/"+p])
+		}
+		fmt.Fprintf(w, "    ended: %s\n", strings.Join(ends, ", "))
 	}
 	var steps []string
 	for _, k := range sortedKeys(s.Steps) {
@@ -350,7 +384,9 @@ func (s *Summary) print(w io.Writer) {
 		}
 		tw.Flush()
 	}
+	printPluginWork(w, s.Plugins)
 	printFindings(w, s.Findings)
+	noteComputed(w, s.Findings)
 	fmt.Fprintln(w, "  rows per table:")
 	for _, t := range sortedKeys(s.Rows) {
 		fmt.Fprintf(w, "    %-24s %d\n", t, s.Rows[t])

@@ -10,8 +10,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/urfave/cli/v2"
 
-	"github.com/profilemate/profilemate/hub"
-	"github.com/profilemate/profilemate/internal/natsclient"
 	"github.com/profilemate/profilemate/proto"
 	"github.com/profilemate/profilemate/proto/pmpb"
 )
@@ -20,7 +18,7 @@ func tailCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "tail",
 		Usage: "stream events live from NATS, one line per event",
-		Flags: append(natsclient.Flags("nats://"+hub.DefaultListen, "NATS URL of the hub or the cluster"),
+		Flags: append(hubNATSFlags(),
 			&cli.StringFlag{Name: "session", Usage: "only this session", EnvVars: []string{"PROFILEMATE_TAIL_SESSION"}},
 			&cli.StringFlag{Name: "host", Usage: "only this host", EnvVars: []string{"PROFILEMATE_TAIL_HOST"}},
 			&cli.StringFlag{Name: "kind", Usage: "only this event kind (kv_cache, preemption, cuda_graph, …)", EnvVars: []string{"PROFILEMATE_TAIL_KIND"}},

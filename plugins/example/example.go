@@ -13,6 +13,7 @@ import (
 type Example struct {
 	mu       sync.Mutex
 	sessions map[string]map[procKey]*procStats
+	inputOff map[string]string // session → why forward_pass was switched off
 }
 
 type procKey struct {
@@ -27,7 +28,24 @@ type procStats struct {
 	cpuMS   float64 // sum of cpu_ms
 }
 
-var _ sdk.Profiler = (*Example)(nil)
+var (
+	_ sdk.Profiler     = (*Example)(nil)
+	_ sdk.InputWatcher = (*Example)(nil)
+)
+
+// InputChanged remembers that forward passes stopped coming, for a finding at the end.
+func (e *Example) InputChanged(_ context.Context, session, kind string, enabled bool, reason string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.inputOff == nil {
+		e.inputOff = map[string]string{}
+	}
+	if enabled {
+		delete(e.inputOff, session)
+	} else {
+		e.inputOff[session] = kind + " " + reason
+	}
+}
 
 // Describe names the plugin, what it reads and the two tables it writes.
 func (e *Example) Describe() sdk.Info {
@@ -114,6 +132,8 @@ func (e *Example) CloseSession(_ context.Context, session string) ([]sdk.Row, er
 	defer e.mu.Unlock()
 	procs := e.sessions[session]
 	delete(e.sessions, session)
+	off, wasOff := e.inputOff[session]
+	delete(e.inputOff, session)
 	all := make([]*procStats, 0, len(procs))
 	for _, st := range procs {
 		all = append(all, st)
@@ -155,6 +175,10 @@ func (e *Example) CloseSession(_ context.Context, session string) ([]sdk.Row, er
 			Ranks:    []int{int(slowest.proc.Rank)},
 			Detail:   "mean host time of execute_model on this process is the highest of the session",
 		}.Row())
+	}
+	if wasOff {
+		rows = append(rows, sdk.Finding{Severity: sdk.SeverityWarning, Title: "input off: " + off,
+			Detail: "the totals cover only the forward passes recorded while the profiler was on"}.Row())
 	}
 	return rows, nil
 }

@@ -101,13 +101,15 @@ type Host struct {
 	log *slog.Logger
 	js  jetstream.JetStream
 
-	mu      sync.Mutex
-	status  map[string]*Status // by file name
-	claims  map[string]string  // plugin name and derived table → file that owns it
-	runners map[string]*runner // by file name
-	seen    map[string]fileSeen
-	refused map[string]bool // sha256 already logged as refused
-	dirty   bool
+	statusMu sync.Mutex // one status.json writer at a time
+	mu       sync.Mutex
+	status   map[string]*Status // by file name
+	claims   map[string]string  // plugin name and derived table → file that owns it
+	runners  map[string]*runner // by file name
+	seen     map[string]fileSeen
+	refused  map[string]bool        // sha256 already logged as refused
+	needs    map[needKey]*needState // kinds plugins need, per session and kind
+	dirty    bool
 }
 
 type fileSeen struct {
@@ -115,6 +117,7 @@ type fileSeen struct {
 	mode  os.FileMode
 	mtime time.Time
 	since time.Time
+	done  bool // this stable version was decided on (started, refused or found incomplete)
 }
 
 type runner struct {
@@ -235,7 +238,7 @@ func (h *Host) Run(ctx context.Context) error {
 			h.mu.Lock()
 			names := make([]string, 0, len(h.seen))
 			for n, s := range h.seen {
-				if !s.since.IsZero() {
+				if !s.done {
 					names = append(names, n)
 				}
 			}
@@ -292,10 +295,22 @@ func (h *Host) check(ctx context.Context, name string) {
 	prev, ok := h.seen[name]
 	cur := fileSeen{size: st.Size(), mode: st.Mode(), mtime: st.ModTime(), since: now}
 	if ok && prev.size == cur.size && prev.mode == cur.mode && prev.mtime.Equal(cur.mtime) {
+		if prev.done {
+			h.mu.Unlock()
+			return // decided already; a change of the file comes as an event or a new fingerprint
+		}
 		cur.since = prev.since
 	}
 	h.seen[name] = cur
 	h.mu.Unlock()
+	decided := func() {
+		h.mu.Lock()
+		if s, ok := h.seen[name]; ok && s.since.Equal(cur.since) {
+			s.done = true
+			h.seen[name] = s
+		}
+		h.mu.Unlock()
+	}
 	if st.Mode().Perm()&0o111 == 0 {
 		h.wait(name, "not executable (chmod +x when it is complete)")
 		return
@@ -306,6 +321,7 @@ func (h *Host) check(ctx context.Context, name string) {
 	}
 	if err := completeBinary(path, st.Size()); err != nil {
 		h.wait(name, "incomplete binary: "+err.Error())
+		decided()
 		return
 	}
 	sum, err := fileSHA256(path)
@@ -313,6 +329,7 @@ func (h *Host) check(ctx context.Context, name string) {
 		h.wait(name, err.Error())
 		return
 	}
+	decided()
 	h.mu.Lock()
 	r := h.runners[name]
 	if r != nil && r.sha == sum {
@@ -479,6 +496,9 @@ func (h *Host) stop(name string) {
 	if r != nil {
 		r.cancel()
 		<-r.done
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		h.release(ctx, name)
+		cancel()
 	}
 }
 
@@ -583,6 +603,8 @@ func (h *Host) claim(file string, in sdk.Info) error {
 	return nil
 }
 
+// set changes a plugin's state and writes status.json at once, so pmhub plugins ls never shows
+// an old state (update's counters follow with the next tick).
 func (h *Host) set(name string, f func(*Status)) {
 	h.mu.Lock()
 	s := h.status[name]
@@ -593,6 +615,7 @@ func (h *Host) set(name string, f func(*Status)) {
 	f(s)
 	h.dirty = true
 	h.mu.Unlock()
+	h.writeStatus()
 }
 
 // update changes a known plugin's status (no-op once it is removed).
@@ -620,6 +643,11 @@ func (h *Host) Status() []Status {
 }
 
 func (h *Host) writeStatus() {
+	if h.cfg.StateDir == "" {
+		return
+	}
+	h.statusMu.Lock()
+	defer h.statusMu.Unlock()
 	h.mu.Lock()
 	dirty := h.dirty
 	h.dirty = false
@@ -659,6 +687,16 @@ func (h *Host) activeSessions() []string {
 		}
 	}
 	return out
+}
+
+// hubPast reports whether the hub's ingest consumer has acknowledged stream sequence seq.
+func (h *Host) hubPast(ctx context.Context, seq uint64) bool {
+	c, err := h.js.Consumer(ctx, proto.StreamName, h.cfg.HubConsumer)
+	if err != nil {
+		return false
+	}
+	ci, err := c.Info(ctx)
+	return err == nil && ci.AckFloor.Stream >= seq
 }
 
 // firstSeq is the stream's first sequence (above 1 once limits removed old messages).

@@ -19,6 +19,8 @@ import (
 	gproto "google.golang.org/protobuf/proto"
 
 	"github.com/profilemate/profilemate/hub"
+	"github.com/profilemate/profilemate/plugins/pluginpb"
+	"github.com/profilemate/profilemate/plugins/sdk"
 	"github.com/profilemate/profilemate/proto"
 	"github.com/profilemate/profilemate/proto/pmpb"
 )
@@ -214,6 +216,15 @@ func (s *session) end() {
 
 func (s *session) dir() string { return hub.SessionDir(s.r.data, s.id) }
 
+// waitClosed waits until the example plugin closed the session (its final rows are all written).
+func (s *session) waitClosed(t *testing.T) {
+	t.Helper()
+	waitFor(t, "the plugin to close the session", func() bool {
+		sp, _ := ReadSessionPlugins(s.dir())
+		return sp["example"].Closed
+	})
+}
+
 func readRows(t *testing.T, path string) (hdr []string, rows [][]string) {
 	t.Helper()
 	b, err := os.ReadFile(path)
@@ -223,6 +234,8 @@ func readRows(t *testing.T, path string) (hdr []string, rows [][]string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Files are read while they grow: take whole lines only.
+	b = b[:bytes.LastIndexByte(b, '\n')+1]
 	recs, err := csv.NewReader(bytes.NewReader(b)).ReadAll()
 	if err != nil {
 		t.Fatalf("%s: %v", path, err)
@@ -288,7 +301,11 @@ func TestHotAddBackfillsAndCloses(t *testing.T) {
 	s.batches(5, 2)
 	waitFor(t, "live rows", func() bool { return rowsIn(t, filepath.Join(s.dir(), "example_batches.csv")) == s.msgs })
 	s.end()
-	waitFor(t, "final rows", func() bool { return rowsIn(t, filepath.Join(s.dir(), "example_totals.csv")) == 4 })
+	var sp map[string]SessionPlugin
+	waitFor(t, "plugins.json closed", func() bool {
+		sp, _ = ReadSessionPlugins(s.dir())
+		return sp["example"].Closed
+	})
 	s.checkExactlyOnce(t)
 	hdr, tot := readRows(t, filepath.Join(s.dir(), "example_totals.csv"))
 	evc := col(t, hdr, "events")
@@ -307,11 +324,6 @@ func TestHotAddBackfillsAndCloses(t *testing.T) {
 	if !strings.Contains(f[0][col(t, fh, "title")], "rank 3") {
 		t.Errorf("finding %q should name rank 3 (cpu_ms 4)", f[0][col(t, fh, "title")])
 	}
-	var sp map[string]SessionPlugin
-	waitFor(t, "plugins.json closed", func() bool {
-		sp, _ = ReadSessionPlugins(s.dir())
-		return sp["example"].Closed
-	})
 	if e := sp["example"]; e.Version != "1.0.0" || e.Rows["example_batches"] != int64(s.msgs) || e.Rows["example_totals"] != 4 || e.Findings != 1 {
 		t.Errorf("plugins.json entry %+v", e)
 	}
@@ -343,7 +355,7 @@ func TestKill9ExactlyOnce(t *testing.T) {
 	waitFor(t, "a restart", func() bool { st := r.status("example"); return st.Restarts >= 1 && st.State == StateRunning })
 	waitFor(t, "rows after the restart", func() bool { return rowsIn(t, filepath.Join(s.dir(), "example_batches.csv")) == s.msgs })
 	s.end()
-	waitFor(t, "final rows", func() bool { return rowsIn(t, filepath.Join(s.dir(), "example_totals.csv")) == 2 })
+	s.waitClosed(t)
 	s.checkExactlyOnce(t)
 	hdr, tot := readRows(t, filepath.Join(s.dir(), "example_totals.csv"))
 	sum := 0
@@ -520,4 +532,155 @@ func TestDerivedOnNATS(t *testing.T) {
 	if c := r.hub.Counters(); len(c.Bad) != 0 {
 		t.Errorf("the hub counted bad messages: %v", c.Bad)
 	}
+}
+
+// TestHostRestartResumes: the whole host (as when pmhub restarts) stops mid-session and starts
+// again with the same state folder; the session's rows continue exactly once and the final
+// totals count every event.
+func TestHostRestartResumes(t *testing.T) {
+	r := newRig(t)
+	r.startHost(nil)
+	r.install("example", "example")
+	s := r.newSession("20261130_060500_a1b2c3", 2)
+	s.batches(6, 2)
+	waitFor(t, "rows before the stop", func() bool { return rowsIn(t, filepath.Join(s.dir(), "example_batches.csv")) == s.msgs })
+	r.stopHost()
+	s.batches(6, 2)
+	r.startHost(nil)
+	waitFor(t, "rows after the restart", func() bool { return rowsIn(t, filepath.Join(s.dir(), "example_batches.csv")) == s.msgs })
+	s.end()
+	s.waitClosed(t)
+	s.checkExactlyOnce(t)
+	hdr, tot := readRows(t, filepath.Join(s.dir(), "example_totals.csv"))
+	sum := 0
+	for _, row := range tot {
+		n, _ := strconv.Atoi(row[col(t, hdr, "events")])
+		sum += n
+	}
+	if sum != s.events {
+		t.Errorf("totals after a host restart count %d events, want %d", sum, s.events)
+	}
+}
+
+// TestTornLineAndForeignRows: a derived file that ends in half a line (a crash mid-write) is cut
+// back, and rows of another plugin version in the same file do not hide this version's rows.
+func TestTornLineAndForeignRows(t *testing.T) {
+	dir := t.TempDir()
+	info := sdk.Info{Name: "p", Version: "2", Kinds: []string{"forward_pass"}, Tables: []sdk.Table{{Table: "p_rows", Kind: "p_row",
+		Columns: []sdk.Column{{Name: "v", Type: sdk.TypeFloat}}}}}
+	hdr := strings.Join(derivedHeader(info.Tables[0]), ",")
+	old := "s,h,1,plugin,-1,-1,-1,-1,1,-1,5,p,1,900,0,1.0\n" // version 1, far ahead
+	mine := "s,h,1,plugin,-1,-1,-1,-1,2,-1,5,p,2,10,0,2.0\n" // version 2, input 10
+	torn := "s,h,1,plugin,-1,-1,-1,-1,3,-1,5,p,2,11,0,3"     // version 2, input 11, no newline
+	path := filepath.Join(dir, "p_rows.csv")
+	os.WriteFile(path, []byte(hdr+"\n"+old+mine+torn), 0o644)
+	w, err := newSessionWriter(dir, "s", info, "h")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := []*pluginpb.Row{
+		{Table: "p_rows", InputSeq: 10, Cols: map[string]*pmpb.Value{"v": {V: &pmpb.Value_I{I: 2}}}},
+		{Table: "p_rows", InputSeq: 11, Cols: map[string]*pmpb.Value{"v": {V: &pmpb.Value_I{I: 3}}}},
+		{Table: "p_rows", InputSeq: 12, Cols: map[string]*pmpb.Value{"v": {V: &pmpb.Value_D{D: 4}}}},
+	}
+	if _, err := w.write(rows, 7); err != nil {
+		t.Fatal(err)
+	}
+	_, got := readRows(t, path)
+	var keys []string
+	for _, r := range got {
+		keys = append(keys, r[12]+"/"+r[13]+"="+r[15]+" seq "+r[8])
+	}
+	want := []string{"1/900=1.0 seq 1", "2/10=2.0 seq 2", "2/11=3.0 seq 3", "2/12=4.0 seq 4"}
+	if strings.Join(keys, ";") != strings.Join(want, ";") {
+		t.Fatalf("rows %v, want %v", keys, want)
+	}
+	if _, err := w.write([]*pluginpb.Row{{Table: "nope", InputSeq: 13}}, 7); err == nil {
+		t.Error("a row of an undeclared table was written")
+	}
+	if _, err := w.write([]*pluginpb.Row{{Table: "p_rows", InputSeq: 13, Cols: map[string]*pmpb.Value{"v": {V: &pmpb.Value_S{S: "x"}}}}}, 7); err == nil {
+		t.Error("a string in a float column was written")
+	}
+}
+
+// TestReplaceBinary: another binary renamed over a running one replaces it: the old process
+// stops, the new one runs under the same file name.
+func TestReplaceBinary(t *testing.T) {
+	r := newRig(t)
+	r.startHost(nil)
+	r.install("example", "p")
+	waitFor(t, "example running", func() bool { st := r.status("p"); return st.State == StateRunning && st.PID > 0 })
+	old := r.status("p")
+	r.install("slow", "p")
+	waitFor(t, "the replacement running", func() bool {
+		st := r.status("p")
+		return st.State == StateRunning && st.Name == "slow" && st.PID > 0
+	})
+	if st := r.status("p"); st.SHA256 == old.SHA256 || st.PID == old.PID {
+		t.Fatalf("not replaced: %+v (was %+v)", st, old)
+	}
+	waitFor(t, "the old process gone", func() bool {
+		var ws syscall.WaitStatus
+		syscall.Wait4(int(old.PID), &ws, syscall.WNOHANG, nil)
+		return syscall.Kill(int(old.PID), 0) != nil
+	})
+}
+
+// TestPluginNeedSwitchesOnPersonOffWins: a session reports forward_pass switched off; the example
+// plugin needs it, so the host asks the session's agent to switch it on. A person's "off" then
+// reaches the plugin (its finding says so); removing the plugin switches the kind off again.
+func TestPluginNeedSwitchesOnPersonOffWins(t *testing.T) {
+	r := newRig(t)
+	ctl := make(chan *nats.Msg, 64)
+	if _, err := r.nc.ChanSubscribe(proto.ControlSubject("hostA"), ctl); err != nil {
+		t.Fatal(err)
+	}
+	r.startHost(nil)
+	s := r.newSession("20261130_060600_a1b2c3", 1)
+	w := s.worker(0)
+	s.life("w0", w, "status", &pmpb.Lifecycle{Record: &pmpb.Lifecycle_Status_{Status: &pmpb.Lifecycle_Status{Targets: []*pmpb.TargetStatus{
+		{Target: "gpu_model_runner", Status: "disabled", Reason: "profiler switched off: forward_pass,cpu_timing"}}}}})
+	s.batches(1, 1)
+	waitFor(t, "the hub to record the disabled target", func() bool {
+		m, err := hub.ReadMetadata(s.dir())
+		return err == nil && len(m.Processes) > 0 && len(m.Processes[0].Targets) == 1
+	})
+	r.install("example", "example")
+	next := func(want bool) {
+		t.Helper()
+		deadline := time.After(time.Minute)
+		for {
+			select {
+			case m := <-ctl:
+				c, err := proto.DecodeControl(m.Data)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if p := c.GetProfiler(); p != nil && p.GetName() == "forward_pass" && p.GetEnabled() == want && c.GetSession() == s.id {
+					return
+				}
+			case <-deadline:
+				t.Fatalf("no control forward_pass enabled=%v for %s", want, s.id)
+			}
+		}
+	}
+	next(true)
+	if err := RecordChoice(context.Background(), r.js, s.id, "forward_pass", false, "test"); err != nil {
+		t.Fatal(err)
+	}
+	s.batches(1, 1)
+	s.end()
+	s.waitClosed(t)
+	fh, f := readRows(t, filepath.Join(s.dir(), "findings.csv"))
+	found := false
+	for _, row := range f {
+		if strings.Contains(row[col(t, fh, "title")], "input off: forward_pass switched off by a person") {
+			found = true
+		}
+	}
+	if !found {
+		t.Fatalf("the plugin was not told of the person's off: %v", f)
+	}
+	os.Remove(filepath.Join(r.dir, "example"))
+	next(false)
 }

@@ -45,6 +45,9 @@ type run struct {
 
 	cons    jetstream.Consumer
 	opened  map[string]*sessionWriter // sessions opened in this process
+	fed     map[string]uint64         // last stream sequence fed, per session
+	skip    map[string]bool           // sessions the hub never made a folder for
+	choices map[needKey]bool          // people's choices the plugin was told of
 	pending uint64                    // messages left in the consumer after the last fetch
 }
 
@@ -223,12 +226,15 @@ func (r *run) loop(ctx context.Context) error {
 		}
 		if len(msgs) == 0 || time.Since(lastClose) > time.Second {
 			lastClose = time.Now()
-			done, err := r.closeEnded(ctx, len(msgs) == 0)
+			done, err := r.closeEnded(ctx)
 			if err != nil {
 				return err
 			}
 			if done {
 				return nil
+			}
+			if r.once == "" {
+				r.watchChoices(ctx)
 			}
 		}
 		r.h.update(r.file, func(s *Status) { s.Lag = r.pending; s.Sessions = r.openCount() })
@@ -319,6 +325,10 @@ func (r *run) feedSession(ctx context.Context, session string, msgs []jetstream.
 			continue
 		}
 		req = append(req, &pluginpb.Message{StreamSeq: md.Sequence.Stream, Subject: m.Subject(), EventBatch: m.Data()})
+		if r.fed == nil {
+			r.fed = map[string]uint64{}
+		}
+		r.fed[session] = max(r.fed[session], md.Sequence.Stream)
 	}
 	var resp *pluginpb.ConsumeResponse
 	if err := r.call(ctx, "consume", func(c context.Context) error {
@@ -340,6 +350,9 @@ func (r *run) open(ctx context.Context, session string, seq uint64) (*sessionWri
 	if w := r.opened[session]; w != nil {
 		return w, nil
 	}
+	if r.skip[session] {
+		return nil, nil
+	}
 	ss := r.state.Sessions[session]
 	if ss != nil && (ss.Skipped || ss.Closed) && r.once == "" {
 		return nil, nil
@@ -357,6 +370,16 @@ func (r *run) open(ctx context.Context, session string, seq uint64) (*sessionWri
 		}
 		if r.client.Exited() {
 			return nil, errors.New("plugin process exited")
+		}
+		if r.h.hubPast(ctx, seq) {
+			// The hub has consumed this message and made no folder for it (a session id it
+			// refuses, say): nothing to write beside, so the plugin does not see it either.
+			if r.skip == nil {
+				r.skip = map[string]bool{}
+			}
+			r.skip[session] = true
+			r.log.Warn("session has no folder at the hub: skipped", "session", session)
+			return nil, nil
 		}
 		select {
 		case <-ctx.Done():
@@ -405,6 +428,9 @@ func (r *run) open(ctx context.Context, session string, seq uint64) (*sessionWri
 		r.log.Warn("plugins.json not written", "session", session, "err", err)
 	}
 	r.log.Info("session opened in plugin", "session", session, "from_stream_seq", ss.FirstSeq)
+	if r.once == "" && m.Status != hub.StatusEnded {
+		r.need(ctx, session, m)
+	}
 	return w, nil
 }
 
@@ -466,10 +492,7 @@ func (r *run) publish(w *sessionWriter, evs []*pmpb.Event) {
 
 // closeEnded closes, in the plugin, every open session the hub has ended once the plugin has
 // read all of it. For a one-session run it reports done when that session is closed.
-func (r *run) closeEnded(ctx context.Context, idle bool) (bool, error) {
-	if r.pending > 0 || !idle {
-		return false, nil
-	}
+func (r *run) closeEnded(ctx context.Context) (bool, error) {
 	ids := make([]string, 0, len(r.opened))
 	for id := range r.opened {
 		ids = append(ids, id)
@@ -485,6 +508,14 @@ func (r *run) closeEnded(ctx context.Context, idle bool) (bool, error) {
 			if err != nil || m.Status != hub.StatusEnded {
 				continue
 			}
+		}
+		// Every event of the session (of the plugin's kinds) must have been fed: the hub ended it
+		// after its events reached the stream, so the last one there is the last one.
+		if last := r.lastInStream(ctx, id); last == 0 && r.pending > 0 || last > r.fed[id] {
+			continue
+		}
+		if r.once == "" {
+			r.watchChoices(ctx) // a choice made before the end reaches the plugin before its final rows
 		}
 		var rows []*pluginpb.Row
 		if err := r.call(ctx, "close session", func(c context.Context) error {
@@ -512,6 +543,23 @@ func (r *run) closeEnded(ctx context.Context, idle bool) (bool, error) {
 		return ss != nil && ss.Closed || r.opened[r.once] == nil, nil
 	}
 	return false, nil
+}
+
+// lastInStream is the stream sequence of the session's last event of the plugin's kinds (0: none
+// or unknown).
+func (r *run) lastInStream(ctx context.Context, session string) uint64 {
+	st, err := r.h.js.Stream(ctx, proto.StreamName)
+	if err != nil {
+		return 0
+	}
+	var last uint64
+	for _, k := range r.info.Kinds {
+		m, err := st.GetLastMsgForSubject(ctx, proto.EventFilter(session, "", "", k))
+		if err == nil && m.Sequence > last {
+			last = m.Sequence
+		}
+	}
+	return last
 }
 
 func readFile(dir, name string) ([]byte, error) {

@@ -1242,11 +1242,17 @@ func (x *Lifecycle_Status) GetTargets() []*TargetStatus {
 
 // Bye: a process left (or its connection closed: clean = false).
 type Lifecycle_Bye struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Dropped       uint64                 `protobuf:"varint,1,opt,name=dropped,proto3" json:"dropped,omitempty"` // shim drops, cumulative
-	LastSeq       uint64                 `protobuf:"varint,2,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
-	EndNs         int64                  `protobuf:"varint,3,opt,name=end_ns,json=endNs,proto3" json:"end_ns,omitempty"`
-	Clean         bool                   `protobuf:"varint,4,opt,name=clean,proto3" json:"clean,omitempty"` // true when the shim sent bye, false when the connection just ended
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Dropped uint64                 `protobuf:"varint,1,opt,name=dropped,proto3" json:"dropped,omitempty"` // shim drops, cumulative
+	LastSeq uint64                 `protobuf:"varint,2,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
+	EndNs   int64                  `protobuf:"varint,3,opt,name=end_ns,json=endNs,proto3" json:"end_ns,omitempty"`
+	Clean   bool                   `protobuf:"varint,4,opt,name=clean,proto3" json:"clean,omitempty"` // true when the shim sent bye, false when the connection just ended
+	// How the process ended: "clean" (it said bye after a normal exit), "killed" with end_signal
+	// (a signal ended it: the shim saw it after its last flush, or the parent saw it in the wait
+	// status — pmagent run for its command), "lost" (its connection or pid went away without a
+	// bye). Empty in records of older agents: read clean as "clean", else "lost".
+	EndState      string `protobuf:"bytes,5,opt,name=end_state,json=endState,proto3" json:"end_state,omitempty"`
+	EndSignal     string `protobuf:"bytes,6,opt,name=end_signal,json=endSignal,proto3" json:"end_signal,omitempty"` // killed: the signal's name, e.g. "SIGKILL", "SIGTERM"
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1307,6 +1313,20 @@ func (x *Lifecycle_Bye) GetClean() bool {
 		return x.Clean
 	}
 	return false
+}
+
+func (x *Lifecycle_Bye) GetEndState() string {
+	if x != nil {
+		return x.EndState
+	}
+	return ""
+}
+
+func (x *Lifecycle_Bye) GetEndSignal() string {
+	if x != nil {
+		return x.EndSignal
+	}
+	return ""
 }
 
 // SessionEnd closes a session on a host with its drop counters.
@@ -1563,7 +1583,7 @@ const file_profilemate_v1_profilemate_proto_rawDesc = "" +
 	"\fTargetStatus\x12\x16\n" +
 	"\x06target\x18\x01 \x01(\tR\x06target\x12\x16\n" +
 	"\x06status\x18\x02 \x01(\tR\x06status\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\"\xcf\x06\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\x8c\a\n" +
 	"\tLifecycle\x12!\n" +
 	"\fschema_major\x18\x01 \x01(\rR\vschemaMajor\x12!\n" +
 	"\fschema_minor\x18\x02 \x01(\rR\vschemaMinor\x121\n" +
@@ -1580,12 +1600,15 @@ const file_profilemate_v1_profilemate_proto_rawDesc = "" +
 	"\bstart_ns\x18\x02 \x01(\x03R\astartNs\x1a\a\n" +
 	"\x05Hello\x1a@\n" +
 	"\x06Status\x126\n" +
-	"\atargets\x18\x01 \x03(\v2\x1c.profilemate.v1.TargetStatusR\atargets\x1ag\n" +
+	"\atargets\x18\x01 \x03(\v2\x1c.profilemate.v1.TargetStatusR\atargets\x1a\xa3\x01\n" +
 	"\x03Bye\x12\x18\n" +
 	"\adropped\x18\x01 \x01(\x04R\adropped\x12\x19\n" +
 	"\blast_seq\x18\x02 \x01(\x04R\alastSeq\x12\x15\n" +
 	"\x06end_ns\x18\x03 \x01(\x03R\x05endNs\x12\x14\n" +
-	"\x05clean\x18\x04 \x01(\bR\x05clean\x1a\x83\x01\n" +
+	"\x05clean\x18\x04 \x01(\bR\x05clean\x12\x1b\n" +
+	"\tend_state\x18\x05 \x01(\tR\bendState\x12\x1d\n" +
+	"\n" +
+	"end_signal\x18\x06 \x01(\tR\tendSignal\x1a\x83\x01\n" +
 	"\n" +
 	"SessionEnd\x12\x15\n" +
 	"\x06end_ns\x18\x01 \x01(\x03R\x05endNs\x12!\n" +

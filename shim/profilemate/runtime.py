@@ -16,6 +16,7 @@ import threading
 import time
 
 from profilemate import importhook, patching, procinfo, redact, schema, sinks, targets
+from profilemate.gpu_timing import POOL
 from profilemate.identity import IDENT
 from profilemate.recorder import RECORDER
 
@@ -152,9 +153,11 @@ def _capture_process():
         S.argv = redact.argv(raw)
         env = {k: v for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES)}
         S.env = redact.env(env)
-        secrets = [a for a, b in zip(raw, S.argv) if a != b]
+        # The values redact.argv replaced (`--k=v`, `NAME=v`: the part after "="), and secret variables.
+        secrets = [(a.partition("=")[2] if "=" in a and b.endswith("=" + redact.REDACTED) else a)
+                   for a, b in zip(raw, S.argv) if a != b]
         secrets += [v for k, v in os.environ.items() if redact.is_secret_name(k)]
-        S.secrets = tuple(v.partition("=")[2] or v for v in secrets)
+        S.secrets = tuple(secrets)
     except Exception:
         S.argv, S.env, S.secrets = [], {}, ()
 
@@ -462,6 +465,7 @@ def final_flush(timeout=None, end_state=END_CLEAN, end_signal=""):
 def metadata():
     """This process as metadata.json shows it (argv and env redacted)."""
     vllm = sys.modules.get("vllm")
+    targets_now = statuses()
     return {
         "session": S.session,
         "host": os.environ.get(ENV_HOST, "") or _hostname(),
@@ -476,12 +480,13 @@ def metadata():
         "activation": S.why,
         "sink": S.sink.describe() if S.sink is not None else "",
         "profilers": sorted(_enabled) if _enabled is not None else sorted(schema.KINDS),
-        "targets": statuses(),
-        "tables": _table_statuses(),
+        "targets": targets_now,
+        "tables": _table_statuses(targets_now),
         "notes": dict(NOTES),
         "recorded": RECORDER.recorded,
         "dropped": RECORDER.dropped,
         "spilled": getattr(S.sink, "spilled", 0),  # sent to this folder while the agent was away
+        "unconfirmed": getattr(S.sink, "unconfirmed", 0),  # sent, never acknowledged, let go (bound)
         "last_seq": RECORDER.last_seq,
         "start_ns": S.start_ns,
         "end_ns": S.end_ns,
@@ -494,12 +499,12 @@ def title():
     """The process title with any secret value of argv or the environment scrubbed."""
     return redact.text(sinks.proc_title(), S.secrets)
 
-def _table_statuses():
+
+def _table_statuses(targets_now):
+    """Per-table status for metadata.json; imports nothing here (this runs on the flush path)."""
     try:
-        from profilemate import targets
-        from profilemate.gpu_timing import POOL
         # POOL.ok, not available(): probing caches the answer, and torch may not be imported yet.
-        return targets.table_statuses(statuses(), set(TABLES_SEEN), enabled, POOL.ok)
+        return targets.table_statuses(targets_now, set(TABLES_SEEN), enabled, POOL.ok)
     except Exception as e:
         return [{"table": "", "status": "failed: %r" % (e,)}]
 
@@ -608,6 +613,7 @@ def _after_fork_child():
         return
     RECORDER.reset()
     RECORDER.enabled_kinds = set(_enabled) if _enabled is not None else None
+    TABLES_SEEN.clear()
     IDENT.reset()
     procinfo.reset_after_fork()
     S.pid = os.getpid()

@@ -401,6 +401,14 @@ class SocketSink:
         self.outage_said = False
         self.kept = collections.deque()  # (events, encoded batch line), oldest first
         self.kept_bytes = 0
+        # Sent but not yet acknowledged, once the agent acknowledges ({"op":"ack","seq":N}): an
+        # agent that stops while lines sit unread in its socket buffer loses them, so they are
+        # replayed after the reconnect. Agents that never acknowledge: nothing is held here.
+        self.sent = collections.deque()
+        self.sent_bytes = 0
+        self.acks = False
+        self.acked_seq = 0
+        self.unconfirmed = 0  # sent, never acknowledged, let go to stay within the bound
         self.limit = buffer_limit()
         self.spill = None  # CsvSink for what does not fit in memory
         self.spilled = 0
@@ -477,6 +485,7 @@ class SocketSink:
         except Exception:
             pass
         self.sock = None
+        self._requeue_sent()
         self.next_try = time.monotonic() + self.backoff
         if not self.outage_said:
             self.outage_said = True
@@ -498,9 +507,30 @@ class SocketSink:
             self.kept_bytes += len(line)
 
     def _bound(self):
-        """Spills the oldest kept batches to the standalone folder while over the memory bound."""
+        """Within the memory bound: lets go of the oldest sent-but-unacknowledged batches first
+        (counted as unconfirmed), then spills the oldest unsent ones to the standalone folder."""
+        while self.sent and self.kept_bytes + self.sent_bytes > self.limit:
+            chunk, line = self.sent.popleft()
+            self.sent_bytes -= len(line)
+            self.unconfirmed += len(chunk)
         while self.kept and self.kept_bytes > self.limit:
             self._spill_one()
+
+    def _acked(self, seq):
+        """The agent took over every event up to `seq`."""
+        self.acks = True
+        self.acked_seq = max(self.acked_seq, seq)
+        while self.sent and self.sent[0][0][-1][0] <= self.acked_seq:
+            chunk, line = self.sent.popleft()
+            self.sent_bytes -= len(line)
+
+    def _requeue_sent(self):
+        """After a lost connection, unacknowledged batches go back in front of the unsent ones."""
+        while self.sent:
+            chunk, line = self.sent.pop()
+            self.sent_bytes -= len(line)
+            self.kept.appendleft((chunk, line))
+            self.kept_bytes += len(line)
 
     def _spill_one(self):
         chunk, line = self.kept.popleft()
@@ -529,7 +559,11 @@ class SocketSink:
                 self._send(line)
                 self.kept.popleft()
                 self.kept_bytes -= len(line)
+                if self.acks and chunk[-1][0] > self.acked_seq:
+                    self.sent.append((chunk, line))
+                    self.sent_bytes += len(line)
                 sent = True
+            self._bound()
             if sent:
                 self.ident_version = IDENT.version
             elif self.ident_version != IDENT.version:
@@ -559,8 +593,15 @@ class SocketSink:
         except ValueError as e:
             procinfo.say_once("bad-ctl", "bad control line from the agent: %s" % e)
             return
-        if msg.get("t") == "ctl":
-            self.state.on_ctl(msg)
+        if msg.get("t") != "ctl":
+            return
+        if msg.get("op") == "ack":
+            try:
+                self._acked(int(msg.get("seq", 0)))
+            except (TypeError, ValueError):
+                pass
+            return
+        self.state.on_ctl(msg)
 
     def close(self):
         """Says goodbye; with no agent, what is kept goes to the standalone folder (its metadata

@@ -2,7 +2,8 @@
 
 The matrix: every era at TP=1 (test_enginecore_profilers, test_worker_profilers) plus every
 layout at one era here — main_2026_08_20 (V2 runner, evict_blocks, prefix statistics at
-admission) at TP=3, TP=2 x PP=2 and DP=2 (two EngineCores, the runner inside each), and v0_11_0
+admission) at TP=3, TP=2 x PP=2, DP=2 (two EngineCores, the runner inside each) and DP=2 x TP=2
+(two EngineCores with two workers each), and v0_11_0
 (V1 runner, FULL CUDAGraphWrapper, prefix statistics per lookup) at TP=2 x PP=2. Each EngineCore's
 rows must equal its own ground truth (the same comparison as the TP=1 suite) and so must every
 worker's; each process's group ranks (metadata.json ident and every row's dp/pp/tp/ep) must be
@@ -78,9 +79,18 @@ class Layouts(unittest.TestCase):
                 self.assertEqual(got, [(0, 0), (0, 1), (1, 0), (1, 1)])
 
     def test_dp2(self):
+        # Two engines, the runner inside each (TP=1): each engine's ranks are its DP rank's.
         procs = self.check("main_2026_08_20", {"PMSIM_DP": "2"}, 2, 0)
         self.assertEqual(sorted(p.meta["ident"]["dp"] for p in procs), [0, 1])
         self.assertEqual(sorted(p.meta["ident"]["ep"] for p in procs), [0, 1])
+
+    def test_dp2_tp2(self):
+        # Two engines with two workers each: Worker.__init__'s rank is engine-local (0, 1 in both), the
+        # global rank adds dp * tp * pp, and EP spans DP x TP.
+        procs = self.check("main_2026_08_20", {"PMSIM_DP": "2", "PMSIM_TP": "2", "PMSIM_REQUESTS": "12"}, 2, 4)
+        got = sorted((p.meta["ident"]["dp"], p.meta["ident"]["tp"], p.meta["ident"]["rank"], p.meta["ident"]["ep"])
+                     for p in procs if p.truth["role"] == "worker")
+        self.assertEqual(got, [(0, 0, 0, 0), (0, 1, 1, 1), (1, 0, 2, 2), (1, 1, 3, 3)])
 
 
 if __name__ == "__main__":

@@ -45,8 +45,11 @@ class Listener:
     """The agent's side of the Unix socket, at the wire boundary: accepts shims and keeps every
     line they send (decoded). The agent's own handling of these lines is tested in agent/."""
 
-    def __init__(self, path):
+    def __init__(self, path, ack=False):
         self.path = path
+        self.ack = ack  # acknowledge each batch ({"t":"ctl","op":"ack","seq":last})
+        self.frozen = False  # drop batches unread and unacknowledged, as an agent stopping would
+        self.lost = 0  # events dropped while frozen
         self.lines = []
         self.conns = []
         self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -75,7 +78,16 @@ class Listener:
             buf += chunk
             while b"\n" in buf:
                 line, buf = buf.split(b"\n", 1)
-                self.lines.append(json.loads(line))
+                msg = json.loads(line)
+                if msg.get("t") == "batch" and self.frozen:
+                    self.lost += len(msg["events"])
+                    continue
+                self.lines.append(msg)
+                if self.ack and msg.get("t") == "batch" and msg["events"]:
+                    try:
+                        c.sendall(b'{"t":"ctl","v":1,"op":"ack","seq":%d}\n' % msg["events"][-1]["seq"])
+                    except OSError:
+                        pass  # the shim said bye and closed; keep reading what it sent
 
     def close(self):
         for s in [self.srv] + self.conns:
@@ -756,17 +768,22 @@ RESTART = """
 
 @unittest.skipIf(os.path.exists("/run/profilemate/agent.sock"), "a system agent listens on this host")
 class AgentRestart(Base):
-    def start(self, buffer_mb="64"):
+    def start(self, buffer_mb="64", ack=False, freeze=False):
         self.sock_dir = os.path.join(self.out, "run")
         os.mkdir(self.sock_dir, 0o700)
         self.path = os.path.join(self.sock_dir, "agent.sock")
         self.gates = os.path.join(self.out, "gates")
         os.mkdir(self.gates)
-        first = Listener(self.path)
+        first = Listener(self.path, ack=ack)
         self.addCleanup(first.close)
         p = self.popen(RESTART, {"PROFILEMATE_SOCKET": self.path, "GATES": self.gates, "VLLM_ENABLE_PROFILING": "1",
                                  "PROFILEMATE_FLUSH_MS": "5", "PROFILEMATE_BUFFER_MB": buffer_mb})
         wait_for(lambda: len(first.seqs()) == 15, 60, "the first 5 steps (3 rows each) at the agent")
+        if freeze:
+            first.frozen = True
+            open(os.path.join(self.gates, "agent-down"), "w").close()
+            wait_for(lambda: first.lost == 15, 60, "5 steps sent to an agent that never reads them")
+            return p, first
         first.close()
         open(os.path.join(self.gates, "agent-down"), "w").close()
         wait_for(lambda: os.path.exists(os.path.join(self.gates, "recorded")), 60, "5 steps without agent")
@@ -788,6 +805,20 @@ class AgentRestart(Base):
         self.assertEqual(second.seqs(), sorted(second.seqs()))
         self.assertIn("is back", err)
         self.assertFalse(os.path.exists(os.path.join(self.out, "pm")), [x for x in os.walk(os.path.join(self.out, "pm"))])
+
+    def test_unacknowledged_batches_are_replayed(self):
+        """An agent that acknowledges batches and stops with lines unread: what it never
+        acknowledged is sent again to the next agent, what it acknowledged is not."""
+        p, first = self.start(ack=True, freeze=True)
+        first.close()
+        second = Listener(self.path, ack=True)
+        self.addCleanup(second.close)
+        open(os.path.join(self.gates, "agent-back"), "w").close()
+        _, err = p.communicate(timeout=120)
+        self.assertEqual(p.returncode, 0, err)
+        wait_for(lambda: second.of("bye"), 30, "the bye line")
+        self.assertEqual(first.seqs(), list(range(1, 16)))
+        self.assertEqual(second.seqs(), list(range(16, 46)))
 
     def test_beyond_the_bound_spills_to_the_folder(self):
         p, first = self.start(buffer_mb="0")

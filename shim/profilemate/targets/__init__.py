@@ -7,7 +7,14 @@ Structure of a target module (see scheduler.py for the model):
         kinds=("batch_util", "preemption", "cpu_timing"),
         paths=[Path("vllm.v1.core.sched.scheduler", eras="v0.8.2+", hooks=[
                    Hook("Scheduler", "schedule", _schedule, kinds=("batch_util", ...)), ...]),
-               Path("vllm.v1.core.scheduler", eras="v0.6.6-v0.8.1", hooks=[...])])
+               Path("vllm.v1.core.scheduler", eras="v0.6.6-v0.8.1", hooks=[...])],
+        tables=("batch_utilization", "preemption_events", ...))
+
+- Imports: a target module imports `Hook, Path, Target` (and helpers) from `targets._util` and
+  the step state it shares with other targets from `profilemate.stepctx`, never another target
+  module, so no import cycle exists, function-local imports included.
+- `tables`: the CSV tables the target's hooks produce or feed; `table_statuses()` below turns
+  target statuses into each table's status for metadata.json and doctor.
 
 - `Path`: one vLLM module (and the eras that have it) with the hooks applied when it loads.
   A path whose class is missing from the module is `absent`; a target is `patched` when the
@@ -32,14 +39,14 @@ Recording API for the profilers (all O(1), never raise, never block):
 """
 import importlib
 
+from profilemate import schema
+from profilemate.targets._util import Hook, Path, Target  # noqa: F401  (the public names)
+
 # The one list: module names under profilemate.targets, in reporting order.
 TARGET_MODULES = (
     "worker", "engine_core", "scheduler", "kv_cache_manager", "block_pool",
     "gpu_model_runner", "cuda_graph", "fused_moe",
 )
-
-
-from profilemate.targets._util import Hook, Path, Target  # noqa: E402,F401  (the public names)
 
 
 _loaded = []
@@ -78,7 +85,6 @@ def table_statuses(target_statuses, seen=None, enabled=None, cuda=None):
     not in this vLLM era (the hooks' classes are missing), not in this process (no feeding
     target module was imported here, e.g. scheduler tables in a worker), failed: <reason>.
     """
-    from profilemate import schema
     by = {t["target"]: t for t in target_statuses}
     out = []
     for table in schema.STANDALONE_TABLES:

@@ -56,7 +56,7 @@ def _tokens(key):
     n = getattr(key, "num_tokens", None)
     if n is None and isinstance(key, tuple) and key:
         n = key[0]
-    return n if isinstance(n, int) else key if isinstance(key, int) else -1
+    return n if isinstance(n, int) else key if isinstance(key, int) else ""  # unknown: empty cell
 
 
 def _capture_call(entries_attr, piecewise_only):
@@ -92,7 +92,7 @@ def _v2_capture_graph(original, rt):
         out = original(self, *args, **kwargs)
         try:
             n = args[0] if args else kwargs.get("num_tokens")
-            stepctx.note_capture("FULL", n if isinstance(n, int) else -1, "", _pc() - t0)
+            stepctx.note_capture("FULL", n if isinstance(n, int) else "", "", _pc() - t0)
         except Exception:
             pass
         return out
@@ -107,7 +107,7 @@ def _timed_forward(fwd, desc):
             name = _mode_name(mode)
             if name == "FULL":
                 n = getattr(desc, "num_tokens", None)
-                stepctx.note_capture(name, n if isinstance(n, int) else -1, str(desc), _pc() - t0)
+                stepctx.note_capture(name, n if isinstance(n, int) else "", str(desc), _pc() - t0)
         except Exception:
             pass
         return out

@@ -191,7 +191,7 @@ def _preempt(original, rt):
         try:
             lost = request.num_computed_tokens  # zeroed by the call
         except Exception:
-            lost = -1
+            lost = ""  # unknown: an empty cell
         out = original(self, request, *args, **kwargs)
         try:
             _record_victim(rt, self, request, lost, "scheduler: _preempt_request")
