@@ -93,16 +93,20 @@ type instanceEntry struct {
 	Host    string `json:"host"`               // the agent that created the entry
 }
 
-// instanceSession returns the session of h's multi-node instance, or "" when h starts none or
-// the agent has a fixed session (which wins). A host's first process of an instance looks the key
+// instanceSession returns the session of h's multi-node instance (h.InstanceKey, else
+// InstanceKey(h.Argv)), or "" when h names none, or when the agent has a fixed session or the
+// process was started with one (h.SessionGiven): those win. A host's first process of an instance looks the key
 // up in InstanceBucket: an open entry is joined, a missing or ended one is replaced by fresh (first
 // writer wins when two agents race). The local binding of an instance whose processes all left is
 // ended first, so a restart on the same port gets a new session. Called without a.mu.
 func (a *Agent) instanceSession(h *pmproto.Hello) string {
-	if a.cfg.Session != "" {
+	if a.cfg.Session != "" || h.SessionGiven {
 		return ""
 	}
-	key := InstanceKey(h.Argv)
+	key := h.InstanceKey
+	if key == "" {
+		key = InstanceKey(h.Argv)
+	}
 	if key == "" {
 		return ""
 	}

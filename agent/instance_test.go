@@ -40,7 +40,7 @@ func TestInstanceKey(t *testing.T) {
 
 // helloArgv says hello as process pid with the shim's own session name and argv, and returns the
 // session the agent moves it to (its control line).
-func helloArgv(t *testing.T, sock string, pid, ppid int, session string, argv []string) (net.Conn, string) {
+func helloArgv(t *testing.T, sock string, pid, ppid int, session string, argv []string, extra ...any) (net.Conn, string) {
 	t.Helper()
 	c, err := net.Dial("unix", sock)
 	if err != nil {
@@ -48,8 +48,12 @@ func helloArgv(t *testing.T, sock string, pid, ppid int, session string, argv []
 	}
 	t.Cleanup(func() { c.Close() })
 	s := &fakeShim{t: t, c: c, pid: pid}
-	s.line(map[string]any{"t": "hello", "v": 1, "session": session, "pid": pid, "ppid": ppid, "role": "api_server",
-		"dp": -1, "pp": -1, "tp": -1, "ep": -1, "rank": -1, "python": "3.12", "vllm": "0.16.0", "argv": argv})
+	hello := map[string]any{"t": "hello", "v": 1, "session": session, "pid": pid, "ppid": ppid, "role": "api_server",
+		"dp": -1, "pp": -1, "tp": -1, "ep": -1, "rank": -1, "python": "3.12", "vllm": "0.16.0", "argv": argv}
+	for i := 0; i+1 < len(extra); i += 2 {
+		hello[extra[i].(string)] = extra[i+1]
+	}
+	s.line(hello)
 	_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
 	b := make([]byte, 0, 256)
 	one := make([]byte, 1)
@@ -144,13 +148,43 @@ func TestInstanceEndedNotReused(t *testing.T) {
 	}
 }
 
-// TestInstanceFixedSessionWins: an agent with --session keeps every process in it.
+// TestInstanceFixedSessionWins: an agent with --session keeps every process in it, and a process
+// started with PROFILEMATE_SESSION (session_given) keeps that one.
 func TestInstanceFixedSessionWins(t *testing.T) {
 	ns := testkit.StartNATS(t)
 	createStream(t, ns.ClientURL())
 	a := newTestAgent(t, Config{Session: "fixed", NATS: NATSConfig{URL: ns.ClientURL()}, SpoolDir: t.TempDir()})
 	if _, s := helloArgv(t, a.Socket(), 3001, 1, "own", mpArgv(32000, 0)); s != "fixed" {
 		t.Fatalf("session %q, want the fixed one", s)
+	}
+	b := newTestAgent(t, Config{NATS: NATSConfig{URL: ns.ClientURL()}, SpoolDir: t.TempDir()})
+	c, err := net.Dial("unix", b.Socket())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	(&fakeShim{t: t, c: c}).line(map[string]any{"t": "hello", "v": 1, "session": "users", "session_given": true, "pid": 3002,
+		"ppid": 1, "role": "api_server", "dp": -1, "pp": -1, "tp": -1, "ep": -1, "rank": -1, "argv": mpArgv(32000, 0)})
+	waitFor(t, "the hello", func() bool { return liveOf(b, "users") == 1 })
+	b.mu.Lock()
+	n := len(b.instances)
+	b.mu.Unlock()
+	if n != 0 {
+		t.Fatalf("a process started with its own session was bound to an instance")
+	}
+}
+
+// TestInstanceKeyFromEnvironment: a process whose command line names no instance (a Ray worker)
+// joins the instance its PROFILEMATE_INSTANCE_KEY (hello instance_key) names.
+func TestInstanceKeyFromEnvironment(t *testing.T) {
+	ns := testkit.StartNATS(t)
+	createStream(t, ns.ClientURL())
+	cfg := Config{NATS: NATSConfig{URL: ns.ClientURL()}, SpoolDir: t.TempDir()}
+	a, b := newTestAgent(t, cfg), newTestAgent(t, cfg)
+	_, head := helloArgv(t, a.Socket(), 4001, 1, "own-a", []string{"vllm", "serve", "m"}, "instance_key", "ray:abc")
+	_, worker := helloArgv(t, b.Socket(), 4002, 1, "own-b", []string{"ray::RayWorkerWrapper"}, "instance_key", "ray:abc")
+	if head != worker {
+		t.Fatalf("head in %q, Ray worker in %q, want one session", head, worker)
 	}
 }
 

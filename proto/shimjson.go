@@ -55,6 +55,13 @@ type Hello struct {
 	Title   string   `json:"title"`
 	Argv    []string `json:"argv"`
 	StartNS int64    `json:"start_ns"`
+	// SessionGiven (optional): the session came from the environment the process was started with
+	// (PROFILEMATE_SESSION), not from its shim; the agent keeps it over an instance's session.
+	SessionGiven bool `json:"session_given,omitempty"`
+	// InstanceKey (optional): the multi-node instance the process belongs to, from
+	// PROFILEMATE_INSTANCE_KEY (a launcher sets it where no command-line flag names the instance,
+	// e.g. Ray, which copies it through VLLM_RAY_EXTRA_ENV_VARS_TO_COPY); docs/multinode.md.
+	InstanceKey string `json:"instance_key,omitempty"`
 }
 
 // Ident returns the identity the hello announces.

@@ -46,6 +46,7 @@ class _State:
         self.start_ns = 0
         self.end_ns = 0
         self.session = ""
+        self.session_given = False  # PROFILEMATE_SESSION was set when this process started
         self.why = ""
         self.sink = None
         self.thread = None
@@ -126,6 +127,7 @@ def start(why, armed=False):
     S.why = why
     S.armed = armed
     S.start_ns = time.time_ns()
+    S.session_given = bool(os.environ.get("PROFILEMATE_SESSION"))
     S.session = os.environ.get("PROFILEMATE_SESSION") or _new_session()
     _capture_process()
     _enabled = parse_profilers(os.environ.get(ENV_PROFILERS, ""))

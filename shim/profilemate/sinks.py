@@ -453,7 +453,9 @@ class SocketSink:
                                          meta["python"], meta["vllm"], meta["argv"], meta["start_ns"],
                                          host=os.environ.get("PROFILEMATE_HOST", ""),
                                          title=self.state.title() if hasattr(self.state, "title") else "",
-                                         instance=meta.get("instance", ""), reconnects=self.reconnects))
+                                         instance=meta.get("instance", ""), reconnects=self.reconnects,
+                                         session_given=getattr(self.state, "session_given", False),
+                                         instance_key=os.environ.get("PROFILEMATE_INSTANCE_KEY", "")))
         except OSError as e:
             self._drop_conn("hello not sent (%s)" % (e.strerror or e))
             return False
