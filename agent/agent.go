@@ -488,10 +488,14 @@ func (a *Agent) hello(c *conn, h *pmproto.Hello) error {
 		}
 		ok = false
 	}
+	var emptied string
 	if ok {
 		if err := a.claim(c, p); err != nil {
 			a.mu.Unlock()
 			return err
+		}
+		if inst != "" && inst != p.sess.id && a.cfg.Session == "" {
+			emptied = a.joinLate(p, inst) // instance.go
 		}
 	}
 	if !ok {
@@ -512,6 +516,9 @@ func (a *Agent) hello(c *conn, h *pmproto.Hello) error {
 	a.mu.Unlock()
 	if gone != nil {
 		a.publishLife(gone)
+	}
+	if emptied != "" {
+		a.endSession(emptied, "joined instance")
 	}
 
 	if h.Session != sess {

@@ -249,3 +249,17 @@ func (a *Agent) instanceEnded(id string) {
 		}
 	}
 }
+
+// joinLate moves a live process into its instance's session inst when it learns its instance
+// after its first hello (a Ray actor receives PROFILEMATE_INSTANCE_KEY only after it started; its
+// shim then says hello again). Returns the id of the session it left when that one has no process
+// left, for the caller to end (a.mu held).
+func (a *Agent) joinLate(p *proc, inst string) string {
+	old := p.sess
+	a.moveProc(p, inst)
+	a.log.Info("process joined its multi-node instance", "pid", p.pid, "session", inst, "left", old.id)
+	if old.live == 0 && len(old.procs) == 0 && !old.ended {
+		return old.id
+	}
+	return ""
+}

@@ -45,13 +45,20 @@ func mnStartHost(t *testing.T, natsURL, name string) *mnHost {
 // mnServe starts `vllm serve` of the test tree on host h; truth is its ground-truth file.
 func (h *mnHost) serve(t *testing.T, py, truth string, args ...string) *exec.Cmd {
 	t.Helper()
-	cmd := exec.Command(py, append([]string{filepath.Join(h.tree, "bin", "vllm"), "serve", "pm-e2e-model"}, args...)...)
+	return h.launch(t, py, truth, nil, append([]string{filepath.Join(h.tree, "bin", "vllm"), "serve", "pm-e2e-model"}, args...)...)
+}
+
+// launch starts a script of the test tree on host h with the shim and the given extra variables.
+func (h *mnHost) launch(t *testing.T, py, truth string, env []string, args ...string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(py, args...)
 	cmd.Env = append(os.Environ(),
 		"PYTHONPATH="+strings.Join([]string{h.shimDir, filepath.Join(h.tree, "eras", "v0_16_0"), h.tree}, string(os.PathListSeparator)),
 		"VLLM_ENABLE_PROFILING=1", "PROFILEMATE_SOCKET="+h.sock, "PROFILEMATE_SESSION=",
 		"PROFILEMATE_OUTPUT_DIR="+filepath.Join(h.dir, "standalone"), "PROFILEMATE_CACHE="+filepath.Join(h.dir, "cache"),
 		"PMSIM_GROUND_TRUTH="+truth, "PMSIM_STEP_WORK_MS=0", "PMSIM_REQUESTS=4", "PMSIM_MAX_TOKENS=6",
 		"PMSIM_RPC_TIMEOUT_S=60", "PMSIM_START_TIMEOUT_S=120")
+	cmd.Env = append(cmd.Env, env...)
 	out, err := os.Create(truth + ".log")
 	if err != nil {
 		t.Fatal(err)
@@ -82,17 +89,20 @@ func mnPort(t *testing.T) string {
 	return p
 }
 
-// mnProc is what the stream says about one process: its sessions and its last full identity.
+// mnProc is what the stream says about one process: the sessions of its batches and of its last
+// lifecycle record (a Ray actor's first hello may come before it learnt its instance), and its
+// last full identity.
 type mnProc struct {
 	host, role       string
 	sessions         map[string]bool
+	lastLife         string
 	rank, tp, pp, dp int32
 }
 
 // mnProcs collects every process the stream names, by host and pid.
 func mnProcs(s *agStream) map[string]*mnProc {
 	out := map[string]*mnProc{}
-	add := func(host string, pid int64, session, role string, rank, tp, pp, dp int32) {
+	add := func(host string, pid int64, session, role string, rank, tp, pp, dp int32, life bool) {
 		if role == "" || role == "agent" {
 			return
 		}
@@ -102,7 +112,11 @@ func mnProcs(s *agStream) map[string]*mnProc {
 			p = &mnProc{host: host, sessions: map[string]bool{}, rank: -1, tp: -1, pp: -1, dp: -1}
 			out[k] = p
 		}
-		p.sessions[session] = true
+		if life {
+			p.lastLife = session
+		} else {
+			p.sessions[session] = true
+		}
 		p.role = role
 		if rank >= 0 || p.rank < 0 {
 			p.rank, p.tp, p.pp, p.dp = rank, tp, pp, dp
@@ -110,11 +124,16 @@ func mnProcs(s *agStream) map[string]*mnProc {
 	}
 	for _, l := range s.life {
 		p := l.GetProcess()
-		add(p.Host, p.Pid, p.Session, p.Role, p.Rank, p.Tp, p.Pp, p.Dp)
+		add(p.Host, p.Pid, p.Session, p.Role, p.Rank, p.Tp, p.Pp, p.Dp, true)
 	}
 	for _, b := range s.batches {
 		p := b.GetProcess()
-		add(p.Host, p.Pid, p.Session, p.Role, p.Rank, p.Tp, p.Pp, p.Dp)
+		add(p.Host, p.Pid, p.Session, p.Role, p.Rank, p.Tp, p.Pp, p.Dp, false)
+	}
+	for _, p := range out {
+		if p.lastLife != "" {
+			p.sessions[p.lastLife] = true
+		}
 	}
 	return out
 }
@@ -259,6 +278,16 @@ func TestMultiNodeInstancesJoinOneSession(t *testing.T) {
 	t.Run("restart-same-port", func(t *testing.T) {
 		// The tp4 instance again on its port: a new run, a new session (run checks it is unseen).
 		run(t, "tp4-again", 4, 1, mp(port, 0, "-tp", "4"), mp(port, 1, "-tp", "4"))
+	})
+	t.Run("ray-tp4-two-hosts", func(t *testing.T) {
+		// hostB's Ray node is started on its own (`ray start`), not by vLLM: its actors get the
+		// instance only through the variables vLLM copies, after they started.
+		p := mnPort(t)
+		truths := map[string]string{"hostA": filepath.Join(dir, "ray-a.json"), "hostB": filepath.Join(dir, "ray-b.json")}
+		head := a.launch(t, py, truths["hostA"], []string{"RAY_ADDRESS=127.0.0.1:" + p},
+			filepath.Join(a.tree, "bin", "vllm"), "serve", "pm-e2e-model", "-tp", "4", "--distributed-executor-backend", "ray")
+		node := b.launch(t, py, truths["hostB"], nil, filepath.Join(b.tree, "bin", "ray"), "start", "--address", "127.0.0.1:"+p, "--block")
+		check(t, launched{"ray", []*exec.Cmd{head, node}, truths}, 4, 1)
 	})
 	t.Run("two-instances-side-by-side", func(t *testing.T) {
 		p1, p2 := mnPort(t), mnPort(t)

@@ -571,8 +571,12 @@ def _mp_init_executor(self, a):
         self._pm_procs.append(p)
     if multinode.nnodes() > 1:  # the other nodes' workers, through their headless `vllm serve`
         want = sorted(set(range(world)) - {r for r, _ in mine})
+        per = len(mine)
+        spec = {"vllm_config": self.vllm_config, "env": multinode.ray_env(),
+                "init": "tcp://%s:%d" % multinode.master()}
         nodes = multinode.accept_followers(*multinode.master(), want, lambda rank: self._pm_results,
-                                           "VllmWorker-%d", cfg.start_timeout_s, self._pm_procs)
+                                           "VllmWorker-%d", cfg.start_timeout_s, self._pm_procs,
+                                           assign=lambda k: (want[k * per:(k + 1) * per], spec))
         for rank in want:
             self._pm_inputs.append(nodes[rank].inputs[rank])
             self._pm_procs.append(nodes[rank].procs[rank])

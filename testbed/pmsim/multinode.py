@@ -61,6 +61,8 @@ def apply_flags(argv):
             os.environ[k] = str(v)
     if args.headless:
         os.environ["PMSIM_HEADLESS"] = "1"
+    if args.distributed_executor_backend:
+        os.environ["PMSIM_BACKEND"] = args.distributed_executor_backend
     return args
 
 
@@ -69,7 +71,14 @@ def _env_int(name, default):
     return int(v) if v else default
 
 
+def ray():
+    """--distributed-executor-backend ray: workers are actors on the Ray nodes (RAY_ADDRESS)."""
+    return os.environ.get("PMSIM_BACKEND", "") == "ray"
+
+
 def nnodes():
+    if ray():
+        return max(_env_int("PMSIM_RAY_NODES", 2), 1)
     return max(_env_int("PMSIM_NNODES", 1), 1)
 
 
@@ -82,7 +91,25 @@ def headless():
 
 
 def master():
+    if ray():
+        host, _, port = os.environ.get("RAY_ADDRESS", "127.0.0.1:6379").rpartition(":")
+        return host or "127.0.0.1", int(port)
     return os.environ.get("PMSIM_MASTER_ADDR", "127.0.0.1"), _env_int("PMSIM_MASTER_PORT", 29501)
+
+
+# What vLLM copies into a Ray actor's environment (vllm/executor/ray_utils.py and envs.py): these
+# prefixes, PYTHONHASHSEED, and the names listed in VLLM_RAY_EXTRA_ENV_VARS_TO_COPY. PMSIM_TP/PP/DP
+# stand for the model configuration vLLM ships with the actor.
+RAY_COPY_PREFIXES = ("VLLM_", "NCCL_", "HF_", "HUGGING_FACE_", "LMCACHE_", "UCX_")
+RAY_COPY_NAMES = ("PYTHONHASHSEED", "PMSIM_TP", "PMSIM_PP", "PMSIM_DP")
+
+
+def ray_env(environ=None):
+    """The variables a Ray actor receives from the driver, after it started."""
+    environ = os.environ if environ is None else environ
+    extra = {n.strip() for n in environ.get("VLLM_RAY_EXTRA_ENV_VARS_TO_COPY", "").split(",") if n.strip()}
+    return {k: v for k, v in environ.items()
+            if k.startswith(RAY_COPY_PREFIXES) or k in RAY_COPY_NAMES or k in extra}
 
 
 def dp_layout(cfg):
@@ -186,10 +213,11 @@ class RemoteNode:
             pass
 
 
-def accept_followers(addr, port, want, route, name, timeout, watch_procs=()):
+def accept_followers(addr, port, want, route, name, timeout, watch_procs=(), assign=None):
     """Listens at addr:port until followers announced every id in want; returns {id: RemoteNode}.
 
-    route(id) is the queue an id's answers go to; name % id names its proxy process. Raises
+    route(id) is the queue an id's answers go to; name % id names its proxy process. A follower
+    that announces no ids (a Ray node) gets assign(k) = (ids, spec) for the k-th such node. Raises
     TimeoutError after timeout seconds, ChildDied when one of watch_procs exits meanwhile."""
     srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -216,6 +244,9 @@ def accept_followers(addr, port, want, route, name, timeout, watch_procs=()):
             if kind != "hello":
                 conn.close()
                 continue
+            if ids is None and assign is not None:
+                ids, spec = assign(len(set(got.values())))
+                conn.send(("actors", ids, spec))
             node = RemoteNode(conn, ids, route, name)
             for cid in ids:
                 got[cid] = node
@@ -246,6 +277,11 @@ def serve_follower(addr, port, children, outputs, timeout):
     go to the head tagged with tag (None: the head's one queue for all), and ids are the children
     that write to it. Returns 0 when every child exited with 0, else 1."""
     conn = _connect(addr, port, timeout)
+    conn.send(("hello", sorted(children), None))
+    return _relay(conn, children, outputs)
+
+
+def _relay(conn, children, outputs):
     lock = threading.Lock()
     reported = set()
 
@@ -276,7 +312,6 @@ def serve_follower(addr, port, children, outputs, timeout):
                 send(("exited", i, children[i][0].exitcode))
                 reported.add(i)
 
-    send(("hello", sorted(children), None))
     threads = [threading.Thread(target=forward, args=o, daemon=True) for o in outputs]
     for t in threads:
         t.start()
@@ -342,5 +377,47 @@ def run_headless(model):
             truth.merge(cfg.ground_truth)
 
 
-def warn(msg):
-    sys.stderr.write("pmsim: %s\n" % msg)
+def ray_node_main(argv=None):
+    """The test tree's `ray start --address A:P`: a Ray worker node started on its own (not by vLLM).
+
+    It connects to the driver's executor at A:P, is told which worker ranks to host, and starts
+    each as an actor process of its own; an actor receives the copied variables (ray_env) only
+    after it started, as with Ray. Returns when the driver is done: 0 when every actor exited 0."""
+    import multiprocessing
+    p = argparse.ArgumentParser(prog="ray start")
+    p.add_argument("--address", required=True)
+    p.add_argument("--block", action="store_true")
+    args, _ = p.parse_known_args(sys.argv[2:] if argv is None else argv)
+    host, _, port = args.address.rpartition(":")
+    cfg = config.get()
+    truth.start("ray_node", 0)
+    ctx = multiprocessing.get_context("spawn")
+    children = {}
+    try:
+        conn = _connect(host or "127.0.0.1", int(port), cfg.start_timeout_s)
+        conn.send(("hello", None, None))
+        kind, ids, spec = conn.recv()
+        if kind != "actors":
+            raise RuntimeError("unexpected %r from the driver" % (kind,))
+        results = ctx.Queue()
+        for local, rank in enumerate(ids):
+            q = ctx.Queue()
+            a = ctx.Process(target=ray_actor_main, name="RayWorkerWrapper-%d" % rank, daemon=True,
+                            kwargs=dict(env=spec["env"], vllm_config=spec["vllm_config"], local_rank=local, rank=rank,
+                                        distributed_init_method=spec["init"], input_queue=q, result_queue=results))
+            a.start()
+            children[rank] = (a, q)
+        truth.on_terminate(lambda: procs.stop([c[0] for c in children.values()], 5.0))
+        return _relay(conn, children, [(results, sorted(children), None)])
+    finally:
+        procs.stop([c[0] for c in children.values()], 5.0)
+        truth.write()
+        if cfg.ground_truth:
+            truth.merge(cfg.ground_truth)
+
+
+def ray_actor_main(env, **kw):
+    """A Ray actor: the driver's copied variables arrive after the process started."""
+    from pmsim.util import mod
+    os.environ.update(env)
+    mod("vllm.v1.executor.multiproc_executor").WorkerProc.worker_main(**kw)
