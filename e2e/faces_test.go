@@ -243,6 +243,16 @@ func TestDemo(t *testing.T) {
 			}
 		}
 	}
+	for _, want := range []string{"rank grid: TP 8 x PP 1 x DP 1 = 8 ranks (sizes from the command line)",
+		"hostA: w0(tp0 pp0 dp0) w1(tp1 pp0 dp0) w2(tp2 pp0 dp0) w3(tp3 pp0 dp0)",
+		"hostB: w4(tp4 pp0 dp0) w5(tp5 pp0 dp0) w6(tp6 pp0 dp0) w7(tp7 pp0 dp0)"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("summary lacks the rank grid line %q", want)
+		}
+	}
+	if strings.Contains(text, "never joined") {
+		t.Errorf("a rank of the demo never joined")
+	}
 	if strings.Contains(text, "hostB/eng") {
 		t.Errorf("an EngineCore on hostB: the demo's instance has one, on hostA")
 	}
