@@ -54,6 +54,9 @@ type Config struct {
 	Resume    bool
 	Version   string
 	Heartbeat time.Duration // default DefaultHeartbeat
+	// ClockSkew (tests only) is added to every reading of this agent's clock in the hub clock
+	// offset measurement, so a test can give one host a known offset and recover it.
+	ClockSkew time.Duration
 	Logger    *slog.Logger
 }
 

@@ -319,3 +319,39 @@ func mnAllJoined(procs map[string]*mnProc, truths map[string]string) bool {
 	}
 	return true
 }
+
+// TestMultiNodeClockSkew gives hostB's agent a clock 2.5 s ahead (the hidden test flag
+// --test-clock-skew) and recovers that offset between the two hosts from the agents' hub clock
+// measurements, within the sum of their stated uncertainties.
+func TestMultiNodeClockSkew(t *testing.T) {
+	bin(t, "pmagent")
+	h := startHub(t, t.TempDir(), freeAddr(t))
+	const skew = 2500 * time.Millisecond
+	socks := map[string]string{"hostA": filepath.Join(agShortDir(t), "a.sock"), "hostB": filepath.Join(agShortDir(t), "b.sock")}
+	for host, sock := range socks {
+		args := []string{"serve", "--socket", sock, "--nats", h.url, "--host", host, "--spool-dir", t.TempDir(), "--gpu-interval", "0"}
+		if host == "hostB" {
+			args = append(args, "--test-clock-skew", skew.String())
+		}
+		agStart(t, nil, args...)
+	}
+	clk := map[string][2]float64{}
+	agWaitFor(t, time.Minute, "both agents' clock offsets", func() bool {
+		for host, sock := range socks {
+			st := agStatus(t, sock)
+			c, ok := st["clock"].(map[string]any)
+			if !ok {
+				return false
+			}
+			clk[host] = [2]float64{c["offset_ns"].(float64), c["uncertainty_ns"].(float64)}
+		}
+		return true
+	})
+	// offset = hub − agent: hostB's clock reads 2.5 s ahead, so its offset is 2.5 s lower.
+	got := time.Duration(clk["hostA"][0] - clk["hostB"][0])
+	unc := time.Duration(clk["hostA"][1] + clk["hostB"][1])
+	if d := got - skew; d < -unc || d > unc {
+		t.Fatalf("recovered offset between the hosts %v ± %v, injected %v", got, unc, skew)
+	}
+	t.Logf("recovered %v ± %v (injected %v)", got, unc, skew)
+}
