@@ -152,7 +152,8 @@ type proc struct {
 }
 
 // New prepares an agent: it opens the spool and connects to NATS (in the background when the
-// server is not up yet). Start serves the socket.
+// server is not up yet). Start serves the socket. Errors: a host or session name outside proto's
+// grammar (wrapping pmproto.ErrName), or a spool that cannot be opened.
 func New(cfg Config) (*Agent, error) {
 	if cfg.Host == "" {
 		h, err := os.Hostname()
@@ -160,6 +161,14 @@ func New(cfg Config) (*Agent, error) {
 			return nil, fmt.Errorf("agent: host name: %w", err)
 		}
 		cfg.Host = h
+	}
+	if err := pmproto.ValidateHost(cfg.Host); err != nil {
+		return nil, fmt.Errorf("agent: %w (set another with --host / PROFILEMATE_HOST)", err)
+	}
+	if cfg.Session != "" {
+		if err := pmproto.ValidateSession(cfg.Session); err != nil {
+			return nil, fmt.Errorf("agent: %w", err)
+		}
 	}
 	if cfg.SocketGroup == "" {
 		cfg.SocketGroup = "profilemate"
@@ -611,11 +620,12 @@ func (a *Agent) batch(c *conn, b *pmproto.Batch) error {
 	a.mu.Unlock()
 
 	msgs := splitBatch(&head, kept)
-	a.dupes.Add(int64(len(good) - len(kept)))
-	a.events.Add(int64(len(kept)))
 	for _, m := range msgs {
 		a.q.push(m)
 	}
+	// Counted once queued: status events == N means all N are in memory or in the spool.
+	a.dupes.Add(int64(len(good) - len(kept)))
+	a.events.Add(int64(len(kept)))
 	return nil
 }
 

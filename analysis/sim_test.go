@@ -97,6 +97,7 @@ func runSim(t *testing.T, env map[string]string) (string, *simTruth) {
 		"PMSIM_GROUND_TRUTH":      gt,
 		"PMSIM_STEP_WORK_MS":      "0",
 		"PROFILEMATE_OUTPUT_DIR":  out,
+		"PROFILEMATE_SOCKET":      "off", // the folder sink, even where an agent listens at a default socket
 	}
 	for k, v := range env {
 		vars[k] = v

@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/profilemate/profilemate/proto"
+	"github.com/profilemate/profilemate/proto/pmpb"
 )
 
 // TestPreviousVersionMessages feeds a hub on a real embedded nats-server the messages a schema 1.0
@@ -103,4 +104,60 @@ func tableKind(t *testing.T, table string) string {
 		t.Fatalf("table %s", table)
 	}
 	return s.Kind
+}
+
+// TestBadEventCostsOnlyItself: on a real hub, a string in a float column refuses that event alone
+// (counted under bad_value; the batch's other rows are written), and an empty payload is a decode
+// error, not a message of "newer major 0.0".
+func TestBadEventCostsOnlyItself(t *testing.T) {
+	data := t.TempDir()
+	s, err := New(Config{DataDir: data, Listen: "127.0.0.1:-1", SessionIdle: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := s.Start(ctx); err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done; s.Close() })
+	nc, err := nats.Connect(s.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eb := kvEventBatch("S1", "host.a", 7, 1, 3)
+	eb.Events[0].Cols["usage"] = &pmpb.Value{V: &pmpb.Value_D{D: 0.25}}
+	eb.Events[1].Cols["usage"] = &pmpb.Value{V: &pmpb.Value_S{S: "lots"}}
+	subj := proto.EventSubject("S1", "host.a", "w0", proto.KindKVCache)
+	if _, err := js.Publish(ctx, subj, mustMarshal(t, eb)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.Publish(ctx, subj, nil); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "both messages handled", func() bool { return s.Counters().Messages >= 2 })
+	c := s.Counters()
+	if c.Bad[proto.ReasonBadValue] != 1 || c.Bad[ReasonDecode] != 1 || c.Bad[ReasonNewerMajor] != 0 || c.DeadLettered != 0 {
+		t.Errorf("counters %+v: want one bad_value event and one decode error", c)
+	}
+	recs := readCSV(t, filepath.Join(SessionDir(data, "S1"), "kv_cache_usage.csv"))
+	if len(recs) != 3 {
+		t.Fatalf("%d records, want header + the 2 good rows", len(recs))
+	}
+	col := -1
+	for i, h := range recs[0] {
+		if h == "usage" {
+			col = i
+		}
+	}
+	if recs[1][8] != "1" || recs[1][col] != "0.25" || recs[2][8] != "3" {
+		t.Errorf("rows %v", recs[1:])
+	}
 }

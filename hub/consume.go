@@ -234,6 +234,14 @@ func (s *Server) handle(m jetstream.Msg, d decoded, now time.Time) (*session, in
 	}
 	switch v := v.(type) {
 	case *Batch:
+		// Events the contract refused cost only themselves (counted by reason); a message with no
+		// good event left writes nothing.
+		for _, r := range v.Rejected {
+			s.cnt.bad(s.log, r.Reason, subj, r)
+		}
+		if len(v.Events) == 0 && len(v.Rejected) > 0 {
+			return nil, 0, nil
+		}
 		for i := range v.Events {
 			if _, ok := s.cfg.Schema.Header(v.Events[i].Table); !ok {
 				s.cnt.bad(s.log, ReasonUnknownTable, subj, fmt.Errorf("table %q", v.Events[i].Table))

@@ -18,6 +18,7 @@ const (
 	ReasonNewerMajor   = "newer_major"   // wire major newer than this hub: dead-lettered
 	ReasonWrite        = "write"         // session folder could not be written
 	ReasonSession      = "session"       // session id unusable as a folder name
+	ReasonBadValue     = "bad_value"     // an event's value is not of its column's type (the event alone is refused)
 )
 
 // BadInput is a decode failure with the reason it is counted under.
@@ -53,7 +54,7 @@ type Counters struct {
 	AlignedClamped int64 `json:"aligned_clamped"`
 	// ConsumerRecreated: times the hub found its durable consumer gone and created it again.
 	ConsumerRecreated int64            `json:"consumer_recreated"`
-	Bad               map[string]int64 `json:"bad"`      // skipped messages by reason
+	Bad               map[string]int64 `json:"bad"`      // skipped messages, and refused events of kept ones, by reason
 	Sessions          int              `json:"sessions"` // sessions open in memory
 }
 

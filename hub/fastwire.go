@@ -68,10 +68,10 @@ func (w *wireSchema) fastBatch(data []byte, f proto.SubjectFields) (b *Batch, ma
 			}
 			// Anything the generic path would reject is left to it, so errors are decided in one place.
 			table, known := w.names[string(ev.table)]
-			if !known || (len(ev.kind) > 0 && string(ev.kind) != f.Kind) || !contains(proto.KindTables(f.Kind), table) {
+			if !known || (len(ev.kind) > 0 && string(ev.kind) != f.Kind) || !contains(w.reg.KindTables(f.Kind), table) {
 				return nil, 0, false
 			}
-			own := w.own[table]
+			own, types := w.own[table], w.types[table]
 			if len(pool) < len(own) {
 				pool = make([]string, 64*len(own))
 			}
@@ -80,7 +80,7 @@ func (w *wireSchema) fastBatch(data []byte, f proto.SubjectFields) (b *Batch, ma
 			for i, c := range own {
 				for k := len(ev.keys) - 1; k >= 0; k-- { // the last entry of a key wins, as in protobuf maps
 					if string(ev.keys[k]) == c {
-						val, ok := fastValue(ev.vals[k])
+						val, ok := fastValue(ev.vals[k], types[i])
 						if !ok {
 							return nil, 0, false
 						}
@@ -92,7 +92,7 @@ func (w *wireSchema) fastBatch(data []byte, f proto.SubjectFields) (b *Batch, ma
 			// Values of columns this hub does not know must still be well-formed for the
 			// generic path to accept the message.
 			for k := range ev.keys {
-				if _, ok := fastValue(ev.vals[k]); !ok {
+				if _, ok := fastValue(ev.vals[k], ""); !ok {
 					return nil, 0, false
 				}
 			}
@@ -250,34 +250,36 @@ func fastEntry(data []byte) (key, val []byte, ok bool) {
 	return key, val, true
 }
 
-func fastValue(data []byte) (string, bool) {
+// fastValue spells one Value message as a CSV cell; ok is false for anything the generic path must
+// judge, including a value whose case is not the one typ (the column's type; "" for any) writes.
+func fastValue(data []byte, typ string) (string, bool) {
 	out := ""
 	for len(data) > 0 {
-		num, typ, n := protowire.ConsumeTag(data)
+		num, wt, n := protowire.ConsumeTag(data)
 		if n < 0 {
 			return "", false
 		}
 		data = data[n:]
 		switch {
-		case num == 1 && typ == protowire.VarintType:
+		case num == 1 && wt == protowire.VarintType && (typ == "" || typ == proto.TypeInt):
 			v, n := protowire.ConsumeVarint(data)
 			if n < 0 {
 				return "", false
 			}
 			out, data = strconv.FormatInt(int64(v), 10), data[n:]
-		case num == 2 && typ == protowire.Fixed64Type:
+		case num == 2 && wt == protowire.Fixed64Type && (typ == "" || typ == proto.TypeFloat):
 			v, n := protowire.ConsumeFixed64(data)
 			if n < 0 {
 				return "", false
 			}
 			out, data = proto.FormatFloat(math.Float64frombits(v)), data[n:]
-		case num == 3 && typ == protowire.BytesType:
+		case num == 3 && wt == protowire.BytesType && (typ == "" || typ == proto.TypeString):
 			s, n, ok := fastString(data)
 			if !ok {
 				return "", false
 			}
 			out, data = s, data[n:]
-		case num == 4 && typ == protowire.VarintType:
+		case num == 4 && wt == protowire.VarintType && (typ == "" || typ == proto.TypeBool):
 			v, n := protowire.ConsumeVarint(data)
 			if n < 0 {
 				return "", false

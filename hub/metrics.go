@@ -31,7 +31,8 @@ type Metrics struct {
 
 	mu   sync.Mutex
 	cols map[string]map[string]int // table -> column -> index in Event.Cols
-	live map[string]bool           // sessions with series
+	live map[string]uint64         // sessions with series -> obs at their latest batch
+	obs  uint64                    // batches observed so far
 }
 
 var rankLabels = []string{"session", "host", "proc", "rank"}
@@ -57,7 +58,7 @@ func NewMetrics() *Metrics {
 		gpuMem: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "profilemate_gpu_memory_used_bytes",
 			Help: "GPU memory used from NVML"}, []string{"session", "host", "gpu"}),
 		cols: map[string]map[string]int{},
-		live: map[string]bool{},
+		live: map[string]uint64{},
 	}
 	m.reg.MustRegister(m.kvUsage, m.tokenUtil, m.graphSteps, m.preempts, m.stepWall, m.gpuUtil, m.gpuMem)
 	for _, t := range proto.Tables() {
@@ -96,7 +97,8 @@ func (m *Metrics) Attach(s *Server) {
 // Observe feeds one written batch into the per-rank series.
 func (m *Metrics) Observe(b *Batch) {
 	m.mu.Lock()
-	m.live[b.Session] = true
+	m.obs++
+	m.live[b.Session] = m.obs
 	m.mu.Unlock()
 	rank := rankOf(b.Proc)
 	for i := range b.Events {
@@ -165,6 +167,11 @@ func (m *Metrics) prune() {
 	if m.srv == nil {
 		return
 	}
+	// Only sessions last observed before the listing below may be pruned: a batch of a new session
+	// can be observed while the listing runs (before its folder existed), and its series must stay.
+	m.mu.Lock()
+	before := m.obs
+	m.mu.Unlock()
 	active := map[string]bool{}
 	for _, s := range m.srv.Sessions() {
 		if s.Status == StatusActive {
@@ -173,8 +180,8 @@ func (m *Metrics) prune() {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	for id := range m.live {
-		if active[id] {
+	for id, seen := range m.live {
+		if active[id] || seen > before {
 			continue
 		}
 		l := prometheus.Labels{"session": id}

@@ -50,8 +50,9 @@ func TestMetricsPerRankSeriesLiveThenDropped(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := nc.Publish(proto.EventSubject("S1", "host-a", proc, kind), b); err != nil {
-			t.Fatal(err)
+		// A request gets JetStream's ack: the stream holds the batch before the test goes on.
+		if _, err := nc.Request(proto.EventSubject("S1", "host-a", proc, kind), b, 10*time.Second); err != nil {
+			t.Fatalf("publish %s %s: %v", proc, kind, err)
 		}
 	}
 	now := time.Now().UnixNano()
@@ -86,14 +87,21 @@ func TestMetricsPerRankSeriesLiveThenDropped(t *testing.T) {
 		`profilemate_batch_token_utilization_ratio{host="host-a",proc="eng1",rank="",session="S1"} 0.5`,
 		`profilemate_gpu_utilization_ratio{gpu="0",host="host-a",session="S1"} 0.37`,
 	}
-	var body string
+	var body, missing string
+	defer func() {
+		if t.Failed() && missing != "" {
+			t.Logf("last scrape lacked %q:\n%s", missing, body)
+		}
+	}()
 	waitFor(t, "per-rank series", func() bool {
 		body = scrape()
 		for _, w := range want {
 			if !strings.Contains(body, w) {
+				missing = w
 				return false
 			}
 		}
+		missing = ""
 		return true
 	})
 	for _, w := range []string{"profilemate_hub_rows_total 6", "profilemate_hub_sessions 1", "profilemate_hub_consumer_pending_messages 0"} {

@@ -1,7 +1,10 @@
 package hub
 
-// The hub's own view of what arrives on the stream, independent of the wire encoding: decode.go
-// turns protobuf messages into these, the session writer consumes only these.
+import "github.com/profilemate/profilemate/proto"
+
+// The hub's own view of what arrives on the stream, independent of the wire encoding: wire.go (and
+// its fast path fastwire.go) turns protobuf messages into these, the session writer consumes only
+// these.
 
 // Ident is who a process is inside the deployment. Unknown ranks are -1.
 type Ident struct {
@@ -33,6 +36,10 @@ type Batch struct {
 	Ident   Ident
 	Events  []Event
 	Dropped uint64 // events the process dropped so far (cumulative)
+	// Rejected are the message's events the contract refused (wrong kind or table, a value of the
+	// wrong type), each with its proto.Reason*; Events holds the others. The consumer counts them
+	// by reason (Counters.Bad) and may dead-letter them.
+	Rejected []*proto.EventError
 }
 
 // Target is the patch status of one vLLM target inside a process.

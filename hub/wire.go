@@ -17,11 +17,14 @@ import (
 // commonColumns is how many common columns start every table's header.
 var commonColumns = proto.CommonColumns()
 
-// wireSchema is the contract of proto/: table headers and the protobuf decoder.
+// wireSchema is the contract of proto/: table headers and the protobuf decoder. The tables known
+// at start are cached; kinds declared later (proto.Registry.Declare, a plugin's derived kinds) are
+// read from the registry.
 type wireSchema struct {
 	reg     *proto.Registry
 	headers map[string][]string
 	own     map[string][]string // table → its own column names in schema order
+	types   map[string][]string // table → its own column types in schema order
 	tables  []string
 	names   map[string]string // table name → the same name, to avoid a copy per event
 }
@@ -29,13 +32,17 @@ type wireSchema struct {
 var _ Schema = (*wireSchema)(nil)
 var _ Decoder = (*wireSchema)(nil)
 
-func newWireSchema() (*wireSchema, error) {
-	reg := proto.Default()
-	ws := &wireSchema{reg: reg, headers: map[string][]string{}, own: map[string][]string{}, names: map[string]string{}}
+func newWireSchema() (*wireSchema, error) { return newWireSchemaFor(proto.Default()) }
+
+// newWireSchemaFor reads the contract of reg (Default, or a test's own registry).
+func newWireSchemaFor(reg *proto.Registry) (*wireSchema, error) {
+	ws := &wireSchema{reg: reg, headers: map[string][]string{}, own: map[string][]string{},
+		types: map[string][]string{}, names: map[string]string{}}
 	for _, t := range reg.Tables() {
 		ws.headers[t.Table] = t.Header()
 		for _, c := range t.Columns {
 			ws.own[t.Table] = append(ws.own[t.Table], c.Name)
+			ws.types[t.Table] = append(ws.types[t.Table], c.Type)
 		}
 		ws.tables = append(ws.tables, t.Table)
 		ws.names[t.Table] = t.Table
@@ -46,9 +53,33 @@ func newWireSchema() (*wireSchema, error) {
 	return ws, nil
 }
 
-func (w *wireSchema) Header(t string) ([]string, bool) { h, ok := w.headers[t]; return h, ok }
-func (w *wireSchema) Tables() []string                 { return w.tables }
-func (w *wireSchema) Version() string                  { return proto.SchemaVersion }
+// Header returns a table's CSV header, for the tables known at start and those declared since.
+func (w *wireSchema) Header(t string) ([]string, bool) {
+	if h, ok := w.headers[t]; ok {
+		return h, true
+	}
+	h := w.reg.Header(t)
+	return h, h != nil
+}
+
+func (w *wireSchema) Tables() []string { return w.tables }
+func (w *wireSchema) Version() string  { return proto.SchemaVersion }
+
+// ownColumns returns a table's own column names and types in schema order.
+func (w *wireSchema) ownColumns(table string) (names, types []string, ok bool) {
+	if n, ok := w.own[table]; ok {
+		return n, w.types[table], true
+	}
+	s, ok := w.reg.Table(table)
+	if !ok {
+		return nil, nil, false
+	}
+	for _, c := range s.Columns {
+		names = append(names, c.Name)
+		types = append(types, c.Type)
+	}
+	return names, types, true
+}
 
 // Decode reads one stream message by its subject: event batch, lifecycle record or heartbeat.
 func (w *wireSchema) Decode(subject string, data []byte) (any, error) {
@@ -77,7 +108,7 @@ func (w *wireSchema) decodeBatch(subject string, data []byte) (any, error) {
 	if err != nil {
 		return nil, bad(ReasonSubject, err)
 	}
-	if !proto.IsKind(f.Kind) {
+	if !w.reg.IsKind(f.Kind) {
 		return nil, bad(ReasonUnknownKind, fmt.Errorf("kind %q", f.Kind))
 	}
 	b, major, ok := w.fastBatch(data, f)
@@ -102,7 +133,9 @@ func (w *wireSchema) decodeBatch(subject string, data []byte) (any, error) {
 	return b, nil
 }
 
-// genericBatch decodes with the protobuf library: every input the fast path declines.
+// genericBatch decodes with the protobuf library: every input the fast path declines. Each event
+// is checked on its own (its kind, its table, each value's type against its column's); a bad event
+// goes to Batch.Rejected with its reason and the others are kept.
 func (w *wireSchema) genericBatch(data []byte, f proto.SubjectFields) (*Batch, error) {
 	eb, err := proto.DecodeEventBatch(data)
 	if err != nil {
@@ -114,26 +147,63 @@ func (w *wireSchema) genericBatch(data []byte, f proto.SubjectFields) (*Batch, e
 		Ident: identOf(p), Dropped: eb.GetDropped(),
 		Events: make([]Event, 0, len(eb.GetEvents())),
 	}
-	tables := proto.KindTables(f.Kind)
-	for _, ev := range eb.GetEvents() {
-		if ev.GetKind() != "" && ev.GetKind() != f.Kind {
-			return nil, bad(ReasonUnknownKind, fmt.Errorf("event of kind %q in a %q batch", ev.GetKind(), f.Kind))
+	for i, ev := range eb.GetEvents() {
+		e, rej := w.genericEvent(ev, f.Kind)
+		if rej != nil {
+			rej.Index, rej.Seq, rej.Kind, rej.Table = i, ev.GetSeq(), ev.GetKind(), ev.GetTable()
+			b.Rejected = append(b.Rejected, rej)
+			continue
 		}
-		own, ok := w.own[ev.GetTable()]
-		if !ok || !contains(tables, ev.GetTable()) {
-			return nil, bad(ReasonUnknownTable, fmt.Errorf("table %q for kind %q", ev.GetTable(), f.Kind))
-		}
-		cols := make([]string, len(own))
-		for i, c := range own {
-			// A column the sender does not have (older minor) stays empty; columns this hub does
-			// not know (newer minor) are ignored.
-			if v, ok := ev.GetCols()[c]; ok {
-				cols[i] = proto.FormatValue(v)
-			}
-		}
-		b.Events = append(b.Events, Event{Table: ev.GetTable(), Seq: ev.GetSeq(), Step: ev.GetStep(), TsNS: ev.GetTsNs(), Cols: cols})
+		b.Events = append(b.Events, e)
 	}
 	return b, nil
+}
+
+func (w *wireSchema) genericEvent(ev *pmpb.Event, kind string) (Event, *proto.EventError) {
+	if ev.GetKind() != "" && ev.GetKind() != kind {
+		return Event{}, &proto.EventError{Reason: proto.ReasonUnknownKind, Err: fmt.Errorf("event of kind %q in a %q batch", ev.GetKind(), kind)}
+	}
+	own, types, ok := w.ownColumns(ev.GetTable())
+	if !ok || !contains(w.reg.KindTables(kind), ev.GetTable()) {
+		return Event{}, &proto.EventError{Reason: proto.ReasonUnknownTable, Err: fmt.Errorf("table %q for kind %q", ev.GetTable(), kind)}
+	}
+	cols := make([]string, len(own))
+	for i, c := range own {
+		// A column the sender does not have (older minor) stays empty; columns this hub does
+		// not know (newer minor) are ignored.
+		v, ok := ev.GetCols()[c]
+		if !ok {
+			continue
+		}
+		if !valueFits(types[i], v) {
+			return Event{}, &proto.EventError{Column: c, Reason: proto.ReasonBadValue,
+				Err: fmt.Errorf("table %s column %s: a %s column holds %T", ev.GetTable(), c, types[i], v.GetV())}
+		}
+		cols[i] = proto.FormatValue(v)
+	}
+	table := ev.GetTable()
+	if n, ok := w.names[table]; ok {
+		table = n
+	}
+	return Event{Table: table, Seq: ev.GetSeq(), Step: ev.GetStep(), TsNS: ev.GetTsNs(), Cols: cols}, nil
+}
+
+// valueFits reports whether a Value's case is the one its column's type writes (proto/README.md:
+// the oneof is chosen by the column's type), so a string never lands in a float column's cells.
+func valueFits(typ string, v *pmpb.Value) bool {
+	switch v.GetV().(type) {
+	case nil:
+		return true // an entry without a value: an empty cell, as an absent column
+	case *pmpb.Value_I:
+		return typ == proto.TypeInt
+	case *pmpb.Value_D:
+		return typ == proto.TypeFloat
+	case *pmpb.Value_S:
+		return typ == proto.TypeString
+	case *pmpb.Value_B:
+		return typ == proto.TypeBool
+	}
+	return false
 }
 
 func identOf(p *pmpb.Process) Ident {

@@ -51,27 +51,36 @@ func TestWireDecode(t *testing.T) {
 	newerMinor.SchemaMinor = proto.SchemaMinor + 5
 	newerMajor := kvEventBatch("S1", "host.a", 7, 1, 1)
 	newerMajor.SchemaMajor = proto.SchemaMajor + 1
-	wrongTable := kvEventBatch("S1", "host.a", 7, 1, 1)
+	wrongTable := kvEventBatch("S1", "host.a", 7, 1, 2)
 	wrongTable.Events[0].Table = "forward_pass_timing"
 	otherSession := kvEventBatch("S2", "host.a", 7, 1, 1)
+	stringInFloat := kvEventBatch("S1", "host.a", 7, 1, 3)
+	stringInFloat.Events[1].Cols["usage"] = &pmpb.Value{V: &pmpb.Value_S{S: "lots"}}
+	noVersion := kvEventBatch("S1", "host.a", 7, 1, 1)
+	noVersion.SchemaMajor = 0
 
 	tests := []struct {
-		name    string
-		subject string
-		data    []byte
-		reason  string // "" = accepted; "newer" = ErrNewerMajor
+		name     string
+		subject  string
+		data     []byte
+		reason   string // "" = accepted; "newer" = ErrNewerMajor
+		rejected string // accepted, with one event refused for this reason
 	}{
-		{"good batch", subj, mustMarshal(t, good), ""},
-		{"older minor", subj, mustMarshal(t, older), ""},
-		{"newer minor", subj, mustMarshal(t, newerMinor), ""},
-		{"newer major", subj, mustMarshal(t, newerMajor), "newer"},
-		{"table of another kind", subj, mustMarshal(t, wrongTable), ReasonUnknownTable},
-		{"unknown kind", proto.EventSubject("S1", "host.a", "w0", "telepathy"), mustMarshal(t, good), ReasonUnknownKind},
-		{"body and subject disagree", subj, mustMarshal(t, otherSession), ReasonDecode},
-		{"garbage", subj, []byte{0xff, 0xff, 0xff}, ReasonDecode},
-		{"foreign subject", "pm.v1.other.x", mustMarshal(t, good), ReasonSubject},
-		{"heartbeat", proto.HeartbeatSubject("host.a"), mustMarshal(t, proto.Stamp(&pmpb.Heartbeat{Host: "host.a", ClockOffsetNs: 5, ClockUncertaintyNs: 1})), ""},
-		{"bye", proto.LifeSubject("S1", "host.a", "w0"), mustMarshal(t, proto.Stamp(&pmpb.Lifecycle{Process: wireProcess("S1", "host.a", 7, 0), Record: &pmpb.Lifecycle_Bye_{Bye: &pmpb.Lifecycle_Bye{LastSeq: 2}}})), ""},
+		{"good batch", subj, mustMarshal(t, good), "", ""},
+		{"older minor", subj, mustMarshal(t, older), "", ""},
+		{"newer minor", subj, mustMarshal(t, newerMinor), "", ""},
+		{"newer major", subj, mustMarshal(t, newerMajor), "newer", ""},
+		{"empty payload", subj, nil, ReasonDecode, ""},
+		{"no schema version", subj, mustMarshal(t, noVersion), ReasonDecode, ""},
+		{"table of another kind", subj, mustMarshal(t, wrongTable), "", proto.ReasonUnknownTable},
+		{"string in a float column", subj, mustMarshal(t, stringInFloat), "", proto.ReasonBadValue},
+		{"legacy kind spelling", "pm.v1.ev.S1.host_2ea.w0.kv_5fcache", mustMarshal(t, good), "", ""},
+		{"unknown kind", proto.EventSubject("S1", "host.a", "w0", "telepathy"), mustMarshal(t, good), ReasonUnknownKind, ""},
+		{"body and subject disagree", subj, mustMarshal(t, otherSession), ReasonDecode, ""},
+		{"garbage", subj, []byte{0xff, 0xff, 0xff}, ReasonDecode, ""},
+		{"foreign subject", "pm.v1.other.x", mustMarshal(t, good), ReasonSubject, ""},
+		{"heartbeat", proto.HeartbeatSubject("host.a"), mustMarshal(t, proto.Stamp(&pmpb.Heartbeat{Host: "host.a", ClockOffsetNs: 5, ClockUncertaintyNs: 1})), "", ""},
+		{"bye", proto.LifeSubject("S1", "host.a", "w0"), mustMarshal(t, proto.Stamp(&pmpb.Lifecycle{Process: wireProcess("S1", "host.a", 7, 0), Record: &pmpb.Lifecycle_Bye_{Bye: &pmpb.Lifecycle_Bye{LastSeq: 2}}})), "", ""},
 	}
 	sf, _ := proto.ParseEventSubject(subj)
 	if _, _, ok := ws.fastBatch(mustMarshal(t, good), sf); !ok {
@@ -87,6 +96,13 @@ func TestWireDecode(t *testing.T) {
 				t.Fatalf("got %v, want ErrNewerMajor", err)
 			case tt.reason != "" && tt.reason != "newer" && reasonOf(err) != tt.reason:
 				t.Fatalf("got %v (reason %q), want reason %q", err, reasonOf(err), tt.reason)
+			}
+			if b, ok := v.(*Batch); ok && tt.rejected != "" {
+				if len(b.Rejected) != 1 || b.Rejected[0].Reason != tt.rejected || len(b.Events) == 0 {
+					t.Errorf("kept %d events, refused %v; want the others kept and one refused as %s", len(b.Events), b.Rejected, tt.rejected)
+				}
+			} else if ok && len(b.Rejected) > 0 {
+				t.Errorf("refused %v", b.Rejected)
 			}
 			if b, ok := v.(*Batch); ok && tt.name == "good batch" {
 				if b.Host != "host.a" || b.PID != 7 || len(b.Events) != 2 || b.Events[0].Cols[0] != "0.5" || len(b.Events[0].Cols) != len(own) {
@@ -135,5 +151,46 @@ func TestFuzzCorpusKept(t *testing.T) {
 		if !strings.HasPrefix(string(b), "go test fuzz v1") {
 			t.Errorf("%s is not a fuzz corpus file", e.Name())
 		}
+	}
+}
+
+// TestDeclaredKindDecodes: a kind declared at run time (what a plugin emits at the hub) is read
+// like a built-in one, with its own columns in schema order; its tables have headers.
+func TestDeclaredKindDecodes(t *testing.T) {
+	reg, err := proto.NewRegistry()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws, err := newWireSchemaFor(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	subj := proto.EventSubject("S1", "h", "w0", "straggler")
+	eb := proto.Stamp(&pmpb.EventBatch{Process: wireProcess("S1", "h", 7, 0), Events: []*pmpb.Event{
+		{Kind: "straggler", Table: "straggler_scores", Seq: 1, Step: 4, Cols: map[string]*pmpb.Value{
+			"score": {V: &pmpb.Value_D{D: 2.5}}, "rank": {V: &pmpb.Value_I{I: 3}}}}}})
+	if _, err := ws.Decode(subj, mustMarshal(t, eb)); reasonOf(err) != ReasonUnknownKind {
+		t.Fatalf("undeclared kind: %v", err)
+	}
+	err = reg.Declare(proto.Kind{Kind: "straggler", Meaning: "ranks slower than their peers"}, proto.Schema{
+		Table: "straggler_scores", Columns: []proto.Column{
+			{Name: "rank", Type: proto.TypeInt, Meaning: "global rank"},
+			{Name: "score", Type: proto.TypeFloat, Unit: "sigma", Meaning: "step time above the median"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := ws.Decode(subj, mustMarshal(t, eb))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := v.(*Batch)
+	if len(b.Events) != 1 || b.Events[0].Table != "straggler_scores" || b.Events[0].Cols[0] != "3" || b.Events[0].Cols[1] != "2.5" {
+		t.Errorf("decoded %+v", b)
+	}
+	if h, ok := ws.Header("straggler_scores"); !ok || h[len(h)-1] != "score" {
+		t.Errorf("header %v %v", h, ok)
+	}
+	if proto.IsKind("straggler") {
+		t.Error("a kind declared in one registry leaked into Default")
 	}
 }

@@ -33,7 +33,11 @@ func EncodeEvents(events []Event) (good []EncodedEvent, bad []*EventError) {
 
 // EncodeEvents checks and encodes events against r; see the package function.
 func (r *Registry) EncodeEvents(events []Event) (good []EncodedEvent, bad []*EventError) {
-	buf := make([]byte, 0, 160*len(events))
+	size := 0
+	for i := range events {
+		size += len(events[i].Cols) + len(events[i].Kind) + len(events[i].Table) + 40
+	}
+	buf := make([]byte, 0, size)
 	ends := make([]int, 0, len(events))
 	good = make([]EncodedEvent, 0, len(events))
 	for i := range events {
@@ -158,18 +162,18 @@ func (r *Registry) appendEvent(b []byte, e *Event) ([]byte, *EventError) {
 	b = appendInt(b, 5, e.TsNS)
 	var val [32]byte
 	var seen colSet
-	err := scanCols(e.Cols, func(key string, raw []byte) *EventError {
-		i, ok := sch.index[key]
+	err := scanCols(e.Cols, func(key, raw []byte) *EventError {
+		i, ok := sch.index[string(key)] // no copy: the compiler looks the bytes up as they are
 		if !ok {
-			return eventErr(e, ReasonUnknownColumn, key, "table %s has no column %q", e.Table, key)
+			return eventErr(e, ReasonUnknownColumn, string(key), "table %s has no column %q", e.Table, key)
 		}
 		if seen.has(i) {
-			return eventErr(e, ReasonBadCols, key, "column %q twice", key)
+			return eventErr(e, ReasonBadCols, string(key), "column %q twice", key)
 		}
 		seen.add(i)
 		v, isNull, err := appendCell(val[:0], sch.Columns[i].Type, raw)
 		if err != nil {
-			return eventErr(e, ReasonBadValue, key, "table %s column %s: %w", e.Table, key, err)
+			return eventErr(e, ReasonBadValue, string(key), "table %s column %s: %w", e.Table, key, err)
 		}
 		if isNull {
 			return nil
@@ -179,7 +183,7 @@ func (r *Registry) appendEvent(b []byte, e *Event) ([]byte, *EventError) {
 		b = protowire.AppendTag(b, 6, protowire.BytesType)
 		b = protowire.AppendVarint(b, uint64(size))
 		b = protowire.AppendTag(b, 1, protowire.BytesType)
-		b = protowire.AppendString(b, key)
+		b = protowire.AppendBytes(b, key)
 		b = protowire.AppendTag(b, 2, protowire.BytesType)
 		b = protowire.AppendBytes(b, v)
 		return nil
@@ -265,7 +269,7 @@ var errNotFlat = errors.New("cols is not a flat JSON object")
 // without building a map. The line was already validated as JSON by ReadLine, so the scanner only
 // needs to find token boundaries; an object or array value is passed on whole (f refuses it). Absent
 // or null cols have no columns. Errors without a Reason are the scanner's own (not a flat object).
-func scanCols(b []byte, f func(key string, raw []byte) *EventError) *EventError {
+func scanCols(b []byte, f func(key, raw []byte) *EventError) *EventError {
 	i := skipWS(b, 0)
 	if i >= len(b) || hasPrefix(b[i:], "null") && skipWS(b, i+4) == len(b) {
 		return nil
@@ -281,7 +285,7 @@ func scanCols(b []byte, f func(key string, raw []byte) *EventError) *EventError 
 		if i >= len(b) || b[i] != '"' {
 			return &EventError{Err: errNotFlat}
 		}
-		key, n, err := parseString(b, i)
+		key, n, err := parseBytes(b, i)
 		if err != nil {
 			return &EventError{Err: err}
 		}
@@ -296,7 +300,7 @@ func scanCols(b []byte, f func(key string, raw []byte) *EventError) *EventError 
 		start := i
 		switch c := b[i]; {
 		case c == '"':
-			_, n, err := parseString(b, i)
+			_, n, err := parseBytes(b, i)
 			if err != nil {
 				return &EventError{Err: err}
 			}
@@ -318,7 +322,7 @@ func scanCols(b []byte, f func(key string, raw []byte) *EventError) *EventError 
 				i++
 			}
 		default:
-			return &EventError{Column: key, Err: errNotFlat}
+			return &EventError{Column: string(key), Err: errNotFlat}
 		}
 		if err := f(key, b[start:i]); err != nil {
 			return err
@@ -346,7 +350,7 @@ func skipNested(b []byte, i int) (int, bool) {
 	for ; i < len(b); i++ {
 		switch b[i] {
 		case '"':
-			_, n, err := parseString(b, i)
+			_, n, err := parseBytes(b, i)
 			if err != nil {
 				return 0, false
 			}
@@ -373,9 +377,16 @@ func skipWS(b []byte, i int) int {
 }
 
 // parseString reads the JSON string starting at b[i] ('"') and returns it and the index after it.
-// Plain ASCII is copied as is; escapes and other bytes go through encoding/json, so the result is
-// the same valid UTF-8 the reference decoder gives (invalid bytes become U+FFFD).
 func parseString(b []byte, i int) (string, int, error) {
+	v, n, err := parseBytes(b, i)
+	return string(v), n, err
+}
+
+// parseBytes reads the JSON string starting at b[i] ('"') and returns its value and the index after
+// it. Plain ASCII is returned as a slice of b, without copying; escapes and other bytes go through
+// encoding/json, so the value is the same valid UTF-8 the reference decoder gives (invalid bytes
+// become U+FFFD).
+func parseBytes(b []byte, i int) ([]byte, int, error) {
 	plain := true
 	for j := i + 1; j < len(b); j++ {
 		switch c := b[j]; {
@@ -384,16 +395,16 @@ func parseString(b []byte, i int) (string, int, error) {
 			j++
 		case c == '"':
 			if plain {
-				return string(b[i+1 : j]), j + 1, nil
+				return b[i+1 : j], j + 1, nil
 			}
 			var s string
 			if err := json.Unmarshal(b[i:j+1], &s); err != nil {
-				return "", 0, err
+				return nil, 0, err
 			}
-			return s, j + 1, nil
+			return []byte(s), j + 1, nil
 		case c >= utf8.RuneSelf || c < 0x20:
 			plain = false
 		}
 	}
-	return "", 0, errNotFlat
+	return nil, 0, errNotFlat
 }

@@ -123,18 +123,21 @@ var (
 // Default returns the registry of the embedded proto/tables; a broken embedded schema is a build
 // defect, so the error only ever shows in this package's tests.
 func Default() *Registry {
-	defOnce.Do(func() {
-		sub, err := fs.Sub(tablesFS, "tables")
-		if err != nil {
-			defErr = err
-			return
-		}
-		defReg, defErr = Load(sub)
-	})
+	defOnce.Do(func() { defReg, defErr = NewRegistry() })
 	if defErr != nil {
 		panic(fmt.Sprintf("proto: embedded tables invalid: %v", defErr))
 	}
 	return defReg
+}
+
+// NewRegistry loads a fresh registry of the embedded tables: one whose declared kinds are its own
+// (tests, or a process that keeps plugins' kinds apart from Default's).
+func NewRegistry() (*Registry, error) {
+	sub, err := fs.Sub(tablesFS, "tables")
+	if err != nil {
+		return nil, fmt.Errorf("proto: embedded tables: %w", err)
+	}
+	return Load(sub)
 }
 
 var nameRE = regexp.MustCompile(`^[a-z][a-z0-9_]*$`)

@@ -215,3 +215,81 @@ func TestRenamedColumnChangesShimTables(t *testing.T) {
 		t.Fatalf("fixture against renamed column: %v %v", l, err)
 	}
 }
+
+func TestDeclareKind(t *testing.T) {
+	r, err := NewRegistry()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tbl := Schema{Table: "straggler_scores", Columns: []Column{{Name: "score", Type: TypeFloat, Meaning: "m"}}}
+	if err := r.Declare(Kind{Kind: "straggler", Meaning: "m"}, tbl); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Declare(Kind{Kind: "straggler", Meaning: "m"}, tbl); err != nil {
+		t.Errorf("declaring the same kind again: %v", err)
+	}
+	if !r.IsKind("straggler") || r.KindTables("straggler")[0] != "straggler_scores" || r.Kinds()[len(r.Kinds())-1] != "straggler" {
+		t.Errorf("declared kind not listed: %v", r.Kinds())
+	}
+	if k, _ := r.KindInfo("straggler"); k.By != ByHub {
+		t.Errorf("declared kind by %q", k.By)
+	}
+	if h := r.Header("straggler_scores"); len(h) != len(commonNames)+1 {
+		t.Errorf("header %v", h)
+	}
+	if b, _ := r.ShimTablesJSON(); bytes.Contains(b, []byte("straggler")) {
+		t.Error("a run-time kind leaked into the shim's tables")
+	}
+	for name, c := range map[string]struct {
+		k Kind
+		s []Schema
+	}{
+		"bad kind name":        {Kind{Kind: "Straggler"}, []Schema{tbl}},
+		"no table":             {Kind{Kind: "x_kind"}, nil},
+		"built-in kind":        {Kind{Kind: KindKVCache}, []Schema{tbl}},
+		"changed tables":       {Kind{Kind: "straggler"}, []Schema{{Table: "straggler_scores", Columns: []Column{{Name: "z", Type: TypeInt, Meaning: "m"}}}}},
+		"table name taken":     {Kind{Kind: "other"}, []Schema{{Table: "kv_cache_usage", Columns: tbl.Columns}}},
+		"bad column type":      {Kind{Kind: "other"}, []Schema{{Table: "o", Columns: []Column{{Name: "a", Type: "double", Meaning: "m"}}}}},
+		"common column":        {Kind{Kind: "other"}, []Schema{{Table: "o", Columns: []Column{{Name: "seq", Type: TypeInt, Meaning: "m"}}}}},
+		"column not snake":     {Kind{Kind: "other"}, []Schema{{Table: "o", Columns: []Column{{Name: "A b", Type: TypeInt, Meaning: "m"}}}}},
+		"table name not snake": {Kind{Kind: "other"}, []Schema{{Table: "O-1", Columns: tbl.Columns}}},
+	} {
+		if err := r.Declare(c.k, c.s...); err == nil {
+			t.Errorf("%s: declared", name)
+		}
+	}
+	if r.IsKind("other") || r.IsKind("x_kind") {
+		t.Error("a refused declaration left a kind behind")
+	}
+}
+
+// TestColumnIndex: code binds columns by name; a column that does not exist is an error.
+func TestColumnIndex(t *testing.T) {
+	i, c, err := ColumnIndex("kv_cache_usage", "usage")
+	if err != nil || Header("kv_cache_usage")[i] != "usage" || c.Type != TypeFloat {
+		t.Errorf("usage: %d %+v %v", i, c, err)
+	}
+	if i, _, err := ColumnIndex("kv_cache_usage", "step"); err != nil || i != 9 {
+		t.Errorf("common column step: %d %v", i, err)
+	}
+	if _, _, err := ColumnIndex("kv_cache_usage", "usage_ratio"); err == nil || !strings.Contains(err.Error(), `no column "usage_ratio"`) {
+		t.Errorf("missing column: %v", err)
+	}
+	if _, _, err := ColumnIndex("kv_usage", "usage"); err == nil {
+		t.Error("missing table bound")
+	}
+	if i, err := OwnIndex("kv_cache_usage", "usage"); err != nil || Table2(t, "kv_cache_usage").Columns[i].Name != "usage" {
+		t.Errorf("own index %d %v", i, err)
+	}
+	if _, err := OwnIndex("kv_cache_usage", "step"); err == nil {
+		t.Error("a common column is not an own column")
+	}
+}
+
+func Table2(t *testing.T, name string) *Schema {
+	s, ok := Table(name)
+	if !ok {
+		t.Fatalf("no table %s", name)
+	}
+	return s
+}

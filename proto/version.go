@@ -1,6 +1,7 @@
 package proto
 
 import (
+	"errors"
 	"fmt"
 
 	"google.golang.org/protobuf/proto"
@@ -35,12 +36,25 @@ type Versioned interface {
 	GetSchemaMinor() uint32
 }
 
-// Unmarshal decodes a message body and checks its schema version.
+// ErrNoVersion marks a body without a schema version: empty, or not written by ProfileMate. It is
+// a decode error, not a message of another major.
+var ErrNoVersion = errors.New("no schema version")
+
+// Unmarshal decodes a message body and checks its schema version. Errors: a body protobuf cannot
+// decode; ErrNoVersion (wrapped) for an empty body or one without schema_major; *VersionError for
+// another major.
 func Unmarshal(b []byte, m Versioned) error {
-	if err := proto.Unmarshal(b, m); err != nil {
-		return fmt.Errorf("proto: decode %s: %w", m.ProtoReflect().Descriptor().Name(), err)
+	name := m.ProtoReflect().Descriptor().Name()
+	if len(b) == 0 {
+		return fmt.Errorf("proto: decode %s: empty body: %w", name, ErrNoVersion)
 	}
-	return CheckVersion(string(m.ProtoReflect().Descriptor().Name()), m.GetSchemaMajor(), m.GetSchemaMinor())
+	if err := proto.Unmarshal(b, m); err != nil {
+		return fmt.Errorf("proto: decode %s: %w", name, err)
+	}
+	if m.GetSchemaMajor() == 0 {
+		return fmt.Errorf("proto: decode %s: %w (schema_major 0)", name, ErrNoVersion)
+	}
+	return CheckVersion(string(name), m.GetSchemaMajor(), m.GetSchemaMinor())
 }
 
 // DecodeEventBatch decodes the body of an event subject.

@@ -12,6 +12,8 @@ PACKAGES=(
   "python3-torch|/usr/bin/python3 -c 'import torch'"    # the MoE tensor-path tests (CPU torch)
   "prometheus|command -v promtool"                      # promtool check metrics on the hub's /metrics
   "chromium|command -v chromium"                        # the report's headless browser tests
+  "ansible-core|command -v ansible-playbook"            # deploy/: the playbook applied in the deploy test
+  "ansible-lint|command -v ansible-lint"                # deploy/: lint of the roles
 )
 
 SUDO=""

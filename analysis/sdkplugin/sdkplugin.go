@@ -19,8 +19,10 @@ import (
 )
 
 // Version is the plugins' version; it changes whenever an analysis's output changes, so the
-// hub keys their rows anew (docs/plugins.md "Rules that keep rows exactly once").
-const Version = "1.0.0"
+// hub keys their rows anew. History: 1.0.0 first; 1.1.0 ranks by (host, rank), replicas by
+// (host, dp), rounded numbers, victims among the KV holders, block size 16 unless the hits say
+// otherwise (docs/plugins.md "Rules that keep rows exactly once").
+const Version = "1.1.0"
 
 // rowFields are derived-table columns that go into the row's own fields instead of its columns
 // (the host writes them among the common columns).

@@ -17,6 +17,7 @@ import (
 
 	"github.com/profilemate/profilemate/agent"
 	"github.com/profilemate/profilemate/agent/install"
+	"github.com/profilemate/profilemate/proto"
 	"github.com/profilemate/profilemate/shim"
 )
 
@@ -60,6 +61,9 @@ func runAction(c *cli.Context) error {
 	session := c.String("session")
 	if session == "" {
 		session = agent.NewSessionID(time.Now())
+	}
+	if err := proto.ValidateSession(session); err != nil {
+		return cli.Exit("pmagent run: --session / PROFILEMATE_SESSION: "+err.Error(), 2)
 	}
 	socket := c.String("socket")
 	var a *agent.Agent

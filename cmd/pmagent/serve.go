@@ -15,6 +15,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/profilemate/profilemate/agent"
+	"github.com/profilemate/profilemate/internal/sdnotify"
 )
 
 // pipelineFlags are the flags `run` and `serve` share: where to publish and where to spool.
@@ -68,7 +69,9 @@ var serveCommand = &cli.Command{
 		}
 		startGPU(c, a)
 		cmdLog(cfg).Info("serving", "socket", cfg.Socket, "host", a.Host(), "nats", redact(cfg.NATS.URL))
+		sdnotify.Ready()
 		<-c.Context.Done()
+		sdnotify.Stopping()
 		return shutdown(a, cmdLog(cfg), c.Duration("flush-timeout"))
 	},
 }

@@ -29,11 +29,11 @@ var severityOrder = map[string]int{sdk.SeverityCritical: 0, sdk.SeverityWarning:
 // readFindings reads findings.csv of a session folder, most severe first.
 func readFindings(dir string) ([]Finding, error) {
 	var out []Finding
-	err := eachRow(dir, sdk.FindingsTable, func(r map[string]string) {
-		first, _ := strconv.ParseInt(r["first_step"], 10, 64)
-		last, _ := strconv.ParseInt(r["last_step"], 10, 64)
-		out = append(out, Finding{Plugin: r["plugin"], Version: r["plugin_version"], Severity: r["severity"], Title: r["title"],
-			Numbers: r["numbers"], Ranks: r["ranks"], FirstStep: first, LastStep: last, Detail: r["detail"]})
+	err := eachRow(dir, sdk.FindingsTable, func(r csvRow) {
+		first, _ := strconv.ParseInt(r.field("first_step"), 10, 64)
+		last, _ := strconv.ParseInt(r.field("last_step"), 10, 64)
+		out = append(out, Finding{Plugin: r.field("plugin"), Version: r.field("plugin_version"), Severity: r.field("severity"), Title: r.field("title"),
+			Numbers: r.field("numbers"), Ranks: r.field("ranks"), FirstStep: first, LastStep: last, Detail: r.field("detail")})
 	})
 	sort.SliceStable(out, func(i, j int) bool { return severityOrder[out[i].Severity] < severityOrder[out[j].Severity] })
 	return out, err

@@ -13,6 +13,7 @@ import (
 
 	"github.com/profilemate/profilemate/hub"
 	"github.com/profilemate/profilemate/internal/natsclient"
+	"github.com/profilemate/profilemate/internal/sdnotify"
 )
 
 // HTTPHandlers lets other commands' files add routes (for example /metrics) to the serve
@@ -178,6 +179,8 @@ func serve(c *cli.Context) error {
 	}
 	// The line agents and scripts look for.
 	fmt.Fprintf(c.App.Writer, "pmhub: agents connect to %s\n", h.ClientURL())
+	sdnotify.Ready()
+	defer sdnotify.Stopping()
 	return h.Run(ctx)
 }
 

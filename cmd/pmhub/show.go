@@ -150,7 +150,12 @@ type RankStepTime struct {
 	MedianCPUMs float64 `json:"median_cpu_ms"`
 }
 
+// summarize reads a session folder's metadata and CSVs into its Summary. Errors: the columns it
+// reads are not in the schema (bindColumns), unreadable metadata or CSV.
 func summarize(dir string) (*Summary, error) {
+	if err := bindColumns(proto.Default()); err != nil {
+		return nil, err
+	}
 	m, err := hub.ReadMetadata(dir)
 	if err != nil {
 		return nil, err
@@ -192,12 +197,12 @@ func summarize(dir string) (*Summary, error) {
 		a, b := s.Ranks[i], s.Ranks[j]
 		return a.Host < b.Host || (a.Host == b.Host && a.Rank < b.Rank)
 	})
-	key := func(r map[string]string) string { return r["host"] + "/" + procOf[r["host"]+"/"+r["pid"]] }
+	key := func(r csvRow) string { return r.get(colHost) + "/" + procOf[r.get(colHost)+"/"+r.get(colPID)] }
 
 	modes := map[string]int{}
 	total := 0
-	if err := eachRow(dir, "cuda_graph_usage", func(r map[string]string) {
-		modes[r["runtime_mode"]]++
+	if err := eachRow(dir, "cuda_graph_usage", func(r csvRow) {
+		modes[r.get(colRuntimeMode)]++
 		total++
 	}); err != nil {
 		return nil, err
@@ -205,25 +210,25 @@ func summarize(dir string) (*Summary, error) {
 	for mode, n := range modes {
 		s.GraphModes[mode] = float64(n) / float64(total)
 	}
-	if err := eachRow(dir, "kv_cache_usage", func(r map[string]string) {
-		if u, err := strconv.ParseFloat(r["usage"], 64); err == nil && u > s.KVPeak {
+	if err := eachRow(dir, "kv_cache_usage", func(r csvRow) {
+		if u, err := strconv.ParseFloat(r.get(colKVUsage), 64); err == nil && u > s.KVPeak {
 			s.KVPeak = u
 		}
 	}); err != nil {
 		return nil, err
 	}
-	if err := eachRow(dir, "batch_utilization", func(r map[string]string) { s.Steps[key(r)]++ }); err != nil {
+	if err := eachRow(dir, "batch_utilization", func(r csvRow) { s.Steps[key(r)]++ }); err != nil {
 		return nil, err
 	}
-	if err := eachRow(dir, "preemption_events", func(map[string]string) { s.Preemptions++ }); err != nil {
+	if err := eachRow(dir, "preemption_events", func(csvRow) { s.Preemptions++ }); err != nil {
 		return nil, err
 	}
 	experts := map[int64]int64{}
 	var expertTotal int64
-	if err := eachRow(dir, "moe_expert_selection", func(r map[string]string) {
-		e, err1 := strconv.ParseInt(r["expert"], 10, 64)
-		n, err2 := strconv.ParseInt(r["count"], 10, 64)
-		if err1 == nil && err2 == nil && r["status"] == "counted" {
+	if err := eachRow(dir, "moe_expert_selection", func(r csvRow) {
+		e, err1 := strconv.ParseInt(r.get(colExpert), 10, 64)
+		n, err2 := strconv.ParseInt(r.get(colExpertCount), 10, 64)
+		if err1 == nil && err2 == nil && r.get(colExpertStatus) == "counted" {
 			experts[e] += n
 			expertTotal += n
 		}
@@ -241,8 +246,8 @@ func summarize(dir string) (*Summary, error) {
 		s.TopExperts = s.TopExperts[:5]
 	}
 	times := map[string][]float64{}
-	if err := eachRow(dir, "forward_pass_timing", func(r map[string]string) {
-		if v, err := strconv.ParseFloat(r["cpu_ms"], 64); err == nil {
+	if err := eachRow(dir, "forward_pass_timing", func(r csvRow) {
+		if v, err := strconv.ParseFloat(r.get(colStepCPU), 64); err == nil {
 			times[key(r)] = append(times[key(r)], v)
 		}
 		s.Steps[key(r)]++
@@ -276,9 +281,64 @@ func summarize(dir string) (*Summary, error) {
 	return s, nil
 }
 
-// eachRow calls fn for every row of the session's table, keyed by header name; a table the session
-// has no file for has no rows.
-func eachRow(dir, table string, fn func(map[string]string)) error {
+// Columns show reads, bound by name to proto's schema (bindColumns, TestShowColumnsExist): a
+// column renamed or removed in proto/tables fails there instead of reading as blank cells.
+type column struct{ Table, Name string }
+
+var (
+	colHost          = column{"", "host"} // common columns: every table has them
+	colPID           = column{"", "pid"}
+	colRuntimeMode   = column{"cuda_graph_usage", "runtime_mode"}
+	colKVUsage       = column{"kv_cache_usage", "usage"}
+	colExpert        = column{"moe_expert_selection", "expert"}
+	colExpertCount   = column{"moe_expert_selection", "count"}
+	colExpertStatus  = column{"moe_expert_selection", "status"}
+	colStepCPU       = column{"forward_pass_timing", "cpu_ms"}
+	showTables       = []string{"cuda_graph_usage", "kv_cache_usage", "batch_utilization", "preemption_events", "moe_expert_selection", "forward_pass_timing"}
+	showColumns      = []column{colRuntimeMode, colKVUsage, colExpert, colExpertCount, colExpertStatus, colStepCPU}
+	showCommonColumn = []column{colHost, colPID}
+)
+
+// bindColumns checks every column show reads against reg's schema: each table exists, has the
+// common columns and its own bound columns. Errors name the first missing one.
+func bindColumns(reg *proto.Registry) error {
+	for _, t := range showTables {
+		for _, c := range showCommonColumn {
+			if _, _, err := reg.ColumnIndex(t, c.Name); err != nil {
+				return fmt.Errorf("pmhub show: %w", err)
+			}
+		}
+	}
+	for _, c := range showColumns {
+		if _, _, err := reg.ColumnIndex(c.Table, c.Name); err != nil {
+			return fmt.Errorf("pmhub show: %w", err)
+		}
+	}
+	return nil
+}
+
+// csvRow is one record of a session CSV with its file's header positions.
+type csvRow struct {
+	rec []string
+	pos map[string]int
+}
+
+// get returns the row's cell of a bound column ("" when this file has no such column, e.g. one
+// written before the column existed).
+func (r csvRow) get(c column) string {
+	if i, ok := r.pos[c.Name]; ok && i < len(r.rec) {
+		return r.rec[i]
+	}
+	return ""
+}
+
+// field returns the cell of a column by name, for tables outside proto's schema (the plugin host's
+// findings table, whose header sdk defines); "" when the file has no such column.
+func (r csvRow) field(name string) string { return r.get(column{Name: name}) }
+
+// eachRow calls fn for every row of the session's table; a table the session has no file for has
+// no rows.
+func eachRow(dir, table string, fn func(csvRow)) error {
 	f, err := os.Open(filepath.Join(dir, table+".csv"))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
@@ -296,7 +356,10 @@ func eachRow(dir, table string, fn func(map[string]string)) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", table, err)
 	}
-	row := make(map[string]string, len(header))
+	row := csvRow{pos: make(map[string]int, len(header))}
+	for i, h := range header {
+		row.pos[h] = i
+	}
 	for {
 		rec, err := r.Read()
 		if err == io.EOF {
@@ -305,11 +368,7 @@ func eachRow(dir, table string, fn func(map[string]string)) error {
 		if err != nil {
 			return fmt.Errorf("%s: %w", table, err)
 		}
-		for i, h := range header {
-			if i < len(rec) {
-				row[h] = rec[i]
-			}
-		}
+		row.rec = rec
 		fn(row)
 	}
 }

@@ -5,9 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"math"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"testing/fstest"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -179,4 +181,32 @@ func runApp(t *testing.T, args ...string) string {
 		t.Fatalf("pmhub %v: %v\n%s", args, err, out.String())
 	}
 	return out.String()
+}
+
+// TestShowColumnsExist: every column pmhub show reads is bound by name to proto's schema; renaming
+// one in a copy of the tables makes the binding fail, naming the column.
+func TestShowColumnsExist(t *testing.T) {
+	if err := bindColumns(proto.Default()); err != nil {
+		t.Fatal(err)
+	}
+	root := filepath.Join("..", "..", "proto", "tables")
+	files, _ := filepath.Glob(filepath.Join(root, "*.json"))
+	m := fstest.MapFS{}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if filepath.Base(f) == "kv_cache_usage.json" {
+			b = bytes.Replace(b, []byte(`"name": "usage"`), []byte(`"name": "usage_ratio"`), 1)
+		}
+		m[filepath.Base(f)] = &fstest.MapFile{Data: b}
+	}
+	reg, err := proto.Load(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bindColumns(reg); err == nil || !strings.Contains(err.Error(), `no column "usage"`) {
+		t.Errorf("renamed column bound: %v", err)
+	}
 }

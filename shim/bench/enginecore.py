@@ -132,6 +132,7 @@ def engine_run(shim, work_ms, era="v0_16_0"):
                PMSIM_TP="1", PMSIM_STEP_WORK_MS=str(work_ms), PYTHONDONTWRITEBYTECODE="1")
     with tempfile.TemporaryDirectory() as out:
         env["PROFILEMATE_OUTPUT_DIR"] = out
+        env["PROFILEMATE_SOCKET"] = "off"  # no agent lookup: the folder sink, as measured before
         env["PMSIM_GROUND_TRUTH"] = os.path.join(out, "truth.json")
         r = subprocess.run([sys.executable, "-c", DRIVER], env=env, capture_output=True, text=True, timeout=300)
         if r.returncode:

@@ -93,7 +93,7 @@ def sim_steps(shim):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PROFILEMATE_", "PMSIM_", "VLLM_"))}
     env.update(PYTHONPATH=os.pathsep.join(([SHIM] if shim else []) + [era, os.path.join(ROOT, "testbed")]),
                PMSIM_TP="1", PMSIM_GROUND_TRUTH=os.path.join(out, "gt.json"),
-               PROFILEMATE_OUTPUT_DIR=os.path.join(out, "pm"))
+               PROFILEMATE_OUTPUT_DIR=os.path.join(out, "pm"), PROFILEMATE_SOCKET="off")
     subprocess.run([sys.executable, os.path.join(ROOT, "testbed", "bin", "vllm"), "serve", "sim/moe"], env=env,
                    check=True, capture_output=True)
     with open(os.path.join(out, "gt.json")) as f:

@@ -107,6 +107,7 @@ class Activation(unittest.TestCase):
         env = dict(os.environ)
         env = {k: v for k, v in env.items() if not k.startswith(("PROFILEMATE_", "VLLM_"))}
         env.update({"PYTHONPATH": os.pathsep.join([h.SHIM, self.tree]), "PROFILEMATE_OUTPUT_DIR": self.out,
+                    "PROFILEMATE_SOCKET": "off",
                     "VLLM_ENABLE_PROFILING": "1", "PROFILEMATE_FLUSH_MS": "600000"})
         p = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.assertEqual(p.stdout.readline().strip(), "ready")

@@ -127,6 +127,36 @@ class GroundTruthTest(unittest.TestCase):
                 self.assertIsNotNone(r.truth, "ground truth is merged even when the run fails")
 
 
+class LayoutTest(unittest.TestCase):
+    def test_tp2_pp2_ranks_and_stages(self):
+        with simrun.tempdir() as tmp:
+            r = simrun.run("v0_16_0", "serve", tmp, PMSIM_TP=2, PMSIM_PP=2)
+            self.assertEqual(r.rc, 0, r.output)
+            workers = sorted(r.processes("worker"), key=lambda w: w["global_rank"])
+            # vLLM's [dp][pp][tp] layout: engine-local rank = pp * tp + tp rank.
+            self.assertEqual([(w["global_rank"], w["pp_rank"], w["tp_rank"], w["ep_rank"]) for w in workers],
+                             [(0, 0, 0, 0), (1, 0, 1, 1), (2, 1, 0, 0), (3, 1, 1, 1)])
+            # The stages split the MoE layers between them; TP peers route the same tokens.
+            stage = {w["pp_rank"]: w["own_layers"] for w in workers}
+            self.assertEqual(sorted(stage[0] + stage[1]), list(range(workers[0]["moe_layers"])))
+            self.assertTrue(stage[0] and stage[1])
+            self.assertEqual(workers[0]["expert_counts"], workers[1]["expert_counts"])
+            for w in workers:
+                for j in range(w["moe_layers"]):
+                    want = w["routed_tokens"] * w["top_k"] if j in w["own_layers"] else 0
+                    self.assertEqual(sum(w["expert_counts"][j]), want)
+
+    def test_dp2_two_engines(self):
+        with simrun.tempdir() as tmp:
+            r = simrun.run("v0_16_0", "serve", tmp, PMSIM_DP=2, PMSIM_TP=2)
+            self.assertEqual(r.rc, 0, r.output)
+            engines = r.processes("engine_core")
+            self.assertEqual(sorted(e["dp_rank"] for e in engines), [0, 1])
+            self.assertEqual(sum(e["finished"] for e in engines), r.processes("api_server")[0]["requests"])
+            got = sorted((w["dp_rank"], w["local_rank"], w["global_rank"]) for w in r.processes("worker"))
+            self.assertEqual(got, [(0, 0, 0), (0, 1, 1), (1, 0, 2), (1, 1, 3)])
+
+
 class KnobsTest(unittest.TestCase):
     def test_slow_rank(self):
         with simrun.tempdir() as tmp:
