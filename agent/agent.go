@@ -54,6 +54,9 @@ type Config struct {
 	Resume    bool
 	Version   string
 	Heartbeat time.Duration // default DefaultHeartbeat
+	// ClockSkew (tests only) is added to every reading of this agent's clock in the hub clock
+	// offset measurement, so a test can give one host a known offset and recover it.
+	ClockSkew time.Duration
 	Logger    *slog.Logger
 }
 
@@ -80,10 +83,14 @@ type Agent struct {
 	mu       sync.Mutex
 	sessions map[string]*session // by id
 	renamed  map[string]string   // ended name → the id that replaced it
-	procs    map[int]*proc
-	watch    map[int]bool // pids whose end the caller reports (Exited)
-	conns    map[*conn]struct{}
-	connWG   sync.WaitGroup
+	// instances maps a multi-node instance key to its session here, instanceOf the reverse
+	// (instance.go).
+	instances  map[string]string
+	instanceOf map[string]string
+	procs      map[int]*proc
+	watch      map[int]bool // pids whose end the caller reports (Exited)
+	conns      map[*conn]struct{}
+	connWG     sync.WaitGroup
 
 	budget       *byteBudget
 	readBytes    atomic.Int64 // bytes read from the socket
@@ -202,6 +209,7 @@ func New(cfg Config) (*Agent, error) {
 	a := &Agent{
 		cfg: cfg, log: cfg.Logger.With("component", "agent"),
 		started: time.Now(), sessions: map[string]*session{}, renamed: map[string]string{},
+		instances: map[string]string{}, instanceOf: map[string]string{},
 		procs: map[int]*proc{}, conns: map[*conn]struct{}{}, stopQ: make(chan struct{}), watch: map[int]bool{},
 		budget: &byteBudget{max: cfg.MaxBuffered},
 	}
@@ -364,8 +372,12 @@ func NewSessionID(now time.Time) string {
 }
 
 // resolveSession picks the session of a process that says hello (a.mu held).
-func (a *Agent) resolveSession(h *pmproto.Hello) *session {
+// inst is the session of the process's multi-node instance ("" for none; instance.go).
+func (a *Agent) resolveSession(h *pmproto.Hello, inst string) *session {
 	name := a.cfg.Session
+	if name == "" {
+		name = inst
+	}
 	if name == "" {
 		name = h.Session
 	}
@@ -425,6 +437,7 @@ func (a *Agent) endSession(id, reason string) {
 	a.publishLife(&Life{Type: "end", Session: id, Host: a.cfg.Host, Proc: "agent", Dropped: dropped,
 		LastSeq: last, EndNS: time.Now().UnixNano(), AgentDropped: a.q.stats().Dropped, Reason: reason})
 	a.log.Info("session ended", "session", id)
+	a.instanceEnded(id)
 }
 
 // Sessions lists the ids of the sessions the agent has seen.
@@ -479,6 +492,7 @@ func reused(p *proc, c *conn) bool {
 
 // hello registers a process (again, after a reconnect) and returns the session it belongs to.
 func (a *Agent) hello(c *conn, h *pmproto.Hello) error {
+	inst := a.instanceSession(h)
 	a.mu.Lock()
 	p, ok := a.procs[h.PID]
 	var gone *Life
@@ -490,14 +504,18 @@ func (a *Agent) hello(c *conn, h *pmproto.Hello) error {
 		}
 		ok = false
 	}
+	var emptied string
 	if ok {
 		if err := a.claim(c, p); err != nil {
 			a.mu.Unlock()
 			return err
 		}
+		if inst != "" && inst != p.sess.id && a.cfg.Session == "" {
+			emptied = a.joinLate(p, inst) // instance.go
+		}
 	}
 	if !ok {
-		s := a.resolveSession(h)
+		s := a.resolveSession(h, inst)
 		p = &proc{pid: h.PID, sess: s, peer: c.peer}
 		a.procs[h.PID] = p
 		s.procs[h.PID] = p
@@ -517,6 +535,9 @@ func (a *Agent) hello(c *conn, h *pmproto.Hello) error {
 	a.mu.Unlock()
 	if gone != nil {
 		a.publishLife(gone)
+	}
+	if emptied != "" {
+		a.endSession(emptied, "joined instance")
 	}
 
 	if h.Session != sess {

@@ -23,6 +23,9 @@ func (a *Agent) startNATSSide(ctx context.Context) {
 		return
 	}
 	a.clock = &clock.Tracker{NC: nc}
+	if skew := a.cfg.ClockSkew; skew != 0 {
+		a.clock.Now = func() time.Time { return time.Now().Add(skew) }
+	}
 	go a.clock.Run(ctx)
 	every := a.cfg.Heartbeat
 	if every == 0 {

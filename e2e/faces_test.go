@@ -219,8 +219,8 @@ func scrape(t *testing.T, url string) string {
 }
 
 // TestDemo runs `pmhub demo` as the README does (pmagent beside pmhub, python3 on PATH) and checks
-// that its summary names both hosts with every worker and that the session's files are where it
-// says.
+// that its summary shows one instance over both hosts (API server, EngineCore and ranks 0-3 on
+// hostA, ranks 4-7 on hostB) and that the session's files are where it says.
 func TestDemo(t *testing.T) {
 	bin(t, "pmagent")
 	if _, err := exec.LookPath("python3"); err != nil {
@@ -232,15 +232,29 @@ func TestDemo(t *testing.T) {
 		t.Fatalf("pmhub demo: %v\n%s", err, out)
 	}
 	text := string(out)
-	for _, host := range []string{"hostA", "hostB"} {
-		if !strings.Contains(text, "host "+host+": api0 eng0 w0 w1 w2 w3") {
-			t.Errorf("summary lacks %s with its 4 workers", host)
+	for i, want := range []string{"host hostA: api0 eng0 w0 w1 w2 w3", "host hostB: w4 w5 w6 w7"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("summary lacks %q", want)
 		}
-		for w := 0; w < 4; w++ {
+		host := []string{"hostA", "hostB"}[i]
+		for w := 4 * i; w < 4*i+4; w++ {
 			if !strings.Contains(text, fmt.Sprintf("%s  w%d ", host, w)) {
 				t.Errorf("no step time of %s w%d", host, w)
 			}
 		}
+	}
+	for _, want := range []string{"rank grid: TP 8 x PP 1 x DP 1 = 8 ranks (sizes from the command line)",
+		"hostA: w0(tp0 pp0 dp0) w1(tp1 pp0 dp0) w2(tp2 pp0 dp0) w3(tp3 pp0 dp0)",
+		"hostB: w4(tp4 pp0 dp0) w5(tp5 pp0 dp0) w6(tp6 pp0 dp0) w7(tp7 pp0 dp0)"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("summary lacks the rank grid line %q", want)
+		}
+	}
+	if strings.Contains(text, "never joined") {
+		t.Errorf("a rank of the demo never joined")
+	}
+	if strings.Contains(text, "hostB/eng") {
+		t.Errorf("an EngineCore on hostB: the demo's instance has one, on hostA")
 	}
 	_, dir, ok := strings.Cut(text, "session files: ")
 	if !ok {

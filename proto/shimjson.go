@@ -60,6 +60,13 @@ type Hello struct {
 	Instance string `json:"instance"`
 	// Reconnects counts the shim's reconnects to an agent (0 on its first hello).
 	Reconnects int `json:"reconnects"`
+	// SessionGiven (optional): the session came from the environment the process was started with
+	// (PROFILEMATE_SESSION), not from its shim; the agent keeps it over an instance's session.
+	SessionGiven bool `json:"session_given,omitempty"`
+	// InstanceKey (optional): the multi-node instance the process belongs to, from
+	// PROFILEMATE_INSTANCE_KEY (a launcher sets it where no command-line flag names the instance,
+	// e.g. Ray, which copies it through VLLM_RAY_EXTRA_ENV_VARS_TO_COPY); docs/multinode.md.
+	InstanceKey string `json:"instance_key,omitempty"`
 }
 
 // Ident returns the identity the hello announces.

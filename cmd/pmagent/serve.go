@@ -47,6 +47,7 @@ var serveCommand = &cli.Command{
 		&cli.StringFlag{Name: "socket-group", Usage: "group owning the socket (when it exists)", EnvVars: []string{"PROFILEMATE_SOCKET_GROUP"}, Value: "profilemate"},
 		&cli.StringFlag{Name: "session", Usage: "fixed session for every process (default: one per vLLM process tree)", EnvVars: []string{"PROFILEMATE_SESSION"}},
 		&cli.DurationFlag{Name: "session-linger", Usage: "end a session this long after its last process left", EnvVars: []string{"PROFILEMATE_SESSION_LINGER"}, Value: 30 * time.Second},
+		&cli.DurationFlag{Name: "test-clock-skew", Hidden: true, Usage: "tests only: add this to the agent's clock readings in the hub clock measurement", EnvVars: []string{"PROFILEMATE_TEST_CLOCK_SKEW"}},
 	),
 	Action: func(c *cli.Context) error {
 		cfg, err := agentConfig(c)
@@ -57,6 +58,7 @@ var serveCommand = &cli.Command{
 		cfg.SocketGroup = c.String("socket-group")
 		cfg.Session = c.String("session")
 		cfg.SessionLinger = c.Duration("session-linger")
+		cfg.ClockSkew = c.Duration("test-clock-skew")
 		cfg.Resume = true
 		a, err := agent.New(cfg)
 		if err != nil {

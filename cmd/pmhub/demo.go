@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,10 +26,11 @@ const demoEra = "main_2026_08_20"
 func demoCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "demo",
-		Usage: "run the whole pipeline on this machine: embedded hub, two agents, a simulated vLLM with 4 workers each",
+		Usage: "run the whole pipeline on this machine: embedded hub, two agents, one simulated vLLM instance with 4 workers on each",
 		Description: "Needs no GPU and no vLLM: the simulated engine and its vLLM-shaped module tree ship inside the binary.\n" +
-			"Each agent runs `vllm serve` of the simulator under the shim, on its own --host name; the hub merges both\n" +
-			"into one session; once it has started the demo hot-adds the four in-tree profiler plugins (straggler, moe_balance,\n" +
+			"The two agents (--host hostA, hostB) run one multi-node vLLM instance of the simulator under the shim\n" +
+			"(`vllm serve -tp 2N --nnodes 2`: API server, EngineCore and ranks 0..N-1 on hostA, ranks N..2N-1 on hostB\n" +
+			"under a headless `vllm serve`); the hub merges both hosts into one session; once it has started the demo hot-adds the four in-tree profiler plugins (straggler, moe_balance,\n" +
 			"kv_pressure, cudagraph_coverage), then prints the session's summary with their findings and where its files are.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "dir", EnvVars: []string{"PROFILEMATE_DEMO_DIR"}, Usage: "folder for everything the demo writes: the hub's data folder (hub/), agent logs, the simulated vLLM (default: a new temporary folder, kept after the demo)"},
@@ -93,15 +95,19 @@ func demo(c *cli.Context) error {
 	hosts := []string{"hostA", "hostB"}
 	var wg sync.WaitGroup
 	errs := make([]error, len(hosts))
+	port, err := demoPort()
+	if err != nil {
+		return fmt.Errorf("pmhub demo: %w", err)
+	}
 	for i, host := range hosts {
 		wg.Add(1)
 		go func(i int, host string) {
 			defer wg.Done()
-			errs[i] = runDemoAgent(ctx, agentBin, python, tree, h.ClientURL(), host, session, c.Int("workers"), filepath.Join(data, host+".log"))
+			errs[i] = runDemoAgent(ctx, agentBin, python, tree, h.ClientURL(), host, session, c.Int("workers"), i, port, filepath.Join(data, host+".log"))
 		}(i, host)
 	}
-	fmt.Fprintf(out, "agents: %s running `vllm serve demo-model` (simulated, %d workers each), session %s\n",
-		strings.Join(hosts, ", "), c.Int("workers"), session)
+	fmt.Fprintf(out, "agents: %s running one `vllm serve demo-model -tp %d --nnodes 2` (simulated, %d workers on each), session %s\n",
+		strings.Join(hosts, ", "), 2*c.Int("workers"), c.Int("workers"), session)
 	added := make(chan []string, 1)
 	go func() {
 		names, err := plugins.hotAdd(ctx, h, session, out)
@@ -151,7 +157,19 @@ func findPMAgent(flag string) (string, error) {
 	return "", errors.New("pmhub demo: pmagent not found beside pmhub or on PATH; run `make build` and use bin/pmhub")
 }
 
-func runDemoAgent(ctx context.Context, agentBin, python, tree, natsURL, host, session string, workers int, logPath string) error {
+// demoPort is a free loopback port for the instance's rendezvous (--master-port).
+func demoPort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("free port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// runDemoAgent runs node nodeRank of the demo's two-node instance (workers ranks per node) under a
+// `pmagent run` with --host host.
+func runDemoAgent(ctx context.Context, agentBin, python, tree, natsURL, host, session string, workers, nodeRank, port int, logPath string) error {
 	log, err := os.Create(logPath)
 	if err != nil {
 		return err
@@ -159,10 +177,13 @@ func runDemoAgent(ctx context.Context, agentBin, python, tree, natsURL, host, se
 	defer log.Close()
 	cmd := exec.CommandContext(ctx, agentBin, "run", "--nats", natsURL, "--host", host, "--session", session,
 		"--spool-dir", filepath.Join(filepath.Dir(logPath), host+"-spool"),
-		"--", python, filepath.Join(tree, "bin", "vllm"), "serve", "demo-model")
+		"--", python, filepath.Join(tree, "bin", "vllm"), "serve", "demo-model", "-tp", fmt.Sprint(2*workers),
+		"--nnodes", "2", "--node-rank", fmt.Sprint(nodeRank), "--master-addr", "127.0.0.1", "--master-port", fmt.Sprint(port))
+	if nodeRank > 0 {
+		cmd.Args = append(cmd.Args, "--headless")
+	}
 	cmd.Env = append(os.Environ(),
 		"PYTHONPATH="+filepath.Join(tree, "eras", demoEra)+string(os.PathListSeparator)+tree,
-		fmt.Sprintf("PMSIM_TP=%d", workers),
 		"PMSIM_STEP_WORK_MS=2",
 		"PMSIM_GROUND_TRUTH="+filepath.Join(filepath.Dir(logPath), host+"-ground-truth.json"),
 	)

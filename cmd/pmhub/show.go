@@ -127,6 +127,8 @@ type Summary struct {
 	// each plugin did with the session (plugins.json).
 	Findings []Finding                     `json:"findings,omitempty"`
 	Plugins  map[string]host.SessionPlugin `json:"plugins,omitempty"`
+	// Grid is the workers as one instance's rank grid, with the ranks that never joined (rankgrid.go).
+	Grid *RankGrid `json:"rank_grid,omitempty"`
 }
 
 // RankInfo is one worker process and its ranks.
@@ -186,6 +188,7 @@ func summarize(dir string) (*Summary, error) {
 		z := size[p.Host]
 		z[0], z[1], z[2] = max(z[0], p.TP+1), max(z[1], p.PP+1), max(z[2], p.DP+1)
 	}
+	s.Grid = rankGrid(m.Processes)
 	workers := map[string]int64{}
 	for _, r := range s.Ranks {
 		workers[r.Host]++
@@ -446,6 +449,11 @@ func (s *Summary) print(w io.Writer) {
 			ends = append(ends, p+" "+s.Ends[h+"/"+p])
 		}
 		fmt.Fprintf(w, "    ended: %s\n", strings.Join(ends, ", "))
+	}
+	if s.Grid != nil {
+		for _, l := range s.Grid.lines() {
+			fmt.Fprintf(w, "  %s\n", l)
+		}
 	}
 	var steps []string
 	for _, k := range sortedKeys(s.Steps) {

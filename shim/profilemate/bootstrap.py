@@ -22,6 +22,7 @@ _state = {"done": False, "mode": "", "origin": "", "armed": False}
 ENV_SWITCH = "VLLM_ENABLE_PROFILING"
 ENV_ARMED = "PROFILEMATE_ARMED"
 ENV_SESSION = "PROFILEMATE_SESSION"
+ENV_SESSION_ORIGIN = "PROFILEMATE_SESSION_ORIGIN"  # "shim": the session id above was made by a shim
 
 
 def decision(environ=None):
@@ -78,6 +79,7 @@ def _arm():
     os.environ[ENV_ARMED] = "1"
     if not os.environ.get(ENV_SESSION):
         os.environ[ENV_SESSION] = new_session_id()
+        os.environ[ENV_SESSION_ORIGIN] = "shim"  # not given by the user (hello session_given)
 
 
 def new_session_id():

@@ -46,6 +46,7 @@ class _State:
         self.start_ns = 0
         self.end_ns = 0
         self.session = ""
+        self.session_given = False  # PROFILEMATE_SESSION was set when this process started
         self.why = ""
         self.sink = None
         self.thread = None
@@ -126,7 +127,9 @@ def start(why, armed=False):
     S.why = why
     S.armed = armed
     S.start_ns = time.time_ns()
+    S.session_given = bool(os.environ.get("PROFILEMATE_SESSION")) and os.environ.get("PROFILEMATE_SESSION_ORIGIN") != "shim"
     S.session = os.environ.get("PROFILEMATE_SESSION") or _new_session()
+    _name_ray_instance()
     _capture_process()
     _enabled = parse_profilers(os.environ.get(ENV_PROFILERS, ""))
     RECORDER.enabled_kinds = set(_enabled)
@@ -140,9 +143,32 @@ def start(why, armed=False):
     _start_thread()
 
 
+def _name_ray_instance():
+    """A vLLM started here with `--distributed-executor-backend ray` whose workers on other nodes
+    are Ray actors outside this process tree: PROFILEMATE_INSTANCE_KEY names the instance
+    (ray:<this session>) and VLLM_RAY_EXTRA_ENV_VARS_TO_COPY carries it to the actors, whose agents
+    then join them to this instance's session (docs/multinode.md). Not when a session was given."""
+    if S.session_given or os.environ.get("PROFILEMATE_INSTANCE_KEY"):
+        return
+    try:
+        argv = [str(a) for a in getattr(sys, "orig_argv", sys.argv)]
+        ray = "--distributed-executor-backend=ray" in argv or any(
+            a == "--distributed-executor-backend" and b == "ray" for a, b in zip(argv, argv[1:]))
+        if not ray:
+            return
+        os.environ["PROFILEMATE_INSTANCE_KEY"] = "ray:" + S.session
+        names = [n.strip() for n in os.environ.get("VLLM_RAY_EXTRA_ENV_VARS_TO_COPY", "").split(",") if n.strip()]
+        if "PROFILEMATE_INSTANCE_KEY" not in names:
+            names.append("PROFILEMATE_INSTANCE_KEY")
+        os.environ["VLLM_RAY_EXTRA_ENV_VARS_TO_COPY"] = ",".join(names)
+    except Exception:
+        pass
+
+
 def _new_session():
     sid = procinfo.new_session_id()
     os.environ["PROFILEMATE_SESSION"] = sid
+    os.environ["PROFILEMATE_SESSION_ORIGIN"] = "shim"
     return sid
 
 

@@ -413,6 +413,7 @@ class SocketSink:
         self.spill = None  # CsvSink for what does not fit in memory
         self.spilled = 0
         self.reconnects = 0
+        self.key_sent = ""  # PROFILEMATE_INSTANCE_KEY as the last hello said it
 
     def describe(self):
         return "agent socket %s (%s)" % (self.path, self.where)
@@ -447,17 +448,25 @@ class SocketSink:
                 self.path, self.state.session, sum(len(e) for e, _ in self.kept)))
         self.connected_once = True
         self.outage_said = False
-        meta = self.state.metadata()
         try:
-            self._send(wire.encode_hello(meta["session"], meta["pid"], meta["ppid"], meta["ident"],
-                                         meta["python"], meta["vllm"], meta["argv"], meta["start_ns"],
-                                         host=os.environ.get("PROFILEMATE_HOST", ""),
-                                         title=self.state.title() if hasattr(self.state, "title") else "",
-                                         instance=meta.get("instance", ""), reconnects=self.reconnects))
+            self._hello()
         except OSError as e:
             self._drop_conn("hello not sent (%s)" % (e.strerror or e))
             return False
         return True
+
+    def _hello(self):
+        """Sends this process's hello; raises OSError."""
+        meta = self.state.metadata()
+        key = os.environ.get("PROFILEMATE_INSTANCE_KEY", "")
+        self._send(wire.encode_hello(meta["session"], meta["pid"], meta["ppid"], meta["ident"],
+                                     meta["python"], meta["vllm"], meta["argv"], meta["start_ns"],
+                                     host=os.environ.get("PROFILEMATE_HOST", ""),
+                                     title=self.state.title() if hasattr(self.state, "title") else "",
+                                     instance=meta.get("instance", ""), reconnects=self.reconnects,
+                                     session_given=getattr(self.state, "session_given", False),
+                                     instance_key=key))
+        self.key_sent = key
 
     def _refused(self, why, first, quiet):
         self.next_try = time.monotonic() + self.backoff
@@ -548,6 +557,10 @@ class SocketSink:
                 return
         try:
             self._read_ctl()
+            if os.environ.get("PROFILEMATE_INSTANCE_KEY", "") != self.key_sent:
+                # The key arrived after the start (a Ray actor gets the copied variables later):
+                # a new hello moves this process into its instance's session before more batches.
+                self._hello()
             meta = self.state.metadata()
             statuses = ([{"target": t["target"], "status": t["status"], "reason": t["reason"]}
                          for t in meta["targets"]], meta.get("tables") or [])

@@ -16,14 +16,20 @@ def ident(role, dp=-1, pp=-1, tp=-1, ep=-1, rank=-1):
 
 
 def encode_hello(session, pid, ppid, ident, python, vllm, argv, start_ns, host="", gpu_uuid="", title="",
-                 instance="", reconnects=0):
+                 instance="", reconnects=0, session_given=False, instance_key=""):
     """instance: 16 hex naming this process's life (pid plus instance is unique where a pid
     repeats); reconnects: 0 on the first hello, n on the n-th reconnection (same session and
-    instance; the kept batches follow in sequence order)."""
+    instance; the kept batches follow in sequence order); session_given: the session came from
+    PROFILEMATE_SESSION at start, not from the shim; instance_key: PROFILEMATE_INSTANCE_KEY (the
+    multi-node instance, docs/multinode.md)."""
     obj = {"t": "hello", "v": VERSION, "session": session, "host": host, "pid": pid, "ppid": ppid}
     obj.update({k: ident[k] for k in ("role", "dp", "pp", "tp", "ep", "rank")})
     obj.update({"python": python, "vllm": vllm, "gpu_uuid": gpu_uuid, "title": title,
                 "argv": list(argv), "start_ns": start_ns, "instance": instance, "reconnects": reconnects})
+    if session_given:
+        obj["session_given"] = True
+    if instance_key:
+        obj["instance_key"] = instance_key
     return _line(obj)
 
 

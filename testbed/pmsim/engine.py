@@ -557,16 +557,29 @@ def _mp_init_executor(self, a):
     truth.on_terminate(lambda: shutdown_workers(self, 2.0))
     wp = mod("vllm.v1.executor.multiproc_executor").WorkerProc
     world = self.vllm_config.parallel_config.world_size
-    for rank in range(world):
+    from pmsim import multinode
+    mine = multinode.local_worker_ranks(world)  # --nnodes: this node's share of the ranks
+    for rank, local_rank in mine:
         q = ctx.Queue()
         # daemon, as in vLLM: if EngineCore ends without shutting them down, its exit terminates them.
         p = ctx.Process(target=wp.worker_main, name="VllmWorker-%d" % rank, daemon=True,
-                        kwargs=dict(vllm_config=self.vllm_config, local_rank=rank, rank=rank,
+                        kwargs=dict(vllm_config=self.vllm_config, local_rank=local_rank, rank=rank,
                                     distributed_init_method="tcp://127.0.0.1:29500", input_queue=q,
                                     result_queue=self._pm_results))
         p.start()
         self._pm_inputs.append(q)
         self._pm_procs.append(p)
+    if multinode.nnodes() > 1:  # the other nodes' workers, through their headless `vllm serve`
+        want = sorted(set(range(world)) - {r for r, _ in mine})
+        per = len(mine)
+        spec = {"vllm_config": self.vllm_config, "env": multinode.ray_env(),
+                "init": "tcp://%s:%d" % multinode.master()}
+        nodes = multinode.accept_followers(*multinode.master(), want, lambda rank: self._pm_results,
+                                           "VllmWorker-%d", cfg.start_timeout_s, self._pm_procs,
+                                           assign=lambda k: (want[k * per:(k + 1) * per], spec))
+        for rank in want:
+            self._pm_inputs.append(nodes[rank].inputs[rank])
+            self._pm_procs.append(nodes[rank].procs[rank])
     ready = 0
     while ready < world:
         kind, rank, value = procs.get(self._pm_results, "worker start-up", self._pm_procs, cfg.start_timeout_s,
@@ -642,7 +655,7 @@ def _wp_init(self, a):
     # The truth file is named by the global rank: two DP engines both have a worker of rank 0.
     truth.start("worker", layout(rank, pc.tensor_parallel_size, pc.pipeline_parallel_size,
                                  pc.data_parallel_rank)["global"], tp=pc.tensor_parallel_size,
-                pp=pc.pipeline_parallel_size, dp=pc.data_parallel_size, local_rank=rank)
+                pp=pc.pipeline_parallel_size, dp=pc.data_parallel_size, local_rank=a["local_rank"])
     self.rank = rank
     self.worker = runner.make_worker(a["vllm_config"], a["local_rank"], rank)
 

@@ -1,10 +1,11 @@
 """Entry points: the API server process, `vllm serve`, and offline LLM; they start EngineCore by spawn."""
 import argparse
 import os
+import queue
 import random
 import sys
 
-from pmsim import config, procs, truth
+from pmsim import config, multinode, procs, truth
 from pmsim.util import mod
 
 
@@ -73,7 +74,8 @@ def run_engine(model, requests=None):
     core = mod("vllm.v1.engine.core").EngineCoreProc
     # One EngineCore per data-parallel rank (vLLM: EngineCore_DP<d>), each with its own queues.
     engines = []
-    for d in range(max(cfg.dp, 1)):
+    _, local_dp, remote_dp = multinode.dp_layout(cfg)
+    for d in local_dp:
         inq, outq = ctx.Queue(), ctx.Queue()
         p = ctx.Process(target=core.run_engine_core, name="EngineCore_DP%d" % d,
                         kwargs=dict(vllm_config=VllmConfig(model, d), input_queue=inq, output_queue=outq))
@@ -82,6 +84,13 @@ def run_engine(model, requests=None):
     truth.on_terminate(lambda: procs.stop([e[0] for e in engines], 5.0))
     results = {}
     try:
+        if remote_dp:  # multi-node DP: the other nodes' EngineCores, through their headless `vllm serve`
+            want = [d for d in range(max(cfg.dp, 1)) if d not in local_dp]
+            outs = {d: queue.Queue() for d in want}
+            nodes = multinode.accept_followers(*multinode.dp_endpoint(), want, outs.__getitem__, "EngineCore_DP%d",
+                                               cfg.start_timeout_s, [e[0] for e in engines])
+            for d in want:
+                engines.append((nodes[d].procs[d], nodes[d].inputs[d], outs[d]))
         for p, _, outq in engines:
             _expect(outq, p, cfg, "ready", timeout=cfg.start_timeout_s + cfg.rpc_timeout_s)
         reqs = requests if requests is not None else workload(cfg)
@@ -147,10 +156,14 @@ def api_server_main(argv=None):
     parser = argparse.ArgumentParser(prog="vllm.entrypoints.openai.api_server")
     parser.add_argument("--model", default="sim/moe-tiny")
     parser.add_argument("--enforce-eager", action="store_true")
-    args, _ = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args, _ = parser.parse_known_args(argv)
+    layout = multinode.apply_flags(argv)  # -tp/-pp/-dp and the multi-node flags
     mod("vllm.plugins").load_general_plugins()
     if args.enforce_eager:
         os.environ["PMSIM_ENFORCE_EAGER"] = "1"
+    if layout.headless:
+        return multinode.run_headless(args.model)
     results = run_engine(args.model)
     print("pmsim: %d requests completed" % len(results), flush=True)
     return 0
@@ -164,7 +177,8 @@ def cli_main():
         return 2
     rest = argv[1:]
     model = rest[0] if rest and not rest[0].startswith("-") else "sim/moe-tiny"
-    return api_server_main(["--model", model] + [a for a in rest[1:] if a.startswith("--")])
+    flags = rest[1:] if rest and not rest[0].startswith("-") else rest
+    return api_server_main(["--model", model] + flags)
 
 
 class LLM:

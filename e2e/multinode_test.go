@@ -1,0 +1,357 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/profilemate/profilemate/internal/testkit"
+	"github.com/profilemate/profilemate/shim"
+	"github.com/profilemate/profilemate/testbed"
+)
+
+// mnHost is one simulated host: a `pmagent serve` of its own (socket, host name), with the shim
+// and the test tree unpacked for the vLLM processes started on it.
+type mnHost struct {
+	name, sock, tree, shimDir, dir string
+	agent                          *agProc
+}
+
+func mnStartHost(t *testing.T, natsURL, name string) *mnHost {
+	t.Helper()
+	h := &mnHost{name: name, sock: filepath.Join(agShortDir(t), "a.sock"), dir: t.TempDir()}
+	h.tree, h.shimDir = filepath.Join(h.dir, "testbed"), filepath.Join(h.dir, "shim")
+	if err := testbed.Unpack(h.tree); err != nil {
+		t.Fatal(err)
+	}
+	if err := shim.Unpack(h.shimDir); err != nil {
+		t.Fatal(err)
+	}
+	// No --session anywhere: the instance key decides.
+	h.agent = agStart(t, nil, "serve", "--socket", h.sock, "--nats", natsURL, "--host", name,
+		"--spool-dir", t.TempDir(), "--gpu-interval", "0", "--session-linger", "1s")
+	agWaitFor(t, time.Minute, name+"'s agent socket", func() bool { return agStatus(t, h.sock) != nil })
+	return h
+}
+
+// mnServe starts `vllm serve` of the test tree on host h; truth is its ground-truth file.
+func (h *mnHost) serve(t *testing.T, py, truth string, args ...string) *exec.Cmd {
+	t.Helper()
+	return h.launch(t, py, truth, nil, append([]string{filepath.Join(h.tree, "bin", "vllm"), "serve", "pm-e2e-model"}, args...)...)
+}
+
+// launch starts a script of the test tree on host h with the shim and the given extra variables.
+func (h *mnHost) launch(t *testing.T, py, truth string, env []string, args ...string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(py, args...)
+	cmd.Env = append(os.Environ(),
+		"PYTHONPATH="+strings.Join([]string{h.shimDir, filepath.Join(h.tree, "eras", "v0_16_0"), h.tree}, string(os.PathListSeparator)),
+		"VLLM_ENABLE_PROFILING=1", "PROFILEMATE_SOCKET="+h.sock, "PROFILEMATE_SESSION=",
+		"PROFILEMATE_OUTPUT_DIR="+filepath.Join(h.dir, "standalone"), "PROFILEMATE_CACHE="+filepath.Join(h.dir, "cache"),
+		"PMSIM_GROUND_TRUTH="+truth, "PMSIM_STEP_WORK_MS=0", "PMSIM_REQUESTS=4", "PMSIM_MAX_TOKENS=6",
+		"PMSIM_RPC_TIMEOUT_S=60", "PMSIM_START_TIMEOUT_S=120")
+	cmd.Env = append(cmd.Env, env...)
+	out, err := os.Create(truth + ".log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		out.Close()
+	})
+	return cmd
+}
+
+func mnWait(t *testing.T, cmds ...*exec.Cmd) {
+	t.Helper()
+	for _, c := range cmds {
+		if err := c.Wait(); err != nil {
+			b, _ := os.ReadFile(c.Stdout.(*os.File).Name())
+			t.Fatalf("%s: %v\n%s", strings.Join(c.Args, " "), err, b)
+		}
+	}
+}
+
+func mnPort(t *testing.T) string {
+	_, p, _ := net.SplitHostPort(freeAddr(t))
+	return p
+}
+
+// mnProc is what the stream says about one process: the sessions of its batches and of its last
+// lifecycle record (a Ray actor's first hello may come before it learnt its instance), and its
+// last full identity.
+type mnProc struct {
+	host, role       string
+	sessions         map[string]bool
+	lastLife         string
+	rank, tp, pp, dp int32
+}
+
+// mnProcs collects every process the stream names, by host and pid.
+func mnProcs(s *agStream) map[string]*mnProc {
+	out := map[string]*mnProc{}
+	add := func(host string, pid int64, session, role string, rank, tp, pp, dp int32, life bool) {
+		if role == "" || role == "agent" {
+			return
+		}
+		k := fmt.Sprintf("%s/%d", host, pid)
+		p := out[k]
+		if p == nil {
+			p = &mnProc{host: host, sessions: map[string]bool{}, rank: -1, tp: -1, pp: -1, dp: -1}
+			out[k] = p
+		}
+		if life {
+			p.lastLife = session
+		} else {
+			p.sessions[session] = true
+		}
+		p.role = role
+		if rank >= 0 || p.rank < 0 {
+			p.rank, p.tp, p.pp, p.dp = rank, tp, pp, dp
+		}
+	}
+	for _, l := range s.life {
+		p := l.GetProcess()
+		add(p.Host, p.Pid, p.Session, p.Role, p.Rank, p.Tp, p.Pp, p.Dp, true)
+	}
+	for _, b := range s.batches {
+		p := b.GetProcess()
+		add(p.Host, p.Pid, p.Session, p.Role, p.Rank, p.Tp, p.Pp, p.Dp, false)
+	}
+	for _, p := range out {
+		if p.lastLife != "" {
+			p.sessions[p.lastLife] = true
+		}
+	}
+	return out
+}
+
+// mnTruth is a node's ground truth (worker rank = global rank; engine_core rank = DP rank).
+type mnTruth struct {
+	Processes []struct {
+		Role       string `json:"role"`
+		Rank       int32  `json:"rank"`
+		PID        int64  `json:"pid"`
+		TPRank     *int32 `json:"tp_rank"`
+		PPRank     *int32 `json:"pp_rank"`
+		DPRank     *int32 `json:"dp_rank"`
+		GlobalRank *int32 `json:"global_rank"`
+	} `json:"processes"`
+}
+
+// mnCheck checks that every worker and EngineCore of the ground truth of each host is in the
+// stream under that host, all in exactly one session, with the ground truth's global and group
+// ranks; it returns that session.
+func mnCheck(t *testing.T, procs map[string]*mnProc, truths map[string]string, wantWorkers, wantEngines int) string {
+	t.Helper()
+	sessions := map[string]bool{}
+	workers, engines := map[int32]string{}, map[int32]string{}
+	for host, path := range truths {
+		var tr mnTruth
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatalf("%s ground truth: %v", host, err)
+		}
+		if err := json.Unmarshal(b, &tr); err != nil {
+			t.Fatal(err)
+		}
+		for _, tp := range tr.Processes {
+			if tp.Role != "worker" && tp.Role != "engine_core" {
+				continue
+			}
+			p := procs[fmt.Sprintf("%s/%d", host, tp.PID)]
+			if p == nil {
+				t.Errorf("%s: %s rank %d (pid %d) never joined", host, tp.Role, tp.Rank, tp.PID)
+				continue
+			}
+			for s := range p.sessions {
+				sessions[s] = true
+			}
+			switch tp.Role {
+			case "worker":
+				workers[tp.Rank] = host
+				if p.rank != tp.Rank || p.tp != *tp.TPRank || p.pp != *tp.PPRank {
+					t.Errorf("%s pid %d: global rank %d tp %d pp %d, ground truth %d tp %d pp %d",
+						host, tp.PID, p.rank, p.tp, p.pp, tp.Rank, *tp.TPRank, *tp.PPRank)
+				}
+			case "engine_core":
+				engines[tp.Rank] = host
+				// Without data parallelism the shim says dp -1 (no DP group).
+				if wantEngines > 1 && p.dp != *tp.DPRank {
+					t.Errorf("%s EngineCore pid %d: dp %d, ground truth %d", host, tp.PID, p.dp, *tp.DPRank)
+				}
+			}
+		}
+	}
+	if len(workers) != wantWorkers || len(engines) != wantEngines {
+		t.Errorf("ground truth has workers %v and EngineCores %v, want %d and %d", workers, engines, wantWorkers, wantEngines)
+	}
+	if len(sessions) != 1 {
+		t.Fatalf("the instance's processes are in sessions %v, want one", keys(sessions))
+	}
+	return keys(sessions)[0]
+}
+
+func keys(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// TestMultiNodeInstancesJoinOneSession runs vLLM's multi-node shapes over two agents (hostA,
+// hostB) without --session anywhere: every process of one instance lands in one session, with
+// the global and group ranks of the simulator's ground truth; two instances side by side stay two
+// sessions and a restart on the same port is a new session.
+func TestMultiNodeInstancesJoinOneSession(t *testing.T) {
+	bin(t, "pmagent")
+	pys := testkit.Interpreters(t)
+	if len(pys) == 0 {
+		t.Skip("no Python interpreter")
+	}
+	py := pys[len(pys)-1].Path
+	ns := agStartNATS(t)
+	ns.createStream()
+	a, b := mnStartHost(t, ns.url(), "hostA"), mnStartHost(t, ns.url(), "hostB")
+	dir := t.TempDir()
+	seen := map[string]string{} // session -> case
+	type launched struct {
+		name   string
+		cmds   []*exec.Cmd
+		truths map[string]string
+	}
+	// start launches the head on hostA and the follower on hostB.
+	start := func(t *testing.T, name string, head, follower []string) launched {
+		truths := map[string]string{"hostA": filepath.Join(dir, name+"-a.json"), "hostB": filepath.Join(dir, name+"-b.json")}
+		return launched{name, []*exec.Cmd{a.serve(t, py, truths["hostA"], head...), b.serve(t, py, truths["hostB"], follower...)}, truths}
+	}
+	// check waits for the instance to exit and returns its one session, which no earlier run had.
+	check := func(t *testing.T, l launched, wantWorkers, wantEngines int) string {
+		t.Helper()
+		mnWait(t, l.cmds...)
+		agWaitFor(t, time.Minute, l.name+"'s processes on the stream", func() bool { return mnAllJoined(mnProcs(ns.read()), l.truths) })
+		sess := mnCheck(t, mnProcs(ns.read()), l.truths, wantWorkers, wantEngines)
+		if prev, ok := seen[sess]; ok {
+			t.Fatalf("%s landed in session %s of %s", l.name, sess, prev)
+		}
+		seen[sess] = l.name
+		return sess
+	}
+	run := func(t *testing.T, name string, wantWorkers, wantEngines int, head, follower []string) string {
+		return check(t, start(t, name, head, follower), wantWorkers, wantEngines)
+	}
+	mp := func(port string, rank int, extra ...string) []string {
+		args := append([]string{"--nnodes", "2", "--node-rank", strconv.Itoa(rank), "--master-addr", "127.0.0.1", "--master-port", port}, extra...)
+		if rank > 0 {
+			args = append(args, "--headless")
+		}
+		return args
+	}
+	port := mnPort(t)
+	t.Run("tp4-nnodes2", func(t *testing.T) {
+		run(t, "tp4", 4, 1, mp(port, 0, "-tp", "4"), mp(port, 1, "-tp", "4"))
+	})
+	t.Run("tp2-pp2-nnodes2", func(t *testing.T) {
+		p := mnPort(t)
+		run(t, "tp2pp2", 4, 1, mp(p, 0, "-tp", "2", "-pp", "2"), mp(p, 1, "-tp", "2", "-pp", "2"))
+	})
+	t.Run("dp4-two-nodes", func(t *testing.T) {
+		p := mnPort(t)
+		dp := []string{"-tp", "1", "--data-parallel-size", "4", "--data-parallel-size-local", "2",
+			"--data-parallel-address", "127.0.0.1", "--data-parallel-rpc-port", p}
+		run(t, "dp4", 0, 4, dp, append(append([]string{}, dp...), "--headless", "--data-parallel-start-rank", "2"))
+	})
+	t.Run("restart-same-port", func(t *testing.T) {
+		// The tp4 instance again on its port: a new run, a new session (run checks it is unseen).
+		run(t, "tp4-again", 4, 1, mp(port, 0, "-tp", "4"), mp(port, 1, "-tp", "4"))
+	})
+	t.Run("ray-tp4-two-hosts", func(t *testing.T) {
+		// hostB's Ray node is started on its own (`ray start`), not by vLLM: its actors get the
+		// instance only through the variables vLLM copies, after they started.
+		p := mnPort(t)
+		truths := map[string]string{"hostA": filepath.Join(dir, "ray-a.json"), "hostB": filepath.Join(dir, "ray-b.json")}
+		head := a.launch(t, py, truths["hostA"], []string{"RAY_ADDRESS=127.0.0.1:" + p},
+			filepath.Join(a.tree, "bin", "vllm"), "serve", "pm-e2e-model", "-tp", "4", "--distributed-executor-backend", "ray")
+		node := b.launch(t, py, truths["hostB"], nil, filepath.Join(b.tree, "bin", "ray"), "start", "--address", "127.0.0.1:"+p, "--block")
+		check(t, launched{"ray", []*exec.Cmd{head, node}, truths}, 4, 1)
+	})
+	t.Run("two-instances-side-by-side", func(t *testing.T) {
+		p1, p2 := mnPort(t), mnPort(t)
+		one := start(t, "side1", mp(p1, 0, "-tp", "2"), mp(p1, 1, "-tp", "2"))
+		two := start(t, "side2", mp(p2, 0, "-tp", "2"), mp(p2, 1, "-tp", "2"))
+		check(t, one, 2, 1)
+		check(t, two, 2, 1)
+	})
+}
+
+// mnAllJoined reports whether every worker and EngineCore of the ground truth is on the stream with
+// its rank known.
+func mnAllJoined(procs map[string]*mnProc, truths map[string]string) bool {
+	for host, path := range truths {
+		var tr mnTruth
+		b, err := os.ReadFile(path)
+		if err != nil || json.Unmarshal(b, &tr) != nil {
+			return false
+		}
+		for _, tp := range tr.Processes {
+			if tp.Role != "worker" && tp.Role != "engine_core" {
+				continue
+			}
+			p := procs[fmt.Sprintf("%s/%d", host, tp.PID)]
+			if p == nil || (tp.Role == "worker" && p.rank < 0) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// TestMultiNodeClockSkew gives hostB's agent a clock 2.5 s ahead (the hidden test flag
+// --test-clock-skew) and recovers that offset between the two hosts from the agents' hub clock
+// measurements, within the sum of their stated uncertainties.
+func TestMultiNodeClockSkew(t *testing.T) {
+	bin(t, "pmagent")
+	h := startHub(t, t.TempDir(), freeAddr(t))
+	const skew = 2500 * time.Millisecond
+	socks := map[string]string{"hostA": filepath.Join(agShortDir(t), "a.sock"), "hostB": filepath.Join(agShortDir(t), "b.sock")}
+	for host, sock := range socks {
+		args := []string{"serve", "--socket", sock, "--nats", h.url, "--host", host, "--spool-dir", t.TempDir(), "--gpu-interval", "0"}
+		if host == "hostB" {
+			args = append(args, "--test-clock-skew", skew.String())
+		}
+		agStart(t, nil, args...)
+	}
+	clk := map[string][2]float64{}
+	agWaitFor(t, time.Minute, "both agents' clock offsets", func() bool {
+		for host, sock := range socks {
+			st := agStatus(t, sock)
+			c, ok := st["clock"].(map[string]any)
+			if !ok {
+				return false
+			}
+			clk[host] = [2]float64{c["offset_ns"].(float64), c["uncertainty_ns"].(float64)}
+		}
+		return true
+	})
+	// offset = hub − agent: hostB's clock reads 2.5 s ahead, so its offset is 2.5 s lower.
+	got := time.Duration(clk["hostA"][0] - clk["hostB"][0])
+	unc := time.Duration(clk["hostA"][1] + clk["hostB"][1])
+	if d := got - skew; d < -unc || d > unc {
+		t.Fatalf("recovered offset between the hosts %v ± %v, injected %v", got, unc, skew)
+	}
+	t.Logf("recovered %v ± %v (injected %v)", got, unc, skew)
+}
