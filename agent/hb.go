@@ -22,7 +22,7 @@ func (a *Agent) startNATSSide(ctx context.Context) {
 	if nc == nil {
 		return
 	}
-	a.clock = &clock.Tracker{NC: nc}
+	a.clock = &clock.Tracker{NC: nc, Host: a.cfg.Host}
 	go a.clock.Run(ctx)
 	every := a.cfg.Heartbeat
 	if every == 0 {
