@@ -109,7 +109,7 @@ func (m *Metrics) Attach(s *Server) {
 	counter("profilemate_hub_rows_total", "CSV rows written", func(c Counters) int64 { return c.Rows })
 	counter("profilemate_hub_duplicates_total", "events that arrived again and were written once", func(c Counters) int64 { return c.Duplicates })
 	counter("profilemate_hub_dropped_by_cap_total", "rows beyond a session's size cap", func(c Counters) int64 { return c.DroppedByCap })
-	counter("profilemate_hub_dead_lettered_total", "messages of a newer major version set aside", func(c Counters) int64 { return c.DeadLettered })
+	counter("profilemate_hub_dead_lettered_total", "messages set aside in the dead-letter folder (a newer wire major, or events the contract refused)", func(c Counters) int64 { return c.DeadLettered })
 	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "profilemate_hub_sessions",
 		Help: "sessions open in memory"}, func() float64 { return float64(s.Counters().Sessions) }))
 	m.reg.MustRegister(&lagCollector{s: s,
