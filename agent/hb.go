@@ -22,7 +22,7 @@ func (a *Agent) startNATSSide(ctx context.Context) {
 	if nc == nil {
 		return
 	}
-	a.clock = &clock.Tracker{NC: nc}
+	a.clock = &clock.Tracker{NC: nc, Host: a.cfg.Host}
 	if skew := a.cfg.ClockSkew; skew != 0 {
 		a.clock.Now = func() time.Time { return time.Now().Add(skew) }
 	}

@@ -7,9 +7,11 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	gproto "google.golang.org/protobuf/proto"
 
 	"github.com/profilemate/profilemate/internal/testkit"
 	pmproto "github.com/profilemate/profilemate/proto"
+	"github.com/profilemate/profilemate/proto/pmpb"
 )
 
 // dialInstance is dialShim with the shim's per-start instance id in the hello.
@@ -76,5 +78,44 @@ func TestBatchIsAcknowledgedOnceQueued(t *testing.T) {
 			}
 			return
 		}
+	}
+}
+
+// The agent names its host in every clock request, so the hub knows whose offset it measures.
+func TestClockRequestNamesHost(t *testing.T) {
+	ns := testkit.StartNATS(t)
+	createStream(t, ns.ClientURL())
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	hosts := make(chan string, 16)
+	sub, err := nc.Subscribe(pmproto.ClockSubject, func(m *nats.Msg) {
+		var r pmpb.ClockRequest
+		if gproto.Unmarshal(m.Data, &r) == nil {
+			select {
+			case hosts <- r.GetHost():
+			default:
+			}
+		}
+		b, _ := gproto.Marshal(&pmpb.ClockReply{T1Ns: r.GetT1Ns(), T2Ns: time.Now().UnixNano(), T3Ns: time.Now().UnixNano()})
+		_ = m.Respond(b)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	newTestAgent(t, Config{NATS: NATSConfig{URL: ns.ClientURL()}, Heartbeat: 20 * time.Millisecond})
+	select {
+	case h := <-hosts:
+		if h != "h1" {
+			t.Fatalf("clock request host %q, want h1", h)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("no clock request")
 	}
 }

@@ -14,10 +14,13 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	pmproto "github.com/profilemate/profilemate/proto"
 )
 
-// StreamName is the JetStream stream the hub creates and the agent publishes to.
-const StreamName = "PROFILEMATE"
+// StreamName is the JetStream stream the hub creates and the agent publishes to (the contract's
+// proto.StreamName).
+const StreamName = pmproto.StreamName
 
 // NATSConfig says how to reach NATS. An empty URL means no NATS: everything stays in the spool.
 type NATSConfig struct {

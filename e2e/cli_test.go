@@ -308,3 +308,27 @@ var documented = map[string][]string{
 	"pmagent": {"run", "serve", "env", "status", "install", "uninstall"},
 	"pmhub":   {"serve", "tail", "sessions", "show", "demo"},
 }
+
+// goIdent matches a Go identifier in lowerCamelCase (serveOneStatus): help text names things in
+// the user's words, never the code's.
+var goIdent = regexp.MustCompile(`\b[a-z]+[A-Z][A-Za-z0-9]*\b`)
+
+func TestCLIHelpHasNoCodeIdentifiers(t *testing.T) {
+	for _, binary := range []string{"pmagent", "pmhub"} {
+		pages := [][]string{nil}
+		for _, cmd := range commands(t, binary) {
+			pages = append(pages, strings.Fields(cmd))
+		}
+		for _, args := range pages {
+			var bad []string
+			for _, w := range goIdent.FindAllString(helpOutput(t, binary, refEnv(), args...), -1) {
+				if w != "vLLM" { // the product's own spelling
+					bad = append(bad, w)
+				}
+			}
+			if len(bad) > 0 {
+				t.Errorf("%s %s --help names code identifiers %v", binary, strings.Join(args, " "), bad)
+			}
+		}
+	}
+}

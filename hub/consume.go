@@ -239,6 +239,20 @@ func (s *Server) handle(m jetstream.Msg, d decoded, now time.Time) (*session, in
 		for _, r := range v.Rejected {
 			s.cnt.bad(s.log, r.Reason, subj, r)
 		}
+		if len(v.Rejected) > 0 {
+			// Kept with each refused event's reason for a person or a newer hub (within the caps).
+			kept, derr := s.deadLetterRejected(m, v.Rejected)
+			if derr != nil {
+				s.log.Warn("dead letter of refused events not written", "subject", subj, "err", derr)
+			}
+			s.cnt.add(func(c *Counters) {
+				if kept {
+					c.DeadLettered++
+				} else {
+					c.DeadLetterSkipped++
+				}
+			})
+		}
 		if len(v.Events) == 0 && len(v.Rejected) > 0 {
 			return nil, 0, nil
 		}

@@ -9,6 +9,8 @@ import (
 	"sync"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/profilemate/profilemate/proto"
 )
 
 // Dead-letter caps: beyond either, messages are only counted (Counters.DeadLetterSkipped).
@@ -51,15 +53,59 @@ func openDeadLetters(dir string) (*deadLetters, error) {
 // later. Beyond DeadLetterMaxCount messages or DeadLetterMaxBytes it keeps nothing and reports
 // kept=false (the caller counts it). Errors are write failures.
 func (s *Server) deadLetter(m jetstream.Msg, reason string, cause error) (kept bool, err error) {
+	return s.deadLetterNote(m, reason, cause, nil)
+}
+
+// ReasonRejectedEvents is a dead letter's reason when its refused events have different reasons
+// (each one's own reason is in the note's "rejected" list).
+const ReasonRejectedEvents = "rejected_events"
+
+// rejectedNote is one refused event in a dead letter's note ("rejected"): its place in the
+// message, seq, kind, table, the offending column, the proto.Reason* and the error text.
+type rejectedNote struct {
+	Index  int    `json:"index"`
+	Seq    uint64 `json:"seq"`
+	Kind   string `json:"kind"`
+	Table  string `json:"table"`
+	Column string `json:"column,omitempty"`
+	Reason string `json:"reason"`
+	Error  string `json:"error"`
+}
+
+// deadLetterRejected keeps a message some of whose events the contract refused, its note listing
+// each refused event with its reason (the message's good events were written as usual); within
+// the same caps as deadLetter. The note's reason is the refused events' reason when they share
+// one, else ReasonRejectedEvents.
+func (s *Server) deadLetterRejected(m jetstream.Msg, rejected []*proto.EventError) (kept bool, err error) {
+	reason := rejected[0].Reason
+	notes := make([]rejectedNote, 0, len(rejected))
+	for _, r := range rejected {
+		if r.Reason != reason {
+			reason = ReasonRejectedEvents
+		}
+		msg := ""
+		if r.Err != nil {
+			msg = r.Err.Error()
+		}
+		notes = append(notes, rejectedNote{Index: r.Index, Seq: r.Seq, Kind: r.Kind, Table: r.Table, Column: r.Column, Reason: r.Reason, Error: msg})
+	}
+	return s.deadLetterNote(m, reason, fmt.Errorf("%d events refused, first: %w", len(rejected), rejected[0]), notes)
+}
+
+func (s *Server) deadLetterNote(m jetstream.Msg, reason string, cause error, rejected []rejectedNote) (kept bool, err error) {
 	d := s.dead
 	var seq uint64
 	if md, err := m.Metadata(); err == nil {
 		seq = md.Sequence.Stream
 	}
-	note, _ := json.MarshalIndent(map[string]any{
+	fields := map[string]any{
 		"subject": m.Subject(), "headers": m.Headers(), "stream_seq": seq,
 		"reason": reason, "error": cause.Error(), "received_ns": s.cfg.Now().UnixNano(),
-	}, "", "  ")
+	}
+	if rejected != nil {
+		fields["rejected"] = rejected
+	}
+	note, _ := json.MarshalIndent(fields, "", "  ")
 	note = append(note, '\n')
 	size := int64(len(m.Data()) + len(note))
 	d.mu.Lock()

@@ -2,6 +2,8 @@ package hub
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net/http"
 	"strconv"
 	"sync"
@@ -61,14 +63,39 @@ func NewMetrics() *Metrics {
 		live: map[string]uint64{},
 	}
 	m.reg.MustRegister(m.kvUsage, m.tokenUtil, m.graphSteps, m.preempts, m.stepWall, m.gpuUtil, m.gpuMem)
-	for _, t := range proto.Tables() {
-		idx := map[string]int{}
-		for i, c := range t.Columns {
-			idx[c.Name] = i
-		}
-		m.cols[t.Table] = idx
-	}
+	// A column the contract lacks stays unbound (its series stays empty); TestMetricColumnsBind
+	// fails on it first.
+	m.cols, _ = bindColumns(proto.OwnIndex)
 	return m
+}
+
+// metricColumns are the tables' own columns the series read, by table.
+var metricColumns = map[string][]string{
+	"kv_cache_usage":      {"usage"},
+	"batch_utilization":   {"token_util"},
+	"cuda_graph_usage":    {"runtime_mode"},
+	"forward_pass_timing": {"cpu_ms"},
+	"gpu_metrics":         {"gpu_index", "util_gpu", "mem_used_bytes"},
+}
+
+// bindColumns binds every column of metricColumns by name with own (proto.OwnIndex: the index
+// among a table's own columns, the Event.Cols order): table -> column -> index. It returns every
+// column it could bind and an error naming each one it could not.
+func bindColumns(own func(table, column string) (int, error)) (map[string]map[string]int, error) {
+	cols := map[string]map[string]int{}
+	var errs []error
+	for table, names := range metricColumns {
+		cols[table] = map[string]int{}
+		for _, name := range names {
+			i, err := own(table, name)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("metrics column %s.%s: %w", table, name, err))
+				continue
+			}
+			cols[table][name] = i
+		}
+	}
+	return cols, errors.Join(errs...)
 }
 
 // Attach adds the hub's health series, read from s at each scrape.
@@ -82,7 +109,7 @@ func (m *Metrics) Attach(s *Server) {
 	counter("profilemate_hub_rows_total", "CSV rows written", func(c Counters) int64 { return c.Rows })
 	counter("profilemate_hub_duplicates_total", "events that arrived again and were written once", func(c Counters) int64 { return c.Duplicates })
 	counter("profilemate_hub_dropped_by_cap_total", "rows beyond a session's size cap", func(c Counters) int64 { return c.DroppedByCap })
-	counter("profilemate_hub_dead_lettered_total", "messages of a newer major version set aside", func(c Counters) int64 { return c.DeadLettered })
+	counter("profilemate_hub_dead_lettered_total", "messages set aside in the dead-letter folder (a newer wire major, or events the contract refused)", func(c Counters) int64 { return c.DeadLettered })
 	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "profilemate_hub_sessions",
 		Help: "sessions open in memory"}, func() float64 { return float64(s.Counters().Sessions) }))
 	m.reg.MustRegister(&lagCollector{s: s,

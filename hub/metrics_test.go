@@ -152,3 +152,16 @@ func TestRankOf(t *testing.T) {
 		}
 	}
 }
+
+// Every column the series read exists in the contract (bound by name through proto.OwnIndex),
+// and a column the contract lacks is an error naming it.
+func TestMetricColumnsBind(t *testing.T) {
+	if _, err := bindColumns(proto.OwnIndex); err != nil {
+		t.Fatal(err)
+	}
+	metricColumns["kv_cache_usage"] = append(metricColumns["kv_cache_usage"], "no_such_column")
+	defer func() { metricColumns["kv_cache_usage"] = metricColumns["kv_cache_usage"][:1] }()
+	if _, err := bindColumns(proto.OwnIndex); err == nil || !strings.Contains(err.Error(), "kv_cache_usage.no_such_column") {
+		t.Fatalf("binding a missing column: %v, want an error naming it", err)
+	}
+}

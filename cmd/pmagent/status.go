@@ -66,7 +66,7 @@ var statusCommand = &cli.Command{
 	},
 }
 
-// askAgentStatus sends the admin status request over the agent's socket and returns its one-line serveOneStatus.
+// askAgentStatus sends the admin status request over the agent's socket and returns its one-line reply.
 func askAgentStatus(socket string, timeout time.Duration) (json.RawMessage, error) {
 	conn, err := net.DialTimeout("unix", socket, timeout)
 	if err != nil {
@@ -107,7 +107,7 @@ func hostTruncate(b []byte, n int) string {
 	return string(b)
 }
 
-// hostStatus is the part of the agent's status serveOneStatus the table shows; --json prints all of it.
+// hostStatus is the part of the agent's status reply the table shows; --json prints all of it.
 type hostStatus struct {
 	Host        string           `json:"host"`
 	Version     string           `json:"version"`

@@ -87,6 +87,12 @@ var ErrNoReply = errors.New("no clock reply")
 // bounds each request. It fails with ErrNoReply (wrapped) when no request was answered, or with
 // the last request's error.
 func Measure(ctx context.Context, nc *nats.Conn, samples int, timeout time.Duration, now func() time.Time) (Offset, error) {
+	return MeasureFor(ctx, nc, "", samples, timeout, now)
+}
+
+// MeasureFor is Measure with the asking host's name in every ClockRequest (host), so the hub can
+// tell whose offset it answers; "" leaves it out.
+func MeasureFor(ctx context.Context, nc *nats.Conn, host string, samples int, timeout time.Duration, now func() time.Time) (Offset, error) {
 	if now == nil {
 		now = time.Now
 	}
@@ -101,7 +107,7 @@ func Measure(ctx context.Context, nc *nats.Conn, samples int, timeout time.Durat
 		}
 		rctx, cancel := context.WithTimeout(ctx, timeout)
 		t1 := now()
-		req, _ := gproto.Marshal(&pmpb.ClockRequest{T1Ns: t1.UnixNano()})
+		req, _ := gproto.Marshal(&pmpb.ClockRequest{Host: host, T1Ns: t1.UnixNano()})
 		m, err := nc.RequestWithContext(rctx, proto.ClockSubject, req)
 		t4 := now()
 		cancel()
@@ -148,6 +154,7 @@ type Tracker struct {
 	Samples  int              // default 5
 	Timeout  time.Duration    // per request, default 2 s
 	Now      func() time.Time // local clock, default time.Now
+	Host     string           // this host's name, sent in every ClockRequest
 
 	mu     sync.Mutex
 	latest Offset
@@ -197,7 +204,7 @@ func (t *Tracker) MeasureNow(ctx context.Context) (Offset, error) {
 	if to <= 0 {
 		to = 2 * time.Second
 	}
-	o, err := Measure(ctx, t.NC, n, to, t.Now)
+	o, err := MeasureFor(ctx, t.NC, t.Host, n, to, t.Now)
 	if err != nil {
 		return Offset{}, err
 	}

@@ -117,10 +117,27 @@ def fallback_root():
     return os.path.join(base, "output")
 
 
+def agent_name_error(state):
+    """One line naming PROFILEMATE_SESSION or PROFILEMATE_HOST when the agent's name grammar
+    (schema.name_error) refuses it, else None; the standalone folder takes any name."""
+    for var, what, name in (("PROFILEMATE_SESSION", "session", getattr(state, "session", "")),
+                            ("PROFILEMATE_HOST", "host", os.environ.get("PROFILEMATE_HOST", ""))):
+        if name:
+            why = schema.name_error(what, name)
+            if why:
+                return "%s=%r is not a valid %s name (%s)" % (var, name, what, why)
+    return None
+
+
 def open_sink(state, socket_path, root):
     """A SocketSink when an agent answers (the named socket, or else the first default socket
     that passes check_socket and accepts), else a CsvSink under `root`."""
     if socket_path == SOCKET_OFF:
+        return CsvSink(state, root).prepare()
+    bad = agent_name_error(state)
+    if bad:
+        if socket_path or any(os.path.exists(p) for p, _ in agent_candidates()):
+            procinfo.say("%s; the agent would refuse it, so this process writes the standalone folder" % bad)
         return CsvSink(state, root).prepare()
     if socket_path:
         sink = SocketSink(state, socket_path, "PROFILEMATE_SOCKET", root)

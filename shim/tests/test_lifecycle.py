@@ -717,6 +717,19 @@ class AgentDiscovery(Base):
         wait_for(lambda: first.of("bye"), 30, "the bye line")
         self.assertEqual(second.lines, [])
 
+    def test_session_name_the_agent_refuses(self):
+        """issue 17: a PROFILEMATE_SESSION outside proto's name grammar is said in one line before
+        any hello, and the process writes the standalone folder (which takes the name as is)."""
+        lst = self.listen(os.path.join(self.out, "run"))
+        r = self.run_py(self.CODE, env=self.env(PROFILEMATE_SOCKET=lst.path, PROFILEMATE_SESSION="bad session*"))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        said = [line for line in r.stderr.splitlines() if "PROFILEMATE_SESSION" in line]
+        self.assertEqual(len(said), 1, r.stderr)
+        self.assertIn("not a valid session name", said[0])
+        self.assertEqual(lst.lines, [])
+        _, procs = self.folders()
+        self.assertEqual(len(self.rows(procs[0])), 2)
+
     def test_loose_folder_refused(self):
         """issue 16: a socket in a folder others may write (or another user's) gets no hello."""
         lst = self.listen(os.path.join(self.tmp, "profilemate-%d" % os.getuid()), 0o777)
