@@ -152,6 +152,11 @@ type proc struct {
 	maxSeq    uint64
 	seen      bool // maxSeq is valid
 	bye       bool
+	// switches: the last profiler switch the agent forwarded to this process, per kind;
+	// reportedOff: the kinds its last status line reported switched off (targets "disabled" with
+	// "profiler switched off: k1,k2"). Both feed ProcStatus.Profilers.
+	switches    map[string]ProfilerState
+	reportedOff []string
 }
 
 // New prepares an agent: it opens the spool and connects to NATS (in the background when the
@@ -706,6 +711,7 @@ func (a *Agent) status(c *conn, s *pmproto.Status) error {
 		a.mu.Unlock()
 		return err
 	}
+	p.reportedOff = switchedOffKinds(s.Targets)
 	l := &Life{Type: "status", Session: p.sess.id, Host: a.cfg.Host, Proc: p.token, PID: p.pid, Instance: p.instance, Ident: p.ident, Targets: s.Targets, Tables: s.Tables}
 	a.mu.Unlock()
 	a.publishLife(l)
@@ -868,9 +874,11 @@ func (a *Agent) reap(ctx context.Context) {
 
 // Control sends a control line to every connected shim (of one session when session is set) and
 // returns how many got it. A session change also moves those processes to the new session here, so
-// their next events are published under it.
+// their next events are published under it; a profiler switch is kept per process for status
+// (ProcStatus.Profilers, By SwitchedByHub: the only sender of controls is the hub's pm.v1.ctl).
 func (a *Agent) Control(ctl pmproto.Ctl, session string) int {
 	ctl.T, ctl.V = pmproto.LineCtl, pmproto.WireVersion
+	now := time.Now().UnixNano()
 	a.mu.Lock()
 	var cs []*conn
 	for c := range a.conns {
@@ -880,6 +888,12 @@ func (a *Agent) Control(ctl pmproto.Ctl, session string) int {
 				continue
 			}
 			matched = true
+			if ctl.Op == "profiler" && ctl.Name != "" && ctl.Enabled != nil {
+				if p.switches == nil {
+					p.switches = map[string]ProfilerState{}
+				}
+				p.switches[ctl.Name] = ProfilerState{Kind: ctl.Name, Enabled: *ctl.Enabled, By: SwitchedByHub, AtNS: now}
+			}
 			if ctl.Op == "session" && ctl.Session != "" && p.sess.id != ctl.Session {
 				a.moveProc(p, ctl.Session)
 			}

@@ -7,8 +7,11 @@ import (
 	"runtime"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
+
+	pmproto "github.com/profilemate/profilemate/proto"
 )
 
 // Status is the agent's answer to an admin status request.
@@ -84,6 +87,64 @@ type ProcStatus struct {
 	// EndState is how it ended once gone: clean, lost or killed (EndSignal: the signal).
 	EndState  string `json:"end_state,omitempty"`
 	EndSignal string `json:"end_signal,omitempty"`
+	// Profilers is the per-kind profiler state of this process that differs from "on since start":
+	// every kind switched at run time (pmhub profilers on|off, forwarded on pm.v1.ctl) and every
+	// kind its last status line reported switched off; sorted by kind, absent when none.
+	Profilers []ProfilerState `json:"profilers,omitempty"`
+}
+
+// Who switched a profiler kind (ProfilerState.By).
+const (
+	SwitchedByHub     = "pmhub"                 // a Control on pm.v1.ctl (pmhub profilers, or a plugin's need)
+	SwitchedByStartup = "PROFILEMATE_PROFILERS" // off from the process's start (its environment)
+)
+
+// ProfilerState is one profiler kind's state in one process.
+type ProfilerState struct {
+	Kind    string `json:"kind"`
+	Enabled bool   `json:"enabled"`
+	By      string `json:"by"`              // SwitchedByHub or SwitchedByStartup
+	AtNS    int64  `json:"at_ns,omitempty"` // when the agent forwarded the switch (agent clock, Unix ns); 0 at start-up
+}
+
+// profilerStates merges the switches forwarded to a process with the kinds its status line
+// reported off: a forwarded switch wins (the status line after it may still be on its way).
+func profilerStates(switches map[string]ProfilerState, reportedOff []string) []ProfilerState {
+	var out []ProfilerState
+	for _, s := range switches {
+		out = append(out, s)
+	}
+	for _, k := range reportedOff {
+		if _, ok := switches[k]; !ok {
+			out = append(out, ProfilerState{Kind: k, By: SwitchedByStartup})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Kind < out[j].Kind })
+	return out
+}
+
+// switchedOffKinds are the kinds a status line's targets report switched off (status "disabled",
+// reason "profiler switched off: k1,k2", as the shim's runtime writes it), sorted and unique.
+func switchedOffKinds(ts []pmproto.Target) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, t := range ts {
+		if t.Status != "disabled" {
+			continue
+		}
+		_, list, ok := strings.Cut(t.Reason, "switched off:")
+		if !ok {
+			continue
+		}
+		for _, k := range strings.Split(list, ",") {
+			if k = strings.TrimSpace(k); k != "" && !seen[k] {
+				seen[k] = true
+				out = append(out, k)
+			}
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 // SessionStatus is one session the agent assigned.
@@ -186,7 +247,7 @@ func (a *Agent) Status() Status {
 		ps := ProcStatus{Pid: p.pid, Role: p.ident.Role, Session: p.sess.id, Proc: p.token, DP: p.ident.DP, PP: p.ident.PP,
 			TP: p.ident.TP, EP: p.ident.EP, Rank: p.ident.Rank, Events: p.events, Dropped: p.dropped,
 			Connected: p.conn != nil, Gone: p.bye, PeerPID: int(p.peer.Pid), PeerUID: int(p.peer.UID),
-			EndState: p.endState, EndSignal: p.endSignal}
+			EndState: p.endState, EndSignal: p.endSignal, Profilers: profilerStates(p.switches, p.reportedOff)}
 		if p.hello != nil {
 			ps.VLLM, ps.GPUUUID = p.hello.VLLM, p.hello.GPUUUID
 		}

@@ -147,6 +147,26 @@ type hostProcStatus struct {
 	Dropped int64  `json:"dropped"`
 	VLLM    string `json:"vllm"`
 	GPUUUID string `json:"gpu_uuid"`
+	// Profilers: kinds switched at run time or off since start (agent.ProfilerState).
+	Profilers []struct {
+		Kind    string `json:"kind"`
+		Enabled bool   `json:"enabled"`
+		By      string `json:"by"`
+	} `json:"profilers"`
+}
+
+// hostProfilers is the PROFILERS cell: "moe_expert off (pmhub), kv_cache off (PROFILEMATE_PROFILERS)",
+// "-" when every kind is on since start.
+func hostProfilers(p hostProcStatus) string {
+	var parts []string
+	for _, k := range p.Profilers {
+		state := "off"
+		if k.Enabled {
+			state = "on"
+		}
+		parts = append(parts, fmt.Sprintf("%s %s (%s)", k.Kind, state, hostOrDash(k.By)))
+	}
+	return hostOrDash(strings.Join(parts, ", "))
 }
 
 func hostRank(p *int) string {
@@ -184,10 +204,10 @@ func renderHostStatus(w io.Writer, st hostStatus) {
 	fmt.Fprintf(w, "\nprocesses (%d)\n", len(st.Processes))
 	if len(st.Processes) > 0 {
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "PID\tROLE\tRANK\tDP\tPP\tTP\tEP\tSESSION\tEVENTS\tDROPPED\tVLLM")
+		fmt.Fprintln(tw, "PID\tROLE\tRANK\tDP\tPP\tTP\tEP\tSESSION\tEVENTS\tDROPPED\tVLLM\tPROFILERS")
 		for _, p := range st.Processes {
-			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", p.Pid, hostOrDash(p.Role), hostRank(p.Rank), hostRank(p.DP),
-				hostRank(p.PP), hostRank(p.TP), hostRank(p.EP), hostOrDash(p.Session), p.Events, p.Dropped, hostOrDash(p.VLLM))
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", p.Pid, hostOrDash(p.Role), hostRank(p.Rank), hostRank(p.DP),
+				hostRank(p.PP), hostRank(p.TP), hostRank(p.EP), hostOrDash(p.Session), p.Events, p.Dropped, hostOrDash(p.VLLM), hostProfilers(p))
 		}
 		tw.Flush()
 	}

@@ -56,7 +56,8 @@ func serveOneStatus(t *testing.T, reply string) string {
 }
 
 const sampleHostStatus = `{"t":"status","v":1,"host":"gpu-node-7","version":"0.1.0","uptime_s":3725,
-"processes":[{"pid":4242,"role":"worker","session":"20260101_000000_abcdef","dp":0,"pp":0,"tp":1,"ep":-1,"rank":1,"events":1200,"dropped":3,"vllm":"0.16.0"},
+"processes":[{"pid":4242,"role":"worker","session":"20260101_000000_abcdef","dp":0,"pp":0,"tp":1,"ep":-1,"rank":1,"events":1200,"dropped":3,"vllm":"0.16.0",
+  "profilers":[{"kind":"kv_cache","enabled":false,"by":"PROFILEMATE_PROFILERS"},{"kind":"moe_expert","enabled":true,"by":"pmhub","at_ns":1}]},
  {"pid":4200,"role":"api_server","session":"20260101_000000_abcdef","rank":-1,"events":10,"dropped":0,"vllm":"0.16.0"}],
 "gpu_sampling":"on",
 "gpus":[{"index":1,"uuid":"GPU-1","name":"NVIDIA H100 80GB HBM3","util_gpu_pct":87,"mem_used_bytes":10737418240,"mem_total_bytes":85899345920,"power_w":412.4,"temperature_c":61,"processes":[{"pid":4242,"used_bytes":1,"role":"worker","rank":1}],"sampled_at_ns":1}],
@@ -79,6 +80,7 @@ func TestStatusTable(t *testing.T) {
 		"host gpu-node-7", "up 1h2m5s", "nats nats://hub:4222 (connected)  stream PROFILEMATE ok",
 		"spool 2.0 KiB of 1.0 GiB (2 batches)  dropped 3", "clock offset -1.5ms ± 200µs",
 		"processes (2)", "4242  worker      1     0   0   1   -",
+		"kv_cache off (PROFILEMATE_PROFILERS), moe_expert on (pmhub)",
 		"gpus (1)", "87%", "10.0 GiB/80.0 GiB", "412 W", "61 C", "4242 worker rank 1",
 	} {
 		if !strings.Contains(got, want) {
