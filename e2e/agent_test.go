@@ -87,6 +87,9 @@ type agTruth struct {
 		Role string `json:"role"`
 		Rank int    `json:"rank"`
 		PID  int64  `json:"pid"`
+		// ExpertCountsByStep: per runner step (entry s-1 for the shim's step s), the routed rows'
+		// [layer, expert, count] (padding rows included, as the device counter sees them).
+		ExpertCountsByStep [][][3]int `json:"expert_counts_by_step"`
 	} `json:"processes"`
 }
 

@@ -66,6 +66,7 @@ def _rec():
                    piecewise_replays=0, full_replays=0, routed_tokens=0, real_tokens=0,
                    expert_counts=[[0] * cfg.experts for _ in range(cfg.moe_layers)],
                    expert_counts_real=[[0] * cfg.experts for _ in range(cfg.moe_layers)],
+                   expert_counts_by_step=[],
                    encoder_calls=0, encoder_items=0, runner_step_ms=[], top_k=cfg.top_k, moe_layers=cfg.moe_layers,
                    pieces=cfg.pieces, v2_runner=False, tokens_by_step=[], reqs_by_step=[], encoder_steps=[])
     return rec
@@ -738,14 +739,17 @@ def _execute_model(self, a):
     buf.data[:] = vals + [0] * (padded - n)
     _run_forward(self, n, mode, padded)
     # ground truth from the simulator's own routing table, independent of any hook.
+    step_counts = {}
     for j in self._pm_model.own_layers:
         t = route_table(j)
         counts, real = rec["expert_counts"][j], rec["expert_counts_real"][j]
         for i, h in enumerate(buf.data):
             for ex in t[h]:
                 counts[ex] += 1
+                step_counts[j, ex] = step_counts.get((j, ex), 0) + 1
                 if i < n:
                     real[ex] += 1
+    rec["expert_counts_by_step"].append([[j, ex, c] for (j, ex), c in sorted(step_counts.items())])
     rec["routed_tokens"] += padded
     rec["real_tokens"] += n
     rec["runner_steps"] += 1

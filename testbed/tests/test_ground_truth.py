@@ -69,6 +69,15 @@ class GroundTruthTest(unittest.TestCase):
                     self.assertEqual(sum(w["expert_counts_real"][j]), real * k)
                 self.assertEqual(sum(map(sum, w["expert_counts"])), padded * k * layers)
                 self.assertEqual(sum(map(sum, w["expert_counts_real"])), real * k * layers)
+                # Per step: one [[layer, expert, count], ...] per runner step (padded rows), adding up
+                # to the totals; step s (1-based, as the shim numbers them) is entry s - 1.
+                self.assertEqual(len(w["expert_counts_by_step"]), steps)
+                summed = [[0] * len(c) for c in w["expert_counts"]]
+                for step, (n, pad, mode) in zip(w["expert_counts_by_step"], w["tokens_by_step"]):
+                    self.assertEqual(sum(c for _, _, c in step), pad * k * len(w.get("own_layers", range(layers))))
+                    for j, ex, c in step:
+                        summed[j][ex] += c
+                self.assertEqual(summed, w["expert_counts"])
                 # Tensor parallel ranks route the same tokens.
                 self.assertEqual(w["expert_counts"], first["expert_counts"])
                 self.assertEqual(w["steps_by_mode"], first["steps_by_mode"])
