@@ -35,7 +35,7 @@ func TestAlignTS(t *testing.T) {
 // aligned times clamped to [0, 2^63-1], counted in metadata and counters (they wrapped negative).
 func TestHugeClockOffsetClamped(t *testing.T) {
 	data := t.TempDir()
-	s, _, _ := startHub(t, data)
+	s := startHub(t, data)
 	nc, err := nats.Connect(s.ClientURL())
 	if err != nil {
 		t.Fatal(err)

@@ -24,18 +24,7 @@ import (
 // agent one version behind the hub loses nothing during a rolling upgrade.
 func TestPreviousVersionMessages(t *testing.T) {
 	data := t.TempDir()
-	s, err := New(Config{DataDir: data, Listen: "127.0.0.1:-1", SessionIdle: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	if err := s.Start(ctx); err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done; s.Close() })
+	s, _ := runHub(t, Config{DataDir: data, SessionIdle: time.Hour})
 
 	nc, err := nats.Connect(s.ClientURL())
 	if err != nil {
@@ -75,7 +64,7 @@ func TestPreviousVersionMessages(t *testing.T) {
 			}
 			kinds[sf.Kind] = true
 		}
-		if _, err := js.Publish(ctx, m.Subject, body, opts...); err != nil {
+		if _, err := js.Publish(context.Background(), m.Subject, body, opts...); err != nil {
 			t.Fatalf("publish %s: %v", m.Subject, err)
 		}
 	}
@@ -111,18 +100,7 @@ func tableKind(t *testing.T, table string) string {
 // error, not a message of "newer major 0.0".
 func TestBadEventCostsOnlyItself(t *testing.T) {
 	data := t.TempDir()
-	s, err := New(Config{DataDir: data, Listen: "127.0.0.1:-1", SessionIdle: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	if err := s.Start(ctx); err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done; s.Close() })
+	s, _ := runHub(t, Config{DataDir: data, SessionIdle: time.Hour})
 	nc, err := nats.Connect(s.ClientURL())
 	if err != nil {
 		t.Fatal(err)
@@ -136,10 +114,10 @@ func TestBadEventCostsOnlyItself(t *testing.T) {
 	eb.Events[0].Cols["usage"] = &pmpb.Value{V: &pmpb.Value_D{D: 0.25}}
 	eb.Events[1].Cols["usage"] = &pmpb.Value{V: &pmpb.Value_S{S: "lots"}}
 	subj := proto.EventSubject("S1", "host.a", "w0", proto.KindKVCache)
-	if _, err := js.Publish(ctx, subj, mustMarshal(t, eb)); err != nil {
+	if _, err := js.Publish(context.Background(), subj, mustMarshal(t, eb)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := js.Publish(ctx, subj, nil); err != nil {
+	if _, err := js.Publish(context.Background(), subj, nil); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "both messages handled", func() bool { return s.Counters().Messages >= 2 })

@@ -1,48 +1,14 @@
 package hub
 
 import (
-	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
-
-// startHubCfg starts a hub with cfg (test schema and decoder, loopback, random port) and stops
-// it when t ends or stop is called.
-func startHubCfg(t *testing.T, cfg Config) (s *Server, stop func()) {
-	t.Helper()
-	cfg.Listen, cfg.Schema, cfg.Decoder = "127.0.0.1:-1", testSchema{}, jsonDecoder{}
-	if cfg.SessionIdle == 0 {
-		cfg.SessionIdle = time.Hour
-	}
-	s, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	if err := s.Start(ctx); err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	stopped := false
-	stop = func() {
-		if !stopped {
-			stopped = true
-			cancel()
-			<-done
-			s.Close()
-		}
-	}
-	t.Cleanup(stop)
-	return s, stop
-}
 
 // flood publishes n messages of a newer wire major (dead-letter material) through JetStream.
 func flood(t *testing.T, url string, n int, payload int) {

@@ -13,7 +13,7 @@ import (
 // metadata.json may hold secrets); before, they were 0755 and 0644.
 func TestSessionFilesNotWorldReadable(t *testing.T) {
 	data := t.TempDir()
-	s, _, _ := startHub(t, data)
+	s := startHub(t, data)
 	nc, err := nats.Connect(s.ClientURL())
 	if err != nil {
 		t.Fatal(err)

@@ -61,23 +61,6 @@ func (jsonDecoder) Decode(subject string, data []byte) (any, error) {
 	return nil, bad(ReasonUnknownKind, fmt.Errorf("empty message"))
 }
 
-func startHub(t *testing.T, data string) (*Server, context.CancelFunc, chan error) {
-	t.Helper()
-	s, err := New(Config{DataDir: data, Listen: "127.0.0.1:-1", Schema: testSchema{}, Decoder: jsonDecoder{}, SessionIdle: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	if err := s.Start(ctx); err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done; s.Close() })
-	return s, cancel, done
-}
-
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
@@ -121,7 +104,7 @@ func readCSV(t *testing.T, path string) [][]string {
 
 func TestMergeExactlyOnceAlignedAndEnded(t *testing.T) {
 	data := t.TempDir()
-	s, _, _ := startHub(t, data)
+	s := startHub(t, data)
 	nc, err := nats.Connect(s.ClientURL())
 	if err != nil {
 		t.Fatal(err)
@@ -192,7 +175,7 @@ func TestMergeExactlyOnceAlignedAndEnded(t *testing.T) {
 
 func TestBadInputCountedAndDeadLettered(t *testing.T) {
 	data := t.TempDir()
-	s, _, _ := startHub(t, data)
+	s := startHub(t, data)
 	nc, err := nats.Connect(s.ClientURL())
 	if err != nil {
 		t.Fatal(err)
@@ -327,7 +310,7 @@ func TestIdleEndAndRetention(t *testing.T) {
 
 func TestSessionEndsWhenEveryAgentClosedIt(t *testing.T) {
 	data := t.TempDir()
-	s, _, _ := startHub(t, data)
+	s := startHub(t, data)
 	nc, err := nats.Connect(s.ClientURL())
 	if err != nil {
 		t.Fatal(err)
@@ -365,7 +348,7 @@ func TestSessionEndsWhenEveryAgentClosedIt(t *testing.T) {
 
 func TestUnwritableSessionFolderDoesNotStopOthers(t *testing.T) {
 	data := t.TempDir()
-	s, _, _ := startHub(t, data)
+	s := startHub(t, data)
 	// A plain file where the session's folder should be: every write to it fails, even as root.
 	if err := os.WriteFile(SessionDir(data, "BROKEN"), []byte("x"), 0o644); err != nil {
 		t.Fatal(err)

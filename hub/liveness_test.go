@@ -16,7 +16,7 @@ import (
 // written while /healthz said ok).
 func TestConsumerDeletedIsRecreated(t *testing.T) {
 	data := t.TempDir()
-	s, _, _ := startHub(t, data)
+	s := startHub(t, data)
 	nc, err := nats.Connect(s.ClientURL())
 	if err != nil {
 		t.Fatal(err)

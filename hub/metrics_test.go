@@ -2,7 +2,6 @@ package hub
 
 import (
 	"bytes"
-	"context"
 	"io"
 	"net/http/httptest"
 	"os/exec"
@@ -25,20 +24,9 @@ import (
 func TestMetricsPerRankSeriesLiveThenDropped(t *testing.T) {
 	var skew atomic.Int64 // the hub's clock runs ahead by this much
 	m := NewMetrics()
-	s, err := New(Config{DataDir: t.TempDir(), Listen: "127.0.0.1:-1", SessionIdle: time.Minute, Observe: m.Observe,
+	s, _ := runHub(t, Config{DataDir: t.TempDir(), SessionIdle: time.Minute, Observe: m.Observe,
 		Now: func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }})
-	if err != nil {
-		t.Fatal(err)
-	}
 	m.Attach(s)
-	ctx, cancel := context.WithCancel(context.Background())
-	if err := s.Start(ctx); err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done; s.Close() })
 
 	nc, err := nats.Connect(s.ClientURL())
 	if err != nil {

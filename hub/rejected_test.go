@@ -22,18 +22,7 @@ import (
 // messages are only counted.
 func TestRejectedEventsDeadLettered(t *testing.T) {
 	data := t.TempDir()
-	s, err := New(Config{DataDir: data, Listen: "127.0.0.1:-1", SessionIdle: time.Hour, DeadLetterMaxCount: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	if err := s.Start(ctx); err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done; s.Close() })
+	s, _ := runHub(t, Config{DataDir: data, SessionIdle: time.Hour, DeadLetterMaxCount: 1})
 
 	nc, err := nats.Connect(s.ClientURL())
 	if err != nil {

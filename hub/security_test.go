@@ -1,7 +1,6 @@
 package hub
 
 import (
-	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -55,18 +54,7 @@ func TestServerSecurityValidate(t *testing.T) {
 // connection works (its stream and consumer exist).
 func startSecureHub(t *testing.T, sec ServerSecurity) *Server {
 	t.Helper()
-	s, err := New(Config{DataDir: t.TempDir(), Listen: "127.0.0.1:-1", Schema: testSchema{}, Decoder: jsonDecoder{}, Server: sec})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	if err := s.Start(ctx); err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done; s.Close() })
+	s, _ := startHubCfg(t, Config{DataDir: t.TempDir(), Server: sec})
 	return s
 }
 
