@@ -104,7 +104,9 @@ type Agent struct {
 	events    atomic.Int64 // events accepted
 	dupes     atomic.Int64 // events received again after a shim reconnect, not re-published
 	badLines  atomic.Int64
-	badLog    rateLog
+	badLog    rateLog // rejected socket lines
+	eventLog  rateLog // refused events (a line's other events were kept)
+	ctlLog    rateLog // control messages the agent could not use
 	encErrors atomic.Int64
 	rejected  rejectCounts // events proto refused, by reason
 	lifeN     atomic.Uint64
@@ -568,7 +570,7 @@ func (a *Agent) uniqueToken(p *proc) string {
 // published. A batch whose every event is refused changes nothing and is an error.
 func (a *Agent) batch(c *conn, b *pmproto.Batch) error {
 	good, bad := pmproto.EncodeEvents(b.Events)
-	a.rejected.add(bad, a.log, &a.badLog)
+	a.rejected.add(bad, a.log, &a.eventLog)
 	if len(good) == 0 && len(bad) > 0 {
 		// Refused for good: a replay would be refused again, so the shim may let go of it.
 		a.ack(c, b)

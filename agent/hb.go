@@ -87,7 +87,7 @@ func (a *Agent) heartbeat(nc *nats.Conn) {
 func (a *Agent) onControl(data []byte) {
 	c, err := pmproto.DecodeControl(data)
 	if err != nil {
-		a.badLog.log(a.log, "control message rejected", "err", err)
+		a.ctlLog.log(a.log, "control message rejected", "err", err)
 		return
 	}
 	switch op := c.Op.(type) {
@@ -109,6 +109,6 @@ func (a *Agent) onControl(data []byte) {
 			}
 		}
 	default:
-		a.badLog.log(a.log, "control message without a known op")
+		a.ctlLog.log(a.log, "control message without a known op")
 	}
 }

@@ -309,9 +309,9 @@ var documented = map[string][]string{
 	"pmhub":   {"serve", "tail", "sessions", "show", "demo"},
 }
 
-// goIdent matches a Go identifier in lowerCamelCase (serveOneStatus): help text names things in
-// the user's words, never the code's.
-var goIdent = regexp.MustCompile(`\b[a-z]+[A-Z][A-Za-z0-9]*\b`)
+// goIdent matches a Go identifier in lowerCamelCase (serveOneStatus; not a host name such as
+// hostA): help text names things in the user's words, never the code's.
+var goIdent = regexp.MustCompile(`\b[a-z]+[A-Z][a-z]+[A-Za-z0-9]*\b`)
 
 func TestCLIHelpHasNoCodeIdentifiers(t *testing.T) {
 	for _, binary := range []string{"pmagent", "pmhub"} {
