@@ -86,3 +86,16 @@ func RunSuites(t *testing.T, dir, top, pattern string, env ...string) {
 		})
 	}
 }
+
+// RunSuiteNewest runs one suite under the newest supported interpreter only (on CI a missing
+// version still fails, as in Interpreters): for suites whose subject does not depend on the
+// Python version (the simulator's own ground truth), where every version would repeat the same
+// minutes of multi-process runs.
+func RunSuiteNewest(t *testing.T, dir, top, pattern string, env ...string) {
+	t.Helper()
+	pys := Interpreters(t)
+	py := pys[len(pys)-1]
+	t.Run(py.String(), func(t *testing.T) {
+		RunUnittest(t, py, dir, top, pattern, env...)
+	})
+}
