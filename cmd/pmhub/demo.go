@@ -44,6 +44,12 @@ func demoCommand() *cli.Command {
 }
 
 func demo(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return cli.Exit(fmt.Sprintf("pmhub demo: takes no arguments, got %q (flags: pmhub demo --help)", c.Args().Slice()), 2)
+	}
+	if w := c.Int("workers"); w < 1 {
+		return cli.Exit(fmt.Sprintf("pmhub demo: --workers %d: must be at least 1", w), 2)
+	}
 	ctx, cancel := context.WithTimeout(c.Context, c.Duration("timeout"))
 	defer cancel()
 	out := c.App.Writer

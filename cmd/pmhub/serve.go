@@ -92,6 +92,10 @@ func serveLimits(c *cli.Context) error {
 
 func serve(c *cli.Context) error {
 	exit := func(err error) error { return cli.Exit("pmhub serve: "+err.Error(), 2) }
+	// A stray argument is most often a data folder given without --data: never start on the default.
+	if c.NArg() > 0 {
+		return exit(fmt.Errorf("takes no arguments, got %q (the data folder is --data)", c.Args().Slice()))
+	}
 	if err := serveLimits(c); err != nil {
 		return exit(err)
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"os"
 	"strings"
 	"testing"
 
@@ -64,5 +65,27 @@ func TestServeRejectsMixedFlags(t *testing.T) {
 		if code != 2 || !strings.Contains(out, c.want) {
 			t.Errorf("%v: exit %d, output %q; want exit 2 mentioning %q", c.args, code, out, c.want)
 		}
+	}
+}
+
+// TestServeAndDemoRejectStrayArguments: `pmhub serve /my/data` (a folder without --data) must not
+// start a hub on the default folder, and the demo refuses arguments and a worker count below 1.
+func TestServeAndDemoRejectStrayArguments(t *testing.T) {
+	data := t.TempDir()
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"serve", "--data", data, "--listen", "127.0.0.1:-1", "--http", "", "/my/data"}, "takes no arguments"},
+		{[]string{"demo", "--dir", data, "extra"}, "takes no arguments"},
+		{[]string{"demo", "--dir", data, "--workers", "0"}, "--workers 0"},
+	} {
+		code, out := runServe(t, c.args...)
+		if code != 2 || !strings.Contains(out, c.want) {
+			t.Errorf("%v: exit %d, output %q; want exit 2 saying %q", c.args, code, out, c.want)
+		}
+	}
+	if ents, _ := os.ReadDir(data); len(ents) != 0 {
+		t.Errorf("a refused command wrote into %s: %v", data, ents)
 	}
 }
