@@ -82,7 +82,7 @@ func demo(c *cli.Context) error {
 	// A short session end so the demo finishes as soon as both hosts are done.
 	h, err := hub.New(hub.Config{DataDir: filepath.Join(data, "hub"), Listen: "127.0.0.1:-1", SessionIdle: 30 * time.Second})
 	if err != nil {
-		return cli.Exit(err.Error(), 2)
+		return err
 	}
 	if err := h.Start(ctx); err != nil {
 		return fmt.Errorf("pmhub demo: start hub: %w", err)
