@@ -31,11 +31,9 @@ func exportCommand() *cli.Command {
 }
 
 func runExport(c *cli.Context) error {
-	if c.NArg() > 1 {
-		return cli.Exit(fmt.Sprintf("pmhub export: one SESSION, flags before it (pmhub export --format perfetto -o t.pftrace SESSION); got %q", c.Args().Slice()), 2)
-	}
-	if c.NArg() != 1 {
-		return cli.Exit("pmhub export: give one SESSION id or folder (see pmhub sessions)", 2)
+	arg, dir, err := sessionArg(c)
+	if err != nil {
+		return err
 	}
 	format := c.String("format")
 	switch format {
@@ -43,14 +41,10 @@ func runExport(c *cli.Context) error {
 	default:
 		return cli.Exit(fmt.Sprintf("pmhub export: unknown --format %q (perfetto, chrome-json, parquet)", format), 2)
 	}
-	dir, err := sessionFolder(c.String("data"), c.Args().First())
-	if err != nil {
-		return cli.Exit("pmhub export: "+err.Error(), 1)
-	}
 	out := c.String("output")
 	if format == "parquet" {
 		if out == "" {
-			out = c.Args().First() + "-parquet"
+			out = arg + "-parquet"
 			if st, err := os.Stat(dir); err == nil {
 				out = st.Name() + "-parquet"
 			}

@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 
@@ -37,42 +36,25 @@ func reportCommand() *cli.Command {
 	}
 }
 
-// sessionFolder resolves SESSION: an existing folder as given, else <data>/sessions/<SESSION>.
-func sessionFolder(data, arg string) (string, error) {
-	if st, err := os.Stat(filepath.Join(arg, hub.MetadataFile)); err == nil && !st.IsDir() {
-		return arg, nil
-	}
-	dir := hub.SessionDir(data, arg)
-	if _, err := os.Stat(dir); err != nil {
-		return "", fmt.Errorf("no session %q in %s and no session folder of that name (see pmhub sessions --data %s)", arg, data, data)
-	}
-	return dir, nil
-}
-
 func runReport(c *cli.Context) error {
-	if c.NArg() > 1 {
-		return cli.Exit(fmt.Sprintf("pmhub report: one SESSION, flags before it (pmhub report -o report.html SESSION); got %q", c.Args().Slice()), 2)
-	}
-	if c.NArg() != 1 {
-		return cli.Exit("pmhub report: give one SESSION id or folder (see pmhub sessions)", 2)
+	_, dirA, err := sessionArg(c)
+	if err != nil {
+		return err
 	}
 	opt := report.Options{MaxPoints: c.Int("max-points"), SampleSize: c.Int("sample-size"), Analyzer: reportAnalyzer, SkipAnalysis: c.Bool("no-analysis")}
-	build := func(arg string) (*report.Report, error) {
-		dir, err := sessionFolder(c.String("data"), arg)
-		if err != nil {
-			return nil, err
-		}
-		return report.Build(dir, opt)
-	}
-	a, err := build(c.Args().First())
+	a, err := report.Build(dirA, opt)
 	if err != nil {
-		return cli.Exit("pmhub report: "+err.Error(), 1)
+		return err
 	}
 	out := c.String("output")
 	var b *report.Report
 	if cmp := c.String("compare"); cmp != "" {
-		if b, err = build(cmp); err != nil {
-			return cli.Exit("pmhub report: --compare: "+err.Error(), 1)
+		dirB, err := sessionFolder(c.String("data"), cmp)
+		if err != nil {
+			return fmt.Errorf("--compare: %w", err)
+		}
+		if b, err = report.Build(dirB, opt); err != nil {
+			return fmt.Errorf("--compare: %w", err)
 		}
 		if out == "" {
 			out = fmt.Sprintf("compare-%s-%s.html", a.Session.Meta.Session, b.Session.Meta.Session)

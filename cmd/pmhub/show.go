@@ -17,6 +17,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/profilemate/profilemate/hub"
+	"github.com/profilemate/profilemate/internal/cliapp"
 	"github.com/profilemate/profilemate/plugins/host"
 	"github.com/profilemate/profilemate/proto"
 )
@@ -37,17 +38,13 @@ func showCommand() *cli.Command {
 		ArgsUsage: "SESSION",
 		Flags:     []cli.Flag{dataFlag(), &cli.BoolFlag{Name: "json", Usage: "print the summary as JSON", EnvVars: []string{"PROFILEMATE_JSON"}}},
 		Action: func(c *cli.Context) error {
-			if c.NArg() != 1 {
-				return cli.Exit("pmhub show: give one SESSION id (see pmhub sessions)", 2)
-			}
-			dir := hub.SessionDir(c.String("data"), c.Args().First())
-			if _, err := os.Stat(dir); err != nil {
-				return cli.Exit(fmt.Sprintf("pmhub show: no session %q in %s (see pmhub sessions --data %s)",
-					c.Args().First(), c.String("data"), c.String("data")), 1)
+			_, dir, err := sessionArg(c)
+			if err != nil {
+				return err
 			}
 			sum, err := summarize(dir)
 			if err != nil {
-				return cli.Exit("pmhub show: "+err.Error(), 1)
+				return err
 			}
 			if c.Bool("json") {
 				return json.NewEncoder(c.App.Writer).Encode(sum)
@@ -59,14 +56,13 @@ func showCommand() *cli.Command {
 }
 
 func listSessions(c *cli.Context) error {
-	root := filepath.Dir(hub.SessionDir(c.String("data"), "x"))
-	entries, err := os.ReadDir(root)
+	ids, err := sessionIDs(c.String("data"))
 	if err != nil {
-		return cli.Exit(fmt.Sprintf("pmhub sessions: %v", err), 1)
+		return cliapp.AsUsage(err)
 	}
 	var metas []*hub.Metadata
-	for _, e := range entries {
-		if m, err := hub.ReadMetadata(filepath.Join(root, e.Name())); err == nil {
+	for _, id := range ids {
+		if m, err := hub.ReadMetadata(hub.SessionDir(c.String("data"), id)); err == nil {
 			metas = append(metas, m)
 		}
 	}
@@ -314,13 +310,13 @@ func bindColumns(reg *proto.Registry) error {
 	for _, t := range showTables {
 		for _, c := range showCommonColumn {
 			if _, _, err := reg.ColumnIndex(t, c.Name); err != nil {
-				return fmt.Errorf("pmhub show: %w", err)
+				return err
 			}
 		}
 	}
 	for _, c := range showColumns {
 		if _, _, err := reg.ColumnIndex(c.Table, c.Name); err != nil {
-			return fmt.Errorf("pmhub show: %w", err)
+			return err
 		}
 	}
 	return nil

@@ -1,0 +1,99 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/profilemate/profilemate/hub"
+	"github.com/profilemate/profilemate/internal/cliapp"
+)
+
+// sessionArg is the one SESSION argument of the commands that read a session (show, report,
+// export), resolved to its folder by sessionFolder. Flags may follow it (`pmhub show S --data D`).
+// Errors are usage errors (exit code 2) that say what was looked in.
+func sessionArg(c *cli.Context) (arg, dir string, err error) {
+	args, err := positional(c)
+	if err != nil {
+		return "", "", cliapp.AsUsage(err)
+	}
+	if len(args) != 1 {
+		got := ""
+		if len(args) > 1 {
+			got = fmt.Sprintf("; got %q", args)
+		}
+		return "", "", cliapp.Usage("give one SESSION id or session folder (pmhub sessions --data %s lists them)%s", c.String("data"), got)
+	}
+	dir, err = sessionFolder(c.String("data"), args[0])
+	return args[0], dir, err
+}
+
+// sessionFolder resolves SESSION: a folder holding metadata.json as given, else
+// <data>/sessions/<SESSION>. The usage error (exit code 2) of a SESSION that is neither names the
+// folder looked in and what it holds: the sessions there, none, or that data is no hub data folder.
+func sessionFolder(data, arg string) (string, error) {
+	if st, err := os.Stat(filepath.Join(arg, hub.MetadataFile)); err == nil && !st.IsDir() {
+		return arg, nil
+	}
+	if st, err := os.Stat(arg); err == nil && st.IsDir() && strings.ContainsRune(arg, os.PathSeparator) {
+		return "", cliapp.Usage("%s is not a session folder: it has no %s", arg, hub.MetadataFile)
+	}
+	dir := hub.SessionDir(data, arg)
+	if _, err := os.Stat(dir); err == nil {
+		return dir, nil
+	}
+	ids, err := sessionIDs(data)
+	if err != nil {
+		return "", cliapp.Usage("no session %q: %w", arg, err)
+	}
+	root := filepath.Dir(dir)
+	if len(ids) == 0 {
+		return "", cliapp.Usage("no session %q in %s: it holds no sessions yet", arg, root)
+	}
+	const most = 10
+	list := strings.Join(ids, ", ")
+	if len(ids) > most {
+		list = fmt.Sprintf("%s and %d older", strings.Join(ids[len(ids)-most:], ", "), len(ids)-most)
+	}
+	return "", cliapp.Usage("no session %q in %s; the sessions there: %s", arg, root, list)
+}
+
+// sessionIDs lists the session folders under data's sessions/ folder, sorted (ids start with
+// their UTC start time, so the newest come last). Errors say why data is not a hub data folder:
+// it does not exist, is not a folder, or has no sessions/ folder.
+func sessionIDs(data string) ([]string, error) {
+	st, err := os.Stat(data)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return nil, fmt.Errorf("the data folder %s does not exist (--data or PROFILEMATE_HUB_DATA names the hub's)", data)
+	case err != nil:
+		return nil, err
+	case !st.IsDir():
+		return nil, fmt.Errorf("the data folder %s is not a folder", data)
+	}
+	root := filepath.Dir(hub.SessionDir(data, "x"))
+	entries, err := os.ReadDir(root)
+	if errors.Is(err, os.ErrNotExist) {
+		hint := "--data or PROFILEMATE_HUB_DATA names the hub's"
+		if filepath.Base(filepath.Clean(data)) == filepath.Base(root) {
+			hint = "the data folder is its parent, " + filepath.Dir(filepath.Clean(data))
+		}
+		return nil, fmt.Errorf("%s is not a hub data folder: it has no %s folder (%s)", data, filepath.Base(root), hint)
+	}
+	if err != nil {
+		return nil, err
+	}
+	var ids []string
+	for _, e := range entries {
+		if e.IsDir() && !strings.HasPrefix(e.Name(), ".") {
+			ids = append(ids, e.Name())
+		}
+	}
+	sort.Strings(ids)
+	return ids, nil
+}
