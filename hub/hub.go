@@ -8,7 +8,9 @@
 // stream position, a lost consumer, health), housekeep.go (idle sessions, retention),
 // deadletter.go (messages kept for a newer hub, capped), security.go (the embedded server's auth
 // and TLS, exposure warnings), http.go (the HTTP listener's TLS and auth), session.go (one
-// session's files), counters.go (what the hub counted).
+// session's files), segments.go (rotation of long-lived sessions into segments, their retention,
+// Segments), window.go (a time range across segments as one folder), lock.go (one hub per data
+// folder), counters.go (what the hub counted).
 package hub
 
 import (

@@ -101,6 +101,9 @@ func (s *Server) rotating() bool { return s.cfg.RotateEvery > 0 || s.cfg.RotateB
 func (s *Server) initSegment(ss *session, now time.Time) {
 	if s.rotating() && ss.meta.Segment == nil {
 		ss.meta.Segment = &SegmentMeta{StartNS: now.UnixNano()}
+		if ss.segRows > 0 {
+			ss.meta.Segment.FirstAlignedNS, ss.meta.Segment.LastAlignedNS = ss.alignedLo, ss.alignedHi
+		}
 		ss.metaDirty = true
 	}
 }
@@ -170,21 +173,23 @@ func (s *session) nextSegment(now time.Time, previous string) {
 	m.Status, m.EndReason, m.EndNS = StatusActive, "", 0
 	m.Rows, m.Bytes, m.DroppedByCap, m.Duplicates, m.AlignedClamped = map[string]int64{}, 0, 0, 0, 0
 	m.Segment = &SegmentMeta{Index: m.Segment.Index + 1, Previous: previous, StartNS: now.UnixNano()}
-	s.segRows = 0
+	s.segRows, s.alignedLo, s.alignedHi = 0, 0, 0
 	s.metaDirty = true
 }
 
-// noteAligned widens the live segment's ts_aligned_ns range by one written row.
+// noteAligned widens the live segment's ts_aligned_ns range by one written row; the range is kept
+// whether or not rotation is on (it may be turned on at a restart) and lands in the segment record
+// at commit.
 func (s *session) noteAligned(a int64) {
-	g := s.meta.Segment
-	if g == nil {
-		return
+	if s.segRows <= 1 || a < s.alignedLo {
+		s.alignedLo = a
 	}
-	if g.FirstAlignedNS == 0 && g.LastAlignedNS == 0 {
-		g.FirstAlignedNS, g.LastAlignedNS = a, a
-		return
+	if s.segRows <= 1 || a > s.alignedHi {
+		s.alignedHi = a
 	}
-	g.FirstAlignedNS, g.LastAlignedNS = min(g.FirstAlignedNS, a), max(g.LastAlignedNS, a)
+	if g := s.meta.Segment; g != nil {
+		g.FirstAlignedNS, g.LastAlignedNS = s.alignedLo, s.alignedHi
+	}
 }
 
 // lastClosedSegment is the folder of the session's newest closed segment ("" when none).

@@ -286,7 +286,7 @@ func TestRotationByAgeOnTheHubClock(t *testing.T) {
 
 	// Rotation off: the folder of before, no segment record.
 	plain := t.TempDir()
-	p, _ := startHubCfg(t, Config{DataDir: plain, Now: clk.now})
+	p, stopP := startHubCfg(t, Config{DataDir: plain, Now: clk.now})
 	nc2, err := nats.Connect(p.ClientURL())
 	if err != nil {
 		t.Fatal(err)
@@ -304,6 +304,26 @@ func TestRotationByAgeOnTheHubClock(t *testing.T) {
 	ents, _ := os.ReadDir(sessionsDir(plain))
 	if m.Segment != nil || len(ents) != 1 {
 		t.Errorf("without rotation: segment %+v, %d folders", m.Segment, len(ents))
+	}
+
+	// Rotation turned on at a restart: the running session becomes segment 0 from now, and its
+	// aligned range covers the rows written before (what a time range selects segments by).
+	nc2.Close()
+	stopP()
+	p, _ = startHubCfg(t, Config{DataDir: plain, RotateEvery: time.Hour, Now: clk.now})
+	nc3, err := nats.Connect(p.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc3.Close()
+	publish(t, nc3, "pm.v1.ev.S1.h.w0.kv_cache", jsonMsg{Batch: kvBatch("h", 1, 4)})
+	waitFor(t, "row 4 with a segment record", func() bool {
+		m, err := ReadMetadata(SessionDir(plain, "S1"))
+		return err == nil && m.Rows["kv_cache_usage"] == 4 && m.Segment != nil
+	})
+	m, _ = ReadMetadata(SessionDir(plain, "S1"))
+	if g := m.Segment; g.Index != 0 || g.FirstAlignedNS != 1001 || g.LastAlignedNS != 1004 {
+		t.Errorf("segment record after turning rotation on: %+v, want index 0 over ts_aligned_ns 1001..1004", g)
 	}
 }
 

@@ -62,8 +62,10 @@ type session struct {
 	line      []byte
 	last      time.Time // hub time of the last message for this session (idle detection)
 	metaDirty bool
-	// segRows counts the rows written into the live segment (rotation never closes an empty one).
-	segRows int64
+	// segRows counts the rows written into the live segment (rotation never closes an empty one);
+	// alignedLo and alignedHi are their smallest and largest ts_aligned_ns.
+	segRows              int64
+	alignedLo, alignedHi int64
 	// known holds the latest measured offset per host, hub-wide, for hosts new to this session.
 	known map[string]HostMeta
 }
@@ -407,9 +409,7 @@ func loadSession(dir, id string, schema Schema, maxBytes int64, now time.Time) (
 	// The CSVs are the truth for counts; metadata may lag them by one commit.
 	s.meta.Rows = map[string]int64{}
 	s.meta.Bytes = 0
-	if g := s.meta.Segment; g != nil {
-		g.FirstAlignedNS, g.LastAlignedNS = 0, 0
-	}
+
 	for _, p := range s.procs {
 		p.meta.Rows = map[string]int64{}
 	}
@@ -472,12 +472,12 @@ func (s *session) scanTable(table string) error {
 			p.seen.add(seq)
 			p.meta.Rows[table]++
 			s.meta.Rows[table]++
-			if hasAligned && s.meta.Segment != nil {
+			s.segRows++
+			if hasAligned {
 				if a, err := strconv.ParseInt(rec[ai], 10, 64); err == nil {
 					s.noteAligned(a)
 				}
 			}
-			s.segRows++
 		}
 	}
 	if good < int64(len(data)) {
