@@ -64,6 +64,7 @@ func runExport(c *cli.Context) error {
 			}
 		}
 		files, err := export.WriteParquet(dir, out)
+		view.Close()
 		if err != nil {
 			return cli.Exit("pmhub export: "+err.Error(), 1)
 		}
@@ -78,6 +79,7 @@ func runExport(c *cli.Context) error {
 		return nil
 	}
 	tl, err := export.Build(dir)
+	view.Close()
 	if err != nil {
 		return cli.Exit("pmhub export: "+err.Error(), 1)
 	}

@@ -48,8 +48,10 @@ func showCommand() *cli.Command {
 			if err != nil {
 				return cli.Exit("pmhub show: "+err.Error(), 1)
 			}
-			defer view.Close()
+			// The summary is read whole before anything is printed: the temporary copy is gone
+			// before output that a closed pipe (pmhub show | head) could cut short.
 			sum, err := summarize(view.Dir)
+			view.Close()
 			if err != nil {
 				return cli.Exit("pmhub show: "+err.Error(), 1)
 			}

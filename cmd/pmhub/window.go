@@ -69,10 +69,13 @@ type sessionView struct {
 	tmp    string
 }
 
-// Close removes the temporary folder, if any.
+// Close removes the temporary folder, if any (once; later calls do nothing). Commands close the
+// view as soon as they have read it, before printing: a closed pipe (| head) ends the process at
+// its next write, before deferred calls run.
 func (v *sessionView) Close() {
 	if v.tmp != "" {
 		os.RemoveAll(v.tmp)
+		v.tmp = ""
 	}
 }
 
