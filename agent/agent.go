@@ -87,6 +87,7 @@ type Agent struct {
 	// (instance.go).
 	instances  map[string]string
 	instanceOf map[string]string
+	layout     layouts // each process's instance key and node rank (instance.go)
 	procs      map[int]*proc
 	watch      map[int]bool // pids whose end the caller reports (Exited)
 	conns      map[*conn]struct{}
@@ -459,6 +460,7 @@ func (a *Agent) Sessions() []string {
 }
 
 func (a *Agent) publishLife(l *Life) {
+	a.layout.fill(l)
 	data, err := encodeLife(l)
 	if err != nil {
 		a.encErrors.Add(1)
@@ -550,6 +552,7 @@ func (a *Agent) hello(c *conn, h *pmproto.Hello) error {
 	if h.Session != sess {
 		c.send(pmproto.Ctl{T: pmproto.LineCtl, V: pmproto.WireVersion, Op: "session", Session: sess})
 	}
+	a.layout.learn(h, sess)
 	a.publishLife(&Life{Type: "hello", Session: sess, Host: a.cfg.Host, Proc: p.token, PID: h.PID, Instance: p.instance, Ident: p.ident, Hello: h})
 	return nil
 }

@@ -97,19 +97,23 @@ type mnProc struct {
 	sessions         map[string]bool
 	lastLife         string
 	rank, tp, pp, dp int32
+	// key and node: the instance key and node rank the agent's lifecycle records gave it ("" and
+	// -1 when none did).
+	key  string
+	node int32
 }
 
 // mnProcs collects every process the stream names, by host and pid.
 func mnProcs(s *agStream) map[string]*mnProc {
 	out := map[string]*mnProc{}
-	add := func(host string, pid int64, session, role string, rank, tp, pp, dp int32, life bool) {
+	add := func(host string, pid int64, session, role string, rank, tp, pp, dp int32, life bool) *mnProc {
 		if role == "" || role == "agent" {
-			return
+			return nil
 		}
 		k := fmt.Sprintf("%s/%d", host, pid)
 		p := out[k]
 		if p == nil {
-			p = &mnProc{host: host, sessions: map[string]bool{}, rank: -1, tp: -1, pp: -1, dp: -1}
+			p = &mnProc{host: host, sessions: map[string]bool{}, rank: -1, tp: -1, pp: -1, dp: -1, node: -1}
 			out[k] = p
 		}
 		if life {
@@ -121,10 +125,18 @@ func mnProcs(s *agStream) map[string]*mnProc {
 		if rank >= 0 || p.rank < 0 {
 			p.rank, p.tp, p.pp, p.dp = rank, tp, pp, dp
 		}
+		return p
 	}
 	for _, l := range s.life {
 		p := l.GetProcess()
-		add(p.Host, p.Pid, p.Session, p.Role, p.Rank, p.Tp, p.Pp, p.Dp, true)
+		if q := add(p.Host, p.Pid, p.Session, p.Role, p.Rank, p.Tp, p.Pp, p.Dp, true); q != nil {
+			if p.GetInstanceKey() != "" {
+				q.key = p.GetInstanceKey()
+			}
+			if p.NodeRank != nil {
+				q.node = p.GetNodeRank()
+			}
+		}
 	}
 	for _, b := range s.batches {
 		p := b.GetProcess()
@@ -156,7 +168,7 @@ type mnTruth struct {
 // ranks; it returns that session.
 func mnCheck(t *testing.T, procs map[string]*mnProc, truths map[string]string, wantWorkers, wantEngines int) string {
 	t.Helper()
-	sessions := map[string]bool{}
+	sessions, instKeys := map[string]bool{}, map[string]bool{}
 	workers, engines := map[int32]string{}, map[int32]string{}
 	for host, path := range truths {
 		var tr mnTruth
@@ -179,6 +191,16 @@ func mnCheck(t *testing.T, procs map[string]*mnProc, truths map[string]string, w
 			for s := range p.sessions {
 				sessions[s] = true
 			}
+			// The agents place every process in the instance (metadata's instance_key and
+			// node_rank): hostA is node 0, hostB node 1; Ray has no node ranks.
+			instKeys[p.key] = true
+			wantNode := map[string]int32{"hostA": 0, "hostB": 1}[host]
+			if strings.HasPrefix(p.key, "ray:") {
+				wantNode = -1
+			}
+			if p.node != wantNode {
+				t.Errorf("%s %s pid %d: node rank %d, want %d (instance %q)", host, tp.Role, tp.PID, p.node, wantNode, p.key)
+			}
 			switch tp.Role {
 			case "worker":
 				workers[tp.Rank] = host
@@ -200,6 +222,9 @@ func mnCheck(t *testing.T, procs map[string]*mnProc, truths map[string]string, w
 	}
 	if len(sessions) != 1 {
 		t.Fatalf("the instance's processes are in sessions %v, want one", keys(sessions))
+	}
+	if len(instKeys) != 1 || instKeys[""] {
+		t.Errorf("the instance's processes carry instance keys %q, want one", keys(instKeys))
 	}
 	return keys(sessions)[0]
 }
