@@ -49,6 +49,10 @@ type Config struct {
 	// SessionLinger ends a session this long after its last process left; 0 keeps sessions open
 	// until EndSession (what `pmagent run` does: it ends the session when its command exits).
 	SessionLinger time.Duration
+	// InstanceRefresh is how often the agent refreshes the registry entries of the multi-node
+	// instances it has live processes of; an entry not refreshed for 3 periods counts as ended
+	// (instance.go). 0: DefaultInstanceRefresh.
+	InstanceRefresh time.Duration
 	// Resume keeps, over a restart, the sessions of processes still running at Shutdown (saved in
 	// the spool folder, restored by the next agent) instead of ending them: `pmagent serve`.
 	Resume    bool

@@ -32,6 +32,94 @@ type instanceEntry struct {
 	StartNS int64  `json:"start_ns"`           // when the first agent saw the instance, Unix ns
 	EndedNS int64  `json:"ended_ns,omitempty"` // when an agent saw its last process leave; never reused after
 	Host    string `json:"host"`               // the agent that created the entry
+	// SeenNS is when an agent with live processes of the instance last refreshed the entry
+	// (every Config.InstanceRefresh), Unix ns. An entry neither ended nor refreshed for
+	// instanceStaleAfter refresh periods belongs to a run whose agents all died (kill -9, a lost
+	// host) and is never joined again.
+	SeenNS int64 `json:"seen_ns,omitempty"`
+}
+
+// DefaultInstanceRefresh is how often an agent refreshes the registry entries of the instances it
+// has live processes of (Config.InstanceRefresh when 0).
+const DefaultInstanceRefresh = 10 * time.Second
+
+// instanceStaleAfter is how many refresh periods an open entry may go without a refresh before
+// it counts as ended.
+const instanceStaleAfter = 3
+
+func (a *Agent) instanceRefresh() time.Duration {
+	if a.cfg.InstanceRefresh > 0 {
+		return a.cfg.InstanceRefresh
+	}
+	return DefaultInstanceRefresh
+}
+
+// live reports whether e names a run that may still have processes: not ended, and refreshed (or
+// created) within instanceStaleAfter refresh periods of now.
+func (e *instanceEntry) live(now time.Time, refresh time.Duration) bool {
+	if e.Session == "" || e.EndedNS != 0 {
+		return false
+	}
+	return now.UnixNano()-max(e.StartNS, e.SeenNS) < int64(instanceStaleAfter)*int64(refresh)
+}
+
+// refreshInstances refreshes, every refresh period until ctx ends, the registry entry of each
+// instance this agent has live processes of, so other agents can tell a running instance from one
+// whose agents died without marking it ended.
+func (a *Agent) refreshInstances(ctx context.Context) {
+	t := time.NewTicker(a.instanceRefresh())
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		a.mu.Lock()
+		live := map[string]string{} // key -> session
+		for key, id := range a.instances {
+			if s, ok := a.sessions[id]; ok && !s.ended && s.live > 0 {
+				live[key] = id
+			}
+		}
+		a.mu.Unlock()
+		for key, id := range live {
+			if err := a.touchInstance(ctx, key, id); err != nil {
+				a.log.Warn("refresh instance entry", "instance", key, "session", id, "err", err)
+			}
+		}
+	}
+}
+
+// touchInstance sets SeenNS of key's entry to now while it still names session id.
+func (a *Agent) touchInstance(ctx context.Context, key, id string) error {
+	ctx, cancel := context.WithTimeout(ctx, instanceTimeout)
+	defer cancel()
+	kv, err := a.instanceKV(ctx)
+	if err != nil {
+		return err
+	}
+	k := instanceKVKey(key)
+	for try := 0; try < 3; try++ {
+		e, err := kv.Get(ctx, k)
+		if err != nil {
+			return fmt.Errorf("get %s: %w", key, err)
+		}
+		var cur instanceEntry
+		if json.Unmarshal(e.Value(), &cur) != nil || cur.Session != id || cur.EndedNS != 0 {
+			return nil
+		}
+		cur.SeenNS = time.Now().UnixNano()
+		val, err := json.Marshal(cur)
+		if err != nil {
+			return err
+		}
+		if _, err := kv.Update(ctx, k, val, e.Revision()); err == nil {
+			return nil
+		}
+		// another agent of the instance refreshed it meanwhile: read again
+	}
+	return nil
 }
 
 // instanceSession returns the session of h's multi-node instance (h.InstanceKey, else
@@ -125,7 +213,7 @@ func (a *Agent) joinInstance(key, fresh string, now time.Time) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	val, err := json.Marshal(instanceEntry{Session: fresh, Key: key, StartNS: now.UnixNano(), Host: a.cfg.Host})
+	val, err := json.Marshal(instanceEntry{Session: fresh, Key: key, StartNS: now.UnixNano(), SeenNS: now.UnixNano(), Host: a.cfg.Host})
 	if err != nil {
 		return "", err
 	}
@@ -144,10 +232,11 @@ func (a *Agent) joinInstance(key, fresh string, now time.Time) (string, error) {
 			return "", fmt.Errorf("get %s: %w", key, err)
 		}
 		var cur instanceEntry
-		if err := json.Unmarshal(e.Value(), &cur); err == nil && cur.Session != "" && cur.EndedNS == 0 {
+		if err := json.Unmarshal(e.Value(), &cur); err == nil && cur.live(now, a.instanceRefresh()) {
 			return cur.Session, nil
 		}
-		// Ended (or unreadable): a new run of the instance; first writer of this revision wins.
+		// Ended, stale (its agents died) or unreadable: a new run of the instance; first writer
+		// of this revision wins.
 		if _, err := kv.Update(ctx, k, val, e.Revision()); err == nil {
 			return fresh, nil
 		}

@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"context"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -13,6 +15,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/profilemate/profilemate/agent"
 	"github.com/profilemate/profilemate/internal/testkit"
 	"github.com/profilemate/profilemate/shim"
 	"github.com/profilemate/profilemate/testbed"
@@ -25,7 +31,9 @@ type mnHost struct {
 	agent                          *agProc
 }
 
-func mnStartHost(t *testing.T, natsURL, name string) *mnHost {
+// mnStartHost starts host name's agent; extra are further `pmagent serve` flags (a later one
+// wins over the default --session-linger 1s).
+func mnStartHost(t *testing.T, natsURL, name string, extra ...string) *mnHost {
 	t.Helper()
 	h := &mnHost{name: name, sock: filepath.Join(agShortDir(t), "a.sock"), dir: t.TempDir()}
 	h.tree, h.shimDir = filepath.Join(h.dir, "testbed"), filepath.Join(h.dir, "shim")
@@ -35,11 +43,29 @@ func mnStartHost(t *testing.T, natsURL, name string) *mnHost {
 	if err := shim.Unpack(h.shimDir); err != nil {
 		t.Fatal(err)
 	}
-	// No --session anywhere: the instance key decides.
-	h.agent = agStart(t, nil, "serve", "--socket", h.sock, "--nats", natsURL, "--host", name,
-		"--spool-dir", t.TempDir(), "--gpu-interval", "0", "--session-linger", "1s")
-	agWaitFor(t, time.Minute, name+"'s agent socket", func() bool { return agStatus(t, h.sock) != nil })
+	h.startAgent(t, natsURL, extra...)
 	return h
+}
+
+// startAgent starts (again) the host's `pmagent serve` on its socket and waits for the socket.
+func (h *mnHost) startAgent(t *testing.T, natsURL string, extra ...string) {
+	t.Helper()
+	// No --session anywhere: the instance key decides.
+	args := append([]string{"serve", "--socket", h.sock, "--nats", natsURL, "--host", h.name,
+		"--spool-dir", t.TempDir(), "--gpu-interval", "0", "--session-linger", "1s"}, extra...)
+	h.agent = agStart(t, nil, args...)
+	agWaitFor(t, time.Minute, h.name+"'s agent socket", func() bool { return agStatus(t, h.sock) != nil })
+}
+
+// killAgent ends the host's agent with SIGKILL (no session end, no registry update) and waits for
+// it to be gone.
+func (h *mnHost) killAgent(t *testing.T) {
+	t.Helper()
+	if err := h.agent.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	err := <-h.agent.done
+	h.agent.done <- err // for the cleanup, which waits for it too
 }
 
 // mnServe starts `vllm serve` of the test tree on host h; truth is its ground-truth file.
@@ -379,4 +405,89 @@ func TestMultiNodeClockSkew(t *testing.T) {
 		t.Fatalf("recovered offset between the hosts %v ± %v, injected %v", got, unc, skew)
 	}
 	t.Logf("recovered %v ± %v (injected %v)", got, unc, skew)
+}
+
+// TestMultiNodeStaleInstanceEntry: both agents of a running `-tp 4 --nnodes 2` instance die with
+// SIGKILL, so nobody marks its registry entry ended (their --session-linger is long, too). Agents
+// started again on the same hosts must not put a restart of the instance on the same port into
+// the dead run's session: the entry, no longer refreshed, goes stale after 3 --instance-refresh
+// periods and the restart gets a new session.
+func TestMultiNodeStaleInstanceEntry(t *testing.T) {
+	bin(t, "pmagent")
+	pys := testkit.Interpreters(t)
+	if len(pys) == 0 {
+		t.Skip("no Python interpreter")
+	}
+	py := pys[len(pys)-1].Path
+	ns := agStartNATS(t)
+	ns.createStream()
+	const refresh = 500 * time.Millisecond
+	flags := []string{"--instance-refresh", refresh.String(), "--session-linger", "10m"}
+	a, b := mnStartHost(t, ns.url(), "hostA", flags...), mnStartHost(t, ns.url(), "hostB", flags...)
+	dir, port := t.TempDir(), mnPort(t)
+	mp := func(rank int) []string {
+		args := []string{"-tp", "4", "--nnodes", "2", "--node-rank", strconv.Itoa(rank), "--master-addr", "127.0.0.1", "--master-port", port}
+		if rank > 0 {
+			args = append(args, "--headless")
+		}
+		return args
+	}
+	run := func(name string) string {
+		truths := map[string]string{"hostA": filepath.Join(dir, name+"-a.json"), "hostB": filepath.Join(dir, name+"-b.json")}
+		cmds := []*exec.Cmd{a.serve(t, py, truths["hostA"], mp(0)...), b.serve(t, py, truths["hostB"], mp(1)...)}
+		mnWait(t, cmds...)
+		agWaitFor(t, time.Minute, name+"'s processes on the stream", func() bool { return mnAllJoined(mnProcs(ns.read()), truths) })
+		return mnCheck(t, mnProcs(ns.read()), truths, 4, 1)
+	}
+	first := run("first")
+	a.killAgent(t)
+	b.killAgent(t)
+	// The entry still says running: no agent ended the session.
+	entry := func() map[string]any {
+		e := ns.instanceEntry(t, "mp:127.0.0.1:"+port)
+		if e == nil {
+			t.Fatal("no registry entry for the instance")
+		}
+		return e
+	}
+	if e := entry(); e["session"] != first || e["ended_ns"] != nil {
+		t.Fatalf("entry %v, want session %s not ended", e, first)
+	}
+	a.startAgent(t, ns.url(), flags...)
+	b.startAgent(t, ns.url(), flags...)
+	// Nobody refreshes it any more: it goes stale (polled on the entry's own time stamps).
+	agWaitFor(t, time.Minute, "the dead run's entry to go stale", func() bool {
+		seen, _ := entry()["seen_ns"].(float64)
+		return time.Now().UnixNano()-int64(seen) > int64(3*refresh)
+	})
+	if second := run("second"); second == first {
+		t.Fatalf("the restart on port %s landed in the dead run's session %s", port, first)
+	}
+}
+
+// instanceEntry reads the registry entry of instance key (agent.InstanceBucket) as JSON; nil when
+// there is none.
+func (n *agNATS) instanceEntry(t *testing.T, key string) map[string]any {
+	t.Helper()
+	nc, err := nats.Connect(n.url())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	kv, err := js.KeyValue(ctx, agent.InstanceBucket)
+	if err != nil {
+		return nil
+	}
+	e, err := kv.Get(ctx, "i"+hex.EncodeToString([]byte(key)))
+	if err != nil {
+		return nil
+	}
+	var m map[string]any
+	if err := json.Unmarshal(e.Value(), &m); err != nil {
+		t.Fatal(err)
+	}
+	return m
 }
