@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"encoding/hex"
 	"encoding/json"
@@ -12,6 +14,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -490,4 +493,127 @@ func (n *agNATS) instanceEntry(t *testing.T, key string) map[string]any {
 		t.Fatal(err)
 	}
 	return m
+}
+
+// mnTail starts `pmhub tail --json` with args against natsURL, waits for its subscription and
+// returns a function giving the events it printed so far.
+func mnTail(t *testing.T, natsURL string, args ...string) func() []map[string]any {
+	t.Helper()
+	cmd := exec.Command(bin(t, "pmhub"), append([]string{"tail", "--nats", natsURL, "--json"}, args...)...)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var errOut syncBuffer
+	cmd.Stderr = &errOut
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("pmhub tail %v stderr:\n%s", args, errOut.String())
+		}
+	})
+	var mu sync.Mutex
+	var evs []map[string]any
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			var m map[string]any
+			if json.Unmarshal(sc.Bytes(), &m) == nil {
+				mu.Lock()
+				evs = append(evs, m)
+				mu.Unlock()
+			}
+		}
+	}()
+	agWaitFor(t, 30*time.Second, "pmhub tail's subscription", func() bool { return strings.Contains(errOut.String(), "subscribed to") })
+	return func() []map[string]any {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]map[string]any(nil), evs...)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a writer and a reader in two goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// tailProcs is the set of host/role/rank of the events tail printed.
+func tailProcs(evs []map[string]any) map[string]bool {
+	out := map[string]bool{}
+	for _, e := range evs {
+		out[fmt.Sprintf("%v/%v/%v", e["host"], e["role"], e["rank"])] = true
+	}
+	return out
+}
+
+// TestMultiNodeTailFilters runs `-tp 4 --nnodes 2` over two agents with `pmhub tail` filtering by
+// instance and node rank: node rank 1 of the instance prints hostB's workers (global ranks 2, 3)
+// and nothing of hostA; node rank 0 hostA's EngineCore and workers 0, 1; another instance's key
+// nothing.
+func TestMultiNodeTailFilters(t *testing.T) {
+	bin(t, "pmagent")
+	pys := testkit.Interpreters(t)
+	if len(pys) == 0 {
+		t.Skip("no Python interpreter")
+	}
+	py := pys[len(pys)-1].Path
+	ns := agStartNATS(t)
+	ns.createStream()
+	a, b := mnStartHost(t, ns.url(), "hostA"), mnStartHost(t, ns.url(), "hostB")
+	port := mnPort(t)
+	key := "mp:127.0.0.1:" + port
+	node1 := mnTail(t, ns.url(), "--instance", key, "--node-rank", "1", "--kind", "forward_pass")
+	node0 := mnTail(t, ns.url(), "--node-rank", "0")
+	other := mnTail(t, ns.url(), "--instance", "mp:127.0.0.1:1")
+	dir := t.TempDir()
+	mp := func(rank int) []string {
+		args := []string{"-tp", "4", "--nnodes", "2", "--node-rank", strconv.Itoa(rank), "--master-addr", "127.0.0.1", "--master-port", port}
+		if rank > 0 {
+			args = append(args, "--headless")
+		}
+		return args
+	}
+	truths := map[string]string{"hostA": filepath.Join(dir, "a.json"), "hostB": filepath.Join(dir, "b.json")}
+	mnWait(t, a.serve(t, py, truths["hostA"], mp(0)...), b.serve(t, py, truths["hostB"], mp(1)...))
+	agWaitFor(t, time.Minute, "tail --node-rank 1 to print hostB's workers", func() bool {
+		p := tailProcs(node1())
+		return p["hostB/worker/2"] && p["hostB/worker/3"]
+	})
+	agWaitFor(t, time.Minute, "tail --node-rank 0 to print hostA's EngineCore and workers", func() bool {
+		p := tailProcs(node0())
+		return p["hostA/worker/0"] && p["hostA/worker/1"] && p["hostA/engine_core/-1"]
+	})
+	for p := range tailProcs(node1()) {
+		if !strings.HasPrefix(p, "hostB/worker/") {
+			t.Errorf("tail --instance %s --node-rank 1 printed events of %s", key, p)
+		}
+	}
+	for p := range tailProcs(node0()) {
+		if !strings.HasPrefix(p, "hostA/") {
+			t.Errorf("tail --node-rank 0 printed events of %s", p)
+		}
+	}
+	// Every event reached node0 and node1 by now; the other instance's tail saw the same stream.
+	if n := len(other()); n != 0 {
+		t.Errorf("tail --instance of another instance printed %d events", n)
+	}
 }
