@@ -99,6 +99,7 @@ type Server struct {
 	started time.Time
 	cnt     *counters
 	dead    *deadLetters
+	lock    *os.File // flock on <data>/pmhub.lock while started (lock.go)
 
 	mu       sync.Mutex // guards sessions and hosts (the consumer loop holds it per fetch round)
 	sessions map[string]*session
@@ -196,12 +197,19 @@ func (s *Server) ClientURL() string { return s.url }
 // Conn is the hub's own NATS connection (for tail-like readers in the same process).
 func (s *Server) Conn() *nats.Conn { return s.nc }
 
-// Start runs the embedded NATS server (or connects to NATSURL), creates or adopts the stream and
+// Start takes the data folder's lock (ErrDataInUse when another hub holds it), runs the embedded
+// NATS server (or connects to NATSURL), creates or adopts the stream and
 // the durable consumer, answers clock requests and reloads unfinished sessions from disk.
 func (s *Server) Start(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("hub: start: %w", err)
 	}
+	// One hub per data folder: a second one would write the same session files and JetStream store.
+	lock, err := lockData(s.cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	s.lock = lock
 	opts := []nats.Option{nats.Name("pmhub"), nats.MaxReconnects(-1)}
 	connURL := s.cfg.NATSURL
 	if s.cfg.NATSURL == "" {
@@ -252,6 +260,10 @@ func (s *Server) Close() {
 	if s.ns != nil {
 		s.ns.Shutdown()
 		s.ns.WaitForShutdown()
+	}
+	if s.lock != nil {
+		s.lock.Close() // releases the data folder's flock
+		s.lock = nil
 	}
 }
 
