@@ -129,6 +129,9 @@ func demo(c *cli.Context) error {
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		return cli.Exit(fmt.Sprintf("pmhub demo: gave up after --timeout %s; its processes were stopped (agent logs in %s)", c.Duration("timeout"), data), 1)
 	}
+	if ctx.Err() != nil {
+		return cli.Exit(fmt.Sprintf("pmhub demo: interrupted; its processes were stopped (agent logs in %s)", data), 1)
+	}
 	if err := errors.Join(errs...); err != nil {
 		return cli.Exit(fmt.Sprintf("pmhub demo: %v (agent logs in %s)", err, data), 1)
 	}

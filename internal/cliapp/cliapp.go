@@ -74,13 +74,15 @@ func Code(err error) int {
 
 // Line is the one stderr line for err raised by the command named cmd ("pmhub plugins ls"): a
 // prefix the message already has that names cmd or a command above it ("pmhub plugins ls: ",
-// "pmhub plugins: ", "pmhub: ") is replaced by cmd's. "" when err has no message (a code passed
+// "pmhub plugins: ", "pmhub: ") is replaced by cmd's, and line breaks by "; ". "" when err has no message (a code passed
 // on without words, as pmagent run does).
 func Line(cmd string, err error) string {
 	msg := strings.TrimSpace(err.Error())
 	if msg == "" {
 		return ""
 	}
+	// One line: joined errors (errors.Join) and multi-line texts are separated by "; ".
+	msg = strings.Join(strings.FieldsFunc(msg, func(r rune) bool { return r == '\n' || r == '\r' }), "; ")
 	words := strings.Fields(cmd)
 	for n := len(words); n > 0; n-- {
 		if p := strings.Join(words[:n], " ") + ": "; strings.HasPrefix(msg, p) {

@@ -21,6 +21,7 @@ func TestLineNamesTheCommandOnce(t *testing.T) {
 		{"pmhub profilers on", "pmhub profilers: no agent", "pmhub profilers on: no agent"},
 		{"pmagent run", "pmagent: --log-level", "pmagent run: --log-level"},
 		{"pmagent run", "", ""},
+		{"pmhub demo", "pmhub demo: hostA: exit 1\nhostB: exit 1", "pmhub demo: hostA: exit 1; hostB: exit 1"},
 	} {
 		if got := Line(c.cmd, errors.New(c.msg)); got != c.want {
 			t.Errorf("Line(%q, %q) = %q, want %q", c.cmd, c.msg, got, c.want)
