@@ -20,7 +20,7 @@ import (
 func sessionArg(c *cli.Context) (string, error) {
 	args, err := positional(c)
 	if err != nil {
-		return "", cliapp.Usage("%w (see %s --help)", err, c.Command.HelpName)
+		return "", cliapp.AsUsage(err)
 	}
 	if len(args) != 1 {
 		got := ""

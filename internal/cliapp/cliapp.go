@@ -207,11 +207,16 @@ func parentAction(c *cli.Context) error {
 
 // commandName is the running command's full name ("pmhub plugins ls"; the binary's name at the
 // top level).
+// Built from the context's lineage, not the library's HelpName, which a command shared by two
+// apps (tests build several) gets prefixed twice.
 func commandName(c *cli.Context) string {
-	if c.Command != nil && c.Command.HelpName != "" {
-		return c.Command.HelpName
+	names := []string{}
+	for _, x := range c.Lineage() {
+		if x.Command != nil && x.Command.Name != "" && x.Command.Name != c.App.Name {
+			names = append([]string{x.Command.Name}, names...)
+		}
 	}
-	return c.App.Name
+	return strings.Join(append([]string{c.App.Name}, names...), " ")
 }
 
 // Run runs app (prepared with Prepare) with args and returns its exit code, having written the
