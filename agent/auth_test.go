@@ -2,10 +2,13 @@ package agent
 
 import (
 	"bytes"
+	"context"
 	"log/slog"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
@@ -81,5 +84,44 @@ func TestWrongTokenSaysAuthorizationViolation(t *testing.T) {
 	}
 	if st := a.Status().NATS; st.Connected || !strings.Contains(strings.ToLower(st.Error), "authorization violation") {
 		t.Errorf("status: connected %v, error %q; want not connected, naming the authorization violation", st.Connected, st.Error)
+	}
+}
+
+// TestShutdownIsNotADisconnect: an agent that shuts down after delivering everything does not
+// warn that NATS disconnected and messages stay in the spool (its own close of the connection
+// used to read so, right after "all events delivered").
+func TestShutdownIsNotADisconnect(t *testing.T) {
+	ns := testkit.StartNATS(t)
+	nc := testkit.Connect(t, ns.ClientURL())
+	js, _ := jetstream.New(nc)
+	if _, err := js.CreateStream(t.Context(), stream.Config()); err != nil {
+		t.Fatal(err)
+	}
+	var log lockedBuffer
+	a, err := New(Config{Socket: filepath.Join(shortTemp(t), "a.sock"), Host: "h1",
+		Logger: slog.New(slog.NewTextHandler(&log, nil)), NATS: NATSConfig{URL: ns.ClientURL()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	// The client runs its callbacks in order: once the closed one ran, the disconnect one has.
+	closed := make(chan struct{})
+	a.pub.nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
+	dialShim(t, a.Socket(), 1401, 0, "bye").batch(2)
+	waitFor(t, "published", func() bool { return a.Status().NATS.Published >= 1 && a.q.pending() == 0 })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := a.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-closed:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the agent's NATS connection was not closed by its shutdown")
+	}
+	if s := log.String(); strings.Contains(s, "nats disconnected") {
+		t.Errorf("shutdown logged a disconnect:\n%s", s)
 	}
 }

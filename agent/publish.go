@@ -139,7 +139,14 @@ func (p *publisher) connect() error {
 		nats.ReconnectBufSize(-1),
 		nats.ConnectHandler(func(*nats.Conn) { p.setConnected(true) }),
 		nats.ReconnectHandler(func(*nats.Conn) { p.setConnected(true) }),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { p.setConnected(false); p.connErr(err) }),
+		nats.DisconnectErrHandler(func(c *nats.Conn, err error) {
+			if c.IsClosed() { // our own Close at shutdown: nothing is kept back because of it
+				p.connected.Store(false)
+				return
+			}
+			p.setConnected(false)
+			p.connErr(err)
+		}),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { p.setErr(err); p.connErr(err) }),
 		// Each failed (re)connection attempt, the first ones included (RetryOnFailedConnect).
 		nats.ReconnectErrHandler(func(_ *nats.Conn, err error) { p.connErr(err) }),
