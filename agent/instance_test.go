@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -253,5 +255,40 @@ func TestInstanceResumedAgentKeepsRefreshing(t *testing.T) {
 	// Past the stale bound: the entry is kept fresh, and the head's new hello stays in its session.
 	if _, s := helloArgv(t, cfg.Socket, 4001, 1, "own-2", mpArgv(32000, 0)); s != s1 {
 		t.Fatalf("the resumed head moved from %s to %s", s1, s)
+	}
+}
+
+// TestAncestorInstance: a worker whose parent said no hello (a headless `vllm serve` that never
+// imported a vLLM target) gets its instance and node rank from the nearest ancestor's command
+// line in /proc; none when no ancestor starts a multi-node instance.
+func TestAncestorInstance(t *testing.T) {
+	root := t.TempDir()
+	proc := func(pid, ppid int, argv ...string) {
+		d := filepath.Join(root, strconv.Itoa(pid))
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(d, "cmdline"), []byte(strings.Join(argv, "\x00")+"\x00"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(d, "status"), []byte(fmt.Sprintf("Name:\tpython3\nPPid:\t%d\n", ppid)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	proc(10, 1, "/bin/bash")
+	proc(20, 10, append([]string{"python3"}, mpArgv(29600, 1)...)...)
+	proc(30, 20, "python3", "-c", "from multiprocessing.spawn import spawn_main", "--multiprocessing-fork")
+	proc(40, 10, "python3", "other.py")
+	old := procRoot
+	procRoot = root
+	defer func() { procRoot = old }()
+	if k, n := ancestorInstance(30); k != "mp:127.0.0.1:29600" || n != 1 {
+		t.Errorf("child of the follower: %q node %d, want mp:127.0.0.1:29600 node 1", k, n)
+	}
+	if k, n := ancestorInstance(40); k != "" || n != -1 {
+		t.Errorf("no instance above: %q node %d", k, n)
+	}
+	if k, _ := ancestorInstance(99); k != "" {
+		t.Errorf("a pid /proc does not have: %q", k)
 	}
 }
