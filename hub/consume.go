@@ -267,6 +267,11 @@ func (s *Server) handle(m jetstream.Msg, d decoded, now time.Time) (*session, in
 			s.cnt.bad(s.log, reasonOf(err), subj, err)
 			return nil, 0, err
 		}
+		if why := s.rotationDue(ss, now); why != "" && hasNew(ss, v) {
+			if err := s.rotate(ss, now, why); err != nil {
+				return ss, 0, err
+			}
+		}
 		dupBefore, capBefore, clampBefore := ss.meta.Duplicates, ss.meta.DroppedByCap, ss.meta.AlignedClamped
 		if ss.meta.Status == StatusEnded && hasNew(ss, v) {
 			ss.reopen()

@@ -31,8 +31,7 @@ func lockData(dir string) (*os.File, error) {
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, fmt.Errorf("hub: %w: %s is held by pmhub pid %s (%s); stop that hub or use another data folder",
-				ErrDataInUse, dir, holderPID(path), path)
+			return nil, &dataInUseError{dir: dir, pid: holderPID(path), lock: path}
 		}
 		return nil, fmt.Errorf("hub: lock %s: %w", path, err)
 	}
@@ -47,6 +46,16 @@ func lockData(dir string) (*os.File, error) {
 	}
 	return f, nil
 }
+
+// dataInUseError is Start's error when another hub holds the data folder; it wraps ErrDataInUse.
+type dataInUseError struct{ dir, pid, lock string }
+
+func (e *dataInUseError) Error() string {
+	return fmt.Sprintf("hub: data folder %s is in use by another hub (pmhub pid %s holds %s); stop that hub or use another data folder",
+		e.dir, e.pid, e.lock)
+}
+
+func (e *dataInUseError) Unwrap() error { return ErrDataInUse }
 
 // holderPID is the pid recorded in a held lock file, or "unknown" when it cannot be read (the
 // holder has locked but not yet written it).

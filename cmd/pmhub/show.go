@@ -35,20 +35,27 @@ func showCommand() *cli.Command {
 		Name:      "show",
 		Usage:     "summarise one session: hosts, ranks, steps, graph modes, KV peak, preemptions, experts, step times",
 		ArgsUsage: "SESSION",
-		Flags:     []cli.Flag{dataFlag(), &cli.BoolFlag{Name: "json", Usage: "print the summary as JSON", EnvVars: []string{"PROFILEMATE_JSON"}}},
+		Flags:     append([]cli.Flag{dataFlag(), &cli.BoolFlag{Name: "json", Usage: "print the summary as JSON", EnvVars: []string{"PROFILEMATE_JSON"}}}, windowFlags()...),
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
 				return cli.Exit("pmhub show: give one SESSION id (see pmhub sessions)", 2)
 			}
-			dir := hub.SessionDir(c.String("data"), c.Args().First())
-			if _, err := os.Stat(dir); err != nil {
-				return cli.Exit(fmt.Sprintf("pmhub show: no session %q in %s (see pmhub sessions --data %s)",
-					c.Args().First(), c.String("data"), c.String("data")), 1)
+			w, err := window(c)
+			if err != nil {
+				return cli.Exit("pmhub show: "+err.Error(), 2)
 			}
-			sum, err := summarize(dir)
+			view, err := openView(c.String("data"), c.Args().First(), w)
 			if err != nil {
 				return cli.Exit("pmhub show: "+err.Error(), 1)
 			}
+			// The summary is read whole before anything is printed: the temporary copy is gone
+			// before output that a closed pipe (pmhub show | head) could cut short.
+			sum, err := summarize(view.Dir)
+			view.Close()
+			if err != nil {
+				return cli.Exit("pmhub show: "+err.Error(), 1)
+			}
+			sum.Dir, sum.Segments, sum.Window = view.Home, len(view.Segments), view.describe()
 			if c.Bool("json") {
 				return json.NewEncoder(c.App.Writer).Encode(sum)
 			}
@@ -64,27 +71,63 @@ func listSessions(c *cli.Context) error {
 	if err != nil {
 		return cli.Exit(fmt.Sprintf("pmhub sessions: %v", err), 1)
 	}
-	var metas []*hub.Metadata
-	for _, e := range entries {
-		if m, err := hub.ReadMetadata(filepath.Join(root, e.Name())); err == nil {
-			metas = append(metas, m)
-		}
+	// A rotated session is listed once: its newest segment's metadata, with rows and bytes
+	// summed over its segments (folders are listed in name order: a session's own folder, the
+	// live segment, sorts before its closed segments "<session>@<index>").
+	type listed struct {
+		*hub.Metadata
+		Segments int `json:"segments"`
 	}
-	sort.Slice(metas, func(i, j int) bool { return metas[i].StartNS < metas[j].StartNS })
+	var list []*listed
+	byID := map[string]*listed{}
+	for _, e := range entries {
+		m, err := hub.ReadMetadata(filepath.Join(root, e.Name()))
+		if err != nil {
+			continue
+		}
+		_, _, closed := hub.SplitSegmentFolder(e.Name())
+		l := byID[m.Session]
+		if l == nil {
+			l = &listed{Metadata: m}
+			byID[m.Session] = l
+			list = append(list, l)
+		} else {
+			if !closed {
+				m.Rows, m.Bytes, l.Metadata = mergeRows(l.Rows, m.Rows), l.Bytes+m.Bytes, m
+			} else {
+				l.Rows, l.Bytes = mergeRows(l.Rows, m.Rows), l.Bytes+m.Bytes
+			}
+			l.StartNS = min(l.StartNS, m.StartNS)
+		}
+		l.Segments++
+	}
+	sort.Slice(list, func(i, j int) bool { return list[i].StartNS < list[j].StartNS })
 	if c.Bool("json") {
-		return json.NewEncoder(c.App.Writer).Encode(metas)
+		return json.NewEncoder(c.App.Writer).Encode(list)
 	}
 	tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SESSION\tSTATUS\tHOSTS\tPROCESSES\tSTART\tEND\tROWS")
-	for _, m := range metas {
+	fmt.Fprintln(tw, "SESSION\tSTATUS\tHOSTS\tPROCESSES\tSTART\tEND\tROWS\tSEGMENTS")
+	for _, m := range list {
 		var rows int64
 		for _, n := range m.Rows {
 			rows += n
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%d\n", m.Session, m.Status, strings.Join(sortedKeys(m.Hosts), ","),
-			len(m.Processes), stamp(m.StartNS), stamp(m.EndNS), rows)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%d\t%d\n", m.Session, m.Status, strings.Join(sortedKeys(m.Hosts), ","),
+			len(m.Processes), stamp(m.StartNS), stamp(m.EndNS), rows, m.Segments)
 	}
 	return tw.Flush()
+}
+
+// mergeRows adds b's per-table rows to a copy of a.
+func mergeRows(a, b map[string]int64) map[string]int64 {
+	out := make(map[string]int64, len(a)+len(b))
+	for k, v := range a {
+		out[k] += v
+	}
+	for k, v := range b {
+		out[k] += v
+	}
+	return out
 }
 
 // hostLayouts describes each host's workers: with a rank grid (one instance, possibly spanning
@@ -181,6 +224,11 @@ type Summary struct {
 	Plugins  map[string]host.SessionPlugin `json:"plugins,omitempty"`
 	// Grid is the workers as one instance's rank grid, with the ranks that never joined (rankgrid.go).
 	Grid *RankGrid `json:"rank_grid,omitempty"`
+	// Segments is how many segment folders the session has on disk (1 unless it rotated); Window
+	// says which of them and which time range (--since/--until) the summary covers ("" for all of
+	// a one-segment session).
+	Segments int    `json:"segments"`
+	Window   string `json:"window,omitempty"`
 }
 
 // RankInfo is one worker process and its ranks.
@@ -478,6 +526,9 @@ func (s *Summary) print(w io.Writer) {
 		fmt.Fprintf(w, " (%s)", s.EndReason)
 	}
 	fmt.Fprintln(w)
+	if s.Window != "" {
+		fmt.Fprintf(w, "  read: %s\n", s.Window)
+	}
 	for _, h := range sortedKeys(s.Hosts) {
 		fmt.Fprintf(w, "  host %s: %s", h, strings.Join(s.Hosts[h], " "))
 		if l := s.Layout[h]; l != "" {
