@@ -10,6 +10,14 @@ import (
 // from memory (a session whose first round is being applied has no folder yet), the others from
 // their metadata.json.
 func (s *Server) Sessions() []SessionInfo {
+	if s.cl != nil {
+		return s.sharedSessions(s.localSessions())
+	}
+	return s.localSessions()
+}
+
+// localSessions is Sessions from the data folder and memory alone.
+func (s *Server) localSessions() []SessionInfo {
 	// The folder is listed under the lock and open sessions come from memory: a session whose
 	// first round is being applied has no folder yet but is active (metrics pruning relies on it).
 	s.mu.Lock()

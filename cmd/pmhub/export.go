@@ -43,8 +43,11 @@ func runExport(c *cli.Context) error {
 	default:
 		return cli.Exit(fmt.Sprintf("pmhub export: unknown --format %q (perfetto, chrome-json, parquet)", format), 2)
 	}
-	dir, err := sessionFolder(c.String("data"), c.Args().First())
+	dir, err := sessionFolderOf(c, c.Args().First())
 	if err != nil {
+		if _, ok := err.(cli.ExitCoder); ok {
+			return err
+		}
 		return cli.Exit("pmhub export: "+err.Error(), 1)
 	}
 	out := c.String("output")

@@ -2,12 +2,12 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"html"
 	"net/http"
 	"net/url"
 	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 
@@ -37,18 +37,6 @@ func reportCommand() *cli.Command {
 	}
 }
 
-// sessionFolder resolves SESSION: an existing folder as given, else <data>/sessions/<SESSION>.
-func sessionFolder(data, arg string) (string, error) {
-	if st, err := os.Stat(filepath.Join(arg, hub.MetadataFile)); err == nil && !st.IsDir() {
-		return arg, nil
-	}
-	dir := hub.SessionDir(data, arg)
-	if _, err := os.Stat(dir); err != nil {
-		return "", fmt.Errorf("no session %q in %s and no session folder of that name (see pmhub sessions --data %s)", arg, data, data)
-	}
-	return dir, nil
-}
-
 func runReport(c *cli.Context) error {
 	if c.NArg() > 1 {
 		return cli.Exit(fmt.Sprintf("pmhub report: one SESSION, flags before it (pmhub report -o report.html SESSION); got %q", c.Args().Slice()), 2)
@@ -58,7 +46,7 @@ func runReport(c *cli.Context) error {
 	}
 	opt := report.Options{MaxPoints: c.Int("max-points"), SampleSize: c.Int("sample-size"), Analyzer: reportAnalyzer, SkipAnalysis: c.Bool("no-analysis")}
 	build := func(arg string) (*report.Report, error) {
-		dir, err := sessionFolder(c.String("data"), arg)
+		dir, err := sessionFolderOf(c, arg)
 		if err != nil {
 			return nil, err
 		}
@@ -121,16 +109,20 @@ func reportHTTP(mux *http.ServeMux, h *hub.Server) {
 	})
 	mux.HandleFunc("GET /report/{session}", func(w http.ResponseWriter, r *http.Request) {
 		build := func(id string) (*report.Report, int, error) {
-			for _, s := range h.Sessions() {
-				if s.Session == id {
-					rep, err := report.Build(s.Dir, report.Options{Analyzer: reportAnalyzer})
-					if err != nil {
-						return nil, http.StatusInternalServerError, fmt.Errorf("report: %w", err)
-					}
-					return rep, 0, nil
-				}
+			// Shared hubs serve every session: one this hub has no current copy of comes from its
+			// checkpoint (hub.SessionFolder).
+			dir, err := h.SessionFolder(r.Context(), id)
+			if errors.Is(err, hub.ErrNoSession) {
+				return nil, http.StatusNotFound, fmt.Errorf("no session %q on this hub (see /report/)", id)
 			}
-			return nil, http.StatusNotFound, fmt.Errorf("no session %q on this hub (see /report/)", id)
+			if err != nil {
+				return nil, http.StatusInternalServerError, fmt.Errorf("report: %w", err)
+			}
+			rep, err := report.Build(dir, report.Options{Analyzer: reportAnalyzer})
+			if err != nil {
+				return nil, http.StatusInternalServerError, fmt.Errorf("report: %w", err)
+			}
+			return rep, 0, nil
 		}
 		rep, code, err := build(r.PathValue("session"))
 		if err != nil {

@@ -40,10 +40,12 @@ func showCommand() *cli.Command {
 			if c.NArg() != 1 {
 				return cli.Exit("pmhub show: give one SESSION id (see pmhub sessions)", 2)
 			}
-			dir := hub.SessionDir(c.String("data"), c.Args().First())
-			if _, err := os.Stat(dir); err != nil {
-				return cli.Exit(fmt.Sprintf("pmhub show: no session %q in %s (see pmhub sessions --data %s)",
-					c.Args().First(), c.String("data"), c.String("data")), 1)
+			dir, err := sessionFolderOf(c, c.Args().First())
+			if err != nil {
+				if _, ok := err.(cli.ExitCoder); ok {
+					return err
+				}
+				return cli.Exit("pmhub show: "+err.Error(), 1)
 			}
 			sum, err := summarize(dir)
 			if err != nil {
@@ -69,6 +71,10 @@ func listSessions(c *cli.Context) error {
 		if m, err := hub.ReadMetadata(filepath.Join(root, e.Name())); err == nil {
 			metas = append(metas, m)
 		}
+	}
+	metas, err = withIndex(c, metas)
+	if err != nil {
+		return err
 	}
 	sort.Slice(metas, func(i, j int) bool { return metas[i].StartNS < metas[j].StartNS })
 	if c.Bool("json") {
