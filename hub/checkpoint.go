@@ -20,10 +20,13 @@ import (
 	"github.com/profilemate/profilemate/proto"
 )
 
-// Checkpoints: a session folder's files and the stream sequence through which they are complete,
+// Checkpoints: a session's folders (its own folder and its closed segments, segments.go) and the
+// stream sequence through which they are complete,
 // kept in the JetStream Object Store bucket CheckpointBucket so another hub can take the session
 // over (restore, then consume from Seq+1) and any hub can serve it after its stream messages are
-// gone. Whatever regular files the folder holds are kept, sub-folders included.
+// gone. Whatever regular files the folders hold are kept, sub-folders included; a file's path in
+// the manifest starts with its folder's name ("<session>/kv_cache_usage.csv",
+// "<session>@000002/metadata.json").
 //
 // Objects of session S (E = proto.Escape(S)):
 //   - "E/manifest": the manifest below (JSON), written last, so it only names parts already stored;
@@ -44,7 +47,7 @@ type CheckpointManifest struct {
 	Seq   uint64 `json:"seq"`
 	NS    int64  `json:"ns"`    // when it was written, Unix ns
 	Final bool   `json:"final"` // written after the session ended
-	// Files by path relative to the session folder ("/"-separated).
+	// Files by path relative to the sessions folder ("/"-separated), under the session's folders.
 	Files    map[string]*CheckpointFile `json:"files"`
 	NextPart uint64                     `json:"next_part"`
 }
@@ -89,12 +92,12 @@ func readManifest(ctx context.Context, obs jetstream.ObjectStore, session string
 	return &m, nil
 }
 
-// checkpointer writes one session folder's checkpoints; prev is the last manifest stored (nil
-// before the first). Not safe for concurrent use.
+// checkpointer writes one session's checkpoints: its folders under root (a hub's sessions
+// folder); prev is the last manifest stored (nil before the first). Not safe for concurrent use.
 type checkpointer struct {
 	obs     jetstream.ObjectStore
 	session string
-	dir     string
+	root    string
 	hub     string
 	prev    *CheckpointManifest
 }
@@ -126,19 +129,23 @@ func (c *checkpointer) checkpoint(ctx context.Context, seq uint64, final bool, n
 		uploaded = append(uploaded, name)
 		return name, nil
 	}
-	err := filepath.WalkDir(c.dir, func(path string, d fs.DirEntry, err error) error {
+	folders, err := segmentsIn(c.root, c.session)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fail(fmt.Errorf("checkpoint %s: %w", c.session, err))
+	}
+	walk := func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
 		if !d.Type().IsRegular() {
 			return nil
 		}
-		rel, err := filepath.Rel(c.dir, path)
+		rel, err := filepath.Rel(c.root, path)
 		if err != nil {
 			return err
 		}
 		rel = filepath.ToSlash(rel)
-		if strings.HasSuffix(rel, ".tmp") || strings.Contains(rel, "/.") || strings.HasPrefix(rel, ".") {
+		if strings.HasSuffix(rel, ".tmp") || strings.Contains(rel, "/.") {
 			return nil // atomic-write temporaries, hidden files
 		}
 		info, err := d.Info()
@@ -203,9 +210,12 @@ func (c *checkpointer) checkpoint(ctx context.Context, seq uint64, final bool, n
 		}
 		m.Files[rel] = &CheckpointFile{Size: size, ModNS: mod, AppendO: appendOnly, Parts: []CheckpointPart{{Object: name, Size: size}}}
 		return nil
-	})
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fail(fmt.Errorf("checkpoint %s: %w", c.session, err))
+	}
+	for _, dir := range folders {
+		// A closed segment renamed away by retention while this runs is simply not stored.
+		if err := filepath.WalkDir(dir, walk); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fail(fmt.Errorf("checkpoint %s: %w", c.session, err))
+		}
 	}
 	if c.prev != nil {
 		for rel, f := range c.prev.Files {
@@ -237,36 +247,56 @@ func (c *checkpointer) checkpoint(ctx context.Context, seq uint64, final bool, n
 	return m, nil
 }
 
-// restoreCheckpoint writes session's latest checkpoint into dir, replacing what dir held. It
-// returns the manifest (nil, with dir removed, when the session has no checkpoint). The files are
-// assembled in a sibling folder first, so dir is never half restored.
-func restoreCheckpoint(ctx context.Context, obs jetstream.ObjectStore, session, dir string) (*CheckpointManifest, error) {
+// restoreCheckpoint writes session's latest checkpoint under root (a sessions folder), replacing
+// the session's folders there (its own and its closed segments). It returns the manifest (nil,
+// with the folders removed, when the session has no checkpoint). The files are assembled in a
+// sibling folder first, so no folder is ever half restored.
+func restoreCheckpoint(ctx context.Context, obs jetstream.ObjectStore, session, root string) (*CheckpointManifest, error) {
 	m, err := readManifest(ctx, obs, session)
 	if err != nil {
 		return nil, err
 	}
+	fail := func(err error) (*CheckpointManifest, error) { return nil, fmt.Errorf("restore %s: %w", session, err) }
+	if err := os.MkdirAll(root, 0o750); err != nil {
+		return fail(err)
+	}
+	old, err := segmentsIn(root, session)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fail(err)
+	}
+	removeOld := func() error {
+		for _, d := range old {
+			if err := os.RemoveAll(d); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	if m == nil {
-		if err := os.RemoveAll(dir); err != nil {
-			return nil, fmt.Errorf("restore %s: %w", session, err)
+		if err := removeOld(); err != nil {
+			return fail(err)
 		}
 		return nil, nil
 	}
-	tmp := dir + ".restore"
-	if err := os.RemoveAll(tmp); err != nil {
-		return nil, fmt.Errorf("restore %s: %w", session, err)
+	tmp, err := os.MkdirTemp(root, "."+proto.Escape(session)+".restore-")
+	if err != nil {
+		return fail(err)
 	}
+	defer os.RemoveAll(tmp)
 	if err := writeCheckpointFiles(ctx, obs, m, tmp); err != nil {
-		os.RemoveAll(tmp)
-		return nil, fmt.Errorf("restore %s: %w", session, err)
+		return fail(err)
 	}
-	if err := os.RemoveAll(dir); err != nil {
-		return nil, fmt.Errorf("restore %s: %w", session, err)
+	if err := removeOld(); err != nil {
+		return fail(err)
 	}
-	if err := os.MkdirAll(filepath.Dir(dir), 0o750); err != nil {
-		return nil, fmt.Errorf("restore %s: %w", session, err)
+	ents, err := os.ReadDir(tmp)
+	if err != nil {
+		return fail(err)
 	}
-	if err := os.Rename(tmp, dir); err != nil {
-		return nil, fmt.Errorf("restore %s: %w", session, err)
+	for _, e := range ents {
+		if err := os.Rename(filepath.Join(tmp, e.Name()), filepath.Join(root, e.Name())); err != nil {
+			return fail(err)
+		}
 	}
 	return m, nil
 }
@@ -277,8 +307,9 @@ func writeCheckpointFiles(ctx context.Context, obs jetstream.ObjectStore, m *Che
 	for _, rel := range rels {
 		cf := m.Files[rel]
 		path := filepath.Join(dir, filepath.FromSlash(rel))
-		if !filepath.IsLocal(filepath.FromSlash(rel)) {
-			return fmt.Errorf("manifest names %q outside the session folder", rel)
+		top, _, _ := strings.Cut(rel, "/")
+		if id, _, _ := SplitSegmentFolder(top); !filepath.IsLocal(filepath.FromSlash(rel)) || id != m.Session {
+			return fmt.Errorf("manifest names %q outside the session's folders", rel)
 		}
 		if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 			return err

@@ -121,8 +121,19 @@ func TestCheckpointRestore(t *testing.T) {
 		t.Fatal(err)
 	}
 	const s = "S1"
-	dir := filepath.Join(t.TempDir(), s)
-	if err := os.MkdirAll(filepath.Join(dir, "seg1"), 0o750); err != nil {
+	root := t.TempDir()
+	dir := filepath.Join(root, s)
+	if err := os.MkdirAll(filepath.Join(dir, "sub"), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	// A closed segment of S1 (segments.go) is kept too; another session's folder is not.
+	if err := os.MkdirAll(filepath.Join(root, s+"@000001"), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(root, "S10"), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "S10", "metadata.json"), []byte("{}"), 0o640); err != nil {
 		t.Fatal(err)
 	}
 	write := func(rel, text string, appendTo bool) {
@@ -130,24 +141,27 @@ func TestCheckpointRestore(t *testing.T) {
 		if appendTo {
 			flag = os.O_CREATE | os.O_WRONLY | os.O_APPEND
 		}
-		f, err := os.OpenFile(filepath.Join(dir, rel), flag, 0o640)
+		f, err := os.OpenFile(filepath.Join(root, rel), flag, 0o640)
 		if err != nil {
 			t.Fatal(err)
 		}
 		f.WriteString(text)
 		f.Close()
 	}
-	write("kv_cache_usage.csv", "session,seq\n", false)
-	write("metadata.json", `{"v":1}`, false)
-	write("seg1/forward_pass_timing.csv", "h\n1\n", false)
-	ck := &checkpointer{obs: obs, session: s, dir: dir, hub: "a"}
+	csvRel, metaRel := s+"/kv_cache_usage.csv", s+"/metadata.json"
+	files := []string{csvRel, metaRel, s + "/sub/forward_pass_timing.csv", s + "@000001/metadata.json"}
+	write(csvRel, "session,seq\n", false)
+	write(metaRel, `{"v":1}`, false)
+	write(files[2], "h\n1\n", false)
+	write(files[3], `{"segment":1}`, false)
+	ck := &checkpointer{obs: obs, session: s, root: root, hub: "a"}
 	check := func(seq uint64) *CheckpointManifest {
 		t.Helper()
 		m, err := ck.checkpoint(ctx, seq, false, time.Now(), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		out := filepath.Join(t.TempDir(), s)
+		out := t.TempDir()
 		got, err := restoreCheckpoint(ctx, obs, s, out)
 		if err != nil {
 			t.Fatal(err)
@@ -155,8 +169,11 @@ func TestCheckpointRestore(t *testing.T) {
 		if got.Seq != seq {
 			t.Fatalf("restored seq %d, want %d", got.Seq, seq)
 		}
-		for _, rel := range []string{"kv_cache_usage.csv", "metadata.json", "seg1/forward_pass_timing.csv"} {
-			want, _ := os.ReadFile(filepath.Join(dir, rel))
+		if _, err := os.Stat(filepath.Join(out, "S10")); err == nil {
+			t.Fatal("another session's folder was stored with S1")
+		}
+		for _, rel := range files {
+			want, _ := os.ReadFile(filepath.Join(root, rel))
 			have, err := os.ReadFile(filepath.Join(out, rel))
 			if err != nil || !bytes.Equal(want, have) {
 				t.Fatalf("seq %d %s: restored %q (%v), folder has %q", seq, rel, have, err, want)
@@ -178,26 +195,32 @@ func TestCheckpointRestore(t *testing.T) {
 	}
 	check(1)
 	for i := 0; i < 40; i++ {
-		write("kv_cache_usage.csv", "S1,"+strconv.Itoa(i)+strings.Repeat("x", i)+"\n", true)
+		write(csvRel, "S1,"+strconv.Itoa(i)+strings.Repeat("x", i)+"\n", true)
 		if i%7 == 0 {
-			write("metadata.json", `{"v":`+strconv.Itoa(i)+`}`, false)
+			write(metaRel, `{"v":`+strconv.Itoa(i)+`}`, false)
 		}
 		m := check(uint64(i + 2))
-		if n := len(m.Files["kv_cache_usage.csv"].Parts); n > 7 {
+		if n := len(m.Files[csvRel].Parts); n > 7 {
 			t.Fatalf("after %d appends the CSV has %d parts, want O(log n)", i+1, n)
 		}
 	}
 	// A torn tail cut off makes the file shorter: stored whole again.
-	p := filepath.Join(dir, "kv_cache_usage.csv")
+	p := filepath.Join(root, csvRel)
 	b, _ := os.ReadFile(p)
 	if err := os.WriteFile(p, b[:len(b)-5], 0o640); err != nil {
 		t.Fatal(err)
 	}
-	if m := check(100); len(m.Files["kv_cache_usage.csv"].Parts) != 1 {
-		t.Fatalf("a shorter file has %d parts, want 1", len(m.Files["kv_cache_usage.csv"].Parts))
+	if m := check(100); len(m.Files[csvRel].Parts) != 1 {
+		t.Fatalf("a shorter file has %d parts, want 1", len(m.Files[csvRel].Parts))
 	}
+	// A closed segment removed by retention leaves the checkpoint too (check counts the objects).
+	if err := os.RemoveAll(filepath.Join(root, s+"@000001")); err != nil {
+		t.Fatal(err)
+	}
+	files = files[:3]
+	check(100)
 	// A fence that fails stores no manifest.
-	write("kv_cache_usage.csv", "more\n", true)
+	write(csvRel, "more\n", true)
 	if _, err := ck.checkpoint(ctx, 101, false, time.Now(), func() error { return ErrLeaseLost }); !errors.Is(err, ErrLeaseLost) {
 		t.Fatalf("fenced checkpoint: %v", err)
 	}

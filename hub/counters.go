@@ -119,6 +119,9 @@ type SessionInfo struct {
 	Processes int              `json:"processes"`
 	Rows      map[string]int64 `json:"rows"`
 	Bytes     int64            `json:"bytes"`
+	// Segments is how many segment folders of the session are on disk (1 for a session that never
+	// rotated; Rows and Bytes are summed over them).
+	Segments int `json:"segments"`
 	// Owner is the hub holding the session's lease (shared mode; empty when none does).
 	Owner string `json:"owner,omitempty"`
 }

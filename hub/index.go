@@ -258,7 +258,7 @@ func SessionFolder(ctx context.Context, js jetstream.JetStream, data, id string)
 	if err != nil {
 		return localOr(fmt.Errorf("object store %s: %w", CheckpointBucket, err))
 	}
-	m, err := restoreCheckpoint(ctx, obs, id, SessionDir(cache, id))
+	m, err := restoreCheckpoint(ctx, obs, id, sessionsDir(cache))
 	if err != nil {
 		return localOr(err)
 	}

@@ -78,13 +78,13 @@ func (c *cluster) runOwned(ctx context.Context, o *ownedSession) {
 		delete(s.sessions, o.id)
 	}
 	s.mu.Unlock()
-	m, err := restoreCheckpoint(ctx, c.obs, o.id, dir)
+	m, err := restoreCheckpoint(ctx, c.obs, o.id, sessionsDir(s.cfg.DataDir))
 	if err != nil {
 		log.Error("session not restored; lease released", "err", err)
 		c.release(o)
 		return
 	}
-	o.ck = &checkpointer{obs: c.obs, session: o.id, dir: dir, hub: s.cfg.HubID, prev: m}
+	o.ck = &checkpointer{obs: c.obs, session: o.id, root: sessionsDir(s.cfg.DataDir), hub: s.cfg.HubID, prev: m}
 	if m != nil {
 		o.applied, o.ckSeq = m.Seq, m.Seq
 		writeMarker(s.cfg.DataDir, o.id, m)

@@ -8,8 +8,10 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -22,7 +24,8 @@ func reportCommand() *cli.Command {
 		Name:      "report",
 		Usage:     "write one self-contained HTML page of a session: plots, findings, metadata (--compare: two sessions side by side)",
 		ArgsUsage: "SESSION",
-		Description: "SESSION is a session id under --data or a session folder. The page embeds everything it shows\n" +
+		Description: "SESSION is a session id under --data or a session folder; a rotated session is read across all its\n" +
+			"segments, --since/--until narrow it to a time range. The page embeds everything it shows\n" +
 			"(SVG plots, CSS; no script, no network) and opens offline. Series longer than --max-points are\n" +
 			"downsampled into time buckets, and each plot says so.",
 		Flags: []cli.Flag{
@@ -32,6 +35,7 @@ func reportCommand() *cli.Command {
 			&cli.IntFlag{Name: "max-points", Value: 2000, EnvVars: []string{"PROFILEMATE_REPORT_MAX_POINTS"}, Usage: "most points per plotted series before downsampling"},
 			&cli.BoolFlag{Name: "no-analysis", EnvVars: []string{"PROFILEMATE_REPORT_NO_ANALYSIS"}, Usage: "do not run the in-tree analyses for a session without a findings table (large sessions: they cost more than the plots)"},
 			&cli.IntFlag{Name: "sample-size", Value: 20000, EnvVars: []string{"PROFILEMATE_REPORT_SAMPLE_SIZE"}, Usage: "step times per rank kept for the distribution plot"},
+			windowFlags()[0], windowFlags()[1],
 		},
 		Action: runReport,
 	}
@@ -45,12 +49,17 @@ func runReport(c *cli.Context) error {
 		return cli.Exit("pmhub report: give one SESSION id or folder (see pmhub sessions)", 2)
 	}
 	opt := report.Options{MaxPoints: c.Int("max-points"), SampleSize: c.Int("sample-size"), Analyzer: reportAnalyzer, SkipAnalysis: c.Bool("no-analysis")}
+	w, err := window(c)
+	if err != nil {
+		return cli.Exit("pmhub report: "+err.Error(), 2)
+	}
 	build := func(arg string) (*report.Report, error) {
-		dir, err := sessionFolderOf(c, arg)
+		view, err := openViewOf(c, arg, w)
 		if err != nil {
 			return nil, err
 		}
-		return report.Build(dir, opt)
+		defer view.Close()
+		return report.Build(view.Dir, opt)
 	}
 	a, err := build(c.Args().First())
 	if err != nil {
@@ -108,6 +117,17 @@ func reportHTTP(mux *http.ServeMux, h *hub.Server) {
 		fmt.Fprint(w, "</ul></body></html>")
 	})
 	mux.HandleFunc("GET /report/{session}", func(w http.ResponseWriter, r *http.Request) {
+		// ?since=&until= (as the command's flags) reads that range across a rotated session's
+		// segments; without them the page shows the session's own folder (its live segment).
+		q := r.URL.Query()
+		now := time.Now()
+		since, err1 := parseWhen("since", q.Get("since"), now)
+		until, err2 := parseWhen("until", q.Get("until"), now)
+		if err := errors.Join(err1, err2); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		win := hub.Window{Since: since, Until: until}
 		build := func(id string) (*report.Report, int, error) {
 			// Shared hubs serve every session: one this hub has no current copy of comes from its
 			// checkpoint (hub.SessionFolder).
@@ -117,6 +137,15 @@ func reportHTTP(mux *http.ServeMux, h *hub.Server) {
 			}
 			if err != nil {
 				return nil, http.StatusInternalServerError, fmt.Errorf("report: %w", err)
+			}
+			if !win.IsZero() {
+				// dir is <root>/sessions/<id>.
+				view, err := openView(filepath.Dir(filepath.Dir(dir)), id, win)
+				if err != nil {
+					return nil, http.StatusInternalServerError, fmt.Errorf("report: %w", err)
+				}
+				defer view.Close()
+				dir = view.Dir
 			}
 			rep, err := report.Build(dir, report.Options{Analyzer: reportAnalyzer})
 			if err != nil {

@@ -53,6 +53,7 @@ func serveCommand() *cli.Command {
 		&cli.DurationFlag{Name: "lease-ttl", Value: hub.DefaultLeaseTTL, EnvVars: []string{"PROFILEMATE_LEASE_TTL"}, Usage: "a session lease lapses this long after its last renewal (shared mode; renewed every third; at least 1s)"},
 		&cli.DurationFlag{Name: "checkpoint-interval", Value: hub.DefaultCheckpointEvery, EnvVars: []string{"PROFILEMATE_CHECKPOINT_INTERVAL"}, Usage: "how often an owned session is checkpointed to the Object Store (shared mode; > 0)"},
 	)
+	flags = append(flags, rotateFlags()...)
 	cmd := &cli.Command{
 		Name:   "serve",
 		Usage:  "run the hub: embedded NATS + JetStream (or --nats), merge sessions into --data",
@@ -113,6 +114,9 @@ func serve(c *cli.Context) error {
 	if err := serveLimits(c); err != nil {
 		return exit(err)
 	}
+	if err := rotateLimits(c); err != nil {
+		return exit(err)
+	}
 	cfg := hub.Config{
 		DataDir: c.String("data"), Listen: c.String("listen"),
 		SessionIdle: c.Duration("session-idle"), StreamMaxBytes: c.Int64("stream-max-bytes"),
@@ -121,6 +125,8 @@ func serve(c *cli.Context) error {
 		DeadLetterMaxBytes: c.Int64("dead-letter-max-bytes"),
 		StreamReplicas:     c.Int("stream-replicas"), HubID: c.String("hub-id"), LeaseTTL: c.Duration("lease-ttl"),
 		CheckpointEvery: c.Duration("checkpoint-interval"),
+		RotateEvery:     c.Duration("rotate-every"), RotateBytes: c.Int64("rotate-bytes"),
+		SegmentsMaxAge: c.Duration("segments-max-age"), SegmentsMaxBytes: c.Int64("segments-max-bytes"),
 		Server: hub.ServerSecurity{
 			Token: c.String("server-auth-token"), User: c.String("server-user"), Password: c.String("server-password"),
 			NKeys: c.StringSlice("server-nkey"), TLSCert: c.String("server-tls-cert"), TLSKey: c.String("server-tls-key"),

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -37,9 +38,11 @@ func sessionFolderOf(c *cli.Context, arg string) (string, error) {
 	data := c.String("data")
 	var js jetstream.JetStream
 	if c.String(natsclient.FlagURL) != "" {
-		nc, err := connectNATS(c, "pmhub "+c.Command.Name)
+		name := "pmhub " + c.Command.Name
+		nc, err := connectNATS(c, name)
 		if err != nil {
-			return "", err
+			// The callers name the command themselves.
+			return "", errors.New(strings.TrimPrefix(err.Error(), name+": "))
 		}
 		defer nc.Close()
 		if js, err = jetstream.New(nc); err != nil {
@@ -108,4 +111,19 @@ func withIndex(c *cli.Context, local []*hub.Metadata) ([]*hub.Metadata, error) {
 		local = append(local, m)
 	}
 	return local, nil
+}
+
+// openViewOf is openView over the folder sessionFolderOf makes available: the data folder's own
+// copy, or (with --nats) the session's latest checkpoint fetched into <data>/cache/.
+func openViewOf(c *cli.Context, arg string, w hub.Window) (*sessionView, error) {
+	data := c.String("data")
+	if st, err := os.Stat(filepath.Join(arg, hub.MetadataFile)); err != nil || st.IsDir() {
+		dir, err := sessionFolderOf(c, arg)
+		if err != nil {
+			return nil, err
+		}
+		// dir is <root>/sessions/<arg>: read every segment under that root.
+		data = filepath.Dir(filepath.Dir(dir))
+	}
+	return openView(data, arg, w)
 }
