@@ -18,6 +18,7 @@ import (
 
 	"github.com/profilemate/profilemate/hub"
 	"github.com/profilemate/profilemate/internal/cliapp"
+	"github.com/profilemate/profilemate/internal/natsclient"
 	"github.com/profilemate/profilemate/plugins/host"
 	"github.com/profilemate/profilemate/proto"
 )
@@ -46,7 +47,7 @@ func showCommand() *cli.Command {
 			if err != nil {
 				return cli.Exit("pmhub show: "+err.Error(), 2)
 			}
-			view, err := openView(c.String("data"), arg, w)
+			view, err := openViewOf(c, arg, w)
 			if err != nil {
 				return err
 			}
@@ -70,9 +71,9 @@ func showCommand() *cli.Command {
 func listSessions(c *cli.Context) error {
 	root := filepath.Dir(hub.SessionDir(c.String("data"), "x"))
 	entries, err := sessionFolders(c.String("data"))
-	if err != nil {
+	if err != nil && c.String(natsclient.FlagURL) == "" {
 		return cliapp.AsUsage(err)
-	}
+	} // with --nats a data folder without sessions still lists the cluster's
 	// A rotated session is listed once: its newest segment's metadata, with rows and bytes
 	// summed over its segments (folders are listed in name order: a session's own folder, the
 	// live segment, sorts before its closed segments "<session>@<index>").
@@ -102,6 +103,21 @@ func listSessions(c *cli.Context) error {
 			l.StartNS = min(l.StartNS, m.StartNS)
 		}
 		l.Segments++
+	}
+	// With --nats: the sessions of the cluster's index too (shared hubs, docs/SCALING.md).
+	metas := make([]*hub.Metadata, len(list))
+	for i, l := range list {
+		metas[i] = l.Metadata
+	}
+	if metas, err = withIndex(c, metas); err != nil {
+		return err
+	}
+	for i, m := range metas {
+		if i < len(list) {
+			list[i].Metadata = m
+		} else {
+			list = append(list, &listed{Metadata: m, Segments: 1})
+		}
 	}
 	sort.Slice(list, func(i, j int) bool { return list[i].StartNS < list[j].StartNS })
 	if c.Bool("json") {
@@ -544,7 +560,7 @@ func (s *Summary) print(w io.Writer) {
 		fmt.Fprintf(w, "    ended: %s\n", strings.Join(ends, ", "))
 	}
 	if s.Grid != nil {
-		for _, l := range s.Grid.lines() {
+		for _, l := range s.Grid.Lines() {
 			fmt.Fprintf(w, "  %s\n", l)
 		}
 	}
