@@ -136,6 +136,8 @@ func TestCLIUsageErrorsExit2(t *testing.T) {
 		usage{"pmhub", []string{"plugins", "rm", "--data", data, "nope"}, "pmhub plugins rm", "no plugin nope"},
 		usage{"pmhub", []string{"plugins", "run", "--data", data, "nope"}, "pmhub plugins run", "want NAME|PATH SESSION"},
 		usage{"pmhub", []string{"plugins", "add", filepath.Join(data, "nope")}, "pmhub plugins add", "no file"},
+		usage{"pmhub", []string{"plugins", "add", "--plugin-timeout", "0s", filepath.Join(data, "nope")}, "pmhub plugins add", "--plugin-timeout 0s"},
+		usage{"pmhub", []string{"serve", "--data", data, "--plugin-timeout", "0s"}, "pmhub serve", "--plugin-timeout 0s"},
 		usage{"pmhub", []string{"plugins", "no-such-command"}, "pmhub plugins", `unknown command "no-such-command"`},
 		usage{"pmhub", []string{"profilers", "on"}, "pmhub profilers on", "want one KIND"},
 		usage{"pmhub", []string{"tail", "--kind", "nope"}, "pmhub tail", `unknown kind "nope"`},

@@ -152,6 +152,9 @@ func pluginsAdd(c *cli.Context) error {
 	if err != nil || len(args) != 1 {
 		return cli.Exit("pmhub plugins add: want one PATH"+why(err), 2)
 	}
+	if err := positiveTimeout(c); err != nil {
+		return err
+	}
 	src := args[0]
 	if _, err := os.Stat(src); errors.Is(err, os.ErrNotExist) {
 		return cliapp.Usage("no file %s", src)
@@ -248,6 +251,9 @@ func pluginsRun(c *cli.Context) error {
 	if err != nil || len(args) != 2 {
 		return cli.Exit("pmhub plugins run: want NAME|PATH SESSION"+why(err), 2)
 	}
+	if err := positiveTimeout(c); err != nil {
+		return err
+	}
 	path, err := pluginFile(c, args[0])
 	if err != nil {
 		return cliapp.AsUsage(err)
@@ -333,6 +339,15 @@ func positional(c *cli.Context) ([]string, error) {
 		}
 	}
 	return pos, nil
+}
+
+// positiveTimeout refuses a --plugin-timeout of zero or less (zero would silently mean the
+// default).
+func positiveTimeout(c *cli.Context) error {
+	if d := c.Duration("plugin-timeout"); d <= 0 {
+		return cliapp.Usage("--plugin-timeout %s: must be positive", d)
+	}
+	return nil
 }
 
 func why(err error) string {

@@ -98,6 +98,7 @@ func serveLimits(c *cli.Context) error {
 		pos("retention", ret > 0 || ret == -time.Second, ret, true),
 		pos("dead-letter-max-count", dlc > 0, dlc, false),
 		pos("dead-letter-max-bytes", dlb > 0, dlb, false),
+		pos("plugin-timeout", c.Duration("plugin-timeout") > 0, c.Duration("plugin-timeout"), false),
 	} {
 		if err != nil {
 			return err

@@ -34,6 +34,7 @@ func TestServeRejectsBadLimits(t *testing.T) {
 		{"--session-max-bytes", "0"}, {"--session-max-bytes", "-2"},
 		{"--retention", "0s"}, {"--retention", "-5s"},
 		{"--dead-letter-max-count", "0"}, {"--dead-letter-max-bytes", "-1"},
+		{"--plugin-timeout", "0s"}, {"--plugin-timeout", "-1s"},
 	}
 	for _, c := range cases {
 		data := t.TempDir()
