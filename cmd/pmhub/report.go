@@ -47,6 +47,11 @@ func runReport(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	for _, f := range []string{"max-points", "sample-size"} {
+		if v := c.Int(f); v < 1 {
+			return cliapp.Usage("--%s %d: must be positive", f, v)
+		}
+	}
 	opt := report.Options{MaxPoints: c.Int("max-points"), SampleSize: c.Int("sample-size"), Analyzer: reportAnalyzer, SkipAnalysis: c.Bool("no-analysis")}
 	w, err := window(c)
 	if err != nil {
