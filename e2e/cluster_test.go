@@ -182,7 +182,7 @@ func TestClusterHubsTakeOver(t *testing.T) {
 	var servers []*server
 	for i, h := range []*mnHost{a, a, b, b} {
 		s := &server{host: h, truth: filepath.Join(dir, fmt.Sprintf("truth%d.json", i))}
-		s.cmd = h.launch(t, py, s.truth, []string{"PMSIM_REQUESTS=24", "PMSIM_MAX_TOKENS=16", "PMSIM_STEP_WORK_MS=15"},
+		s.cmd = h.launch(t, py, s.truth, []string{"PMSIM_REQUESTS=48", "PMSIM_MAX_TOKENS=24", "PMSIM_STEP_WORK_MS=15"},
 			filepath.Join(h.tree, "bin", "vllm"), "serve", "pm-e2e-model", "-tp", "2")
 		servers = append(servers, s)
 	}
@@ -221,14 +221,23 @@ func TestClusterHubsTakeOver(t *testing.T) {
 	}
 	t.Logf("killing %s, owner of %s (%d forward_pass rows so far)", killed.id, victim.Session, victim.Rows["forward_pass_timing"])
 	_ = killed.p.stop(syscall.SIGKILL)
+	// Then one NATS node dies while every session still runs (not the node the test's first URL
+	// names; the stream, the buckets and the object store are R3).
+	active := 0
+	for _, e := range index() {
+		if e.Status == hub.StatusActive {
+			active++
+		}
+	}
+	if active != 4 {
+		t.Fatalf("%d sessions still active when the NATS node was to be killed; the run is too short for this machine", active)
+	}
+	t.Logf("killing NATS node %s", nodes[2].name)
+	nodes[2].kill()
 	agWaitFor(t, time.Minute, "another hub owning "+victim.Session, func() bool {
 		e, ok := index()[victim.Session]
 		return ok && (e.Owner != "" && e.Owner != killed.id || e.Status == hub.StatusEnded && e.Owner == "" && e.CheckpointNS > victim.CheckpointNS)
 	})
-	// Then one NATS node dies (not the one the test reads through first).
-	t.Logf("killing NATS node %s", nodes[2].name)
-	nodes[2].kill()
-
 	for _, s := range servers {
 		mnWait(t, s.cmd)
 	}

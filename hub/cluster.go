@@ -17,6 +17,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/profilemate/profilemate/proto"
 )
@@ -399,16 +400,25 @@ func (c *cluster) evaluate(ctx context.Context) {
 		claim := cd.top || now.Sub(k.unownedSince) >= grace
 		c.mu.Unlock()
 		if claim {
-			c.claim(ctx, cd.id)
+			c.claim(ctx, cd.id, cd.k.lastSeq)
 		}
 	}
 }
 
-// claim tries to take session's lease and, when it did, starts owning the session.
-func (c *cluster) claim(ctx context.Context, session string) {
+// claim tries to take session's lease and, when it did, starts owning the session. lastSeq is the
+// newest stream message discovery saw for it: a session the index says was finished at that
+// message or later needs no owner (the index is read again here: the watched copy may lag).
+func (c *cluster) claim(ctx context.Context, session string, lastSeq uint64) {
 	lctx, cancel := context.WithTimeout(ctx, c.ttl/3)
+	defer cancel()
+	if e, err := LookupIndex(lctx, c.s.js, session); err == nil && e.Status == StatusEnded && e.Owner == "" && lastSeq <= e.CheckpointSeq {
+		c.mu.Lock()
+		c.idx[session] = e
+		delete(c.known, session)
+		c.mu.Unlock()
+		return
+	}
 	rev, ok, err := c.ls.claim(lctx, session)
-	cancel()
 	if err != nil {
 		c.s.log.Warn("session claim failed", "session", session, "err", err)
 		return
@@ -556,4 +566,26 @@ func (s *Server) sharedHealth() Health {
 	}
 	h.OK = h.Error == ""
 	return h
+}
+
+// attachShared adds a shared hub's series: profilemate_hub_info{hub,mode} (1; join on it to name
+// a scrape target's hub), the sessions it owns and the checkpoints it stored. Every other series
+// of a shared hub covers only the sessions it owns, so sums over scrape targets (Prometheus'
+// instance label) count each event once (docs/SCALING.md "Metrics").
+func (m *Metrics) attachShared(s *Server) {
+	mode, id := "single", ""
+	if s.cfg.Shared {
+		mode, id = "shared", s.cfg.HubID
+	}
+	info := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "profilemate_hub_info",
+		Help: "1, labelled with this hub's id (shared mode) and mode (single or shared)"}, []string{"hub", "mode"})
+	info.WithLabelValues(id, mode).Set(1)
+	m.reg.MustRegister(info)
+	if !s.cfg.Shared {
+		return
+	}
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "profilemate_hub_sessions_owned",
+		Help: "sessions whose lease this hub holds (shared mode)"}, func() float64 { return float64(s.Counters().Owned) }))
+	m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "profilemate_hub_checkpoints_total",
+		Help: "session checkpoints stored in the Object Store (shared mode)"}, func() float64 { return float64(s.Counters().Checkpoints) }))
 }

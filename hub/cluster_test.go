@@ -303,7 +303,7 @@ func TestSharedTakeover(t *testing.T) {
 			return exactly(csvSeqs(t, SessionDir(dataA, s)), 50) && err == nil && e.Owner == "a" && e.CheckpointSeq > 0
 		})
 	}
-	_, _ = sharedHub(t, ns.ClientURL(), "b", dataB)
+	b, _ := sharedHub(t, ns.ClientURL(), "b", dataB)
 	pub(51, 60)
 	for _, s := range sessions {
 		waitFor(t, s+" rows 51-60 written by a", func() bool { return exactly(csvSeqs(t, SessionDir(dataA, s)), 60) })
@@ -330,5 +330,29 @@ func TestSharedTakeover(t *testing.T) {
 		if got := csvSeqs(t, dir); !exactly(got, 100) {
 			t.Fatalf("%s from a's data folder (%s): %d rows", s, dir, len(got))
 		}
+	}
+	// b's /metrics names it and counts the sessions it owns.
+	m := NewMetrics()
+	m.Attach(b)
+	fams, err := m.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, f := range fams {
+		for _, mt := range f.GetMetric() {
+			v := mt.GetGauge().GetValue() + mt.GetCounter().GetValue()
+			if f.GetName() == "profilemate_hub_info" {
+				for _, l := range mt.GetLabel() {
+					if l.GetName() == "hub" && l.GetValue() == "b" {
+						got["info_b"] = v
+					}
+				}
+			}
+			got[f.GetName()] = v
+		}
+	}
+	if got["info_b"] != 1 || got["profilemate_hub_sessions_owned"] != 2 || got["profilemate_hub_checkpoints_total"] < 1 {
+		t.Fatalf("b's shared series: %v", got)
 	}
 }
