@@ -319,6 +319,9 @@ func (c *cluster) renewAll(ctx context.Context) {
 	}
 	c.mu.Unlock()
 	for _, o := range owned {
+		if o.lost.Load() {
+			continue // stopping
+		}
 		if err := o.renew(ctx, c.ls, c.ttl/3); err != nil {
 			if errors.Is(err, ErrLeaseLost) {
 				c.s.log.Warn("session lease lost; stopping the session here", "session", o.id)
@@ -454,23 +457,18 @@ func (c *cluster) forget(o *ownedSession) {
 func (c *cluster) discover(ctx context.Context) {
 	s := c.s
 	for ctx.Err() == nil {
-		cons, err := s.js.OrderedConsumer(ctx, proto.StreamName, jetstream.OrderedConsumerConfig{
+		it, err := orderedMessages(ctx, s.js, jetstream.OrderedConsumerConfig{
 			FilterSubjects: []string{proto.EventPrefix + ".>", proto.LifePrefix + ".>"},
 			DeliverPolicy:  jetstream.DeliverLastPerSubjectPolicy, HeadersOnly: true,
-		})
+		}, 1024)
 		if err != nil {
 			s.log.Warn("session discovery: consumer not created", "err", err)
 			sleepCtx(ctx, time.Second)
 			continue
 		}
 		for ctx.Err() == nil {
-			b, err := cons.Fetch(1024, jetstream.FetchMaxWait(time.Second))
-			if err != nil {
-				s.log.Debug("session discovery: fetch", "err", err)
-				sleepCtx(ctx, 200*time.Millisecond)
-				continue
-			}
-			for m := range b.Messages() {
+			msgs, err := nextBatch(it, 1024, time.Second)
+			for _, m := range msgs {
 				id, ok := sessionOfSubject(m.Subject())
 				if !ok {
 					continue
@@ -479,7 +477,12 @@ func (c *cluster) discover(ctx context.Context) {
 					c.noteSeen(id, md.Sequence.Stream)
 				}
 			}
+			if err != nil {
+				s.log.Debug("session discovery", "err", err)
+				break
+			}
 		}
+		it.Stop()
 	}
 }
 
@@ -488,16 +491,16 @@ func (c *cluster) discover(ctx context.Context) {
 func (c *cluster) heartbeats(ctx context.Context) {
 	s := c.s
 	for ctx.Err() == nil {
-		cons, err := s.js.OrderedConsumer(ctx, proto.StreamName, jetstream.OrderedConsumerConfig{
+		it, err := orderedMessages(ctx, s.js, jetstream.OrderedConsumerConfig{
 			FilterSubjects: []string{proto.HeartbeatPrefix + ".>"}, DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy,
-		})
+		}, 256)
 		if err != nil {
 			s.log.Warn("heartbeats: consumer not created", "err", err)
 			sleepCtx(ctx, time.Second)
 			continue
 		}
 		for ctx.Err() == nil {
-			msgs, err := fetchMsgs(cons, 256, time.Second)
+			msgs, err := nextBatch(it, 256, time.Second)
 			if len(msgs) > 0 {
 				dec := s.decodeAll(msgs)
 				now := s.cfg.Now()
@@ -508,9 +511,10 @@ func (c *cluster) heartbeats(ctx context.Context) {
 				s.mu.Unlock()
 			}
 			if err != nil {
-				sleepCtx(ctx, 200*time.Millisecond)
+				break
 			}
 		}
+		it.Stop()
 	}
 }
 
@@ -527,18 +531,36 @@ func sessionOfSubject(subj string) (string, bool) {
 	return id, true
 }
 
-// fetchMsgs fetches up to n messages, waiting at most wait for the first.
-func fetchMsgs(cons jetstream.Consumer, n int, wait time.Duration) ([]jetstream.Msg, error) {
-	b, err := cons.Fetch(n, jetstream.FetchMaxWait(wait))
+// orderedMessages iterates an ordered consumer of the stream with cfg, buffering up to buffer
+// messages. The iterator (not Fetch, which would recreate the consumer at every call and does not
+// notice a message lost in flight) checks that delivery sequences follow each other and recreates
+// the consumer after the last message it delivered when they do not, or when the server that held
+// the consumer is gone.
+func orderedMessages(ctx context.Context, js jetstream.JetStream, cfg jetstream.OrderedConsumerConfig, buffer int) (jetstream.MessagesContext, error) {
+	cons, err := js.OrderedConsumer(ctx, proto.StreamName, cfg)
 	if err != nil {
 		return nil, err
 	}
-	var msgs []jetstream.Msg
-	for m := range b.Messages() {
-		msgs = append(msgs, m)
+	return cons.Messages(jetstream.PullMaxMessages(buffer))
+}
+
+// nextBatch returns up to n messages of it: it waits at most wait for the first, then takes those
+// already buffered. A timeout is no error (no messages); other errors end the iterator's use.
+func nextBatch(it jetstream.MessagesContext, n int, wait time.Duration) ([]jetstream.Msg, error) {
+	m, err := it.Next(jetstream.NextMaxWait(wait))
+	if errors.Is(err, nats.ErrTimeout) {
+		return nil, nil
 	}
-	if err := b.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, jetstream.ErrNoMessages) {
-		return msgs, err
+	if err != nil {
+		return nil, err
+	}
+	msgs := []jetstream.Msg{m}
+	for len(msgs) < n {
+		m, err := it.Next(jetstream.NextMaxWait(time.Millisecond))
+		if err != nil {
+			break // a timeout: nothing buffered; anything else comes again at the next call
+		}
+		msgs = append(msgs, m)
 	}
 	return msgs, nil
 }

@@ -154,7 +154,7 @@ func TestCheckpointRestore(t *testing.T) {
 	write(metaRel, `{"v":1}`, false)
 	write(files[2], "h\n1\n", false)
 	write(files[3], `{"segment":1}`, false)
-	ck := &checkpointer{obs: obs, session: s, root: root, hub: "a"}
+	ck := &checkpointer{obs: obs, session: s, root: root, hub: "a", epoch: 7}
 	check := func(seq uint64) *CheckpointManifest {
 		t.Helper()
 		m, err := ck.checkpoint(ctx, seq, false, time.Now(), nil)
@@ -226,6 +226,28 @@ func TestCheckpointRestore(t *testing.T) {
 	}
 	if m, _ := readManifest(ctx, obs, s); m.Seq != 100 {
 		t.Fatalf("manifest seq %d after a fenced checkpoint, want 100", m.Seq)
+	}
+	// An owner that lost the lease without noticing (its own epoch) uploads its parts while its
+	// successor checkpoints; its fence then fails and it deletes what it uploaded: never the
+	// successor's parts, so the successor's checkpoint restores whole.
+	stale := &checkpointer{obs: obs, session: s, root: root, hub: "old", epoch: 6, prev: ck.prev}
+	write(csvRel, "while two owners write\n", true)
+	_, err = stale.checkpoint(ctx, 102, false, time.Now(), func() error {
+		if _, err := ck.checkpoint(ctx, 103, false, time.Now(), nil); err != nil {
+			t.Fatal(err)
+		}
+		return ErrLeaseLost
+	})
+	if !errors.Is(err, ErrLeaseLost) {
+		t.Fatalf("stale checkpoint: %v", err)
+	}
+	out := t.TempDir()
+	if m, err := restoreCheckpoint(ctx, obs, s, out); err != nil || m.Seq != 103 {
+		t.Fatalf("restore after a stale owner's failed checkpoint: %v (%+v)", err, m)
+	}
+	want, _ := os.ReadFile(filepath.Join(root, csvRel))
+	if have, _ := os.ReadFile(filepath.Join(out, csvRel)); !bytes.Equal(want, have) {
+		t.Fatalf("restored CSV differs after a stale owner's failed checkpoint")
 	}
 }
 
