@@ -278,6 +278,7 @@ func (s *Server) handle(m jetstream.Msg, d decoded, now time.Time) (*session, in
 		}
 		n, err := ss.writeBatch(v, now)
 		if err == nil && s.cfg.Observe != nil {
+			ss.layoutOf(v) // layout.go: instance and node rank labels
 			s.cfg.Observe(v)
 		}
 		s.cnt.add(func(c *Counters) {

@@ -52,6 +52,10 @@ type Metadata struct {
 	// Window is set only in a folder that CopyWindow assembled from several segments or a time
 	// range: which segments and which range of ts_aligned_ns it holds.
 	Window *WindowMeta `json:"window,omitempty"`
+	// Instances are the multi-node instance keys of the session's processes, sorted
+	// (docs/multinode.md: "mp:<addr>:<port>", "dp:<addr>:<port>", "ray:<session>"); empty when no
+	// agent named one (single-host instances).
+	Instances []string `json:"instances,omitempty"`
 }
 
 // SegmentMeta is one segment of a rotated session. Rows go to the segment that is live when they
@@ -99,6 +103,9 @@ type HostMeta struct {
 	Started   bool   `json:"started"`
 	Ended     bool   `json:"ended"`
 	EndReason string `json:"end_reason,omitempty"`
+	// NodeRank is the host's node rank in the session's multi-node instance, when every process
+	// of the host that has one agrees (ProcMeta.NodeRank); absent otherwise.
+	NodeRank *int64 `json:"node_rank,omitempty"`
 }
 
 // ProcMeta is one process of a session.
@@ -106,18 +113,22 @@ type ProcMeta struct {
 	Host string `json:"host"`
 	PID  int64  `json:"pid"`
 	// Instance is the shim's per-start id (16 hex digits; empty from older shims).
-	Instance string   `json:"instance,omitempty"`
-	Proc     string   `json:"proc"`
-	Ident             // role and ranks
-	PPID     int64    `json:"ppid,omitempty"`
-	GPUUUID  string   `json:"gpu_uuid,omitempty"`
-	Python   string   `json:"python,omitempty"`
-	VLLM     string   `json:"vllm,omitempty"`
-	Title    string   `json:"title,omitempty"`
-	Argv     []string `json:"argv,omitempty"`
-	StartNS  int64    `json:"start_ns,omitempty"`
-	Ended    bool     `json:"ended"`
-	EndNS    int64    `json:"end_ns,omitempty"`
+	Instance string `json:"instance,omitempty"`
+	Proc     string `json:"proc"`
+	Ident           // role and ranks: rank is the global rank of a worker (the w<rank> token)
+	// InstanceKey is the multi-node vLLM instance the process belongs to and NodeRank the node of
+	// that instance its host is (docs/multinode.md); absent when its agent did not say.
+	InstanceKey string   `json:"instance_key,omitempty"`
+	NodeRank    *int64   `json:"node_rank,omitempty"`
+	PPID        int64    `json:"ppid,omitempty"`
+	GPUUUID     string   `json:"gpu_uuid,omitempty"`
+	Python      string   `json:"python,omitempty"`
+	VLLM        string   `json:"vllm,omitempty"`
+	Title       string   `json:"title,omitempty"`
+	Argv        []string `json:"argv,omitempty"`
+	StartNS     int64    `json:"start_ns,omitempty"`
+	Ended       bool     `json:"ended"`
+	EndNS       int64    `json:"end_ns,omitempty"`
 	// EndState is how the process ended: clean (it said goodbye), lost (its connection or pid went
 	// away without one, or its host's agent closed the session first), killed (its parent saw a
 	// signal end it: EndSignal, e.g. "SIGKILL"). Empty while it runs.

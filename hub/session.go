@@ -277,6 +277,7 @@ func (s *session) applyLife(l *Life, now time.Time) bool {
 		m.LastSeq = l.LastSeq
 	}
 	m.Ident.learn(l.Ident)
+	s.learnLayout(m, l) // layout.go
 	return s.allEnded()
 }
 

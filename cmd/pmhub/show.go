@@ -130,6 +130,57 @@ func mergeRows(a, b map[string]int64) map[string]int64 {
 	return out
 }
 
+// hostLayouts describes each host's workers: with a rank grid (one instance, possibly spanning
+// hosts), a host holding every rank of the grid gets its sizes ("4 workers: TP 4, PP 1, DP 1")
+// and a host holding part of it gets its global ranks within the grid's sizes ("4 workers: ranks
+// 4-7 of TP 8 x PP 1 x DP 1"); without a grid, the host's own largest group ranks when they
+// account for every worker, else just the count. size is host -> largest tp, pp, dp + 1.
+func hostLayouts(ranks []RankInfo, size map[string]*[3]int64, g *RankGrid) map[string]string {
+	out := map[string]string{}
+	workers := map[string]int64{}
+	for _, r := range ranks {
+		workers[r.Host]++
+	}
+	for h, z := range size {
+		n := workers[h]
+		if g != nil && len(g.Hosts[h]) > 0 {
+			total := g.TP * g.PP * g.DP
+			if int64(len(g.Hosts[h])) == total && n == total {
+				out[h] = fmt.Sprintf("%d workers: TP %d, PP %d, DP %d", n, g.TP, g.PP, g.DP)
+			} else {
+				out[h] = fmt.Sprintf("%d workers: ranks %s of TP %d x PP %d x DP %d", n, rankRanges(g.Hosts[h]), g.TP, g.PP, g.DP)
+			}
+			continue
+		}
+		tp, pp, dp := max(z[0], 1), max(z[1], 1), max(z[2], 1)
+		// The layout is only claimed when the reported ranks account for every worker.
+		if tp*pp*dp == n {
+			out[h] = fmt.Sprintf("%d workers: TP %d, PP %d, DP %d", n, tp, pp, dp)
+		} else {
+			out[h] = fmt.Sprintf("%d workers", n)
+		}
+	}
+	return out
+}
+
+// rankRanges writes ascending ranks as ranges: [0 1 2 5 7 8] -> "0-2,5,7-8".
+func rankRanges(rs []int64) string {
+	var parts []string
+	for i := 0; i < len(rs); {
+		j := i
+		for j+1 < len(rs) && rs[j+1] == rs[j]+1 {
+			j++
+		}
+		if j > i {
+			parts = append(parts, fmt.Sprintf("%d-%d", rs[i], rs[j]))
+		} else {
+			parts = append(parts, strconv.FormatInt(rs[i], 10))
+		}
+		i = j + 1
+	}
+	return strings.Join(parts, ",")
+}
+
 // stamp formats a metadata time (ns since the epoch, 0 when unknown) for the session list.
 func stamp(ns int64) string {
 	if ns <= 0 {
@@ -144,8 +195,9 @@ type Summary struct {
 	Status    string              `json:"status"`
 	EndReason string              `json:"end_reason,omitempty"`
 	Hosts     map[string][]string `json:"hosts"` // host -> process tokens
-	// Layout is each host's worker count and, when the reported ranks cover them all, its parallel
-	// sizes ("4 workers: TP 4, PP 1, DP 1").
+	// Layout is each host's worker count with its place in the instance (hostLayouts): "4 workers:
+	// TP 4, PP 1, DP 1" for a host holding every rank, "4 workers: ranks 4-7 of TP 8 x PP 1 x DP 1"
+	// for a host holding part of an instance spanning hosts.
 	Layout map[string]string `json:"layout,omitempty"`
 	// Ranks is every worker's place in the deployment, host then proc order.
 	Ranks       []RankInfo         `json:"ranks"`
@@ -237,19 +289,7 @@ func summarize(dir string) (*Summary, error) {
 		z[0], z[1], z[2] = max(z[0], p.TP+1), max(z[1], p.PP+1), max(z[2], p.DP+1)
 	}
 	s.Grid = rankGrid(m.Processes)
-	workers := map[string]int64{}
-	for _, r := range s.Ranks {
-		workers[r.Host]++
-	}
-	for h, z := range size {
-		tp, pp, dp := max(z[0], 1), max(z[1], 1), max(z[2], 1)
-		// The layout is only claimed when the reported ranks account for every worker.
-		if tp*pp*dp == workers[h] {
-			s.Layout[h] = fmt.Sprintf("%d workers: TP %d, PP %d, DP %d", workers[h], tp, pp, dp)
-		} else {
-			s.Layout[h] = fmt.Sprintf("%d workers", workers[h])
-		}
-	}
+	s.Layout = hostLayouts(s.Ranks, size, s.Grid)
 	sort.Slice(s.Ranks, func(i, j int) bool {
 		a, b := s.Ranks[i], s.Ranks[j]
 		return a.Host < b.Host || (a.Host == b.Host && a.Rank < b.Rank)
@@ -502,7 +542,7 @@ func (s *Summary) print(w io.Writer) {
 		fmt.Fprintf(w, "    ended: %s\n", strings.Join(ends, ", "))
 	}
 	if s.Grid != nil {
-		for _, l := range s.Grid.lines() {
+		for _, l := range s.Grid.Lines() {
 			fmt.Fprintf(w, "  %s\n", l)
 		}
 	}
