@@ -14,6 +14,14 @@ import (
 // metadata.json. A rotated session is listed once: its live segment's status, hosts and processes,
 // with Segments, Rows and Bytes over all its segments still on disk.
 func (s *Server) Sessions() []SessionInfo {
+	if s.cl != nil {
+		return s.sharedSessions(s.localSessions())
+	}
+	return s.localSessions()
+}
+
+// localSessions is Sessions from the data folder and memory alone.
+func (s *Server) localSessions() []SessionInfo {
 	// The folder is listed under the lock and open sessions come from memory: a session whose
 	// first round is being applied has no folder yet but is active (metrics pruning relies on it).
 	s.mu.Lock()
