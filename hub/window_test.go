@@ -36,7 +36,9 @@ func TestCopyWindow(t *testing.T) {
 		return []*ProcMeta{{Host: "h", PID: 1, Proc: "w0", Rows: rows, EarlierSeqs: [][2]uint64{{1, 2}}}}
 	}
 	hdr := "session,host,pid,role,dp,pp,tp,ep,seq,step,ts_ns,usage," + AlignedColumn + "\n"
-	row := func(seq, ts string) string { return "S,h,1,worker,0,0,0,-1," + seq + "," + seq + "," + ts + ",0.5," + ts + "\n" }
+	row := func(seq, ts string) string {
+		return "S,h,1,worker,0,0,0,-1," + seq + "," + seq + "," + ts + ",0.5," + ts + "\n"
+	}
 	seg0 := filepath.Join(root, "S@000000")
 	writeSegment(t, seg0, &Metadata{Session: "S", Status: StatusEnded, EndReason: EndRotated, StartNS: 50, Rows: map[string]int64{"kv_cache_usage": 2},
 		Duplicates: 1, Processes: proc(map[string]int64{"kv_cache_usage": 2}),
