@@ -76,11 +76,28 @@ def _split(sched, out, advanced):
     A request is in prefill while its computed tokens (before this step) are fewer than its prompt
     tokens; a request id missing from sched.requests is skipped. One pass over the scheduled
     requests per step (the loop is faster than map/attrgetter chains on 3.11+)."""
-    prefill = total = 0
     reqs = getattr(sched, "requests", None) or {}
-    get = reqs.get
-    for rid, n in (getattr(out, "num_scheduled_tokens", None) or {}).items():
-        req = get(rid)
+    items = (getattr(out, "num_scheduled_tokens", None) or {}).items()
+    prefill = total = 0
+    try:  # every id known (always in vLLM): subscripts, no call per request
+        if advanced:
+            for rid, n in items:
+                req = reqs[rid]
+                total += n
+                if req.num_computed_tokens - n < req.num_prompt_tokens:
+                    prefill += n
+        else:
+            for rid, n in items:
+                req = reqs[rid]
+                total += n
+                if req.num_computed_tokens < req.num_prompt_tokens:
+                    prefill += n
+        return prefill, total - prefill
+    except KeyError:
+        pass
+    prefill = total = 0
+    for rid, n in items:
+        req = reqs.get(rid)
         if req is None:
             continue
         total += n
