@@ -9,7 +9,12 @@ Three interleaved variants per iteration, each a fresh `python -c pass`:
           `pmagent run/env --python` and `pmagent install` prepare).
 Each run is measured by its own CPU time (user + system, from wait4), not wall time: on a shared,
 loaded machine wall time is mostly waiting for a core. Added time = median over iterations of
-(variant - plain) of the same iteration, in ms, so noise shared by neighbouring runs cancels. Usage: python3 shim/bench/startup.py [N] (default 40).
+(variant - plain) of the same iteration, in ms, so noise shared by neighbouring runs cancels.
+
+Usage: python3 shim/bench/startup.py [N] (default 40)
+       python3 shim/bench/startup.py --versus DIR [N]: a fourth variant interleaved, DIR's shim (a
+       folder with sitecustomize.py and profilemate/, e.g. an older checkout's shim/) with its
+       byte-code, so before and after come from one run.
 """
 import glob
 import os
@@ -21,10 +26,10 @@ import tempfile
 SHIM = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _copy_shim(dst):
+def _copy_shim(dst, src=SHIM):
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    shutil.copy2(os.path.join(SHIM, "sitecustomize.py"), dst)
-    shutil.copytree(os.path.join(SHIM, "profilemate"), os.path.join(dst, "profilemate"), ignore=ignore)
+    shutil.copy2(os.path.join(src, "sitecustomize.py"), dst)
+    shutil.copytree(os.path.join(src, "profilemate"), os.path.join(dst, "profilemate"), ignore=ignore)
 
 
 def _env(shim_dir):
@@ -52,29 +57,38 @@ def _median(xs):
     return xs[m] if len(xs) % 2 else (xs[m - 1] + xs[m]) / 2
 
 
-def bench(py, n, tmp):
-    src, pyc = os.path.join(tmp, "src"), os.path.join(tmp, "pyc")
-    for d in (src, pyc):
+def bench(py, n, tmp, before=None):
+    """(plain, added source only, added with byte-code, added before with byte-code or None), s."""
+    src, pyc, old = os.path.join(tmp, "src"), os.path.join(tmp, "pyc"), os.path.join(tmp, "before")
+    for d, origin in ((src, SHIM), (pyc, SHIM), (old, before)):
         shutil.rmtree(d, ignore_errors=True)
+        if origin is None:
+            continue
         os.makedirs(d)
-        _copy_shim(d)
+        _copy_shim(d, origin)
     subprocess.run([py, "-I", "-m", "compileall", "-q", pyc], check=True)
     envs = {"plain": _env(None), "source": _env(src), "pyc": _env(pyc)}
+    if before:
+        subprocess.run([py, "-I", "-m", "compileall", "-q", old], check=True)
+        envs["before"] = _env(old)
     for e in envs.values():
         _once(py, e)  # warm the page cache
-    plain, add_src, add_pyc = [], [], []
+    plain, added = [], {k: [] for k in envs if k != "plain"}
     for _ in range(n):
         p = _once(py, envs["plain"])
-        s = _once(py, envs["source"])
-        c = _once(py, envs["pyc"])
         plain.append(p)
-        add_src.append(s - p)
-        add_pyc.append(c - p)
-    return _median(plain), _median(add_src), _median(add_pyc)
+        for k in added:
+            added[k].append(_once(py, envs[k]) - p)
+    return (_median(plain), _median(added["source"]), _median(added["pyc"]),
+            _median(added["before"]) if before else None)
 
 
 def main():
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 40
+    args = sys.argv[1:]
+    before = None
+    if args[:1] == ["--versus"]:
+        before, args = os.path.abspath(args[1]), args[2:]
+    n = int(args[0]) if args else 40
     root = subprocess.run(["pyenv", "root"], capture_output=True, text=True).stdout.strip() or os.path.expanduser("~/.pyenv")
     try:
         load = "%.1f" % os.getloadavg()[0]
@@ -82,14 +96,24 @@ def main():
         load = "?"
     print("Load average at start: %s; %d interleaved iterations per Python." % (load, n))
     print()
-    print("| python | plain `-c pass`, CPU (ms) | added, source only (ms) | added, with byte-code (ms) | ratio with/without byte-code |")
-    print("|---|---|---|---|---|")
+    if before:
+        print("Before: %s; after: %s." % (before, SHIM))
+        print()
+        print("| python | plain `-c pass`, CPU (ms) | added before, with byte-code (ms) | added after, with byte-code (ms) "
+              "| added after, source only (ms) |")
+        print("|---|---|---|---|---|")
+    else:
+        print("| python | plain `-c pass`, CPU (ms) | added, source only (ms) | added, with byte-code (ms) | ratio with/without byte-code |")
+        print("|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="pm-startup-") as tmp:
         for v in ("3.9", "3.10", "3.11", "3.12", "3.13"):
             found = sorted(glob.glob(os.path.join(root, "versions", v + ".*", "bin", "python3")))
             if not found:
                 continue
-            p, s, c = bench(found[-1], n, tmp)
+            p, s, c, b = bench(found[-1], n, tmp, before)
+            if before:
+                print("| %s | %.2f | %+.2f | %+.2f | %+.2f |" % (v, p * 1e3, b * 1e3, c * 1e3, s * 1e3), flush=True)
+                continue
             ratio = (p + c) / (p + s) if p + s > 0 else float("nan")
             print("| %s | %.2f | %+.2f | %+.2f | %.3f |" % (v, p * 1e3, s * 1e3, c * 1e3, ratio), flush=True)
     try:

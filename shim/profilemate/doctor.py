@@ -111,8 +111,8 @@ def check():
 
 def main(argv):
     as_json = "--json" in argv
-    from profilemate import importhook
-    importhook.uninstall()
+    from profilemate import bootstrap
+    bootstrap.uninstall_finder()
     report = check()
     if as_json:
         print(json.dumps(report["targets"], indent=1))

@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 
-from profilemate import importhook, patching, procinfo, redact, schema, sinks, targets
+from profilemate import patching, procinfo, redact, schema, sinks, targets
 from profilemate.gpu_timing import POOL
 from profilemate.identity import IDENT
 from profilemate.recorder import RECORDER
@@ -440,9 +440,16 @@ def _start_thread():
     t.start()
 
 
+def _import_finder():
+    """The import hook's finder when profilemate.bootstrap installed one, else None. Looked up in
+    sys.modules, never imported: bootstrap imports this module."""
+    boot = sys.modules.get("profilemate.bootstrap")
+    return boot.finder() if boot is not None else None
+
+
 def _loop():
     interval = flush_interval()
-    finder = importhook.finder()
+    finder = _import_finder()
     while not S.stop.wait(interval):
         if finder is not None:
             try:

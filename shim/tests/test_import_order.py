@@ -108,8 +108,8 @@ class ImportOrder(unittest.TestCase):
     def test_hook_callback_raises_import_succeeds(self):
         r = self.py("""
             import sys
-            from profilemate import importhook
-            f = importhook.VllmFinder(lambda: None, lambda n, m: 1 / 0, lambda: {%r})
+            from profilemate import bootstrap
+            f = bootstrap.VllmFinder(lambda: None, lambda n, m: 1 / 0, lambda: {%r})
             sys.meta_path.insert(0, f)
             f._see_vllm()
             import vllm.v1.core.sched.scheduler as s
