@@ -8,8 +8,8 @@ sys.path is executed here under the same name to keep it working.
 
 def _profilemate_start():
     try:
-        import profilemate.bootstrap as _b
-        _b.bootstrap("sitecustomize")
+        import profilemate as _p
+        _p.activate("sitecustomize")
     except Exception:  # the shim must never break the interpreter's start-up
         pass
 

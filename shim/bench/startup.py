@@ -15,6 +15,9 @@ Usage: python3 shim/bench/startup.py [N] (default 40)
        python3 shim/bench/startup.py --versus DIR [N]: a fourth variant interleaved, DIR's shim (a
        folder with sitecustomize.py and profilemate/, e.g. an older checkout's shim/) with its
        byte-code, so before and after come from one run.
+       python3 shim/bench/startup.py --instructions [--versus DIR]: instead of CPU time, the user-space
+       instructions of one `python -c pass` per variant under valgrind (callgrind), which do not
+       depend on the machine's load (system calls are not counted).
 """
 import glob
 import os
@@ -35,6 +38,7 @@ def _copy_shim(dst, src=SHIM):
 def _env(shim_dir):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith(("VLLM_", "PROFILEMATE_"))}
     env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env["PYTHONHASHSEED"] = "0"  # the same hashing in every run (instruction counts repeat exactly)
     if shim_dir:
         env["PYTHONPATH"] = shim_dir
     return env
@@ -83,11 +87,57 @@ def bench(py, n, tmp, before=None):
             _median(added["before"]) if before else None)
 
 
+def _instructions(py, env):
+    """User-space instructions (callgrind's Ir) of one `python -c pass`."""
+    r = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", py, "-c", "pass"],
+                       env=env, capture_output=True, text=True)
+    for line in r.stderr.splitlines():
+        if "Collected :" in line:
+            return int(line.split(":")[-1])
+    raise RuntimeError("valgrind: %s" % r.stderr[-500:])
+
+
+def instructions(root, before):
+    print("| python | plain `-c pass` (M instructions) | added before, byte-code (M) | added after, byte-code (M) "
+          "| added after, source only (M) |")
+    print("|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory(prefix="pm-startup-") as tmp:
+        for v in ("3.9", "3.10", "3.11", "3.12", "3.13"):
+            found = sorted(glob.glob(os.path.join(root, "versions", v + ".*", "bin", "python3")))
+            if not found:
+                continue
+            py = os.path.realpath(found[-1])
+            dirs = {"src": SHIM, "pyc": SHIM, "before": before}
+            envs = {"plain": _env(None)}
+            for name, origin in dirs.items():
+                if origin is None:
+                    continue
+                d = os.path.join(tmp, name)
+                shutil.rmtree(d, ignore_errors=True)
+                os.makedirs(d)
+                _copy_shim(d, origin)
+                if name != "src":
+                    subprocess.run([py, "-I", "-m", "compileall", "-q", d], check=True)
+                envs[name] = _env(d)
+            got = {k: _instructions(py, e) for k, e in envs.items()}
+            p = got["plain"]
+            b = "%+.2f" % ((got["before"] - p) / 1e6) if before else "-"
+            print("| %s | %.1f | %s | %+.2f | %+.2f |" % (v, p / 1e6, b, (got["pyc"] - p) / 1e6, (got["src"] - p) / 1e6),
+                  flush=True)
+
+
 def main():
     args = sys.argv[1:]
-    before = None
+    before, count = None, False
+    if args[:1] == ["--instructions"]:
+        count, args = True, args[1:]
     if args[:1] == ["--versus"]:
         before, args = os.path.abspath(args[1]), args[2:]
+    if count:
+        root = subprocess.run(["pyenv", "root"], capture_output=True, text=True).stdout.strip() or \
+            os.path.expanduser("~/.pyenv")
+        instructions(root, before)
+        return
     n = int(args[0]) if args else 40
     root = subprocess.run(["pyenv", "root"], capture_output=True, text=True).stdout.strip() or os.path.expanduser("~/.pyenv")
     try:

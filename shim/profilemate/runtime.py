@@ -441,10 +441,11 @@ def _start_thread():
 
 
 def _import_finder():
-    """The import hook's finder when profilemate.bootstrap installed one, else None. Looked up in
-    sys.modules, never imported: bootstrap imports this module."""
-    boot = sys.modules.get("profilemate.bootstrap")
-    return boot.finder() if boot is not None else None
+    """The import hook's finder when the activation (the profilemate package) installed one, else
+    None."""
+    pkg = sys.modules.get("profilemate")
+    finder = getattr(pkg, "finder", None)
+    return finder() if finder is not None else None
 
 
 def _loop():
