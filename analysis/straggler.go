@@ -3,7 +3,9 @@ package analysis
 import (
 	"fmt"
 	"math"
+	"slices"
 	"sort"
+	"strings"
 
 	"github.com/profilemate/profilemate/proto"
 )
@@ -287,6 +289,15 @@ func Straggler(src Source, opt StragglerOptions) (*Result, error) {
 		}
 		if oneHost == 1 {
 			f.Title += fmt.Sprintf("; every rank of host %s is slow (%d ranks)", top.host, len(slow))
+		} else if len(slowHosts) > 1 {
+			// Stragglers on several hosts (one instance spanning hosts): name each with its host.
+			var names []string
+			for _, rk := range append([]rankKey{top}, slow...) {
+				if n := fmt.Sprintf("rank %d on %s", rk.rank, rk.host); len(names) == 0 || (rk != top && !slices.Contains(names, n)) {
+					names = append(names, n)
+				}
+			}
+			f.Title += fmt.Sprintf("; %d straggler ranks on hosts %s: %s", len(slow), strings.Join(f.Hosts, ", "), strings.Join(names, ", "))
 		}
 	}
 	res.Findings = []Finding{f}
