@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/csv"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -122,6 +123,9 @@ func runPipeline(b *testing.B) {
 			b.Fatal(err)
 		}
 		defer c.Close()
+		// A shim reads what the agent sends back (acknowledgements); so do these clients, or the
+		// socket's buffer fills and the agent's replies wait on it.
+		go func() { _, _ = io.Copy(io.Discard, c) }()
 		fmt.Fprintf(c, `{"t":"hello","v":1,"session":%q,"pid":%d,"role":"worker","dp":0,"pp":0,"tp":%d,"ep":-1,"rank":%d}`+"\n", session, 2000+r, r, r)
 		conns[r] = c
 	}
