@@ -49,6 +49,10 @@ type Config struct {
 	// SessionLinger ends a session this long after its last process left; 0 keeps sessions open
 	// until EndSession (what `pmagent run` does: it ends the session when its command exits).
 	SessionLinger time.Duration
+	// InstanceRefresh is how often the agent refreshes the registry entries of the multi-node
+	// instances it has live processes of; an entry not refreshed for 3 periods counts as ended
+	// (instance.go). 0: DefaultInstanceRefresh.
+	InstanceRefresh time.Duration
 	// Resume keeps, over a restart, the sessions of processes still running at Shutdown (saved in
 	// the spool folder, restored by the next agent) instead of ending them: `pmagent serve`.
 	Resume    bool
@@ -87,6 +91,7 @@ type Agent struct {
 	// (instance.go).
 	instances  map[string]string
 	instanceOf map[string]string
+	layout     layouts // each process's instance key and node rank (instance.go)
 	procs      map[int]*proc
 	watch      map[int]bool // pids whose end the caller reports (Exited)
 	conns      map[*conn]struct{}
@@ -459,6 +464,7 @@ func (a *Agent) Sessions() []string {
 }
 
 func (a *Agent) publishLife(l *Life) {
+	a.layout.fill(l)
 	data, err := encodeLife(l)
 	if err != nil {
 		a.encErrors.Add(1)
@@ -550,6 +556,7 @@ func (a *Agent) hello(c *conn, h *pmproto.Hello) error {
 	if h.Session != sess {
 		c.send(pmproto.Ctl{T: pmproto.LineCtl, V: pmproto.WireVersion, Op: "session", Session: sess})
 	}
+	a.layout.learn(h, sess, c.peer.OK && int(c.peer.Pid) == h.PID)
 	a.publishLife(&Life{Type: "hello", Session: sess, Host: a.cfg.Host, Proc: p.token, PID: h.PID, Instance: p.instance, Ident: p.ident, Hello: h})
 	return nil
 }

@@ -27,6 +27,9 @@ func (a *Agent) startNATSSide(ctx context.Context) {
 		a.clock.Now = func() time.Time { return time.Now().Add(skew) }
 	}
 	go a.clock.Run(ctx)
+	if !a.cfg.NATS.CoreNATS {
+		go a.refreshInstances(ctx) // instance.go
+	}
 	every := a.cfg.Heartbeat
 	if every == 0 {
 		every = DefaultHeartbeat

@@ -6,8 +6,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -19,70 +22,12 @@ import (
 // of the other hosts read it.
 const InstanceBucket = "PROFILEMATE_INSTANCES"
 
-// Defaults of vLLM's rendezvous flags (vllm/config/parallel.py: master_port 29501,
-// data_parallel_rpc_port 13345; master_addr and data_parallel_address 127.0.0.1).
-const (
-	defaultMasterAddr = "127.0.0.1"
-	defaultMasterPort = "29501"
-	defaultDPRPCPort  = "13345"
-)
-
 // instanceTimeout bounds one key-value round trip at hello; past it the process gets a session
 // of its own host (logged), never a stuck hello.
 const instanceTimeout = 5 * time.Second
 
-// InstanceKey returns what every process of one multi-node vLLM instance shares, read from the
-// command line of the process that starts it on a host (`vllm serve …` on the head and on each
-// follower):
-//   - multi-node MP (`--nnodes N` with N > 1): "mp:<master addr>:<master port>";
-//   - multi-node DP (`--headless`, or `--data-parallel-size-local` below `--data-parallel-size`):
-//     "dp:<data-parallel address>:<data-parallel RPC port>".
-//
-// Unset addresses and ports take vLLM's defaults. "" when argv starts no multi-node instance
-// (spawned children carry spawn's argv: they join their parent's session instead).
-func InstanceKey(argv []string) string {
-	flags := map[string]string{}
-	serve := false
-	for i := 0; i < len(argv); i++ {
-		a := argv[i]
-		if a == "serve" {
-			serve = true
-			continue
-		}
-		if !strings.HasPrefix(a, "--") {
-			continue
-		}
-		name, val, hasVal := strings.Cut(a[2:], "=")
-		name = strings.ReplaceAll(name, "_", "-")
-		if !hasVal {
-			if name == "headless" {
-				val = "true"
-			} else if i+1 < len(argv) && !strings.HasPrefix(argv[i+1], "-") {
-				val = argv[i+1]
-				i++
-			}
-		}
-		flags[name] = val
-	}
-	if !serve && flags["nnodes"] == "" && flags["data-parallel-address"] == "" {
-		return ""
-	}
-	or := func(name, def string) string {
-		if v := flags[name]; v != "" {
-			return v
-		}
-		return def
-	}
-	if n, err := strconv.Atoi(flags["nnodes"]); err == nil && n > 1 {
-		return "mp:" + or("master-addr", defaultMasterAddr) + ":" + or("master-port", defaultMasterPort)
-	}
-	size, _ := strconv.Atoi(flags["data-parallel-size"])
-	local, errLocal := strconv.Atoi(flags["data-parallel-size-local"])
-	if flags["headless"] == "true" || (errLocal == nil && size > local) {
-		return "dp:" + or("data-parallel-address", defaultMasterAddr) + ":" + or("data-parallel-rpc-port", defaultDPRPCPort)
-	}
-	return ""
-}
+// InstanceKey is proto.InstanceKey: the multi-node instance a `vllm serve` command line starts.
+func InstanceKey(argv []string) string { return pmproto.InstanceKey(argv) }
 
 // instanceEntry is the value of one key in InstanceBucket (JSON).
 type instanceEntry struct {
@@ -91,6 +36,94 @@ type instanceEntry struct {
 	StartNS int64  `json:"start_ns"`           // when the first agent saw the instance, Unix ns
 	EndedNS int64  `json:"ended_ns,omitempty"` // when an agent saw its last process leave; never reused after
 	Host    string `json:"host"`               // the agent that created the entry
+	// SeenNS is when an agent with live processes of the instance last refreshed the entry
+	// (every Config.InstanceRefresh), Unix ns. An entry neither ended nor refreshed for
+	// instanceStaleAfter refresh periods belongs to a run whose agents all died (kill -9, a lost
+	// host) and is never joined again.
+	SeenNS int64 `json:"seen_ns,omitempty"`
+}
+
+// DefaultInstanceRefresh is how often an agent refreshes the registry entries of the instances it
+// has live processes of (Config.InstanceRefresh when 0).
+const DefaultInstanceRefresh = 10 * time.Second
+
+// instanceStaleAfter is how many refresh periods an open entry may go without a refresh before
+// it counts as ended.
+const instanceStaleAfter = 3
+
+func (a *Agent) instanceRefresh() time.Duration {
+	if a.cfg.InstanceRefresh > 0 {
+		return a.cfg.InstanceRefresh
+	}
+	return DefaultInstanceRefresh
+}
+
+// live reports whether e names a run that may still have processes: not ended, and refreshed (or
+// created) within instanceStaleAfter refresh periods of now.
+func (e *instanceEntry) live(now time.Time, refresh time.Duration) bool {
+	if e.Session == "" || e.EndedNS != 0 {
+		return false
+	}
+	return now.UnixNano()-max(e.StartNS, e.SeenNS) < int64(instanceStaleAfter)*int64(refresh)
+}
+
+// refreshInstances refreshes, every refresh period until ctx ends, the registry entry of each
+// instance this agent has live processes of, so other agents can tell a running instance from one
+// whose agents died without marking it ended.
+func (a *Agent) refreshInstances(ctx context.Context) {
+	t := time.NewTicker(a.instanceRefresh())
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		a.mu.Lock()
+		live := map[string]string{} // key -> session
+		for key, id := range a.instances {
+			if s, ok := a.sessions[id]; ok && !s.ended && s.live > 0 {
+				live[key] = id
+			}
+		}
+		a.mu.Unlock()
+		for key, id := range live {
+			if err := a.touchInstance(ctx, key, id); err != nil {
+				a.log.Warn("refresh instance entry", "instance", key, "session", id, "err", err)
+			}
+		}
+	}
+}
+
+// touchInstance sets SeenNS of key's entry to now while it still names session id.
+func (a *Agent) touchInstance(ctx context.Context, key, id string) error {
+	ctx, cancel := context.WithTimeout(ctx, instanceTimeout)
+	defer cancel()
+	kv, err := a.instanceKV(ctx)
+	if err != nil {
+		return err
+	}
+	k := instanceKVKey(key)
+	for try := 0; try < 3; try++ {
+		e, err := kv.Get(ctx, k)
+		if err != nil {
+			return fmt.Errorf("get %s: %w", key, err)
+		}
+		var cur instanceEntry
+		if json.Unmarshal(e.Value(), &cur) != nil || cur.Session != id || cur.EndedNS != 0 {
+			return nil
+		}
+		cur.SeenNS = time.Now().UnixNano()
+		val, err := json.Marshal(cur)
+		if err != nil {
+			return err
+		}
+		if _, err := kv.Update(ctx, k, val, e.Revision()); err == nil {
+			return nil
+		}
+		// another agent of the instance refreshed it meanwhile: read again
+	}
+	return nil
 }
 
 // instanceSession returns the session of h's multi-node instance (h.InstanceKey, else
@@ -184,7 +217,7 @@ func (a *Agent) joinInstance(key, fresh string, now time.Time) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	val, err := json.Marshal(instanceEntry{Session: fresh, Key: key, StartNS: now.UnixNano(), Host: a.cfg.Host})
+	val, err := json.Marshal(instanceEntry{Session: fresh, Key: key, StartNS: now.UnixNano(), SeenNS: now.UnixNano(), Host: a.cfg.Host})
 	if err != nil {
 		return "", err
 	}
@@ -203,10 +236,11 @@ func (a *Agent) joinInstance(key, fresh string, now time.Time) (string, error) {
 			return "", fmt.Errorf("get %s: %w", key, err)
 		}
 		var cur instanceEntry
-		if err := json.Unmarshal(e.Value(), &cur); err == nil && cur.Session != "" && cur.EndedNS == 0 {
+		if err := json.Unmarshal(e.Value(), &cur); err == nil && cur.live(now, a.instanceRefresh()) {
 			return cur.Session, nil
 		}
-		// Ended (or unreadable): a new run of the instance; first writer of this revision wins.
+		// Ended, stale (its agents died) or unreadable: a new run of the instance; first writer
+		// of this revision wins.
 		if _, err := kv.Update(ctx, k, val, e.Revision()); err == nil {
 			return fresh, nil
 		}
@@ -217,6 +251,7 @@ func (a *Agent) joinInstance(key, fresh string, now time.Time) (string, error) {
 // instanceEnded marks the registry entry of session id ended (when it still names id), so that no
 // later process of the same key joins it. No-op for sessions of no instance.
 func (a *Agent) instanceEnded(id string) {
+	a.layout.forget(id)
 	a.mu.Lock()
 	key, ok := a.instanceOf[id]
 	delete(a.instanceOf, id)
@@ -262,4 +297,113 @@ func (a *Agent) joinLate(p *proc, inst string) string {
 		return old.id
 	}
 	return ""
+}
+
+// layouts is where each process of this host sits in its multi-node instance: the instance key
+// and node rank its hello's command line or PROFILEMATE_INSTANCE_KEY names, else its parent's
+// (EngineCore and workers are spawned with spawn's argv); the agent's own records of a session
+// take that of the session's first process that named one. Its own lock: filled at hello, read
+// by every lifecycle record.
+type layouts struct {
+	mu    sync.Mutex
+	procs map[int]procLayout    // by pid
+	sess  map[string]procLayout // by session: the first process's that named an instance
+}
+
+type procLayout struct {
+	key, session string
+	node         int // -1: unknown
+}
+
+// learn records the layout of the process that said hello h into session sess. sameNS says the
+// process's pids are the agent's (its connection's peer pid is its own pid): then an ancestor
+// that said no hello (a headless `vllm serve` whose process never imported a vLLM target) is
+// read from /proc.
+func (l *layouts) learn(h *pmproto.Hello, sess string, sameNS bool) {
+	pl := procLayout{key: h.InstanceKey, session: sess, node: -1}
+	if k := pmproto.InstanceKey(h.Argv); k != "" {
+		if pl.key == "" || pl.key == k {
+			pl.key, pl.node = k, pmproto.NodeRank(h.Argv)
+		}
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.procs == nil {
+		l.procs, l.sess = map[int]procLayout{}, map[string]procLayout{}
+	}
+	if pl.key == "" {
+		if par, ok := l.procs[h.PPID]; ok && par.key != "" && par.session == sess {
+			pl.key, pl.node = par.key, par.node
+		} else if !ok && sameNS {
+			pl.key, pl.node = ancestorInstance(h.PPID)
+		}
+	}
+	if pl.key != "" {
+		if _, ok := l.sess[sess]; !ok {
+			l.sess[sess] = pl
+		}
+	}
+	l.procs[h.PID] = pl
+}
+
+// procRoot is where ancestorInstance reads processes (a variable for tests).
+var procRoot = "/proc"
+
+// ancestorInstance reads the command lines of pid and up to three of its ancestors from /proc and
+// returns the instance key and node rank of the first that starts a multi-node instance ("" and
+// -1 when none does or /proc cannot be read).
+func ancestorInstance(pid int) (string, int) {
+	for i := 0; i < 4 && pid > 1; i++ {
+		b, err := os.ReadFile(filepath.Join(procRoot, strconv.Itoa(pid), "cmdline"))
+		if err != nil {
+			return "", -1
+		}
+		argv := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+		if k := pmproto.InstanceKey(argv); k != "" {
+			return k, pmproto.NodeRank(argv)
+		}
+		st, err := os.ReadFile(filepath.Join(procRoot, strconv.Itoa(pid), "status"))
+		if err != nil {
+			return "", -1
+		}
+		next := 0
+		for _, line := range strings.Split(string(st), "\n") {
+			if v, ok := strings.CutPrefix(line, "PPid:"); ok {
+				next, _ = strconv.Atoi(strings.TrimSpace(v))
+			}
+		}
+		pid = next
+	}
+	return "", -1
+}
+
+// fill sets rec's InstanceKey and NodeRank from its process's layout (agent records: its
+// session's).
+func (l *layouts) fill(rec *Life) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	pl, ok := l.procs[rec.PID]
+	if !ok || pl.session != rec.Session {
+		pl, ok = l.sess[rec.Session]
+		if !ok || rec.Proc != "agent" {
+			return
+		}
+	}
+	rec.InstanceKey = pl.key
+	if pl.node >= 0 {
+		n := int32(pl.node)
+		rec.NodeRank = &n
+	}
+}
+
+// forget drops the layouts of session id (ended).
+func (l *layouts) forget(id string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.sess, id)
+	for pid, pl := range l.procs {
+		if pl.session == id {
+			delete(l.procs, pid)
+		}
+	}
 }

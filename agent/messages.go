@@ -81,13 +81,17 @@ type Life struct {
 	AgentVersion string // start
 	// AgentDropped counts messages of this session the agent could not keep (queue and spool full).
 	AgentDropped int64
+	// InstanceKey and NodeRank place the process in its multi-node instance (instance.go:
+	// layouts.fill); "" and nil when unknown.
+	InstanceKey string
+	NodeRank    *int32
 }
 
 func lifeProcess(l *Life) *pmpb.Process {
 	id := l.Ident
 	p := &pmpb.Process{Session: l.Session, Host: l.Host, Pid: int64(l.PID), Role: id.Role,
 		Dp: int32(id.DP), Pp: int32(id.PP), Tp: int32(id.TP), Ep: int32(id.EP), Rank: int32(id.Rank),
-		Instance: l.Instance}
+		Instance: l.Instance, InstanceKey: l.InstanceKey, NodeRank: l.NodeRank}
 	if h := l.Hello; h != nil {
 		p.Ppid, p.Python, p.Vllm, p.GpuUuid, p.Title, p.StartNs, p.Argv = int64(h.PPID), h.Python, h.VLLM, h.GPUUUID, h.Title, h.StartNS, h.Argv
 	}

@@ -17,7 +17,7 @@ const CUDAGraphCoverageName = "cudagraph_coverage"
 const CUDAGraphCoverageTable = "cudagraph_coverage"
 
 var cgColumns = []proto.Column{
-	{Name: "replica_host", Type: proto.TypeString, Meaning: "host of the replica's processes"},
+	{Name: "replica_host", Type: proto.TypeString, Meaning: "host of the replica's processes, the hosts of a multi-node instance joined by +"},
 	{Name: "dp", Type: proto.TypeInt, Unit: "rank", Meaning: "data-parallel rank of the replica"},
 	{Name: "mode", Type: proto.TypeString, Meaning: "runtime mode (NONE, PIECEWISE, FULL), or suggested for a capture size to add"},
 	{Name: "size", Type: proto.TypeInt, Unit: "tokens", Meaning: "suggested capture size; -1 on a mode row"},
@@ -67,7 +67,7 @@ func CUDAGraphCoverage(src Source, opt CUDAGraphOptions) (*Result, error) {
 	for _, c := range reps {
 		tbl.Rows = append(tbl.Rows, c.rows...)
 		s := c.CUDAGraphSummary
-		f := Finding{Plugin: CUDAGraphCoverageName, FirstStep: s.FirstStep, LastStep: s.LastStep, Hosts: []string{s.Host}}
+		f := Finding{Plugin: CUDAGraphCoverageName, FirstStep: s.FirstStep, LastStep: s.LastStep, Hosts: splitHosts(s.Host)}
 		fbShare := share(float64(s.EagerFallbackSteps), float64(s.Steps))
 		switch {
 		case s.EagerFallbackSteps > 0 && fbShare >= opt.Critical:
@@ -181,6 +181,7 @@ func cudaGraphCoverage(src Source, opt *CUDAGraphOptions) ([]cgReplica, error) {
 		unpadded, padded int64
 		fallback         bool
 	}
+	hostOf := replicaHosts(src) // the hosts of one multi-node instance are one replica
 	steps := map[replica]map[int64]stepRow{}
 	captured := map[replica]map[int64]bool{}
 	err := src.Rows("cuda_graph_usage", func(r Row) error {
@@ -189,7 +190,7 @@ func cudaGraphCoverage(src Source, opt *CUDAGraphOptions) ([]cgReplica, error) {
 			return nil
 		}
 		dp, _ := r.Int("dp")
-		rp := replica{r.Str("host"), dp}
+		rp := replica{hostOf(r.Str("host")), dp}
 		m := steps[rp]
 		if m == nil {
 			m = map[int64]stepRow{}
@@ -215,7 +216,7 @@ func cudaGraphCoverage(src Source, opt *CUDAGraphOptions) ([]cgReplica, error) {
 			return nil
 		}
 		dp, _ := r.Int("dp")
-		rp := replica{r.Str("host"), dp}
+		rp := replica{hostOf(r.Str("host")), dp}
 		if captured[rp] == nil {
 			captured[rp] = map[int64]bool{}
 		}

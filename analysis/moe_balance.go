@@ -22,7 +22,7 @@ type replica struct {
 const MoEBalanceTable = "moe_balance"
 
 var moeColumns = []proto.Column{
-	{Name: "replica_host", Type: proto.TypeString, Meaning: "host of the replica's workers (separate deployments on different hosts each have their own dp 0)"},
+	{Name: "replica_host", Type: proto.TypeString, Meaning: "host of the replica's workers, the hosts of a multi-node instance joined by + (separate deployments on different hosts each have their own dp 0)"},
 	{Name: "dp", Type: proto.TypeInt, Unit: "rank", Meaning: "data-parallel rank of the replica"},
 	{Name: "layer", Type: proto.TypeString, Meaning: "MoE layer name"},
 	{Name: "layer_index", Type: proto.TypeInt, Meaning: "layer number; -1 when the name has none"},
@@ -121,7 +121,7 @@ func MoEBalance(src Source, opt MoEOptions) (*Result, error) {
 			}
 		}
 		b := worst.all
-		f := Finding{Plugin: MoEBalanceName, FirstStep: worst.first, LastStep: worst.last, Hosts: []string{rp.host}}
+		f := Finding{Plugin: MoEBalanceName, FirstStep: worst.first, LastStep: worst.last, Hosts: splitHosts(rp.host)}
 		switch {
 		case b.MaxOverMean >= opt.Critical:
 			f.Severity = SeverityCritical
@@ -187,8 +187,9 @@ func moeBalance(src Source, opt *MoEOptions) ([]*moeLayer, error) {
 	if opt.Critical <= 0 {
 		opt.Critical = 3
 	}
-	// A replica is (host, dp): separate deployments on different hosts each have a dp 0; a
-	// replica whose workers span hosts shows once per host.
+	// A replica is (hosts, dp): separate deployments on different hosts each have a dp 0; the
+	// hosts of one multi-node instance are one (replicaHosts).
+	hostOf := replicaHosts(src)
 	type lkey struct {
 		host  string
 		dp    int64
@@ -218,7 +219,7 @@ func moeBalance(src Source, opt *MoEOptions) ([]*moeLayer, error) {
 			return nil
 		}
 		dp, _ := r.Int("dp")
-		lk := lkey{r.Str("host"), dp, r.Str("layer")}
+		lk := lkey{hostOf(r.Str("host")), dp, r.Str("layer")}
 		if li, ok := r.Int("layer_index"); ok {
 			idx[lk] = li
 		} else if _, seen := idx[lk]; !seen {

@@ -70,6 +70,9 @@ type Process struct {
 	PP   int64
 	TP   int64
 	EP   int64
+	// InstanceKey is the multi-node vLLM instance the process belongs to (metadata's
+	// instance_key, docs/multinode.md); "" when unknown.
+	InstanceKey string
 }
 
 // Source gives an analysis the rows of a session's tables.
@@ -102,10 +105,14 @@ func (t *Tables) Add(table string, r Row) {
 	t.Data[table] = append(t.Data[table], r)
 }
 
-// AddProcess records a process (replacing one with the same host and pid).
+// AddProcess records a process (replacing one with the same host and pid; a known InstanceKey
+// stays when p has none: event batches do not carry it).
 func (t *Tables) AddProcess(p Process) {
 	for i, q := range t.Procs {
 		if q.Host == p.Host && q.PID == p.PID {
+			if p.InstanceKey == "" {
+				p.InstanceKey = q.InstanceKey
+			}
 			t.Procs[i] = p
 			return
 		}
@@ -248,15 +255,17 @@ func readCSV(path string, fn func(Row) error) error {
 }
 
 type identJSON struct {
-	Host  string `json:"host"`
-	PID   int64  `json:"pid"`
-	Role  string `json:"role"`
-	Rank  *int64 `json:"rank"`
-	DP    int64  `json:"dp"`
-	PP    int64  `json:"pp"`
-	TP    int64  `json:"tp"`
-	EP    int64  `json:"ep"`
-	Ident *struct {
+	Host string `json:"host"`
+	PID  int64  `json:"pid"`
+	Role string `json:"role"`
+	Rank *int64 `json:"rank"`
+	DP   int64  `json:"dp"`
+	PP   int64  `json:"pp"`
+	TP   int64  `json:"tp"`
+	EP   int64  `json:"ep"`
+	// InstanceKey: hub metadata's instance_key.
+	InstanceKey string `json:"instance_key"`
+	Ident       *struct {
 		Role string `json:"role"`
 		Rank *int64 `json:"rank"`
 		DP   int64  `json:"dp"`
@@ -267,7 +276,7 @@ type identJSON struct {
 }
 
 func (j identJSON) process() Process {
-	p := Process{Host: j.Host, PID: j.PID, Role: j.Role, Rank: -1, DP: j.DP, PP: j.PP, TP: j.TP, EP: j.EP}
+	p := Process{Host: j.Host, PID: j.PID, Role: j.Role, Rank: -1, DP: j.DP, PP: j.PP, TP: j.TP, EP: j.EP, InstanceKey: j.InstanceKey}
 	if j.Rank != nil {
 		p.Rank = *j.Rank
 	}

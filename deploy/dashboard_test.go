@@ -21,7 +21,28 @@ import (
 	"github.com/profilemate/profilemate/proto/pmpb"
 )
 
-var metricRE = regexp.MustCompile(`\bprofilemate_[a-z0-9_]+`)
+var (
+	metricRE = regexp.MustCompile(`\bprofilemate_[a-z0-9_]+`)
+	// matcherRE finds a series selector's label matchers: metric{label=~"...",...}.
+	matcherRE = regexp.MustCompile(`(profilemate_[a-z0-9_]+)\{([^}]*)\}`)
+	labelRE   = regexp.MustCompile(`([a-z_]+)\s*=~`)
+)
+
+// dashboardLabels returns, per metric, the label names the dashboard's selectors match on.
+func dashboardLabels(t *testing.T) map[string][]string {
+	t.Helper()
+	b, err := os.ReadFile("grafana/profilemate.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string][]string{}
+	for _, m := range matcherRE.FindAllStringSubmatch(strings.ReplaceAll(string(b), `\"`, `"`), -1) {
+		for _, l := range labelRE.FindAllStringSubmatch(m[2], -1) {
+			out[m[1]] = append(out[m[1]], l[1])
+		}
+	}
+	return out
+}
 
 // dashboardMetrics returns every metric name the Grafana dashboard's queries and variables use.
 func dashboardMetrics(t *testing.T) []string {
@@ -70,6 +91,10 @@ func sampleValue(c proto.Column) *pmpb.Value {
 // over NATS as an agent would, and checks that every metric the dashboard queries is exported.
 func TestDashboardMetricsExist(t *testing.T) {
 	want := dashboardMetrics(t)
+	wantLabels := dashboardLabels(t)
+	if len(wantLabels["profilemate_kv_cache_usage_ratio"]) == 0 {
+		t.Fatalf("no label matchers found in the dashboard: %v", wantLabels)
+	}
 	m := hub.NewMetrics()
 	s, err := hub.New(hub.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:-1", Observe: m.Observe})
 	if err != nil {
@@ -95,6 +120,20 @@ func TestDashboardMetricsExist(t *testing.T) {
 		proto.RoleWorker:     {Session: "dash", Host: "gpu-1", Pid: 11, Role: proto.RoleWorker, Dp: 0, Pp: 0, Tp: 1, Ep: -1, Rank: 1},
 		proto.RoleEngineCore: {Session: "dash", Host: "gpu-1", Pid: 10, Role: proto.RoleEngineCore, Dp: 0, Pp: -1, Tp: -1, Ep: -1, Rank: -1},
 		proto.RoleAgent:      {Session: "dash", Host: "gpu-1", Pid: 9, Role: proto.RoleAgent, Dp: -1, Pp: -1, Tp: -1, Ep: -1, Rank: -1},
+	}
+	// The agent's hellos place the worker and the engine in a multi-node instance (node rank 1).
+	node := int32(1)
+	for _, p := range []*pmpb.Process{procs[proto.RoleWorker], procs[proto.RoleEngineCore]} {
+		lp := gproto.Clone(p).(*pmpb.Process)
+		lp.InstanceKey, lp.NodeRank = "mp:10.0.0.1:29500", &node
+		b, err := gproto.Marshal(proto.Stamp(&pmpb.Lifecycle{Process: lp, TsNs: now,
+			Record: &pmpb.Lifecycle_Hello_{Hello: &pmpb.Lifecycle_Hello{}}}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := nc.Publish(proto.LifeSubject("dash", "gpu-1", proto.ProcToken(p.Role, int(p.Dp), int(p.Rank), int(p.Pid))), b); err != nil {
+			t.Fatal(err)
+		}
 	}
 	seq := uint64(0)
 	for _, tab := range proto.Tables() {
@@ -138,11 +177,20 @@ func TestDashboardMetricsExist(t *testing.T) {
 			t.Fatalf("/metrics does not parse: %v", err)
 		}
 		names := map[string]bool{}
+		labels := map[string]bool{} // metric/label with a non-empty value on some series
 		for name, f := range fams {
 			if len(f.GetMetric()) == 0 {
 				continue
 			}
 			names[name] = true
+			for _, m := range f.GetMetric() {
+				for _, lp := range m.GetLabel() {
+					if lp.GetValue() != "" {
+						labels[name+"/"+lp.GetName()] = true
+						labels[name+"_bucket/"+lp.GetName()] = true
+					}
+				}
+			}
 			// A histogram's samples are queried by their suffixed names.
 			for _, suf := range []string{"_bucket", "_sum", "_count"} {
 				names[name+suf] = true
@@ -152,6 +200,13 @@ func TestDashboardMetricsExist(t *testing.T) {
 		for _, w := range want {
 			if !names[w] {
 				missing = append(missing, w)
+			}
+		}
+		for metric, ls := range wantLabels {
+			for _, l := range ls {
+				if !labels[metric+"/"+l] {
+					missing = append(missing, metric+"{"+l+"}")
+				}
 			}
 		}
 		if len(missing) == 0 {

@@ -267,12 +267,18 @@ func (s *Server) handle(m jetstream.Msg, d decoded, now time.Time) (*session, in
 			s.cnt.bad(s.log, reasonOf(err), subj, err)
 			return nil, 0, err
 		}
+		if why := s.rotationDue(ss, now); why != "" && hasNew(ss, v) {
+			if err := s.rotate(ss, now, why); err != nil {
+				return ss, 0, err
+			}
+		}
 		dupBefore, capBefore, clampBefore := ss.meta.Duplicates, ss.meta.DroppedByCap, ss.meta.AlignedClamped
 		if ss.meta.Status == StatusEnded && hasNew(ss, v) {
 			ss.reopen()
 		}
 		n, err := ss.writeBatch(v, now)
 		if err == nil && s.cfg.Observe != nil {
+			ss.layoutOf(v) // layout.go: instance and node rank labels
 			s.cfg.Observe(v)
 		}
 		s.cnt.add(func(c *Counters) {

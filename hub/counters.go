@@ -115,6 +115,9 @@ type SessionInfo struct {
 	Processes int              `json:"processes"`
 	Rows      map[string]int64 `json:"rows"`
 	Bytes     int64            `json:"bytes"`
+	// Segments is how many segment folders of the session are on disk (1 for a session that never
+	// rotated; Rows and Bytes are summed over them).
+	Segments int `json:"segments"`
 }
 
 func sortedKeys[M ~map[string]V, V any](m M) []string {

@@ -5,7 +5,8 @@ import (
 	"time"
 )
 
-// housekeep ends idle sessions, evicts ended ones and removes sessions past retention.
+// housekeep ends idle sessions, evicts ended ones and removes sessions and closed segments past
+// retention (segments.go).
 func (s *Server) housekeep(lastRetention *time.Time) {
 	now := s.cfg.Now()
 	s.mu.Lock()
@@ -25,10 +26,16 @@ func (s *Server) housekeep(lastRetention *time.Time) {
 			delete(s.sessions, id)
 		}
 	}
+	// A rotation may have pushed a session past its segment limits: check at once, not in a minute.
+	rotated := s.rotated
+	s.rotated = false
 	s.mu.Unlock()
-	if s.cfg.Retention > 0 && now.Sub(*lastRetention) >= time.Minute {
+	if now.Sub(*lastRetention) >= time.Minute || rotated {
 		*lastRetention = now
-		s.applyRetention(now)
+		if s.cfg.Retention > 0 {
+			s.applyRetention(now)
+		}
+		s.applySegmentRetention(now)
 	}
 }
 

@@ -8,7 +8,9 @@
 // stream position, a lost consumer, health), housekeep.go (idle sessions, retention),
 // deadletter.go (messages kept for a newer hub, capped), security.go (the embedded server's auth
 // and TLS, exposure warnings), http.go (the HTTP listener's TLS and auth), session.go (one
-// session's files), counters.go (what the hub counted).
+// session's files), segments.go (rotation of long-lived sessions into segments, their retention,
+// Segments), window.go (a time range across segments as one folder), lock.go (one hub per data
+// folder), counters.go (what the hub counted).
 package hub
 
 import (
@@ -57,11 +59,20 @@ type Config struct {
 	SessionIdle     time.Duration
 	StreamMaxBytes  int64
 	StreamMaxAge    time.Duration
-	SessionMaxBytes int64         // negative: no cap
-	Retention       time.Duration // negative: keep ended sessions forever
-	MaxMsgBytes     int
-	Consumer        string
-	Fetch           int
+	SessionMaxBytes int64         // negative: no cap; with rotation, per segment
+	Retention       time.Duration // negative: keep ended sessions forever; applies to each closed segment too
+	// RotateEvery and RotateBytes close a session's live segment and open the next once the live
+	// one is that old (hub clock) or holds that many CSV bytes, and holds rows (segments.go); 0:
+	// never. SegmentsMaxAge removes a session's closed segments that closed longer ago than
+	// that, SegmentsMaxBytes its oldest closed segments while all its segments together hold more
+	// bytes on disk than that; 0: no such limit. None may be negative.
+	RotateEvery      time.Duration
+	RotateBytes      int64
+	SegmentsMaxAge   time.Duration
+	SegmentsMaxBytes int64
+	MaxMsgBytes      int
+	Consumer         string
+	Fetch            int
 	// DeadLetterMaxCount and DeadLetterMaxBytes cap <data>/deadletter/ (messages; bytes of
 	// their files); beyond them dead letters are only counted.
 	DeadLetterMaxCount int64
@@ -99,10 +110,15 @@ type Server struct {
 	started time.Time
 	cnt     *counters
 	dead    *deadLetters
+	lock    *os.File // flock on <data>/pmhub.lock while started (lock.go)
 
-	mu       sync.Mutex // guards sessions and hosts (the consumer loop holds it per fetch round)
+	mu       sync.Mutex // guards sessions, hosts and archived (the consumer loop holds it per fetch round)
 	sessions map[string]*session
-	hosts    map[string]HostMeta // latest known offset per host, for sessions that start later
+	// archived caches the totals of closed segment folders (they never change) for Sessions().
+	archived map[string]archiveTotals
+	// rotated is set when a segment closed since the last segment retention pass.
+	rotated bool
+	hosts   map[string]HostMeta // latest known offset per host, for sessions that start later
 }
 
 // New checks cfg and prepares the data folder; Start brings the server up.
@@ -117,6 +133,8 @@ func New(cfg Config) (*Server, error) {
 		{"session idle", cfg.SessionIdle < 0}, {"stream max bytes", cfg.StreamMaxBytes < 0},
 		{"stream max age", cfg.StreamMaxAge < 0}, {"max message bytes", cfg.MaxMsgBytes < 0}, {"fetch", cfg.Fetch < 0},
 		{"dead-letter max count", cfg.DeadLetterMaxCount < 0}, {"dead-letter max bytes", cfg.DeadLetterMaxBytes < 0},
+		{"rotate every", cfg.RotateEvery < 0}, {"rotate bytes", cfg.RotateBytes < 0},
+		{"segments max age", cfg.SegmentsMaxAge < 0}, {"segments max bytes", cfg.SegmentsMaxBytes < 0},
 	} {
 		if c.neg {
 			return nil, fmt.Errorf("hub: %s must not be negative", c.name)
@@ -181,7 +199,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	return &Server{
 		cfg: cfg, log: slog.With("component", "hub"), cnt: newCounters(), dead: dead,
-		sessions: map[string]*session{}, hosts: map[string]HostMeta{},
+		sessions: map[string]*session{}, hosts: map[string]HostMeta{}, archived: map[string]archiveTotals{},
 	}, nil
 }
 
@@ -196,12 +214,19 @@ func (s *Server) ClientURL() string { return s.url }
 // Conn is the hub's own NATS connection (for tail-like readers in the same process).
 func (s *Server) Conn() *nats.Conn { return s.nc }
 
-// Start runs the embedded NATS server (or connects to NATSURL), creates or adopts the stream and
+// Start takes the data folder's lock (ErrDataInUse when another hub holds it), runs the embedded
+// NATS server (or connects to NATSURL), creates or adopts the stream and
 // the durable consumer, answers clock requests and reloads unfinished sessions from disk.
 func (s *Server) Start(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("hub: start: %w", err)
 	}
+	// One hub per data folder: a second one would write the same session files and JetStream store.
+	lock, err := lockData(s.cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	s.lock = lock
 	opts := []nats.Option{nats.Name("pmhub"), nats.MaxReconnects(-1)}
 	connURL := s.cfg.NATSURL
 	if s.cfg.NATSURL == "" {
@@ -252,6 +277,10 @@ func (s *Server) Close() {
 	if s.ns != nil {
 		s.ns.Shutdown()
 		s.ns.WaitForShutdown()
+	}
+	if s.lock != nil {
+		s.lock.Close() // releases the data folder's flock
+		s.lock = nil
 	}
 }
 

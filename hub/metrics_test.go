@@ -45,6 +45,17 @@ func TestMetricsPerRankSeriesLiveThenDropped(t *testing.T) {
 	}
 	now := time.Now().UnixNano()
 	worker := &pmpb.Process{Session: "S1", Host: "host-a", Pid: 11, Role: proto.RoleWorker, Tp: 2, Ep: -1, Rank: 2}
+	// The worker's agent places it in a multi-node instance, on node rank 1: its series carry both.
+	node := int32(1)
+	hello := gproto.Clone(worker).(*pmpb.Process)
+	hello.InstanceKey, hello.NodeRank = "mp:10.0.0.1:29500", &node
+	hb, err := gproto.Marshal(proto.Stamp(&pmpb.Lifecycle{Process: hello, TsNs: now, Record: &pmpb.Lifecycle_Hello_{Hello: &pmpb.Lifecycle_Hello{}}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := nc.Request(proto.LifeSubject("S1", "host-a", "w2"), hb, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
 	engine := &pmpb.Process{Session: "S1", Host: "host-a", Pid: 10, Role: proto.RoleEngineCore, Dp: 0, Pp: -1, Tp: -1, Ep: -1, Rank: -1}
 	pub("w2", proto.KindForwardPass, worker,
 		&pmpb.Event{Kind: proto.KindForwardPass, Table: "forward_pass_timing", Seq: 1, Step: 1, TsNs: now, Cols: map[string]*pmpb.Value{"cpu_ms": {V: &pmpb.Value_D{D: 3}}}},
@@ -69,10 +80,10 @@ func TestMetricsPerRankSeriesLiveThenDropped(t *testing.T) {
 		return string(b)
 	}
 	want := []string{
-		`profilemate_step_wall_seconds_count{host="host-a",proc="w2",rank="2",session="S1"} 2`,
-		`profilemate_step_wall_seconds_sum{host="host-a",proc="w2",rank="2",session="S1"} 0.008`,
-		`profilemate_kv_cache_usage_ratio{host="host-a",proc="eng0",rank="",session="S1"} 0.75`,
-		`profilemate_batch_token_utilization_ratio{host="host-a",proc="eng1",rank="",session="S1"} 0.5`,
+		`profilemate_step_wall_seconds_count{host="host-a",instance="mp:10.0.0.1:29500",node_rank="1",proc="w2",rank="2",session="S1"} 2`,
+		`profilemate_step_wall_seconds_sum{host="host-a",instance="mp:10.0.0.1:29500",node_rank="1",proc="w2",rank="2",session="S1"} 0.008`,
+		`profilemate_kv_cache_usage_ratio{host="host-a",instance="",node_rank="",proc="eng0",rank="",session="S1"} 0.75`,
+		`profilemate_batch_token_utilization_ratio{host="host-a",instance="",node_rank="",proc="eng1",rank="",session="S1"} 0.5`,
 		`profilemate_gpu_utilization_ratio{gpu="0",host="host-a",session="S1"} 0.37`,
 		// The health series: rows are counted once their round is committed, after the batch
 		// was observed, so they are polled for together with the per-rank series.
@@ -95,7 +106,7 @@ func TestMetricsPerRankSeriesLiveThenDropped(t *testing.T) {
 		missing = ""
 		return true
 	})
-	if strings.Contains(body, `profilemate_batch_token_utilization_ratio{host="host-a",proc="eng0"`) {
+	if strings.Contains(body, `profilemate_batch_token_utilization_ratio{host="host-a",instance="",node_rank="",proc="eng0"`) {
 		t.Fatalf("token utilisation exported for an engine whose budget is unknown:\n%s", body)
 	}
 	promtoolCheck(t, body)

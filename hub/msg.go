@@ -43,6 +43,10 @@ type Batch struct {
 	// wrong type), each with its proto.Reason*; Events holds the others. The consumer counts them
 	// by reason (Counters.Bad) and may dead-letter them.
 	Rejected []*proto.EventError
+	// InstanceKey and NodeRank (decimal) are the process's place in its multi-node instance as the
+	// session's metadata knows it when the batch is written ("" when unknown); set by the hub for
+	// Config.Observe, not on the wire.
+	InstanceKey, NodeRank string
 }
 
 // Target is the patch status of one vLLM target inside a process.
@@ -91,6 +95,11 @@ type Life struct {
 	AgentVersion string // start
 	AgentDropped uint64 // end: messages the agent could not keep
 	Reason       string // end
+
+	// InstanceKey and NodeRank place the process in its multi-node instance (docs/multinode.md);
+	// "" and -1 when the agent did not say (single-host instances, older agents).
+	InstanceKey string
+	NodeRank    int64
 }
 
 // Lifecycle record types.

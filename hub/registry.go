@@ -6,9 +6,10 @@ import (
 	"regexp"
 )
 
-// Sessions lists every session folder under the data folder and every open session, open ones
-// from memory (a session whose first round is being applied has no folder yet), the others from
-// their metadata.json.
+// Sessions lists every session under the data folder and every open session, open ones from
+// memory (a session whose first round is being applied has no folder yet), the others from their
+// metadata.json. A rotated session is listed once: its live segment's status, hosts and processes,
+// with Segments, Rows and Bytes over all its segments still on disk.
 func (s *Server) Sessions() []SessionInfo {
 	// The folder is listed under the lock and open sessions come from memory: a session whose
 	// first round is being applied has no folder yet but is active (metrics pruning relies on it).
@@ -22,24 +23,70 @@ func (s *Server) Sessions() []SessionInfo {
 			rows[k] = v
 		}
 		out = append(out, SessionInfo{Session: m.Session, Dir: dir, Status: m.Status, EndReason: m.EndReason,
-			Hosts: sortedKeys(m.Hosts), Processes: len(m.Processes), Rows: rows, Bytes: m.Bytes})
+			Hosts: sortedKeys(m.Hosts), Processes: len(m.Processes), Rows: rows, Bytes: m.Bytes, Segments: 1})
 	}
+	// Closed segments of rotated sessions are counted into their session, not listed: their
+	// totals come from a cache, as a closed segment never changes.
+	closed := map[string][]archiveTotals{}
+	lastClosed := map[string]string{}
+	present := map[string]bool{}
 	listed := map[string]bool{}
 	for _, e := range ents {
 		if !e.IsDir() {
 			continue
 		}
 		dir := SessionDir(s.cfg.DataDir, e.Name())
+		if id, _, ok := SplitSegmentFolder(e.Name()); ok {
+			present[e.Name()] = true
+			t, cached := s.archived[e.Name()]
+			if !cached {
+				mm, err := ReadMetadata(dir)
+				if err != nil {
+					continue
+				}
+				t = archiveTotals{session: mm.Session, rows: mm.Rows, bytes: mm.Bytes}
+				s.archived[e.Name()] = t
+			}
+			closed[id] = append(closed[id], t)
+			lastClosed[id] = e.Name() // listed in name order: the newest is last
+			continue
+		}
 		if ss := s.sessions[e.Name()]; ss != nil {
 			listed[e.Name()] = true
 			add(dir, &ss.meta)
 		} else if mm, err := ReadMetadata(dir); err == nil {
+			listed[e.Name()] = true
 			add(dir, mm)
+		}
+	}
+	for name := range s.archived {
+		if !present[name] {
+			delete(s.archived, name)
 		}
 	}
 	for _, id := range sortedKeys(s.sessions) {
 		if !listed[id] {
+			listed[id] = true
 			add(SessionDir(s.cfg.DataDir, id), &s.sessions[id].meta)
+		}
+	}
+	// A session whose live folder is missing (a rotation that has not finished) is listed by its
+	// newest closed segment.
+	for _, id := range sortedKeys(lastClosed) {
+		if !listed[id] {
+			if mm, err := ReadMetadata(SessionDir(s.cfg.DataDir, lastClosed[id])); err == nil {
+				add(SessionDir(s.cfg.DataDir, lastClosed[id]), mm)
+				out[len(out)-1].Segments, out[len(out)-1].Rows, out[len(out)-1].Bytes = 0, map[string]int64{}, 0
+			}
+		}
+	}
+	for i := range out {
+		for _, t := range closed[out[i].Session] {
+			out[i].Segments++
+			out[i].Bytes += t.bytes
+			for k, v := range t.rows {
+				out[i].Rows[k] += v
+			}
 		}
 	}
 	return out
@@ -55,6 +102,7 @@ func (s *Server) loadSessions() error {
 		return fmt.Errorf("hub: list sessions: %w", err)
 	}
 	now := s.cfg.Now()
+	s.markClosedSegments(now)
 	for _, e := range ents {
 		if !e.IsDir() || !sessionRE.MatchString(e.Name()) {
 			continue
@@ -76,6 +124,7 @@ func (s *Server) loadSessions() error {
 			continue
 		}
 		ss.known = s.hosts
+		s.initSegment(ss, now)
 		s.sessions[e.Name()] = ss
 		s.log.Info("session reloaded", "session", e.Name(), "rows", ss.meta.Rows)
 	}
@@ -98,10 +147,23 @@ func (s *Server) openSession(id string) (*session, error) {
 		if err != nil {
 			return nil, bad(ReasonWrite, err)
 		}
+	} else if last := s.lastClosedSegment(id); last != "" {
+		// A rotation stopped between moving the live folder away and opening the next one.
+		ss, err = loadSession(last, id, s.cfg.Schema, s.cfg.SessionMaxBytes, now)
+		if err != nil {
+			return nil, bad(ReasonWrite, err)
+		}
 	} else {
 		ss = newSession(dir, id, s.cfg.Schema, s.cfg.SessionMaxBytes, now)
 	}
 	ss.known = s.hosts
+	s.initSegment(ss, now)
+	if ss.meta.Segment != nil && (ss.dir != dir || ss.meta.EndReason == EndRotated) {
+		// Its newest segment was being closed by a rotation that did not finish: finish it.
+		if err := s.closeSegment(ss, now); err != nil {
+			return nil, bad(ReasonWrite, err)
+		}
+	}
 	s.sessions[id] = ss
 	return ss, nil
 }

@@ -76,3 +76,28 @@ func (q *seqSet) gaps(last uint64) [][2]uint64 {
 	}
 	return g
 }
+
+// addRanges inserts the closed ranges rs (in any order, overlapping or not), e.g. the ranges an
+// earlier segment recorded; invalid ranges (lo > hi) are ignored.
+func (q *seqSet) addRanges(rs [][2]uint64) {
+	if len(rs) == 0 {
+		return
+	}
+	all := append(append(make([][2]uint64, 0, len(q.r)+len(rs)), q.r...), rs...)
+	sort.Slice(all, func(i, j int) bool { return all[i][0] < all[j][0] })
+	out := all[:0]
+	for _, r := range all {
+		if r[0] > r[1] {
+			continue
+		}
+		if n := len(out); n > 0 && (r[0] <= out[n-1][1] || r[0] == out[n-1][1]+1) {
+			out[n-1][1] = max(out[n-1][1], r[1])
+			continue
+		}
+		out = append(out, r)
+	}
+	q.r = out
+}
+
+// ranges returns a copy of the set as sorted disjoint closed ranges.
+func (q *seqSet) ranges() [][2]uint64 { return append([][2]uint64(nil), q.r...) }

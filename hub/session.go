@@ -63,6 +63,10 @@ type session struct {
 	prefix    []byte    // a batch's common columns up to ep, spelled once per batch
 	last      time.Time // hub time of the last message for this session (idle detection)
 	metaDirty bool
+	// segRows counts the rows written into the live segment (rotation never closes an empty one);
+	// alignedLo and alignedHi are their smallest and largest ts_aligned_ns.
+	segRows              int64
+	alignedLo, alignedHi int64
 	// known holds the latest measured offset per host, hub-wide, for hosts new to this session.
 	known map[string]HostMeta
 }
@@ -213,6 +217,8 @@ func (s *session) writeBatch(b *Batch, now time.Time) (int, error) {
 		s.meta.Bytes += int64(len(l))
 		s.meta.Rows[e.Table]++
 		p.meta.Rows[e.Table]++
+		s.segRows++
+		s.noteAligned(aligned)
 		written++
 	}
 	if written > 0 {
@@ -272,6 +278,7 @@ func (s *session) applyLife(l *Life, now time.Time) bool {
 		m.LastSeq = l.LastSeq
 	}
 	m.Ident.learn(l.Ident)
+	s.learnLayout(m, l) // layout.go
 	return s.allEnded()
 }
 
@@ -392,7 +399,10 @@ func loadSession(dir, id string, schema Schema, maxBytes int64, now time.Time) (
 		}
 		s.meta.Processes = nil
 		for _, pm := range m.Processes {
-			s.procs[procKey{pm.Host, pm.PID, pm.Instance}] = &proc{meta: pm}
+			p := &proc{meta: pm}
+			// Events written in earlier segments stay seen: a redelivery is not written again.
+			p.seen.addRanges(pm.EarlierSeqs)
+			s.procs[procKey{pm.Host, pm.PID, pm.Instance}] = p
 			s.meta.Processes = append(s.meta.Processes, pm)
 		}
 	} else if !errors.Is(err, os.ErrNotExist) {
@@ -401,6 +411,7 @@ func loadSession(dir, id string, schema Schema, maxBytes int64, now time.Time) (
 	// The CSVs are the truth for counts; metadata may lag them by one commit.
 	s.meta.Rows = map[string]int64{}
 	s.meta.Bytes = 0
+
 	for _, p := range s.procs {
 		p.meta.Rows = map[string]int64{}
 	}
@@ -442,6 +453,7 @@ func (s *session) scanTable(table string) error {
 			idx[c] = i
 		}
 		hi, pi, si := idx["host"], idx["pid"], idx["seq"]
+		ai, hasAligned := idx[AlignedColumn]
 		for {
 			off := r.InputOffset()
 			rec, err := r.Read()
@@ -462,6 +474,12 @@ func (s *session) scanTable(table string) error {
 			p.seen.add(seq)
 			p.meta.Rows[table]++
 			s.meta.Rows[table]++
+			s.segRows++
+			if hasAligned {
+				if a, err := strconv.ParseInt(rec[ai], 10, 64); err == nil {
+					s.noteAligned(a)
+				}
+			}
 		}
 	}
 	if good < int64(len(data)) {

@@ -224,6 +224,10 @@ func decodeLife(subject string, data []byte) (any, error) {
 		Session: p.GetSession(), Host: p.GetHost(), Proc: f.Proc, PID: p.GetPid(), Instance: p.GetInstance(), Ident: identOf(p),
 		PPID: p.GetPpid(), Python: p.GetPython(), VLLM: p.GetVllm(), GPUUUID: p.GetGpuUuid(),
 		Title: p.GetTitle(), Argv: p.GetArgv(), StartNS: p.GetStartNs(),
+		InstanceKey: p.GetInstanceKey(), NodeRank: -1,
+	}
+	if p.NodeRank != nil {
+		l.NodeRank = int64(p.GetNodeRank())
 	}
 	if l.Session == "" {
 		l.Session = f.Session

@@ -70,6 +70,7 @@ func readFindings(s *Session, a Analyzer, skip bool) (*Findings, error) {
 		if len(f.Rows) == 0 {
 			f.Note = "The findings table has no rows: the plugins found nothing to report."
 		}
+		sortRows(f)
 		prettyNumbers(f)
 		return f, nil
 	}
@@ -93,6 +94,7 @@ func readFindings(s *Session, a Analyzer, skip bool) (*Findings, error) {
 		}
 		f.Rows = append(f.Rows, rec)
 	}
+	sortRows(f)
 	switch {
 	case partial != nil:
 		f.Note = partial.Error()
@@ -101,6 +103,43 @@ func readFindings(s *Session, a Analyzer, skip bool) (*Findings, error) {
 	}
 	prettyNumbers(f)
 	return f, nil
+}
+
+// severityOrder ranks findings' severities, most severe first (unknown ones last).
+var severityOrder = map[string]int{"critical": 0, "warning": 1, "info": 2}
+
+// sortRows orders the findings most severe first, then by plugin, title and the remaining cells
+// in column order, so one session's report lists them the same way on every run (plugins append
+// to findings.csv as they finish, in no fixed order).
+func sortRows(f *Findings) {
+	pos := map[string]int{}
+	for i, c := range f.Columns {
+		pos[c] = i
+	}
+	cell := func(r []string, name string) string {
+		if i, ok := pos[name]; ok && i < len(r) {
+			return r[i]
+		}
+		return ""
+	}
+	sev := func(r []string) int {
+		if n, ok := severityOrder[cell(r, "severity")]; ok {
+			return n
+		}
+		return len(severityOrder)
+	}
+	sort.SliceStable(f.Rows, func(i, j int) bool {
+		a, b := f.Rows[i], f.Rows[j]
+		if sa, sb := sev(a), sev(b); sa != sb {
+			return sa < sb
+		}
+		for _, c := range []string{"plugin", "title", "ranks", "first_step", "numbers"} {
+			if x, y := cell(a, c), cell(b, c); x != y {
+				return x < y
+			}
+		}
+		return strings.Join(a, "\x00") < strings.Join(b, "\x00")
+	})
 }
 
 // prettyNumbers rewrites a "numbers" cell holding a JSON object of name → number as

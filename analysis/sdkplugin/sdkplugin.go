@@ -106,7 +106,7 @@ func (p *Plugin) OpenSession(_ context.Context, s sdk.Session) error {
 
 func process(pr sdk.Process) analysis.Process {
 	return analysis.Process{Host: pr.Host, PID: pr.PID, Role: pr.Role, Rank: int64(pr.Rank),
-		DP: int64(pr.DP), PP: int64(pr.PP), TP: int64(pr.TP), EP: int64(pr.EP)}
+		DP: int64(pr.DP), PP: int64(pr.PP), TP: int64(pr.TP), EP: int64(pr.EP), InstanceKey: pr.InstanceKey}
 }
 
 // Consume keeps the batch's events of the analysis's input tables; it returns no rows (the

@@ -47,6 +47,7 @@ var serveCommand = &cli.Command{
 		&cli.StringFlag{Name: "socket-group", Usage: "group owning the socket (when it exists)", EnvVars: []string{"PROFILEMATE_SOCKET_GROUP"}, Value: "profilemate"},
 		&cli.StringFlag{Name: "session", Usage: "fixed session for every process (default: one per vLLM process tree)", EnvVars: []string{"PROFILEMATE_SESSION"}},
 		&cli.DurationFlag{Name: "session-linger", Usage: "end a session this long after its last process left", EnvVars: []string{"PROFILEMATE_SESSION_LINGER"}, Value: 30 * time.Second},
+		&cli.DurationFlag{Name: "instance-refresh", Usage: "refresh the registry entry of each multi-node instance with live processes here this often; an entry no agent refreshed for 3 periods counts as ended (keep it the same on every agent)", EnvVars: []string{"PROFILEMATE_INSTANCE_REFRESH"}, Value: agent.DefaultInstanceRefresh},
 		&cli.DurationFlag{Name: "test-clock-skew", Hidden: true, Usage: "tests only: add this to the agent's clock readings in the hub clock measurement", EnvVars: []string{"PROFILEMATE_TEST_CLOCK_SKEW"}},
 	),
 	Action: func(c *cli.Context) error {
@@ -58,6 +59,7 @@ var serveCommand = &cli.Command{
 		cfg.SocketGroup = c.String("socket-group")
 		cfg.Session = c.String("session")
 		cfg.SessionLinger = c.Duration("session-linger")
+		cfg.InstanceRefresh = c.Duration("instance-refresh")
 		cfg.ClockSkew = c.Duration("test-clock-skew")
 		cfg.Resume = true
 		a, err := agent.New(cfg)

@@ -15,7 +15,8 @@ func exportCommand() *cli.Command {
 		Name:      "export",
 		Usage:     "write a session as a Perfetto trace, a Chrome trace-event JSON file, or Parquet files",
 		ArgsUsage: "SESSION",
-		Description: "SESSION is a session id under --data or a session folder.\n" +
+		Description: "SESSION is a session id under --data or a session folder; a rotated session is read across all its\n" +
+			"segments, --since/--until narrow it to a time range.\n" +
 			"  --format perfetto     Perfetto protobuf trace (open in ui.perfetto.dev or trace_processor): a process track per\n" +
 			"                        host/proc, engine steps, forward passes and CPU operations as slices, preemptions and\n" +
 			"                        CUDA graph captures as instants, KV usage and GPU utilisation as counters, on the aligned clock\n" +
@@ -25,6 +26,7 @@ func exportCommand() *cli.Command {
 			dataFlag(),
 			&cli.StringFlag{Name: "format", Value: "perfetto", EnvVars: []string{"PROFILEMATE_EXPORT_FORMAT"}, Usage: "perfetto, chrome-json or parquet"},
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, EnvVars: []string{"PROFILEMATE_EXPORT_OUTPUT"}, Usage: "file (folder for parquet) to write (default: named after the session)"},
+			windowFlags()[0], windowFlags()[1],
 		},
 		Action: runExport,
 	}
@@ -43,19 +45,26 @@ func runExport(c *cli.Context) error {
 	default:
 		return cli.Exit(fmt.Sprintf("pmhub export: unknown --format %q (perfetto, chrome-json, parquet)", format), 2)
 	}
-	dir, err := sessionFolder(c.String("data"), c.Args().First())
+	w, err := window(c)
+	if err != nil {
+		return cli.Exit("pmhub export: "+err.Error(), 2)
+	}
+	view, err := openView(c.String("data"), c.Args().First(), w)
 	if err != nil {
 		return cli.Exit("pmhub export: "+err.Error(), 1)
 	}
+	defer view.Close()
+	dir := view.Dir
 	out := c.String("output")
 	if format == "parquet" {
 		if out == "" {
 			out = c.Args().First() + "-parquet"
-			if st, err := os.Stat(dir); err == nil {
+			if st, err := os.Stat(view.Home); err == nil {
 				out = st.Name() + "-parquet"
 			}
 		}
 		files, err := export.WriteParquet(dir, out)
+		view.Close()
 		if err != nil {
 			return cli.Exit("pmhub export: "+err.Error(), 1)
 		}
@@ -70,6 +79,7 @@ func runExport(c *cli.Context) error {
 		return nil
 	}
 	tl, err := export.Build(dir)
+	view.Close()
 	if err != nil {
 		return cli.Exit("pmhub export: "+err.Error(), 1)
 	}

@@ -26,7 +26,7 @@ type Finding struct {
 
 var severityOrder = map[string]int{sdk.SeverityCritical: 0, sdk.SeverityWarning: 1, sdk.SeverityInfo: 2}
 
-// readFindings reads findings.csv of a session folder, most severe first.
+// readFindings reads findings.csv of a session folder in sortFindings order.
 func readFindings(dir string) ([]Finding, error) {
 	var out []Finding
 	err := eachRow(dir, sdk.FindingsTable, func(r csvRow) {
@@ -35,8 +35,33 @@ func readFindings(dir string) ([]Finding, error) {
 		out = append(out, Finding{Plugin: r.field("plugin"), Version: r.field("plugin_version"), Severity: r.field("severity"), Title: r.field("title"),
 			Numbers: r.field("numbers"), Ranks: r.field("ranks"), FirstStep: first, LastStep: last, Detail: r.field("detail")})
 	})
-	sort.SliceStable(out, func(i, j int) bool { return severityOrder[out[i].Severity] < severityOrder[out[j].Severity] })
+	sortFindings(out)
 	return out, err
+}
+
+// sortFindings orders findings most severe first, then by plugin, title, ranks and steps, so one
+// session lists them the same way on every run (plugins append to findings.csv as they finish, in
+// no fixed order).
+func sortFindings(fs []Finding) {
+	sort.SliceStable(fs, func(i, j int) bool {
+		a, b := fs[i], fs[j]
+		if sa, sb := severityOrder[a.Severity], severityOrder[b.Severity]; sa != sb {
+			return sa < sb
+		}
+		if a.Plugin != b.Plugin {
+			return a.Plugin < b.Plugin
+		}
+		if a.Title != b.Title {
+			return a.Title < b.Title
+		}
+		if a.Ranks != b.Ranks {
+			return a.Ranks < b.Ranks
+		}
+		if a.FirstStep != b.FirstStep {
+			return a.FirstStep < b.FirstStep
+		}
+		return a.Numbers < b.Numbers
+	})
 }
 
 func printFindings(w io.Writer, fs []Finding) {

@@ -39,6 +39,7 @@ func newApp() *cli.App {
 			tailCommand(),
 			sessionsCommand(),
 			showCommand(),
+			importCommand(),
 			pluginsCommand(),
 			profilersCommand(),
 			reportCommand(),

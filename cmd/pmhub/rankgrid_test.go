@@ -1,7 +1,11 @@
 package main
 
 import (
+	"encoding/json"
+	"os"
+	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -31,7 +35,7 @@ func TestRankGridNamesMissingRank(t *testing.T) {
 	if !reflect.DeepEqual(g.Missing, []int64{3}) {
 		t.Errorf("missing %v, want [3]", g.Missing)
 	}
-	text := strings.Join(g.lines(), "\n")
+	text := strings.Join(g.Lines(), "\n")
 	for _, want := range []string{"TP 2 x PP 2 x DP 1 = 4 ranks", "hostB: w2(tp0 pp1 dp0)", "never joined: w3 (tp 1, pp 1, dp 0)"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("grid lacks %q:\n%s", want, text)
@@ -50,5 +54,71 @@ func TestRankGridFromRanks(t *testing.T) {
 	if g := rankGrid([]*hub.ProcMeta{{Host: "a", Ident: hub.Ident{Role: "engine_core", Rank: -1},
 		Argv: strings.Fields("vllm serve m --data-parallel-size 4")}}); g != nil {
 		t.Errorf("grid %+v for a session without workers", g)
+	}
+}
+
+// demoInstance is one TP=8 instance over two hosts as `pmhub demo` runs it: API server,
+// EngineCore and ranks 0-3 on hostA (node rank 0), ranks 4-7 on hostB (the headless follower).
+func demoInstance() []*hub.ProcMeta {
+	procs := []*hub.ProcMeta{
+		{Host: "hostA", Proc: "api0", Ident: hub.Ident{Role: "api_server", Rank: 0, DP: -1, TP: -1, PP: -1, EP: -1},
+			Argv: strings.Fields("python3 vllm serve m -tp 8 --nnodes 2 --node-rank 0 --master-port 29600")},
+		{Host: "hostA", Proc: "eng0", Ident: hub.Ident{Role: "engine_core", Rank: -1, DP: -1, TP: -1, PP: -1, EP: -1}},
+		{Host: "hostB", Proc: "api0", Ident: hub.Ident{Role: "api_server", Rank: 0, DP: -1, TP: -1, PP: -1, EP: -1},
+			Argv: strings.Fields("python3 vllm serve m -tp 8 --nnodes 2 --node-rank 1 --master-port 29600 --headless")},
+	}
+	for r := int64(0); r < 8; r++ {
+		h := "hostA"
+		if r >= 4 {
+			h = "hostB"
+		}
+		w := worker(h, r, r, 0, -1)
+		w.Proc = "w" + strconv.FormatInt(r, 10)
+		w.PID = 100 + r
+		procs = append(procs, w)
+	}
+	return procs
+}
+
+// writeMeta writes a session folder holding only metadata.json with procs.
+func writeMeta(t *testing.T, procs []*hub.ProcMeta) string {
+	t.Helper()
+	dir := t.TempDir()
+	m := &hub.Metadata{Session: "20260101_000000_abcdef", Status: hub.StatusEnded, Processes: procs, Hosts: map[string]*hub.HostMeta{}}
+	for _, p := range procs {
+		m.Hosts[p.Host] = &hub.HostMeta{}
+	}
+	b, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, hub.MetadataFile), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// TestShowLayoutOneInstanceOverHosts: the per-host layout of one TP=8 instance spanning two hosts
+// names each host's global ranks within the instance's sizes (it once said "TP 4" for hostA, from
+// that host's own ranks, and nothing for hostB).
+func TestShowLayoutOneInstanceOverHosts(t *testing.T) {
+	s, err := summarize(writeMeta(t, demoInstance()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"hostA": "4 workers: ranks 0-3 of TP 8 x PP 1 x DP 1", "hostB": "4 workers: ranks 4-7 of TP 8 x PP 1 x DP 1"}
+	if !reflect.DeepEqual(s.Layout, want) {
+		t.Fatalf("layout %q, want %q", s.Layout, want)
+	}
+	var out strings.Builder
+	s.print(&out)
+	if !strings.Contains(out.String(), "host hostB: api0 w4 w5 w6 w7 (4 workers: ranks 4-7 of TP 8 x PP 1 x DP 1)") {
+		t.Errorf("show lacks hostB's layout:\n%s", out.String())
+	}
+}
+
+func TestRankRanges(t *testing.T) {
+	if got := rankRanges([]int64{0, 1, 2, 5, 7, 8}); got != "0-2,5,7-8" {
+		t.Errorf("rankRanges = %q", got)
 	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"html"
 	"net/http"
@@ -10,6 +11,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -22,7 +24,8 @@ func reportCommand() *cli.Command {
 		Name:      "report",
 		Usage:     "write one self-contained HTML page of a session: plots, findings, metadata (--compare: two sessions side by side)",
 		ArgsUsage: "SESSION",
-		Description: "SESSION is a session id under --data or a session folder. The page embeds everything it shows\n" +
+		Description: "SESSION is a session id under --data or a session folder; a rotated session is read across all its\n" +
+			"segments, --since/--until narrow it to a time range. The page embeds everything it shows\n" +
 			"(SVG plots, CSS; no script, no network) and opens offline. Series longer than --max-points are\n" +
 			"downsampled into time buckets, and each plot says so.",
 		Flags: []cli.Flag{
@@ -32,21 +35,10 @@ func reportCommand() *cli.Command {
 			&cli.IntFlag{Name: "max-points", Value: 2000, EnvVars: []string{"PROFILEMATE_REPORT_MAX_POINTS"}, Usage: "most points per plotted series before downsampling"},
 			&cli.BoolFlag{Name: "no-analysis", EnvVars: []string{"PROFILEMATE_REPORT_NO_ANALYSIS"}, Usage: "do not run the in-tree analyses for a session without a findings table (large sessions: they cost more than the plots)"},
 			&cli.IntFlag{Name: "sample-size", Value: 20000, EnvVars: []string{"PROFILEMATE_REPORT_SAMPLE_SIZE"}, Usage: "step times per rank kept for the distribution plot"},
+			windowFlags()[0], windowFlags()[1],
 		},
 		Action: runReport,
 	}
-}
-
-// sessionFolder resolves SESSION: an existing folder as given, else <data>/sessions/<SESSION>.
-func sessionFolder(data, arg string) (string, error) {
-	if st, err := os.Stat(filepath.Join(arg, hub.MetadataFile)); err == nil && !st.IsDir() {
-		return arg, nil
-	}
-	dir := hub.SessionDir(data, arg)
-	if _, err := os.Stat(dir); err != nil {
-		return "", fmt.Errorf("no session %q in %s and no session folder of that name (see pmhub sessions --data %s)", arg, data, data)
-	}
-	return dir, nil
 }
 
 func runReport(c *cli.Context) error {
@@ -57,12 +49,17 @@ func runReport(c *cli.Context) error {
 		return cli.Exit("pmhub report: give one SESSION id or folder (see pmhub sessions)", 2)
 	}
 	opt := report.Options{MaxPoints: c.Int("max-points"), SampleSize: c.Int("sample-size"), Analyzer: reportAnalyzer, SkipAnalysis: c.Bool("no-analysis")}
+	w, err := window(c)
+	if err != nil {
+		return cli.Exit("pmhub report: "+err.Error(), 2)
+	}
 	build := func(arg string) (*report.Report, error) {
-		dir, err := sessionFolder(c.String("data"), arg)
+		view, err := openView(c.String("data"), arg, w)
 		if err != nil {
 			return nil, err
 		}
-		return report.Build(dir, opt)
+		defer view.Close()
+		return report.Build(view.Dir, opt)
 	}
 	a, err := build(c.Args().First())
 	if err != nil {
@@ -120,10 +117,31 @@ func reportHTTP(mux *http.ServeMux, h *hub.Server) {
 		fmt.Fprint(w, "</ul></body></html>")
 	})
 	mux.HandleFunc("GET /report/{session}", func(w http.ResponseWriter, r *http.Request) {
+		// ?since=&until= (as the command's flags) reads that range across a rotated session's
+		// segments; without them the page shows the session's own folder (its live segment).
+		q := r.URL.Query()
+		now := time.Now()
+		since, err1 := parseWhen("since", q.Get("since"), now)
+		until, err2 := parseWhen("until", q.Get("until"), now)
+		if err := errors.Join(err1, err2); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		win := hub.Window{Since: since, Until: until}
 		build := func(id string) (*report.Report, int, error) {
 			for _, s := range h.Sessions() {
 				if s.Session == id {
-					rep, err := report.Build(s.Dir, report.Options{Analyzer: reportAnalyzer})
+					dir := s.Dir
+					if !win.IsZero() {
+						// s.Dir is <data>/sessions/<id>.
+						view, err := openView(filepath.Dir(filepath.Dir(s.Dir)), id, win)
+						if err != nil {
+							return nil, http.StatusInternalServerError, fmt.Errorf("report: %w", err)
+						}
+						defer view.Close()
+						dir = view.Dir
+					}
+					rep, err := report.Build(dir, report.Options{Analyzer: reportAnalyzer})
 					if err != nil {
 						return nil, http.StatusInternalServerError, fmt.Errorf("report: %w", err)
 					}

@@ -48,6 +48,7 @@ func serveCommand() *cli.Command {
 		&cli.Int64Flag{Name: "dead-letter-max-bytes", Value: hub.DefaultDeadLetterMaxBytes, EnvVars: []string{"PROFILEMATE_HUB_DEAD_LETTER_MAX_BYTES"}, Usage: "bytes kept in <data>/deadletter/ (> 0); beyond, messages are only counted"},
 		&cli.DurationFlag{Name: "retention", Value: hub.DefaultRetention, EnvVars: []string{"PROFILEMATE_RETENTION"}, Usage: "remove ended sessions older than this (> 0; -1s: keep forever)"},
 	)
+	flags = append(flags, rotateFlags()...)
 	cmd := &cli.Command{
 		Name:   "serve",
 		Usage:  "run the hub: embedded NATS + JetStream (or --nats), merge sessions into --data",
@@ -99,12 +100,17 @@ func serve(c *cli.Context) error {
 	if err := serveLimits(c); err != nil {
 		return exit(err)
 	}
+	if err := rotateLimits(c); err != nil {
+		return exit(err)
+	}
 	cfg := hub.Config{
 		DataDir: c.String("data"), Listen: c.String("listen"),
 		SessionIdle: c.Duration("session-idle"), StreamMaxBytes: c.Int64("stream-max-bytes"),
 		StreamMaxAge: c.Duration("stream-max-age"), SessionMaxBytes: c.Int64("session-max-bytes"),
 		Retention: c.Duration("retention"), DeadLetterMaxCount: c.Int64("dead-letter-max-count"),
 		DeadLetterMaxBytes: c.Int64("dead-letter-max-bytes"),
+		RotateEvery:        c.Duration("rotate-every"), RotateBytes: c.Int64("rotate-bytes"),
+		SegmentsMaxAge: c.Duration("segments-max-age"), SegmentsMaxBytes: c.Int64("segments-max-bytes"),
 		Server: hub.ServerSecurity{
 			Token: c.String("server-auth-token"), User: c.String("server-user"), Password: c.String("server-password"),
 			NKeys: c.StringSlice("server-nkey"), TLSCert: c.String("server-tls-cert"), TLSKey: c.String("server-tls-key"),

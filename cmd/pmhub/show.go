@@ -35,20 +35,27 @@ func showCommand() *cli.Command {
 		Name:      "show",
 		Usage:     "summarise one session: hosts, ranks, steps, graph modes, KV peak, preemptions, experts, step times",
 		ArgsUsage: "SESSION",
-		Flags:     []cli.Flag{dataFlag(), &cli.BoolFlag{Name: "json", Usage: "print the summary as JSON", EnvVars: []string{"PROFILEMATE_JSON"}}},
+		Flags:     append([]cli.Flag{dataFlag(), &cli.BoolFlag{Name: "json", Usage: "print the summary as JSON", EnvVars: []string{"PROFILEMATE_JSON"}}}, windowFlags()...),
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
 				return cli.Exit("pmhub show: give one SESSION id (see pmhub sessions)", 2)
 			}
-			dir := hub.SessionDir(c.String("data"), c.Args().First())
-			if _, err := os.Stat(dir); err != nil {
-				return cli.Exit(fmt.Sprintf("pmhub show: no session %q in %s (see pmhub sessions --data %s)",
-					c.Args().First(), c.String("data"), c.String("data")), 1)
+			w, err := window(c)
+			if err != nil {
+				return cli.Exit("pmhub show: "+err.Error(), 2)
 			}
-			sum, err := summarize(dir)
+			view, err := openView(c.String("data"), c.Args().First(), w)
 			if err != nil {
 				return cli.Exit("pmhub show: "+err.Error(), 1)
 			}
+			// The summary is read whole before anything is printed: the temporary copy is gone
+			// before output that a closed pipe (pmhub show | head) could cut short.
+			sum, err := summarize(view.Dir)
+			view.Close()
+			if err != nil {
+				return cli.Exit("pmhub show: "+err.Error(), 1)
+			}
+			sum.Dir, sum.Segments, sum.Window = view.Home, len(view.Segments), view.describe()
 			if c.Bool("json") {
 				return json.NewEncoder(c.App.Writer).Encode(sum)
 			}
@@ -64,27 +71,114 @@ func listSessions(c *cli.Context) error {
 	if err != nil {
 		return cli.Exit(fmt.Sprintf("pmhub sessions: %v", err), 1)
 	}
-	var metas []*hub.Metadata
-	for _, e := range entries {
-		if m, err := hub.ReadMetadata(filepath.Join(root, e.Name())); err == nil {
-			metas = append(metas, m)
-		}
+	// A rotated session is listed once: its newest segment's metadata, with rows and bytes
+	// summed over its segments (folders are listed in name order: a session's own folder, the
+	// live segment, sorts before its closed segments "<session>@<index>").
+	type listed struct {
+		*hub.Metadata
+		Segments int `json:"segments"`
 	}
-	sort.Slice(metas, func(i, j int) bool { return metas[i].StartNS < metas[j].StartNS })
+	var list []*listed
+	byID := map[string]*listed{}
+	for _, e := range entries {
+		m, err := hub.ReadMetadata(filepath.Join(root, e.Name()))
+		if err != nil {
+			continue
+		}
+		_, _, closed := hub.SplitSegmentFolder(e.Name())
+		l := byID[m.Session]
+		if l == nil {
+			l = &listed{Metadata: m}
+			byID[m.Session] = l
+			list = append(list, l)
+		} else {
+			if !closed {
+				m.Rows, m.Bytes, l.Metadata = mergeRows(l.Rows, m.Rows), l.Bytes+m.Bytes, m
+			} else {
+				l.Rows, l.Bytes = mergeRows(l.Rows, m.Rows), l.Bytes+m.Bytes
+			}
+			l.StartNS = min(l.StartNS, m.StartNS)
+		}
+		l.Segments++
+	}
+	sort.Slice(list, func(i, j int) bool { return list[i].StartNS < list[j].StartNS })
 	if c.Bool("json") {
-		return json.NewEncoder(c.App.Writer).Encode(metas)
+		return json.NewEncoder(c.App.Writer).Encode(list)
 	}
 	tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SESSION\tSTATUS\tHOSTS\tPROCESSES\tSTART\tEND\tROWS")
-	for _, m := range metas {
+	fmt.Fprintln(tw, "SESSION\tSTATUS\tHOSTS\tPROCESSES\tSTART\tEND\tROWS\tSEGMENTS")
+	for _, m := range list {
 		var rows int64
 		for _, n := range m.Rows {
 			rows += n
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%d\n", m.Session, m.Status, strings.Join(sortedKeys(m.Hosts), ","),
-			len(m.Processes), stamp(m.StartNS), stamp(m.EndNS), rows)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%d\t%d\n", m.Session, m.Status, strings.Join(sortedKeys(m.Hosts), ","),
+			len(m.Processes), stamp(m.StartNS), stamp(m.EndNS), rows, m.Segments)
 	}
 	return tw.Flush()
+}
+
+// mergeRows adds b's per-table rows to a copy of a.
+func mergeRows(a, b map[string]int64) map[string]int64 {
+	out := make(map[string]int64, len(a)+len(b))
+	for k, v := range a {
+		out[k] += v
+	}
+	for k, v := range b {
+		out[k] += v
+	}
+	return out
+}
+
+// hostLayouts describes each host's workers: with a rank grid (one instance, possibly spanning
+// hosts), a host holding every rank of the grid gets its sizes ("4 workers: TP 4, PP 1, DP 1")
+// and a host holding part of it gets its global ranks within the grid's sizes ("4 workers: ranks
+// 4-7 of TP 8 x PP 1 x DP 1"); without a grid, the host's own largest group ranks when they
+// account for every worker, else just the count. size is host -> largest tp, pp, dp + 1.
+func hostLayouts(ranks []RankInfo, size map[string]*[3]int64, g *RankGrid) map[string]string {
+	out := map[string]string{}
+	workers := map[string]int64{}
+	for _, r := range ranks {
+		workers[r.Host]++
+	}
+	for h, z := range size {
+		n := workers[h]
+		if g != nil && len(g.Hosts[h]) > 0 {
+			total := g.TP * g.PP * g.DP
+			if int64(len(g.Hosts[h])) == total && n == total {
+				out[h] = fmt.Sprintf("%d workers: TP %d, PP %d, DP %d", n, g.TP, g.PP, g.DP)
+			} else {
+				out[h] = fmt.Sprintf("%d workers: ranks %s of TP %d x PP %d x DP %d", n, rankRanges(g.Hosts[h]), g.TP, g.PP, g.DP)
+			}
+			continue
+		}
+		tp, pp, dp := max(z[0], 1), max(z[1], 1), max(z[2], 1)
+		// The layout is only claimed when the reported ranks account for every worker.
+		if tp*pp*dp == n {
+			out[h] = fmt.Sprintf("%d workers: TP %d, PP %d, DP %d", n, tp, pp, dp)
+		} else {
+			out[h] = fmt.Sprintf("%d workers", n)
+		}
+	}
+	return out
+}
+
+// rankRanges writes ascending ranks as ranges: [0 1 2 5 7 8] -> "0-2,5,7-8".
+func rankRanges(rs []int64) string {
+	var parts []string
+	for i := 0; i < len(rs); {
+		j := i
+		for j+1 < len(rs) && rs[j+1] == rs[j]+1 {
+			j++
+		}
+		if j > i {
+			parts = append(parts, fmt.Sprintf("%d-%d", rs[i], rs[j]))
+		} else {
+			parts = append(parts, strconv.FormatInt(rs[i], 10))
+		}
+		i = j + 1
+	}
+	return strings.Join(parts, ",")
 }
 
 // stamp formats a metadata time (ns since the epoch, 0 when unknown) for the session list.
@@ -101,8 +195,9 @@ type Summary struct {
 	Status    string              `json:"status"`
 	EndReason string              `json:"end_reason,omitempty"`
 	Hosts     map[string][]string `json:"hosts"` // host -> process tokens
-	// Layout is each host's worker count and, when the reported ranks cover them all, its parallel
-	// sizes ("4 workers: TP 4, PP 1, DP 1").
+	// Layout is each host's worker count with its place in the instance (hostLayouts): "4 workers:
+	// TP 4, PP 1, DP 1" for a host holding every rank, "4 workers: ranks 4-7 of TP 8 x PP 1 x DP 1"
+	// for a host holding part of an instance spanning hosts.
 	Layout map[string]string `json:"layout,omitempty"`
 	// Ranks is every worker's place in the deployment, host then proc order.
 	Ranks       []RankInfo         `json:"ranks"`
@@ -129,6 +224,11 @@ type Summary struct {
 	Plugins  map[string]host.SessionPlugin `json:"plugins,omitempty"`
 	// Grid is the workers as one instance's rank grid, with the ranks that never joined (rankgrid.go).
 	Grid *RankGrid `json:"rank_grid,omitempty"`
+	// Segments is how many segment folders the session has on disk (1 unless it rotated); Window
+	// says which of them and which time range (--since/--until) the summary covers ("" for all of
+	// a one-segment session).
+	Segments int    `json:"segments"`
+	Window   string `json:"window,omitempty"`
 }
 
 // RankInfo is one worker process and its ranks.
@@ -189,19 +289,7 @@ func summarize(dir string) (*Summary, error) {
 		z[0], z[1], z[2] = max(z[0], p.TP+1), max(z[1], p.PP+1), max(z[2], p.DP+1)
 	}
 	s.Grid = rankGrid(m.Processes)
-	workers := map[string]int64{}
-	for _, r := range s.Ranks {
-		workers[r.Host]++
-	}
-	for h, z := range size {
-		tp, pp, dp := max(z[0], 1), max(z[1], 1), max(z[2], 1)
-		// The layout is only claimed when the reported ranks account for every worker.
-		if tp*pp*dp == workers[h] {
-			s.Layout[h] = fmt.Sprintf("%d workers: TP %d, PP %d, DP %d", workers[h], tp, pp, dp)
-		} else {
-			s.Layout[h] = fmt.Sprintf("%d workers", workers[h])
-		}
-	}
+	s.Layout = hostLayouts(s.Ranks, size, s.Grid)
 	sort.Slice(s.Ranks, func(i, j int) bool {
 		a, b := s.Ranks[i], s.Ranks[j]
 		return a.Host < b.Host || (a.Host == b.Host && a.Rank < b.Rank)
@@ -438,6 +526,9 @@ func (s *Summary) print(w io.Writer) {
 		fmt.Fprintf(w, " (%s)", s.EndReason)
 	}
 	fmt.Fprintln(w)
+	if s.Window != "" {
+		fmt.Fprintf(w, "  read: %s\n", s.Window)
+	}
 	for _, h := range sortedKeys(s.Hosts) {
 		fmt.Fprintf(w, "  host %s: %s", h, strings.Join(s.Hosts[h], " "))
 		if l := s.Layout[h]; l != "" {
@@ -451,7 +542,7 @@ func (s *Summary) print(w io.Writer) {
 		fmt.Fprintf(w, "    ended: %s\n", strings.Join(ends, ", "))
 	}
 	if s.Grid != nil {
-		for _, l := range s.Grid.lines() {
+		for _, l := range s.Grid.Lines() {
 			fmt.Fprintf(w, "  %s\n", l)
 		}
 	}

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sort"
 
 	"github.com/profilemate/profilemate/analysis"
 )
@@ -15,7 +14,7 @@ const computedVersion = "computed"
 
 // computedFindings runs the in-tree analyses (straggler, moe_balance, kv_pressure,
 // cudagraph_coverage) on a session folder that has no findings.csv, so a session recorded without
-// plugins still lists the same findings. Most severe first. Errors: a table cannot be read.
+// plugins still lists the same findings, in sortFindings order. Errors: a table cannot be read.
 func computedFindings(dir string) ([]Finding, error) {
 	src, err := analysis.OpenDir(dir)
 	if errors.Is(err, analysis.ErrNotSession) {
@@ -33,7 +32,7 @@ func computedFindings(dir string) ([]Finding, error) {
 				Numbers: c[3], Ranks: c[4], FirstStep: f.FirstStep, LastStep: f.LastStep, Detail: f.Detail()})
 		}
 	}
-	sort.SliceStable(out, func(i, j int) bool { return severityOrder[out[i].Severity] < severityOrder[out[j].Severity] })
+	sortFindings(out)
 	return out, err
 }
 

@@ -81,3 +81,43 @@ func TestShowFindings(t *testing.T) {
 		t.Errorf("plugin findings not shown as written:\n%s", out)
 	}
 }
+
+// TestShowFindingsOrderStable: plugins append to findings.csv as they finish, in no fixed order;
+// show lists one session's findings the same way whatever the file's order: most severe first,
+// then by plugin and title.
+func TestShowFindingsOrderStable(t *testing.T) {
+	const header = "session,host,pid,role,dp,pp,tp,ep,seq,step,ts_ns,plugin,plugin_version,input_seq,row,severity,title,numbers,ranks,first_step,last_step,detail\n"
+	rows := []string{
+		`s1,hub,9,plugin,-1,-1,-1,-1,1,1,5,moe_balance,1.0.0,0,0,critical,"hostA+hostB dp 0 layer 2: busiest expert","{}",,1,3,""`,
+		`s1,hub,9,plugin,-1,-1,-1,-1,2,2,6,cudagraph_coverage,1.0.0,0,0,warning,"hostA+hostB dp 0: eager steps","{}",,1,3,""`,
+		`s1,hub,9,plugin,-1,-1,-1,-1,3,3,7,kv_pressure,1.0.0,0,0,critical,"hostA dp 0: 5 preemptions","{}",,1,3,""`,
+		`s1,hub,9,plugin,-1,-1,-1,-1,4,4,8,straggler,1.0.0,0,0,warning,"rank 0 on host hostA is 1.24x","{}",0,1,3,""`,
+	}
+	var outs []string
+	for _, order := range [][]int{{0, 1, 2, 3}, {3, 2, 1, 0}, {1, 3, 0, 2}} {
+		data := t.TempDir()
+		dir := hub.SessionDir(data, "s1")
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		writeFile(t, filepath.Join(dir, hub.MetadataFile), `{"session":"s1","status":"ended","processes":[]}`)
+		body := header
+		for _, i := range order {
+			body += rows[i] + "\n"
+		}
+		writeFile(t, filepath.Join(dir, "findings.csv"), body)
+		outs = append(outs, showOut(t, data, "s1", false))
+	}
+	if outs[0] != outs[1] || outs[0] != outs[2] {
+		t.Fatalf("findings order depends on the file's order:\n%s\n---\n%s\n---\n%s", outs[0], outs[1], outs[2])
+	}
+	want := []string{"(kv_pressure)", "(moe_balance)", "(cudagraph_coverage)", "(straggler)"}
+	last := -1
+	for _, w := range want {
+		i := strings.Index(outs[0], w)
+		if i < last {
+			t.Fatalf("findings not most severe first, then by plugin:\n%s", outs[0])
+		}
+		last = i
+	}
+}

@@ -406,7 +406,7 @@ func (r *run) open(ctx context.Context, session string, seq uint64) (*sessionWri
 	for _, p := range m.Processes {
 		req.Processes = append(req.Processes, &pmpb.Process{Session: session, Host: p.Host, Pid: p.PID, Ppid: p.PPID,
 			Role: p.Role, Dp: int32(p.DP), Pp: int32(p.PP), Tp: int32(p.TP), Ep: int32(p.EP), Rank: int32(p.Rank), Python: p.Python, Vllm: p.VLLM,
-			GpuUuid: p.GPUUUID, Title: p.Title, StartNs: p.StartNS})
+			GpuUuid: p.GPUUUID, Title: p.Title, StartNs: p.StartNS, InstanceKey: p.InstanceKey})
 	}
 	if err := r.call(ctx, "open session", func(c context.Context) error { return r.p.OpenSession(c, req) }); err != nil {
 		return nil, err

@@ -162,7 +162,7 @@ func decodeGeneric(session string, seq uint64, data []byte) (Batch, error) {
 
 func processFrom(p *pmpb.Process) Process {
 	return Process{Host: p.GetHost(), PID: p.GetPid(), Role: p.GetRole(), DP: p.GetDp(), PP: p.GetPp(),
-		TP: p.GetTp(), EP: p.GetEp(), Rank: p.GetRank()}
+		TP: p.GetTp(), EP: p.GetEp(), Rank: p.GetRank(), InstanceKey: p.GetInstanceKey()}
 }
 
 func batchFrom(session string, seq uint64, eb *pmpb.EventBatch) Batch {

@@ -120,6 +120,9 @@ type Process struct {
 	TP   int32
 	EP   int32
 	Rank int32 // global worker rank (worker), API server index (api_server)
+	// InstanceKey is the multi-node vLLM instance of the process (docs/multinode.md), as the
+	// hub's metadata knew it when the session opened; "" when unknown (and in batches).
+	InstanceKey string
 }
 
 // Batch is one stream message: events of one process and one kind, in seq order.

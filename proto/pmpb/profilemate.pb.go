@@ -265,7 +265,14 @@ type Process struct {
 	Argv    []string               `protobuf:"bytes,16,rep,name=argv,proto3" json:"argv,omitempty"`
 	// instance tells apart processes that share a pid (containers, pid namespaces, a reused pid):
 	// 16 hex digits the shim draws at process start; empty from shims before it existed.
-	Instance      string `protobuf:"bytes,17,opt,name=instance,proto3" json:"instance,omitempty"`
+	Instance string `protobuf:"bytes,17,opt,name=instance,proto3" json:"instance,omitempty"`
+	// instance_key names the multi-node vLLM instance the process belongs to (docs/multinode.md:
+	// "mp:<master addr>:<port>", "dp:<DP address>:<RPC port>", "ray:<session>"), node_rank the
+	// node of that instance its host is (vLLM's --node-rank; for multi-node DP the
+	// --data-parallel-start-rank over --data-parallel-size-local). Set by the agent in lifecycle
+	// records only (event batches leave them out); empty / unset when unknown.
+	InstanceKey   string `protobuf:"bytes,18,opt,name=instance_key,json=instanceKey,proto3" json:"instance_key,omitempty"`
+	NodeRank      *int32 `protobuf:"varint,19,opt,name=node_rank,json=nodeRank,proto3,oneof" json:"node_rank,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -417,6 +424,20 @@ func (x *Process) GetInstance() string {
 		return x.Instance
 	}
 	return ""
+}
+
+func (x *Process) GetInstanceKey() string {
+	if x != nil {
+		return x.InstanceKey
+	}
+	return ""
+}
+
+func (x *Process) GetNodeRank() int32 {
+	if x != nil && x.NodeRank != nil {
+		return *x.NodeRank
+	}
+	return 0
 }
 
 // EventBatch is the body of pm.v1.ev.<session>.<host>.<proc>.<kind>: events of one process and
@@ -1626,7 +1647,7 @@ const file_profilemate_v1_profilemate_proto_rawDesc = "" +
 	"\x04cols\x18\x06 \x03(\v2\x1f.profilemate.v1.Event.ColsEntryR\x04cols\x1aN\n" +
 	"\tColsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12+\n" +
-	"\x05value\x18\x02 \x01(\v2\x15.profilemate.v1.ValueR\x05value:\x028\x01\"\xed\x02\n" +
+	"\x05value\x18\x02 \x01(\v2\x15.profilemate.v1.ValueR\x05value:\x028\x01\"\xc0\x03\n" +
 	"\aProcess\x12\x18\n" +
 	"\asession\x18\x01 \x01(\tR\asession\x12\x12\n" +
 	"\x04host\x18\x02 \x01(\tR\x04host\x12\x10\n" +
@@ -1645,7 +1666,11 @@ const file_profilemate_v1_profilemate_proto_rawDesc = "" +
 	"\x05title\x18\x0e \x01(\tR\x05title\x12\x19\n" +
 	"\bstart_ns\x18\x0f \x01(\x03R\astartNs\x12\x12\n" +
 	"\x04argv\x18\x10 \x03(\tR\x04argv\x12\x1a\n" +
-	"\binstance\x18\x11 \x01(\tR\binstance\"\xe9\x01\n" +
+	"\binstance\x18\x11 \x01(\tR\binstance\x12!\n" +
+	"\finstance_key\x18\x12 \x01(\tR\vinstanceKey\x12 \n" +
+	"\tnode_rank\x18\x13 \x01(\x05H\x00R\bnodeRank\x88\x01\x01B\f\n" +
+	"\n" +
+	"_node_rank\"\xe9\x01\n" +
 	"\n" +
 	"EventBatch\x12!\n" +
 	"\fschema_major\x18\x01 \x01(\rR\vschemaMajor\x12!\n" +
@@ -1805,6 +1830,7 @@ func file_profilemate_v1_profilemate_proto_init() {
 		(*Value_S)(nil),
 		(*Value_B)(nil),
 	}
+	file_profilemate_v1_profilemate_proto_msgTypes[2].OneofWrappers = []any{}
 	file_profilemate_v1_profilemate_proto_msgTypes[6].OneofWrappers = []any{
 		(*Lifecycle_Start)(nil),
 		(*Lifecycle_Hello_)(nil),

@@ -1,0 +1,142 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/profilemate/profilemate/hub"
+)
+
+// windowFlags are --since and --until of the commands that read a session (show, report, export):
+// a time range across the segments of a rotated session (docs/hub.md "Long-lived sessions").
+func windowFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "since", EnvVars: []string{"PROFILEMATE_SINCE"}, Usage: "only rows at or after this time (aligned clock): RFC 3339 (2026-11-30T08:00:00Z) or a duration back from now (3h)"},
+		&cli.StringFlag{Name: "until", EnvVars: []string{"PROFILEMATE_UNTIL"}, Usage: "only rows before this time: RFC 3339 or a duration back from now (30m)"},
+	}
+}
+
+// parseWhen reads a --since/--until value: an RFC 3339 time, or a non-negative duration meaning
+// that long before now. Errors name the flag and both forms.
+func parseWhen(flag, v string, now time.Time) (time.Time, error) {
+	if v == "" {
+		return time.Time{}, nil
+	}
+	if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
+		return t, nil
+	}
+	if d, err := time.ParseDuration(v); err == nil && d >= 0 {
+		return now.Add(-d), nil
+	}
+	return time.Time{}, fmt.Errorf("--%s %q: want an RFC 3339 time (2026-11-30T08:00:00Z) or a duration back from now (3h)", flag, v)
+}
+
+// window is the --since/--until range of c. Errors: a value of neither form, or --since not
+// before --until.
+func window(c *cli.Context) (hub.Window, error) {
+	now := time.Now()
+	since, err := parseWhen("since", c.String("since"), now)
+	if err != nil {
+		return hub.Window{}, err
+	}
+	until, err := parseWhen("until", c.String("until"), now)
+	if err != nil {
+		return hub.Window{}, err
+	}
+	if !since.IsZero() && !until.IsZero() && !since.Before(until) {
+		return hub.Window{}, fmt.Errorf("--since %s is not before --until %s", since.UTC().Format(time.RFC3339), until.UTC().Format(time.RFC3339))
+	}
+	return hub.Window{Since: since, Until: until}, nil
+}
+
+// sessionView is what a reader reads for one SESSION argument.
+type sessionView struct {
+	// Dir is the folder to read: the session's own folder when it has one segment and no range
+	// was asked for, else a temporary folder hub.CopyWindow assembled.
+	Dir string
+	// Home is the session's own folder (its live segment), for what the commands print.
+	Home string
+	// Segments are the session's segment folders on disk, oldest first.
+	Segments []string
+	// Window is the assembled folder's record (nil when Dir is the session's own folder).
+	Window *hub.WindowMeta
+	tmp    string
+}
+
+// Close removes the temporary folder, if any (once; later calls do nothing). Commands close the
+// view as soon as they have read it, before printing: a closed pipe (| head) ends the process at
+// its next write, before deferred calls run.
+func (v *sessionView) Close() {
+	if v.tmp != "" {
+		os.RemoveAll(v.tmp)
+		v.tmp = ""
+	}
+}
+
+// openView resolves SESSION (an id under data, or a session folder) with the range w: every
+// segment of a rotated session, filtered to w. Errors: no such session or folder; the segments
+// cannot be read or copied.
+func openView(data, arg string, w hub.Window) (*sessionView, error) {
+	var segs []string
+	if st, err := os.Stat(filepath.Join(arg, hub.MetadataFile)); err == nil && !st.IsDir() {
+		segs = []string{arg}
+		// A folder under <data>/sessions/ of a rotated session: read its siblings too.
+		if m, err := hub.ReadMetadata(arg); err == nil && m.Segment != nil && filepath.Base(filepath.Dir(filepath.Clean(arg))) == "sessions" {
+			if all, err := hub.Segments(filepath.Dir(filepath.Dir(filepath.Clean(arg))), m.Session); err == nil {
+				segs = all
+			}
+		}
+	} else {
+		all, err := hub.Segments(data, arg)
+		if errors.Is(err, os.ErrNotExist) || strings.ContainsAny(arg, `/\`) {
+			return nil, fmt.Errorf("no session %q in %s and no session folder of that name (see pmhub sessions --data %s)", arg, data, data)
+		}
+		if err != nil {
+			return nil, err
+		}
+		segs = all
+	}
+	v := &sessionView{Dir: segs[len(segs)-1], Home: segs[len(segs)-1], Segments: segs}
+	if len(segs) == 1 && w.IsZero() {
+		return v, nil
+	}
+	tmp, err := os.MkdirTemp("", "pmhub-window-")
+	if err != nil {
+		return nil, err
+	}
+	v.tmp = tmp
+	dir := filepath.Join(tmp, filepath.Base(v.Home))
+	m, err := hub.CopyWindow(segs, w, dir)
+	if err != nil {
+		v.Close()
+		return nil, err
+	}
+	v.Dir, v.Window = dir, m.Window
+	return v, nil
+}
+
+// describe is one line about the view for a human: the segments read and the range, "" for a
+// plain one-segment session.
+func (v *sessionView) describe() string {
+	if v.Window == nil {
+		return ""
+	}
+	s := fmt.Sprintf("%d of %d segments", len(v.Window.Segments), len(v.Segments))
+	if v.Window.SinceNS != 0 || v.Window.UntilNS != 0 {
+		s += fmt.Sprintf(", rows from %s to %s", when(v.Window.SinceNS), when(v.Window.UntilNS))
+	}
+	return s
+}
+
+func when(ns int64) string {
+	if ns == 0 {
+		return "-"
+	}
+	return time.Unix(0, ns).UTC().Format(time.RFC3339)
+}
