@@ -11,6 +11,14 @@ import (
 // metadata.json. A rotated session is listed once: its live segment's status, hosts and processes,
 // with Segments, Rows and Bytes over all its segments still on disk.
 func (s *Server) Sessions() []SessionInfo {
+	if s.cl != nil {
+		return s.sharedSessions(s.localSessions())
+	}
+	return s.localSessions()
+}
+
+// localSessions is Sessions from the data folder and memory alone.
+func (s *Server) localSessions() []SessionInfo {
 	// The folder is listed under the lock and open sessions come from memory: a session whose
 	// first round is being applied has no folder yet but is active (metrics pruning relies on it).
 	s.mu.Lock()
@@ -102,6 +110,7 @@ func (s *Server) loadSessions() error {
 		return fmt.Errorf("hub: list sessions: %w", err)
 	}
 	now := s.cfg.Now()
+	s.markClosedSegments(now)
 	for _, e := range ents {
 		if !e.IsDir() || !sessionRE.MatchString(e.Name()) {
 			continue
@@ -157,9 +166,9 @@ func (s *Server) openSession(id string) (*session, error) {
 	}
 	ss.known = s.hosts
 	s.initSegment(ss, now)
-	if ss.meta.EndReason == EndRotated && ss.meta.Segment != nil {
-		// Its last segment was closed by a rotation that did not finish: open the next one.
-		if err := s.continueSegment(ss, now); err != nil {
+	if ss.meta.Segment != nil && (ss.dir != dir || ss.meta.EndReason == EndRotated) {
+		// Its newest segment was being closed by a rotation that did not finish: finish it.
+		if err := s.closeSegment(ss, now); err != nil {
 			return nil, bad(ReasonWrite, err)
 		}
 	}
