@@ -21,6 +21,7 @@ import (
 
 	"github.com/profilemate/profilemate/hub"
 	"github.com/profilemate/profilemate/internal/testkit"
+	pmproto "github.com/profilemate/profilemate/proto"
 )
 
 // natsServerBin builds the nats-server of the module's go.mod version once per test binary.
@@ -182,7 +183,7 @@ func TestClusterHubsTakeOver(t *testing.T) {
 	var servers []*server
 	for i, h := range []*mnHost{a, a, b, b} {
 		s := &server{host: h, truth: filepath.Join(dir, fmt.Sprintf("truth%d.json", i))}
-		s.cmd = h.launch(t, py, s.truth, []string{"PMSIM_REQUESTS=24", "PMSIM_MAX_TOKENS=16", "PMSIM_STEP_WORK_MS=15"},
+		s.cmd = h.launch(t, py, s.truth, []string{"PMSIM_REQUESTS=48", "PMSIM_MAX_TOKENS=24", "PMSIM_STEP_WORK_MS=15"},
 			filepath.Join(h.tree, "bin", "vllm"), "serve", "pm-e2e-model", "-tp", "2")
 		servers = append(servers, s)
 	}
@@ -221,14 +222,23 @@ func TestClusterHubsTakeOver(t *testing.T) {
 	}
 	t.Logf("killing %s, owner of %s (%d forward_pass rows so far)", killed.id, victim.Session, victim.Rows["forward_pass_timing"])
 	_ = killed.p.stop(syscall.SIGKILL)
+	// Then one NATS node dies while every session still runs (not the node the test's first URL
+	// names; the stream, the buckets and the object store are R3).
+	active := 0
+	for _, e := range index() {
+		if e.Status == hub.StatusActive {
+			active++
+		}
+	}
+	if active != 4 {
+		t.Fatalf("%d sessions still active when the NATS node was to be killed; the run is too short for this machine", active)
+	}
+	t.Logf("killing NATS node %s", nodes[2].name)
+	nodes[2].kill()
 	agWaitFor(t, time.Minute, "another hub owning "+victim.Session, func() bool {
 		e, ok := index()[victim.Session]
 		return ok && (e.Owner != "" && e.Owner != killed.id || e.Status == hub.StatusEnded && e.Owner == "" && e.CheckpointNS > victim.CheckpointNS)
 	})
-	// Then one NATS node dies (not the one the test reads through first).
-	t.Logf("killing NATS node %s", nodes[2].name)
-	nodes[2].kill()
-
 	for _, s := range servers {
 		mnWait(t, s.cmd)
 	}
@@ -253,6 +263,7 @@ func TestClusterHubsTakeOver(t *testing.T) {
 	// pmhub show on each surviving hub's data folder answers for every session (through a live
 	// NATS node), and the folder it read holds exactly what the shims emitted.
 	live := strings.Join(urls[:2], ",")
+	streamSeqs := clStreamSeqs(t, js)
 	for _, h := range surviving {
 		for id := range final {
 			out, err := exec.Command(bin(t, "pmhub"), "show", "--json", "--data", h.data, "--nats", live, id).CombinedOutput()
@@ -270,7 +281,7 @@ func TestClusterHubsTakeOver(t *testing.T) {
 			if sum.Session != id || sum.Rows["forward_pass_timing"] != final[id].Rows["forward_pass_timing"] {
 				t.Errorf("%s: show on %s says %s with rows %v, index says %v", id, h.id, sum.Session, sum.Rows, final[id].Rows)
 			}
-			clCheckFolder(t, sum.Dir)
+			clCheckFolder(t, sum.Dir, streamSeqs)
 		}
 	}
 	// Each simulator's ground truth: its workers are in one session, with their ranks.
@@ -308,9 +319,45 @@ func TestClusterHubsTakeOver(t *testing.T) {
 	}
 }
 
+// clStreamSeqs reads every event batch the stream holds: the seqs of each process, by
+// "session/host/pid".
+func clStreamSeqs(t *testing.T, js jetstream.JetStream) map[string]map[uint64]bool {
+	t.Helper()
+	ctx := context.Background()
+	st, err := js.Stream(ctx, "PROFILEMATE")
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]map[uint64]bool{}
+	for q := info.State.FirstSeq; q <= info.State.LastSeq && info.State.Msgs > 0; q++ {
+		m, err := st.GetMsg(ctx, q)
+		if err != nil || !strings.HasPrefix(m.Subject, "pm.v1.ev.") {
+			continue
+		}
+		b, err := pmproto.DecodeEventBatch(m.Data)
+		if err != nil {
+			t.Fatalf("%s: %v", m.Subject, err)
+		}
+		p := b.GetProcess()
+		k := fmt.Sprintf("%s/%s/%d", p.Session, p.Host, p.Pid)
+		if out[k] == nil {
+			out[k] = map[uint64]bool{}
+		}
+		for _, e := range b.Events {
+			out[k][e.Seq] = true
+		}
+	}
+	return out
+}
+
 // clCheckFolder checks a finished session folder: every process ended cleanly with nothing
-// dropped and no gap, and its rows are seq 1..last_seq of its bye, each exactly once.
-func clCheckFolder(t *testing.T, dir string) {
+// dropped and no gap, its rows are seq 1..last_seq of its bye, each exactly once, and they are
+// what the stream holds for it (stream: clStreamSeqs).
+func clCheckFolder(t *testing.T, dir string, stream map[string]map[uint64]bool) {
 	t.Helper()
 	m, err := hub.ReadMetadata(dir)
 	if err != nil {
@@ -356,6 +403,22 @@ func clCheckFolder(t *testing.T, dir string) {
 		}
 		if uint64(len(seqs[k])) != p.LastSeq {
 			t.Errorf("%s %s/%d (%s): %d distinct events, its shim emitted %d", m.Session, p.Host, p.PID, p.Role, len(seqs[k]), p.LastSeq)
+		}
+		in := stream[fmt.Sprintf("%s/%s/%d", m.Session, p.Host, p.PID)]
+		var missing, extra []uint64
+		for q := range in {
+			if seqs[k][q] == 0 {
+				missing = append(missing, q)
+			}
+		}
+		for q := range seqs[k] {
+			if !in[q] {
+				extra = append(extra, q)
+			}
+		}
+		if len(missing)+len(extra) > 0 {
+			t.Errorf("%s %s/%d: the stream holds %d events, the folder %d; in the stream only: %v; in the folder only: %v",
+				m.Session, p.Host, p.PID, len(in), len(seqs[k]), missing, extra)
 		}
 		for q, n := range seqs[k] {
 			if n != 1 || q < 1 || q > p.LastSeq {

@@ -30,7 +30,9 @@ import (
 //
 // Objects of session S (E = proto.Escape(S)):
 //   - "E/manifest": the manifest below (JSON), written last, so it only names parts already stored;
-//   - "E/part/<n>": a byte range of one file.
+//   - "E/part/<epoch>-<n>": a byte range of one file. The epoch is the lease revision of the claim
+//     that wrote it, unique to one owner's tenure: a hub that lost the lease and has not noticed
+//     yet can never overwrite (or delete) a part its successor wrote.
 //
 // Files named *.csv are append-only (the hub only appends rows; a torn tail cut at reload makes a
 // file shorter, which is noticed): a checkpoint uploads only what was appended since the last one.
@@ -69,8 +71,8 @@ type CheckpointPart struct {
 
 func manifestObject(session string) string { return proto.Escape(session) + "/manifest" }
 
-func partObject(session string, n uint64) string {
-	return proto.Escape(session) + "/part/" + strconv.FormatUint(n, 10)
+func partObject(session string, epoch, n uint64) string {
+	return proto.Escape(session) + "/part/" + strconv.FormatUint(epoch, 10) + "-" + strconv.FormatUint(n, 10)
 }
 
 // readManifest returns session's manifest, nil (no error) when it has none.
@@ -99,6 +101,7 @@ type checkpointer struct {
 	session string
 	root    string
 	hub     string
+	epoch   uint64 // the claim's lease revision: part names are unique to this owner
 	prev    *CheckpointManifest
 }
 
@@ -121,7 +124,7 @@ func (c *checkpointer) checkpoint(ctx context.Context, seq uint64, final bool, n
 		return nil, err
 	}
 	put := func(rel string, r io.Reader) (string, error) {
-		name := partObject(c.session, m.NextPart)
+		name := partObject(c.session, c.epoch, m.NextPart)
 		m.NextPart++
 		if _, err := c.obs.Put(ctx, jetstream.ObjectMeta{Name: name}, r); err != nil {
 			return "", fmt.Errorf("checkpoint %s/%s: %w", c.session, rel, err)

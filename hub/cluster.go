@@ -17,6 +17,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/profilemate/profilemate/proto"
 )
@@ -318,6 +319,9 @@ func (c *cluster) renewAll(ctx context.Context) {
 	}
 	c.mu.Unlock()
 	for _, o := range owned {
+		if o.lost.Load() {
+			continue // stopping
+		}
 		if err := o.renew(ctx, c.ls, c.ttl/3); err != nil {
 			if errors.Is(err, ErrLeaseLost) {
 				c.s.log.Warn("session lease lost; stopping the session here", "session", o.id)
@@ -399,16 +403,25 @@ func (c *cluster) evaluate(ctx context.Context) {
 		claim := cd.top || now.Sub(k.unownedSince) >= grace
 		c.mu.Unlock()
 		if claim {
-			c.claim(ctx, cd.id)
+			c.claim(ctx, cd.id, cd.k.lastSeq)
 		}
 	}
 }
 
-// claim tries to take session's lease and, when it did, starts owning the session.
-func (c *cluster) claim(ctx context.Context, session string) {
+// claim tries to take session's lease and, when it did, starts owning the session. lastSeq is the
+// newest stream message discovery saw for it: a session the index says was finished at that
+// message or later needs no owner (the index is read again here: the watched copy may lag).
+func (c *cluster) claim(ctx context.Context, session string, lastSeq uint64) {
 	lctx, cancel := context.WithTimeout(ctx, c.ttl/3)
+	defer cancel()
+	if e, err := LookupIndex(lctx, c.s.js, session); err == nil && e.Status == StatusEnded && e.Owner == "" && lastSeq <= e.CheckpointSeq {
+		c.mu.Lock()
+		c.idx[session] = e
+		delete(c.known, session)
+		c.mu.Unlock()
+		return
+	}
 	rev, ok, err := c.ls.claim(lctx, session)
-	cancel()
 	if err != nil {
 		c.s.log.Warn("session claim failed", "session", session, "err", err)
 		return
@@ -444,23 +457,18 @@ func (c *cluster) forget(o *ownedSession) {
 func (c *cluster) discover(ctx context.Context) {
 	s := c.s
 	for ctx.Err() == nil {
-		cons, err := s.js.OrderedConsumer(ctx, proto.StreamName, jetstream.OrderedConsumerConfig{
+		it, err := orderedMessages(ctx, s.js, jetstream.OrderedConsumerConfig{
 			FilterSubjects: []string{proto.EventPrefix + ".>", proto.LifePrefix + ".>"},
 			DeliverPolicy:  jetstream.DeliverLastPerSubjectPolicy, HeadersOnly: true,
-		})
+		}, 1024)
 		if err != nil {
 			s.log.Warn("session discovery: consumer not created", "err", err)
 			sleepCtx(ctx, time.Second)
 			continue
 		}
 		for ctx.Err() == nil {
-			b, err := cons.Fetch(1024, jetstream.FetchMaxWait(time.Second))
-			if err != nil {
-				s.log.Debug("session discovery: fetch", "err", err)
-				sleepCtx(ctx, 200*time.Millisecond)
-				continue
-			}
-			for m := range b.Messages() {
+			msgs, err := nextBatch(it, 1024, time.Second)
+			for _, m := range msgs {
 				id, ok := sessionOfSubject(m.Subject())
 				if !ok {
 					continue
@@ -469,7 +477,12 @@ func (c *cluster) discover(ctx context.Context) {
 					c.noteSeen(id, md.Sequence.Stream)
 				}
 			}
+			if err != nil {
+				s.log.Debug("session discovery", "err", err)
+				break
+			}
 		}
+		it.Stop()
 	}
 }
 
@@ -478,16 +491,16 @@ func (c *cluster) discover(ctx context.Context) {
 func (c *cluster) heartbeats(ctx context.Context) {
 	s := c.s
 	for ctx.Err() == nil {
-		cons, err := s.js.OrderedConsumer(ctx, proto.StreamName, jetstream.OrderedConsumerConfig{
+		it, err := orderedMessages(ctx, s.js, jetstream.OrderedConsumerConfig{
 			FilterSubjects: []string{proto.HeartbeatPrefix + ".>"}, DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy,
-		})
+		}, 256)
 		if err != nil {
 			s.log.Warn("heartbeats: consumer not created", "err", err)
 			sleepCtx(ctx, time.Second)
 			continue
 		}
 		for ctx.Err() == nil {
-			msgs, err := fetchMsgs(cons, 256, time.Second)
+			msgs, err := nextBatch(it, 256, time.Second)
 			if len(msgs) > 0 {
 				dec := s.decodeAll(msgs)
 				now := s.cfg.Now()
@@ -498,9 +511,10 @@ func (c *cluster) heartbeats(ctx context.Context) {
 				s.mu.Unlock()
 			}
 			if err != nil {
-				sleepCtx(ctx, 200*time.Millisecond)
+				break
 			}
 		}
+		it.Stop()
 	}
 }
 
@@ -517,18 +531,36 @@ func sessionOfSubject(subj string) (string, bool) {
 	return id, true
 }
 
-// fetchMsgs fetches up to n messages, waiting at most wait for the first.
-func fetchMsgs(cons jetstream.Consumer, n int, wait time.Duration) ([]jetstream.Msg, error) {
-	b, err := cons.Fetch(n, jetstream.FetchMaxWait(wait))
+// orderedMessages iterates an ordered consumer of the stream with cfg, buffering up to buffer
+// messages. The iterator (not Fetch, which would recreate the consumer at every call and does not
+// notice a message lost in flight) checks that delivery sequences follow each other and recreates
+// the consumer after the last message it delivered when they do not, or when the server that held
+// the consumer is gone.
+func orderedMessages(ctx context.Context, js jetstream.JetStream, cfg jetstream.OrderedConsumerConfig, buffer int) (jetstream.MessagesContext, error) {
+	cons, err := js.OrderedConsumer(ctx, proto.StreamName, cfg)
 	if err != nil {
 		return nil, err
 	}
-	var msgs []jetstream.Msg
-	for m := range b.Messages() {
-		msgs = append(msgs, m)
+	return cons.Messages(jetstream.PullMaxMessages(buffer))
+}
+
+// nextBatch returns up to n messages of it: it waits at most wait for the first, then takes those
+// already buffered. A timeout is no error (no messages); other errors end the iterator's use.
+func nextBatch(it jetstream.MessagesContext, n int, wait time.Duration) ([]jetstream.Msg, error) {
+	m, err := it.Next(jetstream.NextMaxWait(wait))
+	if errors.Is(err, nats.ErrTimeout) {
+		return nil, nil
 	}
-	if err := b.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, jetstream.ErrNoMessages) {
-		return msgs, err
+	if err != nil {
+		return nil, err
+	}
+	msgs := []jetstream.Msg{m}
+	for len(msgs) < n {
+		m, err := it.Next(jetstream.NextMaxWait(time.Millisecond))
+		if err != nil {
+			break // a timeout: nothing buffered; anything else comes again at the next call
+		}
+		msgs = append(msgs, m)
 	}
 	return msgs, nil
 }
@@ -556,4 +588,26 @@ func (s *Server) sharedHealth() Health {
 	}
 	h.OK = h.Error == ""
 	return h
+}
+
+// attachShared adds a shared hub's series: profilemate_hub_info{hub,mode} (1; join on it to name
+// a scrape target's hub), the sessions it owns and the checkpoints it stored. Every other series
+// of a shared hub covers only the sessions it owns, so sums over scrape targets (Prometheus'
+// instance label) count each event once (docs/SCALING.md "Metrics").
+func (m *Metrics) attachShared(s *Server) {
+	mode, id := "single", ""
+	if s.cfg.Shared {
+		mode, id = "shared", s.cfg.HubID
+	}
+	info := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "profilemate_hub_info",
+		Help: "1, labelled with this hub's id (shared mode) and mode (single or shared)"}, []string{"hub", "mode"})
+	info.WithLabelValues(id, mode).Set(1)
+	m.reg.MustRegister(info)
+	if !s.cfg.Shared {
+		return
+	}
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "profilemate_hub_sessions_owned",
+		Help: "sessions whose lease this hub holds (shared mode)"}, func() float64 { return float64(s.Counters().Owned) }))
+	m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "profilemate_hub_checkpoints_total",
+		Help: "session checkpoints stored in the Object Store (shared mode)"}, func() float64 { return float64(s.Counters().Checkpoints) }))
 }

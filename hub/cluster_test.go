@@ -154,7 +154,7 @@ func TestCheckpointRestore(t *testing.T) {
 	write(metaRel, `{"v":1}`, false)
 	write(files[2], "h\n1\n", false)
 	write(files[3], `{"segment":1}`, false)
-	ck := &checkpointer{obs: obs, session: s, root: root, hub: "a"}
+	ck := &checkpointer{obs: obs, session: s, root: root, hub: "a", epoch: 7}
 	check := func(seq uint64) *CheckpointManifest {
 		t.Helper()
 		m, err := ck.checkpoint(ctx, seq, false, time.Now(), nil)
@@ -226,6 +226,28 @@ func TestCheckpointRestore(t *testing.T) {
 	}
 	if m, _ := readManifest(ctx, obs, s); m.Seq != 100 {
 		t.Fatalf("manifest seq %d after a fenced checkpoint, want 100", m.Seq)
+	}
+	// An owner that lost the lease without noticing (its own epoch) uploads its parts while its
+	// successor checkpoints; its fence then fails and it deletes what it uploaded: never the
+	// successor's parts, so the successor's checkpoint restores whole.
+	stale := &checkpointer{obs: obs, session: s, root: root, hub: "old", epoch: 6, prev: ck.prev}
+	write(csvRel, "while two owners write\n", true)
+	_, err = stale.checkpoint(ctx, 102, false, time.Now(), func() error {
+		if _, err := ck.checkpoint(ctx, 103, false, time.Now(), nil); err != nil {
+			t.Fatal(err)
+		}
+		return ErrLeaseLost
+	})
+	if !errors.Is(err, ErrLeaseLost) {
+		t.Fatalf("stale checkpoint: %v", err)
+	}
+	out := t.TempDir()
+	if m, err := restoreCheckpoint(ctx, obs, s, out); err != nil || m.Seq != 103 {
+		t.Fatalf("restore after a stale owner's failed checkpoint: %v (%+v)", err, m)
+	}
+	want, _ := os.ReadFile(filepath.Join(root, csvRel))
+	if have, _ := os.ReadFile(filepath.Join(out, csvRel)); !bytes.Equal(want, have) {
+		t.Fatalf("restored CSV differs after a stale owner's failed checkpoint")
 	}
 }
 
@@ -303,7 +325,7 @@ func TestSharedTakeover(t *testing.T) {
 			return exactly(csvSeqs(t, SessionDir(dataA, s)), 50) && err == nil && e.Owner == "a" && e.CheckpointSeq > 0
 		})
 	}
-	_, _ = sharedHub(t, ns.ClientURL(), "b", dataB)
+	b, _ := sharedHub(t, ns.ClientURL(), "b", dataB)
 	pub(51, 60)
 	for _, s := range sessions {
 		waitFor(t, s+" rows 51-60 written by a", func() bool { return exactly(csvSeqs(t, SessionDir(dataA, s)), 60) })
@@ -330,5 +352,29 @@ func TestSharedTakeover(t *testing.T) {
 		if got := csvSeqs(t, dir); !exactly(got, 100) {
 			t.Fatalf("%s from a's data folder (%s): %d rows", s, dir, len(got))
 		}
+	}
+	// b's /metrics names it and counts the sessions it owns.
+	m := NewMetrics()
+	m.Attach(b)
+	fams, err := m.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, f := range fams {
+		for _, mt := range f.GetMetric() {
+			v := mt.GetGauge().GetValue() + mt.GetCounter().GetValue()
+			if f.GetName() == "profilemate_hub_info" {
+				for _, l := range mt.GetLabel() {
+					if l.GetName() == "hub" && l.GetValue() == "b" {
+						got["info_b"] = v
+					}
+				}
+			}
+			got[f.GetName()] = v
+		}
+	}
+	if got["info_b"] != 1 || got["profilemate_hub_sessions_owned"] != 2 || got["profilemate_hub_checkpoints_total"] < 1 {
+		t.Fatalf("b's shared series: %v", got)
 	}
 }

@@ -50,14 +50,14 @@ func (o *ownedSession) lose() {
 	o.cancel()
 }
 
-// sessionConsumer is an ordered consumer of session's event and lifecycle subjects from stream
-// sequence start (the first message still in the stream when start is older).
-func (c *cluster) sessionConsumer(ctx context.Context, session string, start uint64) (jetstream.Consumer, error) {
+// sessionConsumer iterates an ordered consumer of session's event and lifecycle subjects from
+// stream sequence start (the first message still in the stream when start is older).
+func (c *cluster) sessionConsumer(ctx context.Context, session string, start uint64) (jetstream.MessagesContext, error) {
 	tok := proto.Escape(session)
-	return c.s.js.OrderedConsumer(ctx, proto.StreamName, jetstream.OrderedConsumerConfig{
+	return orderedMessages(ctx, c.s.js, jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{proto.EventPrefix + "." + tok + ".>", proto.LifePrefix + "." + tok + ".>"},
 		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy, OptStartSeq: max(start, 1),
-	})
+	}, c.s.cfg.Fetch)
 }
 
 // runOwned materialises one owned session until it ends (final checkpoint, lease released), the
@@ -84,7 +84,10 @@ func (c *cluster) runOwned(ctx context.Context, o *ownedSession) {
 		c.release(o)
 		return
 	}
-	o.ck = &checkpointer{obs: c.obs, session: o.id, root: sessionsDir(s.cfg.DataDir), hub: s.cfg.HubID, prev: m}
+	o.mu.Lock()
+	epoch := o.rev
+	o.mu.Unlock()
+	o.ck = &checkpointer{obs: c.obs, session: o.id, root: sessionsDir(s.cfg.DataDir), hub: s.cfg.HubID, epoch: epoch, prev: m}
 	if m != nil {
 		o.applied, o.ckSeq = m.Seq, m.Seq
 		writeMarker(s.cfg.DataDir, o.id, m)
@@ -103,21 +106,33 @@ func (c *cluster) runOwned(ctx context.Context, o *ownedSession) {
 	}
 	c.putIndex(ctx, o, m)
 
-	var cons jetstream.Consumer
+	var it jetstream.MessagesContext
+	defer func() {
+		if it != nil {
+			it.Stop()
+		}
+	}()
 	for ctx.Err() == nil {
-		if cons == nil {
-			if cons, err = c.sessionConsumer(ctx, o.id, o.applied+1); err != nil {
+		if it == nil {
+			if it, err = c.sessionConsumer(ctx, o.id, o.applied+1); err != nil {
 				log.Warn("session consumer not created", "err", err)
-				cons = nil
+				it = nil
 				sleepCtx(ctx, time.Second)
 				continue
 			}
 		}
-		msgs, err := fetchMsgs(cons, s.cfg.Fetch, 500*time.Millisecond)
+		msgs, err := nextBatch(it, s.cfg.Fetch, 500*time.Millisecond)
+		if err != nil {
+			it.Stop()
+			it = nil
+		}
 		if len(msgs) > 0 && !s.applyOwned(o, msgs) {
 			// A write failed: the session was dropped from memory; read again from what is
 			// applied, after a pause, with the seen-state rebuilt from the files.
-			cons = nil
+			if it != nil {
+				it.Stop()
+			}
+			it = nil
 			sleepCtx(ctx, 2*time.Second)
 			continue
 		}

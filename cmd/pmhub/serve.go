@@ -178,6 +178,12 @@ func serve(c *cli.Context) error {
 		return err
 	}
 	defer h.Close()
+	if cfg.Shared && c.Bool("plugins") {
+		// Each plugin's durable consumer reads every session of the stream: on several shared hubs
+		// they would split its messages and write derived rows into folders their hub does not own.
+		slog.Warn("profiler plugins are not shared-mode aware: run them on one hub only (--plugins=false on the others)",
+			"component", "pmhub", "hub", cfg.HubID)
+	}
 	stopPlugins, err := startPlugins(c, h)
 	if err != nil {
 		return err
