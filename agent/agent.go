@@ -556,7 +556,7 @@ func (a *Agent) hello(c *conn, h *pmproto.Hello) error {
 	if h.Session != sess {
 		c.send(pmproto.Ctl{T: pmproto.LineCtl, V: pmproto.WireVersion, Op: "session", Session: sess})
 	}
-	a.layout.learn(h, sess)
+	a.layout.learn(h, sess, c.peer.OK && int(c.peer.Pid) == h.PID)
 	a.publishLife(&Life{Type: "hello", Session: sess, Host: a.cfg.Host, Proc: p.token, PID: h.PID, Instance: p.instance, Ident: p.ident, Hello: h})
 	return nil
 }

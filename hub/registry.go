@@ -110,6 +110,7 @@ func (s *Server) loadSessions() error {
 		return fmt.Errorf("hub: list sessions: %w", err)
 	}
 	now := s.cfg.Now()
+	s.markClosedSegments(now)
 	for _, e := range ents {
 		if !e.IsDir() || !sessionRE.MatchString(e.Name()) {
 			continue
@@ -165,9 +166,9 @@ func (s *Server) openSession(id string) (*session, error) {
 	}
 	ss.known = s.hosts
 	s.initSegment(ss, now)
-	if ss.meta.EndReason == EndRotated && ss.meta.Segment != nil {
-		// Its last segment was closed by a rotation that did not finish: open the next one.
-		if err := s.continueSegment(ss, now); err != nil {
+	if ss.meta.Segment != nil && (ss.dir != dir || ss.meta.EndReason == EndRotated) {
+		// Its newest segment was being closed by a rotation that did not finish: finish it.
+		if err := s.closeSegment(ss, now); err != nil {
 			return nil, bad(ReasonWrite, err)
 		}
 	}

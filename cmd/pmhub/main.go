@@ -39,6 +39,7 @@ func newApp() *cli.App {
 			tailCommand(),
 			withClusterFlags(sessionsCommand()),
 			withClusterFlags(showCommand()),
+			importCommand(),
 			pluginsCommand(),
 			profilersCommand(),
 			withClusterFlags(reportCommand()),

@@ -557,7 +557,7 @@ func (s *Summary) print(w io.Writer) {
 		fmt.Fprintf(w, "    ended: %s\n", strings.Join(ends, ", "))
 	}
 	if s.Grid != nil {
-		for _, l := range s.Grid.lines() {
+		for _, l := range s.Grid.Lines() {
 			fmt.Fprintf(w, "  %s\n", l)
 		}
 	}
