@@ -157,6 +157,22 @@ func TestClusterHubsTakeOver(t *testing.T) {
 			"--lease-ttl", "3s", "--checkpoint-interval", "1s", "--session-idle", "30s", "--plugins=false")
 		hubs = append(hubs, h)
 	}
+	// On failure every hub still running prints its goroutines (SIGQUIT) into the test log.
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		for _, h := range hubs {
+			if h.p.cmd.ProcessState == nil {
+				_ = h.p.cmd.Process.Signal(syscall.SIGQUIT)
+				select {
+				case err := <-h.p.done:
+					h.p.done <- err
+				case <-time.After(10 * time.Second):
+				}
+			}
+		}
+	})
 	nc, err := nats.Connect(cluster, nats.MaxReconnects(-1))
 	if err != nil {
 		t.Fatal(err)
@@ -183,7 +199,7 @@ func TestClusterHubsTakeOver(t *testing.T) {
 	var servers []*server
 	for i, h := range []*mnHost{a, a, b, b} {
 		s := &server{host: h, truth: filepath.Join(dir, fmt.Sprintf("truth%d.json", i))}
-		s.cmd = h.launch(t, py, s.truth, []string{"PMSIM_REQUESTS=48", "PMSIM_MAX_TOKENS=24", "PMSIM_STEP_WORK_MS=15"},
+		s.cmd = h.launch(t, py, s.truth, []string{"PMSIM_REQUESTS=48", "PMSIM_MAX_TOKENS=24", "PMSIM_STEP_WORK_MS=40"},
 			filepath.Join(h.tree, "bin", "vllm"), "serve", "pm-e2e-model", "-tp", "2")
 		servers = append(servers, s)
 	}
