@@ -300,6 +300,30 @@ func TestClusterHubsTakeOver(t *testing.T) {
 			clCheckFolder(t, sum.Dir, streamSeqs)
 		}
 	}
+	// pmhub sessions lists every session on every surviving hub's data folder with --nats, and the
+	// folder's own ones without it.
+	for _, h := range surviving {
+		out, err := exec.Command(bin(t, "pmhub"), "sessions", "--json", "--data", h.data, "--nats", live).CombinedOutput()
+		if err != nil {
+			t.Fatalf("pmhub sessions on %s: %v\n%s", h.id, err, out)
+		}
+		var list []struct {
+			Session string `json:"session"`
+			Status  string `json:"status"`
+		}
+		if err := json.Unmarshal(out, &list); err != nil {
+			t.Fatalf("pmhub sessions --json: %v\n%s", err, out)
+		}
+		seen := map[string]string{}
+		for _, l := range list {
+			seen[l.Session] = l.Status
+		}
+		for id := range final {
+			if seen[id] != hub.StatusEnded {
+				t.Errorf("pmhub sessions on %s: %s is %q, want ended (%v)", h.id, id, seen[id], seen)
+			}
+		}
+	}
 	// Each simulator's ground truth: its workers are in one session, with their ranks.
 	for _, s := range servers {
 		tr := agReadTruth(t, s.truth)
