@@ -556,7 +556,7 @@ func (a *Agent) hello(c *conn, h *pmproto.Hello) error {
 	if h.Session != sess {
 		c.send(pmproto.Ctl{T: pmproto.LineCtl, V: pmproto.WireVersion, Op: "session", Session: sess})
 	}
-	a.layout.learn(h, sess)
+	a.layout.learn(h, sess, c.peer.OK && int(c.peer.Pid) == h.PID)
 	a.publishLife(&Life{Type: "hello", Session: sess, Host: a.cfg.Host, Proc: p.token, PID: h.PID, Instance: p.instance, Ident: p.ident, Hello: h})
 	return nil
 }
@@ -579,7 +579,9 @@ func (a *Agent) batch(c *conn, b *pmproto.Batch) error {
 	good, bad := pmproto.EncodeEvents(b.Events)
 	a.rejected.add(bad, a.log, &a.eventLog)
 	if len(good) == 0 && len(bad) > 0 {
-		// Refused for good: a replay would be refused again, so the shim may let go of it.
+		// Refused for good: a replay would be refused again, so the shim may let go of it (once
+		// what came before it is queued).
+		a.flush(c)
 		a.ack(c, b)
 		return fmt.Errorf("%w: all %d events refused, first: %v", pmproto.ErrBadLine, len(bad), bad[0])
 	}
@@ -642,18 +644,19 @@ func (a *Agent) batch(c *conn, b *pmproto.Batch) error {
 	p.events += int64(len(kept))
 	a.mu.Unlock()
 
-	msgs := splitBatch(&head, kept)
-	queued := true
-	for _, m := range msgs {
-		queued = a.q.push(m) && queued
-	}
-	if queued {
-		a.ack(c, b)
-	}
-	// Counted once queued: status events == N means all N are in memory or in the spool.
+	// Queued with the connection's next flush, which acknowledges the line (batching.go).
+	a.add(c, &head, kept, lastSeq(b))
 	a.dupes.Add(int64(len(good) - len(kept)))
-	a.events.Add(int64(len(kept)))
 	return nil
+}
+
+// lastSeq is the highest seq of b's events (0 for none).
+func lastSeq(b *pmproto.Batch) uint64 {
+	var last uint64
+	for i := range b.Events {
+		last = max(last, b.Events[i].Seq)
+	}
+	return last
 }
 
 // ack tells the shim that every event of b is queued durably (in memory, spooled on shutdown,
@@ -661,18 +664,14 @@ func (a *Agent) batch(c *conn, b *pmproto.Batch) error {
 // keeps unacknowledged batches and replays them after a reconnect, so lines an agent never read
 // (still in its socket buffer when it stopped) are not lost; the agent drops replayed events it
 // already has (maxSeq), the hub by message id. Batches the queue could not keep get no ack.
-func (a *Agent) ack(c *conn, b *pmproto.Batch) {
-	var last uint64
-	for i := range b.Events {
-		if b.Events[i].Seq > last {
-			last = b.Events[i].Seq
-		}
-	}
+func (a *Agent) ack(c *conn, b *pmproto.Batch) { a.ackSeq(c, b.PID, lastSeq(b)) }
+
+func (a *Agent) ackSeq(c *conn, pid int, last uint64) {
 	if last == 0 {
 		return
 	}
-	if err := c.send(pmproto.Ctl{T: pmproto.LineCtl, V: pmproto.WireVersion, Op: "ack", Seq: last}); err != nil {
-		a.log.Debug("ack not sent", "pid", b.PID, "err", err)
+	if err := c.sendAck(last); err != nil {
+		a.log.Debug("ack not sent", "pid", pid, "err", err)
 	}
 }
 

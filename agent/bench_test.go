@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -61,6 +62,9 @@ func BenchmarkIngestPublish(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
+				// Like a shim, read the acknowledgements, or the socket's buffer fills and the
+				// agent's replies wait on it.
+				go func() { _, _ = io.Copy(io.Discard, c) }()
 				fmt.Fprintf(c, `{"t":"hello","v":1,"session":"bench","pid":%d,"role":"worker","dp":0,"pp":0,"tp":%d,"ep":-1,"rank":%d}`+"\n", 1000+r, r, r)
 				conns[r] = c
 			}
@@ -164,6 +168,7 @@ func BenchmarkRSS8Ranks(b *testing.B) {
 			b.Fatal(err)
 		}
 		defer c.Close()
+		go func() { _, _ = io.Copy(io.Discard, c) }()
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

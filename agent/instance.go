@@ -6,6 +6,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -311,8 +315,11 @@ type procLayout struct {
 	node         int // -1: unknown
 }
 
-// learn records the layout of the process that said hello h into session sess.
-func (l *layouts) learn(h *pmproto.Hello, sess string) {
+// learn records the layout of the process that said hello h into session sess. sameNS says the
+// process's pids are the agent's (its connection's peer pid is its own pid): then an ancestor
+// that said no hello (a headless `vllm serve` whose process never imported a vLLM target) is
+// read from /proc.
+func (l *layouts) learn(h *pmproto.Hello, sess string, sameNS bool) {
 	pl := procLayout{key: h.InstanceKey, session: sess, node: -1}
 	if k := pmproto.InstanceKey(h.Argv); k != "" {
 		if pl.key == "" || pl.key == k {
@@ -327,6 +334,8 @@ func (l *layouts) learn(h *pmproto.Hello, sess string) {
 	if pl.key == "" {
 		if par, ok := l.procs[h.PPID]; ok && par.key != "" && par.session == sess {
 			pl.key, pl.node = par.key, par.node
+		} else if !ok && sameNS {
+			pl.key, pl.node = ancestorInstance(h.PPID)
 		}
 	}
 	if pl.key != "" {
@@ -335,6 +344,37 @@ func (l *layouts) learn(h *pmproto.Hello, sess string) {
 		}
 	}
 	l.procs[h.PID] = pl
+}
+
+// procRoot is where ancestorInstance reads processes (a variable for tests).
+var procRoot = "/proc"
+
+// ancestorInstance reads the command lines of pid and up to three of its ancestors from /proc and
+// returns the instance key and node rank of the first that starts a multi-node instance ("" and
+// -1 when none does or /proc cannot be read).
+func ancestorInstance(pid int) (string, int) {
+	for i := 0; i < 4 && pid > 1; i++ {
+		b, err := os.ReadFile(filepath.Join(procRoot, strconv.Itoa(pid), "cmdline"))
+		if err != nil {
+			return "", -1
+		}
+		argv := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+		if k := pmproto.InstanceKey(argv); k != "" {
+			return k, pmproto.NodeRank(argv)
+		}
+		st, err := os.ReadFile(filepath.Join(procRoot, strconv.Itoa(pid), "status"))
+		if err != nil {
+			return "", -1
+		}
+		next := 0
+		for _, line := range strings.Split(string(st), "\n") {
+			if v, ok := strings.CutPrefix(line, "PPid:"); ok {
+				next, _ = strconv.Atoi(strings.TrimSpace(v))
+			}
+		}
+		pid = next
+	}
+	return "", -1
 }
 
 // fill sets rec's InstanceKey and NodeRank from its process's layout (agent records: its

@@ -1,9 +1,13 @@
 package agent
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -195,4 +199,96 @@ func liveOf(a *Agent, id string) int {
 		return s.live
 	}
 	return -1
+}
+
+// TestInstanceResumedAgentKeepsRefreshing: `pmagent serve` restarted while an instance runs
+// resumes its processes and keeps refreshing the instance's registry entry, so the entry never
+// goes stale under a live instance, and the head's hello to the new agent keeps its session.
+func TestInstanceResumedAgentKeepsRefreshing(t *testing.T) {
+	ns := testkit.StartNATS(t)
+	createStream(t, ns.ClientURL())
+	const refresh = 100 * time.Millisecond
+	cfg := Config{NATS: NATSConfig{URL: ns.ClientURL()}, SpoolDir: t.TempDir(), Socket: filepath.Join(shortTemp(t), "a.sock"),
+		Resume: true, InstanceRefresh: refresh, Host: "h1", Logger: testLogger(t)}
+	start := func() (*Agent, context.CancelFunc) {
+		a, err := New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		if err := a.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return a, cancel
+	}
+	stop := func(a *Agent, cancel context.CancelFunc) {
+		cancel()
+		sctx, c := context.WithTimeout(context.Background(), 5*time.Second)
+		defer c()
+		_, _ = a.Shutdown(sctx)
+	}
+	a1, cancel1 := start()
+	c, s1 := helloArgv(t, cfg.Socket, 4001, 1, "own-1", mpArgv(32000, 0))
+	stop(a1, cancel1)
+	c.Close()
+	a2, cancel2 := start()
+	defer stop(a2, cancel2)
+	restarted := time.Now().UnixNano()
+	seen := func() int64 {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		kv, err := a2.instanceKV(ctx)
+		if err != nil {
+			return 0
+		}
+		e, err := kv.Get(ctx, instanceKVKey(InstanceKey(mpArgv(32000, 0))))
+		if err != nil {
+			return 0
+		}
+		var cur instanceEntry
+		if json.Unmarshal(e.Value(), &cur) != nil || cur.Session != s1 {
+			return 0
+		}
+		return cur.SeenNS
+	}
+	waitFor(t, "the restarted agent to refresh the instance's entry", func() bool { return seen() > restarted })
+	// Past the stale bound: the entry is kept fresh, and the head's new hello stays in its session.
+	if _, s := helloArgv(t, cfg.Socket, 4001, 1, "own-2", mpArgv(32000, 0)); s != s1 {
+		t.Fatalf("the resumed head moved from %s to %s", s1, s)
+	}
+}
+
+// TestAncestorInstance: a worker whose parent said no hello (a headless `vllm serve` that never
+// imported a vLLM target) gets its instance and node rank from the nearest ancestor's command
+// line in /proc; none when no ancestor starts a multi-node instance.
+func TestAncestorInstance(t *testing.T) {
+	root := t.TempDir()
+	proc := func(pid, ppid int, argv ...string) {
+		d := filepath.Join(root, strconv.Itoa(pid))
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(d, "cmdline"), []byte(strings.Join(argv, "\x00")+"\x00"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(d, "status"), []byte(fmt.Sprintf("Name:\tpython3\nPPid:\t%d\n", ppid)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	proc(10, 1, "/bin/bash")
+	proc(20, 10, append([]string{"python3"}, mpArgv(29600, 1)...)...)
+	proc(30, 20, "python3", "-c", "from multiprocessing.spawn import spawn_main", "--multiprocessing-fork")
+	proc(40, 10, "python3", "other.py")
+	old := procRoot
+	procRoot = root
+	defer func() { procRoot = old }()
+	if k, n := ancestorInstance(30); k != "mp:127.0.0.1:29600" || n != 1 {
+		t.Errorf("child of the follower: %q node %d, want mp:127.0.0.1:29600 node 1", k, n)
+	}
+	if k, n := ancestorInstance(40); k != "" || n != -1 {
+		t.Errorf("no instance above: %q node %d", k, n)
+	}
+	if k, _ := ancestorInstance(99); k != "" {
+		t.Errorf("a pid /proc does not have: %q", k)
+	}
 }

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -103,4 +104,15 @@ func (l *lineReader) release() {
 func (l *lineReader) close() {
 	l.budget.give(l.held)
 	l.held, l.buf = 0, nil
+}
+
+// lineBuffered reports whether a whole line is already in the read buffer, so the next call to
+// next returns without waiting for the socket.
+func (l *lineReader) lineBuffered() bool {
+	n := l.r.Buffered()
+	if n == 0 {
+		return false
+	}
+	b, _ := l.r.Peek(n)
+	return bytes.IndexByte(b, '\n') >= 0
 }

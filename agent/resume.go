@@ -37,6 +37,9 @@ type resumeEntry struct {
 	Seen    bool          `json:"seen"`
 	Dropped uint64        `json:"dropped"`
 	Events  int64         `json:"events"`
+	// InstanceKey is the multi-node instance whose session this is (instance.go), so the next
+	// agent keeps refreshing its registry entry and its processes' new hellos stay in it.
+	InstanceKey string `json:"instance_key,omitempty"`
 }
 
 // alive reports whether the process bound to p still runs: its peer when known, else its label.
@@ -57,7 +60,8 @@ func (a *Agent) saveResume() (map[string]bool, error) {
 		}
 		keep[p.sess.id] = true
 		st.Processes = append(st.Processes, resumeEntry{PID: p.pid, PeerPID: p.peer.Pid, PeerUID: p.peer.UID,
-			Session: p.sess.id, Token: p.token, Ident: p.ident, MaxSeq: p.maxSeq, Seen: p.seen, Dropped: p.dropped, Events: p.events})
+			Session: p.sess.id, Token: p.token, Ident: p.ident, MaxSeq: p.maxSeq, Seen: p.seen, Dropped: p.dropped, Events: p.events,
+			InstanceKey: a.instanceOf[p.sess.id]})
 	}
 	if len(st.Processes) == 0 {
 		return keep, nil
@@ -113,6 +117,9 @@ func (a *Agent) loadResume() {
 		s.procs[e.PID] = p
 		s.live++
 		n++
+		if e.InstanceKey != "" {
+			a.instances[e.InstanceKey], a.instanceOf[e.Session] = e.Session, e.InstanceKey
+		}
 	}
 	if n > 0 {
 		a.log.Info("resuming processes of the previous agent", "processes", n, "sessions", len(a.sessions))

@@ -182,6 +182,12 @@ type conn struct {
 	wmu  sync.Mutex
 	pids map[int]*proc // guarded by Agent.mu
 	peer peerCred
+	// Only the connection's own goroutine (serve) touches what follows.
+	lines pmproto.LineReader // decodes its lines, reusing memory
+	pend  pending            // accepted events not queued yet (batching.go)
+	// more reports whether another whole line is already read and waiting (nil: never), so
+	// accepted events wait for it and leave in one message per process and kind.
+	more func() bool
 }
 
 // peerCred is the process at the other end of a connection as the kernel reports it
@@ -260,11 +266,25 @@ func (c *conn) send(v any) error {
 	if err != nil {
 		return err
 	}
-	b = append(b, '\n')
+	return c.write(append(b, '\n'))
+}
+
+// sendAck writes {"t":"ctl","v":1,"op":"ack","seq":<seq>} (what send of the pmproto.Ctl
+// writes) without encoding/json: one per flush of a busy connection.
+func (c *conn) sendAck(seq uint64) error {
+	var buf [64]byte
+	b := append(buf[:0], `{"t":"ctl","v":`...)
+	b = strconv.AppendInt(b, pmproto.WireVersion, 10)
+	b = append(b, `,"op":"ack","seq":`...)
+	b = strconv.AppendUint(b, seq, 10)
+	return c.write(append(b, '}', '\n'))
+}
+
+func (c *conn) write(b []byte) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	_ = c.nc.SetWriteDeadline(time.Now().Add(2 * time.Second))
-	_, err = c.nc.Write(b)
+	_, err := c.nc.Write(b)
 	return err
 }
 
@@ -274,6 +294,9 @@ func (a *Agent) serve(c *conn) {
 	defer c.nc.Close()
 	lr := newLineReader(countingReader{c.nc, &a.readBytes}, a.cfg.MaxLine)
 	lr.budget = a.budget
+	c.more = lr.lineBuffered
+	// What the connection's last lines gave is queued before the connection counts as gone.
+	defer a.flush(c)
 	defer func() {
 		big := lr.held > 0 || cap(lr.buf) > 0
 		lr.close()
@@ -314,15 +337,24 @@ func (a *Agent) reject(c *conn, err error) {
 }
 
 // handle processes one line; an error rejects only that line. Lines are decoded by proto's
-// shim-line codec (pmproto.ReadLine); a batch's events are checked when it is published.
+// shim-line codec (pmproto.LineReader, as pmproto.ReadLine); a batch's events are checked and
+// encoded at once and queued with the connection's next flush (batching.go): when no further
+// line is waiting, before any other line, or at the size and age bounds.
 func (a *Agent) handle(c *conn, raw []byte) error {
-	l, err := pmproto.ReadLine(raw)
+	l, err := c.lines.Read(raw)
 	if err != nil {
 		return err
 	}
+	if l.Batch != nil {
+		err := a.batch(c, l.Batch)
+		if c.more == nil || !c.more() || c.pend.full() {
+			a.flush(c)
+		}
+		return err
+	}
+	// Lifecycle lines and replies follow the events before them.
+	a.flush(c)
 	switch {
-	case l.Batch != nil:
-		return a.batch(c, l.Batch)
 	case l.Hello != nil:
 		return a.hello(c, l.Hello)
 	case l.Status != nil:

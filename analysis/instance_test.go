@@ -7,16 +7,19 @@ import (
 )
 
 // oneInstanceOverHosts is a TP=4 instance over two hosts (ranks 0-1 on hostA, 2-3 on hostB, one
-// DP replica) with CUDA graph and MoE rows from every worker; key "" leaves the instance unknown
-// (then the hosts read as separate deployments).
-func oneInstanceOverHosts(key string) *Tables {
+// DP replica) with CUDA graph and MoE rows from every worker; key "" leaves the instance unknown.
+// twoDeployments makes it two TP=2 deployments instead, each host with ranks 0-1.
+func oneInstanceOverHosts(key string, twoDeployments bool) *Tables {
 	tb := NewTables()
-	for rank := int64(0); rank < 4; rank++ {
-		host := "hostA"
-		if rank >= 2 {
+	for i := int64(0); i < 4; i++ {
+		host, rank := "hostA", i
+		if i >= 2 {
 			host = "hostB"
+			if twoDeployments {
+				rank = i - 2
+			}
 		}
-		pid := 100 + rank
+		pid := 100 + i
 		tb.AddProcess(Process{Host: host, PID: pid, Role: "worker", Rank: rank, DP: 0, TP: rank, InstanceKey: key})
 		common := func(step int) Row {
 			return Row{"host": host, "pid": strconv.FormatInt(pid, 10), "role": "worker", "dp": "0", "tp": strconv.FormatInt(rank, 10),
@@ -53,8 +56,9 @@ func oneInstanceOverHosts(key string) *Tables {
 
 // TestPerDPFindingsOncePerInstance: a DP replica whose workers span two hosts of one instance is
 // one replica: moe_balance and cudagraph_coverage give one finding for it naming both hosts
-// (they once gave one per host, the same finding twice). Without instance keys the hosts stay
-// separate deployments, one finding each.
+// (they once gave one per host, the same finding twice), whether the metadata names the instance
+// or only the workers' disjoint global ranks tell (a plugin's view: batches carry no instance
+// key). Two deployments (each host with its own rank 0) stay two replicas, one finding each.
 func TestPerDPFindingsOncePerInstance(t *testing.T) {
 	count := func(tb *Tables) map[string][]Finding {
 		res, err := RunAll(tb)
@@ -69,21 +73,23 @@ func TestPerDPFindingsOncePerInstance(t *testing.T) {
 		}
 		return out
 	}
-	got := count(oneInstanceOverHosts("mp:10.0.0.1:29500"))
-	for _, name := range []string{MoEBalanceName, CUDAGraphCoverageName} {
-		fs := got[name]
-		if len(fs) != 1 {
-			t.Errorf("%s: %d findings for one replica, want 1: %+v", name, len(fs), fs)
-			continue
-		}
-		if strings.Join(fs[0].Hosts, ",") != "hostA,hostB" || !strings.HasPrefix(fs[0].Title, "hostA+hostB dp 0") {
-			t.Errorf("%s: hosts %v title %q, want both hosts", name, fs[0].Hosts, fs[0].Title)
+	for _, key := range []string{"mp:10.0.0.1:29500", ""} {
+		got := count(oneInstanceOverHosts(key, false))
+		for _, name := range []string{MoEBalanceName, CUDAGraphCoverageName} {
+			fs := got[name]
+			if len(fs) != 1 {
+				t.Errorf("key %q: %s: %d findings for one replica, want 1: %+v", key, name, len(fs), fs)
+				continue
+			}
+			if strings.Join(fs[0].Hosts, ",") != "hostA,hostB" || !strings.HasPrefix(fs[0].Title, "hostA+hostB dp 0") {
+				t.Errorf("key %q: %s: hosts %v title %q, want both hosts", key, name, fs[0].Hosts, fs[0].Title)
+			}
 		}
 	}
-	sep := count(oneInstanceOverHosts(""))
+	sep := count(oneInstanceOverHosts("", true))
 	for _, name := range []string{MoEBalanceName, CUDAGraphCoverageName} {
 		if len(sep[name]) != 2 {
-			t.Errorf("%s without instance keys: %d findings, want one per host", name, len(sep[name]))
+			t.Errorf("%s of two deployments: %d findings, want one per host", name, len(sep[name]))
 		}
 	}
 }
@@ -103,7 +109,7 @@ func TestStragglerHeadlineNamesEveryHost(t *testing.T) {
 		t.Fatal(err)
 	}
 	f := res.Findings[0]
-	for _, want := range []string{"rank 0 on host hostA", "rank 3 on hostB", "hosts hostA, hostB"} {
+	for _, want := range []string{"rank 0 on host hostA", "2 straggler ranks on 2 hosts: hostA 0; hostB 3"} {
 		if !strings.Contains(f.Title, want) {
 			t.Errorf("headline %q lacks %q", f.Title, want)
 		}

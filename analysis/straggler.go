@@ -3,7 +3,6 @@ package analysis
 import (
 	"fmt"
 	"math"
-	"slices"
 	"sort"
 	"strings"
 
@@ -52,7 +51,9 @@ type StragglerOptions struct {
 // reaches Threshold) with numbers ratio_to_median (ratio), median_ms, median_rank_ms (ms),
 // excess_ms_per_step (ms), slowest_share (fraction of common steps), steps (count),
 // straggler_ranks (count of ranks at or above Threshold), host_wide (1 when the straggler ranks
-// are exactly the ranks of one host, so the host rather than a rank is slow; else 0). Fewer than two ranks: no
+// are exactly the ranks of one host, so the host rather than a rank is slow; else 0); stragglers on
+// several hosts are listed in the title per host ("; 2 straggler ranks on 2 hosts: hostA 0;
+// hostB 3"). Fewer than two ranks: no
 // finding, an empty table. Errors: only the Source's.
 func Straggler(src Source, opt StragglerOptions) (*Result, error) {
 	if opt.Threshold <= 0 {
@@ -290,14 +291,18 @@ func Straggler(src Source, opt StragglerOptions) (*Result, error) {
 		if oneHost == 1 {
 			f.Title += fmt.Sprintf("; every rank of host %s is slow (%d ranks)", top.host, len(slow))
 		} else if len(slowHosts) > 1 {
-			// Stragglers on several hosts (one instance spanning hosts): name each with its host.
-			var names []string
-			for _, rk := range append([]rankKey{top}, slow...) {
-				if n := fmt.Sprintf("rank %d on %s", rk.rank, rk.host); len(names) == 0 || (rk != top && !slices.Contains(names, n)) {
-					names = append(names, n)
+			// Stragglers on several hosts (one instance spanning hosts): each host with its ranks.
+			byHost := map[string][]string{}
+			for _, rk := range order {
+				if ratio(rk) >= opt.Threshold {
+					byHost[rk.host] = append(byHost[rk.host], fi(rk.rank))
 				}
 			}
-			f.Title += fmt.Sprintf("; %d straggler ranks on hosts %s: %s", len(slow), strings.Join(f.Hosts, ", "), strings.Join(names, ", "))
+			var parts []string
+			for _, h := range f.Hosts {
+				parts = append(parts, h+" "+strings.Join(byHost[h], ","))
+			}
+			f.Title += fmt.Sprintf("; %d straggler ranks on %d hosts: %s", len(slow), len(slowHosts), strings.Join(parts, "; "))
 		}
 	}
 	res.Findings = []Finding{f}

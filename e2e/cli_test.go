@@ -306,7 +306,7 @@ func TestDocsFlagTablesMatchHelp(t *testing.T) {
 // documented are the commands whose flag tables docs/ must hold.
 var documented = map[string][]string{
 	"pmagent": {"run", "serve", "env", "status", "install", "uninstall"},
-	"pmhub":   {"serve", "tail", "sessions", "show", "demo"},
+	"pmhub":   {"serve", "tail", "sessions", "show", "demo", "import"},
 }
 
 // goIdent matches a Go identifier in lowerCamelCase (serveOneStatus; not a host name such as

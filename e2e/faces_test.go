@@ -169,10 +169,10 @@ func TestMetricsPerRankDuringRun(t *testing.T) {
 	p := agStart(t, env, args...)
 	defer os.WriteFile(pause, nil, 0o644)
 
-	want := []string{`profilemate_kv_cache_usage_ratio{host="metrics-host",proc="eng0",rank="",session="metrics-s"}`,
-		`profilemate_preemptions_total{host="metrics-host",proc="eng0",rank="",session="metrics-s"}`}
+	want := []string{`profilemate_kv_cache_usage_ratio{host="metrics-host",instance="",node_rank="",proc="eng0",rank="",session="metrics-s"}`,
+		`profilemate_preemptions_total{host="metrics-host",instance="",node_rank="",proc="eng0",rank="",session="metrics-s"}`}
 	for w := 0; w < agWorkers(); w++ {
-		want = append(want, fmt.Sprintf(`profilemate_step_wall_seconds_count{host="metrics-host",proc="w%d",rank="%d",session="metrics-s"}`, w, w))
+		want = append(want, fmt.Sprintf(`profilemate_step_wall_seconds_count{host="metrics-host",instance="",node_rank="",proc="w%d",rank="%d",session="metrics-s"}`, w, w))
 	}
 	var body string
 	deadline := time.Now().Add(2 * time.Minute)
@@ -244,11 +244,17 @@ func TestDemo(t *testing.T) {
 		}
 	}
 	for _, want := range []string{"rank grid: TP 8 x PP 1 x DP 1 = 8 ranks (sizes from the command line)",
-		"hostA: w0(tp0 pp0 dp0) w1(tp1 pp0 dp0) w2(tp2 pp0 dp0) w3(tp3 pp0 dp0)",
-		"hostB: w4(tp4 pp0 dp0) w5(tp5 pp0 dp0) w6(tp6 pp0 dp0) w7(tp7 pp0 dp0)"} {
+		"hostA (node 0): w0(tp0 pp0 dp0) w1(tp1 pp0 dp0) w2(tp2 pp0 dp0) w3(tp3 pp0 dp0)",
+		"hostB (node 1): w4(tp4 pp0 dp0) w5(tp5 pp0 dp0) w6(tp6 pp0 dp0) w7(tp7 pp0 dp0)",
+		// each host's part of the one instance (docs/multinode.md)
+		"(4 workers: ranks 0-3 of TP 8 x PP 1 x DP 1)", "(4 workers: ranks 4-7 of TP 8 x PP 1 x DP 1)"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("summary lacks the rank grid line %q", want)
 		}
+	}
+	// The one DP replica spans both hosts: its per-DP findings come once, naming both.
+	if strings.Contains(text, "] hostB dp 0") || !strings.Contains(text, "] hostA+hostB dp 0 ") {
+		t.Errorf("per-DP findings not once for the replica spanning hostA and hostB")
 	}
 	if strings.Contains(text, "never joined") {
 		t.Errorf("a rank of the demo never joined")

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -22,6 +23,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/profilemate/profilemate/agent"
+	"github.com/profilemate/profilemate/hub"
 	"github.com/profilemate/profilemate/internal/testkit"
 	"github.com/profilemate/profilemate/shim"
 	"github.com/profilemate/profilemate/testbed"
@@ -615,5 +617,157 @@ func TestMultiNodeTailFilters(t *testing.T) {
 	// Every event reached node0 and node1 by now; the other instance's tail saw the same stream.
 	if n := len(other()); n != 0 {
 		t.Errorf("tail --instance of another instance printed %d events", n)
+	}
+}
+
+// mnStandaloneHost is a simulated host without an agent: the shim writes its standalone folder.
+func mnStandaloneHost(t *testing.T, name string) *mnHost {
+	t.Helper()
+	h := &mnHost{name: name, sock: "off", dir: t.TempDir()}
+	h.tree, h.shimDir = filepath.Join(h.dir, "testbed"), filepath.Join(h.dir, "shim")
+	if err := testbed.Unpack(h.tree); err != nil {
+		t.Fatal(err)
+	}
+	if err := shim.Unpack(h.shimDir); err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// standalone runs `vllm serve args` on h with no agent (PROFILEMATE_SOCKET=off) into out and
+// returns its one session_<id> folder once it exited.
+func (h *mnHost) standalone(t *testing.T, py, truth, out string, args ...string) *exec.Cmd {
+	t.Helper()
+	return h.launch(t, py, truth, []string{"PROFILEMATE_SOCKET=off", "PROFILEMATE_HOST=" + h.name, "PROFILEMATE_OUTPUT_DIR=" + out},
+		append([]string{filepath.Join(h.tree, "bin", "vllm"), "serve", "pm-e2e-model"}, args...)...)
+}
+
+func mnSessionFolder(t *testing.T, out string) string {
+	t.Helper()
+	m, _ := filepath.Glob(filepath.Join(out, "session_*"))
+	if len(m) != 1 {
+		t.Fatalf("%s holds session folders %v, want one", out, m)
+	}
+	return m[0]
+}
+
+// pmhubImport runs `pmhub import --data data --json folders...`: the metadata it printed, or the
+// exit code and output when it failed.
+func pmhubImport(t *testing.T, data string, folders ...string) (*hub.Metadata, int, string) {
+	t.Helper()
+	out, err := exec.Command(bin(t, "pmhub"), append([]string{"import", "--data", data, "--json"}, folders...)...).CombinedOutput()
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return nil, ee.ExitCode(), string(out)
+		}
+		t.Fatal(err)
+	}
+	var m hub.Metadata
+	if err := json.Unmarshal(out, &m); err != nil {
+		t.Fatalf("pmhub import printed %q: %v", out, err)
+	}
+	return &m, 0, string(out)
+}
+
+// TestMultiNodeStandaloneImport runs the multi-node shapes with no agent anywhere
+// (PROFILEMATE_SOCKET=off: each host writes its own standalone folder) and merges each pair of
+// host folders with `pmhub import`: one session whose metadata has every worker's global, TP and
+// PP rank and every EngineCore's DP rank equal to the simulator's ground truth, the instance key
+// and each host's node rank, and which `pmhub show` reads. Folders of different instances and
+// folders that share global ranks (two runs' head folders) are refused with exit code 2 and a
+// message saying so; nothing is written then.
+func TestMultiNodeStandaloneImport(t *testing.T) {
+	pys := testkit.Interpreters(t)
+	if len(pys) == 0 {
+		t.Skip("no Python interpreter")
+	}
+	py := pys[len(pys)-1].Path
+	a, b := mnStandaloneHost(t, "hostA"), mnStandaloneHost(t, "hostB")
+	dir, data := t.TempDir(), t.TempDir()
+	type run struct {
+		folders, truths map[string]string
+		key             string
+	}
+	runs := map[string]run{}
+	start := func(name, key string, head, follower []string) {
+		r := run{folders: map[string]string{}, truths: map[string]string{
+			"hostA": filepath.Join(dir, name+"-a.json"), "hostB": filepath.Join(dir, name+"-b.json")}, key: key}
+		outA, outB := filepath.Join(dir, name+"-a"), filepath.Join(dir, name+"-b")
+		mnWait(t, a.standalone(t, py, r.truths["hostA"], outA, head...), b.standalone(t, py, r.truths["hostB"], outB, follower...))
+		r.folders["hostA"], r.folders["hostB"] = mnSessionFolder(t, outA), mnSessionFolder(t, outB)
+		runs[name] = r
+	}
+	mp := func(port string, rank int, extra ...string) []string {
+		args := append([]string{"--nnodes", "2", "--node-rank", strconv.Itoa(rank), "--master-addr", "127.0.0.1", "--master-port", port}, extra...)
+		if rank > 0 {
+			args = append(args, "--headless")
+		}
+		return args
+	}
+	p1, p2, p3 := mnPort(t), mnPort(t), mnPort(t)
+	start("tp4", "mp:127.0.0.1:"+p1, mp(p1, 0, "-tp", "4"), mp(p1, 1, "-tp", "4"))
+	start("tp2pp2", "mp:127.0.0.1:"+p2, mp(p2, 0, "-tp", "2", "-pp", "2"), mp(p2, 1, "-tp", "2", "-pp", "2"))
+	dp := []string{"-tp", "1", "--data-parallel-size", "4", "--data-parallel-size-local", "2",
+		"--data-parallel-address", "127.0.0.1", "--data-parallel-rpc-port", p3}
+	start("dp4", "dp:127.0.0.1:"+p3, dp, append(append([]string{}, dp...), "--headless", "--data-parallel-start-rank", "2"))
+	start("tp4-again", "mp:127.0.0.1:"+p1, mp(p1, 0, "-tp", "4"), mp(p1, 1, "-tp", "4"))
+
+	for name, wantWorkers := range map[string]int{"tp4": 4, "tp2pp2": 4, "dp4": 0} {
+		r := runs[name]
+		m, code, out := pmhubImport(t, data, r.folders["hostA"], r.folders["hostB"])
+		if code != 0 {
+			t.Fatalf("%s: pmhub import exit %d: %s", name, code, out)
+		}
+		if len(m.Instances) != 1 || m.Instances[0] != r.key {
+			t.Errorf("%s: instances %v, want [%s]", name, m.Instances, r.key)
+		}
+		for host, want := range map[string]int64{"hostA": 0, "hostB": 1} {
+			if h := m.Hosts[host]; h == nil || h.NodeRank == nil || *h.NodeRank != want {
+				t.Errorf("%s: host %s node rank %v, want %d", name, host, h, want)
+			}
+		}
+		procs := map[string]*mnProc{}
+		for _, p := range m.Processes {
+			q := &mnProc{host: p.Host, role: p.Role, sessions: map[string]bool{m.Session: true},
+				rank: int32(p.Rank), tp: int32(p.TP), pp: int32(p.PP), dp: int32(p.DP), key: p.InstanceKey, node: -1}
+			if p.NodeRank != nil {
+				q.node = int32(*p.NodeRank)
+			}
+			procs[fmt.Sprintf("%s/%d", p.Host, p.PID)] = q
+		}
+		wantEngines := 1
+		if name == "dp4" {
+			wantEngines = 4
+		}
+		if got := mnCheck(t, procs, r.truths, wantWorkers, wantEngines); got != m.Session {
+			t.Errorf("%s: session %s, metadata says %s", name, got, m.Session)
+		}
+		if m.Rows["forward_pass_timing"] == 0 && wantWorkers > 0 {
+			t.Errorf("%s: no forward_pass_timing rows imported: %v", name, m.Rows)
+		}
+		show, err := exec.Command(bin(t, "pmhub"), "show", "--data", data, m.Session).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s: pmhub show: %v\n%s", name, err, show)
+		}
+		if wantWorkers > 0 && !strings.Contains(string(show), "hostB (node 1): w2(") {
+			t.Errorf("%s: show lacks hostB's part of the rank grid:\n%s", name, show)
+		}
+	}
+
+	before, _ := os.ReadDir(filepath.Join(data, "sessions"))
+	for _, c := range []struct {
+		name, a, b, want string
+	}{
+		{"different instances", runs["tp4"].folders["hostA"], runs["dp4"].folders["hostB"], "different instances"},
+		{"overlapping ranks", runs["tp4"].folders["hostA"], runs["tp4-again"].folders["hostA"], "global rank 0 is in two folders"},
+	} {
+		_, code, out := pmhubImport(t, data, c.a, c.b)
+		if code != 2 || !strings.Contains(out, c.want) {
+			t.Errorf("%s: exit %d %q, want exit 2 and %q", c.name, code, out, c.want)
+		}
+	}
+	if after, _ := os.ReadDir(filepath.Join(data, "sessions")); len(after) != len(before) {
+		t.Errorf("a refused import left something in the data folder: %d entries, before %d", len(after), len(before))
 	}
 }

@@ -6,9 +6,11 @@ import (
 	"context"
 	"encoding/csv"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -80,13 +82,18 @@ func pipeCSVLines(dir string) int {
 }
 
 // BenchmarkPipeline measures the whole pipeline with the real binaries on loopback: Go clients
-// write shim batch lines to `pmagent serve` over its Unix socket, the agent publishes to the
-// JetStream of `pmhub serve` (its embedded nats-server), and the hub writes the session's CSV
-// files. The clock runs from the first line written to the last row on disk; then every
-// (pid, seq) is checked to be written exactly once. In the same run, a plain JetStream consumer
-// (ordered, fetch + no processing) reads the same stream, for the ratio hub / plain consume.
-// Metrics: events/s (end to end), plain_consume_events/s, ratio_e2e_to_plain.
-// Run: scripts/benchmarks.sh e2e (go test -run '^$' -bench Pipeline -benchtime 1x ./e2e/).
+// write shim batch lines to `pmagent serve` over its Unix socket (and read its acknowledgements,
+// as a shim does), the agent publishes to the JetStream of `pmhub serve` (its embedded
+// nats-server), and the hub writes the session's CSV files. The clock runs from the first line
+// written to the last row on disk; then every event is checked to be written exactly once with
+// every cell as its line gave it (checkPipelineRows), or the benchmark fails. In the same run, a
+// plain JetStream consumer (ordered, fetch, no processing) reads the same stream, for the ratio
+// to plain consume.
+// Metrics: events/s (end to end, wall), agent_events/cpu-s and hub+nats_events/cpu-s (each
+// process's user + system CPU time), cpu_us/event (both together), two_core_events/s (2 cores /
+// cpu_us/event: the rate two cores given to the two processes alone would carry),
+// plain_consume_events/s, ratio_e2e_to_plain, events/msg, loadavg (the machine's, at the end).
+// Run: scripts/benchmarks.sh pipeline (go test -run '^$' -bench '^BenchmarkPipeline$' -benchtime 1x ./e2e/).
 func BenchmarkPipeline(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		runPipeline(b)
@@ -122,6 +129,9 @@ func runPipeline(b *testing.B) {
 			b.Fatal(err)
 		}
 		defer c.Close()
+		// A shim reads what the agent sends back (acknowledgements); so do these clients, or the
+		// socket's buffer fills and the agent's replies wait on it.
+		go func() { _, _ = io.Copy(io.Discard, c) }()
 		fmt.Fprintf(c, `{"t":"hello","v":1,"session":%q,"pid":%d,"role":"worker","dp":0,"pp":0,"tp":%d,"ep":-1,"rank":%d}`+"\n", session, 2000+r, r, r)
 		conns[r] = c
 	}
@@ -155,42 +165,17 @@ func runPipeline(b *testing.B) {
 	b.StopTimer()
 	agCPU, hubCPU := procCPU(b, ag.cmd.Process.Pid)-agCPU0, procCPU(b, h.cmd.Process.Pid)-hubCPU0
 
-	// Exactly once, every event.
-	seen := make(map[[2]int]int, total)
-	for _, table := range []string{"kv_cache_usage", "forward_pass_timing"} {
-		raw, err := os.ReadFile(filepath.Join(dir, table+".csv"))
-		if err != nil {
-			b.Fatal(err)
-		}
-		recs, err := csv.NewReader(bytes.NewReader(raw)).ReadAll()
-		if err != nil {
-			b.Fatalf("%s: %v", table, err)
-		}
-		col := map[string]int{}
-		for i, c := range recs[0] {
-			col[c] = i
-		}
-		for _, rec := range recs[1:] {
-			var pid, seq int
-			fmt.Sscan(rec[col["pid"]], &pid)
-			fmt.Sscan(rec[col["seq"]], &seq)
-			seen[[2]int{pid, seq}]++
-		}
-	}
-	for r := 0; r < pipeRanks; r++ {
-		for s := 1; s <= pipeBatches*pipePer; s++ {
-			if n := seen[[2]int{2000 + r, s}]; n != 1 {
-				b.Fatalf("event pid %d seq %d written %d times, want 1", 2000+r, s, n)
-			}
-		}
-	}
-	if len(seen) != total {
-		b.Fatalf("%d distinct events written, want %d", len(seen), total)
-	}
+	// Exactly once, every event, every cell as the shim line gave it.
+	checkPipelineRows(b, dir, session)
 	b.ReportMetric(float64(total)/el.Seconds(), "events/s")
 	// CPU time per process: robust on a shared machine where wall time is mostly waiting.
 	b.ReportMetric(float64(total)/agCPU.Seconds(), "agent_events/cpu-s")
 	b.ReportMetric(float64(total)/hubCPU.Seconds(), "hub+nats_events/cpu-s")
+	perEvent := (agCPU + hubCPU).Seconds() / float64(total)
+	b.ReportMetric(perEvent*1e6, "cpu_us/event")
+	// What two cores given to the two processes alone would carry at this CPU cost per event.
+	b.ReportMetric(2/perEvent, "two_core_events/s")
+	b.ReportMetric(loadAverage(b), "loadavg")
 
 	// Plain JetStream consume of the same messages, same server, same run.
 	nc, err := nats.Connect(h.url)
@@ -236,4 +221,78 @@ func runPipeline(b *testing.B) {
 	b.ReportMetric(plain, "plain_consume_events/s")
 	b.ReportMetric(float64(total)/el.Seconds()/plain, "ratio_e2e_to_plain")
 	b.ReportMetric(float64(total)/float64(msgs), "events/msg")
+}
+
+// pipeExpected is what each table's own columns hold in the benchmark's lines (others empty).
+var pipeExpected = map[string]map[string]string{
+	"kv_cache_usage":      {"usage": "0.5", "free_blocks": "12", "total_blocks": "1024"},
+	"forward_pass_timing": {"cpu_ms": "1.25", "tokens": "512", "runtime_mode": "FULL", "gpu_status": "pending"},
+}
+
+// checkPipelineRows fails the benchmark unless every event of every rank is in the session's
+// CSV exactly once, in the table of its kind, with every cell as its line gave it: the common
+// columns (session, host, pid, role, ranks, seq, step, ts_ns), the table's own columns (absent
+// ones empty) and ts_aligned_ns = ts_ns + the host's clock offset (under a second here).
+func checkPipelineRows(b *testing.B, dir, session string) {
+	seen := make(map[[2]int]int, pipeRanks*pipeBatches*pipePer)
+	for table, cols := range pipeExpected {
+		raw, err := os.ReadFile(filepath.Join(dir, table+".csv"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		recs, err := csv.NewReader(bytes.NewReader(raw)).ReadAll()
+		if err != nil {
+			b.Fatalf("%s: %v", table, err)
+		}
+		want, _ := proto.Default().Table(table)
+		hdr := append(want.Header(), hub.AlignedColumn)
+		if strings.Join(recs[0], ",") != strings.Join(hdr, ",") {
+			b.Fatalf("%s header %v, want %v", table, recs[0], hdr)
+		}
+		for _, rec := range recs[1:] {
+			var pid, seq int
+			fmt.Sscan(rec[2], &pid)
+			fmt.Sscan(rec[8], &seq)
+			r := pid - 2000
+			if (seq%2 == 0) != (table == "kv_cache_usage") {
+				b.Fatalf("%s: event seq %d of the other kind: %v", table, seq, rec)
+			}
+			exp := []string{session, "pipe-host", strconv.Itoa(pid), "worker", "0", "0", strconv.Itoa(r), "-1",
+				strconv.Itoa(seq), strconv.Itoa(seq), "1700000000000000000"}
+			for _, c := range want.Columns {
+				exp = append(exp, cols[c.Name])
+			}
+			got := rec[:len(rec)-1]
+			if r < 0 || r >= pipeRanks || strings.Join(got, ",") != strings.Join(exp, ",") {
+				b.Fatalf("%s row %v, want %v", table, got, exp)
+			}
+			aligned, err := strconv.ParseInt(rec[len(rec)-1], 10, 64)
+			if off := aligned - 1700000000000000000; err != nil || off < -1e9 || off > 1e9 {
+				b.Fatalf("%s row %v: ts_aligned_ns %q is not ts_ns + a clock offset under a second", table, rec, rec[len(rec)-1])
+			}
+			seen[[2]int{pid, seq}]++
+		}
+	}
+	for r := 0; r < pipeRanks; r++ {
+		for s := 1; s <= pipeBatches*pipePer; s++ {
+			if n := seen[[2]int{2000 + r, s}]; n != 1 {
+				b.Fatalf("event pid %d seq %d written %d times, want 1", 2000+r, s, n)
+			}
+		}
+	}
+	if len(seen) != pipeRanks*pipeBatches*pipePer {
+		b.Fatalf("%d distinct events written, want %d", len(seen), pipeRanks*pipeBatches*pipePer)
+	}
+}
+
+// loadAverage is the machine's 1-minute load average (/proc/loadavg): how many runnable
+// processes shared its cores during the run.
+func loadAverage(b *testing.B) float64 {
+	raw, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		b.Fatal(err)
+	}
+	var l float64
+	fmt.Sscan(string(raw), &l)
+	return l
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"syscall"
 	"testing"
 	"time"
 
@@ -93,7 +94,7 @@ func BenchmarkPlainJetStream(b *testing.B) {
 	enc, _ := benchCodec()
 	subs, pays := benchPayloads(b, enc)
 	total := float64(benchBatches * benchEvents)
-	var pubD, conD time.Duration
+	var pubD, conD, conCPU time.Duration
 	for i := 0; i < b.N; i++ {
 		ns, nc, js := benchServer(b, b.TempDir())
 		pubD += prefill(b, js, subs, pays)
@@ -102,7 +103,7 @@ func BenchmarkPlainJetStream(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		start := time.Now()
+		start, cpu0 := time.Now(), processCPU(b)
 		got := 0
 		for got < benchBatches {
 			batch, err := cons.FetchNoWait(DefaultFetch)
@@ -115,11 +116,23 @@ func BenchmarkPlainJetStream(b *testing.B) {
 			}
 		}
 		conD += time.Since(start)
+		conCPU += processCPU(b) - cpu0
 		nc.Close()
 		ns.Shutdown()
 	}
 	b.ReportMetric(total*float64(b.N)/pubD.Seconds(), "pub_events/s")
 	b.ReportMetric(total*float64(b.N)/conD.Seconds(), "consume_events/s")
+	b.ReportMetric(total*float64(b.N)/conCPU.Seconds(), "consume_events/cpu-s")
+}
+
+// processCPU is this process's user + system CPU time so far (every thread: the benchmark, the
+// hub or the plain consumer, and the nats-server they share the process with).
+func processCPU(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // BenchmarkConsumeWrite measures the hub: from a pre-filled stream to rows written and synced.
@@ -130,7 +143,7 @@ func BenchmarkConsumeWrite(b *testing.B) {
 	enc, dec := benchCodec()
 	subs, pays := benchPayloads(b, enc)
 	total := int64(benchBatches * benchEvents)
-	var d time.Duration
+	var d, cpu time.Duration
 	for i := 0; i < b.N; i++ {
 		ns, nc, js := benchServer(b, b.TempDir())
 		prefill(b, js, subs, pays)
@@ -142,13 +155,14 @@ func BenchmarkConsumeWrite(b *testing.B) {
 		if err := h.Start(ctx); err != nil {
 			b.Fatal(err)
 		}
-		start := time.Now()
+		start, cpu0 := time.Now(), processCPU(b)
 		done := make(chan error, 1)
 		go func() { done <- h.Run(ctx) }()
 		for h.Counters().Rows < total {
 			time.Sleep(time.Millisecond)
 		}
 		d += time.Since(start)
+		cpu += processCPU(b) - cpu0
 		cancel()
 		<-done
 		h.Close()
@@ -156,4 +170,5 @@ func BenchmarkConsumeWrite(b *testing.B) {
 		ns.Shutdown()
 	}
 	b.ReportMetric(float64(total)*float64(b.N)/d.Seconds(), "events/s")
+	b.ReportMetric(float64(total)*float64(b.N)/cpu.Seconds(), "events/cpu-s")
 }

@@ -23,12 +23,18 @@ type rawEvent struct {
 	keys, vals  [][]byte // map entries as they came: raw key, raw Value message
 }
 
-// fastBatch decodes eb's body; ok is false when the generic decoder must take over.
+// fastBatch decodes eb's body; ok is false when the generic decoder must take over. Every cell of
+// the batch is spelled straight from the wire bytes into one buffer and the events' Cols are
+// slices of one string made from it: two allocations per batch for the cells, not one per cell.
 func (w *wireSchema) fastBatch(data []byte, f proto.SubjectFields) (b *Batch, major uint32, ok bool) {
 	b = &Batch{Proc: f.Proc, Kind: f.Kind, Events: make([]Event, 0, 16)}
 	sawProcess := false
 	var ev rawEvent   // reused for every event of the batch
 	var pool []string // the batch's column cells, allocated in chunks rather than per event
+	var cells []byte  // every cell's text, back to back, in the order of the events' Cols
+	var ends []uint32 // where each cell ends in cells
+	var kindTables []string
+	lastTable := "" // the last table found to belong to the batch's kind
 	for len(data) > 0 {
 		num, typ, n := protowire.ConsumeTag(data)
 		if n < 0 {
@@ -68,8 +74,24 @@ func (w *wireSchema) fastBatch(data []byte, f proto.SubjectFields) (b *Batch, ma
 			}
 			// Anything the generic path would reject is left to it, so errors are decided in one place.
 			table, known := w.names[string(ev.table)]
-			if !known || (len(ev.kind) > 0 && string(ev.kind) != f.Kind) || !contains(w.reg.KindTables(f.Kind), table) {
+			if !known || (len(ev.kind) > 0 && string(ev.kind) != f.Kind) {
 				return nil, 0, false
+			}
+			if table != lastTable {
+				if kindTables == nil {
+					kindTables = w.reg.KindTables(f.Kind)
+				}
+				if !contains(kindTables, table) {
+					return nil, 0, false
+				}
+				lastTable = table
+			}
+			// Values of columns this hub does not know must still be well-formed for the
+			// generic path to accept the message.
+			for k := range ev.keys {
+				if !fastValueOK(ev.vals[k]) {
+					return nil, 0, false
+				}
 			}
 			own, types := w.own[table], w.types[table]
 			if len(pool) < len(own) {
@@ -80,21 +102,14 @@ func (w *wireSchema) fastBatch(data []byte, f proto.SubjectFields) (b *Batch, ma
 			for i, c := range own {
 				for k := len(ev.keys) - 1; k >= 0; k-- { // the last entry of a key wins, as in protobuf maps
 					if string(ev.keys[k]) == c {
-						val, ok := fastValue(ev.vals[k], types[i])
-						if !ok {
+						var ok bool
+						if cells, ok = appendValue(cells, ev.vals[k], types[i]); !ok {
 							return nil, 0, false
 						}
-						e.Cols[i] = val
 						break
 					}
 				}
-			}
-			// Values of columns this hub does not know must still be well-formed for the
-			// generic path to accept the message.
-			for k := range ev.keys {
-				if _, ok := fastValue(ev.vals[k], ""); !ok {
-					return nil, 0, false
-				}
+				ends = append(ends, uint32(len(cells)))
 			}
 			b.Events = append(b.Events, e)
 			data = data[n:]
@@ -106,6 +121,15 @@ func (w *wireSchema) fastBatch(data []byte, f proto.SubjectFields) (b *Batch, ma
 			data = data[n:]
 		default:
 			return nil, 0, false
+		}
+	}
+	all, k, start := string(cells), 0, uint32(0)
+	for i := range b.Events {
+		cols := b.Events[i].Cols
+		for j := range cols {
+			cols[j] = all[start:ends[k]]
+			start = ends[k]
+			k++
 		}
 	}
 	return b, major, true
@@ -252,44 +276,77 @@ func fastEntry(data []byte) (key, val []byte, ok bool) {
 	return key, val, true
 }
 
-// fastValue spells one Value message as a CSV cell; ok is false for anything the generic path must
-// judge, including a value whose case is not the one typ (the column's type; "" for any) writes.
-func fastValue(data []byte, typ string) (string, bool) {
-	out := ""
+// appendValue appends one Value message spelled as a CSV cell to dst; ok is false for anything
+// the generic path must judge, including a value whose case is not the one typ (the column's
+// type) writes. An empty Value appends nothing (an empty cell); of several cases the last wins,
+// as protobuf decodes a oneof.
+func appendValue(dst, data []byte, typ string) ([]byte, bool) {
+	start := len(dst)
 	for len(data) > 0 {
 		num, wt, n := protowire.ConsumeTag(data)
 		if n < 0 {
-			return "", false
+			return dst, false
+		}
+		data = data[n:]
+		dst = dst[:start]
+		switch {
+		case num == 1 && wt == protowire.VarintType && typ == proto.TypeInt:
+			v, n := protowire.ConsumeVarint(data)
+			if n < 0 {
+				return dst, false
+			}
+			dst, data = strconv.AppendInt(dst, int64(v), 10), data[n:]
+		case num == 2 && wt == protowire.Fixed64Type && typ == proto.TypeFloat:
+			v, n := protowire.ConsumeFixed64(data)
+			if n < 0 {
+				return dst, false
+			}
+			dst, data = proto.AppendFloat(dst, math.Float64frombits(v)), data[n:]
+		case num == 3 && wt == protowire.BytesType && typ == proto.TypeString:
+			v, n := protowire.ConsumeBytes(data)
+			if n < 0 || !utf8.Valid(v) {
+				return dst, false
+			}
+			dst, data = append(dst, v...), data[n:]
+		case num == 4 && wt == protowire.VarintType && typ == proto.TypeBool:
+			v, n := protowire.ConsumeVarint(data)
+			if n < 0 {
+				return dst, false
+			}
+			dst, data = strconv.AppendBool(dst, v != 0), data[n:]
+		default:
+			return dst, false
+		}
+	}
+	return dst, true
+}
+
+// fastValueOK reports whether a Value message is one the fast path reads (any case, well-formed),
+// without spelling it.
+func fastValueOK(data []byte) bool {
+	for len(data) > 0 {
+		num, wt, n := protowire.ConsumeTag(data)
+		if n < 0 {
+			return false
 		}
 		data = data[n:]
 		switch {
-		case num == 1 && wt == protowire.VarintType && (typ == "" || typ == proto.TypeInt):
-			v, n := protowire.ConsumeVarint(data)
-			if n < 0 {
-				return "", false
+		case (num == 1 || num == 4) && wt == protowire.VarintType:
+			n = protowire.ConsumeFieldValue(num, wt, data)
+		case num == 2 && wt == protowire.Fixed64Type:
+			n = protowire.ConsumeFieldValue(num, wt, data)
+		case num == 3 && wt == protowire.BytesType:
+			var v []byte
+			if v, n = protowire.ConsumeBytes(data); n >= 0 && !utf8.Valid(v) {
+				return false
 			}
-			out, data = strconv.FormatInt(int64(v), 10), data[n:]
-		case num == 2 && wt == protowire.Fixed64Type && (typ == "" || typ == proto.TypeFloat):
-			v, n := protowire.ConsumeFixed64(data)
-			if n < 0 {
-				return "", false
-			}
-			out, data = proto.FormatFloat(math.Float64frombits(v)), data[n:]
-		case num == 3 && wt == protowire.BytesType && (typ == "" || typ == proto.TypeString):
-			s, n, ok := fastString(data)
-			if !ok {
-				return "", false
-			}
-			out, data = s, data[n:]
-		case num == 4 && wt == protowire.VarintType && (typ == "" || typ == proto.TypeBool):
-			v, n := protowire.ConsumeVarint(data)
-			if n < 0 {
-				return "", false
-			}
-			out, data = strconv.FormatBool(v != 0), data[n:]
 		default:
-			return "", false
+			return false
 		}
+		if n < 0 {
+			return false
+		}
+		data = data[n:]
 	}
-	return out, true
+	return true
 }

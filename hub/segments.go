@@ -5,13 +5,14 @@ package hub
 // folder, <data>/sessions/<session>/, so every reader of a running session (plugins, the HTTP
 // pages, show) keeps finding it where it always was. When the live segment is due (Config.
 // RotateEvery of hub time since it opened, or Config.RotateBytes of CSV), the next batch with new
-// rows first closes it: its files are committed, its metadata marked ended (end_reason "rotated"),
-// the folder renamed to <session>@<index, 6 digits> (a name no session id can have), and a fresh
-// live folder opened with the next index. Rows go to the segment that is live when they arrive;
+// rows first closes it: its files are committed (still active), the folder renamed to
+// <session>@<index, 6 digits> (a name no session id can have) and recorded there as ended
+// (end_reason "rotated"), and a fresh live folder opened with the next index. Rows go to the segment that is live when they arrive;
 // each process's seen sequence numbers move on with it (ProcMeta.EarlierSeqs), so an event
 // redelivered after a boundary is still recognised and never written twice, and none is lost.
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -129,21 +130,23 @@ func (s *Server) rotationDue(ss *session, now time.Time) string {
 // leaves the session as the consumer's write errors do: its messages are handed back and the
 // session is rebuilt from disk, where openSession finishes an interrupted rotation.
 func (s *Server) rotate(ss *session, now time.Time, why string) error {
-	g := ss.meta.Segment
-	g.EndNS, g.Rotated = now.UnixNano(), why
-	ss.meta.Status, ss.meta.EndReason, ss.meta.EndNS = StatusEnded, EndRotated, now.UnixNano()
+	// Committed while the folder is still the live one and its status still active: a plugin host
+	// or reader looking at <data>/sessions/<session> never sees the session ended by a rotation.
+	ss.meta.Segment.Rotated = why
 	ss.metaDirty = true
 	if err := ss.commit(); err != nil {
-		return fmt.Errorf("close segment %d: %w", g.Index, err)
+		return fmt.Errorf("close segment %d: %w", ss.meta.Segment.Index, err)
 	}
 	ss.closeFiles()
-	return s.continueSegment(ss, now)
+	return s.closeSegment(ss, now)
 }
 
-// continueSegment moves a closed live folder to its closed-segment name (unless ss was loaded
-// from there already) and opens the next segment as the session's folder, with its metadata
-// written at once: a restart then finds the boundary even before the new segment's first row.
-func (s *Server) continueSegment(ss *session, now time.Time) error {
+// closeSegment moves the committed live folder to its closed-segment name (unless ss was loaded
+// from there), records it there as ended by rotation, and opens the next segment as the session's
+// folder with its metadata written at once: a restart then finds the boundary even before the new
+// segment's first row. Each step can be repeated, so a rotation a crash interrupted finishes when
+// the session's next message comes (openSession).
+func (s *Server) closeSegment(ss *session, now time.Time) error {
 	root := sessionsDir(s.cfg.DataDir)
 	live := SessionDir(s.cfg.DataDir, ss.id)
 	name := segmentFolderName(ss.id, ss.meta.Segment.Index)
@@ -154,12 +157,59 @@ func (s *Server) continueSegment(ss *session, now time.Time) error {
 		if err := syncDir(root); err != nil {
 			return err
 		}
+		ss.dir = filepath.Join(root, name)
+	}
+	if ss.meta.Status != StatusEnded || ss.meta.EndReason != EndRotated {
+		ss.meta.Status, ss.meta.EndReason, ss.meta.EndNS = StatusEnded, EndRotated, now.UnixNano()
+		ss.meta.Segment.EndNS = now.UnixNano()
+		ss.metaDirty = true
+	}
+	if err := ss.commit(); err != nil {
+		return fmt.Errorf("close segment %d: %w", ss.meta.Segment.Index, err)
 	}
 	ss.dir = live
 	ss.nextSegment(now, name)
 	s.rotated = true
 	s.log.Info("session rotated", "session", ss.id, "closed", name, "segment", ss.meta.Segment.Index)
 	return ss.commit()
+}
+
+// markClosedSegments records as ended by rotation every closed segment a crash left between its
+// move and that record (only a session's newest one can be), so no reader takes it for a live
+// session. Called at start.
+func (s *Server) markClosedSegments(now time.Time) {
+	root := sessionsDir(s.cfg.DataDir)
+	ents, err := os.ReadDir(root)
+	if err != nil {
+		return
+	}
+	newest := map[string]string{}
+	idx := map[string]int{}
+	for _, e := range ents {
+		if id, i, ok := SplitSegmentFolder(e.Name()); ok && e.IsDir() && (newest[id] == "" || i > idx[id]) {
+			newest[id], idx[id] = e.Name(), i
+		}
+	}
+	for _, id := range sortedKeys(newest) {
+		dir := filepath.Join(root, newest[id])
+		m, err := ReadMetadata(dir)
+		if err != nil || m.Status == StatusEnded {
+			continue
+		}
+		m.Status, m.EndReason, m.EndNS = StatusEnded, EndRotated, now.UnixNano()
+		if m.Segment != nil {
+			m.Segment.EndNS = m.EndNS
+		}
+		b, err := json.MarshalIndent(m, "", "  ")
+		if err == nil {
+			err = writeFileAtomic(filepath.Join(dir, MetadataFile), append(b, '\n'))
+		}
+		if err != nil {
+			s.log.Warn("closed segment not recorded as ended", "segment", newest[id], "err", err)
+			continue
+		}
+		s.log.Info("interrupted rotation: closed segment recorded as ended", "segment", newest[id])
+	}
 }
 
 // nextSegment turns ss's in-memory state into the next segment's: the processes, hosts and seen
@@ -198,9 +248,10 @@ func (s *Server) lastClosedSegment(id string) string {
 	if err != nil {
 		return ""
 	}
-	last := dirs[len(dirs)-1]
-	if _, _, closed := SplitSegmentFolder(filepath.Base(last)); closed {
-		return last
+	for i := len(dirs) - 1; i >= 0; i-- {
+		if _, _, closed := SplitSegmentFolder(filepath.Base(dirs[i])); closed {
+			return dirs[i]
+		}
 	}
 	return ""
 }

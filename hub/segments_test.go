@@ -155,8 +155,29 @@ func TestRotationBySizeUnionIsExactlyOnce(t *testing.T) {
 			}
 		}
 	}
+	// A reader of the live folder (the plugin host closes a session whose metadata says ended)
+	// must never see the session ended while it only rotates.
+	watch, watched := make(chan struct{}), make(chan string, 1)
+	go func() {
+		seen := ""
+		for {
+			select {
+			case <-watch:
+				watched <- seen
+				return
+			default:
+			}
+			if m, err := ReadMetadata(SessionDir(data, "S1")); err == nil && m.Status == StatusEnded && seen == "" {
+				seen = m.EndReason
+			}
+		}
+	}()
 	round(nc, 6)
 	waitFor(t, "two rotations", func() bool { d, _ := Segments(data, "S1"); return len(d) >= 3 })
+	close(watch)
+	if r := <-watched; r != "" {
+		t.Errorf("the live folder's metadata said ended (%s) during rotations", r)
+	}
 	nc.Close()
 	stop()
 
@@ -328,31 +349,38 @@ func TestRotationByAgeOnTheHubClock(t *testing.T) {
 }
 
 // closeLiveByHand leaves data as a hub that stopped half-way through closing S1's live segment
-// would: the segment marked closed by rotation and, with move, already moved to its closed name.
-func closeLiveByHand(t *testing.T, data string, move bool) {
+// would: moved to its closed name and/or marked ended by rotation; with next, the next segment's
+// folder made but its metadata not yet written (a torn temporary file in it).
+func closeLiveByHand(t *testing.T, data string, move, mark bool) (closed string) {
 	t.Helper()
 	live := SessionDir(data, "S1")
 	m, err := ReadMetadata(live)
 	if err != nil {
 		t.Fatal(err)
 	}
-	m.Status, m.EndReason, m.EndNS = StatusEnded, EndRotated, time.Now().UnixNano()
-	m.Segment.EndNS, m.Segment.Rotated = m.EndNS, "bytes"
+	m.Segment.Rotated = "bytes" // the last commit before the move records why
+	if mark {
+		m.Status, m.EndReason, m.EndNS = StatusEnded, EndRotated, time.Now().UnixNano()
+		m.Segment.EndNS = m.EndNS
+	}
 	b, _ := json.MarshalIndent(m, "", "  ")
 	if err := os.WriteFile(filepath.Join(live, MetadataFile), b, 0o640); err != nil {
 		t.Fatal(err)
 	}
+	closed = filepath.Join(sessionsDir(data), segmentFolderName("S1", m.Segment.Index))
 	if move {
-		if err := os.Rename(live, filepath.Join(sessionsDir(data), segmentFolderName("S1", m.Segment.Index))); err != nil {
+		if err := os.Rename(live, closed); err != nil {
 			t.Fatal(err)
 		}
 	}
+	return closed
 }
 
-// TestRotationInterruptedFinishes: a hub that stopped half-way through a rotation (the closed
-// segment moved but the next one not opened; marked closed but not moved) finishes it when the
-// session's next message comes, and writes nothing twice: the re-sent events are recognised from
-// the closed segments.
+// TestRotationInterruptedFinishes: a hub that stopped half-way through a rotation (the live
+// segment moved to its closed name but not yet recorded as ended; moved and recorded but the next
+// one not opened; recorded but not moved) finishes it: at start a moved segment is recorded as
+// ended at once, and the session's next message opens the next segment. Nothing is written twice:
+// the re-sent events are recognised from the closed segments.
 func TestRotationInterruptedFinishes(t *testing.T) {
 	data := t.TempDir()
 	cfg := Config{DataDir: data, RotateBytes: 200}
@@ -368,10 +396,32 @@ func TestRotationInterruptedFinishes(t *testing.T) {
 	nc.Close()
 	stop()
 	next := uint64(13)
-	for _, move := range []bool{true, false} {
+	for _, st := range []struct {
+		name             string
+		move, mark, next bool
+	}{
+		{"moved, not recorded", true, false, false},
+		{"moved and recorded", true, true, false},
+		{"recorded, not moved", false, true, false},
+		{"next folder made, its metadata not written", true, true, true},
+	} {
 		before, _ := Segments(data, "S1")
-		closeLiveByHand(t, data, move)
+		closed := closeLiveByHand(t, data, st.move, st.mark)
+		if st.next {
+			live := SessionDir(data, "S1")
+			if err := os.MkdirAll(live, 0o750); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(live, MetadataFile+".tmp"), []byte(`{"sess`), 0o640); err != nil {
+				t.Fatal(err)
+			}
+		}
 		s, stop := startHubCfg(t, cfg)
+		if st.move {
+			if m, err := ReadMetadata(closed); err != nil || m.Status != StatusEnded || m.EndReason != EndRotated {
+				t.Errorf("%s: after start the closed segment is %+v (%v), want ended by rotation", st.name, m, err)
+			}
+		}
 		nc, err := nats.Connect(s.ClientURL())
 		if err != nil {
 			t.Fatal(err)
@@ -383,15 +433,15 @@ func TestRotationInterruptedFinishes(t *testing.T) {
 		rows, metas := segmentRows(t, data)
 		checkChain(t, data, metas)
 		if len(metas) != len(before)+1 {
-			t.Errorf("move=%v: %d segments, want %d", move, len(metas), len(before)+1)
+			t.Errorf("%s: %d segments, want %d", st.name, len(metas), len(before)+1)
 		}
 		for k, segs := range rows {
 			if len(segs) != 1 {
-				t.Errorf("move=%v: row %s in segments %v", move, k, segs)
+				t.Errorf("%s: row %s in segments %v", st.name, k, segs)
 			}
 		}
 		if got := metas[len(metas)-1].Rows["kv_cache_usage"]; got != 1 {
-			t.Errorf("move=%v: the new live segment holds %d rows, want 1 (row %d)", move, got, next)
+			t.Errorf("%s: the new live segment holds %d rows, want 1 (row %d)", st.name, got, next)
 		}
 		next++
 	}

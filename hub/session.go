@@ -60,6 +60,7 @@ type session struct {
 	procs     map[procKey]*proc
 	files     map[string]*tableFile
 	line      []byte
+	prefix    []byte    // a batch's common columns up to ep, spelled once per batch
 	last      time.Time // hub time of the last message for this session (idle detection)
 	metaDirty bool
 	// segRows counts the rows written into the live segment (rotation never closes an empty one);
@@ -162,8 +163,15 @@ func (s *session) writeBatch(b *Batch, now time.Time) (int, error) {
 	if h.Measured {
 		off = h.OffsetNS
 	}
-	pidText := strconv.FormatInt(b.PID, 10)
-	ranks := [4]string{strconv.FormatInt(b.Ident.DP, 10), strconv.FormatInt(b.Ident.PP, 10), strconv.FormatInt(b.Ident.TP, 10), strconv.FormatInt(b.Ident.EP, 10)}
+	// The common columns up to ep are the same for every row of the batch.
+	prefix := appendField(s.prefix[:0], s.id)
+	prefix = appendField(prefix, b.Host)
+	prefix = append(strconv.AppendInt(prefix, b.PID, 10), ',')
+	prefix = appendField(prefix, b.Ident.Role)
+	for _, r := range [4]int64{b.Ident.DP, b.Ident.PP, b.Ident.TP, b.Ident.EP} {
+		prefix = append(strconv.AppendInt(prefix, r, 10), ',')
+	}
+	s.prefix = prefix
 	written := 0
 	for i := range b.Events {
 		e := &b.Events[i]
@@ -176,14 +184,7 @@ func (s *session) writeBatch(b *Batch, now time.Time) (int, error) {
 		if err != nil {
 			return written, err
 		}
-		l := s.line[:0]
-		l = appendField(l, s.id)
-		l = appendField(l, b.Host)
-		l = append(append(l, pidText...), ',')
-		l = appendField(l, b.Ident.Role)
-		for _, r := range ranks {
-			l = append(append(l, r...), ',')
-		}
+		l := append(s.line[:0], prefix...)
 		l = strconv.AppendUint(l, e.Seq, 10)
 		l = append(l, ',')
 		l = strconv.AppendInt(l, e.Step, 10)
@@ -495,7 +496,7 @@ func (s *session) scanTable(table string) error {
 
 // appendField appends v as one CSV field followed by a comma, quoting only when needed.
 func appendField(l []byte, v string) []byte {
-	if strings.ContainsAny(v, ",\"\r\n") {
+	if needsQuotes(v) {
 		l = append(l, '"')
 		l = append(l, strings.ReplaceAll(v, `"`, `""`)...)
 		l = append(l, '"', ',')
@@ -503,6 +504,17 @@ func appendField(l []byte, v string) []byte {
 	}
 	l = append(l, v...)
 	return append(l, ',')
+}
+
+// needsQuotes reports whether v holds a comma, a quote or a line break.
+func needsQuotes(v string) bool {
+	for i := 0; i < len(v); i++ {
+		switch v[i] {
+		case ',', '"', '\r', '\n':
+			return true
+		}
+	}
+	return false
 }
 
 func appendRecord(l []byte, fields []string) []byte {

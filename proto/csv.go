@@ -1,6 +1,7 @@
 package proto
 
 import (
+	"bytes"
 	"fmt"
 	"math"
 	"strconv"
@@ -35,31 +36,39 @@ func FormatValue(v *pmpb.Value) string {
 }
 
 // FormatFloat spells f as Python's repr(f) does, so both writers produce the same bytes.
-func FormatFloat(f float64) string {
+func FormatFloat(f float64) string { return string(AppendFloat(nil, f)) }
+
+// AppendFloat appends FormatFloat's spelling of f to dst, without allocating when dst has room.
+func AppendFloat(dst []byte, f float64) []byte {
 	switch {
 	case math.IsNaN(f):
-		return "nan"
+		return append(dst, "nan"...)
 	case math.IsInf(f, 1):
-		return "inf"
+		return append(dst, "inf"...)
 	case math.IsInf(f, -1):
-		return "-inf"
+		return append(dst, "-inf"...)
 	}
 	// Shortest round-trip digits; Python switches to exponent form below 1e-4 and from 1e16.
-	e := strconv.FormatFloat(f, 'e', -1, 64)
-	mant, expS, _ := strings.Cut(e, "e")
-	exp, _ := strconv.Atoi(expS)
+	// strconv's exponent has at least two digits and a sign, as Python's ("1e-05", "1.5e+16").
+	var tmp [32]byte
+	e := strconv.AppendFloat(tmp[:0], f, 'e', -1, 64)
+	k := bytes.IndexByte(e, 'e')
+	exp := 0
+	for _, c := range e[k+2:] {
+		exp = exp*10 + int(c-'0')
+	}
+	if e[k+1] == '-' {
+		exp = -exp
+	}
 	if exp < -4 || exp >= 16 {
-		sign := "+"
-		if exp < 0 {
-			sign, exp = "-", -exp
-		}
-		return fmt.Sprintf("%se%s%02d", mant, sign, exp)
+		return append(dst, e...)
 	}
-	s := strconv.FormatFloat(f, 'f', -1, 64)
-	if !strings.ContainsAny(s, ".") {
-		s += ".0"
+	start := len(dst)
+	dst = strconv.AppendFloat(dst, f, 'f', -1, 64)
+	if bytes.IndexByte(dst[start:], '.') < 0 {
+		dst = append(dst, ".0"...)
 	}
-	return s
+	return dst
 }
 
 // ParseValue reads one cell of the given column type; "" gives nil (absent) except for a string

@@ -412,3 +412,474 @@ func parseBytes(b []byte, i int) ([]byte, int, error) {
 	}
 	return nil, 0, errNotFlat
 }
+
+// LineReader decodes shim lines as ReadLine does, reusing its memory for batch lines, the bulk of
+// the traffic: a batch line written the way the shim writes it (exact lower-case keys, each once;
+// integers without fraction or exponent; plain ASCII names; cols a flat object of plain values) is
+// scanned in one pass without allocating — events' Cols are slices of the line, kind and table
+// names are shared strings. Any other line (other types, escapes, unusual numbers, unknown keys)
+// goes to ReadLine, so the verdict and the decoded values are always ReadLine's; FuzzLineReader
+// checks both on any input. Not safe for concurrent use: one per connection.
+type LineReader struct {
+	line   Line
+	batch  Batch
+	ident  Ident
+	events []Event
+	names  map[string]string // interned kind and table names
+}
+
+// maxInterned bounds the names a LineReader keeps; beyond it names are allocated per event.
+const maxInterned = 256
+
+// Read decodes one line. The returned Line, and for a batch its events (whose Cols point into b),
+// are valid until the next Read and while b is unchanged. Errors wrap ErrBadLine.
+func (r *LineReader) Read(b []byte) (*Line, error) {
+	if l, ok := r.scanBatch(b); ok {
+		return l, nil
+	}
+	return ReadLine(b)
+}
+
+// Keys of a batch line and of its parts, as bits for the each-key-once check.
+const (
+	keyT = 1 << iota
+	keyV
+	keyPID
+	keyIdent
+	keyEvents
+	keyDropped
+)
+
+// scanBatch is Read's fast path; ok is false when ReadLine must decide.
+func (r *LineReader) scanBatch(b []byte) (*Line, bool) {
+	i := skipWS(b, 0)
+	if i >= len(b) || b[i] != '{' {
+		return nil, false
+	}
+	r.events = r.events[:0]
+	r.batch = Batch{}
+	var seen, v int
+	var pid uint64
+	i++
+	for {
+		i = skipWS(b, i)
+		key, n, ok := plainString(b, i)
+		if !ok {
+			return nil, false
+		}
+		i = skipWS(b, n)
+		if i >= len(b) || b[i] != ':' {
+			return nil, false
+		}
+		i = skipWS(b, i+1)
+		var bit int
+		switch string(key) {
+		case "t":
+			bit = keyT
+			var t []byte
+			if t, i, ok = plainString(b, i); !ok || string(t) != LineBatch {
+				return nil, false
+			}
+		case "v":
+			bit = keyV
+			var u uint64
+			if u, i, ok = scanUint(b, i); !ok || u != WireVersion {
+				return nil, false
+			}
+			v = int(u)
+		case "pid":
+			bit = keyPID
+			if pid, i, ok = scanUint(b, i); !ok || pid == 0 || pid > math.MaxInt32 {
+				return nil, false
+			}
+		case "dropped":
+			bit = keyDropped
+			if r.batch.Dropped, i, ok = scanUint(b, i); !ok {
+				return nil, false
+			}
+		case "ident":
+			bit = keyIdent
+			if i, ok = r.scanIdent(b, i); !ok {
+				return nil, false
+			}
+		case "events":
+			bit = keyEvents
+			if i, ok = r.scanEvents(b, i); !ok {
+				return nil, false
+			}
+		default:
+			return nil, false
+		}
+		if seen&bit != 0 {
+			return nil, false
+		}
+		seen |= bit
+		i = skipWS(b, i)
+		if i >= len(b) {
+			return nil, false
+		}
+		if b[i] == '}' {
+			break
+		}
+		if b[i] != ',' {
+			return nil, false
+		}
+		i++
+	}
+	if skipWS(b, i+1) != len(b) || seen&(keyT|keyV|keyPID) != keyT|keyV|keyPID {
+		return nil, false
+	}
+	r.batch.PID = int(pid)
+	r.batch.Events = r.events
+	if seen&keyIdent != 0 {
+		r.batch.Ident = &r.ident
+	}
+	r.line = Line{T: LineBatch, V: v, Batch: &r.batch}
+	return &r.line, true
+}
+
+// scanIdent reads the ident object (each key at most once, ints, a known role) into r.ident.
+func (r *LineReader) scanIdent(b []byte, i int) (int, bool) {
+	if i >= len(b) || b[i] != '{' {
+		return 0, false
+	}
+	r.ident = Ident{}
+	seen := 0
+	i = skipWS(b, i+1)
+	if i < len(b) && b[i] == '}' {
+		return i + 1, true
+	}
+	for {
+		key, n, ok := plainString(b, i)
+		if !ok {
+			return 0, false
+		}
+		i = skipWS(b, n)
+		if i >= len(b) || b[i] != ':' {
+			return 0, false
+		}
+		i = skipWS(b, i+1)
+		var bit int
+		var dst *int
+		switch string(key) {
+		case "role":
+			bit = 1
+			var role []byte
+			if role, i, ok = plainString(b, i); !ok {
+				return 0, false
+			}
+			switch string(role) {
+			case "":
+				r.ident.Role = ""
+			case RoleWorker:
+				r.ident.Role = RoleWorker
+			case RoleEngineCore:
+				r.ident.Role = RoleEngineCore
+			case RoleAPIServer:
+				r.ident.Role = RoleAPIServer
+			default:
+				return 0, false
+			}
+		case "dp":
+			bit, dst = 2, &r.ident.DP
+		case "pp":
+			bit, dst = 4, &r.ident.PP
+		case "tp":
+			bit, dst = 8, &r.ident.TP
+		case "ep":
+			bit, dst = 16, &r.ident.EP
+		case "rank":
+			bit, dst = 32, &r.ident.Rank
+		default:
+			return 0, false
+		}
+		if dst != nil {
+			var n int64
+			if n, i, ok = scanInt(b, i); !ok || n < math.MinInt32 || n > math.MaxInt32 {
+				return 0, false
+			}
+			*dst = int(n)
+		}
+		if seen&bit != 0 {
+			return 0, false
+		}
+		seen |= bit
+		i = skipWS(b, i)
+		if i >= len(b) {
+			return 0, false
+		}
+		if b[i] == '}' {
+			return i + 1, true
+		}
+		if b[i] != ',' {
+			return 0, false
+		}
+		i = skipWS(b, i+1)
+	}
+}
+
+// scanEvents reads the events array into r.events.
+func (r *LineReader) scanEvents(b []byte, i int) (int, bool) {
+	if i >= len(b) || b[i] != '[' {
+		return 0, false
+	}
+	i = skipWS(b, i+1)
+	if i < len(b) && b[i] == ']' {
+		return i + 1, true
+	}
+	for {
+		r.events = append(r.events, Event{})
+		var ok bool
+		if i, ok = r.scanEvent(b, i, &r.events[len(r.events)-1]); !ok {
+			return 0, false
+		}
+		i = skipWS(b, i)
+		if i >= len(b) {
+			return 0, false
+		}
+		if b[i] == ']' {
+			return i + 1, true
+		}
+		if b[i] != ',' {
+			return 0, false
+		}
+		i = skipWS(b, i+1)
+	}
+}
+
+// scanEvent reads one event object into e.
+func (r *LineReader) scanEvent(b []byte, i int, e *Event) (int, bool) {
+	if i >= len(b) || b[i] != '{' {
+		return 0, false
+	}
+	seen := 0
+	i = skipWS(b, i+1)
+	if i < len(b) && b[i] == '}' {
+		return i + 1, true
+	}
+	for {
+		key, n, ok := plainString(b, i)
+		if !ok {
+			return 0, false
+		}
+		i = skipWS(b, n)
+		if i >= len(b) || b[i] != ':' {
+			return 0, false
+		}
+		i = skipWS(b, i+1)
+		var bit int
+		switch string(key) {
+		case "kind", "table":
+			bit = 1
+			if key[0] == 't' {
+				bit = 2
+			}
+			var name []byte
+			if name, i, ok = plainString(b, i); !ok {
+				return 0, false
+			}
+			if bit == 1 {
+				e.Kind = r.intern(name)
+			} else {
+				e.Table = r.intern(name)
+			}
+		case "seq":
+			bit = 4
+			if e.Seq, i, ok = scanUint(b, i); !ok {
+				return 0, false
+			}
+		case "step":
+			bit = 8
+			if e.Step, i, ok = scanInt(b, i); !ok {
+				return 0, false
+			}
+		case "ts_ns":
+			bit = 16
+			if e.TsNS, i, ok = scanInt(b, i); !ok {
+				return 0, false
+			}
+		case "cols":
+			bit = 32
+			start := i
+			if i, ok = scanFlatCols(b, i); !ok {
+				return 0, false
+			}
+			e.Cols = b[start:i:i]
+		default:
+			return 0, false
+		}
+		if seen&bit != 0 {
+			return 0, false
+		}
+		seen |= bit
+		i = skipWS(b, i)
+		if i >= len(b) {
+			return 0, false
+		}
+		if b[i] == '}' {
+			return i + 1, true
+		}
+		if b[i] != ',' {
+			return 0, false
+		}
+		i = skipWS(b, i+1)
+	}
+}
+
+// intern returns name as a string shared by every event that names it.
+func (r *LineReader) intern(name []byte) string {
+	if s, ok := r.names[string(name)]; ok {
+		return s
+	}
+	s := string(name)
+	if r.names == nil {
+		r.names = map[string]string{}
+	}
+	if len(r.names) < maxInterned {
+		r.names[s] = s
+	}
+	return s
+}
+
+// scanFlatCols checks the cols value at b[i]: null or an object whose values are plain strings,
+// JSON numbers, true, false or null; it returns the index after it.
+func scanFlatCols(b []byte, i int) (int, bool) {
+	if hasPrefix(b[i:], "null") {
+		return i + 4, true
+	}
+	if i >= len(b) || b[i] != '{' {
+		return 0, false
+	}
+	i = skipWS(b, i+1)
+	if i < len(b) && b[i] == '}' {
+		return i + 1, true
+	}
+	for {
+		_, n, ok := plainString(b, i)
+		if !ok {
+			return 0, false
+		}
+		i = skipWS(b, n)
+		if i >= len(b) || b[i] != ':' {
+			return 0, false
+		}
+		i = skipWS(b, i+1)
+		if i >= len(b) {
+			return 0, false
+		}
+		switch c := b[i]; {
+		case c == '"':
+			if _, i, ok = plainString(b, i); !ok {
+				return 0, false
+			}
+		case c == 't' && hasPrefix(b[i:], "true"):
+			i += 4
+		case c == 'f' && hasPrefix(b[i:], "false"):
+			i += 5
+		case c == 'n' && hasPrefix(b[i:], "null"):
+			i += 4
+		default:
+			if i, ok = scanNumber(b, i); !ok {
+				return 0, false
+			}
+		}
+		i = skipWS(b, i)
+		if i >= len(b) {
+			return 0, false
+		}
+		if b[i] == '}' {
+			return i + 1, true
+		}
+		if b[i] != ',' {
+			return 0, false
+		}
+		i = skipWS(b, i+1)
+	}
+}
+
+// plainString reads the string at b[i] when it holds only printable ASCII without escapes and
+// returns its bytes (a slice of b) and the index after it.
+func plainString(b []byte, i int) ([]byte, int, bool) {
+	if i >= len(b) || b[i] != '"' {
+		return nil, 0, false
+	}
+	for j := i + 1; j < len(b); j++ {
+		switch c := b[j]; {
+		case c == '"':
+			return b[i+1 : j], j + 1, true
+		case c == '\\' || c < 0x20 || c >= utf8.RuneSelf:
+			return nil, 0, false
+		}
+	}
+	return nil, 0, false
+}
+
+// scanUint reads a JSON integer without sign, fraction or exponent that fits in a uint64.
+func scanUint(b []byte, i int) (uint64, int, bool) {
+	start := i
+	var n uint64
+	for ; i < len(b) && b[i] >= '0' && b[i] <= '9'; i++ {
+		d := uint64(b[i] - '0')
+		if n > (math.MaxUint64-d)/10 {
+			return 0, 0, false
+		}
+		n = n*10 + d
+	}
+	if i == start || (b[start] == '0' && i > start+1) || i < len(b) && (b[i] == '.' || b[i] == 'e' || b[i] == 'E') {
+		return 0, 0, false
+	}
+	return n, i, true
+}
+
+// scanInt reads a JSON integer without fraction or exponent that fits in an int64.
+func scanInt(b []byte, i int) (int64, int, bool) {
+	neg := i < len(b) && b[i] == '-'
+	if neg {
+		i++
+	}
+	u, i, ok := scanUint(b, i)
+	switch {
+	case !ok:
+		return 0, 0, false
+	case neg && u <= 1<<63:
+		return -int64(u), i, true
+	case !neg && u <= math.MaxInt64:
+		return int64(u), i, true
+	}
+	return 0, 0, false
+}
+
+// scanNumber checks the JSON number grammar at b[i] and returns the index after the number.
+func scanNumber(b []byte, i int) (int, bool) {
+	if i < len(b) && b[i] == '-' {
+		i++
+	}
+	digits := func() bool {
+		start := i
+		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
+			i++
+		}
+		return i > start
+	}
+	if i < len(b) && b[i] == '0' {
+		i++
+	} else if !digits() {
+		return 0, false
+	}
+	if i < len(b) && b[i] == '.' {
+		i++
+		if !digits() {
+			return 0, false
+		}
+	}
+	if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
+		i++
+		if i < len(b) && (b[i] == '+' || b[i] == '-') {
+			i++
+		}
+		if !digits() {
+			return 0, false
+		}
+	}
+	return i, true
+}

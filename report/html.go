@@ -26,6 +26,8 @@ var page = template.Must(template.New("report.html.tmpl").Funcs(template.FuncMap
 	"join":    strings.Join,
 	"css":     func() template.CSS { b, _ := assets.ReadFile("assets/report.css"); return template.CSS(b) },
 	"delta":   deltaText,
+	"cells":   gridCells,
+	"node":    gridNode,
 }).ParseFS(assets, "assets/report.html.tmpl"))
 
 // view is what the template renders: one report, or two side by side with their deltas.
@@ -42,6 +44,9 @@ type reportView struct {
 	Meta   *hub.Metadata
 	Tables []tableStatus
 	Hosts  []string
+	// Grid is the workers as one instance's rank grid per host, with the ranks that never joined
+	// (hub.NewRankGrid); nil without workers.
+	Grid *hub.RankGrid
 }
 
 type tableStatus struct {
@@ -51,7 +56,7 @@ type tableStatus struct {
 }
 
 func newReportView(r *Report) *reportView {
-	v := &reportView{Report: r, Meta: r.Session.Meta}
+	v := &reportView{Report: r, Meta: r.Session.Meta, Grid: hub.NewRankGrid(r.Session.Meta.Processes)}
 	for _, t := range proto.Default().Tables() {
 		n, ok := r.Session.Meta.Rows[t.Table]
 		v.Tables = append(v.Tables, tableStatus{Table: t.Table, Kind: t.Kind, Rows: n, Has: ok && n > 0})
@@ -74,6 +79,23 @@ func (r *Report) WriteHTML(w io.Writer) error {
 		return fmt.Errorf("write report: %w", err)
 	}
 	return nil
+}
+
+// gridCells is host h's global ranks with their group ranks: "w0(tp0 pp0 dp0) w1(tp1 pp0 dp0)".
+func gridCells(g *hub.RankGrid, h string) string {
+	var cells []string
+	for _, r := range g.Hosts[h] {
+		cells = append(cells, g.Cell(r))
+	}
+	return strings.Join(cells, " ")
+}
+
+// gridNode is host h's node rank in the instance, "—" when unknown.
+func gridNode(g *hub.RankGrid, h string) string {
+	if n, ok := g.Nodes[h]; ok {
+		return fmt.Sprint(n)
+	}
+	return "—"
 }
 
 func stamp(ns int64) string {

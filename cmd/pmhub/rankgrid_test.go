@@ -35,7 +35,7 @@ func TestRankGridNamesMissingRank(t *testing.T) {
 	if !reflect.DeepEqual(g.Missing, []int64{3}) {
 		t.Errorf("missing %v, want [3]", g.Missing)
 	}
-	text := strings.Join(g.lines(), "\n")
+	text := strings.Join(g.Lines(), "\n")
 	for _, want := range []string{"TP 2 x PP 2 x DP 1 = 4 ranks", "hostB: w2(tp0 pp1 dp0)", "never joined: w3 (tp 1, pp 1, dp 0)"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("grid lacks %q:\n%s", want, text)
