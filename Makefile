@@ -26,6 +26,7 @@ FUZZ_TARGETS := \
 	./hub/:FuzzDecode \
 	./proto/:FuzzDecodeLine \
 	./proto/:FuzzShimCodec \
+	./proto/:FuzzLineReader \
 	./agent/:FuzzSocketLines
 
 fuzz:
