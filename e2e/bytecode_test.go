@@ -14,7 +14,8 @@ import (
 
 // loadsFromByteCode runs `python -v -c pass` with shimDir on PYTHONPATH and
 // PYTHONDONTWRITEBYTECODE=1 (Python writes no byte-code itself) and fails the test unless
-// sitecustomize and profilemate.bootstrap were loaded from the byte-code of that interpreter.
+// sitecustomize and the profilemate package (the activation) were loaded from the byte-code of
+// that interpreter.
 func loadsFromByteCode(t *testing.T, python, shimDir string) {
 	t.Helper()
 	tag, err := exec.Command(python, "-I", "-c", "import sys; print(sys.implementation.cache_tag)").Output()
@@ -31,7 +32,7 @@ func loadsFromByteCode(t *testing.T, python, shimDir string) {
 	}
 	for _, want := range []string{
 		filepath.Join(shimDir, "__pycache__", "sitecustomize."+strings.TrimSpace(string(tag))+".pyc"),
-		filepath.Join(shimDir, "profilemate", "__pycache__", "bootstrap."+strings.TrimSpace(string(tag))+".pyc"),
+		filepath.Join(shimDir, "profilemate", "__pycache__", "__init__."+strings.TrimSpace(string(tag))+".pyc"),
 	} {
 		if !strings.Contains(stderr.String(), "code object from '"+want+"'") {
 			t.Errorf("%s: not loaded from %s", python, want)

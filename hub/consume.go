@@ -16,6 +16,9 @@ import (
 // carried are written and synced, so a crash at any point leads to redelivery, and redelivered
 // events already on disk are recognised by (host, pid, seq) and skipped.
 func (s *Server) Run(ctx context.Context) error {
+	if s.cl != nil {
+		return s.runShared(ctx)
+	}
 	hk := time.NewTicker(time.Second)
 	defer hk.Stop()
 	lastRetention := time.Time{}

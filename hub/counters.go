@@ -56,6 +56,10 @@ type Counters struct {
 	ConsumerRecreated int64            `json:"consumer_recreated"`
 	Bad               map[string]int64 `json:"bad"`      // skipped messages, and refused events of kept ones, by reason
 	Sessions          int              `json:"sessions"` // sessions open in memory
+	// Shared mode (cluster.go): Owned is the sessions whose lease this hub holds, Checkpoints the
+	// checkpoints it stored.
+	Owned       int   `json:"owned,omitempty"`
+	Checkpoints int64 `json:"checkpoints,omitempty"`
 }
 
 type counters struct {
@@ -118,6 +122,8 @@ type SessionInfo struct {
 	// Segments is how many segment folders of the session are on disk (1 for a session that never
 	// rotated; Rows and Bytes are summed over them).
 	Segments int `json:"segments"`
+	// Owner is the hub holding the session's lease (shared mode; empty when none does).
+	Owner string `json:"owner,omitempty"`
 }
 
 func sortedKeys[M ~map[string]V, V any](m M) []string {

@@ -86,6 +86,20 @@ type Config struct {
 	// Observe, when set, sees every event batch after it was written (a redelivered batch may be
 	// seen again); /metrics uses it. It runs on the consume path: keep it cheap.
 	Observe func(*Batch)
+
+	// StreamReplicas is the replica count the hub creates PROFILEMATE (and, shared, its buckets)
+	// with: 1 (default) on one server, 3 on a 3-node cluster. An existing stream keeps its own.
+	StreamReplicas int
+	// Shared runs the hub as one of several on one cluster (cluster.go, docs/SCALING.md): sessions
+	// are owned through leases, consumed by per-session consumers and checkpointed to the Object
+	// Store. Without it the hub reads the whole stream with one durable consumer.
+	Shared bool
+	// HubID names this hub in leases and the session index (shared; default DefaultHubID()).
+	HubID string
+	// LeaseTTL is how long a session lease lives without renewal (shared; renewed at a third).
+	LeaseTTL time.Duration
+	// CheckpointEvery is how often an owned session's folder is checkpointed (shared).
+	CheckpointEvery time.Duration
 }
 
 // Decoder turns one stream message into *Batch, *Life or *Heartbeat. Errors are *BadInput
@@ -119,6 +133,8 @@ type Server struct {
 	// rotated is set when a segment closed since the last segment retention pass.
 	rotated bool
 	hosts   map[string]HostMeta // latest known offset per host, for sessions that start later
+
+	cl *cluster // shared mode only (cluster.go)
 }
 
 // New checks cfg and prepares the data folder; Start brings the server up.
@@ -175,6 +191,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if err := cfg.sharedDefaults(); err != nil {
+		return nil, err
 	}
 	if cfg.Schema == nil || cfg.Decoder == nil {
 		ws, err := newWireSchema()
@@ -255,6 +274,16 @@ func (s *Server) Start(ctx context.Context) error {
 		s.Close()
 		return fmt.Errorf("hub: %w", err)
 	}
+	if s.cfg.Shared {
+		// Sessions are loaded when this hub claims them (cluster.go), not from the folder.
+		if err := s.startCluster(ctx); err != nil {
+			s.Close()
+			return err
+		}
+		s.started = s.cfg.Now()
+		s.log.Info("hub started (shared)", "url", s.url, "data", s.cfg.DataDir, "hub", s.cfg.HubID)
+		return nil
+	}
 	if err := s.loadSessions(); err != nil {
 		s.Close()
 		return err
@@ -266,6 +295,7 @@ func (s *Server) Start(ctx context.Context) error {
 
 // Close stops the NATS connection and the embedded server; sessions are left as committed.
 func (s *Server) Close() {
+	s.cl.close()
 	s.mu.Lock()
 	for _, ss := range s.sessions {
 		ss.closeFiles()
@@ -290,5 +320,10 @@ func (s *Server) Counters() Counters {
 	s.mu.Lock()
 	c.Sessions = len(s.sessions)
 	s.mu.Unlock()
+	if s.cl != nil {
+		s.cl.mu.Lock()
+		c.Owned = len(s.cl.owned)
+		s.cl.mu.Unlock()
+	}
 	return c
 }

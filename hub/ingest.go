@@ -259,6 +259,9 @@ type Health struct {
 // Health checks the consumer now and reports: not OK when the consumer cannot be read or
 // recreated, or when messages wait and nothing was applied for stallAfter.
 func (s *Server) Health(ctx context.Context) Health {
+	if s.cl != nil {
+		return s.sharedHealth()
+	}
 	s.checkConsumer(ctx, true)
 	return s.healthFromState()
 }

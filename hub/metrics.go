@@ -122,6 +122,7 @@ func (m *Metrics) Attach(s *Server) {
 			"messages delivered to the hub and not yet acknowledged", nil, nil)})
 	m.reg.MustRegister(&badCollector{s: s, desc: prometheus.NewDesc("profilemate_hub_bad_messages_total",
 		"messages skipped, by reason", []string{"reason"}, nil)})
+	m.attachShared(s)
 }
 
 // Observe feeds one written batch into the per-rank series.

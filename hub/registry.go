@@ -1,9 +1,12 @@
 package hub
 
 import (
+	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"regexp"
+	"time"
 )
 
 // Sessions lists every session under the data folder and every open session, open ones from
@@ -11,6 +14,14 @@ import (
 // metadata.json. A rotated session is listed once: its live segment's status, hosts and processes,
 // with Segments, Rows and Bytes over all its segments still on disk.
 func (s *Server) Sessions() []SessionInfo {
+	if s.cl != nil {
+		return s.sharedSessions(s.localSessions())
+	}
+	return s.localSessions()
+}
+
+// localSessions is Sessions from the data folder and memory alone.
+func (s *Server) localSessions() []SessionInfo {
 	// The folder is listed under the lock and open sessions come from memory: a session whose
 	// first round is being applied has no folder yet but is active (metrics pruning relies on it).
 	s.mu.Lock()
@@ -118,13 +129,11 @@ func (s *Server) loadSessions() error {
 				continue
 			}
 		}
-		ss, err := loadSession(dir, e.Name(), s.cfg.Schema, s.cfg.SessionMaxBytes, now)
-		if err != nil {
+		ss, err := s.reloadSession(e.Name(), now)
+		if err != nil || ss == nil {
 			s.log.Error("session not reloaded", "session", e.Name(), "err", err)
 			continue
 		}
-		ss.known = s.hosts
-		s.initSegment(ss, now)
 		s.sessions[e.Name()] = ss
 		s.log.Info("session reloaded", "session", e.Name(), "rows", ss.meta.Rows)
 	}
@@ -139,31 +148,63 @@ func (s *Server) openSession(id string) (*session, error) {
 	if !sessionRE.MatchString(id) {
 		return nil, bad(ReasonSession, fmt.Errorf("session id %q is not a folder name", id))
 	}
-	dir := SessionDir(s.cfg.DataDir, id)
 	now := s.cfg.Now()
+	ss, err := s.reloadSession(id, now)
+	if err != nil {
+		return nil, bad(ReasonWrite, err)
+	}
+	if ss == nil {
+		ss = newSession(SessionDir(s.cfg.DataDir, id), id, s.cfg.Schema, s.cfg.SessionMaxBytes, now)
+		ss.known = s.hosts
+		s.initSegment(ss, now)
+	}
+	s.sessions[id] = ss
+	return ss, nil
+}
+
+// reloadSession rebuilds session id from disk (nil, nil when nothing of it is there): from its own
+// folder; or, when a rotation stopped before the next segment's metadata was written there (no
+// folder, or one without metadata.json), from its newest closed segment, continued into a new
+// live segment. A rotation that stopped after its closed segment was recorded but before the
+// folder moved is finished too.
+func (s *Server) reloadSession(id string, now time.Time) (*session, error) {
+	dir := SessionDir(s.cfg.DataDir, id)
+	_, statErr := os.Stat(dir)
+	_, metaErr := ReadMetadata(dir)
+	last := ""
+	if statErr != nil || errors.Is(metaErr, os.ErrNotExist) {
+		last = s.lastClosedSegment(id)
+	}
 	var ss *session
-	if _, err := os.Stat(dir); err == nil {
-		ss, err = loadSession(dir, id, s.cfg.Schema, s.cfg.SessionMaxBytes, now)
-		if err != nil {
-			return nil, bad(ReasonWrite, err)
+	var err error
+	switch {
+	case last != "":
+		if ss, err = loadSession(last, id, s.cfg.Schema, s.cfg.SessionMaxBytes, now); err != nil {
+			return nil, err
 		}
-	} else if last := s.lastClosedSegment(id); last != "" {
-		// A rotation stopped between moving the live folder away and opening the next one.
-		ss, err = loadSession(last, id, s.cfg.Schema, s.cfg.SessionMaxBytes, now)
-		if err != nil {
-			return nil, bad(ReasonWrite, err)
+		if ss.meta.Segment == nil {
+			_, idx, _ := SplitSegmentFolder(filepath.Base(last))
+			ss.meta.Segment = &SegmentMeta{Index: idx}
 		}
-	} else {
-		ss = newSession(dir, id, s.cfg.Schema, s.cfg.SessionMaxBytes, now)
+	case statErr == nil:
+		if ss, err = loadSession(dir, id, s.cfg.Schema, s.cfg.SessionMaxBytes, now); err != nil {
+			return nil, err
+		}
+	default:
+		return nil, nil
 	}
 	ss.known = s.hosts
 	s.initSegment(ss, now)
 	if ss.meta.Segment != nil && (ss.dir != dir || ss.meta.EndReason == EndRotated) {
-		// Its newest segment was being closed by a rotation that did not finish: finish it.
 		if err := s.closeSegment(ss, now); err != nil {
-			return nil, bad(ReasonWrite, err)
+			return nil, err
+		}
+		// Rows a crash left in the new folder before its metadata (none are written before it).
+		for _, t := range s.cfg.Schema.Tables() {
+			if err := ss.scanTable(t); err != nil {
+				return nil, err
+			}
 		}
 	}
-	s.sessions[id] = ss
 	return ss, nil
 }

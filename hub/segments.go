@@ -248,9 +248,10 @@ func (s *Server) lastClosedSegment(id string) string {
 	if err != nil {
 		return ""
 	}
-	last := dirs[len(dirs)-1]
-	if _, _, closed := SplitSegmentFolder(filepath.Base(last)); closed {
-		return last
+	for i := len(dirs) - 1; i >= 0; i-- {
+		if _, _, closed := SplitSegmentFolder(filepath.Base(dirs[i])); closed {
+			return dirs[i]
+		}
 	}
 	return ""
 }

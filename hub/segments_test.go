@@ -349,7 +349,8 @@ func TestRotationByAgeOnTheHubClock(t *testing.T) {
 }
 
 // closeLiveByHand leaves data as a hub that stopped half-way through closing S1's live segment
-// would: moved to its closed name and/or marked ended by rotation.
+// would: moved to its closed name and/or marked ended by rotation; with next, the next segment's
+// folder made but its metadata not yet written (a torn temporary file in it).
 func closeLiveByHand(t *testing.T, data string, move, mark bool) (closed string) {
 	t.Helper()
 	live := SessionDir(data, "S1")
@@ -396,11 +397,25 @@ func TestRotationInterruptedFinishes(t *testing.T) {
 	stop()
 	next := uint64(13)
 	for _, st := range []struct {
-		name       string
-		move, mark bool
-	}{{"moved, not recorded", true, false}, {"moved and recorded", true, true}, {"recorded, not moved", false, true}} {
+		name             string
+		move, mark, next bool
+	}{
+		{"moved, not recorded", true, false, false},
+		{"moved and recorded", true, true, false},
+		{"recorded, not moved", false, true, false},
+		{"next folder made, its metadata not written", true, true, true},
+	} {
 		before, _ := Segments(data, "S1")
 		closed := closeLiveByHand(t, data, st.move, st.mark)
+		if st.next {
+			live := SessionDir(data, "S1")
+			if err := os.MkdirAll(live, 0o750); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(live, MetadataFile+".tmp"), []byte(`{"sess`), 0o640); err != nil {
+				t.Fatal(err)
+			}
+		}
 		s, stop := startHubCfg(t, cfg)
 		if st.move {
 			if m, err := ReadMetadata(closed); err != nil || m.Status != StatusEnded || m.EndReason != EndRotated {

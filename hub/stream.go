@@ -17,6 +17,7 @@ func (s *Server) setupStream(ctx context.Context) error {
 	s.js = js
 	cfg := streamConfig()
 	cfg.MaxBytes, cfg.MaxAge = s.cfg.StreamMaxBytes, s.cfg.StreamMaxAge
+	cfg.Replicas = max(s.cfg.StreamReplicas, 1)
 	if cfg.MaxMsgSize <= 0 || int(cfg.MaxMsgSize) > s.cfg.MaxMsgBytes {
 		cfg.MaxMsgSize = int32(s.cfg.MaxMsgBytes)
 	}
@@ -29,6 +30,16 @@ func (s *Server) setupStream(ctx context.Context) error {
 			return fmt.Errorf("hub: create stream %s: %w", cfg.Name, err)
 		}
 		s.log.Warn("adopting existing stream with its own config", "stream", cfg.Name, "err", err)
+	}
+	if info := st.CachedInfo(); info != nil {
+		s.log.Info("stream", "stream", cfg.Name, "replicas", info.Config.Replicas, "max_bytes", info.Config.MaxBytes,
+			"max_age", info.Config.MaxAge)
+		if info.Config.Replicas < cfg.Replicas {
+			s.log.Warn("stream has fewer replicas than asked for", "stream", cfg.Name, "replicas", info.Config.Replicas, "want", cfg.Replicas)
+		}
+	}
+	if s.cfg.Shared {
+		return nil // per-session consumers (cluster.go)
 	}
 	return s.openConsumer(ctx, st)
 }

@@ -48,7 +48,8 @@ const findingsFile = "findings.csv"
 // column, such as plugins' derived tables, are filtered by ts_ns; rows of a table with neither are
 // all kept), under the union of the segments' headers; metadata.json is the newest segment's, with
 // rows, bytes and per-process rows counted from what was copied, duplicates and the other drop
-// counters summed over the segments read, no segment record, and Window saying which segments and
+// counters summed over the segments read, start_ns the session's start (or, when its first
+// segment is not read, the first row's aligned time; at least Since), no segment record, and Window saying which segments and
 // range it holds. Segments whose rows' aligned range (SegmentMeta) lies outside w are not read.
 // Without a range, findings.csv is concatenated and plugins.json copied; with one, both are left
 // out (findings are then computed from the rows in range). It returns the written metadata.
@@ -110,6 +111,7 @@ func CopyWindow(dirs []string, w Window, dst string) (*Metadata, error) {
 			out.Bytes += size
 		}
 	}
+	var firstRow int64 // the smallest ts_aligned_ns of the segments read (0: unknown)
 	for _, m := range metas {
 		out.Duplicates += m.Duplicates
 		out.DroppedByCap += m.DroppedByCap
@@ -117,6 +119,14 @@ func CopyWindow(dirs []string, w Window, dst string) (*Metadata, error) {
 		if m.StartNS > 0 && (out.StartNS == 0 || m.StartNS < out.StartNS) {
 			out.StartNS = m.StartNS
 		}
+		if g := m.Segment; g != nil && (g.FirstAlignedNS != 0 || g.LastAlignedNS != 0) && (firstRow == 0 || g.FirstAlignedNS < firstRow) {
+			firstRow = g.FirstAlignedNS
+		}
+	}
+	// Readers count time from start_ns (report's plots): when the session's first segments are
+	// not read (removed by retention, or before the range), the copy starts at its first row.
+	if len(metas) > 0 && metas[0].Segment != nil && metas[0].Segment.Index > 0 && firstRow > 0 {
+		out.StartNS = firstRow
 	}
 	if !w.Since.IsZero() && w.Since.UnixNano() > out.StartNS {
 		out.StartNS = w.Since.UnixNano()

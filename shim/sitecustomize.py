@@ -8,8 +8,8 @@ sys.path is executed here under the same name to keep it working.
 
 def _profilemate_start():
     try:
-        import profilemate.bootstrap as _b
-        _b.bootstrap("sitecustomize")
+        import profilemate as _p
+        _p.activate("sitecustomize")
     except Exception:  # the shim must never break the interpreter's start-up
         pass
 
@@ -21,16 +21,26 @@ def _profilemate_chain():
         here = os.path.dirname(os.path.abspath(__file__))
     except Exception:
         return
-    seen_self = False
-    for entry in list(sys.path):
+    entries = list(sys.path)
+    try:
+        rest = entries[entries.index(here) + 1:]  # PYTHONPATH names this folder as it is (pmagent)
+    except ValueError:
+        rest = None
+        for i, entry in enumerate(entries):
+            try:
+                if os.path.abspath(entry or os.getcwd()) == here:
+                    rest = entries[i + 1:]
+                    break
+            except Exception:
+                continue
+        if rest is None:
+            return
+    for entry in rest:
         try:
             folder = os.path.abspath(entry or os.getcwd())
         except Exception:
             continue
         if folder == here:
-            seen_self = True
-            continue
-        if not seen_self:
             continue
         for candidate in (os.path.join(folder, "sitecustomize.py"),
                           os.path.join(folder, "sitecustomize", "__init__.py")):

@@ -28,10 +28,13 @@ import (
 const Installer = "pmagent"
 
 // PthName is the .pth file placed at the root of site-packages. A .pth line that starts with
-// "import" is executed by site.py at interpreter start; it must stay one line.
+// "import" is executed by site.py at interpreter start; it must stay one line. It imports the
+// package alone (the activation lives in profilemate/__init__.py), so a Python that never imports
+// vLLM loads one module of the shim; older installs' line, `import profilemate.bootstrap as b;
+// b.bootstrap("pth")`, keeps working.
 const (
 	PthName = "profilemate.pth"
-	PthLine = `import profilemate.bootstrap as b; b.bootstrap("pth")`
+	PthLine = `import profilemate; profilemate.activate("pth")`
 )
 
 // EntryPoints is the dist-info's entry_points.txt: vLLM loads general plugins in every process it

@@ -20,7 +20,7 @@ import (
 // exercised by TestInstallActivatesShim.
 func fixture(version string) Source {
 	return Source{Version: version, FS: fstest.MapFS{
-		"profilemate/__init__.py":         {Data: []byte("VERSION = '" + version + "'\n")},
+		"profilemate/__init__.py":         {Data: []byte("VERSION = '" + version + "'\n\ndef activate(origin):\n    pass\n")},
 		"profilemate/bootstrap.py":        {Data: []byte("def bootstrap(origin):\n    pass\n\ndef vllm_plugin():\n    pass\n")},
 		"profilemate/targets/__init__.py": {Data: []byte("TARGETS = []\n")},
 		"profilemate/__pycache__/x.pyc":   {Data: []byte("stale")},

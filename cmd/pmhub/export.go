@@ -49,8 +49,11 @@ func runExport(c *cli.Context) error {
 	if err != nil {
 		return cli.Exit("pmhub export: "+err.Error(), 2)
 	}
-	view, err := openView(c.String("data"), c.Args().First(), w)
+	view, err := openViewOf(c, c.Args().First(), w)
 	if err != nil {
+		if _, ok := err.(cli.ExitCoder); ok {
+			return err
+		}
 		return cli.Exit("pmhub export: "+err.Error(), 1)
 	}
 	defer view.Close()

@@ -54,7 +54,7 @@ func runReport(c *cli.Context) error {
 		return cli.Exit("pmhub report: "+err.Error(), 2)
 	}
 	build := func(arg string) (*report.Report, error) {
-		view, err := openView(c.String("data"), arg, w)
+		view, err := openViewOf(c, arg, w)
 		if err != nil {
 			return nil, err
 		}
@@ -129,26 +129,29 @@ func reportHTTP(mux *http.ServeMux, h *hub.Server) {
 		}
 		win := hub.Window{Since: since, Until: until}
 		build := func(id string) (*report.Report, int, error) {
-			for _, s := range h.Sessions() {
-				if s.Session == id {
-					dir := s.Dir
-					if !win.IsZero() {
-						// s.Dir is <data>/sessions/<id>.
-						view, err := openView(filepath.Dir(filepath.Dir(s.Dir)), id, win)
-						if err != nil {
-							return nil, http.StatusInternalServerError, fmt.Errorf("report: %w", err)
-						}
-						defer view.Close()
-						dir = view.Dir
-					}
-					rep, err := report.Build(dir, report.Options{Analyzer: reportAnalyzer})
-					if err != nil {
-						return nil, http.StatusInternalServerError, fmt.Errorf("report: %w", err)
-					}
-					return rep, 0, nil
-				}
+			// Shared hubs serve every session: one this hub has no current copy of comes from its
+			// checkpoint (hub.SessionFolder).
+			dir, err := h.SessionFolder(r.Context(), id)
+			if errors.Is(err, hub.ErrNoSession) {
+				return nil, http.StatusNotFound, fmt.Errorf("no session %q on this hub (see /report/)", id)
 			}
-			return nil, http.StatusNotFound, fmt.Errorf("no session %q on this hub (see /report/)", id)
+			if err != nil {
+				return nil, http.StatusInternalServerError, fmt.Errorf("report: %w", err)
+			}
+			if !win.IsZero() {
+				// dir is <root>/sessions/<id>.
+				view, err := openView(filepath.Dir(filepath.Dir(dir)), id, win)
+				if err != nil {
+					return nil, http.StatusInternalServerError, fmt.Errorf("report: %w", err)
+				}
+				defer view.Close()
+				dir = view.Dir
+			}
+			rep, err := report.Build(dir, report.Options{Analyzer: reportAnalyzer})
+			if err != nil {
+				return nil, http.StatusInternalServerError, fmt.Errorf("report: %w", err)
+			}
+			return rep, 0, nil
 		}
 		rep, code, err := build(r.PathValue("session"))
 		if err != nil {

@@ -47,6 +47,11 @@ func serveCommand() *cli.Command {
 		&cli.Int64Flag{Name: "dead-letter-max-count", Value: hub.DefaultDeadLetterMaxCount, EnvVars: []string{"PROFILEMATE_HUB_DEAD_LETTER_MAX_COUNT"}, Usage: "messages kept in <data>/deadletter/ (> 0); beyond, they are only counted"},
 		&cli.Int64Flag{Name: "dead-letter-max-bytes", Value: hub.DefaultDeadLetterMaxBytes, EnvVars: []string{"PROFILEMATE_HUB_DEAD_LETTER_MAX_BYTES"}, Usage: "bytes kept in <data>/deadletter/ (> 0); beyond, messages are only counted"},
 		&cli.DurationFlag{Name: "retention", Value: hub.DefaultRetention, EnvVars: []string{"PROFILEMATE_RETENTION"}, Usage: "remove ended sessions older than this (> 0; -1s: keep forever)"},
+		&cli.IntFlag{Name: "stream-replicas", Value: 1, EnvVars: []string{"PROFILEMATE_STREAM_REPLICAS"}, Usage: "replicas of the PROFILEMATE stream and the shared buckets when this hub creates them (3 on a 3-node cluster; an existing stream keeps its own)"},
+		&cli.StringFlag{Name: "mode", Value: "auto", EnvVars: []string{"PROFILEMATE_HUB_MODE"}, Usage: "single (one hub reads the whole stream), shared (hubs share sessions through leases, docs/SCALING.md) or auto (shared with --nats)"},
+		&cli.StringFlag{Name: "hub-id", EnvVars: []string{"PROFILEMATE_HUB_ID"}, Usage: "this hub's name in leases and the session index (shared mode; default: host name and a random suffix)"},
+		&cli.DurationFlag{Name: "lease-ttl", Value: hub.DefaultLeaseTTL, EnvVars: []string{"PROFILEMATE_LEASE_TTL"}, Usage: "a session lease lapses this long after its last renewal (shared mode; renewed every third; at least 1s)"},
+		&cli.DurationFlag{Name: "checkpoint-interval", Value: hub.DefaultCheckpointEvery, EnvVars: []string{"PROFILEMATE_CHECKPOINT_INTERVAL"}, Usage: "how often an owned session is checkpointed to the Object Store (shared mode; > 0)"},
 	)
 	flags = append(flags, rotateFlags()...)
 	cmd := &cli.Command{
@@ -71,6 +76,15 @@ func serveLimits(c *cli.Context) error {
 			return fmt.Errorf("--%s %v: must be positive, or -1 for none", name, v)
 		}
 		return fmt.Errorf("--%s %v: must be positive", name, v)
+	}
+	if n := c.Int("stream-replicas"); n < 1 || n > 5 {
+		return fmt.Errorf("--stream-replicas %d: want 1 to 5", n)
+	}
+	if c.Duration("lease-ttl") < time.Second {
+		return fmt.Errorf("--lease-ttl %s: at least 1s", c.Duration("lease-ttl"))
+	}
+	if c.Duration("checkpoint-interval") <= 0 {
+		return fmt.Errorf("--checkpoint-interval %s: must be positive", c.Duration("checkpoint-interval"))
 	}
 	idle, age, ret := c.Duration("session-idle"), c.Duration("stream-max-age"), c.Duration("retention")
 	sb, smb := c.Int64("stream-max-bytes"), c.Int64("session-max-bytes")
@@ -109,7 +123,9 @@ func serve(c *cli.Context) error {
 		StreamMaxAge: c.Duration("stream-max-age"), SessionMaxBytes: c.Int64("session-max-bytes"),
 		Retention: c.Duration("retention"), DeadLetterMaxCount: c.Int64("dead-letter-max-count"),
 		DeadLetterMaxBytes: c.Int64("dead-letter-max-bytes"),
-		RotateEvery:        c.Duration("rotate-every"), RotateBytes: c.Int64("rotate-bytes"),
+		StreamReplicas:     c.Int("stream-replicas"), HubID: c.String("hub-id"), LeaseTTL: c.Duration("lease-ttl"),
+		CheckpointEvery: c.Duration("checkpoint-interval"),
+		RotateEvery:     c.Duration("rotate-every"), RotateBytes: c.Int64("rotate-bytes"),
 		SegmentsMaxAge: c.Duration("segments-max-age"), SegmentsMaxBytes: c.Int64("segments-max-bytes"),
 		Server: hub.ServerSecurity{
 			Token: c.String("server-auth-token"), User: c.String("server-user"), Password: c.String("server-password"),
@@ -118,6 +134,14 @@ func serve(c *cli.Context) error {
 		},
 	}
 	client := natsclient.FromCLI(c)
+	switch mode := c.String("mode"); mode {
+	case "auto":
+		cfg.Shared = client.URL != ""
+	case "shared", "single":
+		cfg.Shared = mode == "shared"
+	default:
+		return exit(fmt.Errorf("--mode %q: want single, shared or auto", mode))
+	}
 	if client.URL != "" {
 		opts, err := client.Options()
 		if err != nil {
@@ -154,6 +178,12 @@ func serve(c *cli.Context) error {
 		return err
 	}
 	defer h.Close()
+	if cfg.Shared && c.Bool("plugins") {
+		// Each plugin's durable consumer reads every session of the stream: on several shared hubs
+		// they would split its messages and write derived rows into folders their hub does not own.
+		slog.Warn("profiler plugins are not shared-mode aware: run them on one hub only (--plugins=false on the others)",
+			"component", "pmhub", "hub", cfg.HubID)
+	}
 	stopPlugins, err := startPlugins(c, h)
 	if err != nil {
 		return err

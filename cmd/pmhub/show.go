@@ -44,7 +44,7 @@ func showCommand() *cli.Command {
 			if err != nil {
 				return cli.Exit("pmhub show: "+err.Error(), 2)
 			}
-			view, err := openView(c.String("data"), c.Args().First(), w)
+			view, err := openViewOf(c, c.Args().First(), w)
 			if err != nil {
 				return cli.Exit("pmhub show: "+err.Error(), 1)
 			}
@@ -100,6 +100,21 @@ func listSessions(c *cli.Context) error {
 			l.StartNS = min(l.StartNS, m.StartNS)
 		}
 		l.Segments++
+	}
+	// With --nats: the sessions of the cluster's index too (shared hubs, docs/SCALING.md).
+	metas := make([]*hub.Metadata, len(list))
+	for i, l := range list {
+		metas[i] = l.Metadata
+	}
+	if metas, err = withIndex(c, metas); err != nil {
+		return err
+	}
+	for i, m := range metas {
+		if i < len(list) {
+			list[i].Metadata = m
+		} else {
+			list = append(list, &listed{Metadata: m, Segments: 1})
+		}
 	}
 	sort.Slice(list, func(i, j int) bool { return list[i].StartNS < list[j].StartNS })
 	if c.Bool("json") {

@@ -5,6 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -24,10 +28,11 @@ import (
 // rotatedSession runs a real hub with rotation by size and publishes, for two workers, one
 // forward_pass_timing row a minute for 30 minutes from t0 (cpu_ms = the minute), through the wire
 // contract; it returns once every row is on disk, in several segments.
-func rotatedSession(t *testing.T) (data string, t0 time.Time) {
+func rotatedSession(t *testing.T) (h *hub.Server, data string, t0 time.Time) {
 	t.Helper()
 	data = t.TempDir()
-	h, err := hub.New(hub.Config{DataDir: data, Listen: "127.0.0.1:-1", SessionIdle: time.Hour, RotateBytes: 1500})
+	var err error
+	h, err = hub.New(hub.Config{DataDir: data, Listen: "127.0.0.1:-1", SessionIdle: time.Hour, RotateBytes: 1500})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,7 +78,7 @@ func rotatedSession(t *testing.T) (data string, t0 time.Time) {
 			if len(dirs) < 3 {
 				t.Fatalf("%d segments, want several", len(dirs))
 			}
-			return data, t0
+			return h, data, t0
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("%d of 60 rows on disk", rows)
@@ -93,7 +98,7 @@ func windowApp(out *bytes.Buffer) *cli.App {
 // with its segment count and all its rows; show, report and export read every segment, and
 // --since/--until select exactly the rows of that range of the aligned clock across segments.
 func TestShowReportExportTimeRangeAcrossSegments(t *testing.T) {
-	data, t0 := rotatedSession(t)
+	h, data, t0 := rotatedSession(t)
 	dirs, _ := hub.Segments(data, "LONG")
 	run := func(args ...string) string {
 		t.Helper()
@@ -178,6 +183,30 @@ func TestShowReportExportTimeRangeAcrossSegments(t *testing.T) {
 	}
 	if out := run("export", "--data", data, "--format", "parquet", "-o", pq+"2", "LONG"); !strings.Contains(out, "forward_pass_timing.parquet\t60 rows") {
 		t.Errorf("export of all segments:\n%s", out)
+	}
+
+	// The served page takes the range as query parameters; a bad one is a 400 naming it.
+	mux := http.NewServeMux()
+	reportHTTP(mux, h)
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	for _, tt := range []struct {
+		query string
+		code  int
+		want  string
+	}{
+		{"?since=" + url.QueryEscape(since) + "&until=" + url.QueryEscape(until), 200, `id="step-time"`},
+		{"?since=yesterday", 400, "RFC 3339"},
+	} {
+		resp, err := http.Get(srv.URL + "/report/LONG" + tt.query)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tt.code || !bytes.Contains(body, []byte(tt.want)) {
+			t.Errorf("GET /report/LONG%s: %d, want %d with %q", tt.query, resp.StatusCode, tt.code, tt.want)
+		}
 	}
 
 	// Bad ranges are refused with both forms named.

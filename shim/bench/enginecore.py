@@ -15,7 +15,7 @@
    shim, alternated; the added time is reported per step and as a share of the scheduler's own
    CPU time.
 
-Run: python3 shim/bench/enginecore.py [--step-work-ms N] [--rounds N] [--pinned]
+Run: python3 shim/bench/enginecore.py [--step-work-ms N] [--rounds N] [--pinned [--versus OLD_SHIM_DIR]]
 """
 import argparse
 import collections
@@ -162,13 +162,14 @@ PINNED_ENV = {"PMSIM_MAX_NUM_SEQS": "64", "PMSIM_REQUESTS": "96", "PMSIM_NUM_BLO
               "PMSIM_STEP_WORK_MS": "0"}
 
 
-def pinned_run(shim, era="v0_16_0"):
+def pinned_run(shim, era="v0_16_0", shim_dir=SHIM):
     """Scheduler CPU (schedule() + update_from_output(), the calling thread's CPU time, wrappers
-    included) per step on the pinned workload, with or without the shim (CSV sink)."""
+    included) per step on the pinned workload, with or without the shim (CSV sink); shim_dir: the
+    shim folder to load (another tree's, for a before/after comparison on this test tree)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PROFILEMATE_", "VLLM_", "PMSIM_"))}
     env.update(PINNED_ENV)
-    env.update(PYTHONPATH=os.pathsep.join(([SHIM] if shim else []) + [os.path.join(ROOT, "testbed", "eras", era),
-                                                                     os.path.join(ROOT, "testbed")]),
+    env.update(PYTHONPATH=os.pathsep.join(([shim_dir] if shim else []) + [os.path.join(ROOT, "testbed", "eras", era),
+                                                                         os.path.join(ROOT, "testbed")]),
                PMSIM_TP="1", PYTHONDONTWRITEBYTECODE="1", PROFILEMATE_SOCKET="off")
     with tempfile.TemporaryDirectory() as out:
         env["PROFILEMATE_OUTPUT_DIR"] = out
@@ -180,6 +181,37 @@ def pinned_run(shim, era="v0_16_0"):
         if res["shim"] != shim:
             raise SystemExit("shim active=%s, wanted %s" % (res["shim"], shim))
     return res
+
+
+def pinned_versus(rounds, before):
+    """No shim, the shim of `before` and this checkout's shim, alternated per round on this test tree."""
+    print("\nPinned workload (%s), %d rounds, the three variants alternated in each; scheduler CPU per step "
+          "(schedule + update_from_output, thread CPU time, mean of the steps after the first 20); before: %s" % (
+              " ".join("%s=%s" % kv for kv in sorted(PINNED_ENV.items())), rounds, before))
+    print("\n| round | steps | preemptions | evictions | without shim (us/step) | shim before (us/step) | "
+          "shim after (us/step) | added before | added after | after, share of scheduler CPU |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    adds = []
+    for i in range(rounds):
+        off = pinned_run(False)
+        old = pinned_run(True, shim_dir=before)
+        new = pinned_run(True)
+        for r in (old, new):
+            if (off["steps"], off["preemptions"], off["evictions"]) != (r["steps"], r["preemptions"], r["evictions"]):
+                raise SystemExit("the shim changed the workload: %r vs %r" % (off, r))
+        a, b, c = (statistics.median(x["per_step"][20:]) / 1e3 for x in (off, old, new))
+        # The workload is deterministic, so step i does the same scheduling work in every run: the
+        # median of the per-step differences cancels the work that differs between steps.
+        db = statistics.median(y - x for x, y in zip(off["per_step"][20:], old["per_step"][20:])) / 1e3
+        dc = statistics.median(y - x for x, y in zip(off["per_step"][20:], new["per_step"][20:])) / 1e3
+        adds.append((db, dc, dc / a))
+        print("| %d | %d | %d | %d | %.1f | %.1f | %.1f | %+.1f | %+.1f | %+.1f %% |" % (
+            i + 1, off["steps"], off["preemptions"], off["evictions"], a, b, c, db, dc, dc / a * 100),
+            flush=True)
+    print("\n(us/step: median over the steps; added: median of the per-step differences to the run without shim)")
+    print("\nmedian over rounds: added before %.1f us per step, after %.1f us per step (%.1f %% of the scheduler's "
+          "own CPU time)" % (statistics.median(x for x, _, _ in adds), statistics.median(y for _, y, _ in adds),
+                             statistics.median(z for _, _, z in adds) * 100))
 
 
 def pinned(rounds):
@@ -241,9 +273,13 @@ def main():
     ap.add_argument("--step-work-ms", type=float, default=10.0, help="PMSIM_STEP_WORK_MS (simulator default 10)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--pinned", action="store_true", help="only the pinned scheduler workload (per-step cost and share)")
+    ap.add_argument("--versus", help="with --pinned: another shim folder (before), run alongside this checkout's")
     args = ap.parse_args()
     print("machine: %s, %d CPUs; Python %s; load average %.1f" % (machine(), os.cpu_count(), platform.python_version(),
                                                                  os.getloadavg()[0]))
+    if args.pinned and args.versus:
+        pinned_versus(args.rounds, os.path.abspath(args.versus))
+        return
     if args.pinned:
         pinned(args.rounds)
         return

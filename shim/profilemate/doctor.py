@@ -55,8 +55,9 @@ def agent_socket():
 
 def check():
     """Returns the report as a dict (targets: list of {target, status, reason, module})."""
-    from profilemate import bootstrap, patching, targets
-    mode, reason = bootstrap.decision()
+    import profilemate
+    from profilemate import patching, targets
+    mode, reason = profilemate.decision()
     report = {"activation": {"mode": mode, "reason": reason},
               "sitecustomize": _which_sitecustomize(), "python": sys.version.split()[0],
               "vllm": "", "warnings": [], "targets": []}
@@ -111,8 +112,8 @@ def check():
 
 def main(argv):
     as_json = "--json" in argv
-    from profilemate import importhook
-    importhook.uninstall()
+    import profilemate
+    profilemate.uninstall_finder()
     report = check()
     if as_json:
         print(json.dumps(report["targets"], indent=1))

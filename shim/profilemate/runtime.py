@@ -9,13 +9,14 @@ child); the only lock the flush path takes is S.lock, replaced in every forked c
 go out with os.write (no buffered-stream lock). docs/shim.md, "process lifecycles".
 """
 import atexit
+import operator
 import os
 import signal
 import sys
 import threading
 import time
 
-from profilemate import importhook, patching, procinfo, redact, schema, sinks, targets
+from profilemate import patching, procinfo, redact, schema, sinks, targets
 from profilemate.gpu_timing import POOL
 from profilemate.identity import IDENT
 from profilemate.recorder import RECORDER
@@ -74,14 +75,23 @@ _enabled = None  # set of enabled kinds
 FINAL_HOOKS = []
 NOTES = {}
 TABLES_SEEN = set()  # tables this process recorded rows for (metadata.json "tables")
+_TABLE_OF = operator.itemgetter(4)  # an event's table
 
 
 def enabled(kind):
     return _enabled is None or kind in _enabled
 
 
-def record(kind, table, cols, step=None):
-    RECORDER.record(kind, table, cols, step)
+# record(kind, table, cols, step=None): the recorder's own function, so a target's wrapper pays one
+# call per event, not two (docs/BENCHMARKS.md, "Recording and flush-thread CPU").
+record = RECORDER.record
+
+
+def _recorder_kinds():
+    """The recorder's filter: None (nothing to check per event) while every kind is on."""
+    if _enabled is None or _enabled >= set(schema.KINDS):
+        return None
+    return set(_enabled)
 
 
 def next_step(source="scheduler"):
@@ -132,7 +142,7 @@ def start(why, armed=False):
     _name_ray_instance()
     _capture_process()
     _enabled = parse_profilers(os.environ.get(ENV_PROFILERS, ""))
-    RECORDER.enabled_kinds = set(_enabled)
+    RECORDER.enabled_kinds = _recorder_kinds()
     for t in _all_targets():
         S.targets.setdefault(t.name, {"status": "not_loaded", "reason": "", "handles": [], "paths": {}})
     _open_sink()
@@ -359,7 +369,7 @@ def set_profiler(kind, on):
         if mc is not None:
             mc.COUNTERS.rebase_pending = True
     (_enabled.add if on else _enabled.discard)(kind)
-    RECORDER.enabled_kinds = set(_enabled)
+    RECORDER.enabled_kinds = _recorder_kinds()
     for name, entry in S.targets.items():
         for rec in entry["handles"]:
             hook = rec["hook"]
@@ -430,9 +440,17 @@ def _start_thread():
     t.start()
 
 
+def _import_finder():
+    """The import hook's finder when the activation (the profilemate package) installed one, else
+    None."""
+    pkg = sys.modules.get("profilemate")
+    finder = getattr(pkg, "finder", None)
+    return finder() if finder is not None else None
+
+
 def _loop():
     interval = flush_interval()
-    finder = importhook.finder()
+    finder = _import_finder()
     while not S.stop.wait(interval):
         if finder is not None:
             try:
@@ -453,7 +471,7 @@ def flush(final=False, timeout=None):
     try:
         IDENT.refresh_from_parallel_state()
         events = RECORDER.drain()
-        TABLES_SEEN.update(e[4] for e in events)
+        TABLES_SEEN.update(map(_TABLE_OF, events))
         if S.inherited and not events and not final:
             return
         if events:
@@ -642,7 +660,7 @@ def _after_fork_child():
     if not S.started:
         return
     RECORDER.reset()
-    RECORDER.enabled_kinds = set(_enabled) if _enabled is not None else None
+    RECORDER.enabled_kinds = _recorder_kinds()
     TABLES_SEEN.clear()
     IDENT.reset()
     procinfo.reset_after_fork()

@@ -16,12 +16,13 @@ def _load():
     if "tables" in _cache:
         return _cache
     here = os.path.dirname(os.path.abspath(__file__))
-    common, tables, names, kinds = list(COMMON_FALLBACK), {}, {}, []
+    common, tables, names, kinds, types = list(COMMON_FALLBACK), {}, {}, [], {}
     try:
         with open(os.path.join(here, "_tables.json")) as f:
             doc = json.load(f)
         common = [c["name"] for c in doc["common"]]
         tables = {t: [c["name"] for c in v["columns"]] for t, v in doc["tables"].items()}
+        types = {t: {c["name"]: c.get("type", "") for c in v["columns"]} for t, v in doc["tables"].items()}
         names = dict(doc.get("names") or {})
         kinds = [(k["kind"], k["by"], list(doc["kinds"].get(k["kind"], []))) for k in doc["kind_list"]]
         _cache["source"] = "_tables.json"
@@ -37,11 +38,12 @@ def _load():
                 if fn == "kinds.json":
                     kinds = [(k["kind"], k["by"], []) for k in doc["kinds"]]
                     continue
-                names = [c["name"] for c in doc["columns"]]
+                cols = [c["name"] for c in doc["columns"]]
                 if doc.get("table") == "common":
-                    common = names
+                    common = cols
                 else:
-                    tables[doc["table"]] = names
+                    tables[doc["table"]] = cols
+                    types[doc["table"]] = {c["name"]: c.get("type", "") for c in doc["columns"]}
                     table_kinds.append((doc["table"], doc.get("kind")))
             for k in kinds:
                 k[2].extend(t for t, kind in table_kinds if kind == k[0])
@@ -49,6 +51,7 @@ def _load():
         except (OSError, ValueError, KeyError):
             _cache["source"] = "fallback"
     _cache["common"], _cache["tables"], _cache["names"], _cache["kinds"] = common, tables, names, kinds
+    _cache["types"] = types
     return _cache
 
 
@@ -78,6 +81,12 @@ def common_columns():
 def table_columns(table):
     """The table's own columns (empty when the schema is unknown)."""
     return list(_load()["tables"].get(table, []))
+
+
+def column_types(table):
+    """{column: type} of the table's own columns, type one of "int", "float", "string", "bool"
+    (proto/tables/<table>.json); empty when the table or the schema is unknown."""
+    return dict(_load()["types"].get(table, {}))
 
 
 def header(table):

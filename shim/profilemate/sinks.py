@@ -284,7 +284,7 @@ class CsvSink:
 
     def write(self, events, final=False):
         if self.stopped:
-            RECORDER.dropped += len(events)
+            RECORDER.add_dropped(len(events))
             return
         try:
             self._write(events, final)
@@ -295,7 +295,7 @@ class CsvSink:
                     return
                 except OSError as e2:
                     self._fail(getattr(e2, "filename", None) or self.session_dir, e2)
-            RECORDER.dropped += len(events)
+            RECORDER.add_dropped(len(events))
 
     def _write(self, events, final):
         st = self.state

@@ -26,11 +26,39 @@ LOOKUP = [None, 0, 0]
 PREFIX_AT_LOOKUP = [False]
 
 
-# While the scheduler's schedule() runs (eras without _preempt_request): the scheduler object,
-# and {id(request): (kv usage, waiting, running)} noted when a request that left the running queue
-# is freed inside schedule() -- a preemption victim, seen at the moment vLLM's inline code frees it.
+# While the scheduler's schedule() runs: the scheduler object (a free() of a request that left the
+# running queue is then a preemption, i.e. a failed allocation, and a prefix lookup arms the one-shot
+# allocation check), and {id(request): (kv usage, waiting, running)} noted at such a free -- the
+# victim's moment, used in the eras without _preempt_request, whose victims schedule() finds after.
 IN_SCHEDULE = [None]
 VICTIM_MOMENT = {}
+
+
+def arm_allocation(kvm):
+    """Counts an allocation failure (KV_STEP[FAIL]) if this manager's next allocate_slots call
+    returns None: a one-shot wrapper on the instance that removes itself at its first call.
+    kv_cache_manager arms it after a waiting request's prefix lookup inside schedule(); the
+    scheduler's wrapper removes one left unused (disarm_allocation). O(1), never raises."""
+    d = getattr(kvm, "__dict__", None)
+    if d is None or "allocate_slots" in d:
+        return
+    cls = type(kvm)
+
+    def allocate_slots(*args, **kwargs):
+        d.pop("allocate_slots", None)
+        out = cls.allocate_slots(kvm, *args, **kwargs)
+        if out is None:
+            KV_STEP[FAIL] += 1
+        return out
+    allocate_slots.profilemate_one_shot = True
+    d["allocate_slots"] = allocate_slots
+
+
+def disarm_allocation(kvm):
+    """Removes a one-shot allocate_slots that arm_allocation left on the instance, if any."""
+    d = getattr(kvm, "__dict__", None)
+    if d and "allocate_slots" in d and getattr(d["allocate_slots"], "profilemate_one_shot", False):
+        d.pop("allocate_slots", None)
 
 
 def kv_reset():

@@ -31,6 +31,17 @@ class Activation(unittest.TestCase):
         self.assertEqual(r.stderr, "")
         self.assertEqual(h.sessions(self.out), [])
 
+    def test_plain_process_loads_the_smallest_module_set(self):
+        # Start-up cost (docs/BENCHMARKS.md): a process that never imports vLLM loads two small
+        # modules of the shim and no module a plain interpreter would not load.
+        code = "import sys; print(' '.join(sorted(sys.modules)))"
+        with_shim = h.run(["-c", code], [self.tree], out_dir=self.out)
+        plain = h.run(["-c", code], [self.tree], out_dir=self.out, shim=False)
+        self.assertEqual((with_shim.returncode, plain.returncode), (0, 0), with_shim.stderr + plain.stderr)
+        added = set(with_shim.stdout.split()) - set(plain.stdout.split())
+        self.assertEqual(added, {"sitecustomize", "profilemate"})
+        self.assertEqual(with_shim.stderr, "")
+
     def test_explicit_enable_starts_at_once(self):
         r = h.run([self.script], [self.tree], out_dir=self.out, env={"VLLM_ENABLE_PROFILING": "1"})
         self.assertEqual(r.returncode, 0, r.stderr)

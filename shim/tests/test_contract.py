@@ -176,6 +176,14 @@ class ShimContract(unittest.TestCase):
             self.assertEqual(out.count("\n"), 1 if out.endswith("\n") else 0, "one line per batch")
             diff = strict_diff(json.loads(out), batch)
             self.assertIsNone(diff, "%s: shim encoding differs from the golden batch: %s" % (kind, diff))
+            # The recorder's tuples (seq, step, ts_ns, kind, table, cols) take the flush thread's fast
+            # path: it must write the same batch, twice (the second time with its per-table encoders made).
+            tuples = [(e["seq"], e["step"], e["ts_ns"], e["kind"], e["table"], e["cols"]) for e in batch["events"]]
+            for attempt in (1, 2):
+                out = wire.encode_batch(batch["pid"], batch["ident"], tuples, batch["dropped"])
+                diff = strict_diff(json.loads(out.decode("utf-8")), batch)
+                self.assertIsNone(diff, "%s: fast encoding (pass %d) differs from the golden batch: %s" % (
+                    kind, attempt, diff))
 
     def test_schema_headers(self):
         schema = optional_module("profilemate.schema")

@@ -38,17 +38,21 @@ class ImportOrder(unittest.TestCase):
 
     def test_import_then_patch(self):
         # No sitecustomize: vLLM is imported first, the shim arrives later (the .pth/plugin roads).
-        # shim=False leaves the shim off PYTHONPATH; add it back as a plain import path.
-        r = h.run(["-c", textwrap.dedent("""
-            import sys; sys.path.insert(0, %r)
-            import vllm.v1.core.sched.scheduler as s
-            from profilemate import patching
-            before = patching.is_wrapped(s.Scheduler, "schedule")
-            import profilemate.bootstrap as b; b.bootstrap("pth")
-            print("before", before, "after", patching.is_wrapped(s.Scheduler, "schedule"))
-        """ % h.SHIM)], [self.tree], out_dir=self.out, shim=False)
-        self.assertEqual(r.returncode, 0, r.stderr)
-        self.assertIn("before False after True", r.stdout)
+        # shim=False leaves the shim off PYTHONPATH; add it back as a plain import path. Both .pth
+        # lines: pmagent install's, and the one older installs wrote.
+        for line in ('import profilemate; profilemate.activate("pth")',
+                     'import profilemate.bootstrap as b; b.bootstrap("pth")'):
+            with self.subTest(pth=line):
+                r = h.run(["-c", textwrap.dedent("""
+                    import sys; sys.path.insert(0, %r)
+                    import vllm.v1.core.sched.scheduler as s
+                    from profilemate import patching
+                    before = patching.is_wrapped(s.Scheduler, "schedule")
+                    %s
+                    print("before", before, "after", patching.is_wrapped(s.Scheduler, "schedule"))
+                """ % (h.SHIM, line))], [self.tree], out_dir=self.out, shim=False)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                self.assertIn("before False after True", r.stdout)
 
     def test_patch_twice(self):
         r = self.py("""
@@ -108,8 +112,8 @@ class ImportOrder(unittest.TestCase):
     def test_hook_callback_raises_import_succeeds(self):
         r = self.py("""
             import sys
-            from profilemate import importhook
-            f = importhook.VllmFinder(lambda: None, lambda n, m: 1 / 0, lambda: {%r})
+            from profilemate import bootstrap
+            f = bootstrap.VllmFinder(lambda: None, lambda n, m: 1 / 0, lambda: {%r})
             sys.meta_path.insert(0, f)
             f._see_vllm()
             import vllm.v1.core.sched.scheduler as s

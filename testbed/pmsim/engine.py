@@ -26,16 +26,13 @@ class SimRequest:
     def __init__(self, request_id, prompt_token_ids, max_tokens, mm_items):
         self.request_id = request_id
         self.prompt_token_ids = list(prompt_token_ids)
+        self.num_prompt_tokens = len(self.prompt_token_ids)  # an attribute, as vLLM's Request has it
         self.output_token_ids = []
         self.max_tokens = max_tokens
         self.num_computed_tokens = 0
         self.mm_items = mm_items
         self.encoder_done = False
         self.status = "WAITING"
-
-    @property
-    def num_prompt_tokens(self):
-        return len(self.prompt_token_ids)
 
     @property
     def num_tokens(self):
@@ -215,8 +212,10 @@ def _allocate(self, a):
             del pool._pm_free[b.block_id]
         b.ref_cnt += 1
     have.extend(hits)
-    new = pool.get_new_blocks(need) if era() >= (0, 8) else self._get_new_blocks(need)
-    self._pm_counts[0] += need
+    new = []
+    if need > 0:  # as vLLM: the pool is asked only when the request needs new blocks
+        new = pool.get_new_blocks(need) if era() >= (0, 8) else self._get_new_blocks(need)
+        self._pm_counts[0] += need
     have.extend(new)
     # cache the full blocks of this request (prefix caching).
     for blk, h in zip(have, _hashes(req, self.block_size, min(total, req.num_tokens))):

@@ -1,12 +1,21 @@
 """Small helpers shared by the simulator."""
 import importlib
 import inspect
+import sys
+
+
+_ERAS = {}
 
 
 def era():
-    import vllm
-    parts = vllm.__version__.split(".")
-    return (int(parts[0]), int(parts[1]))
+    """(major, minor) of the test tree's vllm.__version__ (parsed once per version string: the
+    simulator asks on every KV call)."""
+    v = sys.modules["vllm"].__version__ if "vllm" in sys.modules else importlib.import_module("vllm").__version__
+    e = _ERAS.get(v)
+    if e is None:
+        parts = v.split(".")
+        e = _ERAS[v] = (int(parts[0]), int(parts[1]))
+    return e
 
 
 def construct(cls, **known):

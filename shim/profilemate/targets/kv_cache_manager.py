@@ -1,6 +1,17 @@
-"""KVCacheManager (EngineCore process): allocation failures (allocate_slots -> None), prefix-cache
-statistics, blocks freed (free-block count around free), explicit evictions (evict_blocks, v0.16+),
-and in the block-pool-less eras (v0.6.6-v0.7.x) the pool's own eviction and block allocation.
+"""KVCacheManager (EngineCore process): allocation failures, prefix-cache statistics, blocks freed
+(free-block count around free), explicit evictions (evict_blocks, v0.16+), and in the
+block-pool-less eras (v0.6.6-v0.7.x) the pool's own eviction and block allocation.
+
+Nothing here runs once per running request: allocate_slots is called for every scheduled request
+in every step, so it is not wrapped on the class. Its failures are counted where they show:
+- in the running loop, a failed allocation always preempts exactly one request (the victim is
+  popped from `running`, then freed through free()), so a free() inside schedule() of a request no
+  longer in `running` is one failure (every V1 era; scheduler.py sets stepctx.IN_SCHEDULE);
+- in the waiting loop, a request is admitted after its prefix lookup (get_computed_blocks), and
+  the wrapper of that lookup puts a one-shot allocate_slots on this manager instance: the next
+  call (that request's allocation) counts a failure if it returns None, then removes itself.
+  A waiting request that skips the lookup (vLLM's P/D path for KV loaded from a remote prefill,
+  `num_computed_tokens > 0`) is not seen; schedule() removes a one-shot left unused.
 
 Prefix-cache statistics follow each era's own definition (vLLM's PrefixCacheStats):
 - eras without `KVCacheManager.record_prefix_cache_stats` (<= the 2026-07 mains; v0.7-v0.24):
@@ -22,17 +33,6 @@ from profilemate.targets._util import Hook, Path, Target
 _S = stepctx
 
 
-def _allocate(original, rt):
-    step = _S.KV_STEP
-
-    def allocate_slots(self, request, *args, **kwargs):
-        out = original(self, request, *args, **kwargs)
-        if out is None:
-            step[_S.FAIL] += 1
-        return out
-    return allocate_slots
-
-
 def _hits_of(kvm, out):
     # (blocks, hit tokens) since v0.7, (blocks, local hits, external hits) at main-2026-08-20;
     # a bare block list before.
@@ -43,9 +43,15 @@ def _hits_of(kvm, out):
 
 def _computed(original, rt):
     step = _S.KV_STEP
+    in_schedule = _S.IN_SCHEDULE
 
     def get_computed_blocks(self, request, *args, **kwargs):
         out = original(self, request, *args, **kwargs)
+        if in_schedule[0] is not None:
+            try:
+                _S.arm_allocation(self)  # the admission of this request comes next
+            except Exception:
+                pass
         if hasattr(type(self), "record_prefix_cache_stats"):
             return out  # the era counts at admission: see _record_stats
         try:
@@ -94,10 +100,12 @@ def _free(original, rt):
                 step[_S.FREED] += after - before
         sched = in_schedule[0]
         if sched is not None:
-            # Inside schedule() (eras without _preempt_request) only a preemption frees a request: vLLM's
-            # inline code pops the victim from running, frees it, then prepends it to waiting (+1).
+            # Inside schedule() only a preemption frees a request, and only a failed allocation in the
+            # running loop preempts: vLLM pops the victim from running, frees it, then prepends it to
+            # waiting (+1). The moment is kept for the eras whose victims schedule() finds afterwards.
             try:
                 if request not in sched.running:
+                    step[_S.FAIL] += 1
                     moment[id(request)] = (_usage(self), len(sched.waiting) + 1, len(sched.running))
             except Exception:
                 pass
@@ -111,7 +119,6 @@ TARGET = Target(
     tables=("kv_cache_usage", "kv_cache_evictions"),
     name="kv_cache_manager", component="KVCacheManager", kinds=_K,
     paths=[Path("vllm.v1.core.kv_cache_manager", eras="v0.6.6+", hooks=[
-        Hook("KVCacheManager", "allocate_slots", _allocate, required=("request",), kinds=_K),
         Hook("KVCacheManager", "get_computed_blocks", _computed, required=("request",), kinds=_K, optional=True),
         Hook("KVCacheManager", "record_prefix_cache_stats", _record_stats, required=("request",), kinds=_K,
              optional=True),

@@ -71,19 +71,39 @@ def _record_victim(rt, sched, req, lost, source, moment=None):
 
 
 def _split(sched, out, advanced):
-    """(prefill, decode) scheduled tokens; advanced: num_computed_tokens already includes this step."""
-    prefill = decode = 0
+    """(prefill, decode) scheduled tokens; advanced: num_computed_tokens already includes this step.
+
+    A request is in prefill while its computed tokens (before this step) are fewer than its prompt
+    tokens; a request id missing from sched.requests is skipped. One pass over the scheduled
+    requests per step (the loop is faster than map/attrgetter chains on 3.11+)."""
     reqs = getattr(sched, "requests", None) or {}
-    for rid, n in (getattr(out, "num_scheduled_tokens", None) or {}).items():
+    items = (getattr(out, "num_scheduled_tokens", None) or {}).items()
+    prefill = total = 0
+    try:  # every id known (always in vLLM): subscripts, no call per request
+        if advanced:
+            for rid, n in items:
+                req = reqs[rid]
+                total += n
+                if req.num_computed_tokens - n < req.num_prompt_tokens:
+                    prefill += n
+        else:
+            for rid, n in items:
+                req = reqs[rid]
+                total += n
+                if req.num_computed_tokens < req.num_prompt_tokens:
+                    prefill += n
+        return prefill, total - prefill
+    except KeyError:
+        pass
+    prefill = total = 0
+    for rid, n in items:
         req = reqs.get(rid)
         if req is None:
             continue
-        before = req.num_computed_tokens - (n if advanced else 0)
-        if before < req.num_prompt_tokens:
+        total += n
+        if req.num_computed_tokens - (n if advanced else 0) < req.num_prompt_tokens:
             prefill += n
-        else:
-            decode += n
-    return prefill, decode
+    return prefill, total - prefill
 
 
 def _positive(v):
@@ -103,10 +123,45 @@ def _limits(sched):
     return budget, max_reqs
 
 
-def _kv_rows(rt, sched):
-    kvm = getattr(sched, "kv_cache_manager", None)
-    total = _S.total_blocks_of(kvm) if kvm is not None else None
-    free = _S.free_blocks_of(kvm) if kvm is not None else None
+# (scheduler, (token budget, request limit)) and (KV cache manager, total blocks): read once per
+# object, since vLLM sets them when it builds the scheduler and the pool.
+_LIMITS = [None, None]
+_TOTAL = [None, None]
+
+
+def _limits_of(sched):
+    if _LIMITS[0] is not sched:
+        _LIMITS[1] = _limits(sched)
+        _LIMITS[0] = sched
+    return _LIMITS[1]
+
+
+def _total_of(kvm):
+    if _TOTAL[0] is not kvm:
+        _TOTAL[1] = _S.total_blocks_of(kvm)
+        _TOTAL[0] = kvm
+    return _TOTAL[1]
+
+
+_FREE = [None, None]  # (KV cache manager, its pool's get_num_free_blocks or None)
+
+
+def _free_of(kvm):
+    if _FREE[0] is not kvm:
+        _FREE[1] = getattr(getattr(kvm, "block_pool", None), "get_num_free_blocks", None)
+        _FREE[0] = kvm
+    fn = _FREE[1]
+    if fn is not None:
+        try:
+            return fn()
+        except Exception:
+            pass
+    return _S.free_blocks_of(kvm)
+
+
+def _kv_rows(rt, sched, kvm):
+    total = _total_of(kvm) if kvm is not None else None
+    free = _free_of(kvm) if kvm is not None else None
     s = _STEP
     rt.record("kv_cache", "kv_cache_usage", {
         "usage": _kv_usage(sched), "free_blocks": "" if free is None else free,
@@ -124,6 +179,8 @@ def _schedule(original, rt):
     record = rt.record
     enabled = rt.enabled
 
+    in_schedule, moment = _S.IN_SCHEDULE, _S.VICTIM_MOMENT
+
     def schedule(self, *args, **kwargs):
         snap = None
         if not _PREEMPT_HOOKED[0] and enabled("preemption"):
@@ -132,30 +189,33 @@ def _schedule(original, rt):
             except Exception:
                 snap = None
         _SPLIT[0] = None
-        if snap:
-            _S.VICTIM_MOMENT.clear()
-            _S.IN_SCHEDULE[0] = self
+        if moment:
+            moment.clear()
+        # Marks the call for the KV hooks (preemption frees, the waiting loop's allocation).
+        in_schedule[0] = self
         t0 = _pc()
         try:
             out = original(self, *args, **kwargs)
         finally:
             t1 = _pc()
-            _S.IN_SCHEDULE[0] = None
+            in_schedule[0] = None
         try:
+            kvm = getattr(self, "kv_cache_manager", None)
+            if kvm is not None:
+                _S.disarm_allocation(kvm)
             if snap:
                 for r, lost in snap:
                     if _name(getattr(r, "status", None)) == "PREEMPTED":
-                        _record_victim(rt, self, r, lost, "scheduler: running-queue diff",
-                                       _S.VICTIM_MOMENT.pop(id(r), None))
+                        _record_victim(rt, self, r, lost, "scheduler: running-queue diff", moment.pop(id(r), None))
             tokens = getattr(out, "total_num_scheduled_tokens", 0) or 0
             if tokens > 0:  # a step that runs the model; empty schedules are not steps
                 rt.next_step("scheduler")
                 if enabled("kv_cache"):
-                    _kv_rows(rt, self)
+                    _kv_rows(rt, self, kvm)
             if enabled("cpu_timing"):
                 record("cpu_timing", "cpu_operations_timing", {"operation": "schedule", "cpu_ms": (t1 - t0) / 1e6})
             if tokens > 0 and enabled("batch_util"):
-                budget, max_reqs = _limits(self)
+                budget, max_reqs = _limits_of(self)
                 reqs = len(getattr(out, "num_scheduled_tokens", ()) or ())
                 split = _SPLIT[0] or _split(self, out, False)
                 record("batch_util", "batch_utilization", {

@@ -1,0 +1,289 @@
+package hub
+
+import (
+	"context"
+	"errors"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/profilemate/profilemate/proto"
+)
+
+// ownedSession is a session this hub holds the lease of (shared mode).
+type ownedSession struct {
+	id     string
+	cancel context.CancelFunc
+	done   chan struct{}
+	lost   atomic.Bool
+
+	mu  sync.Mutex // guards rev
+	rev uint64     // lease revision last written
+
+	// Owned by runOwned's goroutine.
+	applied uint64 // stream sequence through which the session's messages are in its files
+	ck      *checkpointer
+	ckSeq   uint64
+	lastCk  time.Time
+}
+
+// renew renews the lease (bounded by timeout).
+func (o *ownedSession) renew(ctx context.Context, ls *leases, timeout time.Duration) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	rev, err := ls.renew(ctx, o.id, o.rev)
+	if err != nil {
+		return err
+	}
+	o.rev = rev
+	return nil
+}
+
+// lose marks the lease lost and stops the session's goroutine.
+func (o *ownedSession) lose() {
+	o.lost.Store(true)
+	o.cancel()
+}
+
+// sessionConsumer iterates an ordered consumer of session's event and lifecycle subjects from
+// stream sequence start (the first message still in the stream when start is older).
+func (c *cluster) sessionConsumer(ctx context.Context, session string, start uint64) (jetstream.MessagesContext, error) {
+	tok := proto.Escape(session)
+	return orderedMessages(ctx, c.s.js, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{proto.EventPrefix + "." + tok + ".>", proto.LifePrefix + "." + tok + ".>"},
+		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy, OptStartSeq: max(start, 1),
+	}, c.s.cfg.Fetch)
+}
+
+// runOwned materialises one owned session until it ends (final checkpoint, lease released), the
+// lease is lost (dropped here, nothing written after), or ctx ends (hub stopping: checkpoint and
+// release, so another hub takes over at once).
+func (c *cluster) runOwned(ctx context.Context, o *ownedSession) {
+	s := c.s
+	defer close(o.done)
+	defer c.forget(o)
+	dir := SessionDir(s.cfg.DataDir, o.id)
+	log := s.log.With("session", o.id)
+
+	// Whatever this folder held may be stale (another hub owned the session since): the latest
+	// checkpoint is the truth, and the stream after it.
+	s.mu.Lock()
+	if old := s.sessions[o.id]; old != nil {
+		old.closeFiles()
+		delete(s.sessions, o.id)
+	}
+	s.mu.Unlock()
+	m, err := restoreCheckpoint(ctx, c.obs, o.id, sessionsDir(s.cfg.DataDir))
+	if err != nil {
+		log.Error("session not restored; lease released", "err", err)
+		c.release(o)
+		return
+	}
+	o.mu.Lock()
+	epoch := o.rev
+	o.mu.Unlock()
+	o.ck = &checkpointer{obs: c.obs, session: o.id, root: sessionsDir(s.cfg.DataDir), hub: s.cfg.HubID, epoch: epoch, prev: m}
+	if m != nil {
+		o.applied, o.ckSeq = m.Seq, m.Seq
+		writeMarker(s.cfg.DataDir, o.id, m)
+		log.Info("session restored from checkpoint", "seq", m.Seq, "files", len(m.Files))
+	}
+	o.lastCk = time.Now()
+	if _, err := os.Stat(dir); err == nil {
+		s.mu.Lock()
+		_, err := s.openSession(o.id)
+		s.mu.Unlock()
+		if err != nil {
+			log.Error("restored session not loaded; lease released", "err", err)
+			c.release(o)
+			return
+		}
+	}
+	c.putIndex(ctx, o, m)
+
+	var it jetstream.MessagesContext
+	defer func() {
+		if it != nil {
+			it.Stop()
+		}
+	}()
+	for ctx.Err() == nil {
+		if it == nil {
+			if it, err = c.sessionConsumer(ctx, o.id, o.applied+1); err != nil {
+				log.Warn("session consumer not created", "err", err)
+				it = nil
+				sleepCtx(ctx, time.Second)
+				continue
+			}
+		}
+		msgs, err := nextBatch(it, s.cfg.Fetch, 500*time.Millisecond)
+		if err != nil {
+			it.Stop()
+			it = nil
+		}
+		if len(msgs) > 0 && !s.applyOwned(o, msgs) {
+			// A write failed: the session was dropped from memory; read again from what is
+			// applied, after a pause, with the seen-state rebuilt from the files.
+			if it != nil {
+				it.Stop()
+			}
+			it = nil
+			sleepCtx(ctx, 2*time.Second)
+			continue
+		}
+		if err != nil {
+			log.Debug("session fetch", "err", err)
+			sleepCtx(ctx, 200*time.Millisecond)
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		if time.Since(o.lastCk) >= s.cfg.CheckpointEvery {
+			if err := c.checkpoint(ctx, o, false); err != nil {
+				if errors.Is(err, ErrLeaseLost) {
+					o.lose()
+					break
+				}
+				log.Warn("checkpoint failed", "err", err)
+			}
+		}
+		if len(msgs) == 0 && err == nil && c.ended(o.id) {
+			if err := c.checkpoint(ctx, o, true); err != nil {
+				if errors.Is(err, ErrLeaseLost) {
+					o.lose()
+					break
+				}
+				log.Warn("final checkpoint failed", "err", err)
+				continue
+			}
+			log.Info("session ended; final checkpoint stored, lease released", "seq", o.applied)
+			c.release(o)
+			return
+		}
+	}
+	s.mu.Lock()
+	ss := s.sessions[o.id]
+	if ss != nil {
+		delete(s.sessions, o.id)
+	}
+	s.mu.Unlock()
+	if o.lost.Load() {
+		// Another hub owns it now; this folder is stale and is not served (index.go).
+		if ss != nil {
+			ss.closeFiles()
+		}
+		log.Warn("session dropped: lease lost")
+		return
+	}
+	// The hub stops: store what is applied and hand the session over at once.
+	if ss != nil {
+		s.mu.Lock()
+		if err := ss.commit(); err != nil {
+			log.Error("final commit failed", "err", err)
+		}
+		ss.closeFiles()
+		s.mu.Unlock()
+	}
+	dctx, cancel := context.WithTimeout(context.Background(), c.ttl)
+	defer cancel()
+	if err := c.checkpoint(dctx, o, false); err != nil {
+		log.Warn("checkpoint at stop failed", "err", err)
+		return // the lease expires; the next owner replays from the last checkpoint
+	}
+	c.release(o)
+}
+
+// ended reports whether an owned session was ended and evicted by housekeeping.
+func (c *cluster) ended(id string) bool {
+	s := c.s
+	s.mu.Lock()
+	open := s.sessions[id] != nil
+	s.mu.Unlock()
+	if open {
+		return false
+	}
+	m, err := ReadMetadata(SessionDir(s.cfg.DataDir, id))
+	return err == nil && m.Status == StatusEnded
+}
+
+// release deletes the lease and forgets the session.
+func (c *cluster) release(o *ownedSession) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.ttl/3)
+	defer cancel()
+	o.mu.Lock()
+	rev := o.rev
+	o.mu.Unlock()
+	if err := c.ls.release(ctx, o.id, rev); err != nil {
+		c.s.log.Warn("lease not released (it expires)", "session", o.id, "err", err)
+	}
+	c.forget(o)
+}
+
+// checkpoint stores the owned session's folder and applied sequence, fenced by a lease renewal,
+// then updates the index entry.
+func (c *cluster) checkpoint(ctx context.Context, o *ownedSession, final bool) error {
+	o.lastCk = time.Now()
+	seq := o.applied
+	fence := func() error { return o.renew(ctx, c.ls, c.ttl/3) }
+	m, err := o.ck.checkpoint(ctx, seq, final, c.s.cfg.Now(), fence)
+	if err != nil {
+		return err
+	}
+	o.ckSeq = seq
+	writeMarker(c.s.cfg.DataDir, o.id, m)
+	c.putIndex(ctx, o, m)
+	c.s.cnt.add(func(cn *Counters) { cn.Checkpoints++ })
+	return nil
+}
+
+// applyOwned writes one fetch round of an owned session and commits it; false when a write
+// failed (the session is then dropped from memory and its messages come again).
+func (s *Server) applyOwned(o *ownedSession, msgs []jetstream.Msg) bool {
+	dec := s.decodeAll(msgs)
+	now := s.cfg.Now()
+	var rows int64
+	s.mu.Lock()
+	touched := map[*session]bool{}
+	var failed error
+	for i, m := range msgs {
+		ss, n, err := s.handle(m, dec[i], now)
+		rows += int64(n)
+		if ss != nil {
+			touched[ss] = true
+		}
+		if err != nil && (ss != nil || reasonOf(err) == ReasonWrite) {
+			failed = err
+			break
+		}
+	}
+	for ss := range touched {
+		if failed == nil {
+			if err := ss.commit(); err != nil {
+				failed = err
+			}
+		}
+	}
+	if failed != nil {
+		for ss := range touched {
+			s.cnt.bad(s.log, ReasonWrite, ss.id, failed)
+			ss.closeFiles()
+			if s.sessions[ss.id] == ss {
+				delete(s.sessions, ss.id)
+			}
+		}
+	}
+	s.mu.Unlock()
+	s.cnt.add(func(c *Counters) { c.Messages += int64(len(msgs)); c.Rows += rows })
+	if failed != nil {
+		return false
+	}
+	if md, err := msgs[len(msgs)-1].Metadata(); err == nil {
+		o.applied = md.Sequence.Stream
+	}
+	return true
+}
