@@ -470,6 +470,14 @@ func (r *run) write(w *sessionWriter, rows []*pluginpb.Row) error {
 	}
 	sort.Strings(tables)
 	r.h.update(r.file, func(s *Status) { s.Rows += n })
+	if ss := r.state.Sessions[w.session]; w.rotated && ss != nil {
+		// The session rotated: its plugins.json went with the closed segment; the live one gets
+		// this plugin's entry (counts over all segments) again.
+		w.rotated = false
+		if err := updateSessionPlugins(w, r.info.Name, r.sessionEntry(w, ss)); err != nil {
+			r.log.Warn("plugins.json not written", "session", w.session, "err", err)
+		}
+	}
 	for _, t := range tables {
 		r.publish(w, out[t])
 	}

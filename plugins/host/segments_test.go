@@ -230,6 +230,9 @@ func TestPluginWritesAcrossManyRotations(t *testing.T) {
 	s.end()
 	s.waitClosed(t)
 	s.checkExactlyOnceAcrossSegments(t)
+	if sp, _ := ReadSessionPlugins(s.dir()); sp["example"].Rows["example_batches"] != int64(s.msgs) || sp["example"].Findings != 1 {
+		t.Errorf("plugins.json of the live segment %+v, want %d example_batches rows and 1 finding over all segments", sp["example"], s.msgs)
+	}
 	if dirs, _ := hub.Segments(r.data, s.id); len(dirs) < 20 {
 		t.Errorf("only %d segments: the run did not cross many boundaries", len(dirs))
 	}

@@ -72,6 +72,10 @@ type sessionWriter struct {
 	has             map[string]bool   // table → some row of plugin+version on disk
 	seq             int64             // last common seq given in this session
 	rows            map[string]int64  // table → rows of plugin+version on disk, all segments
+	live            os.FileInfo       // the live folder as last written to
+	// rotated is set by a write that found a new live folder (the hub rotated the session since
+	// the last one): the caller then writes the plugin's plugins.json entry there.
+	rotated bool
 }
 
 // errWrite marks a failed write to disk (as opposed to rows the plugin got wrong): the run stops
@@ -87,6 +91,7 @@ func newSessionWriter(dataDir, session string, info sdk.Info, hostName string) (
 		return nil, err
 	}
 	defer unlock()
+	w.live, _ = os.Stat(w.dir)
 	dirs, err := hub.Segments(dataDir, session)
 	if errors.Is(err, os.ErrNotExist) {
 		dirs = nil
@@ -250,6 +255,12 @@ func (w *sessionWriter) write(rows []*pluginpb.Row, nowNS int64) (written, error
 		// The hub makes the live folder before any plugin sees the session and replaces it within
 		// a rotation; gone now, it is the hub's to make again (a rotation a crash cut short).
 		return nil, fmt.Errorf("%w: live folder of session %s: %w", errWrite, w.session, err)
+	}
+	if st, err := os.Stat(w.dir); err == nil {
+		if w.live != nil && !os.SameFile(st, w.live) {
+			w.rotated = true
+		}
+		w.live = st
 	}
 	for _, table := range order {
 		t, _ := w.info.Table(table)
