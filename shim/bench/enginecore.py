@@ -290,7 +290,7 @@ def pinned_run(shim, era="v0_16_0", shim_dir=SHIM):
 def pinned_versus(rounds, before):
     """No shim, the shim of `before` and this checkout's shim, alternated per round on this test tree."""
     print("\nPinned workload (%s), %d rounds, the three variants alternated in each; scheduler CPU per step "
-          "(schedule + update_from_output, thread CPU time, mean of the steps after the first 20); before: %s" % (
+          "(schedule + update_from_output, thread CPU time, steps after the first 20); before: %s" % (
               " ".join("%s=%s" % kv for kv in sorted(PINNED_ENV.items())), rounds, before))
     print("\n| round | steps | preemptions | evictions | without shim (us/step) | shim before (us/step) | "
           "shim after (us/step) | added before | added after | after, share of scheduler CPU |")
