@@ -18,6 +18,11 @@ import (
 )
 
 // benchBatchLine is one shim batch line of n kv_cache/forward_pass events starting at seq.
+
+// benchBound is how long a benchmark waits for its condition before it fails (a stuck pipeline
+// fails the run instead of hanging it).
+const benchBound = 5 * time.Minute
+
 func benchBatchLine(pid int, rank int, seq uint64, n int) []byte {
 	var b strings.Builder
 	fmt.Fprintf(&b, `{"t":"batch","v":1,"pid":%d,"ident":{"role":"worker","dp":0,"pp":0,"tp":%d,"ep":-1,"rank":%d},"events":[`, pid, rank, rank)
@@ -93,7 +98,10 @@ func BenchmarkIngestPublish(b *testing.B) {
 			}
 			wg.Wait()
 			total := int64(len(lines[0]) * per * ranks)
-			for a.Status().NATS.Published == 0 || a.q.pending() > 0 || a.Status().Events < total {
+			for deadline := time.Now().Add(benchBound); a.Status().NATS.Published == 0 || a.q.pending() > 0 || a.Status().Events < total; {
+				if time.Now().After(deadline) {
+					b.Fatalf("not delivered within %s: %d of %d events, %d batches pending", benchBound, a.Status().Events, total, a.q.pending())
+				}
 				time.Sleep(time.Millisecond)
 			}
 			el := time.Since(start)
@@ -182,7 +190,10 @@ func BenchmarkRSS8Ranks(b *testing.B) {
 	}
 	wg.Wait()
 	total := int64(perRank * per * ranks)
-	for a.Status().Events < total || a.q.pending() > 0 {
+	for deadline := time.Now().Add(benchBound); a.Status().Events < total || a.q.pending() > 0; {
+		if time.Now().After(deadline) {
+			b.Fatalf("not delivered within %s: %d of %d events, %d batches pending", benchBound, a.Status().Events, total, a.q.pending())
+		}
 		time.Sleep(time.Millisecond)
 	}
 	el := time.Since(start)
