@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -44,6 +45,9 @@ func benchBatchLine(pid int, rank int, seq uint64, n int) []byte {
 // BenchmarkIngestPublish measures socket ingest through JetStream acknowledgements with 8
 // simulated ranks writing 64-event batches; events/s is per process (GOMAXPROCS cores).
 func BenchmarkIngestPublish(b *testing.B) {
+	prev := slog.Default()
+	slog.SetDefault(slog.New(slog.NewTextHandler(io.Discard, nil))) // the clock's warnings, no hub here
+	defer slog.SetDefault(prev)
 	for _, ranks := range []int{1, 8} {
 		b.Run(fmt.Sprintf("ranks=%d", ranks), func(b *testing.B) {
 			ns := startNATSB(b)

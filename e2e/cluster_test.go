@@ -157,6 +157,22 @@ func TestClusterHubsTakeOver(t *testing.T) {
 			"--lease-ttl", "3s", "--checkpoint-interval", "1s", "--session-idle", "30s", "--plugins=false")
 		hubs = append(hubs, h)
 	}
+	// On failure every hub still running prints its goroutines (SIGQUIT) into the test log.
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		for _, h := range hubs {
+			if h.p.cmd.ProcessState == nil {
+				_ = h.p.cmd.Process.Signal(syscall.SIGQUIT)
+				select {
+				case err := <-h.p.done:
+					h.p.done <- err
+				case <-time.After(10 * time.Second):
+				}
+			}
+		}
+	})
 	nc, err := nats.Connect(cluster, nats.MaxReconnects(-1))
 	if err != nil {
 		t.Fatal(err)
@@ -183,7 +199,7 @@ func TestClusterHubsTakeOver(t *testing.T) {
 	var servers []*server
 	for i, h := range []*mnHost{a, a, b, b} {
 		s := &server{host: h, truth: filepath.Join(dir, fmt.Sprintf("truth%d.json", i))}
-		s.cmd = h.launch(t, py, s.truth, []string{"PMSIM_REQUESTS=48", "PMSIM_MAX_TOKENS=24", "PMSIM_STEP_WORK_MS=15"},
+		s.cmd = h.launch(t, py, s.truth, []string{"PMSIM_REQUESTS=48", "PMSIM_MAX_TOKENS=24", "PMSIM_STEP_WORK_MS=40"},
 			filepath.Join(h.tree, "bin", "vllm"), "serve", "pm-e2e-model", "-tp", "2")
 		servers = append(servers, s)
 	}
@@ -282,6 +298,30 @@ func TestClusterHubsTakeOver(t *testing.T) {
 				t.Errorf("%s: show on %s says %s with rows %v, index says %v", id, h.id, sum.Session, sum.Rows, final[id].Rows)
 			}
 			clCheckFolder(t, sum.Dir, streamSeqs)
+		}
+	}
+	// pmhub sessions lists every session on every surviving hub's data folder with --nats, and the
+	// folder's own ones without it.
+	for _, h := range surviving {
+		out, err := exec.Command(bin(t, "pmhub"), "sessions", "--json", "--data", h.data, "--nats", live).CombinedOutput()
+		if err != nil {
+			t.Fatalf("pmhub sessions on %s: %v\n%s", h.id, err, out)
+		}
+		var list []struct {
+			Session string `json:"session"`
+			Status  string `json:"status"`
+		}
+		if err := json.Unmarshal(out, &list); err != nil {
+			t.Fatalf("pmhub sessions --json: %v\n%s", err, out)
+		}
+		seen := map[string]string{}
+		for _, l := range list {
+			seen[l.Session] = l.Status
+		}
+		for id := range final {
+			if seen[id] != hub.StatusEnded {
+				t.Errorf("pmhub sessions on %s: %s is %q, want ended (%v)", h.id, id, seen[id], seen)
+			}
 		}
 	}
 	// Each simulator's ground truth: its workers are in one session, with their ranks.

@@ -9,13 +9,11 @@ import (
 	"fmt"
 	"hash/fnv"
 	"os"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -202,9 +200,6 @@ func (s *Server) startCluster(ctx context.Context) error {
 		return fmt.Errorf("hub: key-value bucket %s has TTL %s: leases need at least %s", LeaseBucket, c.ttl, minLeaseTTL)
 	}
 	c.ls = &leases{kv: lk, hub: s.cfg.HubID, now: s.cfg.Now}
-	if err := writeFileAtomic(filepath.Join(s.cfg.DataDir, hubFile), fmt.Appendf(nil, "{\"hub\": %q}\n", s.cfg.HubID)); err != nil {
-		return fmt.Errorf("hub: %w", err)
-	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	if err := c.watchIndex(ctx); err != nil {
 		c.cancel()
@@ -217,9 +212,6 @@ func (s *Server) startCluster(ctx context.Context) error {
 	s.cl = c
 	return nil
 }
-
-// hubFile names this data folder's hub id (shared mode), for the commands that read the folder.
-const hubFile = "hub.json"
 
 // alive puts this hub's liveness key and reads the live hubs.
 func (c *cluster) alive(ctx context.Context) error {
@@ -359,6 +351,13 @@ func (c *cluster) evaluate(ctx context.Context) {
 	}
 	var cands []cand
 	c.mu.Lock()
+	// Every session the index names as active or owned is watched, so one whose owner died (or
+	// whose last index write was lost) gets an owner without waiting for a new message.
+	for id, e := range c.idx {
+		if (e.Status != StatusEnded || e.Owner != "") && c.owned[id] == nil && c.known[id] == nil {
+			c.known[id] = &knownSession{lastSeq: e.CheckpointSeq}
+		}
+	}
 	for id, k := range c.known {
 		if c.owned[id] != nil {
 			delete(c.known, id)
@@ -456,33 +455,27 @@ func (c *cluster) forget(o *ownedSession) {
 // headers only, and notes which sessions have messages.
 func (c *cluster) discover(ctx context.Context) {
 	s := c.s
+	f := &follower{js: s.js, buffer: 1024, cfg: jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{proto.EventPrefix + ".>", proto.LifePrefix + ".>"},
+		DeliverPolicy:  jetstream.DeliverLastPerSubjectPolicy, HeadersOnly: true,
+	}}
+	defer f.reset()
 	for ctx.Err() == nil {
-		it, err := orderedMessages(ctx, s.js, jetstream.OrderedConsumerConfig{
-			FilterSubjects: []string{proto.EventPrefix + ".>", proto.LifePrefix + ".>"},
-			DeliverPolicy:  jetstream.DeliverLastPerSubjectPolicy, HeadersOnly: true,
-		}, 1024)
+		msgs, err := f.next(ctx, 1024, time.Second)
 		if err != nil {
-			s.log.Warn("session discovery: consumer not created", "err", err)
+			s.log.Debug("session discovery", "err", err)
 			sleepCtx(ctx, time.Second)
 			continue
 		}
-		for ctx.Err() == nil {
-			msgs, err := nextBatch(it, 1024, time.Second)
-			for _, m := range msgs {
-				id, ok := sessionOfSubject(m.Subject())
-				if !ok {
-					continue
-				}
-				if md, err := m.Metadata(); err == nil {
-					c.noteSeen(id, md.Sequence.Stream)
-				}
+		for _, m := range msgs {
+			id, ok := sessionOfSubject(m.Subject())
+			if !ok {
+				continue
 			}
-			if err != nil {
-				s.log.Debug("session discovery", "err", err)
-				break
+			if md, err := m.Metadata(); err == nil {
+				c.noteSeen(id, md.Sequence.Stream)
 			}
 		}
-		it.Stop()
 	}
 }
 
@@ -490,31 +483,27 @@ func (c *cluster) discover(ctx context.Context) {
 // hub's clock offsets and its owned sessions.
 func (c *cluster) heartbeats(ctx context.Context) {
 	s := c.s
+	f := &follower{js: s.js, buffer: 256, cfg: jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{proto.HeartbeatPrefix + ".>"}, DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy,
+	}}
+	defer f.reset()
 	for ctx.Err() == nil {
-		it, err := orderedMessages(ctx, s.js, jetstream.OrderedConsumerConfig{
-			FilterSubjects: []string{proto.HeartbeatPrefix + ".>"}, DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy,
-		}, 256)
+		msgs, err := f.next(ctx, 256, time.Second)
 		if err != nil {
-			s.log.Warn("heartbeats: consumer not created", "err", err)
+			s.log.Debug("heartbeats", "err", err)
 			sleepCtx(ctx, time.Second)
 			continue
 		}
-		for ctx.Err() == nil {
-			msgs, err := nextBatch(it, 256, time.Second)
-			if len(msgs) > 0 {
-				dec := s.decodeAll(msgs)
-				now := s.cfg.Now()
-				s.mu.Lock()
-				for i, m := range msgs {
-					_, _, _ = s.handle(m, dec[i], now)
-				}
-				s.mu.Unlock()
-			}
-			if err != nil {
-				break
-			}
+		if len(msgs) == 0 {
+			continue
 		}
-		it.Stop()
+		dec := s.decodeAll(msgs)
+		now := s.cfg.Now()
+		s.mu.Lock()
+		for i, m := range msgs {
+			_, _, _ = s.handle(m, dec[i], now)
+		}
+		s.mu.Unlock()
 	}
 }
 
@@ -529,40 +518,6 @@ func sessionOfSubject(subj string) (string, bool) {
 		return "", false
 	}
 	return id, true
-}
-
-// orderedMessages iterates an ordered consumer of the stream with cfg, buffering up to buffer
-// messages. The iterator (not Fetch, which would recreate the consumer at every call and does not
-// notice a message lost in flight) checks that delivery sequences follow each other and recreates
-// the consumer after the last message it delivered when they do not, or when the server that held
-// the consumer is gone.
-func orderedMessages(ctx context.Context, js jetstream.JetStream, cfg jetstream.OrderedConsumerConfig, buffer int) (jetstream.MessagesContext, error) {
-	cons, err := js.OrderedConsumer(ctx, proto.StreamName, cfg)
-	if err != nil {
-		return nil, err
-	}
-	return cons.Messages(jetstream.PullMaxMessages(buffer))
-}
-
-// nextBatch returns up to n messages of it: it waits at most wait for the first, then takes those
-// already buffered. A timeout is no error (no messages); other errors end the iterator's use.
-func nextBatch(it jetstream.MessagesContext, n int, wait time.Duration) ([]jetstream.Msg, error) {
-	m, err := it.Next(jetstream.NextMaxWait(wait))
-	if errors.Is(err, nats.ErrTimeout) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	msgs := []jetstream.Msg{m}
-	for len(msgs) < n {
-		m, err := it.Next(jetstream.NextMaxWait(time.Millisecond))
-		if err != nil {
-			break // a timeout: nothing buffered; anything else comes again at the next call
-		}
-		msgs = append(msgs, m)
-	}
-	return msgs, nil
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) {

@@ -48,7 +48,7 @@ func (e IndexEntry) info(dir string) SessionInfo {
 }
 
 // putIndex writes the owned session's index entry from its metadata and checkpoint m.
-func (c *cluster) putIndex(ctx context.Context, o *ownedSession, m *CheckpointManifest) {
+func (c *cluster) putIndex(ctx context.Context, o *ownedSession, m *CheckpointManifest) error {
 	s := c.s
 	e := IndexEntry{Session: o.id, Owner: s.cfg.HubID, Status: StatusActive, Rows: map[string]int64{}, UpdatedNS: s.cfg.Now().UnixNano()}
 	fill := func(md *Metadata) {
@@ -80,11 +80,12 @@ func (c *cluster) putIndex(ctx context.Context, o *ownedSession, m *CheckpointMa
 	b, _ := json.Marshal(e)
 	if _, err := c.index.Put(ctx, proto.Escape(o.id), b); err != nil {
 		s.log.Warn("session index not updated", "session", o.id, "err", err)
-		return
+		return fmt.Errorf("session index: %w", err)
 	}
 	c.mu.Lock()
 	c.idx[o.id] = e
 	c.mu.Unlock()
+	return nil
 }
 
 // watchIndex loads the index and keeps c.idx current; sessions it names as active (or owned) are
@@ -164,12 +165,14 @@ func readMarker(root, id string) checkpointMark {
 	return m
 }
 
-// current reports whether root's copy of id is as new as the index's checkpoint or newer.
-func current(root, id string, e IndexEntry, hubID string) bool {
+// current reports whether root's copy of id is as new as the index's checkpoint or newer (its
+// owner writes the mark with every checkpoint it stores or restores; a hub that loses the lease
+// removes it).
+func current(root, id string, e IndexEntry) bool {
 	if _, err := os.Stat(SessionDir(root, id)); err != nil {
 		return false
 	}
-	return (hubID != "" && e.Owner == hubID) || readMarker(root, id).NS >= e.CheckpointNS
+	return readMarker(root, id).NS >= e.CheckpointNS
 }
 
 // sharedSessions merges the index into the local list: copies this hub does not own and that are
@@ -182,6 +185,10 @@ func (s *Server) sharedSessions(local []SessionInfo) []SessionInfo {
 	for k, v := range c.idx {
 		idx[k] = v
 	}
+	owned := make(map[string]bool, len(c.owned))
+	for k := range c.owned {
+		owned[k] = true
+	}
 	c.mu.Unlock()
 	out := make([]SessionInfo, 0, len(local)+len(idx))
 	for _, l := range local {
@@ -190,7 +197,7 @@ func (s *Server) sharedSessions(local []SessionInfo) []SessionInfo {
 		switch {
 		case !ok:
 			out = append(out, l)
-		case e.Owner == s.cfg.HubID || readMarker(s.cfg.DataDir, l.Session).NS >= e.CheckpointNS:
+		case owned[l.Session] || readMarker(s.cfg.DataDir, l.Session).NS >= e.CheckpointNS:
 			l.Owner = e.Owner
 			out = append(out, l)
 		default:
@@ -247,11 +254,11 @@ func SessionFolder(ctx context.Context, js jetstream.JetStream, data, id string)
 	if err != nil {
 		return localOr(err)
 	}
-	if current(data, id, e, readHubID(data)) {
+	if current(data, id, e) {
 		return local, nil
 	}
 	cache := filepath.Join(data, "cache")
-	if current(cache, id, e, "") {
+	if current(cache, id, e) {
 		return SessionDir(cache, id), nil
 	}
 	obs, err := js.ObjectStore(ctx, CheckpointBucket)
@@ -267,17 +274,6 @@ func SessionFolder(ctx context.Context, js jetstream.JetStream, data, id string)
 	}
 	writeMarker(cache, id, m)
 	return SessionDir(cache, id), nil
-}
-
-// readHubID is the hub id a shared hub recorded in its data folder ("" when none).
-func readHubID(data string) string {
-	var v struct {
-		Hub string `json:"hub"`
-	}
-	if b, err := os.ReadFile(filepath.Join(data, hubFile)); err == nil {
-		_ = json.Unmarshal(b, &v)
-	}
-	return v.Hub
 }
 
 // LookupIndex returns session id's index entry; errors wrap ErrNoSession when the index (or the
@@ -338,5 +334,5 @@ func ListIndex(ctx context.Context, js jetstream.JetStream) ([]IndexEntry, error
 // CopyIsCurrent reports whether the data folder's own copy of e's session is as new as the
 // index says the session is (so listing it from the folder is right).
 func CopyIsCurrent(data string, e IndexEntry) bool {
-	return current(data, e.Session, e, readHubID(data))
+	return current(data, e.Session, e)
 }

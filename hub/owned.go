@@ -50,14 +50,16 @@ func (o *ownedSession) lose() {
 	o.cancel()
 }
 
-// sessionConsumer iterates an ordered consumer of session's event and lifecycle subjects from
-// stream sequence start (the first message still in the stream when start is older).
-func (c *cluster) sessionConsumer(ctx context.Context, session string, start uint64) (jetstream.MessagesContext, error) {
+// sessionFollower reads session's event and lifecycle subjects after stream sequence applied
+// (from the first message still in the stream when that one is gone).
+func (c *cluster) sessionFollower(session string, applied uint64) *follower {
 	tok := proto.Escape(session)
-	return orderedMessages(ctx, c.s.js, jetstream.OrderedConsumerConfig{
+	f := &follower{js: c.s.js, buffer: c.s.cfg.Fetch, cfg: jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{proto.EventPrefix + "." + tok + ".>", proto.LifePrefix + "." + tok + ".>"},
-		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy, OptStartSeq: max(start, 1),
-	}, c.s.cfg.Fetch)
+		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy, OptStartSeq: applied + 1,
+	}}
+	f.last = applied
+	return f
 }
 
 // runOwned materialises one owned session until it ends (final checkpoint, lease released), the
@@ -104,40 +106,21 @@ func (c *cluster) runOwned(ctx context.Context, o *ownedSession) {
 			return
 		}
 	}
-	c.putIndex(ctx, o, m)
+	_ = c.putIndex(ctx, o, m) // written again with every checkpoint
 
-	var it jetstream.MessagesContext
-	defer func() {
-		if it != nil {
-			it.Stop()
-		}
-	}()
+	f := c.sessionFollower(o.id, o.applied)
+	defer f.reset()
 	for ctx.Err() == nil {
-		if it == nil {
-			if it, err = c.sessionConsumer(ctx, o.id, o.applied+1); err != nil {
-				log.Warn("session consumer not created", "err", err)
-				it = nil
-				sleepCtx(ctx, time.Second)
-				continue
-			}
-		}
-		msgs, err := nextBatch(it, s.cfg.Fetch, 500*time.Millisecond)
-		if err != nil {
-			it.Stop()
-			it = nil
-		}
+		msgs, err := f.next(ctx, s.cfg.Fetch, 500*time.Millisecond)
 		if len(msgs) > 0 && !s.applyOwned(o, msgs) {
 			// A write failed: the session was dropped from memory; read again from what is
 			// applied, after a pause, with the seen-state rebuilt from the files.
-			if it != nil {
-				it.Stop()
-			}
-			it = nil
+			f.restart(o.applied)
 			sleepCtx(ctx, 2*time.Second)
 			continue
 		}
 		if err != nil {
-			log.Debug("session fetch", "err", err)
+			log.Debug("session consumer", "err", err)
 			sleepCtx(ctx, 200*time.Millisecond)
 		}
 		if ctx.Err() != nil {
@@ -152,7 +135,9 @@ func (c *cluster) runOwned(ctx context.Context, o *ownedSession) {
 				log.Warn("checkpoint failed", "err", err)
 			}
 		}
-		if len(msgs) == 0 && err == nil && c.ended(o.id) {
+		if len(msgs) == 0 && err == nil && c.ended(o.id) && f.caughtUp(ctx) {
+			// The lease is released only once the final checkpoint and the index entry saying
+			// so are both stored: until then the session keeps its owner and this is retried.
 			if err := c.checkpoint(ctx, o, true); err != nil {
 				if errors.Is(err, ErrLeaseLost) {
 					o.lose()
@@ -173,10 +158,12 @@ func (c *cluster) runOwned(ctx context.Context, o *ownedSession) {
 	}
 	s.mu.Unlock()
 	if o.lost.Load() {
-		// Another hub owns it now; this folder is stale and is not served (index.go).
+		// Another hub owns it now; this folder is stale: its mark goes, so it is never served
+		// as current again (index.go).
 		if ss != nil {
 			ss.closeFiles()
 		}
+		_ = os.Remove(markPath(s.cfg.DataDir, o.id))
 		log.Warn("session dropped: lease lost")
 		return
 	}
@@ -236,9 +223,8 @@ func (c *cluster) checkpoint(ctx context.Context, o *ownedSession, final bool) e
 	}
 	o.ckSeq = seq
 	writeMarker(c.s.cfg.DataDir, o.id, m)
-	c.putIndex(ctx, o, m)
 	c.s.cnt.add(func(cn *Counters) { cn.Checkpoints++ })
-	return nil
+	return c.putIndex(ctx, o, m)
 }
 
 // applyOwned writes one fetch round of an owned session and commits it; false when a write

@@ -99,7 +99,11 @@ func withIndex(c *cli.Context, local []*hub.Metadata) ([]*hub.Metadata, error) {
 		for _, h := range e.Hosts {
 			m.Hosts[h] = &hub.HostMeta{}
 		}
+		// The index has the count only: the list holds that many empty entries.
 		m.Processes = make([]*hub.ProcMeta, e.Processes)
+		for i := range m.Processes {
+			m.Processes[i] = &hub.ProcMeta{}
+		}
 		if i, ok := byID[e.Session]; ok {
 			if hub.CopyIsCurrent(c.String("data"), e) {
 				continue
