@@ -68,7 +68,8 @@ func showCommand() *cli.Command {
 func listSessions(c *cli.Context) error {
 	root := filepath.Dir(hub.SessionDir(c.String("data"), "x"))
 	entries, err := os.ReadDir(root)
-	if err != nil {
+	// With --nats a machine without a hub folder still lists the cluster's sessions.
+	if err != nil && !(errors.Is(err, os.ErrNotExist) && c.String("nats") != "") {
 		return cli.Exit(fmt.Sprintf("pmhub sessions: %v", err), 1)
 	}
 	// A rotated session is listed once: its newest segment's metadata, with rows and bytes
