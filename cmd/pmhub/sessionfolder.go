@@ -121,7 +121,8 @@ func withIndex(c *cli.Context, local []*hub.Metadata) ([]*hub.Metadata, error) {
 // copy, or (with --nats) the session's latest checkpoint fetched into <data>/cache/.
 func openViewOf(c *cli.Context, arg string, w hub.Window) (*sessionView, error) {
 	data := c.String("data")
-	if st, err := os.Stat(filepath.Join(arg, hub.MetadataFile)); err != nil || st.IsDir() {
+	// Without --nats the data folder alone answers, exactly as openView reads it.
+	if st, err := os.Stat(filepath.Join(arg, hub.MetadataFile)); c.String(natsclient.FlagURL) != "" && (err != nil || st.IsDir()) {
 		dir, err := sessionFolderOf(c, arg)
 		if err != nil {
 			return nil, err
