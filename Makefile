@@ -26,9 +26,15 @@ FUZZ_TARGETS := \
 	./hub/:FuzzDecode \
 	./proto/:FuzzDecodeLine \
 	./proto/:FuzzShimCodec \
+	./proto/:FuzzLineReader \
 	./agent/:FuzzSocketLines
 
 fuzz:
 	set -e; for t in $(FUZZ_TARGETS); do \
 		go test -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZTIME) "$${t%%:*}"; \
 	done
+
+# The end-to-end pipeline benchmark (real binaries, every row checked); scripts/benchmarks.sh
+# runs the others by name and compares revisions (docs/BENCHMARKS.md).
+bench:
+	scripts/benchmarks.sh pipeline

@@ -99,7 +99,9 @@ func newTestAgent(t *testing.T, cfg Config) *Agent {
 		cfg.Socket = filepath.Join(shortTemp(t), "a.sock")
 	}
 	cfg.Host = "h1"
-	cfg.Logger = testLogger(t)
+	if cfg.Logger == nil {
+		cfg.Logger = testLogger(t)
+	}
 	a, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)

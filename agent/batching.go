@@ -104,7 +104,7 @@ func (a *Agent) flush(c *conn) {
 		}
 		// Counted once queued: status events == N means all N are in memory or in the spool.
 		a.events.Add(int64(len(pp.evs)))
-		clear(pp.evs) // the encoded events point into their lines' buffers
+		clear(pp.evs) // let go of the encoded events (their bytes belong to each line's encoding)
 		pp.evs, pp.ack = pp.evs[:0], 0
 	}
 	p.procs = p.procs[:0]

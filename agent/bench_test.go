@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -18,6 +19,11 @@ import (
 )
 
 // benchBatchLine is one shim batch line of n kv_cache/forward_pass events starting at seq.
+
+// benchBound is how long a benchmark waits for its condition before it fails (a stuck pipeline
+// fails the run instead of hanging it).
+const benchBound = 5 * time.Minute
+
 func benchBatchLine(pid int, rank int, seq uint64, n int) []byte {
 	var b strings.Builder
 	fmt.Fprintf(&b, `{"t":"batch","v":1,"pid":%d,"ident":{"role":"worker","dp":0,"pp":0,"tp":%d,"ep":-1,"rank":%d},"events":[`, pid, rank, rank)
@@ -39,6 +45,9 @@ func benchBatchLine(pid int, rank int, seq uint64, n int) []byte {
 // BenchmarkIngestPublish measures socket ingest through JetStream acknowledgements with 8
 // simulated ranks writing 64-event batches; events/s is per process (GOMAXPROCS cores).
 func BenchmarkIngestPublish(b *testing.B) {
+	prev := slog.Default()
+	slog.SetDefault(slog.New(slog.NewTextHandler(io.Discard, nil))) // the clock's warnings, no hub here
+	defer slog.SetDefault(prev)
 	for _, ranks := range []int{1, 8} {
 		b.Run(fmt.Sprintf("ranks=%d", ranks), func(b *testing.B) {
 			ns := startNATSB(b)
@@ -93,7 +102,10 @@ func BenchmarkIngestPublish(b *testing.B) {
 			}
 			wg.Wait()
 			total := int64(len(lines[0]) * per * ranks)
-			for a.Status().NATS.Published == 0 || a.q.pending() > 0 || a.Status().Events < total {
+			for deadline := time.Now().Add(benchBound); a.Status().NATS.Published == 0 || a.q.pending() > 0 || a.Status().Events < total; {
+				if time.Now().After(deadline) {
+					b.Fatalf("not delivered within %s: %d of %d events, %d batches pending", benchBound, a.Status().Events, total, a.q.pending())
+				}
 				time.Sleep(time.Millisecond)
 			}
 			el := time.Since(start)
@@ -182,7 +194,10 @@ func BenchmarkRSS8Ranks(b *testing.B) {
 	}
 	wg.Wait()
 	total := int64(perRank * per * ranks)
-	for a.Status().Events < total || a.q.pending() > 0 {
+	for deadline := time.Now().Add(benchBound); a.Status().Events < total || a.q.pending() > 0; {
+		if time.Now().After(deadline) {
+			b.Fatalf("not delivered within %s: %d of %d events, %d batches pending", benchBound, a.Status().Events, total, a.q.pending())
+		}
 		time.Sleep(time.Millisecond)
 	}
 	el := time.Since(start)

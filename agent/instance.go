@@ -73,6 +73,7 @@ func (e *instanceEntry) live(now time.Time, refresh time.Duration) bool {
 func (a *Agent) refreshInstances(ctx context.Context) {
 	t := time.NewTicker(a.instanceRefresh())
 	defer t.Stop()
+	warned := map[string]bool{} // keys whose failed refresh was logged: once until one succeeds
 	for {
 		select {
 		case <-ctx.Done():
@@ -88,8 +89,15 @@ func (a *Agent) refreshInstances(ctx context.Context) {
 		}
 		a.mu.Unlock()
 		for key, id := range live {
-			if err := a.touchInstance(ctx, key, id); err != nil {
-				a.log.Warn("refresh instance entry", "instance", key, "session", id, "err", err)
+			err := a.touchInstance(ctx, key, id)
+			if err != nil && !warned[key] {
+				a.log.Warn("refresh instance entry (other agents may take the instance for ended)", "instance", key, "session", id, "err", err)
+			}
+			warned[key] = err != nil
+		}
+		for key := range warned {
+			if _, ok := live[key]; !ok {
+				delete(warned, key)
 			}
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/profilemate/profilemate/internal/natsclient"
 	"github.com/profilemate/profilemate/internal/stream"
 
 	"github.com/nats-io/nats.go"
@@ -58,6 +59,10 @@ type publisher struct {
 	published atomic.Int64
 	lastErr   atomic.Pointer[string]
 	errLogged atomic.Bool
+	// authLogged: the server's refusal of the credentials was logged since the last connection.
+	authLogged atomic.Bool
+	// lastConnErr is why the last connection attempt failed; cleared on connecting.
+	lastConnErr atomic.Pointer[error]
 
 	stop chan struct{}
 	done chan struct{}
@@ -134,8 +139,17 @@ func (p *publisher) connect() error {
 		nats.ReconnectBufSize(-1),
 		nats.ConnectHandler(func(*nats.Conn) { p.setConnected(true) }),
 		nats.ReconnectHandler(func(*nats.Conn) { p.setConnected(true) }),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { p.setConnected(false) }),
-		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { p.setErr(err) }),
+		nats.DisconnectErrHandler(func(c *nats.Conn, err error) {
+			if c.IsClosed() { // our own Close at shutdown: nothing is kept back because of it
+				p.connected.Store(false)
+				return
+			}
+			p.setConnected(false)
+			p.connErr(err)
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { p.setErr(err); p.connErr(err) }),
+		// Each failed (re)connection attempt, the first ones included (RetryOnFailedConnect).
+		nats.ReconnectErrHandler(func(_ *nats.Conn, err error) { p.connErr(err) }),
 	}
 	if p.cfg.TLSCA != "" {
 		opts = append(opts, nats.RootCAs(p.cfg.TLSCA))
@@ -171,6 +185,8 @@ func (p *publisher) connect() error {
 func (p *publisher) setConnected(v bool) {
 	if p.connected.Swap(v) != v {
 		if v {
+			p.authLogged.Store(false)
+			p.lastConnErr.Store(nil)
 			p.log.Info("nats connected", "url", p.nc.ConnectedUrlRedacted())
 		} else {
 			p.log.Warn("nats disconnected; keeping messages in the disk spool")
@@ -178,6 +194,31 @@ func (p *publisher) setConnected(v bool) {
 			p.q.setDown(true)
 		}
 	}
+}
+
+// connErr keeps why the last connection attempt failed (what a publish while disconnected reports)
+// and logs, once until the next connection, that the server refused this agent's credentials: the
+// reason the events stay in the spool, named as the server gave it.
+func (p *publisher) connErr(err error) {
+	if err == nil {
+		return
+	}
+	p.lastConnErr.Store(&err)
+	if natsclient.IsAuthError(err) && !p.authLogged.Swap(true) {
+		p.setErr(err)
+		p.log.Error(natsclient.AuthHint+"; retrying, events wait in the spool", "err", err, "url", natsclient.Redact(p.cfg.URL))
+	}
+}
+
+// notConnected is the error of a send while disconnected, naming the last connection error.
+func (p *publisher) notConnected() error {
+	var last error
+	if e := p.lastConnErr.Load(); e != nil {
+		last = *e
+	} else {
+		last = p.nc.LastError()
+	}
+	return natsclient.NotConnected(last)
 }
 
 func (p *publisher) setErr(err error) {
@@ -258,7 +299,7 @@ func (p *publisher) run() {
 // send publishes msgs in order and returns how many of the first ones were acknowledged.
 func (p *publisher) send(msgs []Msg) (int, error) {
 	if !p.nc.IsConnected() {
-		return 0, nats.ErrConnectionClosed
+		return 0, p.notConnected()
 	}
 	if p.cfg.CreateStream && !p.streamOK.Load() && p.js != nil {
 		if err := p.ensureStream(); err != nil {

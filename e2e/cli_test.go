@@ -332,3 +332,50 @@ func TestCLIHelpHasNoCodeIdentifiers(t *testing.T) {
 		}
 	}
 }
+
+// TestCLIJSONVariableGlobal: PROFILEMATE_JSON is the one output-format variable (docs/cli.md):
+// every --json flag reads it, no other flag does, docs/cli.md lists exactly the commands that
+// have --json, and every other variable belongs to flags of a single name.
+func TestCLIJSONVariableGlobal(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("..", "docs", "cli.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, _ := strings.Cut(string(b), "## `PROFILEMATE_JSON`")
+	section, _, _ = strings.Cut(section, "\n## ")
+	documented := map[string]bool{}
+	for _, m := range regexp.MustCompile("`((?:pmhub|pmagent) [a-z ]+)`").FindAllStringSubmatch(section, -1) {
+		documented[m[1]] = true
+	}
+	names := map[string]map[string]bool{} // variable -> flag names reading it
+	for _, binary := range []string{"pmagent", "pmhub"} {
+		for _, cmd := range commands(t, binary) {
+			id := binary + " " + cmd
+			for name, f := range helpFlags(t, binary, cmd, refEnv()) {
+				for _, env := range strings.Split(f.Env, ", ") {
+					if names[env] == nil {
+						names[env] = map[string]bool{}
+					}
+					names[env][name] = true
+				}
+				if name == "json" {
+					if f.Env != "PROFILEMATE_JSON" {
+						t.Errorf("%s --json reads %q, want PROFILEMATE_JSON", id, f.Env)
+					}
+					if !documented[id] {
+						t.Errorf("%s has --json but docs/cli.md does not list it under PROFILEMATE_JSON", id)
+					}
+					delete(documented, id)
+				}
+			}
+		}
+	}
+	for id := range documented {
+		t.Errorf("docs/cli.md lists %s under PROFILEMATE_JSON, which has no --json", id)
+	}
+	for env, flags := range names {
+		if len(flags) > 1 {
+			t.Errorf("%s is read by differently named flags %v: a variable belongs to one flag", env, flags)
+		}
+	}
+}

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
 )
 
 // BenchmarkEmitToTail measures how long an event takes from the moment the shim records it
@@ -19,6 +21,9 @@ func BenchmarkEmitToTail(b *testing.B) {
 		runEmitToTail(b)
 	}
 }
+
+// barrierSession is the session of the event runEmitToTail publishes last.
+const barrierSession = "bench-barrier"
 
 func runEmitToTail(b *testing.B) {
 	h := startHub(b, b.TempDir(), freeAddr(b))
@@ -41,6 +46,7 @@ func runEmitToTail(b *testing.B) {
 	<-ready
 	var lat []float64
 	done := make(chan struct{})
+	barrier := make(chan struct{}) // closed when tail printed the barrier event (after every other)
 	var first, last time.Time
 	go func() {
 		defer close(done)
@@ -49,7 +55,12 @@ func runEmitToTail(b *testing.B) {
 		for sc.Scan() {
 			now := time.Now()
 			var ev struct {
-				TsNS int64 `json:"ts_ns"`
+				Session string `json:"session"`
+				TsNS    int64  `json:"ts_ns"`
+			}
+			if json.Unmarshal(sc.Bytes(), &ev) == nil && ev.Session == barrierSession {
+				close(barrier)
+				continue
 			}
 			if json.Unmarshal(sc.Bytes(), &ev) == nil && ev.TsNS > 0 {
 				if first.IsZero() {
@@ -72,7 +83,27 @@ func runEmitToTail(b *testing.B) {
 			b.Fatalf("pmagent run: %v", err)
 		}
 	}
-	time.Sleep(500 * time.Millisecond) // let tail print the last batches before it is stopped
+	// The agents' events were all acknowledged before they exited; one published now reaches the
+	// tail after all of them (one server, one subscriber): once tail prints it, it printed them.
+	nc, err := nats.Connect(h.url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	subj, data, _ := encodeKVBatch(b, barrierSession, wireProc{Host: "barrier", PID: 1}, 1, 1)
+	if err := nc.Publish(subj, data); err != nil {
+		b.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		b.Fatal(err)
+	}
+	nc.Close()
+	select {
+	case <-barrier:
+	case <-done:
+		b.Fatal("tail ended before it printed the barrier event")
+	case <-time.After(time.Minute):
+		b.Fatal("tail did not print the barrier event within a minute")
+	}
 	tail.Process.Kill()
 	<-done
 	if len(lat) == 0 {

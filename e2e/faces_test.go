@@ -169,10 +169,10 @@ func TestMetricsPerRankDuringRun(t *testing.T) {
 	p := agStart(t, env, args...)
 	defer os.WriteFile(pause, nil, 0o644)
 
-	want := []string{`profilemate_kv_cache_usage_ratio{host="metrics-host",instance="",node_rank="",proc="eng0",rank="",session="metrics-s"}`,
-		`profilemate_preemptions_total{host="metrics-host",instance="",node_rank="",proc="eng0",rank="",session="metrics-s"}`}
+	want := []string{`profilemate_kv_cache_usage_ratio{host="metrics-host",instance_key="",node_rank="",proc="eng0",rank="",session="metrics-s"}`,
+		`profilemate_preemptions_total{host="metrics-host",instance_key="",node_rank="",proc="eng0",rank="",session="metrics-s"}`}
 	for w := 0; w < agWorkers(); w++ {
-		want = append(want, fmt.Sprintf(`profilemate_step_wall_seconds_count{host="metrics-host",instance="",node_rank="",proc="w%d",rank="%d",session="metrics-s"}`, w, w))
+		want = append(want, fmt.Sprintf(`profilemate_step_wall_seconds_count{host="metrics-host",instance_key="",node_rank="",proc="w%d",rank="%d",session="metrics-s"}`, w, w))
 	}
 	var body string
 	deadline := time.Now().Add(2 * time.Minute)

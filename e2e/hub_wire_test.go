@@ -27,7 +27,7 @@ func (p wireProc) token() string {
 // kvTables are the two tables of kind kv_cache, which encodeKVBatch alternates between.
 var kvTables = proto.KindTables(proto.KindKVCache)
 
-func marshal(t *testing.T, m gproto.Message) []byte {
+func marshal(t testing.TB, m gproto.Message) []byte {
 	t.Helper()
 	b, err := gproto.Marshal(m)
 	if err != nil {
@@ -37,7 +37,7 @@ func marshal(t *testing.T, m gproto.Message) []byte {
 }
 
 // encodeKVBatch is one kv_cache EventBatch of n events from seq first on, as the agent publishes it.
-func encodeKVBatch(t *testing.T, session string, p wireProc, first uint64, n int) (subject string, data []byte, msgID string) {
+func encodeKVBatch(t testing.TB, session string, p wireProc, first uint64, n int) (subject string, data []byte, msgID string) {
 	eb := proto.Stamp(&pmpb.EventBatch{Process: p.process(session)})
 	for i := 0; i < n; i++ {
 		s := first + uint64(i)

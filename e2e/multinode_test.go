@@ -670,7 +670,8 @@ func pmhubImport(t *testing.T, data string, folders ...string) (*hub.Metadata, i
 	return &m, 0, string(out)
 }
 
-// TestMultiNodeStandaloneImport runs the multi-node shapes with no agent anywhere
+// TestMultiNodeStandaloneImport runs the multi-node shapes (MP -tp 4 and -tp 2 -pp 2 over two
+// nodes, DP=4 over two nodes, Ray TP=4 over two hosts) with no agent anywhere
 // (PROFILEMATE_SOCKET=off: each host writes its own standalone folder) and merges each pair of
 // host folders with `pmhub import`: one session whose metadata has every worker's global, TP and
 // PP rank and every EngineCore's DP rank equal to the simulator's ground truth, the instance key
@@ -712,19 +713,41 @@ func TestMultiNodeStandaloneImport(t *testing.T) {
 		"--data-parallel-address", "127.0.0.1", "--data-parallel-rpc-port", p3}
 	start("dp4", "dp:127.0.0.1:"+p3, dp, append(append([]string{}, dp...), "--headless", "--data-parallel-start-rank", "2"))
 	start("tp4-again", "mp:127.0.0.1:"+p1, mp(p1, 0, "-tp", "4"), mp(p1, 1, "-tp", "4"))
+	{
+		// Ray: hostB's node is started on its own; its actors learn the instance only through the
+		// variables vLLM copies, after they started (their metadata.json's instance_key).
+		p4 := mnPort(t)
+		r := run{folders: map[string]string{}, truths: map[string]string{
+			"hostA": filepath.Join(dir, "ray-a.json"), "hostB": filepath.Join(dir, "ray-b.json")}}
+		outA, outB := filepath.Join(dir, "ray-a"), filepath.Join(dir, "ray-b")
+		head := a.launch(t, py, r.truths["hostA"], []string{"PROFILEMATE_SOCKET=off", "PROFILEMATE_HOST=hostA", "PROFILEMATE_OUTPUT_DIR=" + outA,
+			"RAY_ADDRESS=127.0.0.1:" + p4}, filepath.Join(a.tree, "bin", "vllm"), "serve", "pm-e2e-model", "-tp", "4", "--distributed-executor-backend", "ray")
+		node := b.launch(t, py, r.truths["hostB"], []string{"PROFILEMATE_SOCKET=off", "PROFILEMATE_HOST=hostB", "PROFILEMATE_OUTPUT_DIR=" + outB},
+			filepath.Join(b.tree, "bin", "ray"), "start", "--address", "127.0.0.1:"+p4, "--block")
+		mnWait(t, head, node)
+		r.folders["hostA"], r.folders["hostB"] = mnSessionFolder(t, outA), mnSessionFolder(t, outB)
+		runs["ray"] = r
+	}
 
-	for name, wantWorkers := range map[string]int{"tp4": 4, "tp2pp2": 4, "dp4": 0} {
+	for name, wantWorkers := range map[string]int{"tp4": 4, "tp2pp2": 4, "dp4": 0, "ray": 4} {
 		r := runs[name]
 		m, code, out := pmhubImport(t, data, r.folders["hostA"], r.folders["hostB"])
 		if code != 0 {
 			t.Fatalf("%s: pmhub import exit %d: %s", name, code, out)
 		}
-		if len(m.Instances) != 1 || m.Instances[0] != r.key {
-			t.Errorf("%s: instances %v, want [%s]", name, m.Instances, r.key)
-		}
-		for host, want := range map[string]int64{"hostA": 0, "hostB": 1} {
-			if h := m.Hosts[host]; h == nil || h.NodeRank == nil || *h.NodeRank != want {
-				t.Errorf("%s: host %s node rank %v, want %d", name, host, h, want)
+		if name == "ray" {
+			// ray:<the driver's session id>, which the test cannot know beforehand
+			if len(m.Instances) != 1 || !strings.HasPrefix(m.Instances[0], "ray:") {
+				t.Errorf("ray: instances %v, want one ray:<session>", m.Instances)
+			}
+		} else {
+			if len(m.Instances) != 1 || m.Instances[0] != r.key {
+				t.Errorf("%s: instances %v, want [%s]", name, m.Instances, r.key)
+			}
+			for host, want := range map[string]int64{"hostA": 0, "hostB": 1} {
+				if h := m.Hosts[host]; h == nil || h.NodeRank == nil || *h.NodeRank != want {
+					t.Errorf("%s: host %s node rank %v, want %d", name, host, h, want)
+				}
 			}
 		}
 		procs := map[string]*mnProc{}
@@ -750,7 +773,11 @@ func TestMultiNodeStandaloneImport(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: pmhub show: %v\n%s", name, err, show)
 		}
-		if wantWorkers > 0 && !strings.Contains(string(show), "hostB (node 1): w2(") {
+		grid := "hostB (node 1): w2("
+		if name == "ray" {
+			grid = "hostB: w2(" // Ray has no node ranks
+		}
+		if wantWorkers > 0 && !strings.Contains(string(show), grid) {
 			t.Errorf("%s: show lacks hostB's part of the rank grid:\n%s", name, show)
 		}
 	}

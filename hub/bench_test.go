@@ -158,7 +158,10 @@ func BenchmarkConsumeWrite(b *testing.B) {
 		start, cpu0 := time.Now(), processCPU(b)
 		done := make(chan error, 1)
 		go func() { done <- h.Run(ctx) }()
-		for h.Counters().Rows < total {
+		for deadline := time.Now().Add(5 * time.Minute); h.Counters().Rows < total; {
+			if time.Now().After(deadline) {
+				b.Fatalf("%d of %d rows after 5 minutes", h.Counters().Rows, total)
+			}
 			time.Sleep(time.Millisecond)
 		}
 		d += time.Since(start)

@@ -27,12 +27,15 @@ type rawEvent struct {
 // the batch is spelled straight from the wire bytes into one buffer and the events' Cols are
 // slices of one string made from it: two allocations per batch for the cells, not one per cell.
 func (w *wireSchema) fastBatch(data []byte, f proto.SubjectFields) (b *Batch, major uint32, ok bool) {
-	b = &Batch{Proc: f.Proc, Kind: f.Kind, Events: make([]Event, 0, 16)}
+	events := countEvents(data)
+	b = &Batch{Proc: f.Proc, Kind: f.Kind, Events: make([]Event, 0, events)}
 	sawProcess := false
 	var ev rawEvent   // reused for every event of the batch
 	var pool []string // the batch's column cells, allocated in chunks rather than per event
-	var cells []byte  // every cell's text, back to back, in the order of the events' Cols
-	var ends []uint32 // where each cell ends in cells
+	// Every cell's text, back to back, in the order of the events' Cols (a cell's text is about
+	// as long as its wire form), and where each cell ends.
+	cells := make([]byte, 0, len(data))
+	var ends []uint32
 	var kindTables []string
 	lastTable := "" // the last table found to belong to the batch's kind
 	for len(data) > 0 {
@@ -95,7 +98,10 @@ func (w *wireSchema) fastBatch(data []byte, f proto.SubjectFields) (b *Batch, ma
 			}
 			own, types := w.own[table], w.types[table]
 			if len(pool) < len(own) {
-				pool = make([]string, 64*len(own))
+				pool = make([]string, max(events-len(b.Events), 1)*len(own))
+			}
+			if ends == nil {
+				ends = make([]uint32, 0, events*len(own))
 			}
 			e := Event{Table: table, Seq: ev.seq, Step: ev.step, TsNS: ev.ts, Cols: pool[:len(own):len(own)]}
 			pool = pool[len(own):]
@@ -133,6 +139,27 @@ func (w *wireSchema) fastBatch(data []byte, f proto.SubjectFields) (b *Batch, ma
 		}
 	}
 	return b, major, true
+}
+
+// countEvents counts an EventBatch's events (field 4) without decoding them, to size the
+// batch's slices once; a malformed message counts what precedes the damage.
+func countEvents(data []byte) int {
+	n := 0
+	for len(data) > 0 {
+		num, typ, k := protowire.ConsumeTag(data)
+		if k < 0 {
+			break
+		}
+		data = data[k:]
+		if k = protowire.ConsumeFieldValue(num, typ, data); k < 0 {
+			break
+		}
+		data = data[k:]
+		if num == 4 {
+			n++
+		}
+	}
+	return n
 }
 
 func fastString(data []byte) (string, int, bool) {

@@ -45,18 +45,20 @@ type standaloneMeta struct {
 		EP   int64  `json:"ep"`
 		Rank int64  `json:"rank"`
 	} `json:"ident"`
-	Python    string            `json:"python"`
-	VLLM      string            `json:"vllm"`
-	Argv      []string          `json:"argv"`
-	Env       map[string]string `json:"env"`
-	Targets   []Target          `json:"targets"`
-	Tables    []TableStatus     `json:"tables"`
-	Dropped   uint64            `json:"dropped"`
-	LastSeq   uint64            `json:"last_seq"`
-	StartNS   int64             `json:"start_ns"`
-	EndNS     int64             `json:"end_ns"`
-	EndState  string            `json:"end_state"`
-	EndSignal string            `json:"end_signal"`
+	Python string            `json:"python"`
+	VLLM   string            `json:"vllm"`
+	Argv   []string          `json:"argv"`
+	Env    map[string]string `json:"env"`
+	// InstanceKey is PROFILEMATE_INSTANCE_KEY when the process last wrote its metadata (Ray).
+	InstanceKey string        `json:"instance_key"`
+	Targets     []Target      `json:"targets"`
+	Tables      []TableStatus `json:"tables"`
+	Dropped     uint64        `json:"dropped"`
+	LastSeq     uint64        `json:"last_seq"`
+	StartNS     int64         `json:"start_ns"`
+	EndNS       int64         `json:"end_ns"`
+	EndState    string        `json:"end_state"`
+	EndSignal   string        `json:"end_signal"`
 }
 
 // importProc is one process folder of an input folder.
@@ -218,7 +220,7 @@ func readImportFolder(path string) (*importFolder, error) {
 			if n := proto.NodeRank(sm.Argv); n >= 0 {
 				f.node = int64(n)
 			}
-		} else if k := sm.Env["PROFILEMATE_INSTANCE_KEY"]; k != "" {
+		} else if k := sm.InstanceKey; k != "" {
 			keys[k] = true
 		}
 		f.procs = append(f.procs, importProc{dir: pdir, meta: pm})

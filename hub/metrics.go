@@ -17,9 +17,10 @@ import (
 
 // Metrics is the hub's Prometheus view: its own health and the latest per-rank series users chart,
 // labelled by session, host, process token (proc: w3, eng0, api0), global worker rank (rank,
-// empty for engine and API-server processes), multi-node instance key (instance, e.g.
-// "mp:10.0.0.1:29500") and the host's node rank in it (node_rank), both empty for a single-host
-// instance. instance and node_rank follow from session and host, so they add no series. Active
+// empty for engine and API-server processes), multi-node instance key (instance_key, e.g.
+// "mp:10.0.0.1:29500"; not "instance", Prometheus's own label for the scraped target) and the
+// host's node rank in it (node_rank), both empty for a single-host instance. instance_key and
+// node_rank follow from session and host, so they add no series. Active
 // sessions only: series of a session that ended are deleted at the next scrape, which bounds
 // cardinality.
 type Metrics struct {
@@ -40,7 +41,7 @@ type Metrics struct {
 	obs  uint64                    // batches observed so far
 }
 
-var rankLabels = []string{"session", "instance", "host", "node_rank", "proc", "rank"}
+var rankLabels = []string{"session", "instance_key", "host", "node_rank", "proc", "rank"}
 
 // NewMetrics makes the registry; pass m.Observe as Config.Observe and call Attach once the server
 // exists.
@@ -149,7 +150,7 @@ func (m *Metrics) Observe(b *Batch) {
 			f, err := strconv.ParseFloat(v, 64)
 			return f, err == nil
 		}
-		l := prometheus.Labels{"session": b.Session, "instance": b.InstanceKey, "host": b.Host, "node_rank": b.NodeRank, "proc": b.Proc, "rank": rank}
+		l := prometheus.Labels{"session": b.Session, "instance_key": b.InstanceKey, "host": b.Host, "node_rank": b.NodeRank, "proc": b.Proc, "rank": rank}
 		switch ev.Table {
 		case "kv_cache_usage":
 			if v, ok := num("usage"); ok {

@@ -80,10 +80,10 @@ func TestMetricsPerRankSeriesLiveThenDropped(t *testing.T) {
 		return string(b)
 	}
 	want := []string{
-		`profilemate_step_wall_seconds_count{host="host-a",instance="mp:10.0.0.1:29500",node_rank="1",proc="w2",rank="2",session="S1"} 2`,
-		`profilemate_step_wall_seconds_sum{host="host-a",instance="mp:10.0.0.1:29500",node_rank="1",proc="w2",rank="2",session="S1"} 0.008`,
-		`profilemate_kv_cache_usage_ratio{host="host-a",instance="",node_rank="",proc="eng0",rank="",session="S1"} 0.75`,
-		`profilemate_batch_token_utilization_ratio{host="host-a",instance="",node_rank="",proc="eng1",rank="",session="S1"} 0.5`,
+		`profilemate_step_wall_seconds_count{host="host-a",instance_key="mp:10.0.0.1:29500",node_rank="1",proc="w2",rank="2",session="S1"} 2`,
+		`profilemate_step_wall_seconds_sum{host="host-a",instance_key="mp:10.0.0.1:29500",node_rank="1",proc="w2",rank="2",session="S1"} 0.008`,
+		`profilemate_kv_cache_usage_ratio{host="host-a",instance_key="",node_rank="",proc="eng0",rank="",session="S1"} 0.75`,
+		`profilemate_batch_token_utilization_ratio{host="host-a",instance_key="",node_rank="",proc="eng1",rank="",session="S1"} 0.5`,
 		`profilemate_gpu_utilization_ratio{gpu="0",host="host-a",session="S1"} 0.37`,
 		// The health series: rows are counted once their round is committed, after the batch
 		// was observed, so they are polled for together with the per-rank series.
@@ -106,7 +106,7 @@ func TestMetricsPerRankSeriesLiveThenDropped(t *testing.T) {
 		missing = ""
 		return true
 	})
-	if strings.Contains(body, `profilemate_batch_token_utilization_ratio{host="host-a",instance="",node_rank="",proc="eng0"`) {
+	if strings.Contains(body, `profilemate_batch_token_utilization_ratio{host="host-a",instance_key="",node_rank="",proc="eng0"`) {
 		t.Fatalf("token utilisation exported for an engine whose budget is unknown:\n%s", body)
 	}
 	promtoolCheck(t, body)

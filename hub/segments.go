@@ -21,6 +21,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -147,6 +148,13 @@ func (s *Server) rotate(ss *session, now time.Time, why string) error {
 // segment's first row. Each step can be repeated, so a rotation a crash interrupted finishes when
 // the session's next message comes (openSession).
 func (s *Server) closeSegment(ss *session, now time.Time) error {
+	// Writers of the live folder outside the hub (the plugin host) hold the rotation lock shared:
+	// none of their writes falls between the move and the next segment's metadata.
+	unlock, err := LockRotation(s.cfg.DataDir, true)
+	if err != nil {
+		return fmt.Errorf("close segment: %w", err)
+	}
+	defer unlock()
 	root := sessionsDir(s.cfg.DataDir)
 	live := SessionDir(s.cfg.DataDir, ss.id)
 	name := segmentFolderName(ss.id, ss.meta.Segment.Index)
@@ -172,6 +180,39 @@ func (s *Server) closeSegment(ss *session, now time.Time) error {
 	s.rotated = true
 	s.log.Info("session rotated", "session", ss.id, "closed", name, "segment", ss.meta.Segment.Index)
 	return ss.commit()
+}
+
+// RotationLockFile, in the hub data folder, is flock(2)ed exclusively by the hub from the moment
+// it moves a live segment to its closed name until the next segment's metadata.json is written.
+// A process that writes into a session's live folder besides the hub (the plugin host, pmhub
+// plugins run) holds it shared around each write, so it never finds the live folder missing nor
+// writes into a segment after it was recorded closed.
+const RotationLockFile = "rotation.lock"
+
+// LockRotation takes the data folder's RotationLockFile, waiting for it: exclusive for a rotation,
+// shared for a writer of live folders. unlock releases it (the kernel does when the process dies).
+// Errors: the file cannot be created or locked.
+func LockRotation(dataDir string, exclusive bool) (unlock func(), err error) {
+	path := filepath.Join(dataDir, RotationLockFile)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o640)
+	if err != nil {
+		return nil, fmt.Errorf("hub: rotation lock: %w", err)
+	}
+	how := syscall.LOCK_SH
+	if exclusive {
+		how = syscall.LOCK_EX
+	}
+	for {
+		err = syscall.Flock(int(f.Fd()), how)
+		if !errors.Is(err, syscall.EINTR) {
+			break
+		}
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("hub: lock %s: %w", path, err)
+	}
+	return func() { f.Close() }, nil
 }
 
 // markClosedSegments records as ended by rotation every closed segment a crash left between its

@@ -173,6 +173,17 @@ func (s *session) writeBatch(b *Batch, now time.Time) (int, error) {
 	}
 	s.prefix = prefix
 	written := 0
+	// Rows are counted per run of one table (a batch is one kind, mostly one table), not per row
+	// in two maps.
+	runTable, run := "", int64(0)
+	count := func() {
+		if run > 0 {
+			s.meta.Rows[runTable] += run
+			p.meta.Rows[runTable] += run
+		}
+		run = 0
+	}
+	defer count()
 	for i := range b.Events {
 		e := &b.Events[i]
 		if p.seen.has(e.Seq) {
@@ -215,8 +226,11 @@ func (s *session) writeBatch(b *Batch, now time.Time) (int, error) {
 		}
 		tf.dirty = true
 		s.meta.Bytes += int64(len(l))
-		s.meta.Rows[e.Table]++
-		p.meta.Rows[e.Table]++
+		if e.Table != runTable {
+			count()
+			runTable = e.Table
+		}
+		run++
 		s.segRows++
 		s.noteAligned(aligned)
 		written++

@@ -50,7 +50,8 @@ const findingsFile = "findings.csv"
 // rows, bytes and per-process rows counted from what was copied, duplicates and the other drop
 // counters summed over the segments read, start_ns the session's start (or, when its first
 // segment is not read, the first row's aligned time; at least Since), no segment record, and Window saying which segments and
-// range it holds. Segments whose rows' aligned range (SegmentMeta) lies outside w are not read.
+// range it holds. Ended segments whose rows' aligned range (SegmentMeta) lies outside w are not
+// read.
 // Without a range, findings.csv is concatenated and plugins.json copied; with one, both are left
 // out (findings are then computed from the rows in range). It returns the written metadata.
 // Errors: a segment's metadata or CSV cannot be read, dst cannot be written.
@@ -66,7 +67,9 @@ func CopyWindow(dirs []string, w Window, dst string) (*Metadata, error) {
 		if err != nil {
 			return nil, err
 		}
-		if g := m.Segment; g != nil && !w.IsZero() && (g.FirstAlignedNS != 0 || g.LastAlignedNS != 0) &&
+		// Only a finished segment's range is final: a live one may hold rows its metadata does
+		// not count yet (written, metadata next), so it is always read.
+		if g := m.Segment; g != nil && m.Status == StatusEnded && !w.IsZero() && (g.FirstAlignedNS != 0 || g.LastAlignedNS != 0) &&
 			(g.LastAlignedNS < lo || g.FirstAlignedNS >= hi) {
 			continue
 		}

@@ -8,7 +8,7 @@
 #   scripts/benchmarks.sh hub        pmhub consume → write, and plain JetStream consume beside it
 #   scripts/benchmarks.sh tail       emit → `pmhub tail` latency (the simulator under two agents)
 #   scripts/benchmarks.sh startup    the shim start-up benchmark (every pyenv Python 3.9–3.13)
-#   scripts/benchmarks.sh compare REV pipeline|agent|hub
+#   scripts/benchmarks.sh compare REV pipeline|agent|hub|tail
 #                                    before/after in one run: the same benchmark (this tree's
 #                                    benchmark files) on REV, checked out into a temporary git
 #                                    worktree, and on this tree, alternating COUNT times (default 2)
@@ -42,8 +42,8 @@ pipeline | e2e | agent | hub | tail)
   exit
   ;;
 compare)
-  rev="${2:?usage: scripts/benchmarks.sh compare REV pipeline|agent|hub}"
-  what="${3:?usage: scripts/benchmarks.sh compare REV pipeline|agent|hub}"
+  rev="${2:?usage: scripts/benchmarks.sh compare REV pipeline|agent|hub|tail}"
+  what="${3:?usage: scripts/benchmarks.sh compare REV pipeline|agent|hub|tail}"
   before="$(mktemp -d)/before"
   git worktree add --detach -q "$before" "$rev"
   trap 'git worktree remove --force "$before"' EXIT
@@ -53,9 +53,9 @@ compare)
   echo "# before: $(git rev-parse --short "$rev"), after: $(git rev-parse --short HEAD)$(git diff --quiet || echo ' + uncommitted changes')"
   for i in $(seq "${COUNT:-2}"); do
     echo "## round $i before (load average $(cut -d' ' -f1-3 /proc/loadavg))"
-    COUNT=1 bench "$what" "$before" | grep -E '^(Benchmark|ok|FAIL|---)' || true
+    COUNT=1 bench "$what" "$before" | grep -E '^(Benchmark|ok|FAIL|---)|ns/op' || true
     echo "## round $i after (load average $(cut -d' ' -f1-3 /proc/loadavg))"
-    COUNT=1 bench "$what" | grep -E '^(Benchmark|ok|FAIL|---)' || true
+    COUNT=1 bench "$what" | grep -E '^(Benchmark|ok|FAIL|---)|ns/op' || true
   done
   exit
   ;;
@@ -64,7 +64,7 @@ startup)
   ;;
 docs) ;;
 *)
-  echo "usage: scripts/benchmarks.sh [docs|pipeline|agent|hub|tail|startup|compare REV pipeline|agent|hub]" >&2
+  echo "usage: scripts/benchmarks.sh [docs|pipeline|agent|hub|tail|startup|compare REV pipeline|agent|hub|tail]" >&2
   exit 2
   ;;
 esac
@@ -75,7 +75,7 @@ esac
   echo "run that measured ProfileMate and its baseline side by side on the same machine, named in the"
   echo "section. Sources: \`docs/bench/*.md\`; regenerate this page with \`scripts/benchmarks.sh\`"
   echo "(\`scripts/benchmarks.sh pipeline|agent|hub|tail|startup\` reruns one benchmark, \`scripts/benchmarks.sh"
-  echo "compare REV pipeline|agent|hub\` runs one before and after a change side by side)."
+  echo "compare REV pipeline|agent|hub|tail\` runs one before and after a change side by side)."
   echo
   echo "No GPU was available for these runs: the GPU check (\`shim/bench/gpu_check.py\`) is prepared and"
   echo "has not been run on a GPU yet."

@@ -240,7 +240,10 @@ func TestMissingLibrary(t *testing.T) {
 	done := make(chan error)
 	go func() { done <- s.Run(ctx) }()
 	// Run logs its one line and then waits for ctx.
-	for !strings.Contains(logText(&buf), "gpu sampling off") {
+	for deadline := time.Now().Add(30 * time.Second); !strings.Contains(logText(&buf), "gpu sampling off"); {
+		if time.Now().After(deadline) {
+			t.Fatalf("no \"gpu sampling off\" line within 30 s:\n%s", logText(&buf))
+		}
 		time.Sleep(time.Millisecond)
 	}
 	cancel()

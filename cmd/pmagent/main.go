@@ -4,22 +4,31 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/profilemate/profilemate/internal/cliapp"
 )
 
 // version is set at build time (-ldflags "-X main.version=…").
 var version = "dev"
 
 func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	code := cliapp.Run(ctx, newApp(), os.Args)
+	stop()
+	os.Exit(code)
+}
+
+// newApp is pmagent's command tree, prepared with the shared exit-code rule and --version
+// (internal/cliapp); main runs it, tests run and inspect it.
+func newApp() *cli.App {
 	app := &cli.App{
-		Name:    "pmagent",
-		Version: version,
-		Usage:   "profile every vLLM process on this host and ship the events to the hub",
+		Name:  "pmagent",
+		Usage: "profile every vLLM process on this host and ship the events to the hub",
 		Commands: []*cli.Command{
 			runCommand,
 			serveCommand,
@@ -29,10 +38,6 @@ func main() {
 			statusCommand,
 		},
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	if err := app.RunContext(ctx, os.Args); err != nil {
-		fmt.Fprintln(os.Stderr, "pmagent:", err)
-		os.Exit(1)
-	}
+	cliapp.Prepare(app, version)
+	return app
 }

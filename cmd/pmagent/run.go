@@ -68,6 +68,10 @@ func runAction(c *cli.Context) error {
 		return cli.Exit("pmagent run: --session / PROFILEMATE_SESSION: "+err.Error(), 2)
 	}
 	socket := c.String("socket")
+	if socket == socketOff {
+		// PROFILEMATE_SOCKET=off is the shim's "no agent"; here it means no running one: run our own.
+		socket = ""
+	}
 	var a *agent.Agent
 	if socket != "" && socketLive(socket) {
 		log.Info("using the running agent", "socket", socket)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/profilemate/profilemate/agent/gpu"
+	"github.com/profilemate/profilemate/internal/cliapp"
 	"github.com/profilemate/profilemate/internal/dirs"
 	"github.com/profilemate/profilemate/internal/natsclient"
 
@@ -17,6 +18,10 @@ import (
 	"github.com/profilemate/profilemate/agent"
 	"github.com/profilemate/profilemate/internal/sdnotify"
 )
+
+// socketOff is the PROFILEMATE_SOCKET value with which a shim uses no agent (docs/shim.md); the
+// same variable sets pmagent's --socket.
+const socketOff = "off"
 
 // pipelineFlags are the flags `run` and `serve` share: where to publish and where to spool.
 func pipelineFlags() []cli.Flag {
@@ -56,6 +61,9 @@ var serveCommand = &cli.Command{
 			return err
 		}
 		cfg.Socket = c.String("socket")
+		if cfg.Socket == socketOff {
+			return cliapp.Usage("--socket %s: that is the shims' setting for no agent (PROFILEMATE_SOCKET=off); the agent needs a socket path (default %s)", socketOff, agent.DefaultSocket())
+		}
 		cfg.SocketGroup = c.String("socket-group")
 		cfg.Session = c.String("session")
 		cfg.SessionLinger = c.Duration("session-linger")

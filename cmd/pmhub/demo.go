@@ -37,7 +37,7 @@ func demoCommand() *cli.Command {
 			&cli.IntFlag{Name: "workers", Value: 4, EnvVars: []string{"PROFILEMATE_DEMO_WORKERS"}, Usage: "simulated tensor-parallel workers per host"},
 			&cli.StringFlag{Name: "python", EnvVars: []string{"PROFILEMATE_DEMO_PYTHON"}, Usage: "Python 3.9+ interpreter for the simulated vLLM (default: python3 on PATH)"},
 			&cli.StringFlag{Name: "pmagent", EnvVars: []string{"PROFILEMATE_PMAGENT"}, Usage: "pmagent binary (default: beside pmhub, then PATH)"},
-			&cli.DurationFlag{Name: "timeout", Value: 3 * time.Minute, EnvVars: []string{"PROFILEMATE_DEMO_TIMEOUT"}, Usage: "give up after this long"},
+			&cli.DurationFlag{Name: "timeout", Value: 3 * time.Minute, EnvVars: []string{"PROFILEMATE_DEMO_TIMEOUT"}, Usage: "give up after this long, stopping every process the demo started (exit code 1)"},
 		},
 		Action: demo,
 	}
@@ -52,6 +52,9 @@ func demo(c *cli.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(c.Context, c.Duration("timeout"))
 	defer cancel()
+	if err := adoptOrphans(); err != nil {
+		fmt.Fprintf(c.App.ErrWriter, "pmhub demo: processes of a stopped agent may outlive it: %v\n", err)
+	}
 	out := c.App.Writer
 
 	agentBin, err := findPMAgent(c.String("pmagent"))
@@ -82,7 +85,7 @@ func demo(c *cli.Context) error {
 	// A short session end so the demo finishes as soon as both hosts are done.
 	h, err := hub.New(hub.Config{DataDir: filepath.Join(data, "hub"), Listen: "127.0.0.1:-1", SessionIdle: 30 * time.Second})
 	if err != nil {
-		return cli.Exit(err.Error(), 2)
+		return err
 	}
 	if err := h.Start(ctx); err != nil {
 		return fmt.Errorf("pmhub demo: start hub: %w", err)
@@ -123,6 +126,12 @@ func demo(c *cli.Context) error {
 		added <- names
 	}()
 	wg.Wait()
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return cli.Exit(fmt.Sprintf("pmhub demo: gave up after --timeout %s; its processes were stopped (agent logs in %s)", c.Duration("timeout"), data), 1)
+	}
+	if ctx.Err() != nil {
+		return cli.Exit(fmt.Sprintf("pmhub demo: interrupted; its processes were stopped (agent logs in %s)", data), 1)
+	}
 	if err := errors.Join(errs...); err != nil {
 		return cli.Exit(fmt.Sprintf("pmhub demo: %v (agent logs in %s)", err, data), 1)
 	}
@@ -174,7 +183,9 @@ func demoPort() (int, error) {
 }
 
 // runDemoAgent runs node nodeRank of the demo's two-node instance (workers ranks per node) under a
-// `pmagent run` with --host host.
+// `pmagent run` with --host host, in a process group of its own: when ctx ends the group gets
+// SIGTERM, then SIGKILL demoStopGrace later. It returns once every process of the group (the
+// agent, the simulated vLLM and its workers) has exited and been reaped.
 func runDemoAgent(ctx context.Context, agentBin, python, tree, natsURL, host, session string, workers, nodeRank, port int, logPath string) error {
 	log, err := os.Create(logPath)
 	if err != nil {
@@ -194,7 +205,16 @@ func runDemoAgent(ctx context.Context, agentBin, python, tree, natsURL, host, se
 		"PMSIM_GROUND_TRUTH="+filepath.Join(filepath.Dir(logPath), host+"-ground-truth.json"),
 	)
 	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Run(); err != nil {
+	ownGroup(cmd)
+	err = cmd.Run()
+	// Whatever ended the agent, nothing it started outlives it.
+	if rerr := reapGroup(cmd); rerr != nil && err == nil {
+		err = fmt.Errorf("stop its processes: %w", rerr)
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("%s: stopped: %w", host, ctx.Err())
+		}
 		return fmt.Errorf("%s: %w", host, err)
 	}
 	return nil

@@ -33,11 +33,9 @@ func exportCommand() *cli.Command {
 }
 
 func runExport(c *cli.Context) error {
-	if c.NArg() > 1 {
-		return cli.Exit(fmt.Sprintf("pmhub export: one SESSION, flags before it (pmhub export --format perfetto -o t.pftrace SESSION); got %q", c.Args().Slice()), 2)
-	}
-	if c.NArg() != 1 {
-		return cli.Exit("pmhub export: give one SESSION id or folder (see pmhub sessions)", 2)
+	arg, err := sessionArg(c)
+	if err != nil {
+		return err
 	}
 	format := c.String("format")
 	switch format {
@@ -49,19 +47,16 @@ func runExport(c *cli.Context) error {
 	if err != nil {
 		return cli.Exit("pmhub export: "+err.Error(), 2)
 	}
-	view, err := openViewOf(c, c.Args().First(), w)
+	view, err := openViewOf(c, arg, w)
 	if err != nil {
-		if _, ok := err.(cli.ExitCoder); ok {
-			return err
-		}
-		return cli.Exit("pmhub export: "+err.Error(), 1)
+		return err
 	}
 	defer view.Close()
 	dir := view.Dir
 	out := c.String("output")
 	if format == "parquet" {
 		if out == "" {
-			out = c.Args().First() + "-parquet"
+			out = arg + "-parquet"
 			if st, err := os.Stat(view.Home); err == nil {
 				out = st.Name() + "-parquet"
 			}

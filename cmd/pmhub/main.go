@@ -14,23 +14,26 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/profilemate/profilemate/hub"
+	"github.com/profilemate/profilemate/internal/cliapp"
 	"github.com/profilemate/profilemate/internal/dirs"
 	"github.com/profilemate/profilemate/internal/natsclient"
 )
 
+// version is set at build time (-ldflags "-X main.version=…").
+var version = "dev"
+
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})))
-	if err := newApp().RunContext(ctx, os.Args); err != nil {
-		fmt.Fprintln(os.Stderr, "pmhub:", err)
-		os.Exit(1)
-	}
+	code := cliapp.Run(ctx, newApp(), os.Args)
+	stop()
+	os.Exit(code)
 }
 
-// newApp is pmhub's command tree (main runs it; tests inspect it).
+// newApp is pmhub's command tree, prepared with the shared exit-code rule and --version
+// (internal/cliapp); main runs it, tests run and inspect it.
 func newApp() *cli.App {
-	return &cli.App{
+	app := &cli.App{
 		Name:  "pmhub",
 		Usage: "merge ProfileMate events from every host into cluster-wide sessions",
 		Commands: []*cli.Command{
@@ -47,6 +50,8 @@ func newApp() *cli.App {
 			analysisPluginCommand(),
 		},
 	}
+	cliapp.Prepare(app, version)
+	return app
 }
 
 // defaultData is every pmhub command's data folder: <state folder>/hub (internal/dirs:

@@ -15,6 +15,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/profilemate/profilemate/hub"
+	"github.com/profilemate/profilemate/internal/cliapp"
 	"github.com/profilemate/profilemate/plugins/host"
 )
 
@@ -44,14 +45,11 @@ func pluginAllow(c *cli.Context) (map[string]bool, error) {
 	return nil, nil
 }
 
-// startPlugins runs the plugin host beside a started hub; stop ends it and its plugins.
-func startPlugins(c *cli.Context, h *hub.Server) (stop func(), err error) {
+// startPlugins runs the plugin host beside a started hub with the allowlist read from
+// --plugins-allow (nil: none); stop ends it and its plugins.
+func startPlugins(c *cli.Context, h *hub.Server, allow map[string]bool) (stop func(), err error) {
 	if !c.Bool("plugins") {
 		return func() {}, nil
-	}
-	allow, err := pluginAllow(c)
-	if err != nil {
-		return nil, cli.Exit(err.Error(), 2)
 	}
 	hn, _ := os.Hostname()
 	ph, err := host.New(host.Config{Dir: pluginsDir(c), StateDir: pluginsState(c), DataDir: c.String("data"),
@@ -154,7 +152,13 @@ func pluginsAdd(c *cli.Context) error {
 	if err != nil || len(args) != 1 {
 		return cli.Exit("pmhub plugins add: want one PATH"+why(err), 2)
 	}
+	if err := positiveTimeout(c); err != nil {
+		return err
+	}
 	src := args[0]
+	if _, err := os.Stat(src); errors.Is(err, os.ErrNotExist) {
+		return cliapp.Usage("no file %s", src)
+	}
 	ctx, cancel := context.WithTimeout(c.Context, c.Duration("plugin-timeout")+10*time.Second)
 	defer cancel()
 	info, sum, err := host.Inspect(ctx, src, c.Duration("plugin-timeout"))
@@ -233,7 +237,7 @@ func pluginsRm(c *cli.Context) error {
 	}
 	path, err := pluginFile(c, args[0])
 	if err != nil || filepath.Dir(path) != filepath.Clean(pluginsDir(c)) {
-		return cli.Exit(fmt.Sprintf("pmhub plugins rm: no plugin %s in %s", args[0], pluginsDir(c)), 1)
+		return cli.Exit(fmt.Sprintf("pmhub plugins rm: no plugin %s in %s", args[0], pluginsDir(c)), 2)
 	}
 	if err := os.Remove(path); err != nil {
 		return cli.Exit("pmhub plugins rm: "+err.Error(), 1)
@@ -247,13 +251,19 @@ func pluginsRun(c *cli.Context) error {
 	if err != nil || len(args) != 2 {
 		return cli.Exit("pmhub plugins run: want NAME|PATH SESSION"+why(err), 2)
 	}
+	if err := positiveTimeout(c); err != nil {
+		return err
+	}
 	path, err := pluginFile(c, args[0])
 	if err != nil {
-		return cli.Exit("pmhub plugins run: "+err.Error(), 1)
+		return cliapp.AsUsage(err)
 	}
 	session := args[1]
+	if _, err := sessionFolder(c.String("data"), session); err != nil {
+		return err
+	}
 	if _, err := hub.ReadMetadata(hub.SessionDir(c.String("data"), session)); err != nil {
-		return cli.Exit(fmt.Sprintf("pmhub plugins run: no session %s under %s", session, c.String("data")), 1)
+		return err
 	}
 	allow, err := pluginAllow(c)
 	if err != nil {
@@ -321,11 +331,23 @@ func positional(c *cli.Context) ([]string, error) {
 			i++
 			val = args[i]
 		}
-		if err := c.Set(name, val); err != nil {
-			return nil, fmt.Errorf("flag %s: %w", a, err)
+		// Every name of the flag: the library keeps one value per name (-o and --output).
+		for _, n := range f.Names() {
+			if err := c.Set(n, val); err != nil {
+				return nil, fmt.Errorf("flag %s: %w", a, err)
+			}
 		}
 	}
 	return pos, nil
+}
+
+// positiveTimeout refuses a --plugin-timeout of zero or less (zero would silently mean the
+// default).
+func positiveTimeout(c *cli.Context) error {
+	if d := c.Duration("plugin-timeout"); d <= 0 {
+		return cliapp.Usage("--plugin-timeout %s: must be positive", d)
+	}
+	return nil
 }
 
 func why(err error) string {

@@ -13,6 +13,7 @@ import (
 	"github.com/urfave/cli/v2"
 	gproto "google.golang.org/protobuf/proto"
 
+	"github.com/profilemate/profilemate/internal/cliapp"
 	"github.com/profilemate/profilemate/plugins/host"
 	"github.com/profilemate/profilemate/proto"
 	"github.com/profilemate/profilemate/proto/pmpb"
@@ -47,6 +48,9 @@ func profilers(c *cli.Context, on bool) error {
 	kind := args[0]
 	if !proto.IsKind(kind) || kind == proto.KindGPU {
 		return cli.Exit(fmt.Sprintf("pmhub profilers %s: %q is not a shim profiler (kinds: %s)", verb, kind, strings.Join(proto.ShimKinds(), ", ")), 2)
+	}
+	if d := c.Duration("recent"); d <= 0 {
+		return cliapp.Usage("--recent %s: must be positive", d)
 	}
 	nc, err := connectNATS(c, "pmhub profilers")
 	if err != nil {

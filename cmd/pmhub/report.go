@@ -16,6 +16,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/profilemate/profilemate/hub"
+	"github.com/profilemate/profilemate/internal/cliapp"
 	"github.com/profilemate/profilemate/report"
 )
 
@@ -42,16 +43,19 @@ func reportCommand() *cli.Command {
 }
 
 func runReport(c *cli.Context) error {
-	if c.NArg() > 1 {
-		return cli.Exit(fmt.Sprintf("pmhub report: one SESSION, flags before it (pmhub report -o report.html SESSION); got %q", c.Args().Slice()), 2)
+	arg, err := sessionArg(c)
+	if err != nil {
+		return err
 	}
-	if c.NArg() != 1 {
-		return cli.Exit("pmhub report: give one SESSION id or folder (see pmhub sessions)", 2)
+	for _, f := range []string{"max-points", "sample-size"} {
+		if v := c.Int(f); v < 1 {
+			return cliapp.Usage("--%s %d: must be positive", f, v)
+		}
 	}
 	opt := report.Options{MaxPoints: c.Int("max-points"), SampleSize: c.Int("sample-size"), Analyzer: reportAnalyzer, SkipAnalysis: c.Bool("no-analysis")}
 	w, err := window(c)
 	if err != nil {
-		return cli.Exit("pmhub report: "+err.Error(), 2)
+		return cliapp.AsUsage(err)
 	}
 	build := func(arg string) (*report.Report, error) {
 		view, err := openViewOf(c, arg, w)
@@ -61,15 +65,15 @@ func runReport(c *cli.Context) error {
 		defer view.Close()
 		return report.Build(view.Dir, opt)
 	}
-	a, err := build(c.Args().First())
+	a, err := build(arg)
 	if err != nil {
-		return cli.Exit("pmhub report: "+err.Error(), 1)
+		return err
 	}
 	out := c.String("output")
 	var b *report.Report
 	if cmp := c.String("compare"); cmp != "" {
 		if b, err = build(cmp); err != nil {
-			return cli.Exit("pmhub report: --compare: "+err.Error(), 1)
+			return fmt.Errorf("--compare: %w", err)
 		}
 		if out == "" {
 			out = fmt.Sprintf("compare-%s-%s.html", a.Session.Meta.Session, b.Session.Meta.Session)

@@ -71,12 +71,19 @@ func TestReportCommand(t *testing.T) {
 	if !bytes.Contains(page, []byte(`id="deltas"`)) || !bytes.Contains(page, []byte(`id="b-kv-usage"`)) {
 		t.Error("comparison page lacks the delta table or B's plots")
 	}
+	// Flags may follow SESSION.
+	after := filepath.Join(t.TempDir(), "after.html")
+	if err := reportApp(&log).Run([]string{"pmhub", "report", "--data", data, a, "-o", after}); err != nil {
+		t.Fatalf("report SESSION -o: %v\n%s", err, log.String())
+	}
+	if _, err := os.Stat(after); err != nil {
+		t.Errorf("-o after SESSION: %v", err)
+	}
 	for _, tt := range []struct {
 		name string
 		args []string
 		want string
 	}{
-		{"flag after SESSION", []string{"report", "--data", data, a, "-o", "x.html"}, "flags before it"},
 		{"no session", []string{"report", "--data", data}, "give one SESSION"},
 		{"unknown session", []string{"report", "--data", data, "nope"}, `no session "nope"`},
 		{"unknown compare", []string{"report", "--data", data, "--compare", "nope", a}, `--compare: no session "nope"`},

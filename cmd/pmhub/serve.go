@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"time"
 
@@ -97,6 +98,7 @@ func serveLimits(c *cli.Context) error {
 		pos("retention", ret > 0 || ret == -time.Second, ret, true),
 		pos("dead-letter-max-count", dlc > 0, dlc, false),
 		pos("dead-letter-max-bytes", dlb > 0, dlb, false),
+		pos("plugin-timeout", c.Duration("plugin-timeout") > 0, c.Duration("plugin-timeout"), false),
 	} {
 		if err != nil {
 			return err
@@ -166,11 +168,39 @@ func serve(c *cli.Context) error {
 	if err := web.Validate(); err != nil {
 		return exit(err)
 	}
+	// Everything the command line names is checked before anything starts: addresses, files, the
+	// HTTP listener bound (an address in use fails here, not after the hub is up).
+	if cfg.NATSURL == "" {
+		if err := hub.CheckAddr("--listen", cfg.Listen); err != nil {
+			return exit(err)
+		}
+	}
+	for _, f := range []string{"server-tls-cert", "server-tls-key", "server-tls-client-ca", "http-tls-cert", "http-tls-key", "plugins-allow"} {
+		if p := c.String(f); p != "" {
+			if _, err := os.ReadFile(p); err != nil {
+				return exit(fmt.Errorf("--%s: %w", f, err))
+			}
+		}
+	}
+	allow, err := pluginAllow(c)
+	if err != nil {
+		return exit(fmt.Errorf("--plugins-allow: %w", err))
+	}
+	var srv *hub.HTTPServer
+	if web.Addr != "" {
+		if err := hub.CheckAddr("--http", web.Addr); err != nil {
+			return exit(err)
+		}
+		if srv, err = hub.BindHTTP(web); err != nil {
+			return fmt.Errorf("--http: %w", err)
+		}
+		defer srv.Close()
+	}
 	metrics := hub.NewMetrics()
 	cfg.Observe = metrics.Observe
 	h, err := hub.New(cfg)
 	if err != nil {
-		return exit(err)
+		return err
 	}
 	metrics.Attach(h)
 	ctx := c.Context
@@ -184,12 +214,12 @@ func serve(c *cli.Context) error {
 		slog.Warn("profiler plugins are not shared-mode aware: run them on one hub only (--plugins=false on the others)",
 			"component", "pmhub", "hub", cfg.HubID)
 	}
-	stopPlugins, err := startPlugins(c, h)
+	stopPlugins, err := startPlugins(c, h, allow)
 	if err != nil {
 		return err
 	}
 	defer stopPlugins()
-	if web.Addr != "" {
+	if srv != nil {
 		if host, _, err := net.SplitHostPort(web.Addr); err == nil {
 			for _, w := range hub.ExposureWarnings("HTTP", host, web.HasAuth(), web.TLSCert != "") {
 				slog.Warn(w, "component", "pmhub", "http", web.Addr)
@@ -210,11 +240,7 @@ func serve(c *cli.Context) error {
 		for _, add := range HTTPHandlers {
 			add(mux, h)
 		}
-		srv, err := hub.ListenHTTP(web, mux)
-		if err != nil {
-			return fmt.Errorf("pmhub serve: %w", err)
-		}
-		defer srv.Close()
+		srv.Serve(mux)
 		fmt.Fprintf(c.App.Writer, "pmhub: http on %s\n", srv.Addr())
 	}
 	// The line agents and scripts look for.

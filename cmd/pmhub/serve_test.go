@@ -2,27 +2,25 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"errors"
+	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
-	"github.com/urfave/cli/v2"
+	"github.com/profilemate/profilemate/internal/cliapp"
 )
 
-// runApp runs pmhub with args in-process and returns its exit code and what it wrote.
+// runServe runs pmhub with args in-process, as main does (internal/cliapp's exit-code rule and
+// error line), and returns its exit code and what it wrote.
 func runServe(t *testing.T, args ...string) (int, string) {
 	t.Helper()
-	code := 0
 	var out bytes.Buffer
-	oldExit, oldErr := cli.OsExiter, cli.ErrWriter
-	cli.OsExiter, cli.ErrWriter = func(c int) { code = c }, &out
-	defer func() { cli.OsExiter, cli.ErrWriter = oldExit, oldErr }()
 	app := newApp()
 	app.Writer, app.ErrWriter = &out, &out
-	if err := app.Run(append([]string{"pmhub"}, args...)); err != nil && code == 0 {
-		code = 1
-		out.WriteString(err.Error())
-	}
+	code := cliapp.Run(context.Background(), app, append([]string{"pmhub"}, args...))
 	return code, out.String()
 }
 
@@ -36,6 +34,7 @@ func TestServeRejectsBadLimits(t *testing.T) {
 		{"--session-max-bytes", "0"}, {"--session-max-bytes", "-2"},
 		{"--retention", "0s"}, {"--retention", "-5s"},
 		{"--dead-letter-max-count", "0"}, {"--dead-letter-max-bytes", "-1"},
+		{"--plugin-timeout", "0s"}, {"--plugin-timeout", "-1s"},
 	}
 	for _, c := range cases {
 		data := t.TempDir()
@@ -87,5 +86,44 @@ func TestServeAndDemoRejectStrayArguments(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(data); len(ents) != 0 {
 		t.Errorf("a refused command wrote into %s: %v", data, ents)
+	}
+}
+
+// TestServeChecksAddressesBeforeStarting: a bad --http or --listen, an --http address in use, a
+// missing --plugins-allow or TLS file fail before anything starts: no hub, no data folder (the
+// HTTP address used to be checked only after the hub was up).
+func TestServeChecksAddressesBeforeStarting(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	missing := filepath.Join(t.TempDir(), "missing.pem")
+	for _, c := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"--http", "bad:addr:x"}, 2, `--http "bad:addr:x"`},
+		{[]string{"--http", "127.0.0.1"}, 2, `--http "127.0.0.1"`},
+		{[]string{"--http", "127.0.0.1:70000"}, 2, "70000"},
+		{[]string{"--http", busy.Addr().String()}, 1, busy.Addr().String()},
+		{[]string{"--listen", "127.0.0.1:99999"}, 2, `--listen "127.0.0.1:99999"`},
+		{[]string{"--plugins-allow", missing}, 2, "--plugins-allow"},
+		{[]string{"--server-tls-cert", missing, "--server-tls-key", missing}, 2, "--server-tls-cert"},
+		{[]string{"--http-tls-cert", missing, "--http-tls-key", missing, "--http", "127.0.0.1:0"}, 2, "--http-tls-cert"},
+	} {
+		data := filepath.Join(t.TempDir(), "hub")
+		args := append([]string{"serve", "--data", data, "--listen", "127.0.0.1:-1", "--http", "127.0.0.1:0"}, c.args...)
+		code, out := runServe(t, args...)
+		if code != c.code || !strings.Contains(out, c.want) {
+			t.Errorf("%v: exit %d, output %q; want exit %d naming %q", c.args, code, out, c.code, c.want)
+		}
+		if strings.Contains(out, "hub started") || strings.Contains(out, "agents connect to") {
+			t.Errorf("%v: the hub started before the error:\n%s", c.args, out)
+		}
+		if _, err := os.Stat(data); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%v: the data folder was created (%v): something started", c.args, err)
+		}
 	}
 }

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,6 +12,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/profilemate/profilemate/hub"
+	"github.com/profilemate/profilemate/internal/cliapp"
 	"github.com/profilemate/profilemate/internal/natsclient"
 )
 
@@ -53,11 +53,10 @@ func sessionFolderOf(c *cli.Context, arg string) (string, error) {
 	defer cancel()
 	dir, err := hub.SessionFolder(ctx, js, data, arg)
 	if errors.Is(err, hub.ErrNoSession) {
-		where := data
 		if js != nil {
-			where += " or the cluster's session index"
+			return "", cliapp.Usage("%w; nor is it in the cluster's session index", sessionNotFound(data, arg))
 		}
-		return "", fmt.Errorf("no session %q in %s and no session folder of that name (see pmhub sessions --data %s)", arg, where, data)
+		return "", sessionNotFound(data, arg)
 	}
 	return dir, err
 }

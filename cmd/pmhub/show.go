@@ -17,6 +17,8 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/profilemate/profilemate/hub"
+	"github.com/profilemate/profilemate/internal/cliapp"
+	"github.com/profilemate/profilemate/internal/natsclient"
 	"github.com/profilemate/profilemate/plugins/host"
 	"github.com/profilemate/profilemate/proto"
 )
@@ -37,16 +39,17 @@ func showCommand() *cli.Command {
 		ArgsUsage: "SESSION",
 		Flags:     append([]cli.Flag{dataFlag(), &cli.BoolFlag{Name: "json", Usage: "print the summary as JSON", EnvVars: []string{"PROFILEMATE_JSON"}}}, windowFlags()...),
 		Action: func(c *cli.Context) error {
-			if c.NArg() != 1 {
-				return cli.Exit("pmhub show: give one SESSION id (see pmhub sessions)", 2)
+			arg, err := sessionArg(c)
+			if err != nil {
+				return err
 			}
 			w, err := window(c)
 			if err != nil {
 				return cli.Exit("pmhub show: "+err.Error(), 2)
 			}
-			view, err := openViewOf(c, c.Args().First(), w)
+			view, err := openViewOf(c, arg, w)
 			if err != nil {
-				return cli.Exit("pmhub show: "+err.Error(), 1)
+				return err
 			}
 			// The summary is read whole before anything is printed: the temporary copy is gone
 			// before output that a closed pipe (pmhub show | head) could cut short.
@@ -67,11 +70,10 @@ func showCommand() *cli.Command {
 
 func listSessions(c *cli.Context) error {
 	root := filepath.Dir(hub.SessionDir(c.String("data"), "x"))
-	entries, err := os.ReadDir(root)
-	// With --nats a machine without a hub folder still lists the cluster's sessions.
-	if err != nil && !(errors.Is(err, os.ErrNotExist) && c.String("nats") != "") {
-		return cli.Exit(fmt.Sprintf("pmhub sessions: %v", err), 1)
-	}
+	entries, err := sessionFolders(c.String("data"))
+	if err != nil && c.String(natsclient.FlagURL) == "" {
+		return cliapp.AsUsage(err)
+	} // with --nats a data folder without sessions still lists the cluster's
 	// A rotated session is listed once: its newest segment's metadata, with rows and bytes
 	// summed over its segments (folders are listed in name order: a session's own folder, the
 	// live segment, sorts before its closed segments "<session>@<index>").
@@ -81,12 +83,12 @@ func listSessions(c *cli.Context) error {
 	}
 	var list []*listed
 	byID := map[string]*listed{}
-	for _, e := range entries {
-		m, err := hub.ReadMetadata(filepath.Join(root, e.Name()))
+	for _, name := range entries {
+		m, err := hub.ReadMetadata(filepath.Join(root, name))
 		if err != nil {
 			continue
 		}
-		_, _, closed := hub.SplitSegmentFolder(e.Name())
+		_, _, closed := hub.SplitSegmentFolder(name)
 		l := byID[m.Session]
 		if l == nil {
 			l = &listed{Metadata: m}
@@ -418,13 +420,13 @@ func bindColumns(reg *proto.Registry) error {
 	for _, t := range showTables {
 		for _, c := range showCommonColumn {
 			if _, _, err := reg.ColumnIndex(t, c.Name); err != nil {
-				return fmt.Errorf("pmhub show: %w", err)
+				return err
 			}
 		}
 	}
 	for _, c := range showColumns {
 		if _, _, err := reg.ColumnIndex(c.Table, c.Name); err != nil {
-			return fmt.Errorf("pmhub show: %w", err)
+			return err
 		}
 	}
 	return nil

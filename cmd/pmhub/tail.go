@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/urfave/cli/v2"
 
+	"github.com/profilemate/profilemate/internal/cliapp"
 	"github.com/profilemate/profilemate/proto"
 	"github.com/profilemate/profilemate/proto/pmpb"
 )
@@ -145,6 +146,11 @@ func (f *layoutFilter) snapshot(ctx context.Context, nc *nats.Conn, subject stri
 func tail(c *cli.Context) error {
 	if k := c.String("kind"); k != "" && !proto.IsKind(k) {
 		return cli.Exit(fmt.Sprintf("pmhub tail: unknown kind %q (kinds: %s)", k, strings.Join(proto.Kinds(), ", ")), 2)
+	}
+	for _, f := range []string{"rank", "tp", "pp", "dp", "node-rank"} {
+		if v := c.Int(f); v < -1 {
+			return cliapp.Usage("--%s %d: a rank is 0 or more (-1: all)", f, v)
+		}
 	}
 	nc, err := connectNATS(c, "pmhub tail")
 	if err != nil {

@@ -95,7 +95,7 @@ func openView(data, arg string, w hub.Window) (*sessionView, error) {
 	} else {
 		all, err := hub.Segments(data, arg)
 		if errors.Is(err, os.ErrNotExist) || strings.ContainsAny(arg, `/\`) {
-			return nil, fmt.Errorf("no session %q in %s and no session folder of that name (see pmhub sessions --data %s)", arg, data, data)
+			return nil, sessionNotFound(data, arg)
 		}
 		if err != nil {
 			return nil, err

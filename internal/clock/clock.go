@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go"
 	gproto "google.golang.org/protobuf/proto"
 
+	"github.com/profilemate/profilemate/internal/natsclient"
 	"github.com/profilemate/profilemate/proto"
 	"github.com/profilemate/profilemate/proto/pmpb"
 )
@@ -111,6 +112,10 @@ func MeasureFor(ctx context.Context, nc *nats.Conn, host string, samples int, ti
 		m, err := nc.RequestWithContext(rctx, proto.ClockSubject, req)
 		t4 := now()
 		cancel()
+		if err != nil && !nc.IsConnected() {
+			// Why there is no connection, not the client's "outbound buffer limit exceeded".
+			err = natsclient.NotConnected(nc.LastError())
+		}
 		if err != nil {
 			lastErr = err
 			continue

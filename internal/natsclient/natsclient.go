@@ -6,6 +6,8 @@ package natsclient
 import (
 	"errors"
 	"fmt"
+	"net/url"
+	"strings"
 
 	"github.com/nats-io/nats.go"
 	"github.com/urfave/cli/v2"
@@ -117,4 +119,44 @@ func (c Config) Options() ([]nats.Option, error) {
 		opts = append(opts, nats.Token(c.Token))
 	}
 	return opts, nil
+}
+
+// IsAuthError reports whether err is a NATS server refusing the client: credentials wrong or
+// missing ("authorization violation"), expired or revoked.
+func IsAuthError(err error) bool {
+	for _, e := range []error{nats.ErrAuthorization, nats.ErrAuthExpired, nats.ErrAuthRevoked, nats.ErrAccountAuthExpired} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// AuthHint is what an authorization error adds for the person reading it: the flags that carry
+// the credentials.
+const AuthHint = "the NATS server refused the credentials (--token, --user/--password, --nkey, --creds and their PROFILEMATE_NATS_* variables)"
+
+// NotConnected is the error of a publish or request made while not connected to NATS, with why:
+// the connection's last error (for wrong credentials the server's "authorization violation", with
+// AuthHint), not the client's generic "connection closed" or "outbound buffer limit exceeded".
+// last may be nil (not known yet).
+func NotConnected(last error) error {
+	switch {
+	case last == nil:
+		return errors.New("not connected to NATS")
+	case IsAuthError(last):
+		return fmt.Errorf("not connected to NATS: %s: %w", AuthHint, last)
+	}
+	return fmt.Errorf("not connected to NATS: %w", last)
+}
+
+// Redact is urls (comma separated) with any password in them replaced by "xxxxx", for logs.
+func Redact(urls string) string {
+	parts := strings.Split(urls, ",")
+	for i, s := range parts {
+		if u, err := url.Parse(strings.TrimSpace(s)); err == nil && u.User != nil {
+			parts[i] = u.Redacted()
+		}
+	}
+	return strings.Join(parts, ",")
 }

@@ -175,7 +175,10 @@ func BenchmarkHubWithSlowPlugin(b *testing.B) {
 						b.Fatal(err)
 					}
 					go func() { phDone <- ph.Run(ctx) }()
-					for st := ph.Status(); len(st) == 0 || st[0].State != StateRunning; st = ph.Status() {
+					for st, deadline := ph.Status(), time.Now().Add(time.Minute); len(st) == 0 || st[0].State != StateRunning; st = ph.Status() {
+						if time.Now().After(deadline) {
+							b.Fatalf("the plugin is not running after a minute: %+v", st)
+						}
 						time.Sleep(5 * time.Millisecond)
 					}
 				}
@@ -183,7 +186,10 @@ func BenchmarkHubWithSlowPlugin(b *testing.B) {
 				cpuStart := cpuTime(os.Getpid())
 				done := make(chan error, 1)
 				go func() { done <- h.Run(ctx) }()
-				for h.Counters().Rows < total {
+				for deadline := time.Now().Add(5 * time.Minute); h.Counters().Rows < total; {
+					if time.Now().After(deadline) {
+						b.Fatalf("%d of %d rows after 5 minutes", h.Counters().Rows, total)
+					}
 					time.Sleep(time.Millisecond)
 				}
 				d += time.Since(start)

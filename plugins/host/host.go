@@ -691,6 +691,13 @@ func (h *Host) activeSessions() []string {
 	return out
 }
 
+// hasSegments reports whether any folder of the session is on disk: its live folder, or a closed
+// segment while a rotation is between moving the live folder and making the next one.
+func (h *Host) hasSegments(session string) bool {
+	dirs, err := hub.Segments(h.cfg.DataDir, session)
+	return err == nil && len(dirs) > 0
+}
+
 // hubPast reports whether the hub's ingest consumer has acknowledged stream sequence seq.
 func (h *Host) hubPast(ctx context.Context, seq uint64) bool {
 	c, err := h.js.Consumer(ctx, proto.StreamName, h.cfg.HubConsumer)

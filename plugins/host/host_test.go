@@ -58,10 +58,17 @@ type rig struct {
 	done chan error
 }
 
-func newRig(t *testing.T) *rig {
+func newRig(t *testing.T) *rig { t.Helper(); return newRigWith(t, nil) }
+
+// newRigWith starts a real hub whose Config edit adjusts (rotation, say).
+func newRigWith(t *testing.T, edit func(*hub.Config)) *rig {
 	t.Helper()
 	data := t.TempDir()
-	h, err := hub.New(hub.Config{DataDir: data, Listen: "127.0.0.1:-1", SessionIdle: time.Hour})
+	cfg := hub.Config{DataDir: data, Listen: "127.0.0.1:-1", SessionIdle: time.Hour}
+	if edit != nil {
+		edit(&cfg)
+	}
+	h, err := hub.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -565,7 +572,12 @@ func TestHostRestartResumes(t *testing.T) {
 // TestTornLineAndForeignRows: a derived file that ends in half a line (a crash mid-write) is cut
 // back, and rows of another plugin version in the same file do not hide this version's rows.
 func TestTornLineAndForeignRows(t *testing.T) {
-	dir := t.TempDir()
+	data := t.TempDir()
+	dir := hub.SessionDir(data, "s")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, hub.MetadataFile), []byte("{}\n"), 0o644)
 	info := sdk.Info{Name: "p", Version: "2", Kinds: []string{"forward_pass"}, Tables: []sdk.Table{{Table: "p_rows", Kind: "p_row",
 		Columns: []sdk.Column{{Name: "v", Type: sdk.TypeFloat}}}}}
 	hdr := strings.Join(derivedHeader(info.Tables[0]), ",")
@@ -574,7 +586,7 @@ func TestTornLineAndForeignRows(t *testing.T) {
 	torn := "s,h,1,plugin,-1,-1,-1,-1,3,-1,5,p,2,11,0,3"     // version 2, input 11, no newline
 	path := filepath.Join(dir, "p_rows.csv")
 	os.WriteFile(path, []byte(hdr+"\n"+old+mine+torn), 0o644)
-	w, err := newSessionWriter(dir, "s", info, "h")
+	w, err := newSessionWriter(data, "s", info, "h")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -371,7 +371,7 @@ func (r *run) open(ctx context.Context, session string, seq uint64) (*sessionWri
 		if r.client.Exited() {
 			return nil, errors.New("plugin process exited")
 		}
-		if r.h.hubPast(ctx, seq) {
+		if r.h.hubPast(ctx, seq) && !r.h.hasSegments(session) {
 			// The hub has consumed this message and made no folder for it (a session id it
 			// refuses, say): nothing to write beside, so the plugin does not see it either.
 			if r.skip == nil {
@@ -411,7 +411,7 @@ func (r *run) open(ctx context.Context, session string, seq uint64) (*sessionWri
 	if err := r.call(ctx, "open session", func(c context.Context) error { return r.p.OpenSession(c, req) }); err != nil {
 		return nil, err
 	}
-	w, err := newSessionWriter(dir, session, r.info, r.h.cfg.HostName)
+	w, err := newSessionWriter(r.h.cfg.DataDir, session, r.info, r.h.cfg.HostName)
 	if err != nil {
 		return nil, err
 	}
@@ -424,7 +424,7 @@ func (r *run) open(ctx context.Context, session string, seq uint64) (*sessionWri
 			e.RetentionCut = true
 		}
 	}
-	if err := updateSessionPlugins(dir, r.info.Name, e); err != nil {
+	if err := updateSessionPlugins(w, r.info.Name, e); err != nil {
 		r.log.Warn("plugins.json not written", "session", session, "err", err)
 	}
 	r.log.Info("session opened in plugin", "session", session, "from_stream_seq", ss.FirstSeq)
@@ -451,6 +451,11 @@ func (r *run) write(w *sessionWriter, rows []*pluginpb.Row) error {
 		return nil
 	}
 	out, err := w.write(rows, time.Now().UnixNano())
+	if errors.Is(err, errWrite) {
+		// The disk, not the plugin: start the run again, which reads back what is on disk and
+		// feeds the session again from its first event, so no row is lost or written twice.
+		return err
+	}
 	if err != nil {
 		// Rows that do not fit the plugin's own tables are the plugin's fault: log them, keep going.
 		r.log.Warn("plugin rows not written", "session", w.session, "err", err)
@@ -465,6 +470,14 @@ func (r *run) write(w *sessionWriter, rows []*pluginpb.Row) error {
 	}
 	sort.Strings(tables)
 	r.h.update(r.file, func(s *Status) { s.Rows += n })
+	if ss := r.state.Sessions[w.session]; w.rotated && ss != nil {
+		// The session rotated: its plugins.json went with the closed segment; the live one gets
+		// this plugin's entry (counts over all segments) again.
+		w.rotated = false
+		if err := updateSessionPlugins(w, r.info.Name, r.sessionEntry(w, ss)); err != nil {
+			r.log.Warn("plugins.json not written", "session", w.session, "err", err)
+		}
+	}
 	for _, t := range tables {
 		r.publish(w, out[t])
 	}
@@ -533,7 +546,7 @@ func (r *run) closeEnded(ctx context.Context) (bool, error) {
 		if err := r.state.save(r.statePath); err != nil {
 			return false, err
 		}
-		if err := updateSessionPlugins(w.dir, r.info.Name, r.sessionEntry(w, ss)); err != nil {
+		if err := updateSessionPlugins(w, r.info.Name, r.sessionEntry(w, ss)); err != nil {
 			r.log.Warn("plugins.json not written", "session", id, "err", err)
 		}
 		r.log.Info("session closed in plugin", "session", id, "rows", w.rows)

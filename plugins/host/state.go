@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/profilemate/profilemate/hub"
 )
 
 // sessionState is what a plugin (one name and version) has done with one session.
@@ -119,8 +121,19 @@ func ReadSessionPlugins(dir string) (map[string]SessionPlugin, error) {
 	return out, nil
 }
 
-// updateSessionPlugins rewrites one plugin's entry of a session's plugins.json.
-func updateSessionPlugins(dir, plugin string, e SessionPlugin) error {
+// updateSessionPlugins rewrites one plugin's entry of plugins.json in w's session's live folder,
+// under the hub's rotation lock (shared), so a rotation never moves the folder mid-write. Error: the
+// live folder is not there (a rotation a crash cut short), or the file cannot be written.
+func updateSessionPlugins(w *sessionWriter, plugin string, e SessionPlugin) error {
+	unlock, err := hub.LockRotation(w.dataDir, false)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	dir := w.dir
+	if _, err := os.Stat(filepath.Join(dir, hub.MetadataFile)); err != nil {
+		return fmt.Errorf("live folder of session %s: %w", w.session, err)
+	}
 	path := filepath.Join(dir, SessionPluginsFile)
 	defer lockFile(path)()
 	all, err := ReadSessionPlugins(dir)

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"sync"
 
+	"github.com/profilemate/profilemate/hub"
 	"github.com/profilemate/profilemate/plugins/pluginpb"
 	"github.com/profilemate/profilemate/plugins/sdk"
 	"github.com/profilemate/profilemate/proto"
@@ -54,12 +55,15 @@ func derivedHeader(t sdk.Table) []string {
 	return h
 }
 
-// sessionWriter appends one plugin's (one version's) rows to one session's folder, each row at
-// most once: it knows, per file, the highest key it already holds for this plugin and version
-// (read back from the file when opened, so a crash between writing and acknowledging never
-// duplicates) and the last seq it gave.
+// sessionWriter appends one plugin's (one version's) rows to one session's live folder, each row
+// at most once across all the session's segments: it knows, per file, the highest key it already
+// holds for this plugin and version and the last seq it gave, read back from the file in every
+// segment folder of the session when opened (hub.Segments: a row written before a rotation moved
+// into a closed segment still counts), so neither a crash between writing and acknowledging nor a
+// replay after a restart duplicates a row.
 type sessionWriter struct {
-	dir, session    string
+	dataDir         string
+	dir, session    string // dir: the live folder, hub.SessionDir(dataDir, session)
 	plugin, version string
 	hostName        string
 	pid             int64
@@ -67,25 +71,47 @@ type sessionWriter struct {
 	max             map[string]rowKey // table → highest key on disk for plugin+version
 	has             map[string]bool   // table → some row of plugin+version on disk
 	seq             int64             // last common seq given in this session
-	rows            map[string]int64  // table → rows of plugin+version on disk
+	rows            map[string]int64  // table → rows of plugin+version on disk, all segments
+	live            os.FileInfo       // the live folder as last written to
+	// rotated is set by a write that found a new live folder (the hub rotated the session since
+	// the last one): the caller then writes the plugin's plugins.json entry there.
+	rotated bool
 }
 
-func newSessionWriter(dir, session string, info sdk.Info, hostName string) (*sessionWriter, error) {
-	w := &sessionWriter{dir: dir, session: session, plugin: info.Name, version: info.Version, hostName: hostName,
-		info: info, max: map[string]rowKey{}, has: map[string]bool{}, rows: map[string]int64{}}
+// errWrite marks a failed write to disk (as opposed to rows the plugin got wrong): the run stops
+// and starts again, so what is on disk is read back and nothing is lost or written twice.
+var errWrite = errors.New("derived rows not written")
+
+func newSessionWriter(dataDir, session string, info sdk.Info, hostName string) (*sessionWriter, error) {
+	w := &sessionWriter{dataDir: dataDir, dir: hub.SessionDir(dataDir, session), session: session, plugin: info.Name,
+		version: info.Version, hostName: hostName, info: info, max: map[string]rowKey{}, has: map[string]bool{}, rows: map[string]int64{}}
+	// Under the rotation lock the session's folders do not move while they are read.
+	unlock, err := hub.LockRotation(dataDir, false)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	w.live, _ = os.Stat(w.dir)
+	dirs, err := hub.Segments(dataDir, session)
+	if errors.Is(err, os.ErrNotExist) {
+		dirs = nil
+	} else if err != nil {
+		return nil, err
+	}
 	tables := append([]sdk.Table{sdk.FindingsSchema}, info.Tables...)
-	for _, t := range tables {
-		if err := w.scan(t.Table); err != nil {
-			return nil, err
+	for _, d := range dirs {
+		for _, t := range tables {
+			if err := w.scan(filepath.Join(d, t.Table+".csv"), t.Table); err != nil {
+				return nil, err
+			}
 		}
 	}
 	return w, nil
 }
 
-// scan reads a table file's rows of this plugin and version: the highest key, the highest seq and
-// the row count. A torn last line (a crash mid-write) is cut off.
-func (w *sessionWriter) scan(table string) error {
-	path := filepath.Join(w.dir, table+".csv")
+// scan reads a table file's rows of this plugin and version (in any segment of the session): the
+// highest key, the highest seq and the row count. A torn last line (a crash mid-write) is cut off.
+func (w *sessionWriter) scan(path, table string) error {
 	defer lockFile(path)()
 	data, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
@@ -218,13 +244,28 @@ func (w *sessionWriter) write(rows []*pluginpb.Row, nowNS int64) (written, error
 		w.max[l.table], w.has[l.table] = l.key, true
 		w.rows[l.table]++
 	}
-	if err := os.MkdirAll(w.dir, 0o755); err != nil {
-		return nil, fmt.Errorf("create session folder: %w", err)
+	// Shared with other writers, exclusive with the hub's rotation: the live folder is there and
+	// stays the live one until every file of this call is appended.
+	unlock, err := hub.LockRotation(w.dataDir, false)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errWrite, err)
+	}
+	defer unlock()
+	if _, err := os.Stat(filepath.Join(w.dir, hub.MetadataFile)); err != nil {
+		// The hub makes the live folder before any plugin sees the session and replaces it within
+		// a rotation; gone now, it is the hub's to make again (a rotation a crash cut short).
+		return nil, fmt.Errorf("%w: live folder of session %s: %w", errWrite, w.session, err)
+	}
+	if st, err := os.Stat(w.dir); err == nil {
+		if w.live != nil && !os.SameFile(st, w.live) {
+			w.rotated = true
+		}
+		w.live = st
 	}
 	for _, table := range order {
 		t, _ := w.info.Table(table)
 		if err := appendSynced(filepath.Join(w.dir, table+".csv"), derivedHeader(t), bufs[table].Bytes()); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("%w: %w", errWrite, err)
 		}
 	}
 	return out, nil

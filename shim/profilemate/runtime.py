@@ -525,6 +525,9 @@ def metadata():
         "vllm": getattr(vllm, "__version__", "") if vllm else "",
         "argv": list(S.argv),
         "env": dict(S.env),
+        # The multi-node instance (a Ray actor receives it after it started; the redacted env
+        # excerpt above holds neither that nor an unredacted value): `pmhub import` matches on it.
+        "instance_key": os.environ.get("PROFILEMATE_INSTANCE_KEY", ""),
         "activation": S.why,
         "sink": S.sink.describe() if S.sink is not None else "",
         "profilers": sorted(_enabled) if _enabled is not None else sorted(schema.KINDS),

@@ -71,8 +71,10 @@ def encode_batch(pid, ident, events, dropped=0):
         except Exception:  # a value or column set the table's encoder does not take
             pass
         add(_event_text(e))
+    # surrogatepass: a lone surrogate in a string (no UTF-8 for it) costs that cell, which the agent
+    # reads as invalid text, never the whole batch.
     return ('{"t":"batch","v":%d,"pid":%s,"ident":%s,"events":[%s],"dropped":%s}\n' % (
-        VERSION, _dumps(pid), _dumps(dict(ident)), ",".join(parts), _dumps(dropped))).encode("utf-8")
+        VERSION, _dumps(pid), _dumps(dict(ident)), ",".join(parts), _dumps(dropped))).encode("utf-8", "surrogatepass")
 
 
 def _event_text(e):

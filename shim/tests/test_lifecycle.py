@@ -420,7 +420,10 @@ FORK_SAFETY = """
     # An import in progress in another thread at fork time (it holds that module's import lock).
     importer = threading.Thread(target=lambda: __import__("pm_blocker"), daemon=True)
     importer.start()
+    deadline = time.monotonic() + 60
     while "pm_blocker" not in sys.modules:
+        if time.monotonic() > deadline:
+            raise SystemExit("the importer thread never started its import")
         time.sleep(0.001)
     fork_child("import")
     gate.set()

@@ -166,6 +166,17 @@ class BatchEncoder(unittest.TestCase):
         self.assertLessEqual(len(calls), 2 + 1, calls)  # at most one per new column set, and the NaN
         self.assertIn(101, calls)
 
+    def test_lone_surrogate_costs_only_its_cell(self):
+        # A string Python holds but UTF-8 cannot encode (a lone surrogate, e.g. from a decoded
+        # filename): the line is still written and every other event in it is intact.
+        bad = (1, 1, 1, "preemption", "preemption_events", {"request_id": "req-\udc80", "tokens_lost": 3})
+        good = (2, 1, 2, "kv_cache", "kv_cache_evictions", {"evictions": 1, "blocks_evicted": 2})
+        line = wire.encode_batch(7, wire.ident("engine_core"), [bad, good])
+        got = json.loads(line.decode("utf-8", "surrogatepass"))
+        self.assertEqual(got["events"][0]["cols"]["request_id"], "req-\udc80")
+        self.assertEqual(got["events"][1]["cols"], {"evictions": 1, "blocks_evicted": 2})
+        self.assertEqual(line.count(b"\n"), 1)
+
     def test_empty_batch(self):
         got = self.check([], dropped=7)
         self.assertEqual(got["events"], [])
