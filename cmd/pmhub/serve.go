@@ -174,6 +174,9 @@ func serve(c *cli.Context) error {
 		if err := hub.CheckAddr("--listen", cfg.Listen); err != nil {
 			return exit(err)
 		}
+		if err := listenFree("--listen", cfg.Listen); err != nil {
+			return err // exit code 1: the command line was right
+		}
 	}
 	for _, f := range []string{"server-tls-cert", "server-tls-key", "server-tls-client-ca", "http-tls-cert", "http-tls-key", "plugins-allow"} {
 		if p := c.String(f); p != "" {
@@ -253,4 +256,18 @@ func serve(c *cli.Context) error {
 func writeJSON(w http.ResponseWriter, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(v)
+}
+
+// listenFree binds addr and closes it at once, so that an address in use fails before the embedded
+// NATS server and the data folder are made (nats-server reports it only once it starts). Port 0
+// or -1 (any free port) always passes. Errors: "<flag> <addr>: " and the bind error.
+func listenFree(flag, addr string) error {
+	if _, port, _ := net.SplitHostPort(addr); port == "0" || port == "-1" {
+		return nil
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", flag, addr, err)
+	}
+	return l.Close()
 }

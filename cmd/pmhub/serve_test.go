@@ -109,9 +109,10 @@ func TestServeAndDemoRejectStrayArguments(t *testing.T) {
 	}
 }
 
-// TestServeChecksAddressesBeforeStarting: a bad --http or --listen, an --http address in use, a
-// missing --plugins-allow or TLS file fail before anything starts: no hub, no data folder (the
-// HTTP address used to be checked only after the hub was up).
+// TestServeChecksAddressesBeforeStarting: a bad --http or --listen, an --http or --listen address
+// in use, a missing --plugins-allow or TLS file fail before anything starts: no hub, no data
+// folder (the HTTP address used to be checked only after the hub was up; a --listen address in
+// use failed only once the data folder had been made).
 func TestServeChecksAddressesBeforeStarting(t *testing.T) {
 	busy, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -129,6 +130,7 @@ func TestServeChecksAddressesBeforeStarting(t *testing.T) {
 		{[]string{"--http", "127.0.0.1:70000"}, 2, "70000"},
 		{[]string{"--http", busy.Addr().String()}, 1, busy.Addr().String()},
 		{[]string{"--listen", "127.0.0.1:99999"}, 2, `--listen "127.0.0.1:99999"`},
+		{[]string{"--listen", busy.Addr().String()}, 1, "--listen " + busy.Addr().String()},
 		{[]string{"--plugins-allow", missing}, 2, "--plugins-allow"},
 		{[]string{"--server-tls-cert", missing, "--server-tls-key", missing}, 2, "--server-tls-cert"},
 		{[]string{"--http-tls-cert", missing, "--http-tls-key", missing, "--http", "127.0.0.1:0"}, 2, "--http-tls-cert"},
