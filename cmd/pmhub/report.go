@@ -142,14 +142,15 @@ func reportHTTP(mux *http.ServeMux, h *hub.Server) {
 			if err != nil {
 				return nil, http.StatusInternalServerError, fmt.Errorf("report: %w", err)
 			}
-			// dir is <root>/sessions/<id>: every segment of a rotated session, in place unless a
-			// range is asked for.
-			view, err := openViewLinked(filepath.Dir(filepath.Dir(dir)), id, win, true)
-			if err != nil {
-				return nil, http.StatusInternalServerError, fmt.Errorf("report: %w", err)
+			if !win.IsZero() {
+				// dir is <root>/sessions/<id>.
+				view, err := openView(filepath.Dir(filepath.Dir(dir)), id, win)
+				if err != nil {
+					return nil, http.StatusInternalServerError, fmt.Errorf("report: %w", err)
+				}
+				defer view.Close()
+				dir = view.Dir
 			}
-			defer view.Close()
-			dir = view.Dir
 			rep, err := report.Build(dir, report.Options{Analyzer: reportAnalyzer})
 			if err != nil {
 				return nil, http.StatusInternalServerError, fmt.Errorf("report: %w", err)
