@@ -126,7 +126,8 @@ func openViewOf(c *cli.Context, arg string, w hub.Window) (*sessionView, error) 
 // hub.LinkSegments folder (no rows copied) for readers that read one (report, export, analysis).
 func openViewOfLinked(c *cli.Context, arg string, w hub.Window, linked bool) (*sessionView, error) {
 	data := c.String("data")
-	if st, err := os.Stat(filepath.Join(arg, hub.MetadataFile)); err != nil || st.IsDir() {
+	// Without --nats the data folder alone answers, exactly as openView reads it.
+	if st, err := os.Stat(filepath.Join(arg, hub.MetadataFile)); c.String(natsclient.FlagURL) != "" && (err != nil || st.IsDir()) {
 		dir, err := sessionFolderOf(c, arg)
 		if err != nil {
 			return nil, err
