@@ -3,6 +3,8 @@ package hub
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -34,8 +36,15 @@ import (
 //     that wrote it, unique to one owner's tenure: a hub that lost the lease and has not noticed
 //     yet can never overwrite (or delete) a part its successor wrote.
 //
-// Files named *.csv are append-only (the hub only appends rows; a torn tail cut at reload makes a
-// file shorter, which is noticed): a checkpoint uploads only what was appended since the last one.
+// Files named *.csv are append-only while they stay the same file (the hub only appends rows): a
+// checkpoint uploads only what was appended since the last one. Whether a file is still the one
+// the previous checkpoint stored is checked, never assumed from its path and size: a rotation
+// (segments.go) renames the live folder to a closed segment and opens a new live folder whose
+// files have the same names, and a torn tail cut at reload rewrites a file's end. So each folder
+// is stored with its generation (the segment index and start time from its metadata.json: a
+// folder whose generation changed is a different folder, every file of it stored whole), and each
+// append-only file with a fingerprint of its last bytes (CheckpointFile.Tail): when the bytes
+// before the old end are not those the last checkpoint stored, the file is stored whole.
 // Ranges are merged like a binary counter (the newest part absorbs the ones before it that are
 // not larger than it), so a file has O(log size) parts and each byte is uploaded O(log size)
 // times over the session's life. Other files are uploaded whole when their size or time changed.
@@ -50,8 +59,12 @@ type CheckpointManifest struct {
 	NS    int64  `json:"ns"`    // when it was written, Unix ns
 	Final bool   `json:"final"` // written after the session ended
 	// Files by path relative to the sessions folder ("/"-separated), under the session's folders.
-	Files    map[string]*CheckpointFile `json:"files"`
-	NextPart uint64                     `json:"next_part"`
+	Files map[string]*CheckpointFile `json:"files"`
+	// Folders gives each stored folder's generation by folder name ("r2", "r2@000005"): its
+	// segment index and start (folderGeneration), "" for a folder that was never rotated. A
+	// folder whose generation differs from the previous checkpoint's is stored afresh.
+	Folders  map[string]string `json:"folders,omitempty"`
+	NextPart uint64            `json:"next_part"`
 }
 
 // CheckpointFile is one file of a checkpoint: its parts in order cover [0, Size).
@@ -60,6 +73,43 @@ type CheckpointFile struct {
 	ModNS   int64            `json:"mod_ns"`
 	Parts   []CheckpointPart `json:"parts"`
 	AppendO bool             `json:"append_only"`
+	// Tail is the hex SHA-256 of the file's last min(Size, tailBytes) bytes (append-only files):
+	// appending after Size is only trusted when the file still has those bytes there.
+	Tail string `json:"tail,omitempty"`
+}
+
+// tailBytes is how many bytes before a file's end CheckpointFile.Tail covers.
+const tailBytes = 4096
+
+// tailOf returns the hex SHA-256 of f's bytes [max(0, end-tailBytes), end).
+func tailOf(f io.ReaderAt, end int64) (string, error) {
+	off := max(0, end-tailBytes)
+	h := sha256.New()
+	if _, err := io.Copy(h, io.NewSectionReader(f, off, end-off)); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// folderGeneration identifies one segment folder's contents across renames: "<index>/<start_ns>"
+// from its metadata.json's segment record, "" when it has none (rotation off, or no metadata
+// yet). A rotation gives the live folder's name a new generation; a closed segment keeps the one
+// it had while live.
+func folderGeneration(dir string) string {
+	b, err := os.ReadFile(filepath.Join(dir, "metadata.json"))
+	if err != nil {
+		return ""
+	}
+	var m struct {
+		Segment *struct {
+			Index   int   `json:"index"`
+			StartNS int64 `json:"start_ns"`
+		} `json:"segment"`
+	}
+	if json.Unmarshal(b, &m) != nil || m.Segment == nil {
+		return ""
+	}
+	return strconv.Itoa(m.Segment.Index) + "/" + strconv.FormatInt(m.Segment.StartNS, 10)
 }
 
 // CheckpointPart is the object holding bytes [Off, Off+Size) of a file.
@@ -67,6 +117,15 @@ type CheckpointPart struct {
 	Object string `json:"object"`
 	Off    int64  `json:"off"`
 	Size   int64  `json:"size"`
+}
+
+// partObjects returns the objects holding f's parts.
+func partObjects(f *CheckpointFile) []string {
+	out := make([]string, 0, len(f.Parts))
+	for _, p := range f.Parts {
+		out = append(out, p.Object)
+	}
+	return out
 }
 
 func manifestObject(session string) string { return proto.Escape(session) + "/manifest" }
@@ -111,7 +170,7 @@ type checkpointer struct {
 // deleted after it was written.
 func (c *checkpointer) checkpoint(ctx context.Context, seq uint64, final bool, now time.Time, fence func() error) (*CheckpointManifest, error) {
 	m := &CheckpointManifest{Session: c.session, Hub: c.hub, Seq: seq, NS: now.UnixNano(), Final: final,
-		Files: map[string]*CheckpointFile{}}
+		Files: map[string]*CheckpointFile{}, Folders: map[string]string{}}
 	if c.prev != nil {
 		m.NextPart = c.prev.NextPart
 	}
@@ -159,37 +218,58 @@ func (c *checkpointer) checkpoint(ctx context.Context, seq uint64, final bool, n
 		if c.prev != nil {
 			prev = c.prev.Files[rel]
 		}
+		if top, _, _ := strings.Cut(rel, "/"); prev != nil && c.prev.Folders[top] != m.Folders[top] {
+			// Another folder under the same name (a rotation opened it): nothing of the old
+			// one's file applies, its parts go.
+			obsolete = append(obsolete, partObjects(prev)...)
+			prev = nil
+		}
 		appendOnly := strings.HasSuffix(rel, ".csv")
 		size, mod := info.Size(), info.ModTime().UnixNano()
-		switch {
-		case prev != nil && prev.Size == size && (appendOnly || prev.ModNS == mod):
-			m.Files[rel] = prev // unchanged
-			return nil
-		case prev != nil && appendOnly && prev.AppendO && size > prev.Size:
-			parts := append([]CheckpointPart(nil), prev.Parts...)
-			off, n := prev.Size, size-prev.Size
-			for len(parts) > 0 && parts[len(parts)-1].Size <= n {
-				last := parts[len(parts)-1]
-				obsolete = append(obsolete, last.Object)
-				off, n = last.Off, n+last.Size
-				parts = parts[:len(parts)-1]
-			}
+		if prev != nil && appendOnly && prev.AppendO && prev.Tail != "" && size >= prev.Size {
 			f, err := os.Open(path)
 			if err != nil {
 				return err
 			}
-			name, err := put(rel, io.NewSectionReader(f, off, n))
-			f.Close()
+			defer f.Close()
+			same, err := tailOf(f, prev.Size)
 			if err != nil {
 				return err
 			}
-			m.Files[rel] = &CheckpointFile{Size: size, ModNS: mod, AppendO: true, Parts: append(parts, CheckpointPart{Object: name, Off: off, Size: n})}
+			if same != prev.Tail {
+				// Not the file the last checkpoint stored, grown: stored whole below.
+			} else if size == prev.Size {
+				m.Files[rel] = prev // unchanged
+				return nil
+			} else {
+				parts := append([]CheckpointPart(nil), prev.Parts...)
+				off, n := prev.Size, size-prev.Size
+				var gone []string
+				for len(parts) > 0 && parts[len(parts)-1].Size <= n {
+					last := parts[len(parts)-1]
+					gone = append(gone, last.Object)
+					off, n = last.Off, n+last.Size
+					parts = parts[:len(parts)-1]
+				}
+				tail, err := tailOf(f, size)
+				if err != nil {
+					return err
+				}
+				name, err := put(rel, io.NewSectionReader(f, off, n))
+				if err != nil {
+					return err
+				}
+				obsolete = append(obsolete, gone...)
+				m.Files[rel] = &CheckpointFile{Size: size, ModNS: mod, AppendO: true, Tail: tail,
+					Parts: append(parts, CheckpointPart{Object: name, Off: off, Size: n})}
+				return nil
+			}
+		} else if prev != nil && !appendOnly && prev.Size == size && prev.ModNS == mod {
+			m.Files[rel] = prev // unchanged
 			return nil
 		}
 		if prev != nil {
-			for _, p := range prev.Parts {
-				obsolete = append(obsolete, p.Object)
-			}
+			obsolete = append(obsolete, partObjects(prev)...)
 		}
 		var body []byte
 		if appendOnly {
@@ -211,8 +291,17 @@ func (c *checkpointer) checkpoint(ctx context.Context, seq uint64, final bool, n
 		if err != nil {
 			return err
 		}
-		m.Files[rel] = &CheckpointFile{Size: size, ModNS: mod, AppendO: appendOnly, Parts: []CheckpointPart{{Object: name, Size: size}}}
+		cf := &CheckpointFile{Size: size, ModNS: mod, AppendO: appendOnly, Parts: []CheckpointPart{{Object: name, Size: size}}}
+		if appendOnly {
+			if cf.Tail, err = tailOf(bytes.NewReader(body), size); err != nil {
+				return err
+			}
+		}
+		m.Files[rel] = cf
 		return nil
+	}
+	for _, dir := range folders {
+		m.Folders[filepath.Base(dir)] = folderGeneration(dir)
 	}
 	for _, dir := range folders {
 		// A closed segment renamed away by retention while this runs is simply not stored.
@@ -223,9 +312,7 @@ func (c *checkpointer) checkpoint(ctx context.Context, seq uint64, final bool, n
 	if c.prev != nil {
 		for rel, f := range c.prev.Files {
 			if m.Files[rel] == nil {
-				for _, p := range f.Parts {
-					obsolete = append(obsolete, p.Object)
-				}
+				obsolete = append(obsolete, partObjects(f)...)
 			}
 		}
 	}
