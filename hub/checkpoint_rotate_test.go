@@ -7,11 +7,14 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/profilemate/profilemate/internal/testkit"
 )
 
 // folderFiles returns every regular file of session's folders under root (live and closed
@@ -164,6 +167,119 @@ func TestCheckpointAcrossRotation(t *testing.T) {
 	for k, n := range seen {
 		if n != 1 {
 			t.Fatalf("step %s in %d segments", k, n)
+		}
+	}
+}
+
+// segmentSeqs returns the seq column of every kv_cache_usage.csv of session's segments under the
+// data folder data, counted across segments.
+func segmentSeqs(t *testing.T, data, session string) (map[string]int, int) {
+	t.Helper()
+	got := map[string]int{}
+	dirs, err := Segments(data, session)
+	if err != nil {
+		return got, 0
+	}
+	for _, d := range dirs {
+		for q, n := range csvSeqs(t, d) {
+			got[q] += n
+		}
+	}
+	return got, len(dirs)
+}
+
+// TestSharedTakeoverWithRotation: hub a owns a session that rotates every three batches and is
+// checkpointed every five; a dies; b takes over from a's last checkpoint and the stream
+// after it. Across b's segments every row is there exactly once, and the closed segments b
+// restored hold what a's did.
+func TestSharedTakeoverWithRotation(t *testing.T) {
+	ns := testkit.StartNATS(t)
+	nc := testkit.Connect(t, ns.ClientURL())
+	js, _ := jetstream.New(nc)
+	dataA, dataB := t.TempDir(), t.TempDir()
+	cfg := func(id, data string) Config {
+		return Config{DataDir: data, NATSURL: ns.ClientURL(), Shared: true, HubID: id, LeaseTTL: time.Second,
+			CheckpointEvery: time.Second, RotateBytes: 1500}
+	}
+	a, stopA := startHubCfg(t, cfg("a", dataA))
+	const s = "r2"
+	var msgs uint64
+	pub := func(from, to uint64) {
+		for q := from; q <= to; q += 10 {
+			subj, m := sharedBatch(s, 7, q, min(q+9, to))
+			publish(t, nc, subj, m)
+			msgs++
+			if msgs%5 != 0 {
+				continue
+			}
+			// Five batches (a segment holds three) between checkpoints: a checkpoint sees the
+			// live file after a rotation as long as or longer than the one it stored last.
+			waitFor(t, "a's checkpoint of message "+strconv.FormatUint(msgs, 10), func() bool {
+				e, err := LookupIndex(context.Background(), js, s)
+				return err == nil && e.Owner == "a" && e.CheckpointSeq >= msgs
+			})
+			sameAsCheckpoint(t, js, dataA, s, "message "+strconv.FormatUint(msgs, 10))
+		}
+	}
+	pub(1, 300)
+	got, segs := segmentSeqs(t, dataA, s)
+	if !exactly(got, 300) || segs < 4 {
+		t.Fatalf("a: %d distinct rows in %d segments, want 300 once each in at least 4", len(got), segs)
+	}
+	startHubCfg(t, cfg("b", dataB))
+	a.nc.Close()
+	stopA()
+	for q := uint64(301); q <= 400; q += 10 {
+		subj, m := sharedBatch(s, 7, q, q+9)
+		publish(t, nc, subj, m)
+	}
+	waitFor(t, "b holds rows 1-400 across its segments", func() bool {
+		got, _ := segmentSeqs(t, dataB, s)
+		return len(got) >= 400
+	})
+	got, segs = segmentSeqs(t, dataB, s)
+	if !exactly(got, 400) {
+		var dup []string
+		for q, n := range got {
+			if n != 1 {
+				dup = append(dup, q)
+			}
+		}
+		t.Fatalf("b: %d distinct rows in %d segments, want 400 once each; more than once: %v", len(got), segs, dup)
+	}
+	// The closed segments a wrote are b's byte for byte (a's last checkpoint was after them).
+	for rel, want := range folderFiles(t, sessionsDir(dataA), s) {
+		if !strings.HasPrefix(rel, s+"@") {
+			continue
+		}
+		have, err := os.ReadFile(filepath.Join(sessionsDir(dataB), filepath.FromSlash(rel)))
+		if err != nil || (!bytes.Equal(want, have) && strings.HasSuffix(rel, ".csv")) {
+			t.Fatalf("closed segment file %s: b has %d bytes (%v), a had %d", rel, len(have), err, len(want))
+		}
+	}
+}
+
+// sameAsCheckpoint fails the test unless the session's latest checkpoint restores to exactly the
+// session's folders under the data folder data (which nothing writes to meanwhile).
+func sameAsCheckpoint(t *testing.T, js jetstream.JetStream, data, session, what string) {
+	t.Helper()
+	obs, err := js.ObjectStore(context.Background(), CheckpointBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := t.TempDir()
+	if _, err := restoreCheckpoint(context.Background(), obs, session, out); err != nil {
+		t.Fatal(err)
+	}
+	want, have := folderFiles(t, sessionsDir(data), session), folderFiles(t, out, session)
+	for rel, w := range want {
+		if h, ok := have[rel]; !ok || (strings.HasSuffix(rel, ".csv") && !bytes.Equal(w, h)) {
+			t.Errorf("checkpoint after %s: %s restored with %d bytes (%v), the folder has %d", what, rel, len(h), ok, len(w))
+		}
+	}
+	for rel := range have {
+		if _, ok := want[rel]; !ok {
+			t.Errorf("checkpoint after %s: restored %s, which the folder does not have", what, rel)
 		}
 	}
 }
