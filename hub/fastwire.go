@@ -4,6 +4,7 @@ import (
 	"math"
 	"strconv"
 	"unicode/utf8"
+	"unsafe"
 
 	"google.golang.org/protobuf/encoding/protowire"
 
@@ -156,7 +157,11 @@ func (w *wireSchema) fastBatch(data []byte, f proto.SubjectFields) (b *Batch, ma
 			return nil, 0, false
 		}
 	}
-	all, k, start := string(cells), 0, uint32(0)
+	// The rows' cells share one string over the batch's buffer, which nothing writes again.
+	all, k, start := "", 0, uint32(0)
+	if len(cells) > 0 {
+		all = unsafe.String(&cells[0], len(cells))
+	}
 	for i := range b.Events {
 		cols := b.Events[i].Cols
 		for j := range cols {
@@ -173,11 +178,17 @@ func (w *wireSchema) fastBatch(data []byte, f proto.SubjectFields) (b *Batch, ma
 func countEvents(data []byte) int {
 	n := 0
 	for len(data) > 0 {
-		// A one-byte tag (every field here) is read inline; anything else by protowire.
-		num, typ, k := protowire.Number(data[0]>>3), protowire.Type(data[0]&7), 1
-		if data[0] >= 0x80 || num == 0 {
-			num, typ, k = protowire.ConsumeTag(data)
+		// An event (field 4, length-delimited: tag byte 0x22) is skipped by its length alone.
+		if data[0] == 0x22 {
+			l, k := protowire.ConsumeVarint(data[1:])
+			if k < 0 || uint64(len(data)-1-k) < l {
+				break
+			}
+			data = data[1+k+int(l):]
+			n++
+			continue
 		}
+		num, typ, k := protowire.ConsumeTag(data)
 		if k < 0 {
 			break
 		}
