@@ -12,6 +12,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/profilemate/profilemate/hub"
 )
 
 // Row is one table row: column name → cell text exactly as the CSV holds it (the common columns
@@ -159,6 +161,17 @@ func OpenDir(path string) (*Dir, error) {
 		return nil, fmt.Errorf("open session %s: %w", path, err)
 	}
 	d := &Dir{Path: path}
+	// A folder hub.LinkSegments made stands for the segments it lists: their CSVs in order.
+	if segs, err := hub.LinkedSegments(path); err != nil {
+		return nil, err
+	} else if segs != nil {
+		procs, err := hubProcesses(filepath.Join(path, "metadata.json"))
+		if err != nil {
+			return nil, err
+		}
+		d.csvDirs, d.procs = segs, procs
+		return d, nil
+	}
 	hasCSV := false
 	var subs []string
 	for _, e := range ents {

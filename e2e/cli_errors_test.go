@@ -131,6 +131,8 @@ func TestCLIUsageErrorsExit2(t *testing.T) {
 		usage{"pmhub", []string{"show", "nope", "--data", data}, "pmhub show", "20260101_000000_aaaaaa"},
 		usage{"pmhub", []string{"report", "--data", data, "nope"}, "pmhub report", `no session "nope" in ` + filepath.Join(data, "sessions")},
 		usage{"pmhub", []string{"export", "--data", data}, "pmhub export", "give one SESSION"},
+		usage{"pmhub", []string{"import", "--data", data}, "pmhub import", "give one or more standalone session folders"},
+		usage{"pmhub", []string{"import", "--data", data, filepath.Join(data, "nowhere")}, "pmhub import", "no such file or directory"},
 		usage{"pmhub", []string{"export", "--data", data, "--format", "svg", "20260101_000000_aaaaaa"}, "pmhub export", `--format "svg"`},
 		usage{"pmhub", []string{"sessions", "--data", filepath.Join(data, "nowhere")}, "pmhub sessions", "does not exist"},
 		usage{"pmhub", []string{"plugins", "rm", "--data", data, "nope"}, "pmhub plugins rm", "no plugin nope"},

@@ -251,9 +251,11 @@ func (c *checkpointer) checkpoint(ctx context.Context, seq uint64, final bool, n
 }
 
 // restoreCheckpoint writes session's latest checkpoint under root (a sessions folder), replacing
-// the session's folders there (its own and its closed segments). It returns the manifest (nil,
-// with the folders removed, when the session has no checkpoint). The files are assembled in a
-// sibling folder first, so no folder is ever half restored.
+// the session's folders there (its own and its closed segments). It returns the manifest, or nil
+// when the session has no checkpoint: its folders are then left as they are (a session written
+// by a single-mode hub before, or by this hub before its first checkpoint: everything in them
+// came from the stream, and replaying the stream from its start skips what they hold). The files
+// are assembled in a sibling folder first, so no folder is ever half restored.
 func restoreCheckpoint(ctx context.Context, obs jetstream.ObjectStore, session, root string) (*CheckpointManifest, error) {
 	m, err := readManifest(ctx, obs, session)
 	if err != nil {
@@ -276,9 +278,6 @@ func restoreCheckpoint(ctx context.Context, obs jetstream.ObjectStore, session, 
 		return nil
 	}
 	if m == nil {
-		if err := removeOld(); err != nil {
-			return fail(err)
-		}
 		return nil, nil
 	}
 	tmp, err := os.MkdirTemp(root, "."+proto.Escape(session)+".restore-")

@@ -193,6 +193,13 @@ func TestCheckpointRestore(t *testing.T) {
 		}
 		return m
 	}
+	// No checkpoint yet: the folders stay as they are (a single-mode hub's sessions, say).
+	if m, err := restoreCheckpoint(ctx, obs, s, root); err != nil || m != nil {
+		t.Fatalf("restore without a checkpoint: %v %v", m, err)
+	}
+	if _, err := os.Stat(filepath.Join(root, csvRel)); err != nil {
+		t.Fatalf("restore without a checkpoint removed the folder: %v", err)
+	}
 	check(1)
 	for i := 0; i < 40; i++ {
 		write(csvRel, "S1,"+strconv.Itoa(i)+strings.Repeat("x", i)+"\n", true)

@@ -73,7 +73,8 @@ func (c *cluster) runOwned(ctx context.Context, o *ownedSession) {
 	log := s.log.With("session", o.id)
 
 	// Whatever this folder held may be stale (another hub owned the session since): the latest
-	// checkpoint is the truth, and the stream after it.
+	// checkpoint is the truth, and the stream after it. Without a checkpoint the folder stays and
+	// the whole stream is read again (its rows are recognised).
 	s.mu.Lock()
 	if old := s.sessions[o.id]; old != nil {
 		old.closeFiles()

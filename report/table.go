@@ -6,21 +6,24 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strconv"
 
 	"github.com/profilemate/profilemate/hub"
 )
 
 // Rows streams one session table: <dir>/<table>.csv as the hub writes it (the common columns, the
-// table's own columns of proto/tables, then ts_aligned_ns). A table the session has no file for
+// table's own columns of proto/tables, then ts_aligned_ns), or, for a folder hub.LinkSegments made,
+// the table's file in each segment one after the other. A table the session has no file for
 // has no rows and no error; a malformed file is an error naming the file and line.
 type Rows struct {
 	Table  string
 	path   string
 	f      *os.File
 	r      *csv.Reader
-	index  map[string]int
+	index  map[string]int  // the current file's columns
+	header []string        // the union of the files' columns, in first-seen order
+	cols   map[string]bool // the same as a set
+	rest   []string        // files still to read
 	rec    []string
 	line   int
 	closed bool
@@ -30,50 +33,105 @@ type Rows struct {
 	Torn     bool
 }
 
-// OpenTable opens dir/table.csv for streaming; ok is false when the session has no such file.
+// OpenTable opens dir/table.csv for streaming (each segment's file in turn for a folder
+// hub.LinkSegments made); ok is false when the session has no such file.
 func OpenTable(dir, table string) (rows *Rows, ok bool, err error) {
-	p := filepath.Join(dir, table+".csv")
-	f, err := os.Open(p)
-	if errors.Is(err, os.ErrNotExist) {
+	files, err := hub.TableFiles(dir, table)
+	if err != nil {
+		return nil, false, err
+	}
+	t := &Rows{Table: table, closed: true, cols: map[string]bool{}}
+	for i, p := range files {
+		h, err := readHeaderOf(p)
+		if err != nil {
+			return nil, false, err
+		}
+		if h == nil {
+			continue
+		}
+		if t.rest == nil && t.path == "" {
+			t.path = p
+			t.rest = append([]string{}, files[i+1:]...)
+		}
+		for _, c := range h {
+			if !t.cols[c] {
+				t.cols[c] = true
+				t.header = append(t.header, c)
+			}
+		}
+	}
+	if t.path == "" {
 		return nil, false, nil
 	}
+	if err := t.open(t.path); err != nil {
+		return nil, false, err
+	}
+	return t, true, nil
+}
+
+// readHeaderOf is a CSV file's header; nil when the file is missing or empty.
+func readHeaderOf(p string) ([]string, error) {
+	f, err := os.Open(p)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
 	if err != nil {
-		return nil, false, fmt.Errorf("open %s: %w", p, err)
+		return nil, fmt.Errorf("open %s: %w", p, err)
+	}
+	defer f.Close()
+	r := csv.NewReader(f)
+	r.FieldsPerRecord = -1
+	h, err := r.Read()
+	if err == io.EOF {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: header: %w", p, err)
+	}
+	return h, nil
+}
+
+// open makes p the file being read, past its header.
+func (t *Rows) open(p string) error {
+	f, err := os.Open(p)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", p, err)
 	}
 	r := csv.NewReader(f)
 	r.ReuseRecord = true
 	r.FieldsPerRecord = -1
 	header, err := r.Read()
-	if err == io.EOF {
+	if err != nil && err != io.EOF {
 		f.Close()
-		return nil, false, nil
-	}
-	if err != nil {
-		f.Close()
-		return nil, false, fmt.Errorf("%s: header: %w", p, err)
+		return fmt.Errorf("%s: header: %w", p, err)
 	}
 	idx := make(map[string]int, len(header))
 	for i, h := range header {
 		idx[h] = i
 	}
-	return &Rows{Table: table, path: p, f: f, r: r, index: idx, line: 1}, true, nil
+	t.path, t.f, t.r, t.index, t.line, t.closed, t.rec = p, f, r, idx, 1, false, nil
+	return nil
 }
 
-// Header returns the file's columns in file order.
-func (t *Rows) Header() []string {
-	h := make([]string, len(t.index))
-	for name, i := range t.index {
-		h[i] = name
-	}
-	return h
-}
+// Header returns the table's columns in file order (over several segments: the first segment's,
+// then columns only later ones have).
+func (t *Rows) Header() []string { return append([]string{}, t.header...) }
 
-// Has reports whether the file has the named column.
-func (t *Rows) Has(col string) bool { _, ok := t.index[col]; return ok }
+// Has reports whether the table has the named column (in any of its files).
+func (t *Rows) Has(col string) bool { return t.cols[col] }
 
 // Next reads the next row; false at the end of the file or on an error (see Err).
 func (t *Rows) Next() (bool, error) {
 	rec, err := t.r.Read()
+	for err == io.EOF && len(t.rest) > 0 {
+		t.f.Close()
+		next := t.rest[0]
+		t.rest = t.rest[1:]
+		if oerr := t.open(next); oerr != nil {
+			return false, oerr
+		}
+		rec, err = t.r.Read()
+	}
 	if err == io.EOF {
 		return false, nil
 	}

@@ -79,7 +79,7 @@ esac
   echo
   echo "No GPU was available for these runs: the GPU check (\`shim/bench/gpu_check.py\`) is prepared and"
   echo "has not been run on a GPU yet."
-  for f in shim flush enginecore worker pipeline agent hub faces report analysis; do
+  for f in shim flush enginecore worker pipeline agent hub scale faces report analysis; do
     [ -f "docs/bench/$f.md" ] || continue
     echo
     sed -e 's/^# /## /' -e 's/^## \(.*\)/### \1/' "docs/bench/$f.md" | sed -e '1s/^### /## /'

@@ -47,7 +47,7 @@ func runExport(c *cli.Context) error {
 	if err != nil {
 		return cli.Exit("pmhub export: "+err.Error(), 2)
 	}
-	view, err := openViewOf(c, arg, w)
+	view, err := openViewOfLinked(c, arg, w, true)
 	if err != nil {
 		return err
 	}

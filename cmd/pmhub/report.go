@@ -58,7 +58,7 @@ func runReport(c *cli.Context) error {
 		return cliapp.AsUsage(err)
 	}
 	build := func(arg string) (*report.Report, error) {
-		view, err := openViewOf(c, arg, w)
+		view, err := openViewOfLinked(c, arg, w, true)
 		if err != nil {
 			return nil, err
 		}

@@ -119,8 +119,15 @@ func withIndex(c *cli.Context, local []*hub.Metadata) ([]*hub.Metadata, error) {
 // openViewOf is openView over the folder sessionFolderOf makes available: the data folder's own
 // copy, or (with --nats) the session's latest checkpoint fetched into <data>/cache/.
 func openViewOf(c *cli.Context, arg string, w hub.Window) (*sessionView, error) {
+	return openViewOfLinked(c, arg, w, false)
+}
+
+// openViewOfLinked is openViewOf; with linked, a rotated session read without a range is a
+// hub.LinkSegments folder (no rows copied) for readers that read one (report, export, analysis).
+func openViewOfLinked(c *cli.Context, arg string, w hub.Window, linked bool) (*sessionView, error) {
 	data := c.String("data")
-	if st, err := os.Stat(filepath.Join(arg, hub.MetadataFile)); err != nil || st.IsDir() {
+	// Without --nats the data folder alone answers, exactly as openView reads it.
+	if st, err := os.Stat(filepath.Join(arg, hub.MetadataFile)); c.String(natsclient.FlagURL) != "" && (err != nil || st.IsDir()) {
 		dir, err := sessionFolderOf(c, arg)
 		if err != nil {
 			return nil, err
@@ -128,5 +135,5 @@ func openViewOf(c *cli.Context, arg string, w hub.Window) (*sessionView, error) 
 		// dir is <root>/sessions/<arg>: read every segment under that root.
 		data = filepath.Dir(filepath.Dir(dir))
 	}
-	return openView(data, arg, w)
+	return openViewLinked(data, arg, w, linked)
 }

@@ -80,9 +80,15 @@ func (v *sessionView) Close() {
 }
 
 // openView resolves SESSION (an id under data, or a session folder) with the range w: every
-// segment of a rotated session, filtered to w. Errors: no such session or folder; the segments
-// cannot be read or copied.
+// segment of a rotated session, filtered to w (hub.CopyWindow). Errors: no such session or folder;
+// the segments cannot be read or copied.
 func openView(data, arg string, w hub.Window) (*sessionView, error) {
+	return openViewLinked(data, arg, w, false)
+}
+
+// openViewLinked is openView; with linked and no range, a rotated session's rows are not copied:
+// the view is a hub.LinkSegments folder, for readers that read one (report, export, analysis).
+func openViewLinked(data, arg string, w hub.Window, linked bool) (*sessionView, error) {
 	var segs []string
 	if st, err := os.Stat(filepath.Join(arg, hub.MetadataFile)); err == nil && !st.IsDir() {
 		segs = []string{arg}
@@ -112,7 +118,14 @@ func openView(data, arg string, w hub.Window) (*sessionView, error) {
 	}
 	v.tmp = tmp
 	dir := filepath.Join(tmp, filepath.Base(v.Home))
-	m, err := hub.CopyWindow(segs, w, dir)
+	copyWindow := hub.CopyWindow
+	if w.IsZero() && linked {
+		// Every row of every segment: the readers read the segments' own files in order.
+		copyWindow = func(segs []string, _ hub.Window, dst string) (*hub.Metadata, error) {
+			return hub.LinkSegments(segs, dst)
+		}
+	}
+	m, err := copyWindow(segs, w, dir)
 	if err != nil {
 		v.Close()
 		return nil, err

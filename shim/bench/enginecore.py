@@ -15,7 +15,11 @@
    shim, alternated; the added time is reported per step and as a share of the scheduler's own
    CPU time.
 
-Run: python3 shim/bench/enginecore.py [--step-work-ms N] [--rounds N] [--pinned [--versus OLD_SHIM_DIR]]
+5. --paired: the pinned workload in one process with the shim, its EngineCore wrappers in place on
+   every other step only; two runs of opposite parity; the added time per step is the median over
+   step pairs of the wrapped minus the unwrapped step (drift of the machine cancels within a pair).
+
+Run: python3 shim/bench/enginecore.py [--step-work-ms N] [--rounds N] [--pinned|--paired [--versus OLD_SHIM_DIR]]
 """
 import argparse
 import collections
@@ -154,6 +158,106 @@ print(json.dumps({"steps": rec["scheduler_steps"], "preemptions": len(rec["preem
                   "evictions": rec["evictions"], "per_step": per_step, "shim": "profilemate" in sys.modules}))
 '''
 
+# Paired variant: one process with the shim, whose EngineCore wrappers (the scheduler's, the KV
+# cache manager's and the block pool's) are in place on every other step only (argv[1]: the parity
+# of the wrapped steps); the originals sit in the class in between. Adjacent steps share the
+# process's state (caches, load), so their difference is the shim's; two runs of opposite parity
+# cancel the work that differs between the two steps of a pair.
+PAIRED_DRIVER = r'''
+import json, sys, time
+from pmsim import entry
+from pmsim.util import mod
+MARK = "__profilemate_original__"
+parity = int(sys.argv[1])
+S = mod("vllm.v1.core.sched.scheduler").Scheduler
+K = mod("vllm.v1.core.kv_cache_manager").KVCacheManager
+B = mod("vllm.v1.core.block_pool").BlockPool
+swaps = []  # (class, name, wrapped, original) of every shim wrapper on these classes
+for cls in (S, K, B):
+    for name, raw in list(vars(cls).items()):
+        if callable(raw) and hasattr(raw, MARK) and not (cls is S and name in ("schedule", "update_from_output")):
+            swaps.append((cls, name, raw, getattr(raw, MARK)))
+names = sorted(["Scheduler.schedule", "Scheduler.update_from_output"] + ["%s.%s" % (c.__name__, n) for c, n, _, _ in swaps])
+w_s, w_u = vars(S)["schedule"], vars(S)["update_from_output"]
+per_step, wrapped, state = [], [], {"k": 0, "on": False}
+def put(on):
+    for cls, name, w, o in swaps:
+        setattr(cls, name, w if on else o)
+def schedule(self):
+    on = state["k"] % 2 == parity
+    state["k"] += 1
+    put(on)
+    state["on"] = on
+    fn = w_s if on else getattr(w_s, MARK)
+    t0 = time.thread_time_ns()
+    out = fn(self)
+    per_step.append(time.thread_time_ns() - t0)
+    wrapped.append(on)
+    return out
+def update(self, so, mro):
+    fn = w_u if state["on"] else getattr(w_u, MARK)
+    t0 = time.thread_time_ns()
+    out = fn(self, so, mro)
+    per_step[-1] += time.thread_time_ns() - t0
+    return out
+put(False)
+S.schedule, S.update_from_output = schedule, update
+rec = entry.run_in_process("sim/moe")
+print(json.dumps({"steps": rec["scheduler_steps"], "preemptions": len(rec["preemptions"]),
+                  "evictions": rec["evictions"], "per_step": per_step, "wrapped": wrapped, "hooks": names}))
+'''
+
+
+def paired_run(parity, era="v0_16_0", shim_dir=SHIM):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PROFILEMATE_", "VLLM_", "PMSIM_"))}
+    env.update(PINNED_ENV)
+    env.update(PYTHONPATH=os.pathsep.join([shim_dir, os.path.join(ROOT, "testbed", "eras", era),
+                                           os.path.join(ROOT, "testbed")]),
+               PMSIM_TP="1", PYTHONDONTWRITEBYTECODE="1", PROFILEMATE_SOCKET="off")
+    with tempfile.TemporaryDirectory() as out:
+        env["PROFILEMATE_OUTPUT_DIR"] = out
+        env["PMSIM_GROUND_TRUTH"] = os.path.join(out, "truth.json")
+        r = subprocess.run([sys.executable, "-c", PAIRED_DRIVER, str(parity)], env=env, capture_output=True,
+                           text=True, timeout=300)
+        if r.returncode:
+            raise SystemExit(r.stderr[-3000:])
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def paired(rounds, before=None):
+    """Per round: both parities of each shim; added = median over step pairs of the mean of the two
+    parities' (wrapped - unwrapped) differences; share = added / median unwrapped step."""
+    sides = [("after", SHIM)] + ([("before", before)] if before else [])
+    print("\nPaired steps on the pinned workload (%s): in one process the shim's EngineCore wrappers are in "
+          "place on every other step; %d rounds; scheduler CPU per step (schedule + update_from_output, thread "
+          "CPU time), steps after the first 20" % (" ".join("%s=%s" % kv for kv in sorted(PINNED_ENV.items())),
+                                                   rounds))
+    print("\n| round | shim | steps | wrappers toggled | unwrapped step (us, median) | added (us/step) | share of "
+          "scheduler CPU |")
+    print("|---|---|---|---|---|---|---|")
+    res = {name: [] for name, _ in sides}
+    for i in range(rounds):
+        for name, shim in sides:
+            a, b = paired_run(0, shim_dir=shim), paired_run(1, shim_dir=shim)
+            if (a["steps"], a["preemptions"], a["evictions"]) != (b["steps"], b["preemptions"], b["evictions"]):
+                raise SystemExit("the toggling changed the workload: %r vs %r" % (a, b))
+            n = min(len(a["per_step"]), len(b["per_step"])) // 2 * 2
+            diffs, base = [], []
+            for j in range(20, n, 2):
+                # run a wraps even steps, run b odd ones: each (wrapped - unwrapped) of the pair j, j+1
+                da = a["per_step"][j] - a["per_step"][j + 1]
+                db = b["per_step"][j + 1] - b["per_step"][j]
+                diffs.append((da + db) / 2)
+                base += [a["per_step"][j + 1], b["per_step"][j]]
+            added, unwrapped = statistics.median(diffs) / 1e3, statistics.median(base) / 1e3
+            res[name].append((added, added / unwrapped))
+            print("| %d | %s | %d | %d | %.1f | %+.1f | %+.1f %% |" % (i + 1, name, a["steps"], len(a["hooks"]), unwrapped,
+                                                                   added, added / unwrapped * 100), flush=True)
+    for name, _ in sides:
+        print("\n%s: median added %.1f us per step, %.2f %% of the scheduler's own CPU time" % (
+            name, statistics.median(x for x, _ in res[name]), statistics.median(y for _, y in res[name]) * 100))
+
+
 # The pinned workload: 96 requests with room for 64 running (32 waiting at the start), 200 output
 # tokens each (prompt + output ≈ 16 blocks of 16 tokens per request), 700 KV blocks, so the
 # scheduler preempts about once every 20 steps; no simulated model work.
@@ -186,7 +290,7 @@ def pinned_run(shim, era="v0_16_0", shim_dir=SHIM):
 def pinned_versus(rounds, before):
     """No shim, the shim of `before` and this checkout's shim, alternated per round on this test tree."""
     print("\nPinned workload (%s), %d rounds, the three variants alternated in each; scheduler CPU per step "
-          "(schedule + update_from_output, thread CPU time, mean of the steps after the first 20); before: %s" % (
+          "(schedule + update_from_output, thread CPU time, steps after the first 20); before: %s" % (
               " ".join("%s=%s" % kv for kv in sorted(PINNED_ENV.items())), rounds, before))
     print("\n| round | steps | preemptions | evictions | without shim (us/step) | shim before (us/step) | "
           "shim after (us/step) | added before | added after | after, share of scheduler CPU |")
@@ -273,10 +377,15 @@ def main():
     ap.add_argument("--step-work-ms", type=float, default=10.0, help="PMSIM_STEP_WORK_MS (simulator default 10)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--pinned", action="store_true", help="only the pinned scheduler workload (per-step cost and share)")
-    ap.add_argument("--versus", help="with --pinned: another shim folder (before), run alongside this checkout's")
+    ap.add_argument("--versus", help="with --pinned or --paired: another shim folder (before), run alongside this checkout's")
+    ap.add_argument("--paired", action="store_true",
+                    help="the pinned workload with the shim's EngineCore wrappers in place on every other step")
     args = ap.parse_args()
     print("machine: %s, %d CPUs; Python %s; load average %.1f" % (machine(), os.cpu_count(), platform.python_version(),
                                                                  os.getloadavg()[0]))
+    if args.paired:
+        paired(args.rounds, os.path.abspath(args.versus) if args.versus else None)
+        return
     if args.pinned and args.versus:
         pinned_versus(args.rounds, os.path.abspath(args.versus))
         return
