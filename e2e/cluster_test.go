@@ -6,6 +6,8 @@ import (
 	"encoding/csv"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -147,14 +149,15 @@ func TestClusterHubsTakeOver(t *testing.T) {
 	cluster := strings.Join(urls, ",")
 
 	type hubRun struct {
-		id, data string
-		p        *hubProc
+		id, data, http string
+		p              *hubProc
 	}
 	var hubs []*hubRun
 	for i := 0; i < 3; i++ {
-		h := &hubRun{id: fmt.Sprintf("hub%d", i+1), data: t.TempDir()}
+		h := &hubRun{id: fmt.Sprintf("hub%d", i+1), data: t.TempDir(), http: freeAddr(t)}
 		h.p = startHub(t, h.data, freeAddr(t), "--nats", cluster, "--stream-replicas", "3", "--hub-id", h.id,
-			"--lease-ttl", "3s", "--checkpoint-interval", "1s", "--session-idle", "30s", "--plugins=false")
+			"--lease-ttl", "3s", "--checkpoint-interval", "1s", "--session-idle", "30s", "--plugins=false",
+			"--http", h.http)
 		hubs = append(hubs, h)
 	}
 	// On failure every hub still running prints its goroutines (SIGQUIT) into the test log.
@@ -298,6 +301,16 @@ func TestClusterHubsTakeOver(t *testing.T) {
 				t.Errorf("%s: show on %s says %s with rows %v, index says %v", id, h.id, sum.Session, sum.Rows, final[id].Rows)
 			}
 			clCheckFolder(t, sum.Dir, streamSeqs)
+			// The hub's own report page answers for the session too, owned by it or not.
+			resp, err := http.Get("http://" + h.http + "/report/" + id)
+			if err != nil {
+				t.Fatalf("report page of %s on %s: %v", id, h.id, err)
+			}
+			page, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK || !strings.Contains(string(page), id) {
+				t.Errorf("GET /report/%s on %s: %s, page names the session: %v", id, h.id, resp.Status, strings.Contains(string(page), id))
+			}
 		}
 	}
 	// pmhub sessions lists every session on every surviving hub's data folder with --nats, and the

@@ -4,7 +4,10 @@ record() is the only call hot-path wrappers make: it never blocks and never rais
 (seq, step, ts_ns, kind, table, cols) to a deque bounded by `capacity`; a deque append is atomic
 under the GIL. When the buffer is full the deque itself lets go of its oldest event, so record
 needs no length check: every event took a seq when it was recorded, so those dropped show
-downstream as gaps, and `dropped` counts them exactly (recorded - drained - still queued).
+downstream as gaps, and `dropped` counts them exactly from what drain() saw (the highest seq
+drained minus the events drained) and, while the buffer is full, from recorded - drained - queued.
+An event being recorded by another thread at that moment has its seq but is not queued yet: it is
+never counted as dropped while the buffer has room.
 
 record is a plain function made once per Recorder (not a bound method): everything it reads lives
 in its closure, so a call costs the profiler-kind check, the sequence number, the clock and one
@@ -36,6 +39,7 @@ class Recorder:
         self._on = None
         self._rebind(self._seq, None)
         self._drained = 0  # events taken out by drain()
+        self._drained_max = 0  # the highest seq drain() has taken out
         self._lost = 0  # drained events a sink could not deliver (add_dropped)
         self._cur[0] = -1
 
@@ -44,6 +48,11 @@ class Recorder:
         """Events lost in this process: pushed out of the full buffer, plus those a sink could not
         deliver (add_dropped). Read while events are being recorded it may lag by the events of the
         moment, never run ahead."""
+        # Drops happen only while the buffer is full, always to its oldest events; only drain()
+        # makes room again. So with room left, every drop lies below the highest seq drained and
+        # the count is exact, however many events other threads are recording right now.
+        if len(self._buf) < self.capacity:
+            return self._lost + max(0, self._drained_max - self._drained)
         recorded = self.last_seq  # first: an event recorded in between only lowers the difference
         return self._lost + max(0, recorded - self._drained - len(self._buf))
 
@@ -90,6 +99,8 @@ class Recorder:
         pop = buf.popleft
         out = [pop() for _ in itertools.repeat(None, n)]
         self._drained += n
+        if out and out[-1][0] > self._drained_max:
+            self._drained_max = out[-1][0]
         return out
 
     def pending(self):

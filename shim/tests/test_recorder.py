@@ -33,6 +33,32 @@ class RecorderCounts(unittest.TestCase):
         r.add_dropped(3)  # a sink that could not deliver three drained events
         self.assertEqual(r.dropped, 11)
 
+    def test_event_being_recorded_is_not_a_drop(self):
+        # Another thread reads dropped (a batch line, the bye) while this one is inside record():
+        # its event already took a seq but is not queued yet. Nothing was dropped.
+        import time
+        seen = []
+        real = time.time_ns
+        box = {}
+
+        def clock():
+            if "r" in box:
+                seen.append(box["r"].dropped)
+            return real()
+
+        time.time_ns = clock
+        try:
+            r = Recorder(capacity=100)
+        finally:
+            time.time_ns = real
+        for i in range(5):
+            r.record("kv_cache", "kv_cache_usage", {}, step=i)
+        r.drain()
+        box["r"] = r
+        r.record("kv_cache", "kv_cache_usage", {}, step=5)
+        self.assertEqual(seen, [0])
+        self.assertEqual((r.dropped, r.recorded, r.pending()), (0, 6, 1))
+
     def test_drain_limit_and_order(self):
         r = Recorder(capacity=100)
         for i in range(5):
