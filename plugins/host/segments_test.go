@@ -107,6 +107,9 @@ func TestRestartAfterRotationExactlyOnce(t *testing.T) {
 		t.Fatalf("the session did not rotate: segments %v", dirs)
 	}
 	pid := r.status("example").PID
+	if pid <= 0 {
+		t.Fatalf("no plugin pid in status: %+v", r.status("example"))
+	}
 	if err := syscall.Kill(int(pid), syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
