@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -126,6 +125,7 @@ type cluster struct {
 	idx   map[string]IndexEntry
 	live  []string // hub ids alive at the last look, this one included
 	wg    sync.WaitGroup
+	regNS int64 // when register put this hub's entry, Unix ns (exclusive.go)
 }
 
 // knownSession is what a hub knows of a session it does not own.
@@ -141,6 +141,7 @@ type hubEntry struct {
 	Hub     string `json:"hub"`
 	StartNS int64  `json:"start_ns"`
 	Data    string `json:"data"`
+	Host    string `json:"host,omitempty"` // os.Hostname of the hub (exclusive.go)
 }
 
 // bucket opens a KV bucket, creating it with cfg when missing.
@@ -201,6 +202,9 @@ func (s *Server) startCluster(ctx context.Context) error {
 	}
 	c.ls = &leases{kv: lk, hub: s.cfg.HubID, now: s.cfg.Now}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
+	if err := c.register(ctx); err != nil {
+		return err
+	}
 	if err := c.watchIndex(ctx); err != nil {
 		c.cancel()
 		return err
@@ -217,7 +221,7 @@ func (s *Server) startCluster(ctx context.Context) error {
 func (c *cluster) alive(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, c.ttl/3)
 	defer cancel()
-	v, _ := json.Marshal(hubEntry{Hub: c.s.cfg.HubID, StartNS: c.s.started.UnixNano(), Data: c.s.cfg.DataDir})
+	v := c.entry()
 	if _, err := c.hubs.Put(ctx, proto.Escape(c.s.cfg.HubID), v); err != nil {
 		return fmt.Errorf("hub: register in %s: %w", HubBucket, err)
 	}

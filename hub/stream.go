@@ -77,7 +77,10 @@ func (s *Server) setupStream(ctx context.Context) error {
 		}
 	}
 	if s.cfg.Shared {
-		return nil // per-session consumers (cluster.go)
+		return s.checkNoSingleHub(ctx, st) // per-session consumers (cluster.go)
+	}
+	if err := s.checkNoSharedHubs(ctx); err != nil {
+		return err
 	}
 	return s.openConsumer(ctx, st)
 }
