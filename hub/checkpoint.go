@@ -44,7 +44,9 @@ import (
 // is stored with its generation (the segment index and start time from its metadata.json: a
 // folder whose generation changed is a different folder, every file of it stored whole), and each
 // append-only file with a fingerprint of its last bytes (CheckpointFile.Tail): when the bytes
-// before the old end are not those the last checkpoint stored, the file is stored whole.
+// before the old end are not those the last checkpoint stored, the file is stored whole. A file
+// whose folder generation, size and modification time are all unchanged is not read at all (closed
+// segments, which never change, cost one stat per checkpoint).
 // Ranges are merged like a binary counter (the newest part absorbs the ones before it that are
 // not larger than it), so a file has O(log size) parts and each byte is uploaded O(log size)
 // times over the session's life. Other files are uploaded whole when their size or time changed.
@@ -226,6 +228,11 @@ func (c *checkpointer) checkpoint(ctx context.Context, seq uint64, final bool, n
 		}
 		appendOnly := strings.HasSuffix(rel, ".csv")
 		size, mod := info.Size(), info.ModTime().UnixNano()
+		if prev != nil && prev.Size == size && prev.ModNS == mod && (!appendOnly || prev.Tail != "") {
+			// Unchanged, read nothing: closed segments (many, over a long session) cost a stat.
+			m.Files[rel] = prev
+			return nil
+		}
 		if prev != nil && appendOnly && prev.AppendO && prev.Tail != "" && size >= prev.Size {
 			f, err := os.Open(path)
 			if err != nil {
@@ -264,9 +271,6 @@ func (c *checkpointer) checkpoint(ctx context.Context, seq uint64, final bool, n
 					Parts: append(parts, CheckpointPart{Object: name, Off: off, Size: n})}
 				return nil
 			}
-		} else if prev != nil && !appendOnly && prev.Size == size && prev.ModNS == mod {
-			m.Files[rel] = prev // unchanged
-			return nil
 		}
 		if prev != nil {
 			obsolete = append(obsolete, partObjects(prev)...)
