@@ -106,6 +106,12 @@ func (c *Config) sharedDefaults() error {
 	if c.CheckpointEvery < 0 {
 		return errors.New("hub: checkpoint interval must be positive")
 	}
+	if c.CacheMaxAge == 0 {
+		c.CacheMaxAge = DefaultCacheMaxAge
+	}
+	if c.CacheMaxBytes == 0 {
+		c.CacheMaxBytes = DefaultCacheMaxBytes
+	}
 	return nil
 }
 
@@ -354,7 +360,7 @@ func (c *cluster) evaluate(ctx context.Context) {
 	// Every session the index names as active or owned is watched, so one whose owner died (or
 	// whose last index write was lost) gets an owner without waiting for a new message.
 	for id, e := range c.idx {
-		if (e.Status != StatusEnded || e.Owner != "") && c.owned[id] == nil && c.known[id] == nil {
+		if !finished(e, 0) && c.owned[id] == nil && c.known[id] == nil {
 			c.known[id] = &knownSession{lastSeq: e.CheckpointSeq}
 		}
 	}
@@ -363,7 +369,7 @@ func (c *cluster) evaluate(ctx context.Context) {
 			delete(c.known, id)
 			continue
 		}
-		if ie, ok := c.idx[id]; ok && ie.Status == StatusEnded && ie.Owner == "" && k.lastSeq <= ie.CheckpointSeq {
+		if ie, ok := c.idx[id]; ok && finished(ie, k.lastSeq) {
 			delete(c.known, id) // finished and nothing new since its final checkpoint
 			continue
 		}
@@ -413,7 +419,7 @@ func (c *cluster) evaluate(ctx context.Context) {
 func (c *cluster) claim(ctx context.Context, session string, lastSeq uint64) {
 	lctx, cancel := context.WithTimeout(ctx, c.ttl/3)
 	defer cancel()
-	if e, err := LookupIndex(lctx, c.s.js, session); err == nil && e.Status == StatusEnded && e.Owner == "" && lastSeq <= e.CheckpointSeq {
+	if e, err := lookupIndex(lctx, c.s.js, session); err == nil && finished(e, lastSeq) {
 		c.mu.Lock()
 		c.idx[session] = e
 		delete(c.known, session)

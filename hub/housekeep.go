@@ -36,6 +36,9 @@ func (s *Server) housekeep(lastRetention *time.Time) {
 			s.applyRetention(now)
 		}
 		s.applySegmentRetention(now)
+		if s.cl != nil {
+			s.cl.applySharedRetention(s.cl.ctx, now)
+		}
 	}
 }
 
@@ -64,6 +67,7 @@ func (s *Server) applyRetention(now time.Time) {
 				s.log.Warn("retention: remove failed", "session", e.Name(), "err", err)
 				continue
 			}
+			_ = os.Remove(markPath(s.cfg.DataDir, e.Name()))
 			s.log.Info("retention: session removed", "session", e.Name())
 		}
 	}

@@ -95,6 +95,16 @@ func (c *cluster) runOwned(ctx context.Context, o *ownedSession) {
 		o.applied, o.ckSeq = m.Seq, m.Seq
 		writeMarker(s.cfg.DataDir, o.id, m)
 		log.Info("session restored from checkpoint", "seq", m.Seq, "files", len(m.Files))
+	} else if e, err := lookupIndex(ctx, s.js, o.id); err == nil && e.Status == StatusRemoved {
+		// Retention removed the session (retention.go) and a newer message brought it back: it
+		// starts again after the removed part; a copy still in this folder is past retention too.
+		if dirs, err := segmentsIn(sessionsDir(s.cfg.DataDir), o.id); err == nil {
+			for _, d := range dirs {
+				_ = os.RemoveAll(d)
+			}
+		}
+		o.applied, o.ckSeq = e.CheckpointSeq, e.CheckpointSeq
+		log.Info("session removed by retention comes back", "after_seq", e.CheckpointSeq)
 	}
 	o.lastCk = time.Now()
 	if _, err := os.Stat(dir); err == nil {
