@@ -132,7 +132,7 @@ func serve(c *cli.Context) error {
 		StreamReplicas:     c.Int("stream-replicas"), HubID: c.String("hub-id"), LeaseTTL: c.Duration("lease-ttl"),
 		CheckpointEvery: c.Duration("checkpoint-interval"),
 		CacheMaxAge:     c.Duration("cache-max-age"), CacheMaxBytes: c.Int64("cache-max-bytes"),
-		RotateEvery:     c.Duration("rotate-every"), RotateBytes: c.Int64("rotate-bytes"),
+		RotateEvery: c.Duration("rotate-every"), RotateBytes: c.Int64("rotate-bytes"),
 		SegmentsMaxAge: c.Duration("segments-max-age"), SegmentsMaxBytes: c.Int64("segments-max-bytes"),
 		Server: hub.ServerSecurity{
 			Token: c.String("server-auth-token"), User: c.String("server-user"), Password: c.String("server-password"),
