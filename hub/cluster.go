@@ -132,6 +132,8 @@ type cluster struct {
 	idx   map[string]IndexEntry
 	live  []string // hub ids alive at the last look, this one included
 	wg    sync.WaitGroup
+	// kick wakes runShared's loop to evaluate at once (buffer 1): discovery found a new session.
+	kick chan struct{}
 }
 
 // knownSession is what a hub knows of a session it does not own.
@@ -167,7 +169,8 @@ func (s *Server) bucket(ctx context.Context, cfg jetstream.KeyValueConfig) (jets
 
 // startCluster opens (or creates) the shared buckets, registers this hub and loads the index.
 func (s *Server) startCluster(ctx context.Context) error {
-	c := &cluster{s: s, owned: map[string]*ownedSession{}, known: map[string]*knownSession{}, idx: map[string]IndexEntry{}}
+	c := &cluster{s: s, owned: map[string]*ownedSession{}, known: map[string]*knownSession{}, idx: map[string]IndexEntry{},
+		kick: make(chan struct{}, 1)}
 	var err error
 	if c.hubs, err = s.bucket(ctx, jetstream.KeyValueConfig{Bucket: HubBucket, Description: "live pmhub instances", TTL: s.cfg.LeaseTTL}); err != nil {
 		return err
@@ -283,20 +286,25 @@ func (s *Server) runShared(ctx context.Context) error {
 	defer t.Stop()
 	lastRetention, lastRenew := time.Time{}, time.Now()
 	for ctx.Err() == nil {
+		tick := false
 		select {
 		case <-ctx.Done():
 		case <-t.C:
+			tick = true
+		case <-c.kick: // discovery found a new session: claim it now, not at the next tick
 		}
 		if ctx.Err() != nil {
 			break
 		}
-		s.housekeep(&lastRetention)
-		if time.Since(lastRenew) >= c.ttl/3 {
-			lastRenew = time.Now()
-			if err := c.alive(ctx); err != nil {
-				s.log.Warn("liveness not renewed", "err", err)
+		if tick {
+			s.housekeep(&lastRetention)
+			if time.Since(lastRenew) >= c.ttl/3 {
+				lastRenew = time.Now()
+				if err := c.alive(ctx); err != nil {
+					s.log.Warn("liveness not renewed", "err", err)
+				}
+				c.renewAll(ctx)
 			}
-			c.renewAll(ctx)
 		}
 		c.evaluate(ctx)
 	}
@@ -342,6 +350,10 @@ func (c *cluster) noteSeen(session string, seq uint64) {
 	if k == nil {
 		k = &knownSession{}
 		c.known[session] = k
+		select {
+		case c.kick <- struct{}{}:
+		default: // one pending kick covers every session found until it is handled
+		}
 	}
 	k.lastSeq = max(k.lastSeq, seq)
 }
