@@ -21,6 +21,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -194,13 +195,30 @@ const RotationLockFile = "rotation.lock"
 // Errors: the file cannot be created or locked.
 func LockRotation(dataDir string, exclusive bool) (unlock func(), err error) {
 	path := filepath.Join(dataDir, RotationLockFile)
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o640)
-	if err != nil {
-		return nil, fmt.Errorf("hub: rotation lock: %w", err)
-	}
+	// In one process (pmhub serve runs the hub and the plugin host) an RWMutex goes first: a
+	// waiting rotation holds back new writers, so a stream of overlapping shared flocks cannot
+	// starve it.
+	abs, _ := filepath.Abs(path)
+	m, _ := rotationMu.LoadOrStore(abs, &sync.RWMutex{})
+	mu := m.(*sync.RWMutex)
 	how := syscall.LOCK_SH
 	if exclusive {
 		how = syscall.LOCK_EX
+		mu.Lock()
+	} else {
+		mu.RLock()
+	}
+	release := func() {
+		if exclusive {
+			mu.Unlock()
+		} else {
+			mu.RUnlock()
+		}
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o640)
+	if err != nil {
+		release()
+		return nil, fmt.Errorf("hub: rotation lock: %w", err)
 	}
 	for {
 		err = syscall.Flock(int(f.Fd()), how)
@@ -210,10 +228,14 @@ func LockRotation(dataDir string, exclusive bool) (unlock func(), err error) {
 	}
 	if err != nil {
 		f.Close()
+		release()
 		return nil, fmt.Errorf("hub: lock %s: %w", path, err)
 	}
-	return func() { f.Close() }, nil
+	return func() { f.Close(); release() }, nil
 }
+
+// rotationMu holds one *sync.RWMutex per rotation lock file (absolute path).
+var rotationMu sync.Map
 
 // markClosedSegments records as ended by rotation every closed segment a crash left between its
 // move and that record (only a session's newest one can be), so no reader takes it for a live

@@ -128,12 +128,17 @@ func agentConfig(c *cli.Context) (agent.Config, error) {
 	return cfg, nil
 }
 
+// newLogger makes the logger of --log-level (debug, info, warn or error: text lines on stderr) and
+// makes it slog's default too, so that parts logging through the default (internal/clock) follow
+// the same level and format. Errors: an unknown level (exit code 2).
 func newLogger(level string) (*slog.Logger, error) {
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(level)); err != nil {
 		return nil, cli.Exit(fmt.Sprintf("pmagent: --log-level %q: want debug, info, warn or error", level), 2)
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
+	slog.SetDefault(log)
+	return log, nil
 }
 
 // cmdLog is the logger of the command's own lines (the agent adds its component itself).

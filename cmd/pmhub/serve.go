@@ -67,16 +67,16 @@ func serveCommand() *cli.Command {
 	return cmd
 }
 
-// serveLimits checks the limit flags: each must be positive, except the -1 "none" that
-// --session-max-bytes and --retention document. Zero is refused too: it would silently mean the
-// default.
+// serveLimits checks the limit flags: each must be positive, except the "none" value that
+// --session-max-bytes (-1) and --retention (-1s, a duration) document. Zero is refused too: it
+// would silently mean the default. An error names the none value as the flag parses it.
 func serveLimits(c *cli.Context) error {
-	pos := func(name string, ok bool, v any, none bool) error {
+	pos := func(name string, ok bool, v any, none string) error {
 		if ok {
 			return nil
 		}
-		if none {
-			return fmt.Errorf("--%s %v: must be positive, or -1 for none", name, v)
+		if none != "" {
+			return fmt.Errorf("--%s %v: must be positive, or %s for none", name, v, none)
 		}
 		return fmt.Errorf("--%s %v: must be positive", name, v)
 	}
@@ -93,16 +93,16 @@ func serveLimits(c *cli.Context) error {
 	sb, smb := c.Int64("stream-max-bytes"), c.Int64("session-max-bytes")
 	dlc, dlb := c.Int64("dead-letter-max-count"), c.Int64("dead-letter-max-bytes")
 	for _, err := range []error{
-		pos("session-idle", idle > 0, idle, false),
-		pos("stream-max-age", age > 0, age, false),
-		pos("stream-max-bytes", sb > 0, sb, false),
-		pos("session-max-bytes", smb > 0 || smb == -1, smb, true),
-		pos("retention", ret > 0 || ret == -time.Second, ret, true),
-		pos("cache-max-age", c.Duration("cache-max-age") > 0 || c.Duration("cache-max-age") == -time.Second, c.Duration("cache-max-age"), true),
-		pos("cache-max-bytes", c.Int64("cache-max-bytes") > 0 || c.Int64("cache-max-bytes") == -1, c.Int64("cache-max-bytes"), true),
-		pos("dead-letter-max-count", dlc > 0, dlc, false),
-		pos("dead-letter-max-bytes", dlb > 0, dlb, false),
-		pos("plugin-timeout", c.Duration("plugin-timeout") > 0, c.Duration("plugin-timeout"), false),
+		pos("session-idle", idle > 0, idle, ""),
+		pos("stream-max-age", age > 0, age, ""),
+		pos("stream-max-bytes", sb > 0, sb, ""),
+		pos("session-max-bytes", smb > 0 || smb == -1, smb, "-1"),
+		pos("retention", ret > 0 || ret == -time.Second, ret, "-1s"),
+		pos("cache-max-age", c.Duration("cache-max-age") > 0 || c.Duration("cache-max-age") == -time.Second, c.Duration("cache-max-age"), "-1s"),
+		pos("cache-max-bytes", c.Int64("cache-max-bytes") > 0 || c.Int64("cache-max-bytes") == -1, c.Int64("cache-max-bytes"), "-1"),
+		pos("dead-letter-max-count", dlc > 0, dlc, ""),
+		pos("dead-letter-max-bytes", dlb > 0, dlb, ""),
+		pos("plugin-timeout", c.Duration("plugin-timeout") > 0, c.Duration("plugin-timeout"), ""),
 	} {
 		if err != nil {
 			return err
@@ -178,6 +178,9 @@ func serve(c *cli.Context) error {
 	if cfg.NATSURL == "" {
 		if err := hub.CheckAddr("--listen", cfg.Listen); err != nil {
 			return exit(err)
+		}
+		if err := listenFree("--listen", cfg.Listen); err != nil {
+			return err // exit code 1: the command line was right
 		}
 	}
 	for _, f := range []string{"server-tls-cert", "server-tls-key", "server-tls-client-ca", "http-tls-cert", "http-tls-key", "plugins-allow"} {
@@ -258,4 +261,18 @@ func serve(c *cli.Context) error {
 func writeJSON(w http.ResponseWriter, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(v)
+}
+
+// listenFree binds addr and closes it at once, so that an address in use fails before the embedded
+// NATS server and the data folder are made (nats-server reports it only once it starts). Port 0
+// or -1 (any free port) always passes. Errors: "<flag> <addr>: " and the bind error.
+func listenFree(flag, addr string) error {
+	if _, port, _ := net.SplitHostPort(addr); port == "0" || port == "-1" {
+		return nil
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", flag, addr, err)
+	}
+	return l.Close()
 }

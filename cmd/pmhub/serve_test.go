@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -41,6 +42,25 @@ func TestServeRejectsBadLimits(t *testing.T) {
 		code, out := runServe(t, append([]string{"serve", "--data", data, "--listen", "127.0.0.1:-1", "--http", ""}, c...)...)
 		if code != 2 || !strings.Contains(out, c[0]+" "+c[1]) {
 			t.Errorf("%v: exit %d, output %q; want exit 2 naming the flag and value", c, code, out)
+		}
+	}
+}
+
+// TestServeNoneValueInErrorParses: the "none" value an error suggests is one the flag accepts
+// (--retention is a duration: the error said "-1", which does not parse as one).
+func TestServeNoneValueInErrorParses(t *testing.T) {
+	re := regexp.MustCompile(`or (\S+) for none`)
+	for _, c := range [][]string{{"--retention", "-5s"}, {"--session-max-bytes", "-2"}} {
+		code, out := runServe(t, "serve", "--data", t.TempDir(), "--listen", "127.0.0.1:-1", "--http", "", c[0], c[1])
+		m := re.FindStringSubmatch(out)
+		if code != 2 || m == nil {
+			t.Fatalf("%v: exit %d, output %q; want exit 2 naming a none value", c, code, out)
+		}
+		// The suggested value must pass: the next limit checked (set to 0 here) is then the one refused.
+		code, out = runServe(t, "serve", "--data", t.TempDir(), "--listen", "127.0.0.1:-1", "--http", "",
+			c[0], m[1], "--dead-letter-max-count", "0")
+		if code != 2 || !strings.Contains(out, "--dead-letter-max-count 0") || strings.Contains(out, c[0]) {
+			t.Errorf("%s %s (the value the error suggested): exit %d, output %q; want it accepted", c[0], m[1], code, out)
 		}
 	}
 }
@@ -89,9 +109,10 @@ func TestServeAndDemoRejectStrayArguments(t *testing.T) {
 	}
 }
 
-// TestServeChecksAddressesBeforeStarting: a bad --http or --listen, an --http address in use, a
-// missing --plugins-allow or TLS file fail before anything starts: no hub, no data folder (the
-// HTTP address used to be checked only after the hub was up).
+// TestServeChecksAddressesBeforeStarting: a bad --http or --listen, an --http or --listen address
+// in use, a missing --plugins-allow or TLS file fail before anything starts: no hub, no data
+// folder (the HTTP address used to be checked only after the hub was up; a --listen address in
+// use failed only once the data folder had been made).
 func TestServeChecksAddressesBeforeStarting(t *testing.T) {
 	busy, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -109,6 +130,7 @@ func TestServeChecksAddressesBeforeStarting(t *testing.T) {
 		{[]string{"--http", "127.0.0.1:70000"}, 2, "70000"},
 		{[]string{"--http", busy.Addr().String()}, 1, busy.Addr().String()},
 		{[]string{"--listen", "127.0.0.1:99999"}, 2, `--listen "127.0.0.1:99999"`},
+		{[]string{"--listen", busy.Addr().String()}, 1, "--listen " + busy.Addr().String()},
 		{[]string{"--plugins-allow", missing}, 2, "--plugins-allow"},
 		{[]string{"--server-tls-cert", missing, "--server-tls-key", missing}, 2, "--server-tls-cert"},
 		{[]string{"--http-tls-cert", missing, "--http-tls-key", missing, "--http", "127.0.0.1:0"}, 2, "--http-tls-cert"},
