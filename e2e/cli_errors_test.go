@@ -154,6 +154,9 @@ func TestCLIUsageErrorsExit2(t *testing.T) {
 		usage{"pmagent", []string{"run", "--session", "a b", "--", "true"}, "pmagent run", `session "a b"`},
 		usage{"pmagent", []string{"serve", "--log-level", "loud"}, "pmagent serve", "--log-level"},
 		usage{"pmagent", []string{"install"}, "pmagent install", "--python is required"},
+		usage{"pmagent", []string{"install", "--python", filepath.Join(data, "no-python")}, "pmagent install", "--python " + filepath.Join(data, "no-python")},
+		usage{"pmagent", []string{"uninstall", "--python", filepath.Join(data, "no-python")}, "pmagent uninstall", "--python " + filepath.Join(data, "no-python")},
+		usage{"pmagent", []string{"install", "--python", "no-such-python3.99"}, "pmagent install", "--python no-such-python3.99"},
 		usage{"pmagent", []string{"env", "--format", "toml"}, "pmagent env", `"toml"`},
 	)
 	for _, c := range cases {

@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/profilemate/profilemate/agent/install"
+	"github.com/profilemate/profilemate/internal/cliapp"
 	"github.com/profilemate/profilemate/shim"
 )
 
@@ -30,6 +32,9 @@ var installCommand = &cli.Command{
 		"Python. Running it again upgrades or repairs; `pmagent uninstall` removes exactly what it added.",
 	Flags: []cli.Flag{hostPythonFlag, &cli.BoolFlag{Name: "json", Usage: "print the manifest as JSON", EnvVars: []string{"PROFILEMATE_JSON"}}},
 	Action: func(c *cli.Context) error {
+		if err := checkPython(c.String("python")); err != nil {
+			return err
+		}
 		m, err := install.InstallFrom(c.String("python"), hostEmbeddedShim())
 		if err != nil {
 			return hostInstallExit(err)
@@ -43,6 +48,15 @@ var installCommand = &cli.Command{
 		fmt.Printf("installed profilemate %s into %s (python %s, %d files)\n", m.Version, m.SitePackages, m.PyVersion, len(m.Files))
 		return nil
 	},
+}
+
+// checkPython refuses a --python that names no executable (a path that is not there, a name not
+// on PATH) as a usage error, exit code 2, before anything runs.
+func checkPython(python string) error {
+	if _, err := exec.LookPath(python); err != nil {
+		return cliapp.Usage("--python %s: %w", python, err)
+	}
+	return nil
 }
 
 // hostInstallExit turns install errors into user-facing exits: refusing foreign files is exit 2.

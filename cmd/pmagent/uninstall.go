@@ -14,6 +14,9 @@ var uninstallCommand = &cli.Command{
 	Usage: "remove what `pmagent install` put into a Python environment",
 	Flags: []cli.Flag{hostPythonFlag, &cli.BoolFlag{Name: "json", Usage: "print what was removed as JSON", EnvVars: []string{"PROFILEMATE_JSON"}}},
 	Action: func(c *cli.Context) error {
+		if err := checkPython(c.String("python")); err != nil {
+			return err
+		}
 		m, err := install.Uninstall(c.String("python"))
 		if errors.Is(err, install.ErrNotInstalled) {
 			return cli.Exit("pmagent: "+err.Error(), 3)

@@ -50,6 +50,10 @@ func sessionFolder(data, arg string) (string, error) {
 // is no hub data folder, or that a folder given as SESSION has no metadata.json.
 func sessionNotFound(data, arg string) error {
 	if st, err := os.Stat(arg); err == nil && st.IsDir() && strings.ContainsAny(arg, `/\`) {
+		if standaloneFolder(arg) {
+			return cliapp.Usage("%s is a standalone folder (one folder per process, written by the shim without an agent), "+
+				"not a hub session: merge it into a hub data folder first with `pmhub import --data %s %s` (docs/multinode.md)", arg, data, arg)
+		}
 		return cliapp.Usage("%s is not a session folder: it has no %s", arg, hub.MetadataFile)
 	}
 	ids, err := sessionIDs(data)
@@ -120,4 +124,21 @@ func sessionFolders(data string) ([]string, error) {
 		}
 	}
 	return names, nil
+}
+
+// standaloneFolder tells whether dir is a shim's standalone session_<id>/ folder: a folder of
+// process folders (<role>-<rank>-<pid>/), each with its own metadata.json.
+func standaloneFolder(dir string) bool {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return false
+	}
+	for _, e := range ents {
+		if e.IsDir() {
+			if _, err := os.Stat(filepath.Join(dir, e.Name(), hub.MetadataFile)); err == nil {
+				return true
+			}
+		}
+	}
+	return false
 }

@@ -22,6 +22,14 @@ func TestSessionNotFoundSaysWhere(t *testing.T) {
 		t.Fatal(err)
 	}
 	missing := filepath.Join(t.TempDir(), "nowhere")
+	// A shim's standalone folder (no agent): process folders, each with its metadata.json.
+	standalone := filepath.Join(t.TempDir(), "session_20260103_000000_cccccc")
+	if err := os.MkdirAll(filepath.Join(standalone, "worker-0-123"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(standalone, "worker-0-123", "metadata.json"), []byte("{}"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	sessions := filepath.Join(full, "sessions")
 	for _, c := range []struct {
 		args []string
@@ -34,6 +42,8 @@ func TestSessionNotFoundSaysWhere(t *testing.T) {
 		{[]string{"show", "nope", "--data", sessions}, []string{sessions + " is not a hub data folder", "its parent, " + full}},
 		{[]string{"show", "nope", "--json", "--data", full}, []string{`no session "nope" in ` + sessions}},
 		{[]string{"show", t.TempDir(), "--data", full}, []string{"is not a session folder"}},
+		{[]string{"show", standalone, "--data", full}, []string{standalone + " is a standalone folder", "pmhub import --data " + full + " " + standalone}},
+		{[]string{"report", standalone, "--data", full}, []string{"pmhub import"}},
 		{[]string{"report", "nope", "--data", full}, []string{`no session "nope" in ` + sessions, "20260102_000000_bbbbbb"}},
 		{[]string{"export", "nope", "--data", missing}, []string{"does not exist"}},
 		{[]string{"sessions", "--data", missing}, []string{"the data folder " + missing + " does not exist"}},
