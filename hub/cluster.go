@@ -31,7 +31,8 @@ import (
 //   - materialises an owned session with an ordered consumer filtered to the session's subjects,
 //     checkpoints its folder to the Object Store (checkpoint.go) every CheckpointEvery and when
 //     it ends, and updates its entry in the session index (index.go);
-//   - renews its leases every third of the TTL; a lease it finds lost stops that session at once.
+//   - renews its leases every third of the TTL; a lease it finds lost stops that session at once;
+//   - hands an owned session over to its first choice when that hub joined later (rebalance).
 // A hub that claims a session restores its latest checkpoint and consumes from the checkpoint's
 // sequence + 1: the seen-sets rebuilt from the restored files skip what the files already hold,
 // so a takeover writes every row exactly once.
@@ -134,6 +135,10 @@ type cluster struct {
 	wg    sync.WaitGroup
 	// kick wakes runShared's loop to evaluate at once (buffer 1): discovery found a new session.
 	kick chan struct{}
+	// since is when each live hub was first seen live; moved is when this hub handed a session
+	// over (rebalance).
+	since map[string]time.Time
+	moved map[string]time.Time
 }
 
 // knownSession is what a hub knows of a session it does not own.
@@ -170,7 +175,7 @@ func (s *Server) bucket(ctx context.Context, cfg jetstream.KeyValueConfig) (jets
 // startCluster opens (or creates) the shared buckets, registers this hub and loads the index.
 func (s *Server) startCluster(ctx context.Context) error {
 	c := &cluster{s: s, owned: map[string]*ownedSession{}, known: map[string]*knownSession{}, idx: map[string]IndexEntry{},
-		kick: make(chan struct{}, 1)}
+		kick: make(chan struct{}, 1), since: map[string]time.Time{}, moved: map[string]time.Time{}}
 	var err error
 	if c.hubs, err = s.bucket(ctx, jetstream.KeyValueConfig{Bucket: HubBucket, Description: "live pmhub instances", TTL: s.cfg.LeaseTTL}); err != nil {
 		return err
@@ -240,10 +245,49 @@ func (c *cluster) alive(ctx context.Context) error {
 			live = append(live, id)
 		}
 	}
+	now := time.Now()
 	c.mu.Lock()
 	c.live = live
+	since := make(map[string]time.Time, len(live))
+	for _, h := range live {
+		if t, ok := c.since[h]; ok {
+			since[h] = t
+		} else {
+			since[h] = now
+		}
+	}
+	c.since = since
 	c.mu.Unlock()
 	return nil
+}
+
+// rebalance hands over, at a safe point, the owned sessions whose rendezvous first choice is
+// another live hub that has been live for at least one lease TTL (a hub that joined, not one
+// flapping): the session's goroutine stops after its current round, commits, checkpoints and
+// releases the lease (runOwned's stop path), and the first choice claims it and restores that
+// checkpoint. This hub does not claim a session it handed over for one lease TTL, unless it
+// ranks first on it again.
+func (c *cluster) rebalance(now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for id, o := range c.owned {
+		if o.lost.Load() || o.moving.Load() {
+			continue
+		}
+		first := firstChoice(c.live, id)
+		if t, ok := c.since[first]; first == c.s.cfg.HubID || !ok || now.Sub(t) < c.ttl {
+			continue
+		}
+		o.moving.Store(true)
+		c.moved[id] = now
+		c.s.log.Info("session handed over to its first choice", "session", id, "to", first)
+		o.cancel()
+	}
+	for id, t := range c.moved {
+		if now.Sub(t) >= c.ttl {
+			delete(c.moved, id)
+		}
+	}
 }
 
 // rendezvous is session's score on hub: the highest-scoring live hub is the session's first
@@ -304,6 +348,7 @@ func (s *Server) runShared(ctx context.Context) error {
 					s.log.Warn("liveness not renewed", "err", err)
 				}
 				c.renewAll(ctx)
+				c.rebalance(time.Now())
 			}
 		}
 		c.evaluate(ctx)
@@ -417,7 +462,8 @@ func (c *cluster) evaluate(ctx context.Context) {
 		if k.unownedSince.IsZero() {
 			k.unownedSince = now
 		}
-		claim := cd.top || now.Sub(k.unownedSince) >= grace
+		_, handedOver := c.moved[cd.id]
+		claim := cd.top || (now.Sub(k.unownedSince) >= grace && !handedOver)
 		c.mu.Unlock()
 		if claim {
 			c.claim(ctx, cd.id, cd.k.lastSeq)

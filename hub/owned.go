@@ -22,6 +22,7 @@ type ownedSession struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 	lost   atomic.Bool
+	moving atomic.Bool // handed over to another hub (rebalance): stops like a hub stopping
 
 	mu  sync.Mutex // guards rev
 	rev uint64     // lease revision last written
@@ -184,7 +185,8 @@ func (c *cluster) runOwned(ctx context.Context, o *ownedSession) {
 		log.Warn("session dropped: lease lost")
 		return
 	}
-	// The hub stops: store what is applied and hand the session over at once.
+	// The hub stops, or hands the session to its first choice (rebalance): store what is applied
+	// and hand the session over at once.
 	if ss != nil {
 		s.mu.Lock()
 		if err := ss.commit(); err != nil {
