@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -139,6 +140,8 @@ type cluster struct {
 	// over (rebalance).
 	since map[string]time.Time
 	moved map[string]time.Time
+	// retaining is set while a shared retention pass runs (retention.go).
+	retaining atomic.Bool
 }
 
 // knownSession is what a hub knows of a session it does not own.

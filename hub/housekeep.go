@@ -41,7 +41,7 @@ func (s *Server) housekeep(lastRetention *time.Time) {
 		}
 		s.applySegmentRetention(now)
 		if s.cl != nil {
-			s.cl.applySharedRetention(s.cl.ctx, now)
+			s.cl.startSharedRetention(now)
 		}
 	}
 }

@@ -49,6 +49,20 @@ func finished(e IndexEntry, seq uint64) bool {
 	return (e.Status == StatusEnded || e.Status == StatusRemoved) && e.Owner == "" && seq <= e.CheckpointSeq
 }
 
+// startSharedRetention runs applySharedRetention in the background unless a pass still runs:
+// its NATS round trips must not hold up the loop that renews the leases.
+func (c *cluster) startSharedRetention(now time.Time) {
+	if !c.retaining.CompareAndSwap(false, true) {
+		return
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		defer c.retaining.Store(false)
+		c.applySharedRetention(c.ctx, now)
+	}()
+}
+
 // applySharedRetention is the shared part of a retention pass at now.
 func (c *cluster) applySharedRetention(ctx context.Context, now time.Time) {
 	s := c.s
