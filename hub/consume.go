@@ -259,10 +259,14 @@ func (s *Server) handle(m jetstream.Msg, d decoded, now time.Time) (*session, in
 		if len(v.Events) == 0 && len(v.Rejected) > 0 {
 			return nil, 0, nil
 		}
-		for i := range v.Events {
-			if _, ok := s.cfg.Schema.Header(v.Events[i].Table); !ok {
-				s.cnt.bad(s.log, ReasonUnknownTable, subj, fmt.Errorf("table %q", v.Events[i].Table))
-				return nil, 0, nil
+		// Checked once per run of one table (a batch is mostly one table), not per event.
+		for i, last := 0, ""; i < len(v.Events); i++ {
+			if t := v.Events[i].Table; i == 0 || t != last {
+				if _, ok := s.cfg.Schema.Header(t); !ok {
+					s.cnt.bad(s.log, ReasonUnknownTable, subj, fmt.Errorf("table %q", t))
+					return nil, 0, nil
+				}
+				last = t
 			}
 		}
 		ss, err := s.openSession(v.Session)

@@ -4,6 +4,7 @@ import (
 	"math"
 	"strconv"
 	"unicode/utf8"
+	"unsafe"
 
 	"google.golang.org/protobuf/encoding/protowire"
 
@@ -21,6 +22,8 @@ type rawEvent struct {
 	seq         uint64
 	step, ts    int64
 	keys, vals  [][]byte // map entries as they came: raw key, raw Value message
+	col         []int    // per entry: the index of the table's own column its key names, or -1
+	win         []int    // per own column: the entry that fills it (the last of its key), or -1
 }
 
 // fastBatch decodes eb's body; ok is false when the generic decoder must take over. Every cell of
@@ -37,9 +40,14 @@ func (w *wireSchema) fastBatch(data []byte, f proto.SubjectFields) (b *Batch, ma
 	cells := make([]byte, 0, len(data))
 	var ends []uint32
 	var kindTables []string
-	lastTable := "" // the last table found to belong to the batch's kind
+	lastTable := ""         // the last table found to belong to the batch's kind
+	var own, types []string // lastTable's own columns and their types
 	for len(data) > 0 {
-		num, typ, n := protowire.ConsumeTag(data)
+		// A one-byte tag (every field here) is read inline; anything else by protowire.
+		num, typ, n := protowire.Number(data[0]>>3), protowire.Type(data[0]&7), 1
+		if data[0] >= 0x80 || num == 0 {
+			num, typ, n = protowire.ConsumeTag(data)
+		}
 		if n < 0 {
 			return nil, 0, false
 		}
@@ -87,16 +95,39 @@ func (w *wireSchema) fastBatch(data []byte, f proto.SubjectFields) (b *Batch, ma
 				if !contains(kindTables, table) {
 					return nil, 0, false
 				}
-				lastTable = table
+				lastTable, own, types = table, w.own[table], w.types[table]
 			}
-			// Values of columns this hub does not know must still be well-formed for the
-			// generic path to accept the message.
-			for k := range ev.keys {
-				if !fastValueOK(ev.vals[k]) {
+			// Which of the table's columns each map entry names (-1: none), and which entry
+			// fills each column: the last entry of a key wins, as in protobuf maps.
+			ev.col, ev.win = ev.col[:0], ev.win[:0]
+			for range own {
+				ev.win = append(ev.win, -1)
+			}
+			for k, key := range ev.keys {
+				c := -1
+				for i, name := range own {
+					if string(key) == name {
+						c = i
+						break
+					}
+				}
+				ev.col = append(ev.col, c)
+				if c >= 0 {
+					ev.win[c] = k
+				}
+			}
+			// Entries that are not spelled must still be well-formed for the generic path to
+			// accept the message: a key that names no column must be valid UTF-8 (a column's
+			// name is), and every value one the fast path reads. A spelled value is checked
+			// while it is spelled (appendValue accepts less than fastValueOK).
+			for k, c := range ev.col {
+				if c >= 0 && ev.win[c] == k {
+					continue
+				}
+				if (c < 0 && !utf8.Valid(ev.keys[k])) || !fastValueOK(ev.vals[k]) {
 					return nil, 0, false
 				}
 			}
-			own, types := w.own[table], w.types[table]
 			if len(pool) < len(own) {
 				pool = make([]string, max(events-len(b.Events), 1)*len(own))
 			}
@@ -105,14 +136,11 @@ func (w *wireSchema) fastBatch(data []byte, f proto.SubjectFields) (b *Batch, ma
 			}
 			e := Event{Table: table, Seq: ev.seq, Step: ev.step, TsNS: ev.ts, Cols: pool[:len(own):len(own)]}
 			pool = pool[len(own):]
-			for i, c := range own {
-				for k := len(ev.keys) - 1; k >= 0; k-- { // the last entry of a key wins, as in protobuf maps
-					if string(ev.keys[k]) == c {
-						var ok bool
-						if cells, ok = appendValue(cells, ev.vals[k], types[i]); !ok {
-							return nil, 0, false
-						}
-						break
+			for i, k := range ev.win {
+				if k >= 0 {
+					var ok bool
+					if cells, ok = appendValue(cells, ev.vals[k], types[i]); !ok {
+						return nil, 0, false
 					}
 				}
 				ends = append(ends, uint32(len(cells)))
@@ -129,7 +157,11 @@ func (w *wireSchema) fastBatch(data []byte, f proto.SubjectFields) (b *Batch, ma
 			return nil, 0, false
 		}
 	}
-	all, k, start := string(cells), 0, uint32(0)
+	// The rows' cells share one string over the batch's buffer, which nothing writes again.
+	all, k, start := "", 0, uint32(0)
+	if len(cells) > 0 {
+		all = unsafe.String(&cells[0], len(cells))
+	}
 	for i := range b.Events {
 		cols := b.Events[i].Cols
 		for j := range cols {
@@ -146,6 +178,16 @@ func (w *wireSchema) fastBatch(data []byte, f proto.SubjectFields) (b *Batch, ma
 func countEvents(data []byte) int {
 	n := 0
 	for len(data) > 0 {
+		// An event (field 4, length-delimited: tag byte 0x22) is skipped by its length alone.
+		if data[0] == 0x22 {
+			l, k := protowire.ConsumeVarint(data[1:])
+			if k < 0 || uint64(len(data)-1-k) < l {
+				break
+			}
+			data = data[1+k+int(l):]
+			n++
+			continue
+		}
 		num, typ, k := protowire.ConsumeTag(data)
 		if k < 0 {
 			break
@@ -172,7 +214,11 @@ func fastString(data []byte) (string, int, bool) {
 
 func fastProcess(data []byte, b *Batch) bool {
 	for len(data) > 0 {
-		num, typ, n := protowire.ConsumeTag(data)
+		// A one-byte tag (every field here) is read inline; anything else by protowire.
+		num, typ, n := protowire.Number(data[0]>>3), protowire.Type(data[0]&7), 1
+		if data[0] >= 0x80 || num == 0 {
+			num, typ, n = protowire.ConsumeTag(data)
+		}
 		if n < 0 {
 			return false
 		}
@@ -223,15 +269,21 @@ func fastProcess(data []byte, b *Batch) bool {
 
 func fastEvent(data []byte, ev *rawEvent) bool {
 	for len(data) > 0 {
-		num, typ, n := protowire.ConsumeTag(data)
+		// A one-byte tag (every field here) is read inline; anything else by protowire.
+		num, typ, n := protowire.Number(data[0]>>3), protowire.Type(data[0]&7), 1
+		if data[0] >= 0x80 || num == 0 {
+			num, typ, n = protowire.ConsumeTag(data)
+		}
 		if n < 0 {
 			return false
 		}
 		data = data[n:]
 		switch {
 		case (num == 1 || num == 2) && typ == protowire.BytesType:
+			// No UTF-8 check: the fast path accepts only a kind equal to the subject's
+			// (a registered kind) and a table the contract names, both valid.
 			v, n := protowire.ConsumeBytes(data)
-			if n < 0 || !utf8.Valid(v) {
+			if n < 0 {
 				return false
 			}
 			if num == 1 {
@@ -278,15 +330,20 @@ func fastEntry(data []byte) (key, val []byte, ok bool) {
 	key, val = []byte{}, []byte{}
 	sawVal := false
 	for len(data) > 0 {
-		num, typ, n := protowire.ConsumeTag(data)
+		// A one-byte tag (every field here) is read inline; anything else by protowire.
+		num, typ, n := protowire.Number(data[0]>>3), protowire.Type(data[0]&7), 1
+		if data[0] >= 0x80 || num == 0 {
+			num, typ, n = protowire.ConsumeTag(data)
+		}
 		if n < 0 {
 			return nil, nil, false
 		}
 		data = data[n:]
 		switch {
 		case num == 1 && typ == protowire.BytesType:
+			// The key's UTF-8 is checked by the caller, only for keys that name no column.
 			v, n := protowire.ConsumeBytes(data)
-			if n < 0 || !utf8.Valid(v) {
+			if n < 0 {
 				return nil, nil, false
 			}
 			key, data = v, data[n:]
@@ -310,7 +367,11 @@ func fastEntry(data []byte) (key, val []byte, ok bool) {
 func appendValue(dst, data []byte, typ string) ([]byte, bool) {
 	start := len(dst)
 	for len(data) > 0 {
-		num, wt, n := protowire.ConsumeTag(data)
+		// A one-byte tag (every field here) is read inline; anything else by protowire.
+		num, wt, n := protowire.Number(data[0]>>3), protowire.Type(data[0]&7), 1
+		if data[0] >= 0x80 || num == 0 {
+			num, wt, n = protowire.ConsumeTag(data)
+		}
 		if n < 0 {
 			return dst, false
 		}
@@ -352,7 +413,11 @@ func appendValue(dst, data []byte, typ string) ([]byte, bool) {
 // without spelling it.
 func fastValueOK(data []byte) bool {
 	for len(data) > 0 {
-		num, wt, n := protowire.ConsumeTag(data)
+		// A one-byte tag (every field here) is read inline; anything else by protowire.
+		num, wt, n := protowire.Number(data[0]>>3), protowire.Type(data[0]&7), 1
+		if data[0] >= 0x80 || num == 0 {
+			num, wt, n = protowire.ConsumeTag(data)
+		}
 		if n < 0 {
 			return false
 		}

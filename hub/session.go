@@ -184,6 +184,9 @@ func (s *session) writeBatch(b *Batch, now time.Time) (int, error) {
 		run = 0
 	}
 	defer count()
+	var tf *tableFile // the file of tfTable, looked up once per run of one table
+	var tfTable string
+	var err error
 	for i := range b.Events {
 		e := &b.Events[i]
 		if p.seen.has(e.Seq) {
@@ -191,16 +194,20 @@ func (s *session) writeBatch(b *Batch, now time.Time) (int, error) {
 			s.metaDirty = true
 			continue
 		}
-		tf, err := s.file(e.Table)
-		if err != nil {
-			return written, err
+		if tf == nil || e.Table != tfTable {
+			if tf, err = s.file(e.Table); err != nil {
+				return written, err
+			}
+			tfTable = e.Table
 		}
 		l := append(s.line[:0], prefix...)
 		l = strconv.AppendUint(l, e.Seq, 10)
 		l = append(l, ',')
 		l = strconv.AppendInt(l, e.Step, 10)
 		l = append(l, ',')
+		tsAt := len(l)
 		l = strconv.AppendInt(l, e.TsNS, 10)
+		ts := l[tsAt:]
 		for _, c := range e.Cols {
 			l = append(l, ',')
 			l = appendField(l, c)
@@ -212,7 +219,11 @@ func (s *session) writeBatch(b *Batch, now time.Time) (int, error) {
 			s.meta.AlignedClamped++
 			s.metaDirty = true
 		}
-		l = strconv.AppendInt(l, aligned, 10)
+		if aligned == e.TsNS { // no offset measured (yet): the digits are ts_ns's
+			l = append(l, ts...)
+		} else {
+			l = strconv.AppendInt(l, aligned, 10)
+		}
 		l = append(l, '\n')
 		s.line = l
 		p.seen.add(e.Seq)

@@ -48,8 +48,9 @@ func AppendFloat(dst []byte, f float64) []byte {
 	case math.IsInf(f, -1):
 		return append(dst, "-inf"...)
 	}
-	// Shortest round-trip digits; Python switches to exponent form below 1e-4 and from 1e16.
-	// strconv's exponent has at least two digits and a sign, as Python's ("1e-05", "1.5e+16").
+	// Shortest round-trip digits, computed once; Python switches to exponent form below 1e-4 and
+	// from 1e16. strconv's exponent has at least two digits and a sign, as Python's ("1e-05",
+	// "1.5e+16"). Between those, the same digits are placed around the point by hand.
 	var tmp [32]byte
 	e := strconv.AppendFloat(tmp[:0], f, 'e', -1, 64)
 	k := bytes.IndexByte(e, 'e')
@@ -63,12 +64,34 @@ func AppendFloat(dst []byte, f float64) []byte {
 	if exp < -4 || exp >= 16 {
 		return append(dst, e...)
 	}
-	start := len(dst)
-	dst = strconv.AppendFloat(dst, f, 'f', -1, 64)
-	if bytes.IndexByte(dst[start:], '.') < 0 {
-		dst = append(dst, ".0"...)
+	m := e[:k] // [-]d[.ddd]
+	if m[0] == '-' {
+		dst = append(dst, '-')
+		m = m[1:]
 	}
-	return dst
+	// The significant digits without the point: m[0], then m[2:] when there is a fraction.
+	var digits [24]byte
+	d := append(digits[:0], m[0])
+	if len(m) > 2 {
+		d = append(d, m[2:]...)
+	}
+	if exp < 0 {
+		dst = append(dst, '0', '.')
+		for i := -1; i > exp; i-- {
+			dst = append(dst, '0')
+		}
+		return append(dst, d...)
+	}
+	if len(d) <= exp+1 {
+		dst = append(dst, d...)
+		for i := len(d); i <= exp; i++ {
+			dst = append(dst, '0')
+		}
+		return append(dst, '.', '0')
+	}
+	dst = append(dst, d[:exp+1]...)
+	dst = append(dst, '.')
+	return append(dst, d[exp+1:]...)
 }
 
 // ParseValue reads one cell of the given column type; "" gives nil (absent) except for a string

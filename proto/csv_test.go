@@ -2,6 +2,7 @@ package proto
 
 import (
 	"math"
+	"math/rand/v2"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -11,8 +12,27 @@ import (
 	"github.com/profilemate/profilemate/proto/pmpb"
 )
 
-var floats = []float64{0, 0.5, 12, -3, 1e-05, 1.5e-05, 0.0001, 123456789, 1e15, 9999999999999998, 1e16, 1.5e16,
-	1e22, 0.1 + 0.2, 1.0 / 3, -2.5e-7, 5e-324, math.MaxFloat64, 7.125, 48.5, math.Inf(1), math.Inf(-1), math.NaN()}
+var floats = append([]float64{0, math.Copysign(0, -1), 0.5, 12, -3, 1e-4 - 1e-20, 9.999999999999999e15, 0.00012, 100, 1230, 1e-4, 0.001, 1e-05, 1.5e-05, 0.0001, 123456789, 1e15, 9999999999999998, 1e16, 1.5e16,
+	1e22, 0.1 + 0.2, 1.0 / 3, -2.5e-7, 5e-324, math.MaxFloat64, 7.125, 48.5, math.Inf(1), math.Inf(-1), math.NaN()},
+	spreadFloats()...)
+
+// spreadFloats is a fixed pseudo-random spread over every decimal exponent AppendFloat places
+// by hand (-4..15) and a few beyond, with 1 to 17 significant digits, both signs.
+func spreadFloats() []float64 {
+	r := rand.New(rand.NewPCG(24, 4))
+	var out []float64
+	for exp := -7; exp <= 18; exp++ {
+		for digits := 1; digits <= 17; digits++ {
+			m := r.Int64N(int64(math.Pow10(digits)))
+			f := float64(m) * math.Pow10(exp-digits+1)
+			if r.IntN(2) == 0 {
+				f = -f
+			}
+			out = append(out, f, math.Float64frombits(r.Uint64()>>2|0x3800000000000000))
+		}
+	}
+	return out
+}
 
 // TestFormatFloatMatchesPython compares FormatFloat with repr() of a real Python, so the hub's
 // and the shim's CSV files spell floats the same.

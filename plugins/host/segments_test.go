@@ -2,6 +2,7 @@ package host
 
 import (
 	"bytes"
+	"context"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -9,6 +10,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/profilemate/profilemate/hub"
 	"github.com/profilemate/profilemate/plugins/pluginpb"
@@ -105,6 +107,9 @@ func TestRestartAfterRotationExactlyOnce(t *testing.T) {
 		t.Fatalf("the session did not rotate: segments %v", dirs)
 	}
 	pid := r.status("example").PID
+	if pid <= 0 {
+		t.Fatalf("no plugin pid in status: %+v", r.status("example"))
+	}
 	if err := syscall.Kill(int(pid), syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -122,6 +127,18 @@ func TestRestartAfterRotationExactlyOnce(t *testing.T) {
 	if st := r.status("example"); st.Failed != 0 {
 		t.Errorf("the host counted %d failed writes: %+v", st.Failed, st)
 	}
+	// pmhub plugins run over the rotated session writes only what is missing: nothing.
+	r.stopHost()
+	h, err := New(Config{Dir: t.TempDir(), StateDir: t.TempDir(), DataDir: r.data, Conn: r.nc, HostName: "hubhost"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if st, err := h.RunSession(ctx, bins["example"], s.id); err != nil {
+		t.Fatalf("plugins run: %v (%+v)", err, st)
+	}
+	s.checkExactlyOnceAcrossSegments(t)
 }
 
 // TestWriteDuringRotationWaitsForNextSegment: a plugin's append that comes while the hub is
