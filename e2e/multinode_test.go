@@ -301,6 +301,7 @@ func TestMultiNodeInstancesJoinOneSession(t *testing.T) {
 		mnWait(t, l.cmds...)
 		agWaitFor(t, time.Minute, l.name+"'s processes on the stream", func() bool { return mnAllJoined(mnProcs(ns.read()), l.truths) })
 		sess := mnCheck(t, mnProcs(ns.read()), l.truths, wantWorkers, wantEngines)
+		mnOnlyVLLM(t, mnProcs(ns.read()), l.truths, sess)
 		if prev, ok := seen[sess]; ok {
 			t.Fatalf("%s landed in session %s of %s", l.name, sess, prev)
 		}
@@ -352,6 +353,44 @@ func TestMultiNodeInstancesJoinOneSession(t *testing.T) {
 		check(t, one, 2, 1)
 		check(t, two, 2, 1)
 	})
+}
+
+// mnOnlyVLLM checks the processes of one run against its ground truth: each vLLM process the
+// stream names has the role of what it is (the `--headless` follower's main process is a
+// launcher, not an API server), the run's session holds no process the ground truth does not
+// know (Python's resource tracker), and processes that are not vLLM's (`ray start`) are not
+// profiled at all, so they leave no session of their own.
+func mnOnlyVLLM(t *testing.T, procs map[string]*mnProc, truths map[string]string, sess string) {
+	t.Helper()
+	want := map[string]string{"api_server": "api_server", "headless": "launcher", "engine_core": "engine_core", "worker": "worker", "ray_node": ""}
+	known := map[string]bool{}
+	for host, path := range truths {
+		var tr mnTruth
+		b, err := os.ReadFile(path)
+		if err != nil || json.Unmarshal(b, &tr) != nil {
+			t.Fatalf("%s ground truth: %v", host, err)
+		}
+		for _, tp := range tr.Processes {
+			k := fmt.Sprintf("%s/%d", host, tp.PID)
+			known[k] = true
+			w, ok := want[tp.Role]
+			if !ok {
+				continue
+			}
+			p := procs[k]
+			switch {
+			case p == nil && w != "":
+				t.Errorf("%s %s pid %d is not on the stream", host, tp.Role, tp.PID)
+			case p != nil && p.role != w:
+				t.Errorf("%s %s pid %d: role %q in sessions %v, want %q", host, tp.Role, tp.PID, p.role, keys(p.sessions), w)
+			}
+		}
+	}
+	for k, p := range procs {
+		if p.sessions[sess] && !known[k] {
+			t.Errorf("session %s holds %s (role %s), which is no process of the run", sess, k, p.role)
+		}
+	}
 }
 
 // mnAllJoined reports whether every worker and EngineCore of the ground truth is on the stream with
