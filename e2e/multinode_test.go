@@ -715,8 +715,8 @@ func pmhubImport(t *testing.T, data string, folders ...string) (*hub.Metadata, i
 // host folders with `pmhub import`: one session whose metadata has every worker's global, TP and
 // PP rank and every EngineCore's DP rank equal to the simulator's ground truth, the instance key
 // and each host's node rank, and which `pmhub show` reads. Folders of different instances and
-// folders that share global ranks (two runs' head folders) are refused with exit code 2 and a
-// message saying so; nothing is written then.
+// folders that share global ranks (two runs' head folders), and folders imported before, are
+// refused with exit code 2 and a message saying so; nothing is written then.
 func TestMultiNodeStandaloneImport(t *testing.T) {
 	pys := testkit.Interpreters(t)
 	if len(pys) == 0 {
@@ -827,6 +827,7 @@ func TestMultiNodeStandaloneImport(t *testing.T) {
 	}{
 		{"different instances", runs["tp4"].folders["hostA"], runs["dp4"].folders["hostB"], "different instances"},
 		{"overlapping ranks", runs["tp4"].folders["hostA"], runs["tp4-again"].folders["hostA"], "global rank 0 is in two folders"},
+		{"imported twice", runs["tp4"].folders["hostA"], runs["tp4"].folders["hostB"], "the folders were imported before as session"},
 	} {
 		_, code, out := pmhubImport(t, data, c.a, c.b)
 		if code != 2 || !strings.Contains(out, c.want) {

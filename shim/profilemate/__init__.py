@@ -17,7 +17,8 @@ Decision table (DESIGN.md, issue "shim core"):
   VLLM_ENABLE_PROFILING=1            -> active, started at once (status lines, folder, threads);
                                         in a helper that is not vLLM's (Python's multiprocessing
                                         resource tracker or fork server, Ray's own processes such
-                                        as `ray start`): watching, as below (helper())
+                                        as `ray start`): watching, as below (helper()), with
+                                        a session id chosen for its children
   PROFILEMATE_ARMED=1 (from parent)  -> watching; starts when a vLLM target module is imported
   otherwise                          -> watching; importing `vllm` arms the process (session id
                                         chosen and exported for children), importing a target
@@ -113,6 +114,10 @@ def activate(origin="sitecustomize"):
         if mode == "off":
             return mode
         install_finder(_on_vllm, _on_target)
+        if mode == "watching" and os.environ.get(ENV_SWITCH, "").strip() == "1":
+            # A helper under VLLM_ENABLE_PROFILING=1 (helper()): it says nothing itself, but the
+            # processes it starts (a Ray node's actors) share one session id, as they did with it.
+            _arm()
         if mode == "armed":
             _state["armed"] = True
         if mode == "explicit":
