@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -31,7 +32,8 @@ import (
 //   - materialises an owned session with an ordered consumer filtered to the session's subjects,
 //     checkpoints its folder to the Object Store (checkpoint.go) every CheckpointEvery and when
 //     it ends, and updates its entry in the session index (index.go);
-//   - renews its leases every third of the TTL; a lease it finds lost stops that session at once.
+//   - renews its leases every third of the TTL; a lease it finds lost stops that session at once;
+//   - hands an owned session over to its first choice when that hub joined later (rebalance).
 // A hub that claims a session restores its latest checkpoint and consumes from the checkpoint's
 // sequence + 1: the seen-sets rebuilt from the restored files skip what the files already hold,
 // so a takeover writes every row exactly once.
@@ -106,6 +108,12 @@ func (c *Config) sharedDefaults() error {
 	if c.CheckpointEvery < 0 {
 		return errors.New("hub: checkpoint interval must be positive")
 	}
+	if c.CacheMaxAge == 0 {
+		c.CacheMaxAge = DefaultCacheMaxAge
+	}
+	if c.CacheMaxBytes == 0 {
+		c.CacheMaxBytes = DefaultCacheMaxBytes
+	}
 	return nil
 }
 
@@ -126,6 +134,14 @@ type cluster struct {
 	idx   map[string]IndexEntry
 	live  []string // hub ids alive at the last look, this one included
 	wg    sync.WaitGroup
+	// kick wakes runShared's loop to evaluate at once (buffer 1): discovery found a new session.
+	kick chan struct{}
+	// since is when each live hub was first seen live; moved is when this hub handed a session
+	// over (rebalance).
+	since map[string]time.Time
+	moved map[string]time.Time
+	// retaining is set while a shared retention pass runs (retention.go).
+	retaining atomic.Bool
 }
 
 // knownSession is what a hub knows of a session it does not own.
@@ -161,7 +177,8 @@ func (s *Server) bucket(ctx context.Context, cfg jetstream.KeyValueConfig) (jets
 
 // startCluster opens (or creates) the shared buckets, registers this hub and loads the index.
 func (s *Server) startCluster(ctx context.Context) error {
-	c := &cluster{s: s, owned: map[string]*ownedSession{}, known: map[string]*knownSession{}, idx: map[string]IndexEntry{}}
+	c := &cluster{s: s, owned: map[string]*ownedSession{}, known: map[string]*knownSession{}, idx: map[string]IndexEntry{},
+		kick: make(chan struct{}, 1), since: map[string]time.Time{}, moved: map[string]time.Time{}}
 	var err error
 	if c.hubs, err = s.bucket(ctx, jetstream.KeyValueConfig{Bucket: HubBucket, Description: "live pmhub instances", TTL: s.cfg.LeaseTTL}); err != nil {
 		return err
@@ -231,10 +248,49 @@ func (c *cluster) alive(ctx context.Context) error {
 			live = append(live, id)
 		}
 	}
+	now := time.Now()
 	c.mu.Lock()
 	c.live = live
+	since := make(map[string]time.Time, len(live))
+	for _, h := range live {
+		if t, ok := c.since[h]; ok {
+			since[h] = t
+		} else {
+			since[h] = now
+		}
+	}
+	c.since = since
 	c.mu.Unlock()
 	return nil
+}
+
+// rebalance hands over, at a safe point, the owned sessions whose rendezvous first choice is
+// another live hub that has been live for at least one lease TTL (a hub that joined, not one
+// flapping): the session's goroutine stops after its current round, commits, checkpoints and
+// releases the lease (runOwned's stop path), and the first choice claims it and restores that
+// checkpoint. This hub does not claim a session it handed over for one lease TTL, unless it
+// ranks first on it again.
+func (c *cluster) rebalance(now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for id, o := range c.owned {
+		if o.lost.Load() || o.moving.Load() {
+			continue
+		}
+		first := firstChoice(c.live, id)
+		if t, ok := c.since[first]; first == c.s.cfg.HubID || !ok || now.Sub(t) < c.ttl {
+			continue
+		}
+		o.moving.Store(true)
+		c.moved[id] = now
+		c.s.log.Info("session handed over to its first choice", "session", id, "to", first)
+		o.cancel()
+	}
+	for id, t := range c.moved {
+		if now.Sub(t) >= c.ttl {
+			delete(c.moved, id)
+		}
+	}
 }
 
 // rendezvous is session's score on hub: the highest-scoring live hub is the session's first
@@ -277,20 +333,26 @@ func (s *Server) runShared(ctx context.Context) error {
 	defer t.Stop()
 	lastRetention, lastRenew := time.Time{}, time.Now()
 	for ctx.Err() == nil {
+		tick := false
 		select {
 		case <-ctx.Done():
 		case <-t.C:
+			tick = true
+		case <-c.kick: // discovery found a new session: claim it now, not at the next tick
 		}
 		if ctx.Err() != nil {
 			break
 		}
-		s.housekeep(&lastRetention)
-		if time.Since(lastRenew) >= c.ttl/3 {
-			lastRenew = time.Now()
-			if err := c.alive(ctx); err != nil {
-				s.log.Warn("liveness not renewed", "err", err)
+		if tick {
+			s.housekeep(&lastRetention)
+			if time.Since(lastRenew) >= c.ttl/3 {
+				lastRenew = time.Now()
+				if err := c.alive(ctx); err != nil {
+					s.log.Warn("liveness not renewed", "err", err)
+				}
+				c.renewAll(ctx)
+				c.rebalance(time.Now())
 			}
-			c.renewAll(ctx)
 		}
 		c.evaluate(ctx)
 	}
@@ -336,6 +398,10 @@ func (c *cluster) noteSeen(session string, seq uint64) {
 	if k == nil {
 		k = &knownSession{}
 		c.known[session] = k
+		select {
+		case c.kick <- struct{}{}:
+		default: // one pending kick covers every session found until it is handled
+		}
 	}
 	k.lastSeq = max(k.lastSeq, seq)
 }
@@ -354,7 +420,7 @@ func (c *cluster) evaluate(ctx context.Context) {
 	// Every session the index names as active or owned is watched, so one whose owner died (or
 	// whose last index write was lost) gets an owner without waiting for a new message.
 	for id, e := range c.idx {
-		if (e.Status != StatusEnded || e.Owner != "") && c.owned[id] == nil && c.known[id] == nil {
+		if !finished(e, 0) && c.owned[id] == nil && c.known[id] == nil {
 			c.known[id] = &knownSession{lastSeq: e.CheckpointSeq}
 		}
 	}
@@ -363,7 +429,7 @@ func (c *cluster) evaluate(ctx context.Context) {
 			delete(c.known, id)
 			continue
 		}
-		if ie, ok := c.idx[id]; ok && ie.Status == StatusEnded && ie.Owner == "" && k.lastSeq <= ie.CheckpointSeq {
+		if ie, ok := c.idx[id]; ok && finished(ie, k.lastSeq) {
 			delete(c.known, id) // finished and nothing new since its final checkpoint
 			continue
 		}
@@ -399,7 +465,8 @@ func (c *cluster) evaluate(ctx context.Context) {
 		if k.unownedSince.IsZero() {
 			k.unownedSince = now
 		}
-		claim := cd.top || now.Sub(k.unownedSince) >= grace
+		_, handedOver := c.moved[cd.id]
+		claim := cd.top || (now.Sub(k.unownedSince) >= grace && !handedOver)
 		c.mu.Unlock()
 		if claim {
 			c.claim(ctx, cd.id, cd.k.lastSeq)
@@ -413,7 +480,7 @@ func (c *cluster) evaluate(ctx context.Context) {
 func (c *cluster) claim(ctx context.Context, session string, lastSeq uint64) {
 	lctx, cancel := context.WithTimeout(ctx, c.ttl/3)
 	defer cancel()
-	if e, err := LookupIndex(lctx, c.s.js, session); err == nil && e.Status == StatusEnded && e.Owner == "" && lastSeq <= e.CheckpointSeq {
+	if e, err := lookupIndex(lctx, c.s.js, session); err == nil && finished(e, lastSeq) {
 		c.mu.Lock()
 		c.idx[session] = e
 		delete(c.known, session)

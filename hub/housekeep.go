@@ -14,14 +14,18 @@ func (s *Server) housekeep(lastRetention *time.Time) {
 		idle := now.Sub(ss.last) >= s.cfg.SessionIdle
 		switch {
 		case ss.meta.Status == StatusEnded:
+			unlock := s.lockOwned(id) // not while its owner commits outside s.mu (owned.go)
 			if err := ss.end(ss.meta.EndReason, now); err != nil {
 				s.cnt.bad(s.log, ReasonWrite, id, err)
 			}
+			unlock()
 			delete(s.sessions, id)
 		case idle:
+			unlock := s.lockOwned(id)
 			if err := ss.end(EndIdle, now); err != nil {
 				s.cnt.bad(s.log, ReasonWrite, id, err)
 			}
+			unlock()
 			s.log.Info("session ended", "session", id, "reason", EndIdle)
 			delete(s.sessions, id)
 		}
@@ -36,6 +40,9 @@ func (s *Server) housekeep(lastRetention *time.Time) {
 			s.applyRetention(now)
 		}
 		s.applySegmentRetention(now)
+		if s.cl != nil {
+			s.cl.startSharedRetention(now)
+		}
 	}
 }
 
@@ -64,6 +71,7 @@ func (s *Server) applyRetention(now time.Time) {
 				s.log.Warn("retention: remove failed", "session", e.Name(), "err", err)
 				continue
 			}
+			_ = os.Remove(markPath(s.cfg.DataDir, e.Name()))
 			s.log.Info("retention: session removed", "session", e.Name())
 		}
 	}

@@ -100,6 +100,12 @@ type Config struct {
 	LeaseTTL time.Duration
 	// CheckpointEvery is how often an owned session's folder is checkpointed (shared).
 	CheckpointEvery time.Duration
+	// CacheMaxAge and CacheMaxBytes bound <data>/cache/, the copies of sessions other hubs own
+	// or owned, fetched from their checkpoints to serve them (shared; retention.go): a copy unused
+	// for CacheMaxAge is removed, and the least recently used ones while the cache holds more
+	// than CacheMaxBytes. 0: DefaultCacheMaxAge, DefaultCacheMaxBytes; negative: no such limit.
+	CacheMaxAge   time.Duration
+	CacheMaxBytes int64
 }
 
 // Decoder turns one stream message into *Batch, *Life or *Heartbeat. Errors are *BadInput

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -111,7 +112,7 @@ func (c *cluster) watchIndex(ctx context.Context) error {
 			return
 		}
 		c.idx[id] = e
-		if (e.Status != StatusEnded || e.Owner != "") && c.owned[id] == nil && c.known[id] == nil {
+		if !finished(e, 0) && c.owned[id] == nil && c.known[id] == nil {
 			c.known[id] = &knownSession{lastSeq: e.CheckpointSeq}
 		}
 	}
@@ -195,7 +196,7 @@ func (s *Server) sharedSessions(local []SessionInfo) []SessionInfo {
 		e, ok := idx[l.Session]
 		delete(idx, l.Session)
 		switch {
-		case !ok:
+		case !ok || e.Status == StatusRemoved:
 			out = append(out, l)
 		case owned[l.Session] || readMarker(s.cfg.DataDir, l.Session).NS >= e.CheckpointNS:
 			l.Owner = e.Owner
@@ -205,7 +206,9 @@ func (s *Server) sharedSessions(local []SessionInfo) []SessionInfo {
 		}
 	}
 	for _, id := range sortedKeys(idx) {
-		out = append(out, idx[id].info(""))
+		if idx[id].Status != StatusRemoved {
+			out = append(out, idx[id].info(""))
+		}
 	}
 	return out
 }
@@ -259,6 +262,8 @@ func SessionFolder(ctx context.Context, js jetstream.JetStream, data, id string)
 	}
 	cache := filepath.Join(data, "cache")
 	if current(cache, id, e) {
+		now := time.Now()
+		_ = os.Chtimes(markPath(cache, id), now, now) // its last use, for the cache's bounds (retention.go)
 		return SessionDir(cache, id), nil
 	}
 	obs, err := js.ObjectStore(ctx, CheckpointBucket)
@@ -277,8 +282,17 @@ func SessionFolder(ctx context.Context, js jetstream.JetStream, data, id string)
 }
 
 // LookupIndex returns session id's index entry; errors wrap ErrNoSession when the index (or the
-// session in it) does not exist.
+// session in it) does not exist, or retention removed the session (its tombstone).
 func LookupIndex(ctx context.Context, js jetstream.JetStream, id string) (IndexEntry, error) {
+	e, err := lookupIndex(ctx, js, id)
+	if err == nil && e.Status == StatusRemoved {
+		return IndexEntry{}, fmt.Errorf("%w: %q (removed by retention)", ErrNoSession, id)
+	}
+	return e, err
+}
+
+// lookupIndex is LookupIndex with tombstones.
+func lookupIndex(ctx context.Context, js jetstream.JetStream, id string) (IndexEntry, error) {
 	var e IndexEntry
 	kv, err := js.KeyValue(ctx, IndexBucket)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
@@ -300,7 +314,7 @@ func LookupIndex(ctx context.Context, js jetstream.JetStream, id string) (IndexE
 	return e, nil
 }
 
-// ListIndex returns every session of the index, by start time (nil, no error, without an index).
+// ListIndex returns every session of the index (tombstones left out), by start time (nil, no error, without an index).
 func ListIndex(ctx context.Context, js jetstream.JetStream) ([]IndexEntry, error) {
 	kv, err := js.KeyValue(ctx, IndexBucket)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
@@ -323,7 +337,7 @@ func ListIndex(ctx context.Context, js jetstream.JetStream) ([]IndexEntry, error
 			continue
 		}
 		var e IndexEntry
-		if json.Unmarshal(ent.Value(), &e) == nil {
+		if json.Unmarshal(ent.Value(), &e) == nil && e.Status != StatusRemoved {
 			out = append(out, e)
 		}
 	}

@@ -2,8 +2,11 @@ package hub
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,9 +22,13 @@ type ownedSession struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 	lost   atomic.Bool
+	moving atomic.Bool // handed over to another hub (rebalance): stops like a hub stopping
 
 	mu  sync.Mutex // guards rev
 	rev uint64     // lease revision last written
+	// commit is held while the session's files are made durable outside the hub-wide lock
+	// (applyOwned); taken after s.mu, never before it.
+	commit sync.Mutex
 
 	// Owned by runOwned's goroutine.
 	applied uint64 // stream sequence through which the session's messages are in its files
@@ -95,6 +102,16 @@ func (c *cluster) runOwned(ctx context.Context, o *ownedSession) {
 		o.applied, o.ckSeq = m.Seq, m.Seq
 		writeMarker(s.cfg.DataDir, o.id, m)
 		log.Info("session restored from checkpoint", "seq", m.Seq, "files", len(m.Files))
+	} else if e, err := lookupIndex(ctx, s.js, o.id); err == nil && e.Status == StatusRemoved {
+		// Retention removed the session (retention.go) and a newer message brought it back: it
+		// starts again after the removed part; a copy still in this folder is past retention too.
+		if dirs, err := segmentsIn(sessionsDir(s.cfg.DataDir), o.id); err == nil {
+			for _, d := range dirs {
+				_ = os.RemoveAll(d)
+			}
+		}
+		o.applied, o.ckSeq = e.CheckpointSeq, e.CheckpointSeq
+		log.Info("session removed by retention comes back", "after_seq", e.CheckpointSeq)
 	}
 	o.lastCk = time.Now()
 	if _, err := os.Stat(dir); err == nil {
@@ -168,7 +185,8 @@ func (c *cluster) runOwned(ctx context.Context, o *ownedSession) {
 		log.Warn("session dropped: lease lost")
 		return
 	}
-	// The hub stops: store what is applied and hand the session over at once.
+	// The hub stops, or hands the session to its first choice (rebalance): store what is applied
+	// and hand the session over at once.
 	if ss != nil {
 		s.mu.Lock()
 		if err := ss.commit(); err != nil {
@@ -230,6 +248,15 @@ func (c *cluster) checkpoint(ctx context.Context, o *ownedSession, final bool) e
 
 // applyOwned writes one fetch round of an owned session and commits it; false when a write
 // failed (the session is then dropped from memory and its messages come again).
+//
+// The rows are written under the hub-wide lock, but made durable outside it: under the lock each
+// touched session's buffers are flushed to its files and its metadata is encoded (prepareCommit);
+// the fsyncs and the metadata file follow after the lock is released, under o.commit alone, so the
+// owned sessions of a hub commit in parallel instead of one after another. o.commit is taken
+// before the hub-wide lock is released: housekeeping, which ends and closes sessions under the
+// hub-wide lock, takes it too (lockOwned), so it never closes a file being synced nor writes
+// metadata older than what it replaces. o.applied moves only after the commit, so exactly-once
+// and the checkpoints (which run after this returns, on the same goroutine) see durable files.
 func (s *Server) applyOwned(o *ownedSession, msgs []jetstream.Msg) bool {
 	dec := s.decodeAll(msgs)
 	now := s.cfg.Now()
@@ -248,14 +275,31 @@ func (s *Server) applyOwned(o *ownedSession, msgs []jetstream.Msg) bool {
 			break
 		}
 	}
+	var pending []pendingCommit
 	for ss := range touched {
 		if failed == nil {
-			if err := ss.commit(); err != nil {
+			pc, err := ss.prepareCommit()
+			if err != nil {
 				failed = err
 			}
+			pending = append(pending, pc)
 		}
 	}
+	if failed == nil {
+		o.commit.Lock()
+	}
+	s.mu.Unlock()
+	if failed == nil {
+		for _, pc := range pending {
+			if err := pc.finish(); err != nil {
+				failed = err
+				break
+			}
+		}
+		o.commit.Unlock()
+	}
 	if failed != nil {
+		s.mu.Lock()
 		for ss := range touched {
 			s.cnt.bad(s.log, ReasonWrite, ss.id, failed)
 			ss.closeFiles()
@@ -263,8 +307,8 @@ func (s *Server) applyOwned(o *ownedSession, msgs []jetstream.Msg) bool {
 				delete(s.sessions, ss.id)
 			}
 		}
+		s.mu.Unlock()
 	}
-	s.mu.Unlock()
 	s.cnt.add(func(c *Counters) { c.Messages += int64(len(msgs)); c.Rows += rows })
 	if failed != nil {
 		return false
@@ -273,4 +317,91 @@ func (s *Server) applyOwned(o *ownedSession, msgs []jetstream.Msg) bool {
 		o.applied = md.Sequence.Stream
 	}
 	return true
+}
+
+// pendingCommit is the part of a session's commit that needs no hub-wide lock: fsync the files
+// flushed before, then write the metadata encoded before (session.commit's order).
+type pendingCommit struct {
+	ss    *session
+	files map[string]*os.File
+	meta  []byte // nil: unchanged
+}
+
+// prepareCommit flushes the session's buffered rows to its files and encodes its metadata;
+// finish makes both durable. The caller holds the hub-wide lock. Errors name the table.
+func (ss *session) prepareCommit() (pendingCommit, error) {
+	pc := pendingCommit{ss: ss, files: map[string]*os.File{}}
+	var errs []error
+	for t, tf := range ss.files {
+		if !tf.dirty {
+			continue
+		}
+		if err := tf.w.Flush(); err != nil {
+			errs = append(errs, fmt.Errorf("flush %s: %w", t, err))
+			continue
+		}
+		pc.files[t] = tf.f
+		tf.dirty = false
+	}
+	if len(errs) > 0 {
+		return pc, errors.Join(errs...)
+	}
+	if !ss.metaDirty {
+		return pc, nil
+	}
+	for _, p := range ss.procs {
+		p.meta.Gaps = p.seen.gaps(p.meta.LastSeq)
+		if p.meta.Gaps == nil {
+			p.meta.Gaps = [][2]uint64{}
+		}
+	}
+	b, err := json.MarshalIndent(&ss.meta, "", "  ")
+	if err != nil {
+		return pc, fmt.Errorf("encode metadata: %w", err)
+	}
+	pc.meta = append(b, '\n')
+	ss.metaDirty = false
+	return pc, nil
+}
+
+// commitHook, when set (tests), is called with the session's id before finish syncs its files.
+var commitHook func(session string)
+
+// finish fsyncs the flushed files, then writes metadata.json (atomically).
+func (pc pendingCommit) finish() error {
+	if commitHook != nil {
+		commitHook(pc.ss.id)
+	}
+	var errs []error
+	for t, f := range pc.files {
+		if err := f.Sync(); err != nil {
+			errs = append(errs, fmt.Errorf("sync %s: %w", t, err))
+		}
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	if pc.meta == nil {
+		return nil
+	}
+	if err := os.MkdirAll(pc.ss.dir, 0o750); err != nil {
+		return fmt.Errorf("create session folder: %w", err)
+	}
+	return writeFileAtomic(filepath.Join(pc.ss.dir, MetadataFile), pc.meta)
+}
+
+// lockOwned takes the commit lock of session id when this hub owns it (shared mode) and returns
+// its unlock; the caller holds the hub-wide lock (that order: s.mu, then o.commit).
+func (s *Server) lockOwned(id string) func() {
+	if s.cl == nil {
+		return func() {}
+	}
+	s.cl.mu.Lock()
+	o := s.cl.owned[id]
+	s.cl.mu.Unlock()
+	if o == nil {
+		return func() {}
+	}
+	o.commit.Lock()
+	return o.commit.Unlock
 }

@@ -53,6 +53,8 @@ func serveCommand() *cli.Command {
 		&cli.StringFlag{Name: "hub-id", EnvVars: []string{"PROFILEMATE_HUB_ID"}, Usage: "this hub's name in leases and the session index (shared mode; default: host name and a random suffix)"},
 		&cli.DurationFlag{Name: "lease-ttl", Value: hub.DefaultLeaseTTL, EnvVars: []string{"PROFILEMATE_LEASE_TTL"}, Usage: "a session lease lapses this long after its last renewal (shared mode; renewed every third; at least 1s)"},
 		&cli.DurationFlag{Name: "checkpoint-interval", Value: hub.DefaultCheckpointEvery, EnvVars: []string{"PROFILEMATE_CHECKPOINT_INTERVAL"}, Usage: "how often an owned session is checkpointed to the Object Store (shared mode; > 0)"},
+		&cli.DurationFlag{Name: "cache-max-age", Value: hub.DefaultCacheMaxAge, EnvVars: []string{"PROFILEMATE_CACHE_MAX_AGE"}, Usage: "remove a session copy fetched into <data>/cache/ once unused this long (shared mode; > 0; -1s: no age limit)"},
+		&cli.Int64Flag{Name: "cache-max-bytes", Value: hub.DefaultCacheMaxBytes, EnvVars: []string{"PROFILEMATE_CACHE_MAX_BYTES"}, Usage: "bytes kept in <data>/cache/; the least recently used copies go first (shared mode; > 0; -1: no size limit)"},
 	)
 	flags = append(flags, rotateFlags()...)
 	cmd := &cli.Command{
@@ -96,6 +98,8 @@ func serveLimits(c *cli.Context) error {
 		pos("stream-max-bytes", sb > 0, sb, ""),
 		pos("session-max-bytes", smb > 0 || smb == -1, smb, "-1"),
 		pos("retention", ret > 0 || ret == -time.Second, ret, "-1s"),
+		pos("cache-max-age", c.Duration("cache-max-age") > 0 || c.Duration("cache-max-age") == -time.Second, c.Duration("cache-max-age"), "-1s"),
+		pos("cache-max-bytes", c.Int64("cache-max-bytes") > 0 || c.Int64("cache-max-bytes") == -1, c.Int64("cache-max-bytes"), "-1"),
 		pos("dead-letter-max-count", dlc > 0, dlc, ""),
 		pos("dead-letter-max-bytes", dlb > 0, dlb, ""),
 		pos("plugin-timeout", c.Duration("plugin-timeout") > 0, c.Duration("plugin-timeout"), ""),
@@ -127,7 +131,8 @@ func serve(c *cli.Context) error {
 		DeadLetterMaxBytes: c.Int64("dead-letter-max-bytes"),
 		StreamReplicas:     c.Int("stream-replicas"), HubID: c.String("hub-id"), LeaseTTL: c.Duration("lease-ttl"),
 		CheckpointEvery: c.Duration("checkpoint-interval"),
-		RotateEvery:     c.Duration("rotate-every"), RotateBytes: c.Int64("rotate-bytes"),
+		CacheMaxAge:     c.Duration("cache-max-age"), CacheMaxBytes: c.Int64("cache-max-bytes"),
+		RotateEvery: c.Duration("rotate-every"), RotateBytes: c.Int64("rotate-bytes"),
 		SegmentsMaxAge: c.Duration("segments-max-age"), SegmentsMaxBytes: c.Int64("segments-max-bytes"),
 		Server: hub.ServerSecurity{
 			Token: c.String("server-auth-token"), User: c.String("server-user"), Password: c.String("server-password"),
