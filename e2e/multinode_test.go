@@ -328,7 +328,7 @@ func TestMultiNodeInstancesJoinOneSession(t *testing.T) {
 	})
 	t.Run("dp4-two-nodes", func(t *testing.T) {
 		p := mnPort(t)
-		dp := []string{"-tp", "1", "--data-parallel-size", "4", "--data-parallel-size-local", "2",
+		dp := []string{"--data-parallel-size", "4", "--data-parallel-size-local", "2", // no -tp, as docs/multinode.md: TP 1
 			"--data-parallel-address", "127.0.0.1", "--data-parallel-rpc-port", p}
 		run(t, "dp4", 0, 4, dp, append(append([]string{}, dp...), "--headless", "--data-parallel-start-rank", "2"))
 	})
@@ -748,7 +748,7 @@ func TestMultiNodeStandaloneImport(t *testing.T) {
 	p1, p2, p3 := mnPort(t), mnPort(t), mnPort(t)
 	start("tp4", "mp:127.0.0.1:"+p1, mp(p1, 0, "-tp", "4"), mp(p1, 1, "-tp", "4"))
 	start("tp2pp2", "mp:127.0.0.1:"+p2, mp(p2, 0, "-tp", "2", "-pp", "2"), mp(p2, 1, "-tp", "2", "-pp", "2"))
-	dp := []string{"-tp", "1", "--data-parallel-size", "4", "--data-parallel-size-local", "2",
+	dp := []string{"--data-parallel-size", "4", "--data-parallel-size-local", "2", // no -tp, as docs/multinode.md: TP 1
 		"--data-parallel-address", "127.0.0.1", "--data-parallel-rpc-port", p3}
 	start("dp4", "dp:127.0.0.1:"+p3, dp, append(append([]string{}, dp...), "--headless", "--data-parallel-start-rank", "2"))
 	start("tp4-again", "mp:127.0.0.1:"+p1, mp(p1, 0, "-tp", "4"), mp(p1, 1, "-tp", "4"))
