@@ -144,6 +144,8 @@ func TestCLIUsageErrorsExit2(t *testing.T) {
 		usage{"pmhub", []string{"profilers", "on"}, "pmhub profilers on", "want one KIND"},
 		usage{"pmhub", []string{"tail", "--kind", "nope"}, "pmhub tail", `unknown kind "nope"`},
 		usage{"pmhub", []string{"tail", "--rank", "-5"}, "pmhub tail", "--rank -5"},
+		usage{"pmhub", []string{"tail", "--session", "a b"}, "pmhub tail", `--session: bad name: session "a b"`},
+		usage{"pmhub", []string{"tail", "--host", "a b"}, "pmhub tail", `--host: bad name: host "a b"`},
 		usage{"pmhub", []string{"report", "--data", data, "--max-points", "0", "20260101_000000_aaaaaa"}, "pmhub report", "--max-points 0"},
 		usage{"pmhub", []string{"report", "--data", data, "--sample-size", "-1", "20260101_000000_aaaaaa"}, "pmhub report", "--sample-size -1"},
 		usage{"pmhub", []string{"profilers", "off", "kv_cache", "--recent", "0s"}, "pmhub profilers off", "--recent 0s"},

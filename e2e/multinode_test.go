@@ -301,6 +301,7 @@ func TestMultiNodeInstancesJoinOneSession(t *testing.T) {
 		mnWait(t, l.cmds...)
 		agWaitFor(t, time.Minute, l.name+"'s processes on the stream", func() bool { return mnAllJoined(mnProcs(ns.read()), l.truths) })
 		sess := mnCheck(t, mnProcs(ns.read()), l.truths, wantWorkers, wantEngines)
+		mnOnlyVLLM(t, mnProcs(ns.read()), l.truths, sess)
 		if prev, ok := seen[sess]; ok {
 			t.Fatalf("%s landed in session %s of %s", l.name, sess, prev)
 		}
@@ -327,7 +328,7 @@ func TestMultiNodeInstancesJoinOneSession(t *testing.T) {
 	})
 	t.Run("dp4-two-nodes", func(t *testing.T) {
 		p := mnPort(t)
-		dp := []string{"-tp", "1", "--data-parallel-size", "4", "--data-parallel-size-local", "2",
+		dp := []string{"--data-parallel-size", "4", "--data-parallel-size-local", "2", // no -tp, as docs/multinode.md: TP 1
 			"--data-parallel-address", "127.0.0.1", "--data-parallel-rpc-port", p}
 		run(t, "dp4", 0, 4, dp, append(append([]string{}, dp...), "--headless", "--data-parallel-start-rank", "2"))
 	})
@@ -352,6 +353,44 @@ func TestMultiNodeInstancesJoinOneSession(t *testing.T) {
 		check(t, one, 2, 1)
 		check(t, two, 2, 1)
 	})
+}
+
+// mnOnlyVLLM checks the processes of one run against its ground truth: each vLLM process the
+// stream names has the role of what it is (the `--headless` follower's main process is a
+// launcher, not an API server), the run's session holds no process the ground truth does not
+// know (Python's resource tracker), and processes that are not vLLM's (`ray start`) are not
+// profiled at all, so they leave no session of their own.
+func mnOnlyVLLM(t *testing.T, procs map[string]*mnProc, truths map[string]string, sess string) {
+	t.Helper()
+	want := map[string]string{"api_server": "api_server", "headless": "launcher", "engine_core": "engine_core", "worker": "worker", "ray_node": ""}
+	known := map[string]bool{}
+	for host, path := range truths {
+		var tr mnTruth
+		b, err := os.ReadFile(path)
+		if err != nil || json.Unmarshal(b, &tr) != nil {
+			t.Fatalf("%s ground truth: %v", host, err)
+		}
+		for _, tp := range tr.Processes {
+			k := fmt.Sprintf("%s/%d", host, tp.PID)
+			known[k] = true
+			w, ok := want[tp.Role]
+			if !ok {
+				continue
+			}
+			p := procs[k]
+			switch {
+			case p == nil && w != "":
+				t.Errorf("%s %s pid %d is not on the stream", host, tp.Role, tp.PID)
+			case p != nil && p.role != w:
+				t.Errorf("%s %s pid %d: role %q in sessions %v, want %q", host, tp.Role, tp.PID, p.role, keys(p.sessions), w)
+			}
+		}
+	}
+	for k, p := range procs {
+		if p.sessions[sess] && !known[k] {
+			t.Errorf("session %s holds %s (role %s), which is no process of the run", sess, k, p.role)
+		}
+	}
 }
 
 // mnAllJoined reports whether every worker and EngineCore of the ground truth is on the stream with
@@ -676,8 +715,8 @@ func pmhubImport(t *testing.T, data string, folders ...string) (*hub.Metadata, i
 // host folders with `pmhub import`: one session whose metadata has every worker's global, TP and
 // PP rank and every EngineCore's DP rank equal to the simulator's ground truth, the instance key
 // and each host's node rank, and which `pmhub show` reads. Folders of different instances and
-// folders that share global ranks (two runs' head folders) are refused with exit code 2 and a
-// message saying so; nothing is written then.
+// folders that share global ranks (two runs' head folders), and folders imported before, are
+// refused with exit code 2 and a message saying so; nothing is written then.
 func TestMultiNodeStandaloneImport(t *testing.T) {
 	pys := testkit.Interpreters(t)
 	if len(pys) == 0 {
@@ -709,7 +748,7 @@ func TestMultiNodeStandaloneImport(t *testing.T) {
 	p1, p2, p3 := mnPort(t), mnPort(t), mnPort(t)
 	start("tp4", "mp:127.0.0.1:"+p1, mp(p1, 0, "-tp", "4"), mp(p1, 1, "-tp", "4"))
 	start("tp2pp2", "mp:127.0.0.1:"+p2, mp(p2, 0, "-tp", "2", "-pp", "2"), mp(p2, 1, "-tp", "2", "-pp", "2"))
-	dp := []string{"-tp", "1", "--data-parallel-size", "4", "--data-parallel-size-local", "2",
+	dp := []string{"--data-parallel-size", "4", "--data-parallel-size-local", "2", // no -tp, as docs/multinode.md: TP 1
 		"--data-parallel-address", "127.0.0.1", "--data-parallel-rpc-port", p3}
 	start("dp4", "dp:127.0.0.1:"+p3, dp, append(append([]string{}, dp...), "--headless", "--data-parallel-start-rank", "2"))
 	start("tp4-again", "mp:127.0.0.1:"+p1, mp(p1, 0, "-tp", "4"), mp(p1, 1, "-tp", "4"))
@@ -788,6 +827,7 @@ func TestMultiNodeStandaloneImport(t *testing.T) {
 	}{
 		{"different instances", runs["tp4"].folders["hostA"], runs["dp4"].folders["hostB"], "different instances"},
 		{"overlapping ranks", runs["tp4"].folders["hostA"], runs["tp4-again"].folders["hostA"], "global rank 0 is in two folders"},
+		{"imported twice", runs["tp4"].folders["hostA"], runs["tp4"].folders["hostB"], "the folders were imported before as session"},
 	} {
 		_, code, out := pmhubImport(t, data, c.a, c.b)
 		if code != 2 || !strings.Contains(out, c.want) {

@@ -86,7 +86,8 @@ type importFolder struct {
 //
 // Errors (wrapping ErrImport): a folder with no process folder, two folders naming different
 // instances or one naming none, a global worker rank (or an EngineCore's DP rank, or a
-// process) in two folders, an existing session of that id, a session name outside proto's
+// process) in two folders, folders whose every process an imported session of data already
+// holds (imported before), an existing session of that id, a session name outside proto's
 // grammar; then any error reading the folders or writing the session.
 func Import(data string, folders []string, session string) (*Metadata, error) {
 	if len(folders) == 0 {
@@ -101,6 +102,9 @@ func Import(data string, folders []string, session string) (*Metadata, error) {
 		in = append(in, ff)
 	}
 	if err := checkOneInstance(in); err != nil {
+		return nil, err
+	}
+	if err := checkNotImported(data, in); err != nil {
 		return nil, err
 	}
 	start, end := int64(0), int64(0)
@@ -180,6 +184,46 @@ func Import(data string, folders []string, session string) (*Metadata, error) {
 		return nil, fmt.Errorf("import: %w", err)
 	}
 	return m, nil
+}
+
+// importedProc names one process life across imports: host, pid, start and the shim's per-start id.
+func importedProc(p *ProcMeta) string {
+	return fmt.Sprintf("%s/%d/%d/%s", p.Host, p.PID, p.StartNS, p.Instance)
+}
+
+// checkNotImported refuses folders whose every process is already in one imported session of
+// data (the same folders imported before): "the folders were imported before as session X".
+// Sessions the hub recorded, and ones whose metadata cannot be read, are not compared.
+func checkNotImported(data string, in []*importFolder) error {
+	want := map[string]bool{}
+	for _, f := range in {
+		for _, p := range f.procs {
+			want[importedProc(p.meta)] = true
+		}
+	}
+	ents, err := os.ReadDir(sessionsDir(data))
+	if err != nil || len(want) == 0 {
+		return nil // no sessions yet (or none to compare): nothing was imported
+	}
+	for _, e := range ents {
+		if !e.IsDir() || strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		m, err := ReadMetadata(filepath.Join(sessionsDir(data), e.Name()))
+		if err != nil || m.EndReason != EndImported {
+			continue
+		}
+		have := 0
+		for _, p := range m.Processes {
+			if want[importedProc(p)] {
+				have++
+			}
+		}
+		if have == len(want) {
+			return fmt.Errorf("%w: the folders were imported before as session %s (pmhub show --data %s %s)", ErrImport, m.Session, data, m.Session)
+		}
+	}
+	return nil
 }
 
 // readImportFolder reads one input folder's process folders and their instance.

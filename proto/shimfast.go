@@ -577,6 +577,8 @@ func (r *LineReader) scanIdent(b []byte, i int) (int, bool) {
 				r.ident.Role = RoleEngineCore
 			case RoleAPIServer:
 				r.ident.Role = RoleAPIServer
+			case RoleLauncher:
+				r.ident.Role = RoleLauncher
 			default:
 				return 0, false
 			}

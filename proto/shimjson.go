@@ -292,9 +292,9 @@ func (r *Registry) DecodeLine(b []byte) (*Line, error) {
 	return l, nil
 }
 
-// knownRole accepts the three process roles, and "" for a process that does not know its role yet.
+// knownRole accepts the four process roles, and "" for a process that does not know its role yet.
 func knownRole(r string) bool {
-	return r == "" || r == RoleAPIServer || r == RoleEngineCore || r == RoleWorker
+	return r == "" || r == RoleAPIServer || r == RoleLauncher || r == RoleEngineCore || r == RoleWorker
 }
 
 // Reasons an event is refused (EventError.Reason): the keys the agent and the hub count them by.

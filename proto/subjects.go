@@ -28,7 +28,10 @@ func StreamSubjects() []string {
 
 // Roles and the process token of agent-made records.
 const (
-	RoleAPIServer  = "api_server"
+	RoleAPIServer = "api_server"
+	// RoleLauncher is the process `vllm serve --headless` runs on a follower node: it starts the
+	// node's EngineCores (multi-node DP) or workers (multi-node MP) and serves no API.
+	RoleLauncher   = "launcher"
 	RoleEngineCore = "engine_core"
 	RoleWorker     = "worker"
 	RoleAgent      = "agent"
@@ -103,12 +106,14 @@ func Unescape(tok string) (string, error) {
 }
 
 // ProcToken names a process in subjects and folder names from its role and ranks: api<rank> for
-// api_server (rank = api index), eng<dp> for engine_core, w<rank> for worker (global rank), agent
-// for the agent; p<pid> when the role or the rank it needs is unknown.
+// api_server (rank = api index), launch<index> for launcher, eng<dp> for engine_core, w<rank> for
+// worker (global rank), agent for the agent; p<pid> when the role or the rank it needs is unknown.
 func ProcToken(role string, dp, rank, pid int) string {
 	switch {
 	case role == RoleAPIServer && rank >= 0:
 		return "api" + strconv.Itoa(rank)
+	case role == RoleLauncher && rank >= 0:
+		return "launch" + strconv.Itoa(rank)
 	case role == RoleEngineCore && dp >= 0:
 		return "eng" + strconv.Itoa(dp)
 	case role == RoleWorker && rank >= 0:
@@ -125,7 +130,7 @@ func ParseProcToken(tok string) (role string, n int, err error) {
 	if tok == ProcAgent {
 		return RoleAgent, -1, nil
 	}
-	for _, p := range []struct{ prefix, role string }{{"api", RoleAPIServer}, {"eng", RoleEngineCore}, {"w", RoleWorker}, {"p", ""}} {
+	for _, p := range []struct{ prefix, role string }{{"api", RoleAPIServer}, {"launch", RoleLauncher}, {"eng", RoleEngineCore}, {"w", RoleWorker}, {"p", ""}} {
 		if rest, ok := strings.CutPrefix(tok, p.prefix); ok {
 			v, err := strconv.Atoi(rest)
 			if err != nil || v < 0 || strconv.Itoa(v) != rest {

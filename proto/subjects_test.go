@@ -146,6 +146,7 @@ func TestProcToken(t *testing.T) {
 		want          string
 	}{
 		{RoleAPIServer, -1, 2, 10, "api2"},
+		{RoleLauncher, -1, 0, 16, "launch0"},
 		{RoleEngineCore, 3, -1, 11, "eng3"},
 		{RoleWorker, 0, 17, 12, "w17"},
 		{RoleAgent, -1, -1, 13, "agent"},

@@ -17,8 +17,11 @@ type Analyzer interface {
 	Analyze(dir string) (columns []string, rows []map[string]string, err error)
 }
 
-// Findings is the report's findings section: the session's findings table as written, or what
-// the Analyzer computed. Source says which; Note why there are none.
+// Findings is the report's findings section: the session's findings table, or what the Analyzer
+// computed (Source says which; Note why there are none), laid out as `pmhub show` lists findings:
+// Columns are plugin, severity, finding (the title), ranks, steps ("first-last", "" when not tied
+// to steps), numbers ("name 1.234, ..."), and detail when a finding has one. The table's other
+// columns (the hub's own: session, host "hub", role "plugin", dp -1, seq, ...) are not shown.
 type Findings struct {
 	Source  string
 	Columns []string
@@ -72,6 +75,7 @@ func readFindings(s *Session, a Analyzer, skip bool) (*Findings, error) {
 		}
 		sortRows(f)
 		prettyNumbers(f)
+		asShown(f)
 		return f, nil
 	}
 	if skip {
@@ -102,7 +106,47 @@ func readFindings(s *Session, a Analyzer, skip bool) (*Findings, error) {
 		f.Note = "The analyses found nothing to report."
 	}
 	prettyNumbers(f)
+	asShown(f)
 	return f, nil
+}
+
+// asShown keeps the columns a reader needs, in Findings' order: the plugin, severity, title as
+// "finding", ranks, the steps as "first-last", the numbers, and detail when any row has one.
+func asShown(f *Findings) {
+	pos := map[string]int{}
+	for i, c := range f.Columns {
+		pos[c] = i
+	}
+	cell := func(r []string, name string) string {
+		if i, ok := pos[name]; ok && i < len(r) {
+			return r[i]
+		}
+		return ""
+	}
+	detail := false
+	for _, r := range f.Rows {
+		detail = detail || cell(r, "detail") != ""
+	}
+	cols := []string{"plugin", "severity", "finding", "ranks", "steps", "numbers"}
+	if detail {
+		cols = append(cols, "detail")
+	}
+	rows := make([][]string, 0, len(f.Rows))
+	for _, r := range f.Rows {
+		steps := ""
+		if first, last := cell(r, "first_step"), cell(r, "last_step"); first != "" && !strings.HasPrefix(first, "-") {
+			steps = first
+			if last != "" && last != first {
+				steps += "-" + last
+			}
+		}
+		out := []string{cell(r, "plugin"), cell(r, "severity"), cell(r, "title"), strings.ReplaceAll(cell(r, "ranks"), "|", " "), steps, cell(r, "numbers")}
+		if detail {
+			out = append(out, cell(r, "detail"))
+		}
+		rows = append(rows, out)
+	}
+	f.Columns, f.Rows = cols, rows
 }
 
 // severityOrder ranks findings' severities, most severe first (unknown ones last).

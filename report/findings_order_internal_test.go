@@ -31,7 +31,7 @@ func TestFindingsOrderStable(t *testing.T) {
 		}
 		col := -1
 		for i, c := range f.Columns {
-			if c == "title" {
+			if c == "finding" {
 				col = i
 			}
 		}
@@ -46,5 +46,29 @@ func TestFindingsOrderStable(t *testing.T) {
 		if got := titles(order); !reflect.DeepEqual(got, want) {
 			t.Errorf("file order %v: findings %q, want %q", order, got, want)
 		}
+	}
+}
+
+// TestFindingsShownAsShowDoes: the findings section lists what `pmhub show` lists (plugin,
+// severity, the finding, ranks, steps, readable numbers), not the table's raw columns (host "hub",
+// role "plugin", dp -1, seq, ...).
+func TestFindingsShownAsShowDoes(t *testing.T) {
+	dir := t.TempDir()
+	body := "session,host,pid,role,dp,pp,tp,ep,seq,step,ts_ns,plugin,plugin_version,input_seq,row,severity,title,numbers,ranks,first_step,last_step,detail\n" +
+		`s1,hub,9,plugin,-1,-1,-1,-1,1,1,5,straggler,1.0.0,0,0,warning,"rank 3 is slow","{""skew"":1.5}",3|5,10,90,""` + "\n" +
+		`s1,hub,9,plugin,-1,-1,-1,-1,2,2,6,kv_pressure,1.0.0,0,0,info,"KV cache fine","{}",,-1,-1,""` + "\n"
+	if err := os.WriteFile(filepath.Join(dir, FindingsTable+".csv"), []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := readFindings(&Session{Dir: dir}, nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"plugin", "severity", "finding", "ranks", "steps", "numbers"}; !reflect.DeepEqual(f.Columns, want) {
+		t.Errorf("columns %q, want %q", f.Columns, want)
+	}
+	want := [][]string{{"straggler", "warning", "rank 3 is slow", "3 5", "10-90", "skew 1.5"}, {"kv_pressure", "info", "KV cache fine", "", "", ""}}
+	if !reflect.DeepEqual(f.Rows, want) {
+		t.Errorf("rows %q, want %q", f.Rows, want)
 	}
 }

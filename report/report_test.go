@@ -38,7 +38,7 @@ func TestFindingsTablePreferred(t *testing.T) {
 	if !strings.HasPrefix(f.Source, "findings.csv") || len(f.Rows) != 1 {
 		t.Fatalf("findings %+v, want the one row of findings.csv", f)
 	}
-	if got := f.Rows[0][3]; got != "preemptions 12" {
+	if got := f.Rows[0][5]; got != "preemptions 12" {
 		t.Errorf("numbers cell %q, want %q", got, "preemptions 12")
 	}
 	if got := f.Link(f.Rows[0]); got != "kv-usage" {

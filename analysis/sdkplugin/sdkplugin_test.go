@@ -58,7 +58,7 @@ func simSession(t *testing.T) string {
 	}
 	cmd.Env = append(cmd.Env,
 		"PYTHONPATH="+strings.Join([]string{filepath.Join(root, "shim"), filepath.Join(root, "testbed", "eras", "main_2026_08_20"), filepath.Join(root, "testbed")}, ":"),
-		"PYTHONDONTWRITEBYTECODE=1", "PMSIM_STEP_WORK_MS=1", "PMSIM_SLOW_RANK=3", "PMSIM_SLOW_MS=2",
+		"PYTHONDONTWRITEBYTECODE=1", "PMSIM_STEP_WORK_MS=1", "PMSIM_TP=4", "PMSIM_SLOW_RANK=3", "PMSIM_SLOW_MS=2",
 		"PMSIM_GROUND_TRUTH="+filepath.Join(tmp, "truth.json"), "PROFILEMATE_OUTPUT_DIR="+filepath.Join(tmp, "pm"),
 		"PROFILEMATE_SOCKET=off") // the folder sink, even where an agent listens at a default socket
 	if out, err := cmd.CombinedOutput(); err != nil {

@@ -122,3 +122,40 @@ func TestRankRanges(t *testing.T) {
 		t.Errorf("rankRanges = %q", got)
 	}
 }
+
+// TestRankGridKeepsReportedRanks: DP=4 over two hosts whose command lines give no -tp while each
+// EngineCore ran 4 workers (TP 4): the grid shows each worker's reported TP and DP ranks (w1 is
+// tp1 dp0, not tp0 dp1), takes its sizes from the ranks seen and says what the command line gave.
+func TestRankGridKeepsReportedRanks(t *testing.T) {
+	procs := []*hub.ProcMeta{
+		{Host: "hostA", Proc: "api0", Ident: hub.Ident{Role: "api_server", Rank: -1},
+			Argv: strings.Fields("python3 vllm serve m --data-parallel-size 4 --data-parallel-size-local 2 --data-parallel-rpc-port 13400")},
+	}
+	for r := int64(0); r < 16; r++ {
+		h := "hostA"
+		if r >= 8 {
+			h = "hostB"
+		}
+		procs = append(procs, worker(h, r, r%4, 0, r/4))
+	}
+	g := rankGrid(procs)
+	if g == nil || g.TP != 4 || g.PP != 1 || g.DP != 4 || g.Source != "ranks" || g.CommandLine == nil || *g.CommandLine != [3]int64{1, 1, 4} {
+		t.Fatalf("grid %+v, want TP 4 x PP 1 x DP 4 from the ranks seen, command line 1 x 1 x 4", g)
+	}
+	if len(g.Missing) != 0 {
+		t.Errorf("missing %v, want none", g.Missing)
+	}
+	text := strings.Join(g.Lines(), "\n")
+	for _, want := range []string{"TP 4 x PP 1 x DP 4 = 16 ranks (sizes from the ranks seen; the command line says TP 1 x PP 1 x DP 4 = 4 ranks)",
+		"hostA: w0(tp0 pp0 dp0) w1(tp1 pp0 dp0)", "w9(tp1 pp0 dp2)"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("grid lacks %q:\n%s", want, text)
+		}
+	}
+	// A worker's reported ranks win over the layout of sizes that do fit (-tp 2 -pp 2, ranks as reported).
+	g = rankGrid([]*hub.ProcMeta{{Host: "a", Ident: hub.Ident{Role: "api_server", Rank: -1}, Argv: strings.Fields("vllm serve m -tp 2 -pp 2")},
+		worker("a", 0, 0, 0, -1), worker("a", 1, 1, 0, -1), worker("b", 2, 0, 1, -1), worker("b", 3, 1, 1, -1)})
+	if g.Source != "argv" || g.CommandLine != nil || g.Cell(2) != "w2(tp0 pp1 dp0)" {
+		t.Errorf("grid %+v cell %s, want sizes from argv, w2(tp0 pp1 dp0)", g, g.Cell(2))
+	}
+}

@@ -58,7 +58,8 @@ func showCommand() *cli.Command {
 			if err != nil {
 				return cli.Exit("pmhub show: "+err.Error(), 1)
 			}
-			sum.Dir, sum.Segments, sum.Window = view.Home, len(view.Segments), view.describe()
+			sum.Dir, sum.Segments, sum.Window = view.Home, len(view.Segments), view.describe(sum.total())
+			sum.Notes = view.notes(w)
 			if c.Bool("json") {
 				return json.NewEncoder(c.App.Writer).Encode(sum)
 			}
@@ -247,6 +248,18 @@ type Summary struct {
 	// a one-segment session).
 	Segments int    `json:"segments"`
 	Window   string `json:"window,omitempty"`
+	// Notes say what the summary cannot show (sessionView.notes): segments removed by retention
+	// that the range reaches into.
+	Notes []string `json:"notes,omitempty"`
+}
+
+// total is the rows the summary read, all tables.
+func (s *Summary) total() int64 {
+	var n int64
+	for _, r := range s.Rows {
+		n += r
+	}
+	return n
 }
 
 // RankInfo is one worker process and its ranks.
@@ -547,6 +560,9 @@ func (s *Summary) print(w io.Writer) {
 	if s.Window != "" {
 		fmt.Fprintf(w, "  read: %s\n", s.Window)
 	}
+	for _, n := range s.Notes {
+		fmt.Fprintf(w, "  note: %s\n", n)
+	}
 	for _, h := range sortedKeys(s.Hosts) {
 		fmt.Fprintf(w, "  host %s: %s", h, strings.Join(s.Hosts[h], " "))
 		if l := s.Layout[h]; l != "" {
@@ -577,8 +593,19 @@ func (s *Summary) print(w io.Writer) {
 	for _, m := range sortedKeys(s.GraphModes) {
 		modes = append(modes, fmt.Sprintf("%s %.0f%%", m, 100*s.GraphModes[m]))
 	}
-	fmt.Fprintf(w, "  CUDA graph modes (share of worker steps): %s\n", strings.Join(modes, ", "))
-	fmt.Fprintf(w, "  KV cache usage peak: %.1f%%   preemptions: %d\n", 100*s.KVPeak, s.Preemptions)
+	if s.total() == 0 {
+		// Nothing to summarise: say so rather than print empty graph modes and a 0% peak.
+		if s.Window != "" {
+			fmt.Fprintln(w, "  no rows in this range")
+		} else {
+			fmt.Fprintln(w, "  no rows recorded")
+		}
+	} else {
+		if len(modes) > 0 {
+			fmt.Fprintf(w, "  CUDA graph modes (share of worker steps): %s\n", strings.Join(modes, ", "))
+		}
+		fmt.Fprintf(w, "  KV cache usage peak: %.1f%%   preemptions: %d\n", 100*s.KVPeak, s.Preemptions)
+	}
 	if len(s.TopExperts) > 0 {
 		var ex []string
 		for _, e := range s.TopExperts {

@@ -147,6 +147,18 @@ func tail(c *cli.Context) error {
 	if k := c.String("kind"); k != "" && !proto.IsKind(k) {
 		return cli.Exit(fmt.Sprintf("pmhub tail: unknown kind %q (kinds: %s)", k, strings.Join(proto.Kinds(), ", ")), 2)
 	}
+	// Names go into subject filters: one outside proto's grammar could never match (or would
+	// widen the filter), so it is refused here with the grammar.
+	if v := c.String("session"); v != "" {
+		if err := proto.ValidateSession(v); err != nil {
+			return cliapp.Usage("--session: %w", err)
+		}
+	}
+	if v := c.String("host"); v != "" {
+		if err := proto.ValidateHost(v); err != nil {
+			return cliapp.Usage("--host: %w", err)
+		}
+	}
 	for _, f := range []string{"rank", "tp", "pp", "dp", "node-rank"} {
 		if v := c.Int(f); v < -1 {
 			return cliapp.Usage("--%s %d: a rank is 0 or more (-1: all)", f, v)

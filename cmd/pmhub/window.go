@@ -135,16 +135,72 @@ func openViewLinked(data, arg string, w hub.Window, linked bool) (*sessionView, 
 }
 
 // describe is one line about the view for a human: the segments read and the range, "" for a
-// plain one-segment session.
-func (v *sessionView) describe() string {
+// plain one-segment session. rows is how many rows the view holds: a range that selects none says
+// so, with when the session's rows are ("no rows from A to B; the session's rows are from C to D"),
+// instead of counting the live segment it always reads.
+func (v *sessionView) describe(rows int64) string {
 	if v.Window == nil {
 		return ""
 	}
+	ranged := v.Window.SinceNS != 0 || v.Window.UntilNS != 0
+	if ranged && rows == 0 {
+		s := fmt.Sprintf("no rows from %s to %s", when(v.Window.SinceNS), when(v.Window.UntilNS))
+		if lo, hi := v.rowSpan(); lo != 0 {
+			s += fmt.Sprintf("; the session's rows are from %s to %s", when(lo), when(hi))
+		}
+		return s
+	}
 	s := fmt.Sprintf("%d of %d segments", len(v.Window.Segments), len(v.Segments))
-	if v.Window.SinceNS != 0 || v.Window.UntilNS != 0 {
+	if ranged {
 		s += fmt.Sprintf(", rows from %s to %s", when(v.Window.SinceNS), when(v.Window.UntilNS))
 	}
 	return s
+}
+
+// rowSpan is the smallest and largest ts_aligned_ns of the rows of the session's segments on disk
+// (their SegmentMeta; a session that never rotated: its start and end), 0 0 when unknown.
+func (v *sessionView) rowSpan() (lo, hi int64) {
+	for _, d := range v.Segments {
+		m, err := hub.ReadMetadata(d)
+		if err != nil {
+			continue
+		}
+		first, last := m.StartNS, m.EndNS
+		if g := m.Segment; g != nil {
+			first, last = g.FirstAlignedNS, g.LastAlignedNS
+		}
+		if first != 0 && (lo == 0 || first < lo) {
+			lo = first
+		}
+		hi = max(hi, last)
+	}
+	return lo, hi
+}
+
+// notes are what a reader of the view should know that its rows cannot tell: the segments
+// retention removed (the oldest segment on disk has index k > 0: segments 0..k-1 are gone) when
+// the range w reaches before the oldest row left ("segments 0-2 were removed by retention: no rows
+// before 2026-11-30T08:10:00Z"). The session's metadata is read again; unreadable, no note.
+func (v *sessionView) notes(w hub.Window) []string {
+	if len(v.Segments) == 0 {
+		return nil
+	}
+	m, err := hub.ReadMetadata(v.Segments[0])
+	if err != nil || m.Segment == nil || m.Segment.Index == 0 {
+		return nil
+	}
+	kept := m.Segment.FirstAlignedNS
+	if kept == 0 {
+		kept = m.Segment.StartNS
+	}
+	if !w.Since.IsZero() && kept != 0 && w.Since.UnixNano() >= kept {
+		return nil // the range starts after what was removed
+	}
+	gone := "segment 0 was"
+	if m.Segment.Index > 1 {
+		gone = fmt.Sprintf("segments 0-%d were", m.Segment.Index-1)
+	}
+	return []string{fmt.Sprintf("%s removed by retention: no rows before %s", gone, when(kept))}
 }
 
 func when(ns int64) string {

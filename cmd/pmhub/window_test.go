@@ -250,3 +250,53 @@ func TestParseWhen(t *testing.T) {
 		}
 	}
 }
+
+// TestShowEmptyRangeAndRetentionNotice: a range after every row says there are no rows in it (with
+// when the session's rows are) instead of printing an empty graph-mode line, a 0% KV peak and
+// "1 of N segments"; after retention removed the oldest segment (its folder gone, as the hub's
+// housekeeping leaves it), a range reaching before the oldest row left says so, and one starting
+// later does not.
+func TestShowEmptyRangeAndRetentionNotice(t *testing.T) {
+	_, data, t0 := rotatedSession(t)
+	run := func(args ...string) string {
+		t.Helper()
+		var out bytes.Buffer
+		if err := windowApp(&out).Run(append([]string{"pmhub", "show", "--data", data}, args...)); err != nil {
+			t.Fatalf("pmhub show %v: %v\n%s", args, err, out.String())
+		}
+		return out.String()
+	}
+	future := run("--since", t0.Add(2*time.Hour).Format(time.RFC3339), "LONG")
+	for _, want := range []string{"no rows in this range", "read: no rows from 2026-11-30T10:00:00Z to -; the session's rows are from 2026-11-30T08:00:00Z to 2026-11-30T08:29:00Z"} {
+		if !strings.Contains(future, want) {
+			t.Errorf("show of a range after every row lacks %q:\n%s", want, future)
+		}
+	}
+	for _, bad := range []string{"CUDA graph modes", "KV cache usage peak", " segments"} {
+		if strings.Contains(future, bad) {
+			t.Errorf("show of a range after every row says %q:\n%s", bad, future)
+		}
+	}
+	if all := run("LONG"); strings.Contains(all, "retention") {
+		t.Errorf("note about retention before any segment was removed:\n%s", all)
+	}
+
+	dirs, _ := hub.Segments(data, "LONG")
+	if err := os.RemoveAll(dirs[0]); err != nil {
+		t.Fatal(err)
+	}
+	next, err := hub.ReadMetadata(dirs[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept := time.Unix(0, next.Segment.FirstAlignedNS).UTC().Format(time.RFC3339)
+	want := "note: segment 0 was removed by retention: no rows before " + kept
+	for _, args := range [][]string{{"LONG"}, {"--since", t0.Format(time.RFC3339), "LONG"}} {
+		if out := run(args...); !strings.Contains(out, want) {
+			t.Errorf("show %v lacks %q:\n%s", args, want, out)
+		}
+	}
+	if out := run("--since", t0.Add(25*time.Minute).Format(time.RFC3339), "LONG"); strings.Contains(out, "retention") {
+		t.Errorf("a range after the removed segment notes retention:\n%s", out)
+	}
+}

@@ -114,7 +114,7 @@ type Session struct {
 type Process struct {
 	Host string
 	PID  int64
-	Role string // api_server, engine_core, worker, agent
+	Role string // api_server, launcher, engine_core, worker, agent
 	DP   int32
 	PP   int32
 	TP   int32

@@ -14,7 +14,11 @@ explicit VLLM_ENABLE_PROFILING=1.
 
 Decision table (DESIGN.md, issue "shim core"):
   VLLM_ENABLE_PROFILING=0            -> off here and in every child (they inherit the variable)
-  VLLM_ENABLE_PROFILING=1            -> active, started at once (status lines, folder, threads)
+  VLLM_ENABLE_PROFILING=1            -> active, started at once (status lines, folder, threads);
+                                        in a helper that is not vLLM's (Python's multiprocessing
+                                        resource tracker or fork server, Ray's own processes such
+                                        as `ray start`): watching, as below (helper()), with
+                                        a session id chosen for its children
   PROFILEMATE_ARMED=1 (from parent)  -> watching; starts when a vLLM target module is imported
   otherwise                          -> watching; importing `vllm` arms the process (session id
                                         chosen and exported for children), importing a target
@@ -46,10 +50,53 @@ def decision(environ=None):
     if switch == "0":
         return "off", "VLLM_ENABLE_PROFILING=0: profiling switched off for this process and its children"
     if switch == "1":
+        what = helper()
+        if what:
+            return "watching", ("VLLM_ENABLE_PROFILING=1, but this is %s, not a vLLM process: starts only "
+                                "if it imports a vLLM target module" % what)
         return "explicit", "VLLM_ENABLE_PROFILING=1: active at once"
     if env.get(ENV_ARMED, "") == "1":
         return "armed", "PROFILEMATE_ARMED=1 (child of an active process): starts when a vLLM target module is imported"
     return "watching", "no switch set: the process arms itself when it imports vllm and starts on a vLLM target module"
+
+
+# `python -c` commands of Python's multiprocessing helper processes (the resource tracker vLLM's
+# spawned queues start, the fork server): they never run vLLM code.
+_MP_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.semaphore_tracker", "multiprocessing.forkserver")
+
+
+def _command_line():
+    """This interpreter's command line as it was started (sys.orig_argv, Python 3.10+; else
+    /proc/self/cmdline); [] when unreadable."""
+    argv = getattr(sys, "orig_argv", None)
+    if argv:
+        return [str(a) for a in argv]
+    try:
+        with open("/proc/self/cmdline", "rb") as f:
+            return [a.decode("utf-8", "replace") for a in f.read().split(b"\0") if a]
+    except Exception:
+        return []
+
+
+def helper(argv=None):
+    """What this process is when it is a helper that is not a vLLM process, from its command line:
+    "Python's multiprocessing helper" (`python -c "from multiprocessing.resource_tracker import
+    main; ..."`), "a Ray process" (the `ray` command, e.g. `ray start`, or a script of the ray
+    package such as its log monitor or dashboard; Ray's workers run vLLM's actors and start on
+    the vLLM module they import); "" otherwise. Reads no module."""
+    argv = _command_line() if argv is None else argv
+    for i, a in enumerate(argv[1:], 1):
+        if a == "-c":
+            code = argv[i + 1] if i + 1 < len(argv) else ""
+            return "Python's multiprocessing helper" if any(m in code for m in _MP_HELPERS) else ""
+        if a == "-m" or not a.startswith("-"):
+            script = argv[i + 1] if a == "-m" and i + 1 < len(argv) else a
+            norm = script.replace("\\", "/")
+            if norm.rsplit("/", 1)[-1] == "ray" or script == "ray" or script.startswith("ray.") or \
+                    "/site-packages/ray/" in norm or "/dist-packages/ray/" in norm:
+                return "a Ray process"
+            return ""
+    return ""
 
 
 def activate(origin="sitecustomize"):
@@ -67,6 +114,10 @@ def activate(origin="sitecustomize"):
         if mode == "off":
             return mode
         install_finder(_on_vllm, _on_target)
+        if mode == "watching" and os.environ.get(ENV_SWITCH, "").strip() == "1":
+            # A helper under VLLM_ENABLE_PROFILING=1 (helper()): it says nothing itself, but the
+            # processes it starts (a Ray node's actors) share one session id, as they did with it.
+            _arm()
         if mode == "armed":
             _state["armed"] = True
         if mode == "explicit":

@@ -2,13 +2,14 @@
 
 Most reliable first: Worker.__init__ arguments and EngineCore's parallel_config (set by the
 targets), parallel_state groups after distributed init, then the multiprocessing process
-name vLLM gives its children, then the launching process is the API server.
+name vLLM gives its children, then the launching process is the API server, or the launcher
+when started with `--headless` (it starts this node's EngineCores or workers and serves no API).
 """
 import os
 import sys
 
-ROLES = ("api_server", "engine_core", "worker")
-_PRIORITY = {"": 0, "api_server": 1, "worker": 2, "engine_core": 3}
+ROLES = ("api_server", "launcher", "engine_core", "worker")
+_PRIORITY = {"": 0, "api_server": 1, "launcher": 1, "worker": 2, "engine_core": 3}
 
 
 class Identity:
@@ -28,8 +29,8 @@ class Identity:
         role = self.role or self.guess_role()
         d = {"role": role, "dp": self.dp, "pp": self.pp, "tp": self.tp, "ep": self.ep, "rank": self.rank}
         # vLLM numbers API servers and engines from 0 and names only the later ones (APIServer_1,
-        # EngineCore_DP1): a lone one is index 0, so its process token is api0 / eng0.
-        if role == "api_server" and self.rank < 0:
+        # EngineCore_DP1): a lone one is index 0, so its process token is api0 / eng0 (launch0).
+        if role in ("api_server", "launcher") and self.rank < 0:
             d["rank"] = 0
         elif role == "engine_core" and self.dp < 0:
             d["dp"] = self.folder_rank()
@@ -69,6 +70,8 @@ class Identity:
             return "engine_core"
         if "Worker" in title:
             return "worker"
+        if _headless():
+            return "launcher"
         return "api_server"
 
     def folder_rank(self):
@@ -101,6 +104,13 @@ class Identity:
                 self.set_ranks(**{attr: fn().rank_in_group})
             except Exception:
                 pass
+
+
+def _headless():
+    """`vllm serve ... --headless`: this process starts its node's part of the instance and runs no
+    API server. A spawned child has its own command line; a forked one learns its role first."""
+    argv = getattr(sys, "orig_argv", None) or sys.argv
+    return "--headless" in argv
 
 
 def _mp_name():

@@ -102,6 +102,52 @@ class Activation(unittest.TestCase):
         self.assertEqual(len(h.proc_dirs(sessions[0])), 2)  # parent and child; the helper left nothing
         self.assertEqual(r.stderr.count("Session ID:"), 1)
 
+    def test_explicit_enable_skips_helpers_that_are_not_vllm(self):
+        # VLLM_ENABLE_PROFILING=1 reaches every Python process of the tree, among them Python's
+        # resource tracker (started by a spawn-context queue, as vLLM's are) and Ray's own
+        # processes: they are not vLLM's and leave nothing, while a spawned child still profiles.
+        code = textwrap.dedent("""
+            import multiprocessing, os, sys
+            def child(q):
+                q.put(os.getpid())
+            if __name__ == "__main__":
+                ctx = multiprocessing.get_context("spawn")
+                q = ctx.Queue()
+                p = ctx.Process(target=child, args=(q,))
+                p.start()
+                print("child", q.get(timeout=60))
+                p.join()
+        """)
+        script = os.path.join(self.out, "spawner.py")
+        with open(script, "w") as f:
+            f.write(code)
+        ray = os.path.join(self.out, "bin", "ray")
+        os.makedirs(os.path.dirname(ray))
+        with open(ray, "w") as f:
+            f.write("import sys\nprint('ray', 'profilemate.runtime' in sys.modules)\n")
+        env = {"VLLM_ENABLE_PROFILING": "1"}
+        r = h.run([script], [self.tree], out_dir=self.out, env=env)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        sessions = h.sessions(self.out)
+        self.assertEqual(len(sessions), 1)
+        names = [os.path.basename(p) for p in h.proc_dirs(sessions[0])]
+        self.assertEqual(len(names), 2, names)  # the script and its spawned child, no resource tracker
+        r = h.run([ray, "start", "--block"], [self.tree], out_dir=self.out, env=env)
+        self.assertEqual((r.returncode, r.stdout.strip()), (0, "ray False"), r.stderr)
+        self.assertEqual(len(h.sessions(self.out)), 1)
+
+    def test_helper_names(self):
+        import profilemate
+        cases = [(["python3", "-c", "from multiprocessing.resource_tracker import main;main(5)"], "Python's multiprocessing helper"),
+                 (["python3", "-c", "from multiprocessing.forkserver import main; main(1, 2)"], "Python's multiprocessing helper"),
+                 (["python3", "-c", "from multiprocessing.spawn import spawn_main; spawn_main(tracker_fd=5)", "--multiprocessing-fork"], ""),
+                 (["python3", "/venv/bin/ray", "start", "--address", "h:6379", "--block"], "a Ray process"),
+                 (["python3", "-u", "/venv/lib/python3.11/site-packages/ray/_private/log_monitor.py"], "a Ray process"),
+                 (["python3", "/venv/bin/vllm", "serve", "m", "--headless"], ""),
+                 (["python3", "-m", "vllm.entrypoints.openai.api_server"], "")]
+        for argv, want in cases:
+            self.assertEqual(profilemate.helper(argv), want, argv)
+
     def test_sigterm_flush_with_handler_installed_later(self):
         code = textwrap.dedent("""
             import os, signal, sys, time

@@ -19,7 +19,9 @@ def _bool(name, default=False):
 
 class Config:
     def __init__(self):
-        self.tp = _int("PMSIM_TP", 4)
+        # vLLM's -tp/--tensor-parallel-size (`vllm serve` sets PMSIM_TP from it); 1 when neither the
+        # command line nor the environment gives it, as vLLM's default.
+        self.tp = _int("PMSIM_TP", 1)
         # Pipeline stages and data-parallel engines (vLLM's --pipeline-parallel-size and
         # --data-parallel-size): one EngineCore per DP rank, tp*pp workers each.
         self.pp = _int("PMSIM_PP", 1)

@@ -37,8 +37,9 @@ class Run:
         return [p for p in self.truth["processes"] if p["role"] == role]
 
 
-def run(era, entry, tmp, **env_extra):
-    """Runs one entry point of one era with a fast workload and returns a Run."""
+def run(era, entry, tmp, flags=(), **env_extra):
+    """Runs one entry point of one era with a fast workload and returns a Run; flags are appended
+    to the entry point's command line (`vllm serve` flags such as -tp)."""
     site = os.path.join(tmp, "site")
     argv_dir = os.path.join(tmp, "argv")
     os.makedirs(site, exist_ok=True)
@@ -53,8 +54,10 @@ def run(era, entry, tmp, **env_extra):
     env.update(PYTHONPATH=os.pathsep.join([site, os.path.join(TESTBED, "eras", era), TESTBED]),
                PMSIM_GROUND_TRUTH=gt, PMSIM_STEP_WORK_MS="0", PMSIM_TEST_ARGV_DIR=argv_dir,
                PYTHONDONTWRITEBYTECODE="1")
+    # The tests' standard tree: 4 workers unless a test gives PMSIM_TP ("" = the simulator's default, 1).
+    env["PMSIM_TP"] = "4"
     env.update({k: str(v) for k, v in env_extra.items()})
-    p = subprocess.run([sys.executable] + ENTRY_ARGS[entry](), env=env, cwd=tmp, stdout=subprocess.PIPE,
+    p = subprocess.run([sys.executable] + ENTRY_ARGS[entry]() + list(flags), env=env, cwd=tmp, stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT, timeout=GUARD_S)
     truth = None
     if os.path.exists(gt):

@@ -122,6 +122,16 @@ class GroundTruthTest(unittest.TestCase):
             self.assertEqual(sum(map(sum, eng["expert_counts"])),
                              eng["routed_tokens"] * eng["top_k"] * eng["moe_layers"])
 
+    def test_tp_follows_the_command_line_as_vllm(self):
+        # vLLM's -tp defaults to 1: `vllm serve M --data-parallel-size 2` (no -tp, no PMSIM_TP) runs two
+        # EngineCores with the runner inside, no worker processes; -tp 2 gives each two workers.
+        for flags, workers in ((["--data-parallel-size", "2"], 0), (["--data-parallel-size", "2", "-tp", "2"], 4)):
+            with self.subTest(flags=flags), simrun.tempdir() as tmp:
+                r = simrun.run("v0_16_0", "serve", tmp, flags=flags, PMSIM_TP="")
+                self.assertEqual(r.rc, 0, r.output)
+                self.assertEqual(len(r.processes("engine_core")), 2)
+                self.assertEqual(len(r.processes("worker")), workers)
+
     def test_failures_end_the_tree_non_zero(self):
         # A raise or an exit is an event the tree reacts to at once: those runs keep the default RPC
         # deadline, so a slow but healthy reply on a busy machine cannot be taken for the failure.
