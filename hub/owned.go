@@ -2,11 +2,8 @@ package hub
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
 	"os"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -291,6 +288,9 @@ func (s *Server) applyOwned(o *ownedSession, msgs []jetstream.Msg) bool {
 	s.mu.Unlock()
 	if failed == nil {
 		for _, pc := range pending {
+			if commitHook != nil {
+				commitHook(pc.ss.id)
+			}
 			if err := pc.finish(); err != nil {
 				failed = err
 				break
@@ -319,76 +319,8 @@ func (s *Server) applyOwned(o *ownedSession, msgs []jetstream.Msg) bool {
 	return true
 }
 
-// pendingCommit is the part of a session's commit that needs no hub-wide lock: fsync the files
-// flushed before, then write the metadata encoded before (session.commit's order).
-type pendingCommit struct {
-	ss    *session
-	files map[string]*os.File
-	meta  []byte // nil: unchanged
-}
-
-// prepareCommit flushes the session's buffered rows to its files and encodes its metadata;
-// finish makes both durable. The caller holds the hub-wide lock. Errors name the table.
-func (ss *session) prepareCommit() (pendingCommit, error) {
-	pc := pendingCommit{ss: ss, files: map[string]*os.File{}}
-	var errs []error
-	for t, tf := range ss.files {
-		if !tf.dirty {
-			continue
-		}
-		if err := tf.w.Flush(); err != nil {
-			errs = append(errs, fmt.Errorf("flush %s: %w", t, err))
-			continue
-		}
-		pc.files[t] = tf.f
-		tf.dirty = false
-	}
-	if len(errs) > 0 {
-		return pc, errors.Join(errs...)
-	}
-	if !ss.metaDirty {
-		return pc, nil
-	}
-	for _, p := range ss.procs {
-		p.meta.Gaps = p.seen.gaps(p.meta.LastSeq)
-		if p.meta.Gaps == nil {
-			p.meta.Gaps = [][2]uint64{}
-		}
-	}
-	b, err := json.MarshalIndent(&ss.meta, "", "  ")
-	if err != nil {
-		return pc, fmt.Errorf("encode metadata: %w", err)
-	}
-	pc.meta = append(b, '\n')
-	ss.metaDirty = false
-	return pc, nil
-}
-
 // commitHook, when set (tests), is called with the session's id before finish syncs its files.
 var commitHook func(session string)
-
-// finish fsyncs the flushed files, then writes metadata.json (atomically).
-func (pc pendingCommit) finish() error {
-	if commitHook != nil {
-		commitHook(pc.ss.id)
-	}
-	var errs []error
-	for t, f := range pc.files {
-		if err := f.Sync(); err != nil {
-			errs = append(errs, fmt.Errorf("sync %s: %w", t, err))
-		}
-	}
-	if len(errs) > 0 {
-		return errors.Join(errs...)
-	}
-	if pc.meta == nil {
-		return nil
-	}
-	if err := os.MkdirAll(pc.ss.dir, 0o750); err != nil {
-		return fmt.Errorf("create session folder: %w", err)
-	}
-	return writeFileAtomic(filepath.Join(pc.ss.dir, MetadataFile), pc.meta)
-}
 
 // lockOwned takes the commit lock of session id when this hub owns it (shared mode) and returns
 // its unlock; the caller holds the hub-wide lock (that order: s.mu, then o.commit).

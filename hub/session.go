@@ -341,8 +341,27 @@ func (s *session) applyHeartbeat(hb *Heartbeat, now time.Time) {
 // commit makes everything written so far durable: CSVs flushed and fsynced, then metadata.json.
 // The consumer acknowledges messages only after commit returned nil.
 func (s *session) commit() error {
+	pc, err := s.prepareCommit()
+	if err != nil {
+		return err
+	}
+	return pc.finish()
+}
+
+// pendingCommit is the part of a session's commit that needs no hub-wide lock: fsync the files
+// flushed before, then write the metadata encoded before (session.commit's order).
+type pendingCommit struct {
+	ss    *session
+	files map[string]*os.File
+	meta  []byte // nil: unchanged
+}
+
+// prepareCommit flushes the session's buffered rows to its files and encodes its metadata;
+// finish makes both durable. The caller holds the hub-wide lock. Errors name the table.
+func (ss *session) prepareCommit() (pendingCommit, error) {
+	pc := pendingCommit{ss: ss, files: map[string]*os.File{}}
 	var errs []error
-	for t, tf := range s.files {
+	for t, tf := range ss.files {
 		if !tf.dirty {
 			continue
 		}
@@ -350,36 +369,48 @@ func (s *session) commit() error {
 			errs = append(errs, fmt.Errorf("flush %s: %w", t, err))
 			continue
 		}
-		if err := tf.f.Sync(); err != nil {
-			errs = append(errs, fmt.Errorf("sync %s: %w", t, err))
-			continue
-		}
+		pc.files[t] = tf.f
 		tf.dirty = false
 	}
 	if len(errs) > 0 {
-		return errors.Join(errs...)
+		return pc, errors.Join(errs...)
 	}
-	if !s.metaDirty {
-		return nil
+	if !ss.metaDirty {
+		return pc, nil
 	}
-	for _, p := range s.procs {
+	for _, p := range ss.procs {
 		p.meta.Gaps = p.seen.gaps(p.meta.LastSeq)
 		if p.meta.Gaps == nil {
 			p.meta.Gaps = [][2]uint64{}
 		}
 	}
-	b, err := json.MarshalIndent(&s.meta, "", "  ")
+	b, err := json.MarshalIndent(&ss.meta, "", "  ")
 	if err != nil {
-		return fmt.Errorf("encode metadata: %w", err)
+		return pc, fmt.Errorf("encode metadata: %w", err)
 	}
-	if err := os.MkdirAll(s.dir, 0o750); err != nil {
+	pc.meta = append(b, '\n')
+	ss.metaDirty = false
+	return pc, nil
+}
+
+// finish fsyncs the flushed files, then writes metadata.json (atomically).
+func (pc pendingCommit) finish() error {
+	var errs []error
+	for t, f := range pc.files {
+		if err := f.Sync(); err != nil {
+			errs = append(errs, fmt.Errorf("sync %s: %w", t, err))
+		}
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	if pc.meta == nil {
+		return nil
+	}
+	if err := os.MkdirAll(pc.ss.dir, 0o750); err != nil {
 		return fmt.Errorf("create session folder: %w", err)
 	}
-	if err := writeFileAtomic(filepath.Join(s.dir, MetadataFile), append(b, '\n')); err != nil {
-		return err
-	}
-	s.metaDirty = false
-	return nil
+	return writeFileAtomic(filepath.Join(pc.ss.dir, MetadataFile), pc.meta)
 }
 
 // reopen makes an ended session active again: something new arrived for it (a late host, a
