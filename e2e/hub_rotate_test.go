@@ -69,62 +69,14 @@ func TestHubRotationUnionIsGroundTruth(t *testing.T) {
 		}
 	}
 
-	// Every event exactly once across the segments; per process all its shim emitted.
-	type key struct {
-		host string
-		pid  int64
-	}
-	rows := map[key]uint64{}
-	seen := map[string]int{}
-	for i, d := range dirs {
-		files, _ := filepath.Glob(filepath.Join(d, "*.csv"))
-		for _, f := range files {
-			b, err := os.ReadFile(f)
-			if err != nil {
-				t.Fatal(err)
-			}
-			recs, err := csv.NewReader(bytes.NewReader(b)).ReadAll()
-			if err != nil {
-				t.Fatalf("%s: %v", f, err)
-			}
-			col := map[string]int{}
-			for j, c := range recs[0] {
-				col[c] = j
-			}
-			for _, r := range recs[1:] {
-				pid, _ := strconv.ParseInt(r[col["pid"]], 10, 64)
-				id := fmt.Sprintf("%s/%d/%s", r[col["host"]], pid, r[col["seq"]])
-				if j, dup := seen[id]; dup {
-					t.Fatalf("event %s written twice: segments %d and %d", id, j, i)
-				}
-				seen[id] = i
-				rows[key{r[col["host"]], pid}]++
-			}
-		}
-	}
-	checked := 0
+	// Every event exactly once across the segments; per process all its shim emitted, ended with no
+	// drop or gap; the union equals the simulator's ground truth.
 	for _, pm := range m.Processes {
-		if pm.Role == "agent" || pm.Role == "" {
-			continue
-		}
-		checked++
-		if !pm.Ended || pm.Dropped != 0 || len(pm.Gaps) != 0 {
+		if pm.Role != "agent" && pm.Role != "" && (!pm.Ended || pm.Dropped != 0 || len(pm.Gaps) != 0) {
 			t.Errorf("%s/%d: ended %v dropped %d gaps %v", pm.Host, pm.PID, pm.Ended, pm.Dropped, pm.Gaps)
 		}
-		if got := rows[key{pm.Host, pm.PID}]; got != pm.LastSeq {
-			t.Errorf("%s/%d (%s rank %d): %d rows over all segments, its shim emitted %d", pm.Host, pm.PID, pm.Role, pm.Rank, got, pm.LastSeq)
-		}
 	}
-	if checked < agWorkers() {
-		t.Fatalf("%d processes in the live segment's metadata, want at least the %d workers", checked, agWorkers())
-	}
-
-	// The union equals the simulator's ground truth (MoE counts per worker, step, layer, expert).
-	merged := filepath.Join(t.TempDir(), session)
-	if _, err := hub.CopyWindow(dirs, hub.Window{}, merged); err != nil {
-		t.Fatal(err)
-	}
-	checkMoEAfterOn(t, filepath.Join(merged, "moe_expert_selection.csv"), truthPath, 0, agWorkers())
+	checkSegmentUnion(t, dirs, m, truthPath)
 
 	// show over all segments: each worker's steps as the simulator ran them.
 	var sum struct {
@@ -163,4 +115,62 @@ func TestHubRotationUnionIsGroundTruth(t *testing.T) {
 	if len(list) != 1 || list[0].Session != session || list[0].Segments != len(dirs) {
 		t.Errorf("sessions: %+v, want %s once with %d segments", list, session, len(dirs))
 	}
+}
+
+// checkSegmentUnion checks a rotated session's segment folders (oldest first) against m, the live
+// segment's metadata: every event (host, pid, seq) is written once across them, each process's rows
+// number its shim's last_seq, at least agWorkers() processes took part, and the segments' MoE
+// counts together equal the simulator's ground truth at truthPath.
+func checkSegmentUnion(t *testing.T, dirs []string, m *hub.Metadata, truthPath string) {
+	t.Helper()
+	type key struct {
+		host string
+		pid  int64
+	}
+	rows := map[key]uint64{}
+	seen := map[string]string{}
+	for _, d := range dirs {
+		files, _ := filepath.Glob(filepath.Join(d, "*.csv"))
+		for _, f := range files {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			recs, err := csv.NewReader(bytes.NewReader(b)).ReadAll()
+			if err != nil {
+				t.Fatalf("%s: %v", f, err)
+			}
+			col := map[string]int{}
+			for j, c := range recs[0] {
+				col[c] = j
+			}
+			for _, r := range recs[1:] {
+				pid, _ := strconv.ParseInt(r[col["pid"]], 10, 64)
+				id := fmt.Sprintf("%s/%d/%s", r[col["host"]], pid, r[col["seq"]])
+				if other, dup := seen[id]; dup {
+					t.Fatalf("event %s written twice: %s and %s", id, other, filepath.Base(d))
+				}
+				seen[id] = filepath.Base(d)
+				rows[key{r[col["host"]], pid}]++
+			}
+		}
+	}
+	checked := 0
+	for _, pm := range m.Processes {
+		if pm.Role == "agent" || pm.Role == "" {
+			continue
+		}
+		checked++
+		if got := rows[key{pm.Host, pm.PID}]; got != pm.LastSeq {
+			t.Errorf("%s/%d (%s rank %d): %d rows over all segments, its shim emitted %d", pm.Host, pm.PID, pm.Role, pm.Rank, got, pm.LastSeq)
+		}
+	}
+	if checked < agWorkers() {
+		t.Fatalf("%d processes in the live segment's metadata, want at least the %d workers", checked, agWorkers())
+	}
+	merged := filepath.Join(t.TempDir(), m.Session)
+	if _, err := hub.CopyWindow(dirs, hub.Window{}, merged); err != nil {
+		t.Fatal(err)
+	}
+	checkMoEAfterOn(t, filepath.Join(merged, "moe_expert_selection.csv"), truthPath, 0, agWorkers())
 }

@@ -1,13 +1,7 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
-	"encoding/csv"
-	"fmt"
-	"os"
-	"path/filepath"
-	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -108,54 +102,5 @@ func TestSharedHubsTakeOverRotatingSession(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("%d segments on %s", len(dirs), survivor.id)
-	type key struct {
-		host string
-		pid  int64
-	}
-	rows := map[key]uint64{}
-	seen := map[string]string{}
-	for _, d := range dirs {
-		files, _ := filepath.Glob(filepath.Join(d, "*.csv"))
-		for _, f := range files {
-			b, err := os.ReadFile(f)
-			if err != nil {
-				t.Fatal(err)
-			}
-			recs, err := csv.NewReader(bytes.NewReader(b)).ReadAll()
-			if err != nil {
-				t.Fatalf("%s: %v", f, err)
-			}
-			col := map[string]int{}
-			for j, c := range recs[0] {
-				col[c] = j
-			}
-			for _, r := range recs[1:] {
-				pid, _ := strconv.ParseInt(r[col["pid"]], 10, 64)
-				id := fmt.Sprintf("%s/%d/%s", r[col["host"]], pid, r[col["seq"]])
-				if other, dup := seen[id]; dup {
-					t.Fatalf("event %s written twice: %s and %s", id, other, filepath.Base(d))
-				}
-				seen[id] = filepath.Base(d)
-				rows[key{r[col["host"]], pid}]++
-			}
-		}
-	}
-	checked := 0
-	for _, pm := range m.Processes {
-		if pm.Role == "agent" || pm.Role == "" {
-			continue
-		}
-		checked++
-		if got := rows[key{pm.Host, pm.PID}]; got != pm.LastSeq {
-			t.Errorf("%s/%d (%s rank %d): %d rows over all segments, its shim emitted %d", pm.Host, pm.PID, pm.Role, pm.Rank, got, pm.LastSeq)
-		}
-	}
-	if checked < agWorkers() {
-		t.Fatalf("%d processes in the live segment's metadata, want at least the %d workers", checked, agWorkers())
-	}
-	merged := filepath.Join(t.TempDir(), session)
-	if _, err := hub.CopyWindow(dirs, hub.Window{}, merged); err != nil {
-		t.Fatal(err)
-	}
-	checkMoEAfterOn(t, filepath.Join(merged, "moe_expert_selection.csv"), truthPath, 0, agWorkers())
+	checkSegmentUnion(t, dirs, m, truthPath)
 }
