@@ -275,11 +275,7 @@ func keys(m map[string]bool) []string {
 // sessions and a restart on the same port is a new session.
 func TestMultiNodeInstancesJoinOneSession(t *testing.T) {
 	bin(t, "pmagent")
-	pys := testkit.Interpreters(t)
-	if len(pys) == 0 {
-		t.Skip("no Python interpreter")
-	}
-	py := pys[len(pys)-1].Path
+	py := mnPython(t)
 	ns := agStartNATS(t)
 	ns.createStream()
 	a, b := mnStartHost(t, ns.url(), "hostA"), mnStartHost(t, ns.url(), "hostB")
@@ -458,11 +454,7 @@ func TestMultiNodeClockSkew(t *testing.T) {
 // periods and the restart gets a new session.
 func TestMultiNodeStaleInstanceEntry(t *testing.T) {
 	bin(t, "pmagent")
-	pys := testkit.Interpreters(t)
-	if len(pys) == 0 {
-		t.Skip("no Python interpreter")
-	}
-	py := pys[len(pys)-1].Path
+	py := mnPython(t)
 	ns := agStartNATS(t)
 	ns.createStream()
 	const refresh = 500 * time.Millisecond
@@ -612,11 +604,7 @@ func tailProcs(evs []map[string]any) map[string]bool {
 // nothing.
 func TestMultiNodeTailFilters(t *testing.T) {
 	bin(t, "pmagent")
-	pys := testkit.Interpreters(t)
-	if len(pys) == 0 {
-		t.Skip("no Python interpreter")
-	}
-	py := pys[len(pys)-1].Path
+	py := mnPython(t)
 	ns := agStartNATS(t)
 	ns.createStream()
 	a, b := mnStartHost(t, ns.url(), "hostA"), mnStartHost(t, ns.url(), "hostB")
@@ -718,11 +706,7 @@ func pmhubImport(t *testing.T, data string, folders ...string) (*hub.Metadata, i
 // folders that share global ranks (two runs' head folders), and folders imported before, are
 // refused with exit code 2 and a message saying so; nothing is written then.
 func TestMultiNodeStandaloneImport(t *testing.T) {
-	pys := testkit.Interpreters(t)
-	if len(pys) == 0 {
-		t.Skip("no Python interpreter")
-	}
-	py := pys[len(pys)-1].Path
+	py := mnPython(t)
 	a, b := mnStandaloneHost(t, "hostA"), mnStandaloneHost(t, "hostB")
 	dir, data := t.TempDir(), t.TempDir()
 	type run struct {
@@ -837,4 +821,15 @@ func TestMultiNodeStandaloneImport(t *testing.T) {
 	if after, _ := os.ReadDir(filepath.Join(data, "sessions")); len(after) != len(before) {
 		t.Errorf("a refused import left something in the data folder: %d entries, before %d", len(after), len(before))
 	}
+}
+
+// mnPython is the newest Python interpreter the tests run the simulator under; the test is skipped
+// without one.
+func mnPython(t *testing.T) string {
+	t.Helper()
+	pys := testkit.Interpreters(t)
+	if len(pys) == 0 {
+		t.Skip("no Python interpreter")
+	}
+	return pys[len(pys)-1].Path
 }
